@@ -19,9 +19,7 @@ pub enum IdError {
         value: String,
         len: usize,
     },
-    #[error(
-        "{kind} `{value}` contains `{ch}`; only letters, digits, `_`, `.` and `-` are allowed"
-    )]
+    #[error("{kind} `{value}` contains `{ch}`; only letters, digits, `_`, `.` and `-` are allowed")]
     InvalidChar {
         kind: &'static str,
         value: String,
@@ -135,10 +133,9 @@ impl RunId {
         if value.is_empty() {
             return Err(IdError::Empty { kind: "run_id" });
         }
-        if let Some(ch) = value
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '+' | '~')))
-        {
+        if let Some(ch) = value.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '+' | '~'))
+        }) {
             return Err(IdError::InvalidChar {
                 kind: "run_id",
                 value,
@@ -171,5 +168,121 @@ impl<'de> Deserialize<'de> for RunId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Self::parse(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_airflow_id_characters() {
+        for id in ["etl_daily", "a", "A-b.c_9", "group.task", "0", "..", "-"] {
+            assert_eq!(DagId::parse(id).unwrap().as_str(), id);
+            assert_eq!(TaskId::parse(id).unwrap().to_string(), id);
+            assert_eq!(PoolId::parse(id).unwrap().into_string(), id);
+        }
+    }
+
+    #[test]
+    fn length_limit_is_250() {
+        let at_limit = "a".repeat(MAX_ID_LEN);
+        assert!(DagId::parse(at_limit.clone()).is_ok());
+        assert!(RunId::parse(at_limit).is_ok());
+
+        let over = "a".repeat(MAX_ID_LEN + 1);
+        assert_eq!(
+            TaskId::parse(over.clone()),
+            Err(IdError::TooLong {
+                kind: "task_id",
+                value: over.clone(),
+                len: 251
+            })
+        );
+        assert_eq!(
+            RunId::parse(over.clone()),
+            Err(IdError::TooLong {
+                kind: "run_id",
+                value: over,
+                len: 251
+            })
+        );
+    }
+
+    #[test]
+    fn empty_is_rejected() {
+        assert_eq!(DagId::parse(""), Err(IdError::Empty { kind: "dag_id" }));
+        assert_eq!(PoolId::parse(""), Err(IdError::Empty { kind: "pool" }));
+        assert_eq!(RunId::parse(""), Err(IdError::Empty { kind: "run_id" }));
+        assert_eq!(
+            DagId::parse("").unwrap_err().to_string(),
+            "dag_id must not be empty"
+        );
+    }
+
+    #[test]
+    fn bad_characters_are_named() {
+        for (id, ch) in [
+            ("etl daily", ' '),
+            ("etl/daily", '/'),
+            ("a:b", ':'),
+            ("a+b", '+'),
+            ("tâche", 'â'),
+            ("x\n", '\n'),
+            ("$(rm)", '$'),
+        ] {
+            assert_eq!(
+                DagId::parse(id),
+                Err(IdError::InvalidChar {
+                    kind: "dag_id",
+                    value: id.to_owned(),
+                    ch
+                }),
+                "{id:?}"
+            );
+        }
+        assert_eq!(
+            TaskId::parse("a b").unwrap_err().to_string(),
+            "task_id `a b` contains ` `; only letters, digits, `_`, `.` and `-` are allowed"
+        );
+    }
+
+    #[test]
+    fn run_ids_allow_airflows_generated_form() {
+        for id in [
+            "scheduled__2025-01-01T00:00:00+00:00",
+            "manual__2025-01-01T00:00:00.123456+00:00",
+            "my_rerun~2",
+        ] {
+            assert_eq!(RunId::parse(id).unwrap().as_str(), id);
+        }
+        for (id, ch) in [
+            ("a b", ' '),
+            ("a/b", '/'),
+            ("a;b", ';'),
+            ("a'b", '\''),
+            ("a$b", '$'),
+        ] {
+            assert_eq!(
+                RunId::parse(id),
+                Err(IdError::InvalidChar {
+                    kind: "run_id",
+                    value: id.to_owned(),
+                    ch
+                }),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_validates() {
+        let id: DagId = serde_json::from_str("\"etl_daily\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"etl_daily\"");
+        let err = serde_json::from_str::<DagId>("\"etl daily\"").unwrap_err();
+        assert!(err.to_string().contains("contains ` `"), "{err}");
+        assert!(serde_json::from_str::<RunId>("\"\"").is_err());
+        let run_id: RunId = serde_json::from_str("\"manual__x\"").unwrap();
+        assert_eq!(serde_json::to_string(&run_id).unwrap(), "\"manual__x\"");
     }
 }

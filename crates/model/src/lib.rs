@@ -1,13 +1,28 @@
 //! The pure vocabulary of flow: validated ids, task instance and dag run states, run types,
-//! trigger rules, the legal state transitions and trigger-rule evaluation.
+//! trigger rules, the legal state transitions, trigger-rule evaluation and the dag run's
+//! finishing decision.
 //!
 //! This crate does no I/O and has no async: everything here is a pure function of its inputs,
-//! so the scheduler, the executor and the web layer agree on the rules by construction.
+//! so the scheduler, the executor, the store and the web layer agree on the rules by
+//! construction. Strings (states, trigger rules, run types) are Airflow's, byte for byte.
+//!
+//! - [`ids`]: `DagId`, `TaskId`, `PoolId`, `RunId`, validated on construction.
+//! - [`state`]: `TaskInstanceState`, `DagRunState`, `DagRunType`.
+//! - [`transition`]: which [`Actor`] may move a task instance between which states.
+//! - [`trigger_rule`]: `TriggerRule` and its evaluation against upstream states.
+//! - [`dag_run`]: when a dag run has succeeded or failed.
 
+mod string_enum;
+
+pub mod dag_run;
 pub mod ids;
 pub mod state;
+pub mod transition;
 pub mod trigger_rule;
 
+pub use dag_run::decide_dag_run_state;
 pub use ids::{DagId, IdError, PoolId, RunId, TaskId};
 pub use state::{DagRunState, DagRunType, TaskInstanceState};
-pub use trigger_rule::TriggerRule;
+pub use string_enum::ParseEnumError;
+pub use transition::{Actor, IllegalTransition, allowed_from, check_transition};
+pub use trigger_rule::{TriggerDecision, TriggerRule, UpstreamStates};

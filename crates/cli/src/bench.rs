@@ -1,0 +1,156 @@
+//! `flow bench ...`: benchmarks that report figures for the issue notes. They are measurements,
+//! not tests: nothing here asserts a time.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use flow_dag::{LoadOptions, load_dags};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Parse and validate generated DAG files (default: 1,000 files of 10 chained, templated
+    /// bash tasks) and report time and memory.
+    Parse {
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        #[arg(long, default_value_t = 10)]
+        tasks: usize,
+        /// Timed repetitions; the best and the median are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Parser threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+pub fn run(command: BenchCommand) -> Result<ExitCode> {
+    match command {
+        BenchCommand::Parse {
+            files,
+            tasks,
+            runs,
+            threads,
+        } => parse(files, tasks, runs.max(1), threads),
+    }
+}
+
+/// One generated DAG file, shaped like a typical dag-factory ETL file.
+fn dag_file(i: usize, tasks: usize) -> String {
+    let mut s = format!(
+        "default:\n  default_args:\n    owner: bench\n    retries: 2\n    retry_delay: 5m\n\
+         bench_dag_{i:05}:\n  description: Generated DAG {i}\n  schedule: \"{} {} * * *\"\n  \
+         start_date: 2025-01-01\n  catchup: false\n  tags: [bench, generated]\n  \
+         params: {{region: eu, batch: {i}}}\n  tasks:\n",
+        i % 60,
+        i % 24
+    );
+    for t in 0..tasks {
+        s.push_str(&format!(
+            "    - task_id: step_{t:03}\n      operator: bash\n      \
+             bash_command: \"echo step {t} for {{{{ ds }}}} region {{{{ params.region }}}} run {{{{ run_id }}}}\"\n"
+        ));
+        if t > 0 {
+            s.push_str(&format!("      dependencies: [step_{:03}]\n", t - 1));
+        }
+    }
+    s
+}
+
+fn scratch_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("flow-bench-{}-{nanos}", std::process::id()))
+}
+
+/// Resident set size in bytes, from /proc (Linux only; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn parse(files: usize, tasks: usize, runs: usize, threads: usize) -> Result<ExitCode> {
+    let dir = scratch_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = parse_in(&dir, files, tasks, runs, threads);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn parse_in(
+    dir: &Path,
+    files: usize,
+    tasks: usize,
+    runs: usize,
+    threads: usize,
+) -> Result<ExitCode> {
+    let mut bytes = 0usize;
+    for i in 0..files {
+        let text = dag_file(i, tasks);
+        bytes += text.len();
+        fs::write(dir.join(format!("dag_{i:05}.yaml")), text)?;
+    }
+    let options = LoadOptions {
+        threads,
+        ..LoadOptions::default()
+    };
+    // Warm the page cache so that the figure is parse time, not disk time.
+    let _ = load_dags(dir, &options)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let bag = load_dags(dir, &options)?;
+        times.push(start.elapsed());
+        if bag.error_count() > 0 {
+            bail!(
+                "generated DAGs failed to validate: {:?}",
+                bag.diagnostics().next()
+            );
+        }
+        if bag.dags().count() != files {
+            bail!("expected {files} DAGs, loaded {}", bag.dags().count());
+        }
+    }
+    times.sort();
+    let before = rss_bytes();
+    let bag = load_dags(dir, &options)?;
+    let after = rss_bytes();
+    let loaded_tasks: usize = bag.dags().map(|d| d.tasks.len()).sum();
+    println!(
+        "parse+validate {files} files x {tasks} tasks ({:.1} MiB of YAML, {loaded_tasks} tasks):",
+        bytes as f64 / 1_048_576.0
+    );
+    println!(
+        "  best {:.1} ms, median {:.1} ms over {runs} runs ({} thread(s))",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        }
+    );
+    println!(
+        "  memory held by the loaded DAGs (RSS delta): {:.1} MiB; process RSS {:.1} MiB",
+        after.saturating_sub(before) as f64 / 1_048_576.0,
+        after as f64 / 1_048_576.0
+    );
+    drop(bag);
+    Ok(ExitCode::SUCCESS)
+}

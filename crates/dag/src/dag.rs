@@ -1,0 +1,252 @@
+//! The validated DAG: what the rest of flow works with once a file has been read.
+//!
+//! Everything here has passed validation: ids are valid, dependencies resolve, there is no
+//! cycle, defaults are applied. Tasks are stored in topological order, so "every upstream comes
+//! first" is an invariant consumers may rely on.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, Utc};
+use flow_model::{DagId, PoolId, TaskId, TriggerRule};
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+
+use crate::schedule::{Schedule, Timetable};
+
+/// Airflow's default pool.
+pub const DEFAULT_POOL: &str = "default_pool";
+/// Airflow's default queue.
+pub const DEFAULT_QUEUE: &str = "default";
+
+#[derive(Debug, Clone)]
+pub struct Dag {
+    pub dag_id: DagId,
+    /// The file the DAG was read from.
+    pub fileloc: PathBuf,
+    /// `fileloc` relative to the dags folder, with `/` separators.
+    pub relative_fileloc: String,
+    /// 1-based line of the DAG's key in its file.
+    pub line: u32,
+    pub description: Option<String>,
+    pub doc_md: Option<String>,
+    pub display_name: Option<String>,
+    /// The owners of its tasks, comma separated, as Airflow's DAG list shows them.
+    pub owner: String,
+    /// The schedule as written, for display (`0 3 * * *`, `@daily`, `30m`, `None`).
+    pub schedule_text: String,
+    pub timetable: Timetable,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub catchup: bool,
+    pub max_active_runs: u32,
+    pub max_active_tasks: u32,
+    pub max_consecutive_failed_dag_runs: u32,
+    pub dagrun_timeout: Option<Duration>,
+    pub tags: Vec<String>,
+    pub params: IndexMap<String, Param>,
+    pub is_paused_upon_creation: Option<bool>,
+    pub render_template_as_native_obj: bool,
+    pub owner_links: IndexMap<String, String>,
+    pub task_groups: Vec<TaskGroup>,
+    /// In topological order: every task comes after all of its upstream tasks.
+    pub tasks: Vec<Task>,
+}
+
+impl Dag {
+    pub fn schedule(&self) -> &Schedule {
+        &self.timetable.schedule
+    }
+
+    pub fn task(&self, task_id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.task_id.as_str() == task_id)
+    }
+
+    /// Tasks nobody depends on: a run's outcome is decided by them.
+    pub fn leaves(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.iter().filter(|t| t.downstream.is_empty())
+    }
+
+    /// Tasks with no upstream.
+    pub fn roots(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.iter().filter(|t| t.upstream.is_empty())
+    }
+}
+
+/// A task group: a named, possibly nested, set of tasks drawn together in the UI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskGroup {
+    /// The full, dotted id (`outer.inner`).
+    pub group_id: String,
+    pub parent: Option<String>,
+    pub tooltip: Option<String>,
+    pub ui_color: Option<String>,
+    pub ui_fgcolor: Option<String>,
+    pub prefix_group_id: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// The full id, prefixed with its task group's id as Airflow does (`group.task`).
+    pub task_id: TaskId,
+    /// The id as written in the YAML file (without group prefix).
+    pub label: String,
+    pub group_id: Option<String>,
+    pub operator: Operator,
+    /// Direct upstream tasks, sorted.
+    pub upstream: Vec<TaskId>,
+    /// Direct downstream tasks, sorted.
+    pub downstream: Vec<TaskId>,
+    pub trigger_rule: TriggerRule,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub retry_exponential_backoff: bool,
+    pub max_retry_delay: Option<Duration>,
+    pub execution_timeout: Option<Duration>,
+    pub pool: PoolId,
+    pub pool_slots: u32,
+    pub priority_weight: i32,
+    pub weight_rule: WeightRule,
+    pub queue: String,
+    pub owner: String,
+    pub depends_on_past: bool,
+    pub ignore_first_depends_on_past: bool,
+    pub wait_for_downstream: bool,
+    pub do_xcom_push: bool,
+    pub multiple_outputs: bool,
+    pub max_active_tis_per_dag: Option<u32>,
+    pub max_active_tis_per_dagrun: Option<u32>,
+    pub params: IndexMap<String, Param>,
+    pub doc_md: Option<String>,
+    pub display_name: Option<String>,
+    /// Dynamic task mapping, if the task is mapped.
+    pub mapping: Option<Mapping>,
+    pub map_index_template: Option<String>,
+    /// 1-based line of the task in its file.
+    pub line: u32,
+}
+
+/// How a task's priority weight adds up (Airflow's `weight_rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRule {
+    /// Own weight plus all downstream tasks' weights (the default).
+    Downstream,
+    /// Own weight plus all upstream tasks' weights.
+    Upstream,
+    /// Own weight only.
+    Absolute,
+}
+
+impl WeightRule {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "downstream" => Some(Self::Downstream),
+            "upstream" => Some(Self::Upstream),
+            "absolute" => Some(Self::Absolute),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+            Self::Absolute => "absolute",
+        }
+    }
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operator {
+    Bash(BashOperator),
+    Python(PythonOperator),
+    Empty,
+}
+
+impl Operator {
+    /// The short name (`bash`, `python`, `empty`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Operator::Bash(_) => "bash",
+            Operator::Python(_) => "python",
+            Operator::Empty => "empty",
+        }
+    }
+
+    /// Airflow's class name, as the UI shows it.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Operator::Bash(_) => "BashOperator",
+            Operator::Python(p) if p.decorated => "@task",
+            Operator::Python(_) => "PythonOperator",
+            Operator::Empty => "EmptyOperator",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BashOperator {
+    /// A Jinja template, rendered at run time.
+    pub bash_command: String,
+    pub env: Option<IndexMap<String, String>>,
+    pub append_env: bool,
+    pub cwd: Option<String>,
+    /// Exit codes meaning "skipped" (Airflow's default: 99).
+    pub skip_on_exit_code: Vec<i32>,
+    pub output_encoding: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PythonOperator {
+    pub callable: PythonCallable,
+    pub op_args: Vec<Arg>,
+    pub op_kwargs: IndexMap<String, Arg>,
+    pub templates_dict: IndexMap<String, Json>,
+    pub show_return_value_in_logs: bool,
+    /// A TaskFlow (`decorator:`) task: extra keys are the function's keyword arguments.
+    pub decorated: bool,
+}
+
+/// Where the Python function lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PythonCallable {
+    /// `module.function`, importable with the dags folder on `sys.path`.
+    Module { module: String, function: String },
+    /// A function in a file (dag-factory's `python_callable_file` + `python_callable_name`).
+    File { path: PathBuf, function: String },
+}
+
+/// An argument value: a literal, or another task's output (`+task_id`, Airflow's XComArg).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Value(Json),
+    Output(TaskId),
+}
+
+/// Dynamic task mapping (`expand` / `partial`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapping {
+    pub expand: IndexMap<String, Arg>,
+    pub partial: IndexMap<String, Arg>,
+}
+
+/// A run parameter (Airflow's `Param`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub default: Option<Json>,
+    /// JSON Schema keywords (`type`, `enum`, `minimum`, ...), as Airflow's Param keeps them.
+    pub schema: serde_json::Map<String, Json>,
+    pub description: Option<String>,
+    pub title: Option<String>,
+}
+
+impl Param {
+    pub fn plain(default: Json) -> Self {
+        Param {
+            default: Some(default),
+            schema: serde_json::Map::new(),
+            description: None,
+            title: None,
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! `FLOW__SECTION__KEY` environment variables, and dispatches to the library crates.
 //! It is the only crate that reads the environment or prints.
 
+mod alloc;
 mod bench;
 mod dags;
 
@@ -64,3 +65,6 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[global_allocator]
+pub static ALLOC: alloc::Counting = alloc::Counting::new();

@@ -151,20 +151,63 @@ pub(crate) fn build_dag(ctx: &mut Ctx<'_>, key: &Node, node: &Node) -> Option<Da
     }
     let filtered = check_keys(ctx, node, field_names::<DagSpec>(), "");
     warn_unsupported(ctx, &filtered, DAG_UNSUPPORTED_KEYS);
-    let spec: DagSpec = match from_node(&filtered) {
-        Ok(spec) => spec,
-        Err(e) => {
-            ctx.de_error(node.span, &e);
-            return None;
-        }
-    };
+    let spec: DagSpec = read_spec(ctx, &filtered, key.span)?;
     let dag = DagDraft::build(ctx, key, node, spec);
     let dag_id = dag_id?;
     let dag = dag?;
     if ctx.errors() > errors_before {
         return None;
     }
-    Some(dag.finish(dag_id, ctx))
+    let dag = dag.finish(dag_id, ctx);
+    if ctx.errors() > errors_before {
+        return None;
+    }
+    Some(dag)
+}
+
+/// Reads a spec struct, reporting every bad field rather than only the first: if the whole
+/// read fails, each key is read on its own to find all the culprits, and the struct is read
+/// again without them so that validation of the other fields can go on. The errors reported
+/// keep the DAG from loading either way.
+fn read_spec<T: serde::de::DeserializeOwned>(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+) -> Option<T> {
+    let first = match from_node::<T>(node) {
+        Ok(v) => return Some(v),
+        Err(e) => e,
+    };
+    let entries = node.as_map().unwrap_or_default();
+    let mut good: Vec<(Node, Node)> = Vec::with_capacity(entries.len());
+    let mut found = false;
+    for entry in entries {
+        let single = Node::new(node.span, Value::Map(vec![entry.clone()]));
+        match from_node::<T>(&single) {
+            Err(e) if !e.message.starts_with("missing required key") => {
+                ctx.de_error(fallback, &e);
+                found = true;
+            }
+            _ => good.push(entry.clone()),
+        }
+    }
+    let rest = Node::new(node.span, Value::Map(good));
+    match from_node::<T>(&rest) {
+        Ok(v) if found => Some(v),
+        Ok(_) => {
+            ctx.de_error(fallback, &first);
+            None
+        }
+        Err(e) => {
+            // Only a missing required key is left; point at the owner, not at a sibling key.
+            let e = DeError {
+                span: Some(fallback),
+                ..e
+            };
+            ctx.de_error(fallback, &e);
+            None
+        }
+    }
 }
 
 /// A task read from YAML whose dependencies are not resolved yet.
@@ -245,7 +288,7 @@ impl DagDraft {
             (Some(r), None) | (None, Some(r)) => read_schedule(ctx, &r.node, kind),
             (None, None) => (Schedule::None, "None".to_owned(), kind),
         };
-        if !matches!(schedule, Schedule::None) && start_date.is_none() {
+        if !matches!(schedule, Schedule::None) && start_node.is_none() {
             ctx.warn(
                 key.span,
                 "no `start_date`: scheduled runs start from the first interval after the DAG is first seen",
@@ -798,7 +841,7 @@ fn read_timetable_object(
             match duration_from_node(delta) {
                 Ok(d) if d > Duration::zero() => (
                     Schedule::Interval(d),
-                    crate::duration::format_duration(d),
+                    crate::schedule::format_duration(d),
                     kind,
                 ),
                 Ok(_) => fail(ctx, "the interval must be longer than zero".into()),
@@ -1002,21 +1045,18 @@ fn read_groups(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Vec<GroupDraft> {
             ctx.error(span, e.to_string());
         }
         let filtered = check_keys(ctx, &gnode, field_names::<TaskGroupSpec>(), "");
-        match from_node::<TaskGroupSpec>(&filtered) {
-            Ok(spec) => {
-                let default_args = spec.default_args.as_ref().map(|r| r.node.clone());
-                if let Some(da) = &default_args {
-                    check_default_args(ctx, da);
-                }
-                groups.push(GroupDraft {
-                    name,
-                    span,
-                    spec,
-                    full_id: String::new(),
-                    default_args,
-                });
+        if let Some(spec) = read_spec::<TaskGroupSpec>(ctx, &filtered, span) {
+            let default_args = spec.default_args.as_ref().map(|r| r.node.clone());
+            if let Some(da) = &default_args {
+                check_default_args(ctx, da);
             }
-            Err(e) => ctx.de_error(gnode.span, &e),
+            groups.push(GroupDraft {
+                name,
+                span,
+                spec,
+                full_id: String::new(),
+                default_args,
+            });
         }
     }
     ctx.scope = scope;
@@ -1212,7 +1252,8 @@ fn read_task(
     let accepts = |key: &str| common_fields.contains(&key) || op_fields.contains(&key);
     let merged = apply_defaults(node, &group_defaults, &accepts);
     let (common_node, op_node) = split_keys(&merged, common_fields);
-    warn_unsupported(ctx, &common_node, TASK_UNSUPPORTED_KEYS);
+    // Keys inherited from default_args were already reported there.
+    warn_unsupported(ctx, node, TASK_UNSUPPORTED_KEYS);
 
     // Unknown keys: for a decorated task they are the function's keyword arguments.
     let (op_node, kwargs_node) = if decorated {
@@ -1224,13 +1265,7 @@ fn read_task(
         (kept, Node::new(node.span, Value::Map(Vec::new())))
     };
 
-    let common: TaskCommonSpec = match from_node(&common_node) {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.de_error(name_span, &e);
-            return None;
-        }
-    };
+    let common: TaskCommonSpec = read_spec(ctx, &common_node, name_span)?;
     let mut references: Vec<(String, Span)> = Vec::new();
     let operator = match kind {
         "bash" => read_bash(ctx, &op_node, name_span),
@@ -1242,13 +1277,7 @@ fn read_task(
             name_span,
             &mut references,
         ),
-        _ => match from_node::<EmptySpec>(&op_node) {
-            Ok(_) => Some(Operator::Empty),
-            Err(e) => {
-                ctx.de_error(name_span, &e);
-                None
-            }
-        },
+        _ => read_spec::<EmptySpec>(ctx, &op_node, name_span).map(|_| Operator::Empty),
     };
 
     let trigger_rule = match &common.trigger_rule {
@@ -1481,21 +1510,7 @@ fn check_templates_in(ctx: &mut Ctx<'_>, field: &str, node: &Node) {
 }
 
 fn read_bash(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
-    let spec: BashSpec = match from_node(node) {
-        Ok(s) => s,
-        Err(e) => {
-            let e = if e.message.starts_with("missing field") {
-                DeError {
-                    span: Some(fallback),
-                    ..e
-                }
-            } else {
-                e
-            };
-            ctx.de_error(fallback, &e);
-            return None;
-        }
-    };
+    let spec: BashSpec = read_spec(ctx, node, fallback)?;
     let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
     if spec.bash_command.trim().is_empty() {
         ctx.error(span_of("bash_command"), "`bash_command` is empty");
@@ -1552,13 +1567,7 @@ fn read_python(
     fallback: Span,
     references: &mut Vec<(String, Span)>,
 ) -> Option<Operator> {
-    let spec: PythonSpec = match from_node(node) {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.de_error(fallback, &e);
-            return None;
-        }
-    };
+    let spec: PythonSpec = read_spec(ctx, node, fallback)?;
     let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
     let callable = match (
         &spec.python_callable,

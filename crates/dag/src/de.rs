@@ -82,6 +82,14 @@ impl de::Error for DeError {
         }
     }
 
+    fn missing_field(field: &'static str) -> Self {
+        DeError {
+            span: None,
+            field: None,
+            message: format!("missing required key `{field}`"),
+        }
+    }
+
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         DeError {
             span: None,

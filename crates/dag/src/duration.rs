@@ -11,48 +11,14 @@ use chrono_tz::Tz;
 use crate::de::{parse_float, parse_int};
 use crate::yaml::{Node, Value};
 
-/// Parses `1h30m`, `90s`, `2d`, `1w`, `250ms`, `1.5h`, or a plain number of seconds.
+/// Parses `1h30m`, `90s`, `2d`, `1w`, `250ms`, or a plain number of seconds (`300`, `1.5`, `0`).
+/// Unit strings follow the schedule parser's rules, so intervals and delays read alike.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
     if let Some(secs) = parse_float(t) {
         return seconds(secs, text);
     }
-    let mut total_ms: f64 = 0.0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        rest = rest.trim_start();
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(bad_duration(text));
-        }
-        let number: f64 = rest[..num_len].parse().map_err(|_| bad_duration(text))?;
-        rest = rest[num_len..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let factor_ms = match unit {
-            "ms" => 1.0,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1_000.0,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000.0,
-            "d" | "day" | "days" => 86_400_000.0,
-            "w" | "week" | "weeks" => 604_800_000.0,
-            _ => return Err(bad_duration(text)),
-        };
-        total_ms += number * factor_ms;
-    }
-    seconds(total_ms / 1000.0, text)
-}
-
-fn bad_duration(text: &str) -> String {
-    format!("invalid duration `{text}`; use e.g. `90s`, `5m`, `1h30m`, `2d` or a number of seconds")
+    crate::schedule::parse_duration(t).map_err(|e| e.to_string())
 }
 
 fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
@@ -224,31 +190,6 @@ pub fn date_from_node(node: &Node, tz: Tz, now: DateTime<Utc>) -> Result<DateTim
     }
 }
 
-/// Formats a duration the way users write them: `1h30m`, `90s` becomes `1m30s`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.num_milliseconds();
-    if ms == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    let mut rest = ms;
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if rest >= size {
-            out.push_str(&format!("{}{unit}", rest / size));
-            rest %= size;
-        }
-    }
-    if rest > 0 {
-        out.push_str(&format!("{rest}ms"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,13 +205,13 @@ mod tests {
             ("2d", 172_800),
             ("1w", 604_800),
             ("300", 300),
-            ("1.5h", 5400),
-            ("10 minutes", 600),
+            ("0", 0),
         ] {
             assert_eq!(parse_duration(text).unwrap().num_seconds(), secs, "{text}");
         }
         assert_eq!(parse_duration("250ms").unwrap().num_milliseconds(), 250);
-        for bad in ["", "5x", "m5", "-3", "1h-2m", "abc"] {
+        assert_eq!(parse_duration("1.5").unwrap().num_milliseconds(), 1500);
+        for bad in ["", "5x", "m5", "-3", "1h-2m", "abc", "30m1h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -305,11 +246,5 @@ mod tests {
         assert_eq!(d, Utc.with_ymd_and_hms(2025, 3, 8, 0, 0, 0).unwrap());
         assert!(parse_date("2025-13-01", Tz::UTC, now).is_err());
         assert!(parse_date("yesterday", Tz::UTC, now).is_err());
-    }
-
-    #[test]
-    fn formats() {
-        assert_eq!(format_duration(Duration::seconds(5400)), "1h30m");
-        assert_eq!(format_duration(Duration::seconds(90)), "1m30s");
     }
 }

@@ -415,6 +415,7 @@ fn load_file_with(
     // File table: 0 is this file, then its defaults files.
     let mut table: Vec<PathBuf> = vec![path.to_path_buf()];
     let mut base: Option<Node> = None;
+    let mut defaults_broken = false;
     for (defaults_path, parsed) in defaults.chain(path) {
         match parsed {
             Ok(node) => {
@@ -436,8 +437,23 @@ fn load_file_with(
                     None => node,
                 });
             }
-            Err(d) => file.diagnostics.push(d.clone()),
+            Err(d) => {
+                // Without its defaults a DAG could run with the wrong owner, retries or
+                // schedule; better not to load it at all.
+                file.diagnostics.push(d.clone());
+                defaults_broken = true;
+            }
         }
+    }
+    if defaults_broken {
+        file.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: "not loaded: a defaults file that applies to it has errors".into(),
+        });
+        return file;
     }
 
     let entries = match &root.value {
@@ -466,7 +482,9 @@ fn load_file_with(
     }
     let mut ctx = Ctx::new(&table, dags_root, &relative_path, env, options.now);
     for (key, value) in entries {
-        if key.as_str() == Some("default") {
+        // `default` is merged into every DAG; `x-...` keys hold YAML anchors for reuse (as in
+        // docker-compose files) and are not DAGs.
+        if key.as_str() == Some("default") || key.as_str().is_some_and(|k| k.starts_with("x-")) {
             continue;
         }
         let dag_node = normalize_lists(value);

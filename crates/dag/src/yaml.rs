@@ -510,11 +510,7 @@ mod tests {
     fn deep_nesting_is_rejected() {
         let src = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
         let err = p(&src).unwrap_err();
-        assert!(
-            err.message.contains("nesting"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("nesting"), "{}", err.message);
         let src = (0..1000).fold(String::new(), |mut s, i| {
             s.push_str(&" ".repeat(i));
             s.push_str("k:\n");

@@ -30,11 +30,7 @@ fn cases(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.is_dir()
-                || p.extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     out.sort();
     out
@@ -88,7 +84,12 @@ fn summary(bag: &DagBag) -> String {
         )
         .unwrap();
         for (name, p) in &dag.params {
-            writeln!(out, "  param {name} default={:?} schema={:?}", p.default, p.schema).unwrap();
+            writeln!(
+                out,
+                "  param {name} default={:?} schema={:?}",
+                p.default, p.schema
+            )
+            .unwrap();
         }
         for g in &dag.task_groups {
             writeln!(out, "  group {} parent={:?}", g.group_id, g.parent).unwrap();
@@ -103,7 +104,11 @@ fn summary(bag: &DagBag) -> String {
                     "python {:?} decorated={} args=[{}] kwargs={{{}}}",
                     p.callable,
                     p.decorated,
-                    p.op_args.iter().map(arg_text).collect::<Vec<_>>().join(", "),
+                    p.op_args
+                        .iter()
+                        .map(arg_text)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     p.op_kwargs
                         .iter()
                         .map(|(k, v)| format!("{k}: {}", arg_text(v)))
@@ -135,8 +140,16 @@ fn summary(bag: &DagBag) -> String {
                 writeln!(
                     out,
                     "    expand={{{}}} partial={{{}}}",
-                    m.expand.iter().map(|(k, v)| format!("{k}: {}", arg_text(v))).collect::<Vec<_>>().join(", "),
-                    m.partial.iter().map(|(k, v)| format!("{k}: {}", arg_text(v))).collect::<Vec<_>>().join(", ")
+                    m.expand
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", arg_text(v)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    m.partial
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", arg_text(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
                 .unwrap();
             }
@@ -153,8 +166,12 @@ fn check_snapshot(case: &Path, actual: &str) -> Result<(), String> {
         std::fs::write(&expected_path, &normalized).unwrap();
         return Ok(());
     }
-    let expected = std::fs::read_to_string(&expected_path)
-        .map_err(|_| format!("{}: no snapshot; run with FLOW_UPDATE_SNAPSHOTS=1", relative(case)))?;
+    let expected = std::fs::read_to_string(&expected_path).map_err(|_| {
+        format!(
+            "{}: no snapshot; run with FLOW_UPDATE_SNAPSHOTS=1",
+            relative(case)
+        )
+    })?;
     if expected != normalized {
         return Err(format!(
             "{} differs from its snapshot\n--- expected\n{expected}--- actual\n{normalized}",
@@ -168,7 +185,11 @@ fn check_snapshot(case: &Path, actual: &str) -> Result<(), String> {
 fn bad_cases_report_pinned_diagnostics() {
     let mut failures = Vec::new();
     let cases = cases(&fixtures().join("bad"));
-    assert!(cases.len() >= 20, "expected the bad fixtures, found {}", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "expected the bad fixtures, found {}",
+        cases.len()
+    );
     for case in cases {
         let bag = load_dags(&case, &options()).unwrap();
         if bag.diagnostics().next().is_none() {
@@ -210,7 +231,12 @@ fn example_dags_validate_cleanly() {
     let problems: Vec<String> = bag.diagnostics().map(ToString::to_string).collect();
     assert!(problems.is_empty(), "{problems:#?}");
     let ids: Vec<&str> = bag.dags().map(|d| d.dag_id.as_str()).collect();
-    for expected in ["etl_daily", "ml_train_validate_deploy", "fan_out_fan_in", "weekday_reports"] {
+    for expected in [
+        "etl_daily",
+        "ml_train_validate_deploy",
+        "fan_out_fan_in",
+        "weekday_reports",
+    ] {
         assert!(ids.contains(&expected), "{expected} missing from {ids:?}");
     }
 }
@@ -235,9 +261,17 @@ fn oversized_file_is_rejected_before_parsing() {
 fn a_broken_file_does_not_stop_the_others() {
     let dir = std::env::temp_dir().join(format!("flow-mixed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.yaml"), "a_dag:\n  tasks: {t: {operator: empty}}\n").unwrap();
+    std::fs::write(
+        dir.join("a.yaml"),
+        "a_dag:\n  tasks: {t: {operator: empty}}\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("b.yaml"), "b_dag: [\n").unwrap();
-    std::fs::write(dir.join("c.yaml"), "c_dag:\n  tasks: {t: {operator: empty}}\n").unwrap();
+    std::fs::write(
+        dir.join("c.yaml"),
+        "c_dag:\n  tasks: {t: {operator: empty}}\n",
+    )
+    .unwrap();
     let bag = load_dags(&dir, &options()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let ids: Vec<&str> = bag.dags().map(|d| d.dag_id.as_str()).collect();

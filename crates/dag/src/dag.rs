@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Duration, Utc};
 use flow_model::{DagId, PoolId, TaskId, TriggerRule};
 use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::schedule::{Schedule, Timetable};
@@ -18,7 +19,7 @@ pub const DEFAULT_POOL: &str = "default_pool";
 /// Airflow's default queue.
 pub const DEFAULT_QUEUE: &str = "default";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dag {
     pub dag_id: DagId,
     /// The file the DAG was read from.
@@ -41,6 +42,7 @@ pub struct Dag {
     pub max_active_runs: u32,
     pub max_active_tasks: u32,
     pub max_consecutive_failed_dag_runs: u32,
+    #[serde(with = "millis_opt")]
     pub dagrun_timeout: Option<Duration>,
     pub tags: Vec<String>,
     pub params: IndexMap<String, Param>,
@@ -73,7 +75,7 @@ impl Dag {
 }
 
 /// A task group: a named, possibly nested, set of tasks drawn together in the UI.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskGroup {
     /// The full, dotted id (`outer.inner`).
     pub group_id: String,
@@ -84,7 +86,7 @@ pub struct TaskGroup {
     pub prefix_group_id: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Task {
     /// The full id, prefixed with its task group's id as Airflow does (`group.task`).
     pub task_id: TaskId,
@@ -98,9 +100,12 @@ pub struct Task {
     pub downstream: Vec<TaskId>,
     pub trigger_rule: TriggerRule,
     pub retries: u32,
+    #[serde(with = "millis")]
     pub retry_delay: Duration,
     pub retry_exponential_backoff: bool,
+    #[serde(with = "millis_opt")]
     pub max_retry_delay: Option<Duration>,
+    #[serde(with = "millis_opt")]
     pub execution_timeout: Option<Duration>,
     pub pool: PoolId,
     pub pool_slots: u32,
@@ -126,7 +131,8 @@ pub struct Task {
 }
 
 /// How a task's priority weight adds up (Airflow's `weight_rule`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WeightRule {
     /// Own weight plus all downstream tasks' weights (the default).
     Downstream,
@@ -156,7 +162,8 @@ impl WeightRule {
 }
 
 /// What a task does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Operator {
     Bash(BashOperator),
     Python(PythonOperator),
@@ -184,7 +191,7 @@ impl Operator {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BashOperator {
     /// A Jinja template, rendered at run time.
     pub bash_command: String,
@@ -196,7 +203,7 @@ pub struct BashOperator {
     pub output_encoding: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PythonOperator {
     pub callable: PythonCallable,
     pub op_args: Vec<Arg>,
@@ -208,7 +215,8 @@ pub struct PythonOperator {
 }
 
 /// Where the Python function lives.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PythonCallable {
     /// `module.function`, importable with the dags folder on `sys.path`.
     Module { module: String, function: String },
@@ -217,21 +225,22 @@ pub enum PythonCallable {
 }
 
 /// An argument value: a literal, or another task's output (`+task_id`, Airflow's XComArg).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Arg {
     Value(Json),
     Output(TaskId),
 }
 
 /// Dynamic task mapping (`expand` / `partial`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mapping {
     pub expand: IndexMap<String, Arg>,
     pub partial: IndexMap<String, Arg>,
 }
 
 /// A run parameter (Airflow's `Param`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Param {
     pub default: Option<Json>,
     /// JSON Schema keywords (`type`, `enum`, `minimum`, ...), as Airflow's Param keeps them.
@@ -248,5 +257,47 @@ impl Param {
             description: None,
             title: None,
         }
+    }
+}
+
+/// Durations are stored as milliseconds in the serialized DAG.
+mod millis {
+    use chrono::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(d.num_milliseconds())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::milliseconds(i64::deserialize(d)?))
+    }
+}
+
+mod millis_opt {
+    use chrono::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.num_milliseconds()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.map(Duration::milliseconds))
+    }
+}
+
+impl Dag {
+    /// The serialized form stored in the metadata database; workers and the webserver read
+    /// DAGs from it and never need the dags folder.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    pub fn from_json(text: &str) -> Result<Dag, serde_json::Error> {
+        serde_json::from_str(text)
     }
 }

@@ -471,7 +471,7 @@ pub struct TimeRestriction {
 }
 
 /// A schedule in a time zone: the object the scheduler asks for runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timetable {
     /// What the DAG declared.
     pub schedule: Schedule,

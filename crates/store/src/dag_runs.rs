@@ -1,0 +1,221 @@
+//! Dag runs: creation (with their task instances, atomically) and state changes.
+
+use chrono::{DateTime, Utc};
+use flow_model::{DagRunState, DagRunType};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::task_instances::{NewTaskInstance, insert_task_instances};
+use crate::{Result, Store, StoreError, from_micros, opt_from_micros, placeholders, to_micros};
+
+#[derive(Debug, Clone)]
+pub struct NewDagRun {
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: DagRunType,
+    /// `queued` normally; the scheduler moves it to `running` within `max_active_runs`.
+    pub state: DagRunState,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval_start: Option<DateTime<Utc>>,
+    pub data_interval_end: Option<DateTime<Utc>>,
+    pub run_after: DateTime<Utc>,
+    pub conf: serde_json::Value,
+    pub note: Option<String>,
+    pub triggered_by: Option<String>,
+    pub dag_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagRunRow {
+    pub id: i64,
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: DagRunType,
+    pub state: DagRunState,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval_start: Option<DateTime<Utc>>,
+    pub data_interval_end: Option<DateTime<Utc>>,
+    pub run_after: DateTime<Utc>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub conf: serde_json::Value,
+    pub note: Option<String>,
+    pub triggered_by: Option<String>,
+    pub dag_hash: String,
+}
+
+const RUN_COLUMNS: &str = "id, dag_id, run_id, run_type, state, logical_date, \
+    data_interval_start, data_interval_end, run_after, queued_at, start_date, end_date, conf, \
+    note, triggered_by, dag_hash";
+
+fn run_row(r: &AnyRow) -> Result<DagRunRow> {
+    let run_type: String = r.try_get("run_type")?;
+    let state: String = r.try_get("state")?;
+    let conf: String = r.try_get("conf")?;
+    Ok(DagRunRow {
+        id: r.try_get("id")?,
+        dag_id: r.try_get("dag_id")?,
+        run_id: r.try_get("run_id")?,
+        run_type: DagRunType::parse(&run_type).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: DagRunState::parse(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        logical_date: opt_from_micros(r.try_get("logical_date")?),
+        data_interval_start: opt_from_micros(r.try_get("data_interval_start")?),
+        data_interval_end: opt_from_micros(r.try_get("data_interval_end")?),
+        run_after: from_micros(r.try_get("run_after")?),
+        queued_at: opt_from_micros(r.try_get("queued_at")?),
+        start_date: opt_from_micros(r.try_get("start_date")?),
+        end_date: opt_from_micros(r.try_get("end_date")?),
+        conf: serde_json::from_str(&conf).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        note: r.try_get("note")?,
+        triggered_by: r.try_get("triggered_by")?,
+        dag_hash: r.try_get("dag_hash")?,
+    })
+}
+
+impl Store {
+    /// Creates a run and its task instances in one transaction. Returns `None`, creating
+    /// nothing, if a run with the same run_id exists, or (for scheduled and backfill runs) one
+    /// with the same logical date: a restarted or second scheduler cannot create a run twice.
+    pub async fn dag_run_create(
+        &self,
+        run: &NewDagRun,
+        task_instances: &[NewTaskInstance],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DagRunRow>> {
+        let now_us = to_micros(now);
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, \
+             data_interval_start, data_interval_end, run_after, queued_at, start_date, conf, note, \
+             triggered_by, dag_hash, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(&run.dag_id)
+        .bind(&run.run_id)
+        .bind(run.run_type.as_str())
+        .bind(run.state.as_str())
+        .bind(run.logical_date.map(to_micros))
+        .bind(run.data_interval_start.map(to_micros))
+        .bind(run.data_interval_end.map(to_micros))
+        .bind(to_micros(run.run_after))
+        .bind(now_us)
+        .bind((run.state == DagRunState::Running).then_some(now_us))
+        .bind(run.conf.to_string())
+        .bind(&run.note)
+        .bind(&run.triggered_by)
+        .bind(&run.dag_hash)
+        .bind(now_us)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        insert_task_instances(&mut tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
+        tx.commit().await?;
+        Ok(Some(run_row(&row)?))
+    }
+
+    pub async fn dag_run_get(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRunRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_id = $2"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// The most recent runs of a DAG, newest first.
+    pub async fn dag_run_list(&self, dag_id: &str, limit: i64) -> Result<Vec<DagRunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 \
+             ORDER BY run_after DESC, id DESC LIMIT $2"
+        ))
+        .bind(dag_id)
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// Runs in the given states, oldest first.
+    pub async fn dag_run_list_in_states(&self, states: &[DagRunState]) -> Result<Vec<DagRunRow>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE state IN ({}) ORDER BY run_after, id",
+            placeholders(1, states.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for s in states {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(self.read_pool()).await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// The latest automated (scheduled/backfill) run's data interval, for the next-run maths.
+    pub async fn dag_run_latest_automated(&self, dag_id: &str) -> Result<Option<DagRunRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_type = 'scheduled' \
+             ORDER BY logical_date DESC LIMIT 1"
+        ))
+        .bind(dag_id)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// Compare-and-set of a run's state. Moving to running stamps `start_date` (once); moving to
+    /// success or failed stamps `end_date`. Returns whether this call made the change.
+    pub async fn dag_run_set_state_if(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: &[DagRunState],
+        to: DagRunState,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let now_us = to_micros(now);
+        let finished = matches!(to, DagRunState::Success | DagRunState::Failed);
+        let sql = format!(
+            "UPDATE dag_run SET state = $1, updated_at = $2, \
+             start_date = CASE WHEN $3 = 1 AND start_date IS NULL THEN $2 ELSE start_date END, \
+             end_date = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
+             WHERE dag_id = $5 AND run_id = $6 AND state IN ({})",
+            placeholders(7, from.len())
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(now_us)
+            .bind(i64::from(to == DagRunState::Running))
+            .bind(i64::from(finished))
+            .bind(dag_id)
+            .bind(run_id);
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        let mut tx = self.begin().await?;
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Counts of a DAG's runs by state (for max_active_runs).
+    pub async fn dag_run_count_active(&self, dag_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dag_run WHERE dag_id = $1 AND state = 'running'",
+        )
+        .bind(dag_id)
+        .fetch_one(self.read_pool())
+        .await?)
+    }
+}

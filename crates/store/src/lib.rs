@@ -1,0 +1,305 @@
+//! flow-store: the metadata database. All SQL lives here.
+//!
+//! One [`Store`] serves PostgreSQL (production, several processes, many workers) and SQLite
+//! (the embedded default for `flow standalone`). Queries are written once: times are BIGINT
+//! microseconds, flags are 0/1 BIGINTs, JSON is TEXT, and placeholders are `$n`, which both
+//! engines accept. The few statements that must differ (row locking for claims) branch on
+//! [`Backend`].
+//!
+//! Every task instance state change is a guarded compare-and-set (`... WHERE state IN (allowed
+//! from)`) recorded with its actor in `ti_transition`; zero rows updated means another actor won
+//! the race, which callers treat as a normal outcome, not an error.
+//!
+//! SQLite allows one writer at a time: writes go through a single-connection pool and start with
+//! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
+
+mod dag_runs;
+mod dags;
+mod logs;
+mod task_instances;
+pub mod testing;
+mod xcom;
+
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+pub use dag_runs::{DagRunRow, NewDagRun};
+pub use dags::{DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
+pub use logs::{LogLine, LogRead};
+pub use task_instances::{
+    ClaimedTi, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
+};
+pub use xcom::XcomRow;
+
+/// Which engine a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database URL `{url}`: {reason}")]
+    Url { url: String, reason: String },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle on the metadata database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    /// Reads (and, on PostgreSQL, writes).
+    read: AnyPool,
+    /// Writes. On SQLite a single connection, so writers in this process queue here.
+    write: AnyPool,
+    url_redacted: String,
+}
+
+static DRIVERS: Once = Once::new();
+
+/// Hides the password of a database URL, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((creds, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Connects to `postgres://...`, `sqlite://path` or a plain file path (SQLite). SQLite
+    /// files are created if missing and opened in WAL mode with durable commits.
+    pub async fn connect(url: &str) -> Result<Store> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let (backend, url) = normalize_url(url)?;
+        let opts = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Url {
+            url: redact_url(&url),
+            reason: e.to_string(),
+        })?;
+        let store = match backend {
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?;
+                Store {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                    url_redacted: redact_url(&url),
+                }
+            }
+            Backend::Sqlite => {
+                let pool = |n: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(n)
+                        .acquire_timeout(Duration::from_secs(60))
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move {
+                                // WAL lets readers run beside the writer; FULL makes every
+                                // commit durable; busy_timeout makes other processes wait.
+                                conn.execute(
+                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                                     PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let write = pool(1).connect_with(opts.clone()).await?;
+                let read = pool(4).connect_with(opts).await?;
+                Store {
+                    backend,
+                    read,
+                    write,
+                    url_redacted: redact_url(&url),
+                }
+            }
+        };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with its password hidden.
+    pub fn url(&self) -> &str {
+        &self.url_redacted
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite: take the write lock up front
+    /// rather than fail when a read turns into a write).
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Postgres => self.write.begin().await?,
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Postgres => sqlx::migrate!("../../migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("../../migrations/sqlite"),
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        self.migrator().run(&self.write).await?;
+        Ok(())
+    }
+
+    /// Migrations known to this binary that the database has not applied yet.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM _sqlx_migrations WHERE success = TRUE",
+        )
+        .fetch_all(&self.read)
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => Vec::new(),
+        };
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect())
+    }
+
+    /// Drops every table and applies the migrations again.
+    pub async fn reset(&self) -> Result<()> {
+        let tables = [
+            "log_chunk",
+            "xcom",
+            "ti_transition",
+            "task_instance_history",
+            "task_instance",
+            "dag_run",
+            "import_error",
+            "dag_code",
+            "serialized_dag",
+            "dag",
+            "slot_pool",
+            "job",
+            "_sqlx_migrations",
+        ];
+        for t in tables {
+            // Table names are constants above, never input.
+            sqlx::query(&format!("DROP TABLE IF EXISTS {t}"))
+                .execute(&self.write)
+                .await?;
+        }
+        self.migrate().await
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    pub(crate) fn read_pool(&self) -> &AnyPool {
+        &self.read
+    }
+}
+
+fn normalize_url(url: &str) -> Result<(Backend, String)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.trim_start_matches("//");
+        let sep = if rest.contains('?') { '&' } else { '?' };
+        let url = if rest.contains("mode=") {
+            format!("sqlite://{rest}")
+        } else {
+            format!("sqlite://{rest}{sep}mode=rwc")
+        };
+        return Ok((Backend::Sqlite, url));
+    }
+    if url.contains("://") {
+        return Err(StoreError::Url {
+            url: redact_url(url),
+            reason: "only postgres:// and sqlite:// URLs are supported".into(),
+        });
+    }
+    Ok((Backend::Sqlite, format!("sqlite://{url}?mode=rwc")))
+}
+
+/// Microseconds since the epoch, the storage form of every instant.
+pub fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+pub(crate) fn opt_from_micros(us: Option<i64>) -> Option<DateTime<Utc>> {
+    us.map(from_micros)
+}
+
+/// `$start, $start+1, ...` placeholders for an IN list of `n` values.
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            normalize_url("/tmp/x.db").unwrap(),
+            (Backend::Sqlite, "sqlite:///tmp/x.db?mode=rwc".into())
+        );
+        assert_eq!(
+            normalize_url("sqlite:///tmp/x.db").unwrap().1,
+            "sqlite:///tmp/x.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_url("postgres://u@h/db").unwrap().0,
+            Backend::Postgres
+        );
+        assert!(normalize_url("mysql://h/db").is_err());
+        assert_eq!(
+            redact_url("postgres://flow:s3cret@db:5432/flow"),
+            "postgres://flow:***@db:5432/flow"
+        );
+        assert_eq!(placeholders(3, 2), "$3, $4");
+    }
+}

@@ -1,0 +1,623 @@
+//! Task instances: creation, guarded state changes with history, claiming, heartbeats,
+//! finishing, and the counts the scheduler's queueing decisions need.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use flow_model::TaskInstanceState as S;
+use flow_model::transition::Actor;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::{
+    Backend, Result, Store, StoreError, from_micros, opt_from_micros, placeholders, to_micros,
+};
+
+/// Identifies a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TiKey {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+}
+
+impl TiKey {
+    pub fn new(dag_id: &str, run_id: &str, task_id: &str, map_index: i64) -> Self {
+        TiKey {
+            dag_id: dag_id.to_owned(),
+            run_id: run_id.to_owned(),
+            task_id: task_id.to_owned(),
+            map_index,
+        }
+    }
+}
+
+/// A task instance to create with its run.
+#[derive(Debug, Clone)]
+pub struct NewTaskInstance {
+    pub task_id: String,
+    pub map_index: i64,
+    pub max_tries: i64,
+    pub operator: String,
+    pub queue: String,
+    pub pool: String,
+    pub pool_slots: i64,
+    pub priority_weight: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiRow {
+    pub key: TiKey,
+    pub state: S,
+    pub try_number: i64,
+    pub max_tries: i64,
+    pub operator: String,
+    pub queue: String,
+    pub pool: String,
+    pub pool_slots: i64,
+    pub priority_weight: i64,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub scheduled_dttm: Option<DateTime<Utc>>,
+    pub queued_dttm: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub hostname: String,
+    pub worker_id: Option<String>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A task instance a worker has just claimed (now `running`, try number bumped).
+pub type ClaimedTi = TiRow;
+
+/// One guarded state change: applied only if the current state is in `from`.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub key: TiKey,
+    pub from: Vec<S>,
+    pub to: S,
+    pub reason: Option<String>,
+    /// For `up_for_retry`: when the retry may be scheduled.
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+/// A worker's report of how a try ended.
+#[derive(Debug, Clone)]
+pub struct TiFinish {
+    pub key: TiKey,
+    pub try_number: i64,
+    /// success, failed, skipped or up_for_retry.
+    pub state: S,
+    pub reason: Option<String>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The `return_value` XCom, if any.
+    pub xcom: Option<serde_json::Value>,
+    pub rendered_fields: Option<String>,
+}
+
+/// Slots in use per pool, running/queued counts per DAG and per task, for queueing decisions.
+#[derive(Debug, Clone, Default)]
+pub struct PoolUsage {
+    /// pool -> (total slots, slots occupied by queued or running task instances)
+    pub pools: HashMap<String, (i64, i64)>,
+    /// dag_id -> queued + running task instances
+    pub per_dag: HashMap<String, i64>,
+    /// (dag_id, task_id) -> queued + running task instances
+    pub per_task: HashMap<(String, String), i64>,
+    /// all queued + running task instances
+    pub total: i64,
+}
+
+const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
+    operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
+    scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at";
+
+fn parse_state(s: &str) -> Result<S> {
+    S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn ti_row(r: &AnyRow) -> Result<TiRow> {
+    let state: String = r.try_get("state")?;
+    Ok(TiRow {
+        key: TiKey {
+            dag_id: r.try_get("dag_id")?,
+            run_id: r.try_get("run_id")?,
+            task_id: r.try_get("task_id")?,
+            map_index: r.try_get("map_index")?,
+        },
+        state: parse_state(&state)?,
+        try_number: r.try_get("try_number")?,
+        max_tries: r.try_get("max_tries")?,
+        operator: r.try_get("operator")?,
+        queue: r.try_get("queue")?,
+        pool: r.try_get("pool")?,
+        pool_slots: r.try_get("pool_slots")?,
+        priority_weight: r.try_get("priority_weight")?,
+        start_date: opt_from_micros(r.try_get("start_date")?),
+        end_date: opt_from_micros(r.try_get("end_date")?),
+        duration: r.try_get("duration")?,
+        scheduled_dttm: opt_from_micros(r.try_get("scheduled_dttm")?),
+        queued_dttm: opt_from_micros(r.try_get("queued_dttm")?),
+        next_retry_at: opt_from_micros(r.try_get("next_retry_at")?),
+        hostname: r.try_get("hostname")?,
+        worker_id: r.try_get("worker_id")?,
+        last_heartbeat_at: opt_from_micros(r.try_get("last_heartbeat_at")?),
+        updated_at: from_micros(r.try_get("updated_at")?),
+    })
+}
+
+/// Rows per multi-row INSERT: well under both engines' bound-parameter limits.
+const INSERT_BATCH: usize = 500;
+
+pub(crate) async fn insert_task_instances(
+    tx: &mut Transaction<'static, Any>,
+    dag_id: &str,
+    run_id: &str,
+    tis: &[NewTaskInstance],
+    now_us: i64,
+) -> Result<()> {
+    const COLS: usize = 11;
+    for chunk in tis.chunks(INSERT_BATCH) {
+        // Every new task instance starts with no state ('none').
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({}, 'none')", placeholders(i * COLS + 1, COLS)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO task_instance (dag_id, run_id, task_id, map_index, max_tries, operator, \
+             queue, pool, pool_slots, priority_weight, updated_at, state) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for ti in chunk {
+            q = q
+                .bind(dag_id)
+                .bind(run_id)
+                .bind(&ti.task_id)
+                .bind(ti.map_index)
+                .bind(ti.max_tries)
+                .bind(&ti.operator)
+                .bind(&ti.queue)
+                .bind(&ti.pool)
+                .bind(ti.pool_slots)
+                .bind(ti.priority_weight)
+                .bind(now_us);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_transitions(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(TiKey, i64, S, S, Option<String>)],
+    actor: Actor,
+    now_us: i64,
+) -> Result<()> {
+    const COLS: usize = 10;
+    for chunk in rows.chunks(INSERT_BATCH) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO ti_transition (dag_id, run_id, task_id, map_index, try_number, \
+             from_state, to_state, actor, reason, at) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (key, try_number, from, to, reason) in chunk {
+            q = q
+                .bind(&key.dag_id)
+                .bind(&key.run_id)
+                .bind(&key.task_id)
+                .bind(key.map_index)
+                .bind(*try_number)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(actor.as_str())
+                .bind(reason.clone())
+                .bind(now_us);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Copies a task instance's current try into the history table (one row per try).
+async fn record_history(
+    tx: &mut Transaction<'static, Any>,
+    key: &TiKey,
+    reason: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO task_instance_history (dag_id, run_id, task_id, map_index, try_number, \
+         state, start_date, end_date, duration, hostname, operator, queue, pool, reason) \
+         SELECT dag_id, run_id, task_id, map_index, try_number, state, start_date, end_date, \
+         duration, hostname, operator, queue, pool, $5 FROM task_instance \
+         WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4 AND try_number > 0 \
+         ON CONFLICT (dag_id, run_id, task_id, map_index, try_number) DO UPDATE SET \
+         state = excluded.state, end_date = excluded.end_date, duration = excluded.duration, \
+         reason = excluded.reason",
+    )
+    .bind(&key.dag_id)
+    .bind(&key.run_id)
+    .bind(&key.task_id)
+    .bind(key.map_index)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn key_where(start: usize) -> String {
+    format!(
+        "dag_id = ${} AND run_id = ${} AND task_id = ${} AND map_index = ${}",
+        start,
+        start + 1,
+        start + 2,
+        start + 3
+    )
+}
+
+impl Store {
+    /// All task instances of a run, by task id.
+    pub async fn ti_list_for_run(&self, dag_id: &str, run_id: &str) -> Result<Vec<TiRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id = $2 \
+             ORDER BY task_id, map_index"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(ti_row).collect()
+    }
+
+    /// Task instances of every queued or running dag run, in one query.
+    pub async fn ti_list_active_runs(&self) -> Result<Vec<TiRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM task_instance ti JOIN dag_run r \
+             ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id \
+             WHERE r.state IN ('queued', 'running')",
+            TI_COLUMNS
+                .split(", ")
+                .map(|c| format!("ti.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(ti_row).collect()
+    }
+
+    pub async fn ti_get(&self, key: &TiKey) -> Result<Option<TiRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE {}",
+            key_where(1)
+        ))
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(key.map_index)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.as_ref().map(ti_row).transpose()
+    }
+
+    /// Task instances in a state (e.g. `scheduled` for queueing), highest priority first.
+    pub async fn ti_list_in_state(&self, state: S, limit: i64) -> Result<Vec<TiRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE state = $1 \
+             ORDER BY priority_weight DESC, scheduled_dttm, dag_id, run_id, task_id LIMIT $2"
+        ))
+        .bind(state.as_str())
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(ti_row).collect()
+    }
+
+    /// Applies guarded state changes in one transaction and records each applied one with
+    /// `actor`. Returns, per change, whether it was applied (its current state was in `from`).
+    pub async fn ti_set_states(
+        &self,
+        changes: &[StateChange],
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_us = to_micros(now);
+        let mut tx = self.begin().await?;
+        let mut applied = Vec::with_capacity(changes.len());
+        let mut transitions = Vec::new();
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        for c in changes {
+            let current = sqlx::query(&format!(
+                "SELECT state, try_number FROM task_instance WHERE {}{lock}",
+                key_where(1)
+            ))
+            .bind(&c.key.dag_id)
+            .bind(&c.key.run_id)
+            .bind(&c.key.task_id)
+            .bind(c.key.map_index)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(current) = current else {
+                applied.push(false);
+                continue;
+            };
+            let state = parse_state(&current.try_get::<String, _>("state")?)?;
+            let try_number: i64 = current.try_get("try_number")?;
+            if !c.from.contains(&state) {
+                applied.push(false);
+                continue;
+            }
+            let finished_now = c.to.is_finished() || c.to == S::UpForRetry;
+            let sql = format!(
+                "UPDATE task_instance SET state = $1, updated_at = $2, \
+                 scheduled_dttm = CASE WHEN $1 = 'scheduled' THEN $2 ELSE scheduled_dttm END, \
+                 queued_dttm = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_dttm END, \
+                 next_retry_at = $3, \
+                 end_date = CASE WHEN $4 = 1 THEN $2 WHEN $1 = 'none' THEN NULL ELSE end_date END, \
+                 start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
+                 worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
+                 WHERE {} AND state = $9",
+                key_where(5)
+            );
+            sqlx::query(&sql)
+                .bind(c.to.as_str())
+                .bind(now_us)
+                .bind(c.next_retry_at.map(to_micros))
+                .bind(i64::from(finished_now && state == S::Running))
+                .bind(&c.key.dag_id)
+                .bind(&c.key.run_id)
+                .bind(&c.key.task_id)
+                .bind(c.key.map_index)
+                .bind(state.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if state == S::Running && finished_now {
+                record_history(&mut tx, &c.key, c.reason.as_deref()).await?;
+            }
+            transitions.push((c.key.clone(), try_number, state, c.to, c.reason.clone()));
+            applied.push(true);
+        }
+        insert_transitions(&mut tx, &transitions, actor, now_us).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Claims up to `limit` queued task instances from `queues` for a worker: they become
+    /// `running` with the try number bumped and a first heartbeat. On PostgreSQL concurrent
+    /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the write lock
+    /// serializes them. A row is claimed by exactly one worker.
+    pub async fn ti_claim(
+        &self,
+        worker_id: &str,
+        hostname: &str,
+        queues: &[String],
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedTi>> {
+        if limit <= 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_us = to_micros(now);
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE task_instance SET state = 'running', try_number = try_number + 1, \
+             start_date = $1, end_date = NULL, duration = NULL, hostname = $2, worker_id = $3, \
+             last_heartbeat_at = $1, updated_at = $1 \
+             WHERE (dag_id, run_id, task_id, map_index) IN ( \
+               SELECT dag_id, run_id, task_id, map_index FROM task_instance \
+               WHERE state = 'queued' AND queue IN ({}) \
+               ORDER BY priority_weight DESC, queued_dttm LIMIT $4{lock}) \
+             AND state = 'queued' RETURNING {TI_COLUMNS}",
+            placeholders(5, queues.len())
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(now_us)
+            .bind(hostname)
+            .bind(worker_id)
+            .bind(limit);
+        for queue in queues {
+            q = q.bind(queue);
+        }
+        let mut tx = self.begin().await?;
+        let rows = q.fetch_all(&mut *tx).await?;
+        let claimed: Vec<TiRow> = rows.iter().map(ti_row).collect::<Result<_>>()?;
+        let transitions: Vec<_> = claimed
+            .iter()
+            .map(|t| (t.key.clone(), t.try_number, S::Queued, S::Running, None))
+            .collect();
+        insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Records that a worker is still running these tries. Returns the keys it no longer owns
+    /// (cleared, marked or rescued meanwhile): the worker should stop them.
+    pub async fn ti_heartbeat(
+        &self,
+        worker_id: &str,
+        running: &[(TiKey, i64)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TiKey>> {
+        let now_us = to_micros(now);
+        let mut lost = Vec::new();
+        let mut tx = self.begin().await?;
+        for (key, try_number) in running {
+            let n = sqlx::query(&format!(
+                "UPDATE task_instance SET last_heartbeat_at = $1 WHERE {} \
+                 AND try_number = $6 AND worker_id = $7 AND state = 'running'",
+                key_where(2)
+            ))
+            .bind(now_us)
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(key.map_index)
+            .bind(*try_number)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                lost.push(key.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    /// Records how a try ended, with its XCom and history row, in one transaction. Applied
+    /// only if the task instance is still `running` this try (a zombie-rescued or cleared
+    /// task's late report changes nothing). Returns whether it was applied.
+    pub async fn ti_finish(&self, f: &TiFinish, now: DateTime<Utc>) -> Result<bool> {
+        let now_us = to_micros(now);
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(&format!(
+            "UPDATE task_instance SET state = $1, end_date = $2, updated_at = $2, \
+             duration = ($2 - start_date) / 1000000.0, next_retry_at = $3, \
+             rendered_fields = COALESCE($4, rendered_fields) \
+             WHERE {} AND try_number = $9 AND state = 'running'",
+            key_where(5)
+        ))
+        .bind(f.state.as_str())
+        .bind(now_us)
+        .bind(f.next_retry_at.map(to_micros))
+        .bind(f.rendered_fields.clone())
+        .bind(&f.key.dag_id)
+        .bind(&f.key.run_id)
+        .bind(&f.key.task_id)
+        .bind(f.key.map_index)
+        .bind(f.try_number)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_history(&mut tx, &f.key, f.reason.as_deref()).await?;
+        insert_transitions(
+            &mut tx,
+            &[(
+                f.key.clone(),
+                f.try_number,
+                S::Running,
+                f.state,
+                f.reason.clone(),
+            )],
+            Actor::Worker,
+            now_us,
+        )
+        .await?;
+        if let Some(value) = &f.xcom {
+            crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Running task instances whose last heartbeat is older than `cutoff` (zombies).
+    pub async fn ti_list_stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<TiRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE state = 'running' \
+             AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)"
+        ))
+        .bind(to_micros(cutoff))
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(ti_row).collect()
+    }
+
+    /// Occupancy of pools, DAGs and tasks by queued and running task instances.
+    pub async fn ti_pool_usage(&self) -> Result<PoolUsage> {
+        let mut usage = PoolUsage::default();
+        for r in sqlx::query("SELECT pool, slots FROM slot_pool")
+            .fetch_all(self.read_pool())
+            .await?
+        {
+            usage
+                .pools
+                .insert(r.try_get("pool")?, (r.try_get("slots")?, 0));
+        }
+        let rows = sqlx::query(
+            "SELECT dag_id, task_id, pool, CAST(SUM(pool_slots) AS BIGINT) AS slots, COUNT(*) AS n \
+             FROM task_instance WHERE state IN ('queued', 'running') \
+             GROUP BY dag_id, task_id, pool",
+        )
+        .fetch_all(self.read_pool())
+        .await?;
+        for r in rows {
+            let dag_id: String = r.try_get("dag_id")?;
+            let task_id: String = r.try_get("task_id")?;
+            let pool: String = r.try_get("pool")?;
+            let slots: i64 = r.try_get("slots")?;
+            let n: i64 = r.try_get("n")?;
+            usage.pools.entry(pool).or_insert((0, 0)).1 += slots;
+            *usage.per_dag.entry(dag_id.clone()).or_default() += n;
+            *usage.per_task.entry((dag_id, task_id)).or_default() += n;
+            usage.total += n;
+        }
+        Ok(usage)
+    }
+
+    /// The recorded transitions of a task instance, oldest first: `(try, from, to, actor,
+    /// reason, at)`.
+    pub async fn ti_transitions(
+        &self,
+        key: &TiKey,
+    ) -> Result<Vec<(i64, String, String, String, Option<String>, DateTime<Utc>)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT try_number, from_state, to_state, actor, reason, at FROM ti_transition \
+             WHERE {} ORDER BY id",
+            key_where(1)
+        ))
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(key.map_index)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("try_number")?,
+                    r.try_get("from_state")?,
+                    r.try_get("to_state")?,
+                    r.try_get("actor")?,
+                    r.try_get("reason")?,
+                    from_micros(r.try_get("at")?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Creates or resizes a pool.
+    pub async fn pool_set(&self, pool: &str, slots: i64, description: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO slot_pool (pool, slots, description) VALUES ($1, $2, $3) \
+             ON CONFLICT (pool) DO UPDATE SET slots = excluded.slots, \
+             description = excluded.description",
+        )
+        .bind(pool)
+        .bind(slots)
+        .bind(description)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Fresh databases for tests: a SQLite file in a temporary folder, or a new PostgreSQL
+//! database on the server at `FLOW_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards.
+//!
+//! Outside CI a missing PostgreSQL server skips those tests loudly; with `CI=true` it fails.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Backend, Result, Store, StoreError};
+
+/// A throwaway database. Call [`TestDb::drop_db`] at the end of a test.
+#[derive(Debug)]
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    admin_url: Option<String>,
+    db_name: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{n}_{nanos}", std::process::id())
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_admin_url() -> String {
+    std::env::var("FLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => format!("{url}/{db}"),
+    }
+}
+
+impl TestDb {
+    /// A migrated SQLite database in a new temporary folder.
+    pub async fn sqlite() -> Result<TestDb> {
+        let dir = std::env::temp_dir().join(unique("flow_test"));
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let url = dir.join("flow.db").display().to_string();
+        let store = Store::connect(&url).await?;
+        store.migrate().await?;
+        Ok(TestDb {
+            store,
+            url,
+            admin_url: None,
+            db_name: None,
+            dir: Some(dir),
+        })
+    }
+
+    /// A migrated PostgreSQL database, or `None` (with a loud message) when no server is
+    /// reachable outside CI. Under `CI=true` an unreachable server is an error.
+    pub async fn postgres() -> Result<Option<TestDb>> {
+        let admin_url = postgres_admin_url();
+        let admin = match Store::connect(&admin_url).await {
+            Ok(s) => s,
+            Err(e) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    return Err(StoreError::Invalid(format!(
+                        "CI=true but PostgreSQL at {} is unreachable: {e}",
+                        crate::redact_url(&admin_url)
+                    )));
+                }
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {} unreachable ({e}); set FLOW_TEST_DATABASE_URL",
+                    crate::redact_url(&admin_url)
+                );
+                return Ok(None);
+            }
+        };
+        let name = unique("flow_test");
+        // The name is generated above from digits and underscores, never from input.
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(admin.read_pool())
+            .await?;
+        admin.close().await;
+        let url = with_database(&admin_url, &name);
+        let store = Store::connect(&url).await?;
+        store.migrate().await?;
+        Ok(Some(TestDb {
+            store,
+            url,
+            admin_url: Some(admin_url),
+            db_name: Some(name),
+            dir: None,
+        }))
+    }
+
+    /// Both backends (PostgreSQL only when reachable, see [`TestDb::postgres`]).
+    pub async fn all() -> Result<Vec<TestDb>> {
+        let mut out = vec![TestDb::sqlite().await?];
+        if let Some(pg) = TestDb::postgres().await? {
+            out.push(pg);
+        }
+        Ok(out)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    /// Closes the store and removes the database.
+    pub async fn drop_db(self) -> Result<()> {
+        self.store.close().await;
+        if let (Some(admin_url), Some(name)) = (&self.admin_url, &self.db_name) {
+            let admin = Store::connect(admin_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(admin.read_pool())
+                .await?;
+            admin.close().await;
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+}

@@ -4,7 +4,9 @@
 
 mod alloc;
 mod bench;
+mod config;
 mod dags;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,42 @@ enum Command {
         #[command(subcommand)]
         command: dags::DagsCommand,
     },
+    /// Metadata database: migrate, check, reset.
+    Db {
+        #[command(subcommand)]
+        command: ops::DbCommand,
+    },
+    /// Scheduler and an embedded worker in one process (SQLite unless FLOW__DATABASE__URL is set).
+    Standalone {
+        /// Web UI port (the web UI arrives in a later release).
+        #[arg(short, long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// The scheduler: parses DAGs, creates runs, queues task instances. Runs an embedded
+    /// worker unless --no-worker.
+    Scheduler {
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// A worker: claims queued task instances and runs them (PostgreSQL only).
+    Worker {
+        /// Comma-separated queues to take work from.
+        #[arg(short, long, value_delimiter = ',')]
+        queues: Option<Vec<String>>,
+        /// Task instances run at once.
+        #[arg(short, long)]
+        concurrency: Option<usize>,
+    },
+    /// Dag runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Task instances.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Benchmarks (not tests): measure flow on this machine.
     Bench {
         #[command(subcommand)]
@@ -47,21 +85,133 @@ enum Command {
     Version,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dags { command } => dags::run(command, &cli.dags_folder),
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// A DAG's most recent runs.
+    List {
+        dag_id: String,
+        #[arg(short, long, default_value_t = 25)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// The task instances of a run and their states.
+    States { dag_id: String, run_id: String },
+    /// A task instance's log.
+    Logs {
+        dag_id: String,
+        run_id: String,
+        task_id: String,
+        /// Which try (default: the latest).
+        #[arg(long = "try")]
+        try_number: Option<i64>,
+        /// Keep printing new lines until the try ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = std::env::var("FLOW__LOGGING__LEVEL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dags_folder = ops::absolute(&cli.dags_folder);
+    match cli.command {
+        Command::Dags { command } => match command {
+            dags::DagsCommand::Trigger {
+                dag_id,
+                conf,
+                run_id,
+                logical_date,
+                wait,
+            } => {
+                ops::trigger(
+                    &dags_folder,
+                    &dag_id,
+                    conf.as_deref(),
+                    run_id,
+                    logical_date,
+                    wait,
+                )
+                .await
+            }
+            dags::DagsCommand::Pause { dag_id } => {
+                ops::set_paused(&dags_folder, &dag_id, true).await
+            }
+            dags::DagsCommand::Unpause { dag_id } => {
+                ops::set_paused(&dags_folder, &dag_id, false).await
+            }
+            other => dags::run(other, &cli.dags_folder),
+        },
+        Command::Db { command } => ops::db(command).await,
+        Command::Standalone { port: _ } => {
+            init_tracing();
+            ops::serve(&dags_folder, true, None).await
+        }
+        Command::Scheduler { no_worker } => {
+            init_tracing();
+            ops::serve(&dags_folder, !no_worker, None).await
+        }
+        Command::Worker {
+            queues,
+            concurrency,
+        } => {
+            init_tracing();
+            let config = ops::worker_config(&dags_folder, queues, concurrency)?;
+            ops::worker(config).await
+        }
+        Command::Runs {
+            command: RunsCommand::List { dag_id, limit },
+        } => ops::runs_list(&dag_id, limit).await,
+        Command::Tasks { command } => match command {
+            TasksCommand::States { dag_id, run_id } => ops::task_states(&dag_id, &run_id).await,
+            TasksCommand::Logs {
+                dag_id,
+                run_id,
+                task_id,
+                try_number,
+                follow,
+            } => ops::task_logs(&dag_id, &run_id, &task_id, try_number, follow).await,
+        },
         Command::Bench { command } => bench::run(command),
         Command::Version => {
             println!("flow {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

@@ -276,18 +276,37 @@ impl DagDraft {
             ctx.error(n.span, "`end_date` is before `start_date`");
         }
 
-        let kind = read_timetable_kind(ctx, spec.timetable.as_ref().map(|r| &r.node));
-        let (schedule, schedule_text, kind) = match (&spec.schedule, &spec.schedule_interval) {
-            (Some(a), Some(_)) => {
+        // `timetable:` is flow's `trigger`/`data_interval` switch, or (dag-factory) an Airflow
+        // timetable object, which then plays the role of `schedule`.
+        let timetable_node = spec.timetable.as_ref().map(|r| &r.node);
+        let timetable_object = timetable_node.filter(|n| n.as_map().is_some());
+        let kind = match timetable_object {
+            Some(_) => TimetableKind::DataInterval,
+            None => read_timetable_kind(ctx, timetable_node),
+        };
+        let schedule_node = match (&spec.schedule, &spec.schedule_interval, timetable_object) {
+            (Some(a), Some(_), _) | (Some(a), None, Some(_)) | (None, Some(a), Some(_)) => {
                 ctx.error(
                     a.node.span,
-                    "both `schedule` and `schedule_interval` are set; keep only `schedule`",
+                    "set only one of `schedule`, `schedule_interval` and a `timetable` object",
                 );
-                (Schedule::None, "None".to_owned(), kind)
+                None
             }
-            (Some(r), None) | (None, Some(r)) => read_schedule(ctx, &r.node, kind),
-            (None, None) => (Schedule::None, "None".to_owned(), kind),
+            (Some(r), None, None) | (None, Some(r), None) => Some(&r.node),
+            (None, None, Some(t)) => Some(t),
+            (None, None, None) => None,
         };
+        let (schedule, schedule_text, kind, schedule_tz) = match schedule_node {
+            Some(n) => read_schedule(ctx, n, kind),
+            None => (Schedule::None, "None".to_owned(), kind, None),
+        };
+        if matches!(schedule, Schedule::Continuous) && spec.max_active_runs.is_some_and(|n| n > 1) {
+            let span = node.get("max_active_runs").map_or(key.span, |n| n.span);
+            ctx.error(
+                span,
+                "`@continuous` runs one run at a time: `max_active_runs` must be 1",
+            );
+        }
         if !matches!(schedule, Schedule::None) && start_node.is_none() {
             ctx.warn(
                 key.span,
@@ -379,7 +398,7 @@ impl DagDraft {
             schedule_text,
             timetable: Timetable {
                 schedule,
-                timezone,
+                timezone: schedule_tz.unwrap_or(timezone),
                 kind,
             },
             start_date,
@@ -441,12 +460,27 @@ impl DagDraft {
                 );
             }
         }
+        // A task belongs to its group and to every ancestor of it. Walk names, not ids: with
+        // `prefix_group_id: false` a nested group's id does not start with its parent's.
+        let group_by_full: HashMap<&str, &GroupDraft> =
+            groups.iter().map(|g| (g.full_id.as_str(), g)).collect();
+        let ancestors_of = |full: &str| -> Vec<&str> {
+            let mut out = Vec::new();
+            let mut cur = group_by_full.get(full).copied();
+            while let Some(g) = cur {
+                if out.contains(&g.name.as_str()) || out.len() > groups.len() {
+                    break;
+                }
+                out.push(g.name.as_str());
+                cur = g
+                    .spec
+                    .parent_group_name
+                    .as_ref()
+                    .and_then(|p| groups.iter().find(|x| &x.name == p));
+            }
+            out
+        };
         let group_members = |group: &str| -> Vec<usize> {
-            let full = groups
-                .iter()
-                .find(|g| g.name == group)
-                .map(|g| g.full_id.as_str());
-            let Some(full) = full else { return Vec::new() };
             tasks
                 .iter()
                 .enumerate()
@@ -454,7 +488,7 @@ impl DagDraft {
                     t.task
                         .group_id
                         .as_deref()
-                        .is_some_and(|g| g == full || g.starts_with(&format!("{full}.")))
+                        .is_some_and(|g| ancestors_of(g).contains(&group))
                 })
                 .map(|(i, _)| i)
                 .collect()
@@ -675,14 +709,24 @@ fn check_default_args(ctx: &mut Ctx<'_>, node: &Node) {
     for fields in operator_fields_all() {
         allowed.extend_from_slice(fields);
     }
+    let dag_fields = field_names::<DagSpec>();
     for (k, _) in entries {
         let key = k.as_str().unwrap_or("null");
-        if !allowed.contains(&key) {
-            ctx.error(
-                k.span,
-                format!("`default_args`: {}", unknown_key_message(key, &allowed)),
-            );
+        if allowed.contains(&key) {
+            continue;
         }
+        if dag_fields.contains(&key) {
+            // Airflow hands default_args to operators only; a DAG argument there is ignored.
+            ctx.warn(
+                k.span,
+                format!("`default_args`: `{key}` is a DAG argument and has no effect here; set it on the DAG"),
+            );
+            continue;
+        }
+        ctx.error(
+            k.span,
+            format!("`default_args`: {}", unknown_key_message(key, &allowed)),
+        );
     }
     warn_unsupported(ctx, node, TASK_UNSUPPORTED_KEYS);
 }
@@ -772,47 +816,98 @@ fn read_timetable_kind(ctx: &mut Ctx<'_>, node: Option<&Node>) -> TimetableKind 
 }
 
 /// Reads `schedule`: a string, null, or an Airflow timetable object.
-fn read_schedule(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    kind: TimetableKind,
-) -> (Schedule, String, TimetableKind) {
+/// What `schedule` says: the schedule, its display text, the timetable kind, and the time zone a
+/// timetable object names for itself.
+type ScheduleParts = (Schedule, String, TimetableKind, Option<Tz>);
+
+const ASSET_SCHEDULES: &str = "`schedule`: asset (dataset) schedules are not supported yet; use a cron, a preset, an interval or null";
+
+fn read_schedule(ctx: &mut Ctx<'_>, node: &Node, kind: TimetableKind) -> ScheduleParts {
     match &node.value {
-        Value::Null => (Schedule::None, "None".to_owned(), kind),
+        Value::Null => (Schedule::None, "None".to_owned(), kind, None),
         Value::Scalar(s) => match parse_schedule(&s.text) {
-            Ok(schedule) => (schedule, s.text.trim().to_owned(), kind),
+            Ok(schedule) => (schedule, s.text.trim().to_owned(), kind, None),
             Err(e) => {
                 ctx.error(node.span, format!("`schedule`: {e}"));
-                (Schedule::None, s.text.clone(), kind)
+                (Schedule::None, s.text.clone(), kind, None)
             }
         },
+        Value::Map(_)
+            if node.get("__type__").and_then(Node::as_str) == Some("datetime.timedelta") =>
+        {
+            match duration_from_node(node) {
+                Ok(d) if d > Duration::zero() => (
+                    Schedule::Interval(d),
+                    crate::schedule::format_duration(d),
+                    kind,
+                    None,
+                ),
+                Ok(_) => {
+                    ctx.error(
+                        node.span,
+                        "`schedule`: the interval must be longer than zero",
+                    );
+                    (Schedule::None, "None".to_owned(), kind, None)
+                }
+                Err(e) => {
+                    ctx.error(node.span, format!("`schedule`: {e}"));
+                    (Schedule::None, "None".to_owned(), kind, None)
+                }
+            }
+        }
+        Value::Map(_) if node.get("__type__").is_none() => {
+            // dag-factory's `{datasets: ...}`, `{file: ..., datasets: ...}`, `{assets: ...}`.
+            ctx.error(node.span, ASSET_SCHEDULES);
+            (Schedule::None, "None".to_owned(), kind, None)
+        }
         Value::Map(_) => read_timetable_object(ctx, node, kind),
         Value::Seq(_) => {
-            ctx.error(
-                node.span,
-                "`schedule`: asset (dataset) schedules are not supported yet; use a cron, a preset, an interval or null",
-            );
-            (Schedule::None, "None".to_owned(), kind)
+            ctx.error(node.span, ASSET_SCHEDULES);
+            (Schedule::None, "None".to_owned(), kind, None)
         }
     }
 }
 
 /// `{__type__: airflow.timetables.trigger.CronTriggerTimetable, cron: "0 1 * * 3", timezone: UTC}`
 /// and its siblings, as dag-factory writes Airflow timetables.
-fn read_timetable_object(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    kind: TimetableKind,
-) -> (Schedule, String, TimetableKind) {
+fn read_timetable_object(ctx: &mut Ctx<'_>, node: &Node, kind: TimetableKind) -> ScheduleParts {
+    const KEYS: &[&str] = &[
+        "__type__",
+        "__args__",
+        "cron",
+        "timezone",
+        "delta",
+        "interval",
+        "run_immediately",
+    ];
     let type_path = node.get("__type__").and_then(Node::as_str).unwrap_or("");
     let class = type_path.rsplit('.').next().unwrap_or("");
+    for (k, _) in node.as_map().unwrap_or_default() {
+        let key = k.as_str().unwrap_or("null");
+        if !KEYS.contains(&key) {
+            ctx.error(
+                k.span,
+                format!("`schedule`: {}", unknown_key_message(key, KEYS)),
+            );
+        }
+    }
+    let tz = match node.get("timezone") {
+        Some(t) => match t.as_str() {
+            Some(name) => parse_timezone(ctx, name, t.span),
+            None => {
+                ctx.error(t.span, "`timezone` must be an IANA time zone name");
+                None
+            }
+        },
+        None => None,
+    };
     let first_arg = node
         .get("__args__")
         .and_then(Node::as_seq)
         .and_then(|a| a.first());
     let fail = |ctx: &mut Ctx<'_>, msg: String| {
         ctx.error(node.span, format!("`schedule`: {msg}"));
-        (Schedule::None, "None".to_owned(), kind)
+        (Schedule::None, "None".to_owned(), kind, None)
     };
     match class {
         "CronTriggerTimetable" | "CronDataIntervalTimetable" => {
@@ -825,7 +920,7 @@ fn read_timetable_object(
                 TimetableKind::DataInterval
             };
             match parse_schedule(cron) {
-                Ok(s) => (s, cron.trim().to_owned(), kind),
+                Ok(s) => (s, cron.trim().to_owned(), kind, tz),
                 Err(e) => fail(ctx, e.to_string()),
             }
         }
@@ -843,14 +938,15 @@ fn read_timetable_object(
                     Schedule::Interval(d),
                     crate::schedule::format_duration(d),
                     kind,
+                    tz,
                 ),
                 Ok(_) => fail(ctx, "the interval must be longer than zero".into()),
                 Err(e) => fail(ctx, e),
             }
         }
-        "NullTimetable" => (Schedule::None, "None".to_owned(), kind),
-        "OnceTimetable" => (Schedule::Once, "@once".to_owned(), kind),
-        "ContinuousTimetable" => (Schedule::Continuous, "@continuous".to_owned(), kind),
+        "NullTimetable" => (Schedule::None, "None".to_owned(), kind, tz),
+        "OnceTimetable" => (Schedule::Once, "@once".to_owned(), kind, tz),
+        "ContinuousTimetable" => (Schedule::Continuous, "@continuous".to_owned(), kind, tz),
         _ => fail(
             ctx,
             format!(
@@ -1700,14 +1796,22 @@ fn read_python(
 /// `+task_id` (dag-factory's XComArg shorthand) or `task_id.output` become task outputs; with
 /// `allow_refs` false everything is a literal.
 fn read_arg(node: &Node, allow_refs: bool, references: &mut Vec<(String, Span)>) -> Arg {
-    if allow_refs
-        && let Value::Scalar(s) = &node.value
-        && s.plain
-    {
-        let target = s
-            .text
+    if allow_refs && let Value::Scalar(s) = &node.value {
+        // `+task`, `"+task"`, `+task['key']` (dag-factory) and `task.output` (Airflow).
+        let text = s.text.trim();
+        let text = match (text.starts_with('+'), text.find('[')) {
+            (true, Some(i)) if text.ends_with(']') => &text[..i],
+            _ => text,
+        };
+        let target = text
             .strip_prefix('+')
-            .or_else(|| s.text.strip_suffix(".output"))
+            .or_else(|| {
+                if s.plain {
+                    text.strip_suffix(".output")
+                } else {
+                    None
+                }
+            })
             .filter(|t| !t.is_empty() && flow_model::ids::validate_id("task_id", t).is_ok());
         if let Some(t) = target
             && let Ok(id) = TaskId::parse(t)

@@ -291,6 +291,52 @@ mod millis_opt {
 }
 
 impl Dag {
+    /// Effective priority weights per Airflow's weight rules: `downstream` adds the weights of all
+    /// descendants, `upstream` of all ancestors, `absolute` is the task's own.
+    pub fn priority_weights(&self) -> std::collections::HashMap<String, i64> {
+        let index: std::collections::HashMap<&str, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.task_id.as_str(), i))
+            .collect();
+        let own: Vec<i64> = self
+            .tasks
+            .iter()
+            .map(|t| i64::from(t.priority_weight))
+            .collect();
+        let collect = |start: usize, down: bool| -> i64 {
+            let mut seen = vec![false; self.tasks.len()];
+            let mut stack = vec![start];
+            let mut sum = 0i64;
+            while let Some(i) = stack.pop() {
+                if std::mem::replace(&mut seen[i], true) {
+                    continue;
+                }
+                sum = sum.saturating_add(own[i]);
+                let next = if down {
+                    &self.tasks[i].downstream
+                } else {
+                    &self.tasks[i].upstream
+                };
+                stack.extend(next.iter().filter_map(|t| index.get(t.as_str()).copied()));
+            }
+            sum
+        };
+        self.tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let w = match t.weight_rule {
+                    WeightRule::Absolute => own[i],
+                    WeightRule::Downstream => collect(i, true),
+                    WeightRule::Upstream => collect(i, false),
+                };
+                (t.task_id.to_string(), w)
+            })
+            .collect()
+    }
+
     /// The serialized form stored in the metadata database; workers and the webserver read
     /// DAGs from it and never need the dags folder.
     pub fn to_json(&self) -> Result<String, serde_json::Error> {

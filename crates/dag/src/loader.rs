@@ -497,5 +497,33 @@ fn load_file_with(
         }
     }
     file.diagnostics.append(&mut ctx.diagnostics);
+    cap_diagnostics(&mut file);
     file
+}
+
+/// Diagnostics kept per file: enough to fix a file, bounded so that a file that multiplies
+/// errors through anchors cannot flood the output or memory.
+pub const MAX_DIAGNOSTICS_PER_FILE: usize = 100;
+
+fn cap_diagnostics(file: &mut LoadedFile) {
+    if file.diagnostics.len() <= MAX_DIAGNOSTICS_PER_FILE {
+        return;
+    }
+    let dropped = file.diagnostics.len() - MAX_DIAGNOSTICS_PER_FILE;
+    let errors_dropped = file.diagnostics[MAX_DIAGNOSTICS_PER_FILE..]
+        .iter()
+        .filter(|d| d.is_error())
+        .count();
+    file.diagnostics.truncate(MAX_DIAGNOSTICS_PER_FILE);
+    file.diagnostics.push(Diagnostic {
+        severity: if errors_dropped > 0 {
+            Severity::Error
+        } else {
+            Severity::Warning
+        },
+        file: file.path.clone(),
+        line: 1,
+        col: 1,
+        message: format!("... and {dropped} more problem(s) in this file not shown"),
+    });
 }

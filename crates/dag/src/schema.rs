@@ -19,7 +19,8 @@ pub fn dag_file_schema() -> Value {
         "description": "Maps dag ids to DAG specs; an optional `default` block is merged into every DAG of the file (dag-factory format).",
         "type": "object",
         "properties": { "default": dag.clone() },
-        "patternProperties": { "^[A-Za-z0-9_.-]{1,250}$": dag },
+        // `x-...` keys hold YAML anchors and are not DAGs.
+        "patternProperties": { "^x-": {}, "^(?!x-)[A-Za-z0-9_.-]{1,250}$": dag },
         "additionalProperties": false
     });
     let defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();

@@ -216,6 +216,15 @@ pub struct DagSpec {
     pub doc_md_python_arguments: Option<Raw<AnyValue>>,
     pub fail_fast: Option<Raw<AnyValue>>,
     pub fail_stop: Option<Raw<AnyValue>>,
+    pub on_execute_callback: Option<Raw<AnyValue>>,
+    pub on_execute_callback_name: Option<Raw<AnyValue>>,
+    pub on_execute_callback_file: Option<Raw<AnyValue>>,
+    pub on_retry_callback: Option<Raw<AnyValue>>,
+    pub on_retry_callback_name: Option<Raw<AnyValue>>,
+    pub on_retry_callback_file: Option<Raw<AnyValue>>,
+    pub on_skipped_callback: Option<Raw<AnyValue>>,
+    pub on_skipped_callback_name: Option<Raw<AnyValue>>,
+    pub on_skipped_callback_file: Option<Raw<AnyValue>>,
 }
 
 /// DAG-level keys of features not built yet.
@@ -238,6 +247,15 @@ pub const DAG_UNSUPPORTED_KEYS: &[&str] = &[
     "doc_md_python_arguments",
     "fail_fast",
     "fail_stop",
+    "on_execute_callback",
+    "on_execute_callback_name",
+    "on_execute_callback_file",
+    "on_retry_callback",
+    "on_retry_callback_name",
+    "on_retry_callback_file",
+    "on_skipped_callback",
+    "on_skipped_callback_name",
+    "on_skipped_callback_file",
 ];
 
 /// A run parameter.
@@ -389,6 +407,12 @@ pub struct TaskCommonSpec {
     pub resources: Option<Raw<AnyValue>>,
     pub run_as_user: Option<Raw<AnyValue>>,
     pub task_concurrency: Option<Raw<AnyValue>>,
+    pub on_execute_callback_name: Option<Raw<AnyValue>>,
+    pub on_execute_callback_file: Option<Raw<AnyValue>>,
+    pub on_retry_callback_name: Option<Raw<AnyValue>>,
+    pub on_retry_callback_file: Option<Raw<AnyValue>>,
+    pub on_skipped_callback_name: Option<Raw<AnyValue>>,
+    pub on_skipped_callback_file: Option<Raw<AnyValue>>,
 }
 
 /// Task-level keys of features not built yet.
@@ -413,6 +437,12 @@ pub const TASK_UNSUPPORTED_KEYS: &[&str] = &[
     "resources",
     "run_as_user",
     "task_concurrency",
+    "on_execute_callback_name",
+    "on_execute_callback_file",
+    "on_retry_callback_name",
+    "on_retry_callback_file",
+    "on_skipped_callback_name",
+    "on_skipped_callback_file",
 ];
 
 /// `default_args`: any task key; operator keys apply to tasks whose operator takes them.

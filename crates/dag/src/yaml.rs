@@ -357,6 +357,8 @@ fn scalar_node(span: Span, text: Cow<'_, str>, style: ScalarStyle) -> Node {
 /// the last one, which hides typos such as two tasks with the same id).
 fn resolve_merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
     let mut out: Vec<(Node, Node)> = Vec::with_capacity(entries.len());
+    // Key text -> line of first definition; a set keeps huge mappings linear.
+    let mut seen: HashMap<String, u32> = HashMap::with_capacity(entries.len());
     let mut merges: Vec<Node> = Vec::new();
     for (key, value) in entries {
         if let Value::Scalar(Scalar { text, plain: true }) = &key.value
@@ -374,16 +376,14 @@ fn resolve_merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, Y
             }
             continue;
         }
-        if let Some((first, _)) = out.iter().find(|(k, _)| same_key(k, &key)) {
+        let text = key_text(&key);
+        if let Some(first_line) = seen.get(text) {
             return Err(YamlError {
                 span: key.span,
-                message: format!(
-                    "duplicate key `{}` (first defined at line {})",
-                    key.as_str().unwrap_or("null"),
-                    first.span.line
-                ),
+                message: format!("duplicate key `{text}` (first defined at line {first_line})"),
             });
         }
+        seen.insert(text.to_owned(), key.span.line);
         out.push((key, value));
     }
     for source in merges {
@@ -394,7 +394,8 @@ fn resolve_merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, Y
             });
         };
         for (key, value) in src {
-            if !out.iter().any(|(k, _)| same_key(k, &key)) {
+            if !seen.contains_key(key_text(&key)) {
+                seen.insert(key_text(&key).to_owned(), key.span.line);
                 out.push((key, value));
             }
         }
@@ -402,12 +403,9 @@ fn resolve_merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, Y
     Ok(out)
 }
 
-fn same_key(a: &Node, b: &Node) -> bool {
-    match (&a.value, &b.value) {
-        (Value::Null, Value::Null) => true,
-        (Value::Scalar(x), Value::Scalar(y)) => x.text == y.text,
-        _ => false,
-    }
+/// A key's identity for duplicate detection and merging (keys are scalars or null).
+fn key_text(key: &Node) -> &str {
+    key.as_str().unwrap_or("null")
 }
 
 /// Parses one YAML document into a [`Node`] tree. An empty document gives a null node.
@@ -444,14 +442,20 @@ pub fn deep_merge(base: &Node, over: &Node) -> Node {
         return over.clone();
     };
     let mut out: Vec<(Node, Node)> = Vec::with_capacity(b.len() + o.len());
+    let over_index: HashMap<&str, usize> = o
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (key_text(k), i))
+        .collect();
     for (bk, bv) in b {
-        match o.iter().find(|(ok, _)| same_key(ok, bk)) {
-            Some((ok, ov)) => out.push((ok.clone(), deep_merge(bv, ov))),
+        match over_index.get(key_text(bk)) {
+            Some(&i) => out.push((o[i].0.clone(), deep_merge(bv, &o[i].1))),
             None => out.push((bk.clone(), bv.clone())),
         }
     }
+    let base_keys: std::collections::HashSet<&str> = b.iter().map(|(k, _)| key_text(k)).collect();
     for (ok, ov) in o {
-        if !b.iter().any(|(bk, _)| same_key(bk, ok)) {
+        if !base_keys.contains(key_text(ok)) {
             out.push((ok.clone(), ov.clone()));
         }
     }

@@ -279,3 +279,17 @@ fn a_broken_file_does_not_stop_the_others() {
     assert_eq!(bag.error_count(), 1);
     assert!(bag.files[1].has_errors());
 }
+
+#[test]
+fn serialized_dags_round_trip() {
+    for dir in ["good", "../../../../dags"] {
+        let bag = load_dags(&fixtures().join(dir), &options()).unwrap();
+        for dag in bag.dags() {
+            let json = dag.to_json().unwrap();
+            let back = flow_dag::Dag::from_json(&json).unwrap();
+            assert_eq!(back.to_json().unwrap(), json, "{}", dag.dag_id);
+            assert_eq!(back.tasks.len(), dag.tasks.len());
+            assert_eq!(back.timetable, dag.timetable);
+        }
+    }
+}

@@ -18,6 +18,7 @@ mod dags;
 mod logs;
 mod task_instances;
 pub mod testing;
+mod trigger;
 mod xcom;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use logs::{LogLine, LogRead};
 pub use task_instances::{
     ClaimedTi, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
 };
+pub use trigger::{TriggerError, TriggerRequest, new_task_instances, run_id_timestamp};
 pub use xcom::XcomRow;
 
 /// Which engine a store talks to.

@@ -1,0 +1,431 @@
+//! Commands that talk to the metadata database: db, standalone/scheduler/worker, trigger,
+//! pause, runs and task inspection.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration as StdDuration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Subcommand;
+use flow_dag::Dag;
+use flow_executor::worker::{Worker, WorkerConfig, WorkerWakeups};
+use flow_model::{DagRunState, TaskInstanceState};
+use flow_scheduler::{DagProcessor, Scheduler, SchedulerConfig, Wakeups};
+use flow_store::{Backend, Store, TiKey, TriggerError, TriggerRequest};
+use tokio::sync::watch;
+
+use crate::config;
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply pending migrations.
+    Migrate,
+    /// Check that the database is reachable and fully migrated.
+    Check,
+    /// Drop everything and migrate again.
+    Reset {
+        /// Required: this deletes all runs, logs and history.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn connect() -> Result<Store> {
+    let url = config::database_url()?;
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("connecting to {}", flow_store::redact_url(&url)))?;
+    Ok(store)
+}
+
+/// Connects and applies migrations: every long-running command starts this way.
+pub async fn connect_migrated() -> Result<Store> {
+    let store = connect().await?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+pub async fn db(command: DbCommand) -> Result<ExitCode> {
+    let store = connect().await?;
+    match command {
+        DbCommand::Migrate => {
+            store.migrate().await?;
+            println!("database {} is up to date", store.url());
+        }
+        DbCommand::Check => {
+            store.ping().await?;
+            let pending = store.pending_migrations().await?;
+            if !pending.is_empty() {
+                eprintln!(
+                    "database {} needs migrations: {} (run `flow db migrate`)",
+                    store.url(),
+                    pending.join(", ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("database {} is reachable and up to date", store.url());
+        }
+        DbCommand::Reset { yes } => {
+            if !yes {
+                bail!("`flow db reset` deletes everything; pass --yes to confirm");
+            }
+            store.reset().await?;
+            println!("database {} reset", store.url());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
+    Ok(SchedulerConfig {
+        dags_folder: dags_folder.to_path_buf(),
+        parallelism: config::env_number("core", "parallelism", 32)?,
+        dags_are_paused_at_creation: config::env_bool("core", "dags_are_paused_at_creation", true)?,
+        zombie_threshold: StdDuration::from_secs(
+            u64::try_from(config::env_number("scheduler", "zombie_threshold", 60)?).unwrap_or(60),
+        ),
+        ..SchedulerConfig::default()
+    })
+}
+
+pub fn worker_config(
+    dags_folder: &Path,
+    queues: Option<Vec<String>>,
+    concurrency: Option<usize>,
+) -> Result<WorkerConfig> {
+    let default_concurrency =
+        usize::try_from(config::env_number("worker", "concurrency", 16)?).unwrap_or(16);
+    Ok(WorkerConfig {
+        queues: queues.unwrap_or_else(|| vec!["default".into()]),
+        concurrency: concurrency.unwrap_or(default_concurrency).max(1),
+        dags_folder: dags_folder.to_path_buf(),
+        ..WorkerConfig::default()
+    })
+}
+
+/// `flow standalone` and `flow scheduler`: the scheduler, with an embedded worker unless
+/// `with_worker` is false.
+pub async fn serve(
+    dags_folder: &Path,
+    with_worker: bool,
+    worker: Option<WorkerConfig>,
+) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    eprintln!(
+        "flow: metadata database {} ({}), dags folder {}",
+        store.url(),
+        match store.backend() {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        },
+        dags_folder.display()
+    );
+    let shutdown = shutdown_signal();
+    let wakeups = Wakeups::default();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        scheduler_config(dags_folder)?,
+        wakeups.clone(),
+    );
+    let mut handles = Vec::new();
+    handles.push(tokio::spawn(scheduler.run(shutdown.clone())));
+    if with_worker {
+        let config = match worker {
+            Some(c) => c,
+            None => worker_config(dags_folder, None, None)?,
+        };
+        let worker = Worker::new(
+            store.clone(),
+            config,
+            WorkerWakeups {
+                work: wakeups.workers.clone(),
+                finished: wakeups.scheduler.clone(),
+            },
+        );
+        handles.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    for h in handles {
+        h.await.map_err(|e| anyhow!("task failed: {e}"))?;
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flow worker`: a remote worker. Needs PostgreSQL: several processes claiming from one
+/// SQLite file would contend for its single writer lock.
+pub async fn worker(config: WorkerConfig) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    if store.backend() == Backend::Sqlite {
+        bail!(
+            "`flow worker` needs PostgreSQL (set FLOW__DATABASE__URL=postgres://...); with SQLite use \
+             `flow standalone` or `flow scheduler`, which run an embedded worker"
+        );
+    }
+    let shutdown = shutdown_signal();
+    Worker::new(store, config, WorkerWakeups::default())
+        .run(shutdown)
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The DAG as the database knows it; parses the dags folder once if the database has never
+/// seen it (so `trigger` works before a scheduler ever ran).
+pub async fn dag_from_store(
+    store: &Store,
+    dags_folder: &Path,
+    dag_id: &str,
+) -> Result<(Dag, String)> {
+    if store.serialized_dag_get(dag_id).await?.is_none() && dags_folder.exists() {
+        let paused = config::env_bool("core", "dags_are_paused_at_creation", true)?;
+        DagProcessor::new(store.clone(), dags_folder.to_path_buf(), paused)
+            .run_once(Utc::now())
+            .await?;
+    }
+    let Some((data, hash)) = store.serialized_dag_get(dag_id).await? else {
+        let known: Vec<String> = store
+            .dag_list()
+            .await?
+            .into_iter()
+            .map(|d| d.dag_id)
+            .collect();
+        let hint = flow_dag::de::did_you_mean(dag_id, known.iter().map(String::as_str))
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        let errors = store.import_errors().await?;
+        let broken = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} file(s) have import errors (`flow dags validate`)",
+                errors.len()
+            )
+        };
+        bail!("dag `{dag_id}` not found{hint}{broken}");
+    };
+    let dag = Dag::from_json(&data).context("reading the serialized DAG")?;
+    Ok((dag, hash))
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn opt_iso(t: Option<DateTime<Utc>>) -> String {
+    t.map(iso).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)] // mirrors the command's flags one to one
+pub async fn trigger(
+    dags_folder: &Path,
+    dag_id: &str,
+    conf: Option<&str>,
+    run_id: Option<String>,
+    logical_date: Option<String>,
+    wait: bool,
+) -> Result<ExitCode> {
+    let conf: serde_json::Value = match conf {
+        None => serde_json::json!({}),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            anyhow!(
+                "--conf is not valid JSON: {e} (at line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?,
+    };
+    if !conf.is_object() {
+        bail!("--conf must be a JSON object, like '{{\"key\": \"value\"}}'");
+    }
+    let logical_date = match logical_date {
+        None => None,
+        Some(text) => Some(
+            flow_dag::duration::parse_date(&text, chrono_tz::UTC, Utc::now())
+                .map_err(|e| anyhow!("--logical-date: {e}"))?,
+        ),
+    };
+    let store = connect_migrated().await?;
+    let (dag, hash) = dag_from_store(&store, dags_folder, dag_id).await?;
+    let mut req = TriggerRequest::manual(conf);
+    req.run_id = run_id;
+    req.logical_date = logical_date;
+    req.triggered_by = Some("cli".into());
+    let run = match store.dag_run_trigger(&dag, &hash, &req, Utc::now()).await {
+        Ok(run) => run,
+        Err(TriggerError::Store(e)) => return Err(e.into()),
+        Err(e) => bail!("{e}"),
+    };
+    println!(
+        "created dag run {} of {} (state {})",
+        run.run_id, run.dag_id, run.state
+    );
+    let paused = store.dag_get(dag_id).await?.is_some_and(|d| d.is_paused);
+    if paused {
+        eprintln!(
+            "note: dag `{dag_id}` is paused; the run waits until it is unpaused (`flow dags unpause {dag_id}`)"
+        );
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_for_run(&store, dag_id, &run.run_id).await
+}
+
+/// Prints task state changes until the run finishes; exit status 1 if it failed.
+async fn wait_for_run(store: &Store, dag_id: &str, run_id: &str) -> Result<ExitCode> {
+    let mut last: HashMap<String, TaskInstanceState> = HashMap::new();
+    loop {
+        for ti in store.ti_list_for_run(dag_id, run_id).await? {
+            if last.get(&ti.key.task_id) != Some(&ti.state) {
+                println!("{}  {:<30} {}", iso(Utc::now()), ti.key.task_id, ti.state);
+                last.insert(ti.key.task_id.clone(), ti.state);
+            }
+        }
+        let run = store
+            .dag_run_get(dag_id, run_id)
+            .await?
+            .ok_or_else(|| anyhow!("dag run {run_id} disappeared"))?;
+        match run.state {
+            DagRunState::Success => {
+                println!("dag run {run_id}: success");
+                return Ok(ExitCode::SUCCESS);
+            }
+            DagRunState::Failed => {
+                println!("dag run {run_id}: failed");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => tokio::time::sleep(StdDuration::from_millis(100)).await,
+        }
+    }
+}
+
+pub async fn set_paused(dags_folder: &Path, dag_id: &str, paused: bool) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    dag_from_store(&store, dags_folder, dag_id).await?;
+    store.dag_set_paused(dag_id, paused).await?;
+    println!(
+        "dag {dag_id} {}",
+        if paused { "paused" } else { "unpaused" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn runs_list(dag_id: &str, limit: i64) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    let runs = store.dag_run_list(dag_id, limit).await?;
+    println!(
+        "{:<50} {:<10} {:<9} {:<21} {:<21} {:<21}",
+        "run_id", "type", "state", "logical_date", "start_date", "end_date"
+    );
+    for r in runs {
+        println!(
+            "{:<50} {:<10} {:<9} {:<21} {:<21} {:<21}",
+            r.run_id,
+            r.run_type.as_str(),
+            r.state.as_str(),
+            opt_iso(r.logical_date),
+            opt_iso(r.start_date),
+            opt_iso(r.end_date)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn task_states(dag_id: &str, run_id: &str) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    if store.dag_run_get(dag_id, run_id).await?.is_none() {
+        bail!("dag run `{run_id}` of dag `{dag_id}` not found");
+    }
+    println!(
+        "{:<40} {:<16} {:<5} {:<21} {:<21}",
+        "task_id", "state", "try", "start_date", "end_date"
+    );
+    for ti in store.ti_list_for_run(dag_id, run_id).await? {
+        println!(
+            "{:<40} {:<16} {:<5} {:<21} {:<21}",
+            ti.key.task_id,
+            ti.state.as_str(),
+            ti.try_number,
+            opt_iso(ti.start_date),
+            opt_iso(ti.end_date)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn task_logs(
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    try_number: Option<i64>,
+    follow: bool,
+) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    let key = TiKey::new(dag_id, run_id, task_id, -1);
+    let ti = store
+        .ti_get(&key)
+        .await?
+        .ok_or_else(|| anyhow!("task instance {dag_id}/{run_id}/{task_id} not found"))?;
+    let try_number = try_number.unwrap_or(ti.try_number.max(1));
+    let mut after = 0;
+    loop {
+        let page = store.log_read(&key, try_number, after, 1000).await?;
+        for l in &page.lines {
+            println!("[{}] {{{}}} {}", iso(l.at), l.stream, l.line);
+        }
+        after = page.next;
+        if page.lines.len() == 1000 {
+            continue;
+        }
+        if !follow {
+            break;
+        }
+        let ti = store.ti_get(&key).await?;
+        let still_running = ti.is_some_and(|t| {
+            t.try_number == try_number
+                && !t.state.is_finished()
+                && t.state != TaskInstanceState::UpForRetry
+        });
+        if !still_running {
+            // One last read for lines written just before the end.
+            let page = store.log_read(&key, try_number, after, 100_000).await?;
+            for l in &page.lines {
+                println!("[{}] {{{}}} {}", iso(l.at), l.stream, l.line);
+            }
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(250)).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dags folder as an absolute path, so that runs started elsewhere find their files.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

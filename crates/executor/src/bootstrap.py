@@ -1,0 +1,208 @@
+# flow's Python task bootstrap, run as `python3 -c <this> INPUT RESULT`.
+#
+# INPUT is a JSON file: the callable, its rendered arguments, the task context and the run's
+# XComs. The callable's return value is written as JSON to RESULT (never to stdout, so the
+# task's own prints cannot corrupt it): {"value": ...}, {"error": "..."} or {"skip": "..."}.
+import datetime
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import traceback
+import types
+
+
+def _flow_main():
+    input_path, result_path = sys.argv[1], sys.argv[2]
+    del sys.argv[1:]
+    with open(input_path, encoding="utf-8") as f:
+        spec = json.load(f)
+
+    def finish(text):
+        tmp = result_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, result_path)
+
+    def fail(exc):
+        traceback.print_exc()
+        lines = traceback.format_exception_only(type(exc), exc)
+        last = "".join(lines).strip().splitlines()
+        finish(json.dumps({"error": last[-1] if last else type(exc).__name__}))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    sys.path.insert(0, spec["dags_folder"])
+    target = spec["callable"]
+    try:
+        if target["kind"] == "module":
+            module = importlib.import_module(target["module"])
+        else:
+            path = target["path"]
+            sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+            name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+            file_spec = importlib.util.spec_from_file_location(name, path)
+            if file_spec is None or file_spec.loader is None:
+                raise ImportError(f"cannot load a Python module from {path}")
+            module = importlib.util.module_from_spec(file_spec)
+            sys.modules[name] = module
+            file_spec.loader.exec_module(module)
+        fn = getattr(module, target["function"])
+    except BaseException as exc:  # noqa: BLE001 - any import failure fails the task
+        fail(exc)
+
+    ctx = spec["context"]
+
+    def dt(s):
+        return None if s is None else datetime.datetime.fromisoformat(s)
+
+    xcoms = {(t, k, m): v for t, k, m, v in ctx["xcoms"]}
+
+    class TaskInstance:
+        dag_id = ctx["dag_id"]
+        task_id = ctx["task_id"]
+        run_id = ctx["run_id"]
+        map_index = ctx["map_index"]
+        try_number = ctx["try_number"]
+        max_tries = ctx["max_tries"]
+        state = "running"
+
+        def xcom_pull(self, task_ids=None, dag_id=None, key="return_value",
+                      include_prior_dates=False, session=None, map_indexes=None,
+                      default=None, run_id=None):
+            if dag_id not in (None, self.dag_id) or run_id not in (None, self.run_id):
+                raise NotImplementedError("flow: xcom_pull from another DAG or run")
+
+            def one(task_id):
+                if map_indexes is None:
+                    if (task_id, key, -1) in xcoms:
+                        return True, xcoms[(task_id, key, -1)]
+                    mapped = sorted(
+                        ((m, v) for (t, k, m), v in xcoms.items()
+                         if t == task_id and k == key and m >= 0),
+                        key=lambda p: p[0],
+                    )
+                    if mapped:
+                        return True, [v for _, v in mapped]
+                    return False, None
+                if isinstance(map_indexes, int):
+                    found = (task_id, key, map_indexes) in xcoms
+                    return found, xcoms.get((task_id, key, map_indexes))
+                return True, [xcoms[(task_id, key, m)] for m in map_indexes
+                              if (task_id, key, m) in xcoms]
+
+            if task_ids is None:
+                owners = sorted(t for (t, k, _m) in xcoms if k == key)
+                if not owners:
+                    return default
+                task_ids = owners[0]
+            if isinstance(task_ids, str):
+                found, value = one(task_ids)
+                return value if found else default
+            out = []
+            for task_id in task_ids:
+                found, value = one(task_id)
+                if found:
+                    if isinstance(map_indexes, (list, tuple)):
+                        out.extend(value)
+                    else:
+                        out.append(value)
+            return out
+
+        def xcom_push(self, key, value, **_kwargs):
+            raise NotImplementedError(
+                "flow: xcom_push from a Python task is not supported; return the value instead"
+            )
+
+        def __repr__(self):
+            return f"<TaskInstance: {self.dag_id}.{self.task_id} {self.run_id} [running]>"
+
+    ti = TaskInstance()
+    logical = dt(ctx["logical_date"])
+    context = {
+        "dag": types.SimpleNamespace(dag_id=ctx["dag_id"], owner=ctx["owner"]),
+        "task": types.SimpleNamespace(task_id=ctx["task_id"], owner=ctx["owner"]),
+        "dag_run": types.SimpleNamespace(
+            dag_id=ctx["dag_id"], run_id=ctx["run_id"], run_type=ctx["run_type"],
+            conf=ctx["conf"], logical_date=logical, execution_date=logical,
+            data_interval_start=dt(ctx["data_interval_start"]),
+            data_interval_end=dt(ctx["data_interval_end"]),
+            run_after=dt(ctx["run_after"]), start_date=dt(ctx["dag_run_start_date"]),
+        ),
+        "ti": ti,
+        "task_instance": ti,
+        "params": ctx["params"],
+        "run_id": ctx["run_id"],
+        "try_number": ctx["try_number"],
+        "map_index": ctx["map_index"],
+        "logical_date": logical,
+        "execution_date": logical,
+        "data_interval_start": dt(ctx["data_interval_start"]),
+        "data_interval_end": dt(ctx["data_interval_end"]),
+        "templates_dict": spec["templates_dict"] or None,
+    }
+    for name in ("ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz",
+                 "task_instance_key_str"):
+        if name in ctx:
+            context[name] = ctx[name]
+
+    args = spec["op_args"]
+    kwargs = dict(spec["op_kwargs"])
+    # As Airflow: the context goes in whole if the callable takes **kwargs, otherwise only the
+    # context names it declares. Explicit arguments win over context names.
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    positional = [n for n, p in params.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:len(args)]
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        extra = dict(context)
+    else:
+        extra = {n: context[n] for n, p in params.items()
+                 if n in context and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for name in positional:
+        extra.pop(name, None)
+    extra.update(kwargs)
+
+    try:
+        result = fn(*args, **extra)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            fail(exc)
+        result = None
+    except BaseException as exc:  # noqa: BLE001 - the task's exception fails the task
+        if type(exc).__name__ == "AirflowSkipException":
+            print(f"Skipping: {exc}", file=sys.stderr)
+            finish(json.dumps({"skip": str(exc) or "AirflowSkipException"}))
+            return
+        fail(exc)
+
+    if not spec["do_xcom_push"]:
+        result = None
+
+    def encode(value):
+        if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+            return value.isoformat()
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=repr)
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    try:
+        encoded = json.dumps(result, default=encode, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        message = (
+            f"the return value ({type(result).__name__}) cannot be stored as an XCom: {exc}; "
+            "return JSON data (str, int, float, bool, None, list, dict) or set do_xcom_push: false"
+        )
+        print(message, file=sys.stderr)
+        finish(json.dumps({"error": message}))
+        os._exit(1)
+    finish('{"value": ' + encoded + "}")
+
+
+_flow_main()

@@ -1,0 +1,769 @@
+//! Rendering a task's templated fields with Airflow's template context.
+//!
+//! Input is the validated task, and everything the worker knows about the run
+//! ([`RunContext`]: dates, conf, params, the run's XComs, variables). Output is a
+//! [`RenderedTask`]: the command or call to run, with every template resolved. Nothing here
+//! reads the database or the environment; the only I/O is reading a `.sh`/`.bash` template
+//! file named by `bash_command`, as Airflow does.
+//!
+//! Choices, all Airflow's: undefined names are errors (`StrictUndefined`, Airflow's default);
+//! values print as Python's `str()` (`True`, `None`, `{'a': 1}`); dates in the context are UTC
+//! (`ds` is the UTC date of `logical_date`); `+task` arguments resolve to that task's
+//! `return_value` XCom and are not themselves rendered.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Days, Utc};
+use flow_dag::{Arg, Operator, PythonCallable, Task};
+use indexmap::IndexMap;
+use minijinja::value::ValueKind;
+use minijinja::{Environment, Value};
+use serde_json::Value as Json;
+
+use crate::jinja::{
+    self, Macros, Notes, PyDateTime, TaskInstanceObject, VarAccessor, json_value, map, py_str,
+    to_json,
+};
+use crate::xcom::{RETURN_VALUE, XcomMap};
+
+/// Everything about the run a task's templates may refer to. The worker builds it from the
+/// claimed task instance, its dag run, the run's XComs and the variables.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub dag_id: String,
+    pub task_id: String,
+    pub run_id: String,
+    /// -1 for an unmapped task.
+    pub map_index: i64,
+    pub try_number: u32,
+    pub max_tries: u32,
+    /// `scheduled`, `manual`, `backfill` or `event`.
+    pub run_type: String,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval_start: Option<DateTime<Utc>>,
+    pub data_interval_end: Option<DateTime<Utc>>,
+    pub run_after: DateTime<Utc>,
+    pub dag_run_start_date: Option<DateTime<Utc>>,
+    /// `dag_run.conf`.
+    pub conf: Json,
+    /// Already merged: DAG params < task params < conf (see [`crate::merge_params`]).
+    pub params: serde_json::Map<String, Json>,
+    /// The task's owner. Airflow's `AIRFLOW_CTX_DAG_OWNER` is the task's owner too.
+    pub owner: String,
+    pub dags_folder: PathBuf,
+    /// The DAG's time zone, shown as `dag.timezone`. Context dates stay in UTC, as Airflow's.
+    pub timezone: chrono_tz::Tz,
+    /// The DAG's `render_template_as_native_obj`: Python arguments keep the rendered value's
+    /// type (`{{ params.n }}` stays a number) instead of becoming strings.
+    pub render_template_as_native_obj: bool,
+    /// Folders searched for `.sh`/`.bash` template files before the dags folder; Airflow's
+    /// default is the DAG file's own folder.
+    pub template_searchpath: Vec<PathBuf>,
+    /// XComs of this run, fetched before rendering.
+    pub xcoms: XcomMap,
+    /// Airflow Variables (`var.value.x`, `var.json.x`).
+    pub variables: HashMap<String, String>,
+}
+
+/// A task with every templated field rendered: what the runner executes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderedTask {
+    Bash {
+        command: String,
+        env: Option<IndexMap<String, String>>,
+        append_env: bool,
+        cwd: Option<String>,
+        skip_on_exit_code: Vec<i32>,
+    },
+    Python {
+        callable: PythonCallable,
+        op_args: Vec<Json>,
+        op_kwargs: IndexMap<String, Json>,
+        templates_dict: IndexMap<String, Json>,
+        show_return_value_in_logs: bool,
+    },
+    Empty,
+}
+
+impl RenderedTask {
+    /// Rendered template fields for display (Airflow's "Rendered Template" tab): field name ->
+    /// rendered text. Structured values are shown as JSON. Mask secrets before showing them
+    /// (see [`crate::Masker`]).
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let json = |v: &Json| v.to_string();
+        match self {
+            RenderedTask::Bash {
+                command, env, cwd, ..
+            } => vec![
+                ("bash_command".to_owned(), command.clone()),
+                (
+                    "env".to_owned(),
+                    env.as_ref().map_or_else(
+                        || "None".to_owned(),
+                        |e| {
+                            json(&Json::Object(
+                                e.iter()
+                                    .map(|(k, v)| (k.clone(), Json::from(v.as_str())))
+                                    .collect(),
+                            ))
+                        },
+                    ),
+                ),
+                (
+                    "cwd".to_owned(),
+                    cwd.clone().unwrap_or_else(|| "None".to_owned()),
+                ),
+            ],
+            RenderedTask::Python {
+                op_args,
+                op_kwargs,
+                templates_dict,
+                ..
+            } => vec![
+                ("templates_dict".to_owned(), json(&object(templates_dict))),
+                ("op_args".to_owned(), json(&Json::Array(op_args.clone()))),
+                ("op_kwargs".to_owned(), json(&object(op_kwargs))),
+            ],
+            RenderedTask::Empty => Vec::new(),
+        }
+    }
+}
+
+fn object(m: &IndexMap<String, Json>) -> Json {
+    Json::Object(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// A template that cannot be rendered; `field` names the templated field
+/// (`bash_command`, `op_kwargs.limit`, `env.TARGET`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RenderError {
+    pub field: String,
+    pub message: String,
+}
+
+impl RenderError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        RenderError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Renders the task's templated fields: `bash_command`, `env` values and `cwd` for bash;
+/// `op_args`, `op_kwargs` and `templates_dict` (every string, recursively) for python. A mapped
+/// task (`expand`) gets the element at `ctx.map_index` of each expanded argument, and its
+/// `partial` arguments.
+pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, RenderError> {
+    match &task.operator {
+        Operator::Empty => Ok(RenderedTask::Empty),
+        Operator::Bash(op) => {
+            let mut fields: IndexMap<String, Field> = IndexMap::new();
+            fields.insert(
+                "bash_command".into(),
+                Field::literal(Json::from(op.bash_command.as_str())),
+            );
+            fields.insert(
+                "env".into(),
+                Field::literal(op.env.as_ref().map_or(Json::Null, |e| {
+                    Json::Object(
+                        e.iter()
+                            .map(|(k, v)| (k.clone(), Json::from(v.as_str())))
+                            .collect(),
+                    )
+                })),
+            );
+            fields.insert(
+                "append_env".into(),
+                Field::literal(Json::Bool(op.append_env)),
+            );
+            fields.insert(
+                "cwd".into(),
+                Field::literal(op.cwd.as_deref().map_or(Json::Null, Json::from)),
+            );
+            fields.insert(
+                "skip_on_exit_code".into(),
+                Field::literal(Json::from(op.skip_on_exit_code.clone())),
+            );
+            apply_mapping(task, ctx, |key, field| {
+                if fields.contains_key(key) {
+                    fields.insert(key.to_owned(), field);
+                    Ok(())
+                } else {
+                    Err(format!("`{key}` is not an argument of the bash operator"))
+                }
+            })?;
+            let renderer = Renderer::new(task, ctx);
+            render_bash(&renderer, ctx, fields)
+        }
+        Operator::Python(op) => {
+            let mut op_args = Vec::new();
+            for (i, a) in op.op_args.iter().enumerate() {
+                op_args.push(Field::from_arg(&format!("op_args[{i}]"), a, &ctx.xcoms)?);
+            }
+            let mut op_kwargs = IndexMap::new();
+            for (k, a) in &op.op_kwargs {
+                op_kwargs.insert(
+                    k.clone(),
+                    Field::from_arg(&format!("op_kwargs.{k}"), a, &ctx.xcoms)?,
+                );
+            }
+            let mut templates_dict = Field::literal(object(&op.templates_dict));
+            apply_mapping(task, ctx, |key, field| {
+                match key {
+                    "op_args" => match field.value {
+                        Json::Array(items) => {
+                            op_args = items
+                                .into_iter()
+                                .map(|value| Field {
+                                    value,
+                                    templated: field.templated,
+                                })
+                                .collect();
+                        }
+                        other => return Err(format!("`op_args` must be a list, got {other}")),
+                    },
+                    "op_kwargs" => match field.value {
+                        Json::Object(items) => {
+                            for (k, value) in items {
+                                op_kwargs.insert(
+                                    k,
+                                    Field {
+                                        value,
+                                        templated: field.templated,
+                                    },
+                                );
+                            }
+                        }
+                        other => return Err(format!("`op_kwargs` must be a mapping, got {other}")),
+                    },
+                    "templates_dict" => templates_dict = field,
+                    _ if op.decorated => {
+                        op_kwargs.insert(key.to_owned(), field);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`{key}` is not an argument of the python operator (op_args, op_kwargs, templates_dict)"
+                        ));
+                    }
+                }
+                Ok(())
+            })?;
+            let renderer = Renderer::new(task, ctx);
+            let op_args = op_args
+                .iter()
+                .enumerate()
+                .map(|(i, f)| renderer.field(&format!("op_args[{i}]"), f))
+                .collect::<Result<_, _>>()?;
+            let op_kwargs = op_kwargs
+                .iter()
+                .map(|(k, f)| Ok((k.clone(), renderer.field(&format!("op_kwargs.{k}"), f)?)))
+                .collect::<Result<_, RenderError>>()?;
+            let templates_dict = match renderer.field("templates_dict", &templates_dict)? {
+                Json::Object(m) => m.into_iter().collect(),
+                Json::Null => IndexMap::new(),
+                other => {
+                    return Err(RenderError::new(
+                        "templates_dict",
+                        format!("expected a mapping, got {other}"),
+                    ));
+                }
+            };
+            Ok(RenderedTask::Python {
+                callable: op.callable.clone(),
+                op_args,
+                op_kwargs,
+                templates_dict,
+                show_return_value_in_logs: op.show_return_value_in_logs,
+            })
+        }
+    }
+}
+
+/// A field's value before rendering. Values that came from another task's XCom are data, not
+/// templates, and are passed through as they are (Airflow does not render them either).
+#[derive(Debug, Clone)]
+struct Field {
+    value: Json,
+    templated: bool,
+}
+
+impl Field {
+    fn literal(value: Json) -> Self {
+        Field {
+            value,
+            templated: true,
+        }
+    }
+
+    fn from_arg(field: &str, arg: &Arg, xcoms: &XcomMap) -> Result<Self, RenderError> {
+        match arg {
+            Arg::Value(v) => Ok(Field::literal(v.clone())),
+            Arg::Output(task_id) => Ok(Field {
+                value: output(field, task_id.as_str(), xcoms)?,
+                templated: false,
+            }),
+        }
+    }
+}
+
+fn output(field: &str, task_id: &str, xcoms: &XcomMap) -> Result<Json, RenderError> {
+    xcoms.output(task_id, RETURN_VALUE).ok_or_else(|| {
+        RenderError::new(
+            field,
+            format!("task `{task_id}` has no `{RETURN_VALUE}` XCom in this run"),
+        )
+    })
+}
+
+/// Applies `partial` arguments, then this map index's element of each `expand` argument.
+fn apply_mapping(
+    task: &Task,
+    ctx: &RunContext,
+    mut set: impl FnMut(&str, Field) -> Result<(), String>,
+) -> Result<(), RenderError> {
+    let Some(mapping) = &task.mapping else {
+        return Ok(());
+    };
+    for (key, arg) in &mapping.partial {
+        let field = format!("partial.{key}");
+        let value = Field::from_arg(&field, arg, &ctx.xcoms)?;
+        set(key, value).map_err(|m| RenderError::new(&field, m))?;
+    }
+    let index = usize::try_from(ctx.map_index)
+        .map_err(|_| RenderError::new("expand", "a mapped task needs a map_index of 0 or more"))?;
+    for (key, arg) in &mapping.expand {
+        let field = format!("expand.{key}");
+        let whole = Field::from_arg(&field, arg, &ctx.xcoms)?;
+        let element = match whole.value {
+            Json::Array(mut items) if index < items.len() => items.swap_remove(index),
+            Json::Object(entries) if index < entries.len() => entries
+                .into_iter()
+                .nth(index)
+                .map(|(k, v)| Json::Array(vec![Json::String(k), v]))
+                .unwrap_or(Json::Null),
+            Json::Array(items) => {
+                return Err(RenderError::new(
+                    field,
+                    format!("map_index {index} is out of range ({} values)", items.len()),
+                ));
+            }
+            Json::Object(entries) => {
+                return Err(RenderError::new(
+                    field,
+                    format!(
+                        "map_index {index} is out of range ({} values)",
+                        entries.len()
+                    ),
+                ));
+            }
+            other => {
+                return Err(RenderError::new(
+                    field,
+                    format!("expected a list to expand over, got {other}"),
+                ));
+            }
+        };
+        let value = Field {
+            value: element,
+            templated: whole.templated,
+        };
+        set(key, value).map_err(|m| RenderError::new(&field, m))?;
+    }
+    Ok(())
+}
+
+fn render_bash(
+    renderer: &Renderer,
+    ctx: &RunContext,
+    mut fields: IndexMap<String, Field>,
+) -> Result<RenderedTask, RenderError> {
+    let mut take = |key: &str| {
+        fields
+            .swap_remove(key)
+            .unwrap_or(Field::literal(Json::Null))
+    };
+
+    let command = take("bash_command");
+    let command = match &command.value {
+        Json::String(s) if command.templated => {
+            let source = bash_template_source(s, ctx)?;
+            renderer.string("bash_command", &source)?
+        }
+        Json::String(s) => s.clone(),
+        other => {
+            return Err(RenderError::new(
+                "bash_command",
+                format!("expected a string, got {other}"),
+            ));
+        }
+    };
+
+    let env_field = take("env");
+    let env = match &env_field.value {
+        Json::Null => None,
+        Json::Object(entries) => {
+            let mut env = IndexMap::new();
+            for (k, v) in entries {
+                let name = format!("env.{k}");
+                let text = match v {
+                    Json::String(s) if env_field.templated => renderer.string(&name, s)?,
+                    Json::String(s) => s.clone(),
+                    Json::Number(n) => n.to_string(),
+                    Json::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
+                    other => {
+                        return Err(RenderError::new(
+                            name,
+                            format!("expected a string, got {other}"),
+                        ));
+                    }
+                };
+                env.insert(k.clone(), text);
+            }
+            Some(env)
+        }
+        other => {
+            return Err(RenderError::new(
+                "env",
+                format!("expected a mapping, got {other}"),
+            ));
+        }
+    };
+
+    let append_env = match take("append_env").value {
+        Json::Bool(b) => b,
+        Json::Null => false,
+        other => {
+            return Err(RenderError::new(
+                "append_env",
+                format!("expected true or false, got {other}"),
+            ));
+        }
+    };
+
+    let cwd_field = take("cwd");
+    let cwd = match &cwd_field.value {
+        Json::Null => None,
+        Json::String(s) if cwd_field.templated => Some(renderer.string("cwd", s)?),
+        Json::String(s) => Some(s.clone()),
+        other => {
+            return Err(RenderError::new(
+                "cwd",
+                format!("expected a string, got {other}"),
+            ));
+        }
+    };
+
+    let skip_field = take("skip_on_exit_code");
+    let as_code = |v: &Json| v.as_i64().and_then(|c| i32::try_from(c).ok());
+    let skip_on_exit_code = match &skip_field.value {
+        Json::Null => Some(Vec::new()),
+        Json::Array(items) => items.iter().map(as_code).collect::<Option<Vec<_>>>(),
+        v => as_code(v).map(|c| vec![c]),
+    }
+    .ok_or_else(|| {
+        RenderError::new(
+            "skip_on_exit_code",
+            format!("expected exit codes, got {}", skip_field.value),
+        )
+    })?;
+
+    Ok(RenderedTask::Bash {
+        command,
+        env,
+        append_env,
+        cwd,
+        skip_on_exit_code,
+    })
+}
+
+/// Airflow treats a `bash_command` ending in `.sh` or `.bash` as the path of a template file,
+/// looked up in the template search path and then the dags folder. Like Airflow, a command
+/// such as `bash run.sh` is looked up as a file too; a trailing space opts out.
+fn bash_template_source(command: &str, ctx: &RunContext) -> Result<String, RenderError> {
+    if !(command.ends_with(".sh") || command.ends_with(".bash")) {
+        return Ok(command.to_owned());
+    }
+    let relative = Path::new(command);
+    let candidates: Vec<PathBuf> = if relative.is_absolute() {
+        vec![relative.to_path_buf()]
+    } else {
+        ctx.template_searchpath
+            .iter()
+            .chain(std::iter::once(&ctx.dags_folder))
+            .map(|dir| dir.join(relative))
+            .collect()
+    };
+    for path in &candidates {
+        if path.is_file() {
+            return std::fs::read_to_string(path).map_err(|e| {
+                RenderError::new(
+                    "bash_command",
+                    format!("cannot read template file {}: {e}", path.display()),
+                )
+            });
+        }
+    }
+    Err(RenderError::new(
+        "bash_command",
+        format!(
+            "template file `{command}` not found (a command ending in .sh or .bash is read as a template file, as in Airflow; add a space at the end to run it as a command)"
+        ),
+    ))
+}
+
+/// One task's rendering session: the environment, the context, and where notes about
+/// undefined variables are collected.
+struct Renderer {
+    env: Environment<'static>,
+    context: Value,
+    notes: Arc<Notes>,
+    native: bool,
+}
+
+impl Renderer {
+    fn new(task: &Task, ctx: &RunContext) -> Self {
+        let notes = Arc::new(Notes::default());
+        Renderer {
+            env: jinja::environment(),
+            context: context_value(task, ctx, &notes),
+            notes,
+            native: ctx.render_template_as_native_obj,
+        }
+    }
+
+    fn string(&self, field: &str, source: &str) -> Result<String, RenderError> {
+        if !has_markup(source) {
+            // Jinja drops one trailing newline from every rendered template.
+            let trimmed = source.strip_suffix('\n').unwrap_or(source);
+            let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+            return Ok(trimmed.to_owned());
+        }
+        self.env
+            .render_str(source, &self.context)
+            .map_err(|e| self.error(field, &e))
+    }
+
+    /// Renders every string inside a JSON value. With native rendering, a string that is
+    /// exactly one `{{ expression }}` becomes the expression's value, and a rendered string
+    /// that reads as a JSON literal (`5`, `[1, 2]`, `true`, and Python's `True`/`None`) becomes
+    /// that value, approximating Airflow's `NativeEnvironment`.
+    fn field(&self, field: &str, f: &Field) -> Result<Json, RenderError> {
+        if !f.templated {
+            return Ok(f.value.clone());
+        }
+        self.json(field, &f.value)
+    }
+
+    fn json(&self, field: &str, value: &Json) -> Result<Json, RenderError> {
+        Ok(match value {
+            Json::String(s) if self.native => self.native(field, s)?,
+            Json::String(s) => Json::String(self.string(field, s)?),
+            Json::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.json(&format!("{field}[{i}]"), v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.json(&format!("{field}.{k}"), v)?)))
+                    .collect::<Result<_, RenderError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    fn native(&self, field: &str, source: &str) -> Result<Json, RenderError> {
+        if let Some(expr) = single_expression(source) {
+            let value = self
+                .env
+                .compile_expression_owned(expr.to_owned())
+                .and_then(|e| e.eval(&self.context))
+                .map_err(|e| self.error(field, &e))?;
+            if value.is_undefined() {
+                return Err(RenderError::new(
+                    field,
+                    format!("`{}` is undefined", expr.trim()),
+                ));
+            }
+            return Ok(match value.kind() {
+                ValueKind::String => literal(&py_str(&value)),
+                _ => to_json(&value),
+            });
+        }
+        Ok(literal(&self.string(field, source)?))
+    }
+
+    fn error(&self, field: &str, e: &minijinja::Error) -> RenderError {
+        let notes = self.notes.take();
+        let mut message = match (e.kind(), notes.last()) {
+            (minijinja::ErrorKind::UndefinedError, Some(note)) => note.clone(),
+            _ => match e.detail() {
+                Some(detail) => format!("{}: {detail}", e.kind()),
+                None => e.kind().to_string(),
+            },
+        };
+        if let Some(line) = e.line()
+            && line > 1
+        {
+            message.push_str(&format!(" (template line {line})"));
+        }
+        RenderError::new(field, message)
+    }
+}
+
+fn has_markup(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+/// `{{ expr }}` and nothing else.
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    if has_markup(inner) || inner.contains("}}") {
+        return None;
+    }
+    Some(inner)
+}
+
+/// A rendered string read as a literal where it plainly is one, else kept as a string.
+fn literal(s: &str) -> Json {
+    match s.trim() {
+        "True" => return Json::Bool(true),
+        "False" => return Json::Bool(false),
+        "None" => return Json::Null,
+        _ => {}
+    }
+    match serde_json::from_str::<Json>(s.trim()) {
+        Ok(v) if !v.is_string() => v,
+        _ => Json::String(s.to_owned()),
+    }
+}
+
+/// The template context: Airflow's names, as far as flow has them.
+fn context_value(task: &Task, ctx: &RunContext, notes: &Arc<Notes>) -> Value {
+    let dt = |d: Option<DateTime<Utc>>| {
+        d.map_or(Value::from(()), |d| Value::from_object(PyDateTime::utc(d)))
+    };
+    let logical_date = dt(ctx.logical_date);
+    let mut c: Vec<(&'static str, Value)> = Vec::with_capacity(40);
+
+    if let Some(ld) = ctx.logical_date {
+        let ld = PyDateTime::utc(ld);
+        let ds = ld.0.format("%Y-%m-%d").to_string();
+        let ds_nodash = ld.0.format("%Y%m%d").to_string();
+        let shift = |days: i64| {
+            let d = ld.0.date_naive();
+            let shifted = if days > 0 {
+                d.checked_add_days(Days::new(1))
+            } else {
+                d.checked_sub_days(Days::new(1))
+            };
+            shifted.unwrap_or(d)
+        };
+        let (yesterday, tomorrow) = (shift(-1), shift(1));
+        c.push(("ds", Value::from(ds.as_str())));
+        c.push(("ds_nodash", Value::from(ds_nodash.as_str())));
+        c.push(("ts", Value::from(ld.isoformat())));
+        c.push(("ts_nodash", Value::from(ld.ts_nodash())));
+        c.push(("ts_nodash_with_tz", Value::from(ld.ts_nodash_with_tz())));
+        c.push((
+            "yesterday_ds",
+            Value::from(yesterday.format("%Y-%m-%d").to_string()),
+        ));
+        c.push((
+            "yesterday_ds_nodash",
+            Value::from(yesterday.format("%Y%m%d").to_string()),
+        ));
+        c.push((
+            "tomorrow_ds",
+            Value::from(tomorrow.format("%Y-%m-%d").to_string()),
+        ));
+        c.push((
+            "tomorrow_ds_nodash",
+            Value::from(tomorrow.format("%Y%m%d").to_string()),
+        ));
+        c.push((
+            "task_instance_key_str",
+            Value::from(format!("{}__{}__{}", ctx.dag_id, ctx.task_id, ds_nodash)),
+        ));
+    }
+    c.push(("logical_date", logical_date.clone()));
+    c.push(("execution_date", logical_date.clone()));
+    c.push(("data_interval_start", dt(ctx.data_interval_start)));
+    c.push(("data_interval_end", dt(ctx.data_interval_end)));
+    c.push(("run_id", Value::from(ctx.run_id.as_str())));
+    c.push(("try_number", Value::from(ctx.try_number)));
+    c.push(("map_index", Value::from(ctx.map_index)));
+    c.push(("params", json_value(&Json::Object(ctx.params.clone()))));
+    c.push((
+        "dag_run",
+        map(vec![
+            ("dag_id", Value::from(ctx.dag_id.as_str())),
+            ("run_id", Value::from(ctx.run_id.as_str())),
+            ("run_type", Value::from(ctx.run_type.as_str())),
+            ("conf", json_value(&ctx.conf)),
+            ("logical_date", logical_date.clone()),
+            ("execution_date", logical_date),
+            ("data_interval_start", dt(ctx.data_interval_start)),
+            ("data_interval_end", dt(ctx.data_interval_end)),
+            ("run_after", dt(Some(ctx.run_after))),
+            ("start_date", dt(ctx.dag_run_start_date)),
+            ("external_trigger", Value::from(ctx.run_type == "manual")),
+            ("state", Value::from("running")),
+        ]),
+    ));
+    c.push((
+        "dag",
+        map(vec![
+            ("dag_id", Value::from(ctx.dag_id.as_str())),
+            ("owner", Value::from(ctx.owner.as_str())),
+            ("timezone", Value::from(ctx.timezone.name())),
+        ]),
+    ));
+    c.push((
+        "task",
+        map(vec![
+            ("task_id", Value::from(ctx.task_id.as_str())),
+            ("dag_id", Value::from(ctx.dag_id.as_str())),
+            ("owner", Value::from(task.owner.as_str())),
+            ("retries", Value::from(task.retries)),
+            ("queue", Value::from(task.queue.as_str())),
+            ("pool", Value::from(task.pool.as_str())),
+            ("task_type", Value::from(task.operator.class_name())),
+            ("label", Value::from(task.label.as_str())),
+        ]),
+    ));
+    let ti = Value::from_object(TaskInstanceObject {
+        dag_id: ctx.dag_id.clone(),
+        task_id: ctx.task_id.clone(),
+        run_id: ctx.run_id.clone(),
+        map_index: ctx.map_index,
+        try_number: ctx.try_number,
+        max_tries: ctx.max_tries,
+        xcoms: Arc::new(ctx.xcoms.clone()),
+    });
+    c.push(("ti", ti.clone()));
+    c.push(("task_instance", ti));
+    let variables = Arc::new(ctx.variables.clone());
+    let accessor = |json| {
+        Value::from_object(VarAccessor {
+            variables: variables.clone(),
+            json,
+            notes: notes.clone(),
+        })
+    };
+    c.push((
+        "var",
+        map(vec![("value", accessor(false)), ("json", accessor(true))]),
+    ));
+    c.push(("macros", Value::from_object(Macros)));
+    map(c)
+}

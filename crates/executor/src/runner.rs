@@ -1,0 +1,485 @@
+//! Running a rendered task as real processes: `bash -c` for bash, a `python3` bootstrap for
+//! python, nothing for empty. Output is streamed line by line to a channel; the outcome is a
+//! value, never an error: a failed task is a state change, not a Rust error.
+//!
+//! This module does not know about the database: the worker persists log lines and the
+//! outcome, heartbeats, and decides about retries.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flow_dag::{PythonCallable, Task};
+use nix::sys::signal::Signal;
+use serde_json::{Value as Json, json};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::jinja::PyDateTime;
+use crate::mask::Masker;
+use crate::process::{Ended, Limits, LogSink, supervise};
+use crate::render::{RenderedTask, RunContext};
+
+/// Airflow's default `skip_on_exit_code`.
+pub const DEFAULT_SKIP_EXIT_CODE: i32 = 99;
+
+/// Time between SIGTERM and SIGKILL when a task is stopped.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The Python task bootstrap (see `bootstrap.py`).
+const PYTHON_BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+/// Everything needed to run one try of a task.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub rendered: RenderedTask,
+    /// The task's `execution_timeout`.
+    pub timeout: Option<Duration>,
+    /// Environment variables describing the run (see [`context_env`]); added on top of the
+    /// task's own environment, as Airflow does.
+    pub context_env: Vec<(String, String)>,
+    /// Put first on Python's `sys.path`; relative bash `cwd`s are resolved against it.
+    pub dags_folder: PathBuf,
+    /// The Python interpreter, `python3` by default.
+    pub python: String,
+    pub do_xcom_push: bool,
+    /// Between SIGTERM and SIGKILL on timeout or cancellation.
+    pub kill_grace: Duration,
+    /// Where per-run temporary directories are made (the bash default cwd, Python's files).
+    pub temp_root: PathBuf,
+    /// The task context handed to Python callables (see [`python_context`]).
+    pub python_context: Json,
+    /// Applied to every log line.
+    pub masker: Masker,
+}
+
+impl RunSpec {
+    /// A spec with the task's timeout and XCom setting and the run's context.
+    pub fn new(task: &Task, rendered: RenderedTask, ctx: &RunContext) -> Self {
+        let masker = Masker::for_run(ctx, &rendered);
+        RunSpec {
+            rendered,
+            timeout: task.execution_timeout.and_then(|d| d.to_std().ok()),
+            context_env: context_env(ctx),
+            dags_folder: ctx.dags_folder.clone(),
+            python: "python3".to_owned(),
+            do_xcom_push: task.do_xcom_push,
+            kill_grace: DEFAULT_KILL_GRACE,
+            temp_root: std::env::temp_dir(),
+            python_context: python_context(ctx),
+            masker,
+        }
+    }
+}
+
+/// Which stream a log line came from; `System` lines are flow's own (timeouts, exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    System,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
+}
+
+/// One line of a task's output, stamped when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// How a try ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `xcom` is the `return_value` XCom to push, if any.
+    Success {
+        xcom: Option<Json>,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+    TimedOut,
+    Cancelled,
+}
+
+/// The run's identity as environment variables, under flow's names and Airflow's
+/// (`AIRFLOW_CTX_*`, as `context_to_airflow_vars` sets them), so existing scripts keep working.
+pub fn context_env(ctx: &RunContext) -> Vec<(String, String)> {
+    let logical_date = ctx.logical_date.map(|d| PyDateTime::utc(d).isoformat());
+    let mut env = Vec::with_capacity(16);
+    let mut both = |flow: &str, airflow: &[&str], value: &str| {
+        env.push((format!("FLOW_CTX_{flow}"), value.to_owned()));
+        for name in airflow {
+            env.push((format!("AIRFLOW_CTX_{name}"), value.to_owned()));
+        }
+    };
+    both("DAG_ID", &["DAG_ID"], &ctx.dag_id);
+    both("TASK_ID", &["TASK_ID"], &ctx.task_id);
+    both("RUN_ID", &["DAG_RUN_ID"], &ctx.run_id);
+    both("TRY_NUMBER", &["TRY_NUMBER"], &ctx.try_number.to_string());
+    both("DAG_OWNER", &["DAG_OWNER"], &ctx.owner);
+    if let Some(ld) = &logical_date {
+        both("LOGICAL_DATE", &["LOGICAL_DATE", "EXECUTION_DATE"], ld);
+    }
+    env.push(("FLOW_CTX_MAP_INDEX".to_owned(), ctx.map_index.to_string()));
+    env.push(("FLOW_CTX_RUN_TYPE".to_owned(), ctx.run_type.clone()));
+    env
+}
+
+/// The task context a Python callable receives (as JSON; the bootstrap turns dates back into
+/// `datetime`s and builds `ti`, `dag_run`, ...), including the run's XComs for `ti.xcom_pull`.
+pub fn python_context(ctx: &RunContext) -> Json {
+    let iso = |d: Option<DateTime<Utc>>| d.map(|d| PyDateTime::utc(d).isoformat());
+    let mut c = json!({
+        "dag_id": ctx.dag_id,
+        "task_id": ctx.task_id,
+        "run_id": ctx.run_id,
+        "map_index": ctx.map_index,
+        "try_number": ctx.try_number,
+        "max_tries": ctx.max_tries,
+        "run_type": ctx.run_type,
+        "owner": ctx.owner,
+        "logical_date": iso(ctx.logical_date),
+        "data_interval_start": iso(ctx.data_interval_start),
+        "data_interval_end": iso(ctx.data_interval_end),
+        "run_after": iso(Some(ctx.run_after)),
+        "dag_run_start_date": iso(ctx.dag_run_start_date),
+        "conf": ctx.conf,
+        "params": ctx.params,
+        "xcoms": ctx.xcoms.iter().map(|(t, k, m, v)| json!([t, k, m, v])).collect::<Vec<_>>(),
+    });
+    if let (Some(ld), Json::Object(map)) = (ctx.logical_date, &mut c) {
+        let ld = PyDateTime::utc(ld);
+        let ds_nodash = ld.0.format("%Y%m%d").to_string();
+        map.insert("ds".into(), json!(ld.0.format("%Y-%m-%d").to_string()));
+        map.insert("ts".into(), json!(ld.isoformat()));
+        map.insert("ts_nodash".into(), json!(ld.ts_nodash()));
+        map.insert("ts_nodash_with_tz".into(), json!(ld.ts_nodash_with_tz()));
+        map.insert(
+            "task_instance_key_str".into(),
+            json!(format!("{}__{}__{}", ctx.dag_id, ctx.task_id, ds_nodash)),
+        );
+        map.insert("ds_nodash".into(), json!(ds_nodash));
+    }
+    c
+}
+
+/// Runs one try. Log lines go to `logs` as they are produced (a full channel slows the task
+/// down rather than buffering without bound). Setting `cancel` to `true` stops the task
+/// (SIGTERM, then SIGKILL after `kill_grace`); dropping its sender does not.
+pub async fn run(
+    spec: RunSpec,
+    logs: mpsc::Sender<LogLine>,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let sink = LogSink::new(logs, spec.masker.clone());
+    if *cancel.borrow() {
+        return Outcome::Cancelled;
+    }
+    match &spec.rendered {
+        RenderedTask::Empty => Outcome::Success { xcom: None },
+        RenderedTask::Bash {
+            command,
+            env,
+            append_env,
+            cwd,
+            skip_on_exit_code,
+        } => {
+            let bash = BashRun {
+                command,
+                env: env.as_ref(),
+                append_env: *append_env,
+                cwd: cwd.as_deref(),
+                skip_on_exit_code,
+            };
+            run_bash(&spec, bash, &sink, &mut cancel).await
+        }
+        RenderedTask::Python {
+            callable,
+            op_args,
+            op_kwargs,
+            templates_dict,
+            show_return_value_in_logs,
+        } => {
+            let input = json!({
+                "callable": match callable {
+                    PythonCallable::Module { module, function } =>
+                        json!({"kind": "module", "module": module, "function": function}),
+                    PythonCallable::File { path, function } =>
+                        json!({"kind": "file", "path": path, "function": function}),
+                },
+                "op_args": op_args,
+                "op_kwargs": op_kwargs,
+                "templates_dict": templates_dict,
+                "context": spec.python_context,
+                "dags_folder": spec.dags_folder,
+                "do_xcom_push": spec.do_xcom_push,
+            });
+            let outcome = run_python(&spec, input, &sink, &mut cancel).await;
+            if *show_return_value_in_logs && let Outcome::Success { xcom: Some(v) } = &outcome {
+                sink.system(&format!("Done. Returned value was: {v}")).await;
+            }
+            outcome
+        }
+    }
+}
+
+struct BashRun<'a> {
+    command: &'a str,
+    env: Option<&'a indexmap::IndexMap<String, String>>,
+    append_env: bool,
+    cwd: Option<&'a str>,
+    skip_on_exit_code: &'a [i32],
+}
+
+async fn run_bash(
+    spec: &RunSpec,
+    bash: BashRun<'_>,
+    logs: &LogSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> Outcome {
+    // Airflow runs in a fresh temporary directory unless `cwd` is given.
+    let (dir, temp) = match bash.cwd {
+        Some(cwd) => {
+            let dir = spec.dags_folder.join(cwd);
+            if !dir.is_dir() {
+                return Outcome::Failed {
+                    reason: format!("cwd `{}` is not a directory", dir.display()),
+                };
+            }
+            (dir, None)
+        }
+        None => match TempDir::create(&spec.temp_root) {
+            Ok(t) => (t.path.clone(), Some(t)),
+            Err(e) => return Outcome::Failed { reason: e },
+        },
+    };
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(bash.command).current_dir(&dir);
+    match (bash.env, bash.append_env) {
+        (None, _) => {}
+        (Some(env), true) => {
+            cmd.envs(env);
+        }
+        (Some(env), false) => {
+            cmd.env_clear().envs(env);
+        }
+    }
+    cmd.envs(spec.context_env.iter().map(|(k, v)| (k, v)));
+
+    logs.system(&format!("Running command: {}", bash.command))
+        .await;
+    let limits = Limits {
+        timeout: spec.timeout,
+        kill_grace: spec.kill_grace,
+    };
+    let supervised = supervise(cmd, &limits, logs, cancel).await;
+    if let Some(t) = temp {
+        t.remove().await;
+    }
+    let supervised = match supervised {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Failed {
+                reason: format!("cannot start bash: {e}"),
+            };
+        }
+    };
+    match supervised.ended {
+        Ended::TimedOut => Outcome::TimedOut,
+        Ended::Cancelled => Outcome::Cancelled,
+        Ended::Exited(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(0), _) => {
+                    logs.system("Command exited with return code 0").await;
+                    Outcome::Success {
+                        xcom: supervised
+                            .last_stdout
+                            .filter(|_| spec.do_xcom_push)
+                            .map(Json::String),
+                    }
+                }
+                (Some(code), _) if bash.skip_on_exit_code.contains(&code) => {
+                    logs.system(&format!("Command exited with return code {code}: skipping"))
+                        .await;
+                    Outcome::Skipped {
+                        reason: format!("bash command exited with code {code}"),
+                    }
+                }
+                (Some(code), _) => {
+                    logs.system(&format!("Command exited with return code {code}"))
+                        .await;
+                    Outcome::Failed {
+                        reason: format!("bash command failed: exit code {code}"),
+                    }
+                }
+                (None, signal) => Outcome::Failed {
+                    reason: format!("bash command was killed by {}", signal_name(signal)),
+                },
+            }
+        }
+    }
+}
+
+async fn run_python(
+    spec: &RunSpec,
+    input: Json,
+    logs: &LogSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let temp = match TempDir::create(&spec.temp_root) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed { reason: e },
+    };
+    let outcome = run_python_in(spec, &input, &temp.path, logs, cancel).await;
+    temp.remove().await;
+    outcome
+}
+
+async fn run_python_in(
+    spec: &RunSpec,
+    input: &Json,
+    dir: &Path,
+    logs: &LogSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let input_path = dir.join("input.json");
+    let result_path = dir.join("result.json");
+    if let Err(e) = tokio::fs::write(&input_path, input.to_string()).await {
+        return Outcome::Failed {
+            reason: format!("cannot write {}: {e}", input_path.display()),
+        };
+    }
+    let mut cmd = Command::new(&spec.python);
+    cmd.arg("-c")
+        .arg(PYTHON_BOOTSTRAP)
+        .arg(&input_path)
+        .arg(&result_path)
+        .current_dir(dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(spec.context_env.iter().map(|(k, v)| (k, v)));
+    let limits = Limits {
+        timeout: spec.timeout,
+        kill_grace: spec.kill_grace,
+    };
+    let supervised = match supervise(cmd, &limits, logs, cancel).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Failed {
+                reason: format!("cannot start {}: {e}", spec.python),
+            };
+        }
+    };
+    let status = match supervised.ended {
+        Ended::TimedOut => return Outcome::TimedOut,
+        Ended::Cancelled => return Outcome::Cancelled,
+        Ended::Exited(status) => status,
+    };
+    let result = tokio::fs::read_to_string(&result_path)
+        .await
+        .ok()
+        .and_then(|text| serde_json::from_str::<Json>(&text).ok());
+    match result {
+        Some(Json::Object(mut r)) => {
+            if let Some(Json::String(error)) = r.remove("error") {
+                Outcome::Failed { reason: error }
+            } else if let Some(Json::String(reason)) = r.remove("skip") {
+                Outcome::Skipped { reason }
+            } else if status.success() {
+                let value = r.remove("value").unwrap_or(Json::Null);
+                Outcome::Success {
+                    xcom: (!value.is_null()).then_some(value),
+                }
+            } else {
+                Outcome::Failed {
+                    reason: format!("python {}", describe_exit(status)),
+                }
+            }
+        }
+        _ => Outcome::Failed {
+            reason: format!("python {} before returning", describe_exit(status)),
+        },
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, signal) => format!("was killed by {}", signal_name(signal)),
+    }
+}
+
+fn signal_name(signal: Option<i32>) -> String {
+    match signal.map(Signal::try_from) {
+        Some(Ok(s)) => s.as_str().to_owned(),
+        Some(Err(_)) => format!("signal {}", signal.unwrap_or_default()),
+        None => "an unknown signal".to_owned(),
+    }
+}
+
+/// A per-run temporary directory, removed after the run (or when dropped, as a fallback).
+struct TempDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TempDir {
+    fn create(root: &Path) -> Result<TempDir, String> {
+        let pid = std::process::id();
+        let nanos = Utc::now().timestamp_subsec_nanos();
+        for _ in 0..100 {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = root.join(format!("flow-task-{pid}-{nanos:x}-{n}"));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    return Ok(TempDir {
+                        path,
+                        removed: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(format!(
+                        "cannot create a temporary directory in {}: {e}",
+                        root.display()
+                    ));
+                }
+            }
+        }
+        Err(format!(
+            "cannot create a temporary directory in {}",
+            root.display()
+        ))
+    }
+
+    async fn remove(mut self) {
+        let _ = tokio::fs::remove_dir_all(&self.path).await;
+        self.removed = true;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

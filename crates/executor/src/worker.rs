@@ -1,0 +1,479 @@
+//! The worker loop: claim queued task instances, run them, stream their logs to the store,
+//! heartbeat, and report each try's outcome.
+//!
+//! A worker owns a try from its claim (`queued -> running`, try number bumped) until it
+//! reports the outcome. Heartbeats prove the ownership; if a heartbeat finds the task
+//! instance no longer ours (cleared, marked, rescued as a zombie), the process group is killed
+//! and nothing is reported, so a try never runs twice at the same time and a stale report
+//! never overwrites a newer state. Outcomes are reported with the try number as a guard.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use flow_dag::{Dag, Task};
+use flow_model::TaskInstanceState as S;
+use flow_store::{ClaimedTi, DagRunRow, Store, TiFinish, TiKey};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::{LogLine, Outcome, RenderedTask, RunContext, RunSpec, XcomMap, merge_params};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: String,
+    pub hostname: String,
+    pub queues: Vec<String>,
+    /// Task instances run at once.
+    pub concurrency: usize,
+    pub heartbeat_interval: StdDuration,
+    /// Longest wait between claims when nothing wakes the worker.
+    pub max_sleep: StdDuration,
+    pub dags_folder: PathBuf,
+    pub python: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        WorkerConfig {
+            worker_id: format!("{hostname}-{}", std::process::id()),
+            hostname,
+            queues: vec!["default".into()],
+            concurrency: 16,
+            heartbeat_interval: StdDuration::from_secs(5),
+            max_sleep: StdDuration::from_secs(1),
+            dags_folder: PathBuf::from("dags"),
+            python: "python3".into(),
+        }
+    }
+}
+
+/// Wake-up hints shared with the scheduler in the same process.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerWakeups {
+    /// Notified when work may have been queued.
+    pub work: Arc<Notify>,
+    /// Notified when a try finished (the scheduler has downstream work to decide).
+    pub finished: Arc<Notify>,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    store: Store,
+    config: WorkerConfig,
+    wakeups: WorkerWakeups,
+    dags: Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>,
+}
+
+struct Running {
+    key: TiKey,
+    try_number: i64,
+    cancel: watch::Sender<bool>,
+}
+
+impl Worker {
+    pub fn new(store: Store, config: WorkerConfig, wakeups: WorkerWakeups) -> Self {
+        Worker {
+            store,
+            config,
+            wakeups,
+            dags: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then lets running tries finish.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
+        let mut tasks: JoinSet<TiKey> = JoinSet::new();
+        let mut running: HashMap<TiKey, Running> = HashMap::new();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = StdDuration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = self.config.concurrency.saturating_sub(running.len());
+            let mut claimed_any = false;
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok(claimed) => {
+                        backoff = StdDuration::from_millis(100);
+                        claimed_any = !claimed.is_empty();
+                        for ti in claimed {
+                            let (cancel, cancel_rx) = watch::channel(false);
+                            running.insert(
+                                ti.key.clone(),
+                                Running {
+                                    key: ti.key.clone(),
+                                    try_number: ti.try_number,
+                                    cancel,
+                                },
+                            );
+                            let job = self.job();
+                            tasks.spawn(async move {
+                                let key = ti.key.clone();
+                                job.execute(ti, cancel_rx).await;
+                                key
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "claim failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            if claimed_any && running.len() < self.config.concurrency {
+                // More may be waiting; claim again before sleeping.
+                continue;
+            }
+            tokio::select! {
+                () = self.wakeups.work.notified() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(key) = done {
+                        running.remove(&key);
+                    }
+                }
+                _ = heartbeat.tick() => self.heartbeat(&running).await,
+                () = tokio::time::sleep(self.config.max_sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        info!(
+            running = running.len(),
+            "worker stopping; waiting for running tries"
+        );
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(key) = done {
+                running.remove(&key);
+            }
+        }
+        info!("worker stopped");
+    }
+
+    async fn claim(&self, n: usize) -> flow_store::Result<Vec<ClaimedTi>> {
+        self.store
+            .ti_claim(
+                &self.config.worker_id,
+                &self.config.hostname,
+                &self.config.queues,
+                i64::try_from(n).unwrap_or(i64::MAX),
+                Utc::now(),
+            )
+            .await
+    }
+
+    async fn heartbeat(&self, running: &HashMap<TiKey, Running>) {
+        if running.is_empty() {
+            return;
+        }
+        let keys: Vec<(TiKey, i64)> = running
+            .values()
+            .map(|r| (r.key.clone(), r.try_number))
+            .collect();
+        match self
+            .store
+            .ti_heartbeat(&self.config.worker_id, &keys, Utc::now())
+            .await
+        {
+            Ok(lost) => {
+                for key in lost {
+                    if let Some(r) = running.get(&key) {
+                        warn!(task_id = %key.task_id, run_id = %key.run_id, "task instance is no longer ours; stopping it");
+                        let _ = r.cancel.send(true);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+    }
+
+    fn job(&self) -> Job {
+        Job {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            wakeups: self.wakeups.clone(),
+            dags: self.dags.clone(),
+        }
+    }
+}
+
+/// Everything one try needs, detached from the loop.
+struct Job {
+    store: Store,
+    config: WorkerConfig,
+    wakeups: WorkerWakeups,
+    dags: Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>,
+}
+
+/// Ships log lines to the store in batches while the try runs.
+async fn forward_logs(store: Store, key: TiKey, try_number: i64, mut rx: mpsc::Receiver<LogLine>) {
+    let mut batch: Vec<flow_store::LogLine> = Vec::new();
+    loop {
+        let first = rx.recv().await;
+        let Some(first) = first else { break };
+        batch.push(to_store_line(first));
+        // Take whatever else is already there, without waiting.
+        while batch.len() < 500 {
+            match rx.try_recv() {
+                Ok(line) => batch.push(to_store_line(line)),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.log_append(&key, try_number, &batch).await {
+            warn!(error = %e, "could not store log lines");
+        }
+        batch.clear();
+    }
+}
+
+fn to_store_line(l: LogLine) -> flow_store::LogLine {
+    flow_store::LogLine {
+        at: l.at,
+        stream: l.stream.as_str().to_owned(),
+        line: l.text,
+    }
+}
+
+fn system_line(text: impl Into<String>) -> LogLine {
+    LogLine {
+        at: Utc::now(),
+        stream: crate::Stream::System,
+        text: text.into(),
+    }
+}
+
+/// Airflow's retry delay: `retry_delay`, doubled per try with exponential backoff, capped by
+/// `max_retry_delay`.
+pub fn retry_delay(task: &Task, try_number: i64) -> Duration {
+    let base = task.retry_delay;
+    if !task.retry_exponential_backoff {
+        return base;
+    }
+    let exp = u32::try_from((try_number - 1).clamp(0, 30)).unwrap_or(0);
+    let delay = base
+        .checked_mul(2i32.saturating_pow(exp))
+        .unwrap_or(Duration::days(1));
+    match task.max_retry_delay {
+        Some(max) => delay.min(max),
+        None => delay.min(Duration::days(1)),
+    }
+}
+
+impl Job {
+    async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, String> {
+        let (data, hash) = self
+            .store
+            .serialized_dag_get(dag_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("dag `{dag_id}` is not in the database"))?;
+        if let Ok(cache) = self.dags.lock()
+            && let Some((h, dag)) = cache.get(dag_id)
+            && *h == hash
+        {
+            return Ok(dag.clone());
+        }
+        let dag = Arc::new(Dag::from_json(&data).map_err(|e| format!("serialized dag: {e}"))?);
+        if let Ok(mut cache) = self.dags.lock() {
+            cache.insert(dag_id.to_owned(), (hash, dag.clone()));
+        }
+        Ok(dag)
+    }
+
+    async fn context(
+        &self,
+        ti: &ClaimedTi,
+        dag: &Dag,
+        task: &Task,
+        run: &DagRunRow,
+    ) -> Result<RunContext, String> {
+        let mut xcoms = XcomMap::new();
+        for x in self
+            .store
+            .xcom_list_for_run(&ti.key.dag_id, &ti.key.run_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            xcoms.insert(x.task_id, x.key, x.map_index, x.value);
+        }
+        let params =
+            merge_params(&dag.params, &task.params, &run.conf).map_err(|e| e.to_string())?;
+        Ok(RunContext {
+            dag_id: ti.key.dag_id.clone(),
+            task_id: ti.key.task_id.clone(),
+            run_id: ti.key.run_id.clone(),
+            map_index: ti.key.map_index,
+            try_number: u32::try_from(ti.try_number).unwrap_or(1),
+            max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
+            run_type: run.run_type.as_str().to_owned(),
+            logical_date: run.logical_date,
+            data_interval_start: run.data_interval_start,
+            data_interval_end: run.data_interval_end,
+            run_after: run.run_after,
+            dag_run_start_date: run.start_date,
+            conf: run.conf.clone(),
+            params,
+            owner: task.owner.clone(),
+            dags_folder: self.config.dags_folder.clone(),
+            timezone: dag.timetable.timezone,
+            render_template_as_native_obj: dag.render_template_as_native_obj,
+            template_searchpath: dag
+                .fileloc
+                .parent()
+                .map(|p| vec![p.to_path_buf()])
+                .unwrap_or_default(),
+            xcoms,
+            variables: HashMap::new(),
+        })
+    }
+
+    /// Runs one claimed try to its end and reports the outcome.
+    async fn execute(self, ti: ClaimedTi, cancel: watch::Receiver<bool>) {
+        let (log_tx, log_rx) = mpsc::channel::<LogLine>(1024);
+        let forwarder = tokio::spawn(forward_logs(
+            self.store.clone(),
+            ti.key.clone(),
+            ti.try_number,
+            log_rx,
+        ));
+        let _ = log_tx
+            .send(system_line(format!(
+                "try {} of {} on {} (worker {})",
+                ti.try_number,
+                ti.max_tries + 1,
+                self.config.hostname,
+                self.config.worker_id
+            )))
+            .await;
+        let prepared = self.prepare(&ti).await;
+        let (outcome, task, rendered_fields) = match prepared {
+            Err(reason) => {
+                let _ = log_tx
+                    .send(system_line(format!("cannot start: {reason}")))
+                    .await;
+                (Outcome::Failed { reason }, None, None)
+            }
+            Ok((task, spec)) => {
+                let fields = rendered_fields(&spec.rendered);
+                let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
+                (outcome, Some(task), fields)
+            }
+        };
+        let lost = *cancel.borrow();
+        let summary = match &outcome {
+            Outcome::Success { .. } => "success".to_owned(),
+            Outcome::Skipped { reason } => format!("skipped: {reason}"),
+            Outcome::Failed { reason } => format!("failed: {reason}"),
+            Outcome::TimedOut => {
+                "failed: execution_timeout exceeded; process group killed".to_owned()
+            }
+            Outcome::Cancelled => {
+                "stopped: the task instance was cleared, marked or rescued elsewhere".to_owned()
+            }
+        };
+        let _ = log_tx
+            .send(system_line(format!(
+                "try {} ended: {summary}",
+                ti.try_number
+            )))
+            .await;
+        drop(log_tx);
+        let _ = forwarder.await;
+        if lost || matches!(outcome, Outcome::Cancelled) {
+            // Someone else owns this task instance now; report nothing.
+            return;
+        }
+        let now = Utc::now();
+        let (state, xcom, reason, next_retry_at) = match outcome {
+            Outcome::Success { xcom } => (S::Success, xcom, None, None),
+            Outcome::Skipped { reason } => (S::Skipped, None, Some(reason), None),
+            Outcome::Failed { reason } => self.failure(&ti, task.as_ref(), reason, now),
+            Outcome::TimedOut => {
+                self.failure(&ti, task.as_ref(), "execution_timeout exceeded".into(), now)
+            }
+            Outcome::Cancelled => return,
+        };
+        let finish = TiFinish {
+            key: ti.key.clone(),
+            try_number: ti.try_number,
+            state,
+            reason,
+            next_retry_at,
+            xcom,
+            rendered_fields,
+        };
+        // The outcome must reach the store: retry while the database is unreachable.
+        let mut backoff = StdDuration::from_millis(100);
+        loop {
+            match self.store.ti_finish(&finish, now).await {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, task_id = %ti.key.task_id, "could not record outcome; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                }
+            }
+        }
+        self.wakeups.finished.notify_one();
+    }
+
+    fn failure(
+        &self,
+        ti: &ClaimedTi,
+        task: Option<&Task>,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> (
+        S,
+        Option<serde_json::Value>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    ) {
+        if ti.try_number <= ti.max_tries
+            && let Some(task) = task
+        {
+            let at = now + retry_delay(task, ti.try_number);
+            return (S::UpForRetry, None, Some(reason), Some(at));
+        }
+        (S::Failed, None, Some(reason), None)
+    }
+
+    async fn prepare(&self, ti: &ClaimedTi) -> Result<(Task, RunSpec), String> {
+        let dag = self.dag(&ti.key.dag_id).await?;
+        let task = dag.task(&ti.key.task_id).cloned().ok_or_else(|| {
+            format!(
+                "task `{}` is no longer in dag `{}`",
+                ti.key.task_id, ti.key.dag_id
+            )
+        })?;
+        let run = self
+            .store
+            .dag_run_get(&ti.key.dag_id, &ti.key.run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("dag run `{}` is gone", ti.key.run_id))?;
+        let ctx = self.context(ti, &dag, &task, &run).await?;
+        let rendered = crate::render_task(&task, &ctx).map_err(|e| e.to_string())?;
+        let mut spec = RunSpec::new(&task, rendered, &ctx);
+        spec.python = self.config.python.clone();
+        Ok((task, spec))
+    }
+}
+
+/// Rendered template fields as JSON, for the UI's rendered-template view.
+fn rendered_fields(rendered: &RenderedTask) -> Option<String> {
+    let fields: serde_json::Map<String, serde_json::Value> = rendered
+        .fields()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    serde_json::to_string(&fields).ok()
+}

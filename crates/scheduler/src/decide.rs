@@ -1,0 +1,153 @@
+//! Pure scheduling decisions: given a DAG, one run's task instances and `now`, which task
+//! instances change state and whether the run is finished. No I/O, so every rule is tested
+//! with plain values.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use flow_dag::Dag;
+use flow_model::{
+    DagRunState, TaskInstanceState as S, TriggerDecision, UpstreamStates, decide_dag_run_state,
+};
+use flow_store::{StateChange, TiRow};
+
+/// What the scheduler should do with one run.
+#[derive(Debug, Default)]
+pub struct RunDecision {
+    pub changes: Vec<StateChange>,
+    /// Set when the run is finished (or deadlocked).
+    pub run_state: Option<DagRunState>,
+    /// Why the run finished as it did, when it is worth saying (deadlock, timeout).
+    pub reason: Option<String>,
+    /// The earliest retry time among task instances waiting for one.
+    pub next_wakeup: Option<DateTime<Utc>>,
+}
+
+fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
+    StateChange {
+        key: ti.key.clone(),
+        from: vec![ti.state],
+        to,
+        reason,
+        next_retry_at: None,
+    }
+}
+
+/// Evaluates one run. `previous` gives, for `depends_on_past` tasks, the state of the same
+/// task in the previous run (None when there is no previous run).
+pub fn decide_run(
+    dag: &Dag,
+    tis: &[TiRow],
+    previous: &HashMap<String, S>,
+    now: DateTime<Utc>,
+) -> RunDecision {
+    let mut decision = RunDecision::default();
+    // States after the decisions taken so far in this pass, so that a skip propagates down a
+    // chain in one evaluation (as Airflow's mini-scheduler does).
+    let mut state: HashMap<&str, S> = tis
+        .iter()
+        .filter(|t| t.key.map_index == -1)
+        .map(|t| (t.key.task_id.as_str(), t.state))
+        .collect();
+    let by_id: HashMap<&str, &TiRow> = tis.iter().map(|t| (t.key.task_id.as_str(), t)).collect();
+
+    // Tasks are in topological order, so upstream decisions are known before downstream ones.
+    for task in &dag.tasks {
+        let Some(ti) = by_id.get(task.task_id.as_str()) else {
+            continue;
+        };
+        match ti.state {
+            S::NoStatus => {}
+            S::UpForRetry => {
+                match ti.next_retry_at {
+                    Some(at) if at > now => {
+                        decision.next_wakeup = Some(
+                            decision
+                                .next_wakeup
+                                .map_or(at, |w: DateTime<Utc>| w.min(at)),
+                        );
+                    }
+                    _ => decision.changes.push(change(
+                        ti,
+                        S::Scheduled,
+                        Some("retry delay elapsed".into()),
+                    )),
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        let upstream = UpstreamStates::from_states(
+            task.upstream
+                .iter()
+                .filter_map(|u| state.get(u.as_str()).copied()),
+        );
+        let verdict = task.trigger_rule.evaluate(&upstream);
+        let to = match verdict {
+            TriggerDecision::Wait => continue,
+            TriggerDecision::Skip => S::Skipped,
+            TriggerDecision::UpstreamFailed => S::UpstreamFailed,
+            TriggerDecision::Schedule => {
+                if task.depends_on_past
+                    && let Some(prev) = previous.get(task.task_id.as_str())
+                    && !matches!(prev, S::Success | S::Skipped)
+                {
+                    continue;
+                }
+                S::Scheduled
+            }
+        };
+        let reason = match to {
+            S::Skipped | S::UpstreamFailed => Some(format!(
+                "trigger rule {} with upstream {upstream:?}",
+                task.trigger_rule.as_str()
+            )),
+            _ => None,
+        };
+        state.insert(task.task_id.as_str(), to);
+        decision.changes.push(change(ti, to, reason));
+    }
+
+    // The run's outcome from the states it will have after these changes.
+    let leaves: std::collections::HashSet<&str> =
+        dag.leaves().map(|t| t.task_id.as_str()).collect();
+    let after: Vec<(S, bool)> = tis
+        .iter()
+        .map(|t| {
+            let s = state
+                .get(t.key.task_id.as_str())
+                .copied()
+                .unwrap_or(t.state);
+            (s, leaves.contains(t.key.task_id.as_str()))
+        })
+        .collect();
+    decision.run_state = decide_dag_run_state(&after);
+    if decision.run_state.is_none() && is_deadlocked(&after, &decision) {
+        decision.run_state = Some(DagRunState::Failed);
+        decision.reason = Some("deadlock: no task instance can make progress".into());
+    }
+    decision
+}
+
+/// A run is stuck when nothing is running or waiting to run and no decision was taken, yet
+/// some task instances are unfinished (they wait on a condition that can never hold).
+fn is_deadlocked(after: &[(S, bool)], decision: &RunDecision) -> bool {
+    if !decision.changes.is_empty() || decision.next_wakeup.is_some() {
+        return false;
+    }
+    let progressing = after.iter().any(|(s, _)| {
+        matches!(
+            s,
+            S::Scheduled
+                | S::Queued
+                | S::Running
+                | S::Restarting
+                | S::UpForRetry
+                | S::UpForReschedule
+                | S::Deferred
+                | S::Shutdown
+        )
+    });
+    let unfinished = after.iter().any(|(s, _)| *s == S::NoStatus);
+    unfinished && !progressing
+}

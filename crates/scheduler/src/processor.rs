@@ -1,0 +1,230 @@
+//! The DAG processor: keeps the store in step with the dags folder.
+//!
+//! Each pass stats every file and re-parses only those whose size or modification time
+//! changed (all of them when a `defaults.yml` changed, since defaults shape every DAG below
+//! them). A re-parsed file is written to the store only when its content hash differs from
+//! what the store holds, so a restart costs one parse and no writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use flow_dag::loader::source_hash;
+use flow_dag::{Dag, LoadOptions, LoadedFile};
+use flow_store::{DagRecord, FileSync, Store};
+
+use crate::SchedulerError;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProcessReport {
+    pub files_seen: usize,
+    pub files_parsed: usize,
+    pub files_written: usize,
+    pub dags_deactivated: u64,
+}
+
+#[derive(Debug)]
+pub struct DagProcessor {
+    store: Store,
+    root: PathBuf,
+    paused_at_creation: bool,
+    /// path -> (mtime, len) at the last parse
+    seen: HashMap<PathBuf, (SystemTime, u64)>,
+    /// fileloc -> content hash (file plus its defaults) the store holds
+    stored: Option<HashMap<String, String>>,
+    defaults_signature: Vec<(PathBuf, SystemTime, u64)>,
+}
+
+fn stat(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The `defaults.yml` / `defaults.yaml` files under `root`, with their stats.
+fn defaults_files(root: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if name == "defaults.yml" || name == "defaults.yaml" {
+                if let Some((m, l)) = stat(&path) {
+                    out.push((path, m, l));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The record the store keeps for a DAG.
+pub fn dag_record(dag: &Dag, paused_at_creation: bool) -> Result<DagRecord, SchedulerError> {
+    let data = dag
+        .to_json()
+        .map_err(|e| SchedulerError::Serialize(e.to_string()))?;
+    Ok(DagRecord {
+        dag_id: dag.dag_id.to_string(),
+        owners: dag.owner.clone(),
+        description: dag.description.clone(),
+        schedule: dag.schedule_text.clone(),
+        timetable_summary: dag.timetable.summary(),
+        tags: dag.tags.clone(),
+        max_active_runs: i64::from(dag.max_active_runs),
+        max_active_tasks: i64::from(dag.max_active_tasks),
+        paused_on_creation: dag.is_paused_upon_creation.unwrap_or(paused_at_creation),
+        dag_hash: source_hash(data.as_bytes()),
+        data,
+    })
+}
+
+impl DagProcessor {
+    pub fn new(store: Store, root: PathBuf, paused_at_creation: bool) -> Self {
+        DagProcessor {
+            store,
+            root,
+            paused_at_creation,
+            seen: HashMap::new(),
+            stored: None,
+            defaults_signature: Vec::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// One pass over the dags folder.
+    pub async fn run_once(&mut self, now: DateTime<Utc>) -> Result<ProcessReport, SchedulerError> {
+        let root = self.root.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let files = flow_dag::find_dag_files(&root)?;
+            let defaults = defaults_files(&root);
+            Ok::<_, std::io::Error>((files, defaults))
+        })
+        .await
+        .map_err(|e| SchedulerError::Internal(e.to_string()))?
+        .map_err(|e| SchedulerError::DagsFolder {
+            path: self.root.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (files, defaults) = files;
+        let defaults_changed = defaults != self.defaults_signature;
+        if defaults_changed {
+            self.seen.clear();
+            self.defaults_signature = defaults.clone();
+        }
+        if self.stored.is_none() {
+            self.stored = Some(self.store.dag_code_hashes().await?);
+        }
+        let changed: Vec<PathBuf> = files
+            .iter()
+            .filter(|p| stat(p) != self.seen.get(*p).copied())
+            .cloned()
+            .collect();
+        let mut report = ProcessReport {
+            files_seen: files.len(),
+            files_parsed: changed.len(),
+            ..ProcessReport::default()
+        };
+        if !changed.is_empty() {
+            let root = self.root.clone();
+            let to_parse = changed.clone();
+            let defaults_sig: String = defaults
+                .iter()
+                .map(|(p, _, _)| {
+                    std::fs::read(p)
+                        .map(|b| source_hash(&b))
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let loaded: Vec<(LoadedFile, Option<(SystemTime, u64)>)> =
+                tokio::task::spawn_blocking(move || {
+                    let options = LoadOptions {
+                        now,
+                        ..LoadOptions::default()
+                    };
+                    to_parse
+                        .iter()
+                        .map(|p| {
+                            let st = stat(p);
+                            (flow_dag::load_file(p, &root, &options), st)
+                        })
+                        .collect()
+                })
+                .await
+                .map_err(|e| SchedulerError::Internal(e.to_string()))?;
+            for (file, st) in loaded {
+                let fileloc = file.path.display().to_string();
+                // The stored hash covers the defaults too: a changed defaults file must
+                // rewrite the DAGs below it even though their own bytes did not change.
+                let effective_hash =
+                    source_hash(format!("{}|{defaults_sig}", file.source_hash).as_bytes());
+                let unchanged = self
+                    .stored
+                    .as_ref()
+                    .and_then(|s| s.get(&fileloc))
+                    .is_some_and(|h| *h == effective_hash);
+                if !unchanged {
+                    let sync = self.file_sync(&file, effective_hash.clone())?;
+                    self.store.dag_sync_file(&sync, now).await?;
+                    report.files_written += 1;
+                    if let Some(stored) = self.stored.as_mut() {
+                        stored.insert(fileloc, effective_hash);
+                    }
+                }
+                if let Some(st) = st {
+                    self.seen.insert(file.path.clone(), st);
+                }
+            }
+        }
+        let present: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        if self.seen.len() > files.len() {
+            self.seen.retain(|p, _| files.contains(p));
+        }
+        let known = self.stored.as_ref().map_or(0, HashMap::len);
+        if known > present.len() || report.files_written > 0 {
+            report.dags_deactivated = self.store.dag_deactivate_missing_files(&present).await?;
+            if let Some(stored) = self.stored.as_mut() {
+                stored.retain(|k, _| present.contains(k));
+            }
+        }
+        Ok(report)
+    }
+
+    fn file_sync(&self, file: &LoadedFile, hash: String) -> Result<FileSync, SchedulerError> {
+        let dags = file
+            .dags
+            .iter()
+            .map(|d| dag_record(d, self.paused_at_creation))
+            .collect::<Result<Vec<_>, _>>()?;
+        let import_error = file.has_errors().then(|| {
+            file.diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        Ok(FileSync {
+            fileloc: file.path.display().to_string(),
+            relative_fileloc: file.relative_path.clone(),
+            source: file.source.clone(),
+            source_hash: hash,
+            dags,
+            import_error,
+        })
+    }
+}

@@ -1,0 +1,628 @@
+//! The scheduling loop.
+//!
+//! Each pass: sync the dags folder when due, create due scheduled runs, start queued runs
+//! within `max_active_runs`, evaluate every active run (`decide`), queue scheduled task
+//! instances within the limits, rescue zombies. Then it sleeps until the next deadline (a run
+//! becoming due, a retry delay ending, the next folder check) or until woken: a worker that
+//! finishes a task wakes it at once, so no poll interval sits between two tasks.
+//!
+//! The database is the truth. The loop keeps only caches (parsed DAGs by hash, next-run
+//! maths), all rebuilt from the store after a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use flow_dag::Dag;
+use flow_dag::schedule::{DataInterval, TimeRestriction};
+use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
+use flow_store::{
+    DagRow, DagRunRow, NextRun, StateChange, Store, TiRow, TriggerError, TriggerRequest,
+};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::SchedulerError;
+use crate::decide::decide_run;
+use crate::processor::DagProcessor;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub dags_folder: PathBuf,
+    /// Task instances queued or running at once, across everything (Airflow's `parallelism`).
+    pub parallelism: i64,
+    /// How often the dags folder is checked for changes.
+    pub dag_dir_check_interval: StdDuration,
+    /// A running task instance whose heartbeat is older than this is a zombie.
+    pub zombie_threshold: StdDuration,
+    /// Longest sleep between passes when nothing wakes the loop (picks up changes made by
+    /// other processes that cannot notify, e.g. on SQLite).
+    pub max_sleep: StdDuration,
+    pub dags_are_paused_at_creation: bool,
+    /// Whether this scheduler parses the dags folder.
+    pub process_dags: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            dags_folder: PathBuf::from("dags"),
+            parallelism: 32,
+            dag_dir_check_interval: StdDuration::from_secs(1),
+            zombie_threshold: StdDuration::from_secs(60),
+            max_sleep: StdDuration::from_secs(1),
+            dags_are_paused_at_creation: true,
+            process_dags: true,
+        }
+    }
+}
+
+/// In-process wake-up hints between the scheduler and workers. They only shorten waits; the
+/// loops also wake on their own, so a lost hint delays work and never loses it.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeups {
+    /// Something may need scheduling (a task finished, a run was triggered).
+    pub scheduler: Arc<Notify>,
+    /// Task instances were queued.
+    pub workers: Arc<Notify>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    store: Store,
+    config: SchedulerConfig,
+    wakeups: Wakeups,
+    processor: DagProcessor,
+    /// dag_id -> (hash, parsed DAG)
+    dags: HashMap<String, (String, Arc<Dag>)>,
+    dag_rows: HashMap<String, DagRow>,
+    /// dag_id -> (dag hash, when its next scheduled run is due). Saves re-reading the latest
+    /// run of every DAG on every pass; dropped when a run is created or the DAG changes.
+    next_due: HashMap<String, (String, DateTime<Utc>)>,
+    last_dir_check: Option<DateTime<Utc>>,
+    last_zombie_check: Option<DateTime<Utc>>,
+}
+
+/// What one pass found out about when to run again.
+#[derive(Debug, Default)]
+struct PassOutcome {
+    next_deadline: Option<DateTime<Utc>>,
+    queued: usize,
+}
+
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Scheduler {
+    pub fn new(store: Store, config: SchedulerConfig, wakeups: Wakeups) -> Self {
+        let processor = DagProcessor::new(
+            store.clone(),
+            config.dags_folder.clone(),
+            config.dags_are_paused_at_creation,
+        );
+        Scheduler {
+            store,
+            config,
+            wakeups,
+            processor,
+            dags: HashMap::new(),
+            dag_rows: HashMap::new(),
+            next_due: HashMap::new(),
+            last_dir_check: None,
+            last_zombie_check: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true. Store errors (the database going away) are logged
+    /// and retried with backoff; they never end the loop.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = StdDuration::from_millis(100);
+        info!(dags_folder = %self.config.dags_folder.display(), "scheduler started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = Utc::now();
+            let sleep = match self.pass(now).await {
+                Ok(outcome) => {
+                    backoff = StdDuration::from_millis(100);
+                    if outcome.queued > 0 {
+                        self.wakeups.workers.notify_one();
+                    }
+                    let until = outcome
+                        .next_deadline
+                        .map(|d| (d - Utc::now()).to_std().unwrap_or_default())
+                        .unwrap_or(self.config.max_sleep);
+                    until.min(self.config.max_sleep)
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler pass failed; retrying");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                    wait
+                }
+            };
+            if sleep.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = self.wakeups.scheduler.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        info!("scheduler stopped");
+    }
+
+    /// One scheduling pass at `now`. Public so that tests can drive the scheduler step by step.
+    pub async fn pass(&mut self, now: DateTime<Utc>) -> Result<PassSummary, SchedulerError> {
+        let outcome = self.pass_inner(now).await?;
+        Ok(PassSummary {
+            next_deadline: outcome.next_deadline,
+            queued: outcome.queued,
+        })
+    }
+
+    async fn pass_inner(&mut self, now: DateTime<Utc>) -> Result<PassOutcome, SchedulerError> {
+        let mut outcome = PassOutcome::default();
+        let dir_due = self.last_dir_check.is_none_or(|t| {
+            now - t >= Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
+        });
+        if dir_due {
+            if self.config.process_dags {
+                let report = self.processor.run_once(now).await?;
+                if report.files_written > 0 || report.dags_deactivated > 0 {
+                    debug!(?report, "dags folder synced");
+                }
+            }
+            self.refresh_dags().await?;
+            self.last_dir_check = Some(now);
+        }
+        let next_dir_check = self.last_dir_check.map(|t| {
+            t + Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
+        });
+        outcome.next_deadline = earliest(outcome.next_deadline, next_dir_check);
+
+        let runs = self
+            .store
+            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
+            .await?;
+        let created_deadline = self.create_scheduled_runs(&runs, now).await?;
+        outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
+
+        let runs = self
+            .store
+            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
+            .await?;
+        self.start_queued_runs(&runs, now).await?;
+        let runs = self
+            .store
+            .dag_run_list_in_states(&[DagRunState::Running])
+            .await?;
+        let retry_deadline = self.evaluate_runs(&runs, now).await?;
+        outcome.next_deadline = earliest(outcome.next_deadline, retry_deadline);
+
+        outcome.queued = self.queue_task_instances(now).await?;
+
+        let zombie_due = self
+            .last_zombie_check
+            .is_none_or(|t| now - t >= Duration::seconds(5));
+        if zombie_due {
+            self.rescue_zombies(now).await?;
+            self.last_zombie_check = Some(now);
+        }
+        Ok(outcome)
+    }
+
+    /// Reloads DAG rows and re-reads serialized DAGs whose hash changed.
+    async fn refresh_dags(&mut self) -> Result<(), SchedulerError> {
+        let rows = self.store.dag_list().await?;
+        self.dag_rows = rows.into_iter().map(|r| (r.dag_id.clone(), r)).collect();
+        let stale: Vec<String> = self
+            .dag_rows
+            .values()
+            .filter(|r| {
+                self.dags
+                    .get(&r.dag_id)
+                    .is_none_or(|(h, _)| *h != r.dag_hash)
+            })
+            .map(|r| r.dag_id.clone())
+            .collect();
+        for dag_id in stale {
+            self.load_dag(&dag_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The parsed DAG for a run, from cache or the store.
+    async fn load_dag(&mut self, dag_id: &str) -> Result<Option<Arc<Dag>>, SchedulerError> {
+        let Some((data, hash)) = self.store.serialized_dag_get(dag_id).await? else {
+            return Ok(None);
+        };
+        if let Some((h, dag)) = self.dags.get(dag_id)
+            && *h == hash
+        {
+            return Ok(Some(dag.clone()));
+        }
+        match Dag::from_json(&data) {
+            Ok(dag) => {
+                let dag = Arc::new(dag);
+                self.dags.insert(dag_id.to_owned(), (hash, dag.clone()));
+                Ok(Some(dag))
+            }
+            Err(e) => {
+                warn!(dag_id, error = %e, "serialized DAG does not load; was it written by another flow version?");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn dag_for(&mut self, dag_id: &str) -> Result<Option<Arc<Dag>>, SchedulerError> {
+        if let Some((_, dag)) = self.dags.get(dag_id) {
+            return Ok(Some(dag.clone()));
+        }
+        self.load_dag(dag_id).await
+    }
+
+    /// Creates the scheduled runs that are due, within `max_active_runs`. Returns when the
+    /// next one becomes due.
+    async fn create_scheduled_runs(
+        &mut self,
+        active: &[DagRunRow],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+        let mut next_deadline = None;
+        let mut active_per_dag: HashMap<&str, i64> = HashMap::new();
+        for r in active {
+            *active_per_dag.entry(r.dag_id.as_str()).or_default() += 1;
+        }
+        let candidates: Vec<DagRow> = self
+            .dag_rows
+            .values()
+            .filter(|r| !r.is_paused && r.is_active && r.schedule != "None")
+            .cloned()
+            .collect();
+        for row in candidates {
+            if let Some((hash, due)) = self.next_due.get(&row.dag_id)
+                && *hash == row.dag_hash
+                && *due > now
+            {
+                next_deadline = earliest(next_deadline, Some(*due));
+                continue;
+            }
+            let Some(dag) = self.dag_for(&row.dag_id).await? else {
+                continue;
+            };
+            let restriction = TimeRestriction {
+                earliest: dag.start_date,
+                latest: dag.end_date,
+                catchup: dag.catchup,
+            };
+            let last = self.store.dag_run_latest_automated(&row.dag_id).await?;
+            let last_interval = last.as_ref().and_then(|r| {
+                Some(DataInterval {
+                    start: r.data_interval_start?,
+                    end: r.data_interval_end?,
+                })
+            });
+            let Some(info) = dag
+                .timetable
+                .next_dagrun_info(last_interval, &restriction, now)
+            else {
+                if row.next_dagrun.is_some() {
+                    self.store.dag_set_next_run(&row.dag_id, None).await?;
+                }
+                continue;
+            };
+            let next = NextRun {
+                logical_date: info.logical_date,
+                data_interval_start: info.data_interval.start,
+                data_interval_end: info.data_interval.end,
+                create_after: info.run_after,
+            };
+            if info.run_after > now {
+                if row.next_dagrun_create_after != Some(info.run_after) {
+                    self.store.dag_set_next_run(&row.dag_id, Some(next)).await?;
+                }
+                self.next_due
+                    .insert(row.dag_id.clone(), (row.dag_hash.clone(), info.run_after));
+                next_deadline = earliest(next_deadline, Some(info.run_after));
+                continue;
+            }
+            let active_runs = active_per_dag
+                .get(row.dag_id.as_str())
+                .copied()
+                .unwrap_or(0);
+            if active_runs >= i64::from(dag.max_active_runs) {
+                continue;
+            }
+            let req = TriggerRequest {
+                run_id: None,
+                run_type: DagRunType::Scheduled,
+                logical_date: Some(info.logical_date),
+                data_interval: Some((info.data_interval.start, info.data_interval.end)),
+                run_after: Some(info.run_after),
+                conf: serde_json::json!({}),
+                note: None,
+                triggered_by: Some("scheduler".into()),
+            };
+            match self
+                .store
+                .dag_run_trigger(&dag, &row.dag_hash, &req, now)
+                .await
+            {
+                Ok(run) => {
+                    info!(dag_id = %run.dag_id, run_id = %run.run_id, "created scheduled run")
+                }
+                // Another scheduler (or an earlier life of this one) made it: fine.
+                Err(TriggerError::Duplicate { .. }) => {}
+                Err(TriggerError::Store(e)) => return Err(e.into()),
+                Err(e) => warn!(dag_id = %row.dag_id, error = %e, "could not create scheduled run"),
+            }
+            // Come back at once: more runs may be due (catchup), and the new run wants work.
+            next_deadline = Some(now);
+        }
+        Ok(next_deadline)
+    }
+
+    /// Moves queued runs to running, oldest first, within each DAG's `max_active_runs`.
+    async fn start_queued_runs(
+        &mut self,
+        runs: &[DagRunRow],
+        now: DateTime<Utc>,
+    ) -> Result<(), SchedulerError> {
+        let mut running: HashMap<&str, i64> = HashMap::new();
+        for r in runs.iter().filter(|r| r.state == DagRunState::Running) {
+            *running.entry(r.dag_id.as_str()).or_default() += 1;
+        }
+        for r in runs.iter().filter(|r| r.state == DagRunState::Queued) {
+            let Some(row) = self.dag_rows.get(&r.dag_id) else {
+                continue;
+            };
+            // A paused DAG's runs wait (Airflow: paused DAGs schedule nothing).
+            if row.is_paused {
+                continue;
+            }
+            let n = running.entry(r.dag_id.as_str()).or_default();
+            if *n >= row.max_active_runs {
+                continue;
+            }
+            if self
+                .store
+                .dag_run_set_state_if(
+                    &r.dag_id,
+                    &r.run_id,
+                    &[DagRunState::Queued],
+                    DagRunState::Running,
+                    now,
+                )
+                .await?
+            {
+                *n += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates every running run: schedules, skips and fails task instances, finishes runs,
+    /// enforces `dagrun_timeout`. Returns the earliest pending retry time.
+    async fn evaluate_runs(
+        &mut self,
+        runs: &[DagRunRow],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+        if runs.is_empty() {
+            return Ok(None);
+        }
+        let all = self.store.ti_list_active_runs().await?;
+        let mut by_run: HashMap<(&str, &str), Vec<TiRow>> = HashMap::new();
+        for ti in &all {
+            by_run
+                .entry((ti.key.dag_id.as_str(), ti.key.run_id.as_str()))
+                .or_default()
+                .push(ti.clone());
+        }
+        let mut changes: Vec<StateChange> = Vec::new();
+        let mut finished: Vec<(&DagRunRow, DagRunState, Option<String>)> = Vec::new();
+        let mut deadline = None;
+        for run in runs {
+            let Some(dag) = self.dag_for(&run.dag_id).await? else {
+                continue;
+            };
+            let tis = by_run
+                .get(&(run.dag_id.as_str(), run.run_id.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let (Some(timeout), Some(started)) = (dag.dagrun_timeout, run.start_date)
+                && now - started > timeout
+            {
+                for ti in tis.iter().filter(|t| !t.state.is_finished()) {
+                    changes.push(StateChange {
+                        key: ti.key.clone(),
+                        from: vec![ti.state],
+                        to: S::Skipped,
+                        reason: Some("dagrun_timeout exceeded".into()),
+                        next_retry_at: None,
+                    });
+                }
+                finished.push((
+                    run,
+                    DagRunState::Failed,
+                    Some("dagrun_timeout exceeded".into()),
+                ));
+                continue;
+            }
+            let previous = if dag.tasks.iter().any(|t| t.depends_on_past) {
+                self.previous_states(run).await?
+            } else {
+                HashMap::new()
+            };
+            let decision = decide_run(&dag, tis, &previous, now);
+            deadline = earliest(deadline, decision.next_wakeup);
+            changes.extend(decision.changes);
+            if let Some(state) = decision.run_state {
+                finished.push((run, state, decision.reason));
+            }
+        }
+        if !changes.is_empty() {
+            self.store
+                .ti_set_states(&changes, Actor::Scheduler, now)
+                .await?;
+            // Newly scheduled work may be queued in this same pass.
+        }
+        for (run, state, reason) in finished {
+            if self
+                .store
+                .dag_run_set_state_if(
+                    &run.dag_id,
+                    &run.run_id,
+                    &[DagRunState::Running],
+                    state,
+                    now,
+                )
+                .await?
+            {
+                info!(dag_id = %run.dag_id, run_id = %run.run_id, state = %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
+            }
+        }
+        Ok(deadline)
+    }
+
+    /// Task states of the run before `run` (by logical date), for `depends_on_past`.
+    async fn previous_states(&self, run: &DagRunRow) -> Result<HashMap<String, S>, SchedulerError> {
+        let Some(logical) = run.logical_date else {
+            return Ok(HashMap::new());
+        };
+        let runs = self.store.dag_run_list(&run.dag_id, 1000).await?;
+        let prev = runs
+            .iter()
+            .filter(|r| r.logical_date.is_some_and(|l| l < logical))
+            .max_by_key(|r| r.logical_date);
+        let Some(prev) = prev else {
+            return Ok(HashMap::new());
+        };
+        Ok(self
+            .store
+            .ti_list_for_run(&prev.dag_id, &prev.run_id)
+            .await?
+            .into_iter()
+            .map(|t| (t.key.task_id, t.state))
+            .collect())
+    }
+
+    /// Queues scheduled task instances, highest priority first, within parallelism, pool slots,
+    /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag`.
+    async fn queue_task_instances(&mut self, now: DateTime<Utc>) -> Result<usize, SchedulerError> {
+        let mut usage = self.store.ti_pool_usage().await?;
+        let free = self.config.parallelism - usage.total;
+        if free <= 0 {
+            return Ok(0);
+        }
+        let candidates = self
+            .store
+            .ti_list_in_state(S::Scheduled, free * 4 + 64)
+            .await?;
+        let mut changes = Vec::new();
+        for ti in candidates {
+            if usage.total >= self.config.parallelism {
+                break;
+            }
+            let Some(dag) = self.dag_for(&ti.key.dag_id).await? else {
+                continue;
+            };
+            let Some(task) = dag.task(&ti.key.task_id) else {
+                continue;
+            };
+            let dag_n = usage.per_dag.get(&ti.key.dag_id).copied().unwrap_or(0);
+            if dag_n >= i64::from(dag.max_active_tasks) {
+                continue;
+            }
+            let task_key = (ti.key.dag_id.clone(), ti.key.task_id.clone());
+            let task_n = usage.per_task.get(&task_key).copied().unwrap_or(0);
+            if task
+                .max_active_tis_per_dag
+                .is_some_and(|m| task_n >= i64::from(m))
+            {
+                continue;
+            }
+            let (slots, used) = usage.pools.get(&ti.pool).copied().unwrap_or((0, 0));
+            if used + ti.pool_slots > slots {
+                if slots == 0 && !usage.pools.contains_key(&ti.pool) {
+                    debug!(pool = %ti.pool, task = %ti.key.task_id, "task waits on a pool that does not exist");
+                }
+                continue;
+            }
+            usage
+                .pools
+                .insert(ti.pool.clone(), (slots, used + ti.pool_slots));
+            *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
+            *usage.per_task.entry(task_key).or_default() += 1;
+            usage.total += 1;
+            changes.push(StateChange {
+                key: ti.key.clone(),
+                from: vec![S::Scheduled],
+                to: S::Queued,
+                reason: None,
+                next_retry_at: None,
+            });
+        }
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let applied = self
+            .store
+            .ti_set_states(&changes, Actor::Scheduler, now)
+            .await?;
+        Ok(applied.iter().filter(|a| **a).count())
+    }
+
+    /// Running task instances whose worker stopped heartbeating: retried if tries remain,
+    /// failed otherwise (Airflow's zombie handling).
+    async fn rescue_zombies(&mut self, now: DateTime<Utc>) -> Result<(), SchedulerError> {
+        let threshold =
+            Duration::from_std(self.config.zombie_threshold).unwrap_or(Duration::seconds(60));
+        let zombies = self.store.ti_list_stale_running(now - threshold).await?;
+        if zombies.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for z in zombies {
+            let dag = self.dag_for(&z.key.dag_id).await?;
+            let retry_delay = dag
+                .as_ref()
+                .and_then(|d| d.task(&z.key.task_id))
+                .map_or(Duration::seconds(300), |t| t.retry_delay);
+            let retry = z.try_number <= z.max_tries;
+            warn!(dag_id = %z.key.dag_id, run_id = %z.key.run_id, task_id = %z.key.task_id, try_number = z.try_number, "zombie task instance: no heartbeat");
+            changes.push(StateChange {
+                key: z.key.clone(),
+                from: vec![S::Running],
+                to: if retry { S::UpForRetry } else { S::Failed },
+                reason: Some(format!(
+                    "zombie: no heartbeat from worker {} for over {}s",
+                    z.worker_id.as_deref().unwrap_or("?"),
+                    threshold.num_seconds()
+                )),
+                next_retry_at: retry.then(|| now + retry_delay),
+            });
+        }
+        self.store
+            .ti_set_states(&changes, Actor::Scheduler, now)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The result of [`Scheduler::pass`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    pub next_deadline: Option<DateTime<Utc>>,
+    pub queued: usize,
+}

@@ -26,10 +26,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Scheduler + embedded worker on a fresh database: chain, fan-out and trigger latency.
+    Engine {
+        /// Database to benchmark (dropped and recreated!); default: a temporary SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        chain: usize,
+        #[arg(long, default_value_t = 1000)]
+        fanout: usize,
+        #[arg(long, default_value_t = 100)]
+        latency_runs: usize,
+    },
 }
 
-pub fn run(command: BenchCommand) -> Result<ExitCode> {
+pub async fn run(command: BenchCommand) -> Result<ExitCode> {
     match command {
+        BenchCommand::Engine {
+            database_url,
+            chain,
+            fanout,
+            latency_runs,
+        } => crate::bench_engine::engine(database_url, chain, fanout, latency_runs).await,
         BenchCommand::Parse {
             files,
             tasks,

@@ -4,6 +4,7 @@
 
 mod alloc;
 mod bench;
+mod bench_engine;
 mod config;
 mod dags;
 mod ops;
@@ -186,7 +187,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 follow,
             } => ops::task_logs(&dag_id, &run_id, &task_id, try_number, follow).await,
         },
-        Command::Bench { command } => bench::run(command),
+        Command::Bench { command } => bench::run(command).await,
         Command::Version => {
             println!("flow {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -52,7 +52,7 @@ pub async fn db(command: DbCommand) -> Result<ExitCode> {
     match command {
         DbCommand::Migrate => {
             store.migrate().await?;
-            println!("database {} is up to date", store.url());
+            println!("database {} is up to date", store.redacted_url());
         }
         DbCommand::Check => {
             store.ping().await?;
@@ -60,19 +60,22 @@ pub async fn db(command: DbCommand) -> Result<ExitCode> {
             if !pending.is_empty() {
                 eprintln!(
                     "database {} needs migrations: {} (run `flow db migrate`)",
-                    store.url(),
+                    store.redacted_url(),
                     pending.join(", ")
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            println!("database {} is reachable and up to date", store.url());
+            println!(
+                "database {} is reachable and up to date",
+                store.redacted_url()
+            );
         }
         DbCommand::Reset { yes } => {
             if !yes {
                 bail!("`flow db reset` deletes everything; pass --yes to confirm");
             }
             store.reset().await?;
-            println!("database {} reset", store.url());
+            println!("database {} reset", store.redacted_url());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -140,7 +143,7 @@ pub async fn serve(
     let store = connect_migrated().await?;
     eprintln!(
         "flow: metadata database {} ({}), dags folder {}",
-        store.url(),
+        store.redacted_url(),
         match store.backend() {
             Backend::Postgres => "PostgreSQL",
             Backend::Sqlite => "SQLite",
@@ -149,6 +152,7 @@ pub async fn serve(
     );
     let shutdown = shutdown_signal();
     let wakeups = Wakeups::default();
+    store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
     let scheduler = Scheduler::new(
         store.clone(),
         scheduler_config(dags_folder)?,

@@ -138,7 +138,6 @@ def _flow_main():
         "params": ctx["params"],
         "run_id": ctx["run_id"],
         "try_number": ctx["try_number"],
-        "map_index": ctx["map_index"],
         "logical_date": logical,
         "execution_date": logical,
         "data_interval_start": dt(ctx["data_interval_start"]),

@@ -27,6 +27,9 @@ pub(crate) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_formatter(format_value);
+    // Python's str/dict/list methods (`dag_run.conf.get('x', 1)`, `name.upper()`), which
+    // Airflow templates use all the time.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_filter("ds", |v: Value| {
         date_filter(v, |d| d.format("%Y-%m-%d").to_string())
     });
@@ -515,21 +518,31 @@ impl Object for JsonModule {
 /// variable is an undefined value to the engine, but the user needs its name.
 #[derive(Debug, Default)]
 pub(crate) struct Notes {
-    messages: Mutex<Vec<String>>,
+    /// `(expression, message)`: `("var.value.x", "variable `x` does not exist")`.
+    messages: Mutex<Vec<(String, String)>>,
 }
 
 impl Notes {
-    fn push(&self, message: String) {
+    fn push(&self, expression: String, message: String) {
         if let Ok(mut m) = self.messages.lock() {
-            m.push(message);
+            m.push((expression, message));
         }
     }
 
-    pub(crate) fn take(&self) -> Vec<String> {
-        self.messages
-            .lock()
-            .map(|mut m| std::mem::take(&mut *m))
-            .unwrap_or_default()
+    pub(crate) fn clear(&self) {
+        if let Ok(mut m) = self.messages.lock() {
+            m.clear();
+        }
+    }
+
+    /// The note about the undefined expression an error names (minijinja reports it as
+    /// `` `var.value.x` is undefined ``).
+    pub(crate) fn explain(&self, detail: &str) -> Option<String> {
+        let m = self.messages.lock().ok()?;
+        m.iter()
+            .rev()
+            .find(|(expr, _)| detail.contains(&format!("`{expr}`")))
+            .map(|(_, message)| message.clone())
     }
 }
 
@@ -562,14 +575,16 @@ impl Object for VarAccessor {
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
+        let expression = format!("var.{}.{key}", if self.json { "json" } else { "value" });
         match self.lookup(key) {
             Ok(Some(v)) => Some(v),
             Ok(None) => {
-                self.notes.push(format!("variable `{key}` does not exist"));
+                let message = format!("variable `{key}` does not exist");
+                self.notes.push(expression, message);
                 None
             }
             Err(message) => {
-                self.notes.push(message);
+                self.notes.push(expression, message);
                 None
             }
         }

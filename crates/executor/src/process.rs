@@ -216,11 +216,7 @@ async fn pump<R: AsyncRead + Unpin>(
 ) {
     let mut reader = BufReader::with_capacity(MAX_LINE_BYTES, reader);
     let mut line: Vec<u8> = Vec::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(_) => break,
-        };
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             if !line.is_empty() {
                 emit(&line, stream, logs, last).await;

@@ -542,6 +542,7 @@ impl Renderer {
             let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
             return Ok(trimmed.to_owned());
         }
+        self.notes.clear();
         self.env
             .render_str(source, &self.context)
             .map_err(|e| self.error(field, &e))
@@ -581,6 +582,7 @@ impl Renderer {
 
     fn native(&self, field: &str, source: &str) -> Result<Json, RenderError> {
         if let Some(expr) = single_expression(source) {
+            self.notes.clear();
             let value = self
                 .env
                 .compile_expression_owned(expr.to_owned())
@@ -601,13 +603,14 @@ impl Renderer {
     }
 
     fn error(&self, field: &str, e: &minijinja::Error) -> RenderError {
-        let notes = self.notes.take();
-        let mut message = match (e.kind(), notes.last()) {
-            (minijinja::ErrorKind::UndefinedError, Some(note)) => note.clone(),
-            _ => match e.detail() {
-                Some(detail) => format!("{}: {detail}", e.kind()),
-                None => e.kind().to_string(),
-            },
+        let note = match (e.kind(), e.detail()) {
+            (minijinja::ErrorKind::UndefinedError, Some(detail)) => self.notes.explain(detail),
+            _ => None,
+        };
+        let mut message = match (note, e.detail()) {
+            (Some(note), _) => note,
+            (None, Some(detail)) => format!("{}: {detail}", e.kind()),
+            (None, None) => e.kind().to_string(),
         };
         if let Some(line) = e.line()
             && line > 1
@@ -659,16 +662,16 @@ fn context_value(task: &Task, ctx: &RunContext, notes: &Arc<Notes>) -> Value {
         let ld = PyDateTime::utc(ld);
         let ds = ld.0.format("%Y-%m-%d").to_string();
         let ds_nodash = ld.0.format("%Y%m%d").to_string();
-        let shift = |days: i64| {
-            let d = ld.0.date_naive();
-            let shifted = if days > 0 {
-                d.checked_add_days(Days::new(1))
+        let day = ld.0.date_naive();
+        let shift = |up: bool| {
+            let shifted = if up {
+                day.checked_add_days(Days::new(1))
             } else {
-                d.checked_sub_days(Days::new(1))
+                day.checked_sub_days(Days::new(1))
             };
-            shifted.unwrap_or(d)
+            shifted.unwrap_or(day)
         };
-        let (yesterday, tomorrow) = (shift(-1), shift(1));
+        let (yesterday, tomorrow) = (shift(false), shift(true));
         c.push(("ds", Value::from(ds.as_str())));
         c.push(("ds_nodash", Value::from(ds_nodash.as_str())));
         c.push(("ts", Value::from(ld.isoformat())));
@@ -701,7 +704,9 @@ fn context_value(task: &Task, ctx: &RunContext, notes: &Arc<Notes>) -> Value {
     c.push(("data_interval_end", dt(ctx.data_interval_end)));
     c.push(("run_id", Value::from(ctx.run_id.as_str())));
     c.push(("try_number", Value::from(ctx.try_number)));
-    c.push(("map_index", Value::from(ctx.map_index)));
+    c.push(("test_mode", Value::from(false)));
+    c.push(("inlets", Value::from(Vec::<Value>::new())));
+    c.push(("outlets", Value::from(Vec::<Value>::new())));
     c.push(("params", json_value(&Json::Object(ctx.params.clone()))));
     c.push((
         "dag_run",

@@ -58,6 +58,10 @@ impl RunSpec {
     /// A spec with the task's timeout and XCom setting and the run's context.
     pub fn new(task: &Task, rendered: RenderedTask, ctx: &RunContext) -> Self {
         let masker = Masker::for_run(ctx, &rendered);
+        let python_context = match rendered {
+            RenderedTask::Python { .. } => python_context(ctx),
+            _ => Json::Null,
+        };
         RunSpec {
             rendered,
             timeout: task.execution_timeout.and_then(|d| d.to_std().ok()),
@@ -67,7 +71,7 @@ impl RunSpec {
             do_xcom_push: task.do_xcom_push,
             kill_grace: DEFAULT_KILL_GRACE,
             temp_root: std::env::temp_dir(),
-            python_context: python_context(ctx),
+            python_context,
             masker,
         }
     }

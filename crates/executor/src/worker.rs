@@ -61,12 +61,15 @@ pub struct WorkerWakeups {
     pub finished: Arc<Notify>,
 }
 
+/// dag_id -> (serialized hash, parsed DAG), shared by the tries of one worker.
+type DagCache = Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>;
+
 #[derive(Debug)]
 pub struct Worker {
     store: Store,
     config: WorkerConfig,
     wakeups: WorkerWakeups,
-    dags: Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>,
+    dags: DagCache,
 }
 
 struct Running {
@@ -210,7 +213,7 @@ struct Job {
     store: Store,
     config: WorkerConfig,
     wakeups: WorkerWakeups,
-    dags: Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>,
+    dags: DagCache,
 }
 
 /// Ships log lines to the store in batches while the try runs.

@@ -1,5 +1,7 @@
 //! Rendering templated fields with Airflow's context, from DAGs written as YAML.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod common;
 
 use common::{TempDir, context, load};
@@ -148,6 +150,9 @@ fn variables() {
 
     let err = render_bash("echo {{ var.value.nope }}", |_| {}).unwrap_err();
     assert_eq!(err, "bash_command: variable `nope` does not exist");
+    // A handled missing variable does not take the blame for another undefined name.
+    let err = render_bash("{{ var.value.nope | default('x') }} {{ foo }}", |_| {}).unwrap_err();
+    assert_eq!(err, "bash_command: undefined value: `foo` is undefined");
     let err = render_bash("echo {{ var.json.bad }}", |ctx| {
         ctx.variables.insert("bad".into(), "{not json".into());
     })

@@ -1,6 +1,8 @@
 //! Running rendered tasks as real processes: exit codes, environment, output streaming,
 //! timeouts and cancellation that leave no process behind, Python callables.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod common;
 
 use std::path::Path;

@@ -59,10 +59,10 @@ fn defaults_files(root: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
             }
             if path.is_dir() {
                 stack.push(path);
-            } else if name == "defaults.yml" || name == "defaults.yaml" {
-                if let Some((m, l)) = stat(&path) {
-                    out.push((path, m, l));
-                }
+            } else if (name == "defaults.yml" || name == "defaults.yaml")
+                && let Some((m, l)) = stat(&path)
+            {
+                out.push((path, m, l));
             }
         }
     }

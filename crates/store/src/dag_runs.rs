@@ -114,6 +114,7 @@ impl Store {
             return Ok(None);
         };
         insert_task_instances(&mut tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
+        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
         Ok(Some(run_row(&row)?))
     }

@@ -22,12 +22,13 @@ mod trigger;
 mod xcom;
 
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
+use tokio::sync::Notify;
 
 pub use dag_runs::{DagRunRow, NewDagRun};
 pub use dags::{DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
@@ -70,6 +71,8 @@ pub struct Store {
     /// Writes. On SQLite a single connection, so writers in this process queue here.
     write: AnyPool,
     url_redacted: String,
+    /// Kept for LISTEN connections on PostgreSQL; never logged.
+    url: String,
 }
 
 static DRIVERS: Once = Once::new();
@@ -110,6 +113,7 @@ impl Store {
                     read: pool.clone(),
                     write: pool,
                     url_redacted: redact_url(&url),
+                    url: url.clone(),
                 }
             }
             Backend::Sqlite => {
@@ -137,6 +141,7 @@ impl Store {
                     read,
                     write,
                     url_redacted: redact_url(&url),
+                    url: url.clone(),
                 }
             }
         };
@@ -148,7 +153,7 @@ impl Store {
     }
 
     /// The URL with its password hidden.
-    pub fn url(&self) -> &str {
+    pub fn redacted_url(&self) -> &str {
         &self.url_redacted
     }
 
@@ -176,15 +181,13 @@ impl Store {
 
     /// Migrations known to this binary that the database has not applied yet.
     pub async fn pending_migrations(&self) -> Result<Vec<String>> {
-        let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(
+        // Before the first migration the bookkeeping table does not exist: nothing applied.
+        let applied: Vec<i64> = sqlx::query_scalar::<_, i64>(
             "SELECT version FROM _sqlx_migrations WHERE success = TRUE",
         )
         .fetch_all(&self.read)
         .await
-        {
-            Ok(v) => v,
-            Err(_) => Vec::new(),
-        };
+        .unwrap_or_default();
         Ok(self
             .migrator()
             .iter()
@@ -233,6 +236,65 @@ impl Store {
     pub(crate) fn read_pool(&self) -> &AnyPool {
         &self.read
     }
+
+    /// Forwards PostgreSQL notifications on [`WAKE_SCHEDULER`] and [`WAKE_WORKERS`] to the
+    /// given in-process hints, reconnecting with backoff, until the process ends. On SQLite
+    /// (one process) there is nothing to listen to and this returns at once.
+    pub fn spawn_wake_listener(&self, scheduler: Arc<Notify>, workers: Arc<Notify>) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if listener
+                            .listen_all([WAKE_SCHEDULER, WAKE_WORKERS])
+                            .await
+                            .is_ok()
+                        {
+                            backoff = Duration::from_millis(100);
+                            // A reconnect may have missed notifications: wake both once.
+                            scheduler.notify_one();
+                            workers.notify_one();
+                            while let Ok(n) = listener.recv().await {
+                                match n.channel() {
+                                    WAKE_SCHEDULER => scheduler.notify_one(),
+                                    _ => workers.notify_one(),
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; retrying"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+}
+
+/// Notified (PostgreSQL) when the scheduler has something to decide: a try finished, a run was
+/// created.
+pub const WAKE_SCHEDULER: &str = "flow_wake_scheduler";
+/// Notified (PostgreSQL) when task instances were queued.
+pub const WAKE_WORKERS: &str = "flow_wake_workers";
+
+/// Adds a wake-up notification to a transaction; PostgreSQL delivers it at commit.
+pub(crate) async fn notify_in(
+    backend: Backend,
+    tx: &mut Transaction<'static, Any>,
+    channel: &str,
+) -> Result<()> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 fn normalize_url(url: &str) -> Result<(Backend, String)> {

@@ -389,6 +389,9 @@ impl Store {
             applied.push(true);
         }
         insert_transitions(&mut tx, &transitions, actor, now_us).await?;
+        if transitions.iter().any(|t| t.3 == S::Queued) {
+            crate::notify_in(self.backend(), &mut tx, crate::WAKE_WORKERS).await?;
+        }
         tx.commit().await?;
         Ok(applied)
     }
@@ -525,6 +528,7 @@ impl Store {
         if let Some(value) = &f.xcom {
             crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
         }
+        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -21,7 +21,7 @@ fn t0() -> chrono::DateTime<Utc> {
 async fn each_backend<F, Fut>(body: F)
 where
     F: Fn(Store) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: Future<Output = ()>,
 {
     for db in TestDb::all().await.unwrap() {
         eprintln!("backend: {:?}", db.backend());

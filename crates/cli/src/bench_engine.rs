@@ -57,9 +57,11 @@ async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
     let (shutdown, rx) = watch::channel(false);
     let wakeups = Wakeups::default();
     store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
+    // Parallelism above the worker's slots keeps a few task instances queued, so a worker
+    // that finishes one claims the next without waiting for a scheduler pass.
     let config = SchedulerConfig {
         dags_folder: dags.to_path_buf(),
-        parallelism: i64::try_from(slots).unwrap_or(32),
+        parallelism: i64::try_from(slots * 4).unwrap_or(128),
         dags_are_paused_at_creation: false,
         ..SchedulerConfig::default()
     };

@@ -70,6 +70,7 @@ pub struct Worker {
     config: WorkerConfig,
     wakeups: WorkerWakeups,
     dags: DagCache,
+    reports: Option<mpsc::Sender<TiFinish>>,
 }
 
 struct Running {
@@ -85,11 +86,19 @@ impl Worker {
             config,
             wakeups,
             dags: Arc::new(Mutex::new(HashMap::new())),
+            reports: None,
         }
     }
 
     /// Runs until `shutdown` turns true, then lets running tries finish.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let (reports, reports_rx) = mpsc::channel::<TiFinish>(4096);
+        self.reports = Some(reports);
+        let reporter = tokio::spawn(report_outcomes(
+            self.store.clone(),
+            self.wakeups.finished.clone(),
+            reports_rx,
+        ));
         info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
         let mut tasks: JoinSet<TiKey> = JoinSet::new();
         let mut running: HashMap<TiKey, Running> = HashMap::new();
@@ -158,6 +167,9 @@ impl Worker {
                 running.remove(&key);
             }
         }
+        // Every job has handed over its outcome; let the reporter write the last ones.
+        self.reports = None;
+        let _ = reporter.await;
         info!("worker stopped");
     }
 
@@ -202,8 +214,8 @@ impl Worker {
         Job {
             store: self.store.clone(),
             config: self.config.clone(),
-            wakeups: self.wakeups.clone(),
             dags: self.dags.clone(),
+            reports: self.reports.clone(),
         }
     }
 }
@@ -212,28 +224,72 @@ impl Worker {
 struct Job {
     store: Store,
     config: WorkerConfig,
-    wakeups: WorkerWakeups,
     dags: DagCache,
+    reports: Option<mpsc::Sender<TiFinish>>,
 }
 
-/// Ships log lines to the store in batches while the try runs.
-async fn forward_logs(store: Store, key: TiKey, try_number: i64, mut rx: mpsc::Receiver<LogLine>) {
-    let mut batch: Vec<flow_store::LogLine> = Vec::new();
+/// How often a running try's new log lines are written (live tail granularity). Lines of a try
+/// that ends sooner go to the store with its outcome, in the same commit.
+const LOG_FLUSH_INTERVAL: StdDuration = StdDuration::from_secs(1);
+
+/// Buffers a try's log lines and writes them every [`LOG_FLUSH_INTERVAL`]; returns the lines
+/// not yet written when the try's output ends.
+async fn forward_logs(
+    store: Store,
+    key: TiKey,
+    try_number: i64,
+    mut rx: mpsc::Receiver<LogLine>,
+) -> Vec<flow_store::LogLine> {
+    let mut buffer: Vec<flow_store::LogLine> = Vec::new();
+    let mut flush = tokio::time::interval(LOG_FLUSH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
     loop {
-        let first = rx.recv().await;
-        let Some(first) = first else { break };
-        batch.push(to_store_line(first));
-        // Take whatever else is already there, without waiting.
-        while batch.len() < 500 {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => buffer.push(to_store_line(line)),
+                None => return buffer,
+            },
+            _ = flush.tick() => {
+                if buffer.is_empty() {
+                    continue;
+                }
+                match store.log_append(&key, try_number, &buffer).await {
+                    Ok(()) => buffer.clear(),
+                    // Kept and retried at the next tick or with the outcome.
+                    Err(e) => warn!(error = %e, "could not store log lines"),
+                }
+            }
+        }
+    }
+}
+
+/// Writes finished tries to the store, as many per transaction as have piled up: under load
+/// one commit reports many tries. Retries while the database is unreachable, since an outcome
+/// must not be lost.
+async fn report_outcomes(store: Store, finished: Arc<Notify>, mut rx: mpsc::Receiver<TiFinish>) {
+    let mut batch: Vec<TiFinish> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
             match rx.try_recv() {
-                Ok(line) => batch.push(to_store_line(line)),
+                Ok(f) => batch.push(f),
                 Err(_) => break,
             }
         }
-        if let Err(e) = store.log_append(&key, try_number, &batch).await {
-            warn!(error = %e, "could not store log lines");
+        let mut backoff = StdDuration::from_millis(100);
+        loop {
+            match store.ti_finish_many(&batch, Utc::now()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, tries = batch.len(), "could not record outcomes; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                }
+            }
         }
         batch.clear();
+        finished.notify_one();
     }
 }
 
@@ -271,10 +327,11 @@ pub fn retry_delay(task: &Task, try_number: i64) -> Duration {
 }
 
 impl Job {
+    /// The run's DAG from the worker's cache, re-read only when its hash changed.
     async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, String> {
-        let (data, hash) = self
+        let hash = self
             .store
-            .serialized_dag_get(dag_id)
+            .serialized_dag_hash(dag_id)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("dag `{dag_id}` is not in the database"))?;
@@ -284,6 +341,12 @@ impl Job {
         {
             return Ok(dag.clone());
         }
+        let (data, hash) = self
+            .store
+            .serialized_dag_get(dag_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("dag `{dag_id}` is not in the database"))?;
         let dag = Arc::new(Dag::from_json(&data).map_err(|e| format!("serialized dag: {e}"))?);
         if let Ok(mut cache) = self.dags.lock() {
             cache.insert(dag_id.to_owned(), (hash, dag.clone()));
@@ -389,9 +452,12 @@ impl Job {
             )))
             .await;
         drop(log_tx);
-        let _ = forwarder.await;
+        let logs = forwarder.await.unwrap_or_default();
         if lost || matches!(outcome, Outcome::Cancelled) {
-            // Someone else owns this task instance now; report nothing.
+            // Someone else owns this task instance now: keep the log, report nothing.
+            if let Err(e) = self.store.log_append(&ti.key, ti.try_number, &logs).await {
+                warn!(error = %e, "could not store log lines");
+            }
             return;
         }
         let now = Utc::now();
@@ -412,20 +478,13 @@ impl Job {
             next_retry_at,
             xcom,
             rendered_fields,
+            logs,
         };
-        // The outcome must reach the store: retry while the database is unreachable.
-        let mut backoff = StdDuration::from_millis(100);
-        loop {
-            match self.store.ti_finish(&finish, now).await {
-                Ok(_) => break,
-                Err(e) => {
-                    warn!(error = %e, task_id = %ti.key.task_id, "could not record outcome; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
-                }
-            }
+        if let Some(reports) = &self.reports
+            && reports.send(finish).await.is_err()
+        {
+            warn!(task_id = %ti.key.task_id, "outcome reporter is gone; the scheduler will treat the try as a zombie");
         }
-        self.wakeups.finished.notify_one();
     }
 
     fn failure(

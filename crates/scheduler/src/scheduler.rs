@@ -133,9 +133,6 @@ impl Scheduler {
             let sleep = match self.pass(now).await {
                 Ok(outcome) => {
                     backoff = StdDuration::from_millis(100);
-                    if outcome.queued > 0 {
-                        self.wakeups.workers.notify_one();
-                    }
                     let until = outcome
                         .next_deadline
                         .map(|d| (d - Utc::now()).to_std().unwrap_or_default())
@@ -197,19 +194,53 @@ impl Scheduler {
         let created_deadline = self.create_scheduled_runs(&runs, now).await?;
         outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
 
-        let runs = self
-            .store
-            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
-            .await?;
-        self.start_queued_runs(&runs, now).await?;
-        let runs = self
-            .store
-            .dag_run_list_in_states(&[DagRunState::Running])
-            .await?;
-        let retry_deadline = self.evaluate_runs(&runs, now).await?;
-        outcome.next_deadline = earliest(outcome.next_deadline, retry_deadline);
+        let mut runs = if created_deadline == Some(now) {
+            // New runs were created: read them.
+            self.store
+                .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
+                .await?
+        } else {
+            runs
+        };
+        self.start_queued_runs(&mut runs, now).await?;
+        runs.retain(|r| r.state == DagRunState::Running);
+        let evaluation = self.evaluate_runs(&runs, now).await?;
+        outcome.next_deadline = earliest(outcome.next_deadline, evaluation.deadline);
 
-        outcome.queued = self.queue_task_instances(now).await?;
+        // Decisions and queueing go to the database in one transaction: a task instance made
+        // runnable by this pass is queued by the same commit.
+        let mut changes = evaluation.changes;
+        let queue_changes = self
+            .queue_task_instances(&evaluation.newly_scheduled)
+            .await?;
+        let queue_from = changes.len();
+        changes.extend(queue_changes);
+        if !changes.is_empty() {
+            let applied = self
+                .store
+                .ti_set_states(&changes, Actor::Scheduler, now)
+                .await?;
+            outcome.queued = applied[queue_from..].iter().filter(|a| **a).count();
+            if outcome.queued > 0 {
+                // Wake the workers now, not at the end of the pass.
+                self.wakeups.workers.notify_one();
+            }
+        }
+        for (run, state, reason) in evaluation.finished {
+            if self
+                .store
+                .dag_run_set_state_if(
+                    &run.dag_id,
+                    &run.run_id,
+                    &[DagRunState::Running],
+                    state,
+                    now,
+                )
+                .await?
+            {
+                info!(dag_id = %run.dag_id, run_id = %run.run_id, state = %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
+            }
+        }
 
         let zombie_due = self
             .last_zombie_check
@@ -375,14 +406,14 @@ impl Scheduler {
     /// Moves queued runs to running, oldest first, within each DAG's `max_active_runs`.
     async fn start_queued_runs(
         &mut self,
-        runs: &[DagRunRow],
+        runs: &mut [DagRunRow],
         now: DateTime<Utc>,
     ) -> Result<(), SchedulerError> {
-        let mut running: HashMap<&str, i64> = HashMap::new();
+        let mut running: HashMap<String, i64> = HashMap::new();
         for r in runs.iter().filter(|r| r.state == DagRunState::Running) {
-            *running.entry(r.dag_id.as_str()).or_default() += 1;
+            *running.entry(r.dag_id.clone()).or_default() += 1;
         }
-        for r in runs.iter().filter(|r| r.state == DagRunState::Queued) {
+        for r in runs.iter_mut().filter(|r| r.state == DagRunState::Queued) {
             let Some(row) = self.dag_rows.get(&r.dag_id) else {
                 continue;
             };
@@ -390,7 +421,7 @@ impl Scheduler {
             if row.is_paused {
                 continue;
             }
-            let n = running.entry(r.dag_id.as_str()).or_default();
+            let n = running.entry(r.dag_id.clone()).or_default();
             if *n >= row.max_active_runs {
                 continue;
             }
@@ -406,20 +437,23 @@ impl Scheduler {
                 .await?
             {
                 *n += 1;
+                r.state = DagRunState::Running;
+                r.start_date.get_or_insert(now);
             }
         }
         Ok(())
     }
 
-    /// Evaluates every running run: schedules, skips and fails task instances, finishes runs,
-    /// enforces `dagrun_timeout`. Returns the earliest pending retry time.
+    /// Evaluates every running run: which task instances to schedule, skip or fail, which runs
+    /// are finished (including by `dagrun_timeout`). Nothing is written here.
     async fn evaluate_runs(
         &mut self,
         runs: &[DagRunRow],
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+    ) -> Result<Evaluation, SchedulerError> {
+        let mut evaluation = Evaluation::default();
         if runs.is_empty() {
-            return Ok(None);
+            return Ok(evaluation);
         }
         let all = self.store.ti_list_active_runs().await?;
         let mut by_run: HashMap<(&str, &str), Vec<TiRow>> = HashMap::new();
@@ -429,9 +463,6 @@ impl Scheduler {
                 .or_default()
                 .push(ti.clone());
         }
-        let mut changes: Vec<StateChange> = Vec::new();
-        let mut finished: Vec<(&DagRunRow, DagRunState, Option<String>)> = Vec::new();
-        let mut deadline = None;
         for run in runs {
             let Some(dag) = self.dag_for(&run.dag_id).await? else {
                 continue;
@@ -444,7 +475,7 @@ impl Scheduler {
                 && now - started > timeout
             {
                 for ti in tis.iter().filter(|t| !t.state.is_finished()) {
-                    changes.push(StateChange {
+                    evaluation.changes.push(StateChange {
                         key: ti.key.clone(),
                         from: vec![ti.state],
                         to: S::Skipped,
@@ -452,8 +483,8 @@ impl Scheduler {
                         next_retry_at: None,
                     });
                 }
-                finished.push((
-                    run,
+                evaluation.finished.push((
+                    run.clone(),
                     DagRunState::Failed,
                     Some("dagrun_timeout exceeded".into()),
                 ));
@@ -465,34 +496,25 @@ impl Scheduler {
                 HashMap::new()
             };
             let decision = decide_run(&dag, tis, &previous, now);
-            deadline = earliest(deadline, decision.next_wakeup);
-            changes.extend(decision.changes);
+            evaluation.deadline = earliest(evaluation.deadline, decision.next_wakeup);
+            for change in &decision.changes {
+                if change.to == S::Scheduled
+                    && let Some(ti) = tis.iter().find(|t| t.key == change.key)
+                {
+                    let mut ti = ti.clone();
+                    ti.state = S::Scheduled;
+                    ti.scheduled_dttm = Some(now);
+                    evaluation.newly_scheduled.push(ti);
+                }
+            }
+            evaluation.changes.extend(decision.changes);
             if let Some(state) = decision.run_state {
-                finished.push((run, state, decision.reason));
+                evaluation
+                    .finished
+                    .push((run.clone(), state, decision.reason));
             }
         }
-        if !changes.is_empty() {
-            self.store
-                .ti_set_states(&changes, Actor::Scheduler, now)
-                .await?;
-            // Newly scheduled work may be queued in this same pass.
-        }
-        for (run, state, reason) in finished {
-            if self
-                .store
-                .dag_run_set_state_if(
-                    &run.dag_id,
-                    &run.run_id,
-                    &[DagRunState::Running],
-                    state,
-                    now,
-                )
-                .await?
-            {
-                info!(dag_id = %run.dag_id, run_id = %run.run_id, state = %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
-            }
-        }
-        Ok(deadline)
+        Ok(evaluation)
     }
 
     /// Task states of the run before `run` (by logical date), for `depends_on_past`.
@@ -519,16 +541,27 @@ impl Scheduler {
 
     /// Queues scheduled task instances, highest priority first, within parallelism, pool slots,
     /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag`.
-    async fn queue_task_instances(&mut self, now: DateTime<Utc>) -> Result<usize, SchedulerError> {
+    async fn queue_task_instances(
+        &mut self,
+        newly_scheduled: &[TiRow],
+    ) -> Result<Vec<StateChange>, SchedulerError> {
         let mut usage = self.store.ti_pool_usage().await?;
         let free = self.config.parallelism - usage.total;
         if free <= 0 {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let candidates = self
+        // Already scheduled (waiting on a limit) plus those this pass makes runnable, highest
+        // priority first.
+        let mut candidates = self
             .store
             .ti_list_in_state(S::Scheduled, free * 4 + 64)
             .await?;
+        candidates.extend(newly_scheduled.iter().cloned());
+        candidates.sort_by(|a, b| {
+            b.priority_weight
+                .cmp(&a.priority_weight)
+                .then(a.scheduled_dttm.cmp(&b.scheduled_dttm))
+        });
         let mut changes = Vec::new();
         for ti in candidates {
             if usage.total >= self.config.parallelism {
@@ -573,14 +606,7 @@ impl Scheduler {
                 next_retry_at: None,
             });
         }
-        if changes.is_empty() {
-            return Ok(0);
-        }
-        let applied = self
-            .store
-            .ti_set_states(&changes, Actor::Scheduler, now)
-            .await?;
-        Ok(applied.iter().filter(|a| **a).count())
+        Ok(changes)
     }
 
     /// Running task instances whose worker stopped heartbeating: retried if tries remain,
@@ -618,6 +644,16 @@ impl Scheduler {
             .await?;
         Ok(())
     }
+}
+
+/// What evaluating the running runs decided.
+#[derive(Debug, Default)]
+struct Evaluation {
+    changes: Vec<StateChange>,
+    /// Task instances `changes` moves to scheduled, as they will be.
+    newly_scheduled: Vec<TiRow>,
+    finished: Vec<(DagRunRow, DagRunState, Option<String>)>,
+    deadline: Option<DateTime<Utc>>,
 }
 
 /// The result of [`Scheduler::pass`].

@@ -319,6 +319,16 @@ impl Store {
             .transpose()
     }
 
+    /// The hash of a serialized DAG, to check a cache without reading the DAG.
+    pub async fn serialized_dag_hash(&self, dag_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT dag_hash FROM serialized_dag WHERE dag_id = $1")
+                .bind(dag_id)
+                .fetch_optional(self.read_pool())
+                .await?,
+        )
+    }
+
     /// `dag_id -> dag_hash` of every serialized DAG, to refresh caches cheaply.
     pub async fn serialized_dag_hashes(&self) -> Result<HashMap<String, String>> {
         let rows = sqlx::query("SELECT dag_id, dag_hash FROM serialized_dag")

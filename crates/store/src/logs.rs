@@ -2,7 +2,7 @@
 //! ran on any machine, and follow it while it runs.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use crate::task_instances::TiKey;
 use crate::{Result, Store, from_micros, placeholders, to_micros};
@@ -24,34 +24,48 @@ pub struct LogRead {
     pub next: i64,
 }
 
-impl Store {
-    /// Appends lines to a try's log in one statement.
-    pub async fn log_append(&self, ti: &TiKey, try_number: i64, lines: &[LogLine]) -> Result<()> {
-        const COLS: usize = 8;
-        let mut tx = self.begin().await?;
-        for chunk in lines.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO log_chunk (dag_id, run_id, task_id, map_index, try_number, at, \
-                 stream, line) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q
-                    .bind(&ti.dag_id)
-                    .bind(&ti.run_id)
-                    .bind(&ti.task_id)
-                    .bind(ti.map_index)
-                    .bind(try_number)
-                    .bind(to_micros(l.at))
-                    .bind(&l.stream)
-                    .bind(&l.line);
-            }
-            q.execute(&mut *tx).await?;
+/// Appends lines inside a caller's transaction, in multi-row statements.
+pub(crate) async fn append_in(
+    tx: &mut Transaction<'static, Any>,
+    ti: &TiKey,
+    try_number: i64,
+    lines: &[LogLine],
+) -> Result<()> {
+    const COLS: usize = 8;
+    for chunk in lines.chunks(500) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO log_chunk (dag_id, run_id, task_id, map_index, try_number, at, \
+             stream, line) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for l in chunk {
+            q = q
+                .bind(&ti.dag_id)
+                .bind(&ti.run_id)
+                .bind(&ti.task_id)
+                .bind(ti.map_index)
+                .bind(try_number)
+                .bind(to_micros(l.at))
+                .bind(&l.stream)
+                .bind(&l.line);
         }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Appends lines to a try's log.
+    pub async fn log_append(&self, ti: &TiKey, try_number: i64, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        append_in(&mut tx, ti, try_number, lines).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -95,6 +95,8 @@ pub struct TiFinish {
     /// The `return_value` XCom, if any.
     pub xcom: Option<serde_json::Value>,
     pub rendered_fields: Option<String>,
+    /// Log lines of the try not yet stored; written in the same transaction.
+    pub logs: Vec<crate::LogLine>,
 }
 
 /// Slots in use per pool, running/queued counts per DAG and per task, for queueing decisions.
@@ -482,55 +484,74 @@ impl Store {
         Ok(lost)
     }
 
-    /// Records how a try ended, with its XCom and history row, in one transaction. Applied
-    /// only if the task instance is still `running` this try (a zombie-rescued or cleared
-    /// task's late report changes nothing). Returns whether it was applied.
+    /// Records how a try ended, with its XCom, history row and last log lines, in one
+    /// transaction. Applied only if the task instance is still `running` this try (a
+    /// zombie-rescued or cleared task's late report changes nothing; its log lines are kept).
+    /// Returns whether it was applied.
     pub async fn ti_finish(&self, f: &TiFinish, now: DateTime<Utc>) -> Result<bool> {
+        Ok(self
+            .ti_finish_many(std::slice::from_ref(f), now)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// [`Store::ti_finish`] for many tries in one transaction: a busy worker pays one commit
+    /// for all the tries that ended since its last report.
+    pub async fn ti_finish_many(
+        &self,
+        finishes: &[TiFinish],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let n = sqlx::query(&format!(
-            "UPDATE task_instance SET state = $1, end_date = $2, updated_at = $2, \
-             duration = ($2 - start_date) / 1000000.0, next_retry_at = $3, \
-             rendered_fields = COALESCE($4, rendered_fields) \
-             WHERE {} AND try_number = $9 AND state = 'running'",
-            key_where(5)
-        ))
-        .bind(f.state.as_str())
-        .bind(now_us)
-        .bind(f.next_retry_at.map(to_micros))
-        .bind(f.rendered_fields.clone())
-        .bind(&f.key.dag_id)
-        .bind(&f.key.run_id)
-        .bind(&f.key.task_id)
-        .bind(f.key.map_index)
-        .bind(f.try_number)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        record_history(&mut tx, &f.key, f.reason.as_deref()).await?;
-        insert_transitions(
-            &mut tx,
-            &[(
+        let mut applied = Vec::with_capacity(finishes.len());
+        let mut transitions = Vec::new();
+        for f in finishes {
+            crate::logs::append_in(&mut tx, &f.key, f.try_number, &f.logs).await?;
+            let n = sqlx::query(&format!(
+                "UPDATE task_instance SET state = $1, end_date = $2, updated_at = $2, \
+                 duration = ($2 - start_date) / 1000000.0, next_retry_at = $3, \
+                 rendered_fields = COALESCE($4, rendered_fields) \
+                 WHERE {} AND try_number = $9 AND state = 'running'",
+                key_where(5)
+            ))
+            .bind(f.state.as_str())
+            .bind(now_us)
+            .bind(f.next_retry_at.map(to_micros))
+            .bind(f.rendered_fields.clone())
+            .bind(&f.key.dag_id)
+            .bind(&f.key.run_id)
+            .bind(&f.key.task_id)
+            .bind(f.key.map_index)
+            .bind(f.try_number)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                applied.push(false);
+                continue;
+            }
+            record_history(&mut tx, &f.key, f.reason.as_deref()).await?;
+            transitions.push((
                 f.key.clone(),
                 f.try_number,
                 S::Running,
                 f.state,
                 f.reason.clone(),
-            )],
-            Actor::Worker,
-            now_us,
-        )
-        .await?;
-        if let Some(value) = &f.xcom {
-            crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
+            ));
+            if let Some(value) = &f.xcom {
+                crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
+            }
+            applied.push(true);
         }
-        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
+        if !transitions.is_empty() {
+            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     /// Running task instances whose last heartbeat is older than `cutoff` (zombies).

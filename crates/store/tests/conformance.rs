@@ -431,6 +431,11 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
             next_retry_at: None,
             xcom: Some(serde_json::json!("42")),
             rendered_fields: None,
+            logs: vec![LogLine {
+                at: t0(),
+                stream: "stdout".into(),
+                line: "42".into(),
+            }],
         };
         assert!(
             !store
@@ -454,6 +459,9 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
         );
         let row = store.ti_get(&a).await.unwrap().unwrap();
         assert_eq!(row.state, S::Success);
+        // Each report's lines are kept, even those of reports that changed nothing.
+        assert_eq!(store.log_read(&a, 1, 0, 100).await.unwrap().lines.len(), 2);
+        assert_eq!(store.log_read(&a, 2, 0, 100).await.unwrap().lines.len(), 1);
         assert_eq!(row.duration, Some(10.0));
         let xcoms = store.xcom_list_for_run("d", "r").await.unwrap();
         assert_eq!(xcoms.len(), 1);

@@ -8,6 +8,7 @@ mod bench_engine;
 mod config;
 mod dags;
 mod ops;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,41 @@ enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 enum TasksCommand {
+    /// Run one task here without recording anything (Airflow's `tasks test`).
+    Test {
+        dag_id: String,
+        task_id: String,
+        /// The logical date to render templates for (default: now).
+        date: Option<String>,
+        /// `dag_run.conf` for the test, a JSON object.
+        #[arg(short, long)]
+        conf: Option<String>,
+    },
+    /// Clear task instances so that they run again.
+    Clear {
+        dag_id: String,
+        /// Only tasks whose id matches this regular expression.
+        #[arg(short = 't', long = "task-regex")]
+        task_regex: Option<String>,
+        /// Also clear everything downstream of the matched tasks.
+        #[arg(short = 'd', long)]
+        downstream: bool,
+        /// Also clear everything upstream of the matched tasks.
+        #[arg(short = 'u', long)]
+        upstream: bool,
+        /// Only runs with a logical date on or after this.
+        #[arg(short = 's', long)]
+        start_date: Option<String>,
+        /// Only runs with a logical date on or before this.
+        #[arg(short = 'e', long)]
+        end_date: Option<String>,
+        /// Only failed and upstream_failed task instances.
+        #[arg(short = 'f', long)]
+        only_failed: bool,
+        /// Do it (without this, only list what would be cleared).
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// The task instances of a run and their states.
     States { dag_id: String, run_id: String },
     /// A task instance's log.
@@ -152,6 +188,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dags::DagsCommand::Pause { dag_id } => {
                 ops::set_paused(&dags_folder, &dag_id, true).await
             }
+            dags::DagsCommand::Backfill {
+                dag_id,
+                start_date,
+                end_date,
+                reset_dagruns,
+                dry_run,
+                conf,
+            } => {
+                tasks::backfill(
+                    &dags_folder,
+                    tasks::BackfillArgs {
+                        dag_id: &dag_id,
+                        start_date: &start_date,
+                        end_date: &end_date,
+                        reset_dagruns,
+                        dry_run,
+                        conf: conf.as_deref(),
+                    },
+                )
+                .await
+            }
             dags::DagsCommand::Unpause { dag_id } => {
                 ops::set_paused(&dags_folder, &dag_id, false).await
             }
@@ -178,6 +235,46 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: RunsCommand::List { dag_id, limit },
         } => ops::runs_list(&dag_id, limit).await,
         Command::Tasks { command } => match command {
+            TasksCommand::Test {
+                dag_id,
+                task_id,
+                date,
+                conf,
+            } => {
+                tasks::test(
+                    &dags_folder,
+                    &dag_id,
+                    &task_id,
+                    date.as_deref(),
+                    conf.as_deref(),
+                )
+                .await
+            }
+            TasksCommand::Clear {
+                dag_id,
+                task_regex,
+                downstream,
+                upstream,
+                start_date,
+                end_date,
+                only_failed,
+                yes,
+            } => {
+                tasks::clear(
+                    &dags_folder,
+                    tasks::ClearArgs {
+                        dag_id: &dag_id,
+                        task_regex: task_regex.as_deref(),
+                        downstream,
+                        upstream,
+                        start_date: start_date.as_deref(),
+                        end_date: end_date.as_deref(),
+                        only_failed,
+                        yes,
+                    },
+                )
+                .await
+            }
             TasksCommand::States { dag_id, run_id } => ops::task_states(&dag_id, &run_id).await,
             TasksCommand::Logs {
                 dag_id,

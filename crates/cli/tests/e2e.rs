@@ -202,6 +202,15 @@ xcom_pass:
       operator: bash
       bash_command: test "{{ ti.xcom_pull(task_ids='produce') }}" = "hello-flow"
       dependencies: [produce]
+backfilled:
+  schedule: "@daily"
+  start_date: 2025-01-01
+  catchup: false
+  is_paused_upon_creation: true
+  tasks:
+    day:
+      operator: bash
+      bash_command: echo "{{ ds }}" >> "$TMPDIR/backfill.txt"
 timeout:
   tasks:
     slow:
@@ -285,6 +294,86 @@ async fn examples_and_scenarios_run_end_to_end() {
             "the timed-out task's background child {pid} survived"
         );
 
+        // `tasks test` runs one task here, rendering for the given date, recording nothing.
+        let out = env.run(&["tasks", "test", "etl_daily", "extract", "2025-03-01"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("extracted 100 rows for 2025-03-01"), "{text}");
+
+        // Clear a finished task: it runs again as try 2.
+        let runs = env.stdout(&["runs", "list", "xcom_pass"]);
+        let run_id = runs
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        // Without --yes it only lists, and says so with a non-zero exit.
+        let listed = env.run(&["tasks", "clear", "xcom_pass", "-t", "^consume$"]);
+        assert!(!listed.status.success());
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("consume"));
+        let cleared = env.stdout(&["tasks", "clear", "xcom_pass", "-t", "^consume$", "--yes"]);
+        assert!(cleared.contains("cleared 1 task instance"), "{cleared}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let table = env.stdout(&["tasks", "states", "xcom_pass", &run_id]);
+            let consume = table
+                .lines()
+                .find(|l| l.starts_with("consume"))
+                .unwrap()
+                .to_owned();
+            let cols: Vec<&str> = consume.split_whitespace().collect();
+            if cols[1] == "success" && cols[2] == "2" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cleared task did not rerun: {consume}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // Backfill a paused DAG's three days: the runs are created, and run once unpaused.
+        let dry = env.stdout(&[
+            "dags",
+            "backfill",
+            "backfilled",
+            "-s",
+            "2025-01-01",
+            "-e",
+            "2025-01-03",
+            "--dry-run",
+        ]);
+        assert!(dry.contains("3 run(s)"), "{dry}");
+        assert!(env.run(&["dags", "unpause", "backfilled"]).status.success());
+        let out = env.run(&[
+            "dags",
+            "backfill",
+            "backfilled",
+            "-s",
+            "2025-01-01",
+            "-e",
+            "2025-01-03",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let days = std::fs::read_to_string(env.home.join("backfill.txt")).unwrap();
+        // Unpausing also lets the scheduler create its latest scheduled run (catchup is off).
+        let mut days: Vec<&str> = days.lines().filter(|d| d.starts_with("2025")).collect();
+        days.sort_unstable();
+        assert_eq!(days, ["2025-01-01", "2025-01-02", "2025-01-03"]);
+        let runs = env.stdout(&["runs", "list", "backfilled"]);
+        assert_eq!(runs.matches("backfill ").count(), 3, "{runs}");
+
         drop(env);
         let cleanup = if url.starts_with("postgres") {
             TestDb::postgres().await.ok().flatten()
@@ -325,4 +414,112 @@ async fn bad_input_gets_clear_errors() {
     let out = env.run(&["dags", "trigger", "ok_dag", "--run-id", "manual_1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}
+
+const LEDGER_DAG: &str = r#"
+ledger:
+  max_active_runs: 20
+  default_args:
+    retries: 3
+    retry_delay: 1s
+  tasks:
+"#;
+
+/// `kill -9` the standalone process three times while 20 runs of a 10-task DAG are in
+/// flight, restarting it each time: every run finishes, none is created twice, and no task
+/// instance ever ran twice at the same time (each try appends start and end marks, with its
+/// try number, to a ledger file).
+#[tokio::test]
+async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
+    for db in databases().await {
+        eprintln!("backend: {:?}", db.backend());
+        let url = db.url.clone();
+        db.store.close().await;
+        let mut env = Env::new(&url);
+        let ledger = env.home.join("ledger.txt");
+        let mut yaml = LEDGER_DAG.to_owned();
+        for i in 0..10 {
+            yaml.push_str(&format!(
+                "    t{i}:\n      operator: bash\n      bash_command: |\n        echo \"start {{{{ run_id }}}} t{i} {{{{ ti.try_number }}}} $(date +%s%N)\" >> {ledger}\n        sleep 0.2\n        echo \"end {{{{ run_id }}}} t{i} {{{{ ti.try_number }}}} $(date +%s%N)\" >> {ledger}\n",
+                ledger = ledger.display()
+            ));
+            if i > 0 && i % 3 != 0 {
+                yaml.push_str(&format!("      dependencies: [t{}]\n", i - 1));
+            }
+        }
+        env.write_dag("ledger.yaml", &yaml);
+        // A short zombie threshold so that tries lost with the killed process are retried soon;
+        // each try takes 0.2 s, far less, so a retry never meets its predecessor.
+        let start = |env: &mut Env| {
+            let child = env
+                .command()
+                .env("FLOW__SCHEDULER__ZOMBIE_THRESHOLD", "3")
+                .arg("standalone")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            env.standalone = Some(child);
+        };
+        start(&mut env);
+        for i in 0..20 {
+            let out = env.run(&["dags", "trigger", "ledger", "--run-id", &format!("r{i:02}")]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            let mut child = env.standalone.take().unwrap();
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            start(&mut env);
+        }
+        // Every run finishes.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let runs = env.stdout(&["runs", "list", "ledger", "--limit", "100"]);
+            let rows: Vec<&str> = runs.lines().skip(1).collect();
+            assert_eq!(rows.len(), 20, "runs created: {runs}");
+            let done = rows.iter().filter(|r| r.contains(" success ")).count();
+            if done == 20 {
+                break;
+            }
+            assert!(!runs.contains(" failed "), "{runs}");
+            assert!(
+                Instant::now() < deadline,
+                "runs did not finish after restarts:\n{runs}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // No two tries of one task instance overlapped in time.
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        let mut spans: std::collections::HashMap<(String, String), Vec<(u128, u128)>> =
+            std::collections::HashMap::new();
+        let mut starts: std::collections::HashMap<(String, String, String), u128> =
+            std::collections::HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (kind, run, task, tri, at) =
+                (f[0], f[1], f[2], f[3], f[4].parse::<u128>().unwrap());
+            let k = (run.to_owned(), task.to_owned(), tri.to_owned());
+            if kind == "start" {
+                starts.insert(k, at);
+            } else if let Some(s) = starts.get(&k) {
+                spans
+                    .entry((run.to_owned(), task.to_owned()))
+                    .or_default()
+                    .push((*s, at));
+            }
+        }
+        for ((run, task), mut v) in spans {
+            v.sort_unstable();
+            for w in v.windows(2) {
+                assert!(w[0].1 <= w[1].0, "{run}/{task}: tries overlapped: {w:?}");
+            }
+        }
+        assert!(text.lines().filter(|l| l.starts_with("end")).count() >= 200);
+    }
 }

@@ -100,7 +100,8 @@ impl Worker {
             reports_rx,
         ));
         info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
-        let mut tasks: JoinSet<TiKey> = JoinSet::new();
+        // Each job ends with its key and, if it was cleared while running, its next try.
+        let mut tasks: JoinSet<(TiKey, Option<ClaimedTi>)> = JoinSet::new();
         let mut running: HashMap<TiKey, Running> = HashMap::new();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,21 +118,7 @@ impl Worker {
                         backoff = StdDuration::from_millis(100);
                         claimed_any = !claimed.is_empty();
                         for ti in claimed {
-                            let (cancel, cancel_rx) = watch::channel(false);
-                            running.insert(
-                                ti.key.clone(),
-                                Running {
-                                    key: ti.key.clone(),
-                                    try_number: ti.try_number,
-                                    cancel,
-                                },
-                            );
-                            let job = self.job();
-                            tasks.spawn(async move {
-                                let key = ti.key.clone();
-                                job.execute(ti, cancel_rx).await;
-                                key
-                            });
+                            self.spawn_job(ti, &mut tasks, &mut running);
                         }
                     }
                     Err(e) => {
@@ -149,8 +136,11 @@ impl Worker {
             tokio::select! {
                 () = self.wakeups.work.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(key) = done {
+                    if let Ok((key, restart)) = done {
                         running.remove(&key);
+                        if let Some(ti) = restart {
+                            self.spawn_job(ti, &mut tasks, &mut running);
+                        }
                     }
                 }
                 _ = heartbeat.tick() => self.heartbeat(&running).await,
@@ -163,7 +153,9 @@ impl Worker {
             "worker stopping; waiting for running tries"
         );
         while let Some(done) = tasks.join_next().await {
-            if let Ok(key) = done {
+            if let Ok((key, _restart)) = done {
+                // A cleared task is not restarted during shutdown; its `restarting` state
+                // is picked up as a zombie.
                 running.remove(&key);
             }
         }
@@ -171,6 +163,29 @@ impl Worker {
         self.reports = None;
         let _ = reporter.await;
         info!("worker stopped");
+    }
+
+    fn spawn_job(
+        &self,
+        ti: ClaimedTi,
+        tasks: &mut JoinSet<(TiKey, Option<ClaimedTi>)>,
+        running: &mut HashMap<TiKey, Running>,
+    ) {
+        let (cancel, cancel_rx) = watch::channel(false);
+        running.insert(
+            ti.key.clone(),
+            Running {
+                key: ti.key.clone(),
+                try_number: ti.try_number,
+                cancel,
+            },
+        );
+        let job = self.job();
+        tasks.spawn(async move {
+            let key = ti.key.clone();
+            let restart = job.execute(ti, cancel_rx).await;
+            (key, restart)
+        });
     }
 
     async fn claim(&self, n: usize) -> flow_store::Result<Vec<ClaimedTi>> {
@@ -401,8 +416,9 @@ impl Job {
         })
     }
 
-    /// Runs one claimed try to its end and reports the outcome.
-    async fn execute(self, ti: ClaimedTi, cancel: watch::Receiver<bool>) {
+    /// Runs one claimed try to its end and reports the outcome. Returns the next try when the
+    /// task instance was cleared while running (`restarting`): the worker runs it again.
+    async fn execute(self, ti: ClaimedTi, cancel: watch::Receiver<bool>) -> Option<ClaimedTi> {
         let (log_tx, log_rx) = mpsc::channel::<LogLine>(1024);
         let forwarder = tokio::spawn(forward_logs(
             self.store.clone(),
@@ -458,7 +474,17 @@ impl Job {
             if let Err(e) = self.store.log_append(&ti.key, ti.try_number, &logs).await {
                 warn!(error = %e, "could not store log lines");
             }
-            return;
+            return match self
+                .store
+                .ti_restart(&ti.key, &self.config.worker_id, Utc::now())
+                .await
+            {
+                Ok(next) => next,
+                Err(e) => {
+                    warn!(error = %e, "could not restart a cleared task instance");
+                    None
+                }
+            };
         }
         let now = Utc::now();
         let (state, xcom, reason, next_retry_at) = match outcome {
@@ -468,7 +494,7 @@ impl Job {
             Outcome::TimedOut => {
                 self.failure(&ti, task.as_ref(), "execution_timeout exceeded".into(), now)
             }
-            Outcome::Cancelled => return,
+            Outcome::Cancelled => return None,
         };
         let finish = TiFinish {
             key: ti.key.clone(),
@@ -485,6 +511,7 @@ impl Job {
         {
             warn!(task_id = %ti.key.task_id, "outcome reporter is gone; the scheduler will treat the try as a zombie");
         }
+        None
     }
 
     fn failure(

@@ -19,7 +19,7 @@ use flow_dag::Dag;
 use flow_dag::schedule::{DataInterval, TimeRestriction};
 use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
 use flow_store::{
-    DagRow, DagRunRow, NextRun, StateChange, Store, TiRow, TriggerError, TriggerRequest,
+    DagRow, DagRunRow, NextRun, PoolUsage, StateChange, Store, TiRow, TriggerError, TriggerRequest,
 };
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -78,6 +78,8 @@ pub struct Scheduler {
     /// dag_id -> (hash, parsed DAG)
     dags: HashMap<String, (String, Arc<Dag>)>,
     dag_rows: HashMap<String, DagRow>,
+    /// pool -> slots, refreshed with the DAG rows.
+    pools: HashMap<String, i64>,
     /// dag_id -> (dag hash, when its next scheduled run is due). Saves re-reading the latest
     /// run of every DAG on every pass; dropped when a run is created or the DAG changes.
     next_due: HashMap<String, (String, DateTime<Utc>)>,
@@ -114,6 +116,7 @@ impl Scheduler {
             processor,
             dags: HashMap::new(),
             dag_rows: HashMap::new(),
+            pools: HashMap::new(),
             next_due: HashMap::new(),
             last_dir_check: None,
             last_zombie_check: None,
@@ -211,7 +214,7 @@ impl Scheduler {
         // runnable by this pass is queued by the same commit.
         let mut changes = evaluation.changes;
         let queue_changes = self
-            .queue_task_instances(&evaluation.newly_scheduled)
+            .queue_task_instances(&evaluation.all, &evaluation.newly_scheduled)
             .await?;
         let queue_from = changes.len();
         changes.extend(queue_changes);
@@ -256,6 +259,7 @@ impl Scheduler {
     async fn refresh_dags(&mut self) -> Result<(), SchedulerError> {
         let rows = self.store.dag_list().await?;
         self.dag_rows = rows.into_iter().map(|r| (r.dag_id.clone(), r)).collect();
+        self.pools = self.store.pool_list().await?;
         let stale: Vec<String> = self
             .dag_rows
             .values()
@@ -514,6 +518,8 @@ impl Scheduler {
                     .push((run.clone(), state, decision.reason));
             }
         }
+        drop(by_run);
+        evaluation.all = all;
         Ok(evaluation)
     }
 
@@ -543,20 +549,38 @@ impl Scheduler {
     /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag`.
     async fn queue_task_instances(
         &mut self,
+        all: &[TiRow],
         newly_scheduled: &[TiRow],
     ) -> Result<Vec<StateChange>, SchedulerError> {
-        let mut usage = self.store.ti_pool_usage().await?;
-        let free = self.config.parallelism - usage.total;
-        if free <= 0 {
+        // Occupancy from the task instances of the running runs, read once per pass: every
+        // queued or running task instance belongs to one.
+        let mut usage = PoolUsage::default();
+        for (pool, slots) in &self.pools {
+            usage.pools.insert(pool.clone(), (*slots, 0));
+        }
+        for ti in all
+            .iter()
+            .filter(|t| matches!(t.state, S::Queued | S::Running))
+        {
+            usage.pools.entry(ti.pool.clone()).or_insert((0, 0)).1 += ti.pool_slots;
+            *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
+            *usage
+                .per_task
+                .entry((ti.key.dag_id.clone(), ti.key.task_id.clone()))
+                .or_default() += 1;
+            usage.total += 1;
+        }
+        if usage.total >= self.config.parallelism {
             return Ok(Vec::new());
         }
         // Already scheduled (waiting on a limit) plus those this pass makes runnable, highest
         // priority first.
-        let mut candidates = self
-            .store
-            .ti_list_in_state(S::Scheduled, free * 4 + 64)
-            .await?;
-        candidates.extend(newly_scheduled.iter().cloned());
+        let mut candidates: Vec<TiRow> = all
+            .iter()
+            .filter(|t| t.state == S::Scheduled)
+            .chain(newly_scheduled)
+            .cloned()
+            .collect();
         candidates.sort_by(|a, b| {
             b.priority_weight
                 .cmp(&a.priority_weight)
@@ -649,6 +673,8 @@ impl Scheduler {
 /// What evaluating the running runs decided.
 #[derive(Debug, Default)]
 struct Evaluation {
+    /// Every task instance of the running runs, as read at the start of the pass.
+    all: Vec<TiRow>,
     changes: Vec<StateChange>,
     /// Task instances `changes` moves to scheduled, as they will be.
     newly_scheduled: Vec<TiRow>,

@@ -34,7 +34,7 @@ pub use dag_runs::{DagRunRow, NewDagRun};
 pub use dags::{DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
-    ClaimedTi, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
+    ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
 };
 pub use trigger::{TriggerError, TriggerRequest, new_task_instances, run_id_timestamp};
 pub use xcom::XcomRow;

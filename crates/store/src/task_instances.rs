@@ -99,6 +99,17 @@ pub struct TiFinish {
     pub logs: Vec<crate::LogLine>,
 }
 
+/// What a clear did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClearReport {
+    /// Task instances reset to no state.
+    pub cleared: usize,
+    /// Running task instances moved to restarting: their worker kills and reruns them.
+    pub restarting: usize,
+    /// Finished dag runs moved back to queued.
+    pub runs_requeued: usize,
+}
+
 /// Slots in use per pool, running/queued counts per DAG and per task, for queueing decisions.
 #[derive(Debug, Clone, Default)]
 pub struct PoolUsage {
@@ -340,26 +351,32 @@ impl Store {
             Backend::Sqlite => "",
         };
         for c in changes {
-            let current = sqlx::query(&format!(
-                "SELECT state, try_number FROM task_instance WHERE {}{lock}",
-                key_where(1)
-            ))
-            .bind(&c.key.dag_id)
-            .bind(&c.key.run_id)
-            .bind(&c.key.task_id)
-            .bind(c.key.map_index)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(current) = current else {
-                applied.push(false);
-                continue;
+            // With one allowed from-state (the scheduler's usual case) a single guarded UPDATE
+            // decides; otherwise read the current state first to record the real from-state.
+            let state = if let [only] = c.from.as_slice() {
+                *only
+            } else {
+                let current = sqlx::query(&format!(
+                    "SELECT state FROM task_instance WHERE {}{lock}",
+                    key_where(1)
+                ))
+                .bind(&c.key.dag_id)
+                .bind(&c.key.run_id)
+                .bind(&c.key.task_id)
+                .bind(c.key.map_index)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(current) = current else {
+                    applied.push(false);
+                    continue;
+                };
+                let state = parse_state(&current.try_get::<String, _>("state")?)?;
+                if !c.from.contains(&state) {
+                    applied.push(false);
+                    continue;
+                }
+                state
             };
-            let state = parse_state(&current.try_get::<String, _>("state")?)?;
-            let try_number: i64 = current.try_get("try_number")?;
-            if !c.from.contains(&state) {
-                applied.push(false);
-                continue;
-            }
             let finished_now = c.to.is_finished() || c.to == S::UpForRetry;
             let sql = format!(
                 "UPDATE task_instance SET state = $1, updated_at = $2, \
@@ -369,10 +386,10 @@ impl Store {
                  end_date = CASE WHEN $4 = 1 THEN $2 WHEN $1 = 'none' THEN NULL ELSE end_date END, \
                  start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
                  worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
-                 WHERE {} AND state = $9",
+                 WHERE {} AND state = $9 RETURNING try_number",
                 key_where(5)
             );
-            sqlx::query(&sql)
+            let row = sqlx::query(&sql)
                 .bind(c.to.as_str())
                 .bind(now_us)
                 .bind(c.next_retry_at.map(to_micros))
@@ -382,8 +399,13 @@ impl Store {
                 .bind(&c.key.task_id)
                 .bind(c.key.map_index)
                 .bind(state.as_str())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+            let Some(row) = row else {
+                applied.push(false);
+                continue;
+            };
+            let try_number: i64 = row.try_get("try_number")?;
             if state == S::Running && finished_now {
                 record_history(&mut tx, &c.key, c.reason.as_deref()).await?;
             }
@@ -626,6 +648,155 @@ impl Store {
                     from_micros(r.try_get("at")?),
                 ))
             })
+            .collect()
+    }
+
+    /// Clears task instances so that they run again (Airflow's clear): finished and waiting
+    /// ones go back to no state, running ones to `restarting` (their worker kills the try and
+    /// runs it again). Each gets its task's retries anew, loses its XComs, and its dag run, if
+    /// finished, is queued again. `keys` pairs each task instance with its task's retries.
+    pub async fn ti_clear(&self, keys: &[(TiKey, i64)], now: DateTime<Utc>) -> Result<ClearReport> {
+        let now_us = to_micros(now);
+        let mut report = ClearReport::default();
+        let mut tx = self.begin().await?;
+        let mut transitions = Vec::new();
+        let mut runs: std::collections::BTreeSet<(String, String)> = Default::default();
+        for (key, retries) in keys {
+            let row = sqlx::query(&format!(
+                "SELECT state, try_number FROM task_instance WHERE {}",
+                key_where(1)
+            ))
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(key.map_index)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let state = parse_state(&row.try_get::<String, _>("state")?)?;
+            let try_number: i64 = row.try_get("try_number")?;
+            let to = match state {
+                S::Running => S::Restarting,
+                S::NoStatus | S::Removed | S::Restarting | S::Shutdown => continue,
+                _ => S::NoStatus,
+            };
+            sqlx::query(&format!(
+                "UPDATE task_instance SET state = $1, max_tries = $2, updated_at = $3, \
+                 next_retry_at = NULL, \
+                 start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
+                 end_date = CASE WHEN $1 = 'none' THEN NULL ELSE end_date END, \
+                 worker_id = CASE WHEN $1 = 'none' THEN NULL ELSE worker_id END \
+                 WHERE {} AND state = $8",
+                key_where(4)
+            ))
+            .bind(to.as_str())
+            .bind(try_number + retries)
+            .bind(now_us)
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(key.map_index)
+            .bind(state.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM xcom WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4",
+            )
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(key.map_index)
+            .execute(&mut *tx)
+            .await?;
+            if to == S::Restarting {
+                report.restarting += 1;
+            } else {
+                report.cleared += 1;
+            }
+            transitions.push((
+                key.clone(),
+                try_number,
+                state,
+                to,
+                Some("cleared".to_owned()),
+            ));
+            runs.insert((key.dag_id.clone(), key.run_id.clone()));
+        }
+        insert_transitions(&mut tx, &transitions, Actor::User, now_us).await?;
+        for (dag_id, run_id) in runs {
+            report.runs_requeued += usize::try_from(
+                sqlx::query(
+                    "UPDATE dag_run SET state = 'queued', end_date = NULL, updated_at = $1 \
+                     WHERE dag_id = $2 AND run_id = $3 AND state IN ('success', 'failed')",
+                )
+                .bind(now_us)
+                .bind(&dag_id)
+                .bind(&run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            )
+            .unwrap_or(0);
+        }
+        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// A worker takes back a task instance that was cleared while it ran it (`restarting`):
+    /// once the old try is killed, the next try starts on the same worker.
+    pub async fn ti_restart(
+        &self,
+        key: &TiKey,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClaimedTi>> {
+        let now_us = to_micros(now);
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE task_instance SET state = 'running', try_number = try_number + 1, \
+             start_date = $1, end_date = NULL, duration = NULL, last_heartbeat_at = $1, \
+             updated_at = $1 WHERE {} AND state = 'restarting' AND worker_id = $6 \
+             RETURNING {TI_COLUMNS}",
+            key_where(2)
+        ))
+        .bind(now_us)
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(key.map_index)
+        .bind(worker_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let ti = ti_row(&row)?;
+        insert_transitions(
+            &mut tx,
+            &[(
+                ti.key.clone(),
+                ti.try_number,
+                S::Restarting,
+                S::Running,
+                Some("restarted after clear".into()),
+            )],
+            Actor::Worker,
+            now_us,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(ti))
+    }
+
+    /// Every pool and its slots.
+    pub async fn pool_list(&self) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT pool, slots FROM slot_pool")
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("pool")?, r.try_get("slots")?)))
             .collect()
     }
 

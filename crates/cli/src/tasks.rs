@@ -1,0 +1,394 @@
+//! `flow tasks test` (run one task here, record nothing), `flow tasks clear`, and
+//! `flow dags backfill`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration as StdDuration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+use flow_dag::{Dag, LoadOptions};
+use flow_executor::{Outcome, RunContext, RunSpec, XcomMap, merge_params, render_task};
+use flow_model::{DagRunState, DagRunType};
+use flow_store::{Store, TiKey, TriggerError, TriggerRequest};
+use tokio::sync::{mpsc, watch};
+
+use crate::ops;
+
+fn parse_when(text: Option<&str>, what: &str) -> Result<Option<DateTime<Utc>>> {
+    text.map(|t| {
+        flow_dag::duration::parse_date(t, chrono_tz::UTC, Utc::now())
+            .map_err(|e| anyhow!("{what}: {e}"))
+    })
+    .transpose()
+}
+
+/// Runs one task locally, as Airflow's `tasks test`: templates rendered for the given date,
+/// output on this terminal, nothing written to the database. Exit status follows the outcome.
+pub async fn test(
+    dags_folder: &Path,
+    dag_id: &str,
+    task_id: &str,
+    date: Option<&str>,
+    conf: Option<&str>,
+) -> Result<ExitCode> {
+    let bag = flow_dag::load_dags(dags_folder, &LoadOptions::default())
+        .with_context(|| format!("reading {}", dags_folder.display()))?;
+    let dag = bag.dag(dag_id).cloned().ok_or_else(|| {
+        let broken = bag.error_count();
+        anyhow!(
+            "dag `{dag_id}` not found in {}{}",
+            dags_folder.display(),
+            if broken > 0 {
+                " (some files have import errors: `flow dags validate`)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    let task = dag.task(task_id).cloned().ok_or_else(|| {
+        let ids: Vec<&str> = dag.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        let hint = flow_dag::de::did_you_mean(task_id, ids.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        anyhow!("task `{task_id}` not found in dag `{dag_id}`{hint}")
+    })?;
+    let logical_date = parse_when(date, "date")?.unwrap_or_else(Utc::now);
+    let conf: serde_json::Value = match conf {
+        None => serde_json::json!({}),
+        Some(c) => serde_json::from_str(c).map_err(|e| anyhow!("--conf is not valid JSON: {e}"))?,
+    };
+    let interval = dag.timetable.infer_manual_data_interval(logical_date);
+    let params = merge_params(&dag.params, &task.params, &conf).map_err(|e| anyhow!("{e}"))?;
+    let ctx = RunContext {
+        dag_id: dag_id.to_owned(),
+        task_id: task_id.to_owned(),
+        run_id: format!(
+            "__flow_tasks_test__{}",
+            flow_store::run_id_timestamp(logical_date)
+        ),
+        map_index: -1,
+        try_number: 1,
+        max_tries: task.retries,
+        run_type: "manual".into(),
+        logical_date: Some(logical_date),
+        data_interval_start: Some(interval.start),
+        data_interval_end: Some(interval.end),
+        run_after: logical_date,
+        dag_run_start_date: Some(Utc::now()),
+        conf,
+        params,
+        owner: task.owner.clone(),
+        dags_folder: dags_folder.to_path_buf(),
+        timezone: dag.timetable.timezone,
+        render_template_as_native_obj: dag.render_template_as_native_obj,
+        template_searchpath: dag
+            .fileloc
+            .parent()
+            .map(|p| vec![p.to_path_buf()])
+            .unwrap_or_default(),
+        xcoms: XcomMap::new(),
+        variables: HashMap::new(),
+    };
+    let rendered = render_task(&task, &ctx).map_err(|e| anyhow!("{e}"))?;
+    for (field, value) in rendered.fields() {
+        eprintln!("[rendered {field}] {value}");
+    }
+    let spec = RunSpec::new(&task, rendered, &ctx);
+    let (tx, mut rx) = mpsc::channel(256);
+    let (_cancel_tx, cancel_rx) = watch::channel(false);
+    let printer = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let line: flow_executor::LogLine = line;
+            println!(
+                "[{}] {{{}}} {}",
+                line.at.format("%H:%M:%S%.3f"),
+                line.stream.as_str(),
+                line.text
+            );
+        }
+    });
+    let outcome = flow_executor::run(spec, tx, cancel_rx).await;
+    let _ = printer.await;
+    match outcome {
+        Outcome::Success { xcom } => {
+            if let Some(x) = xcom {
+                eprintln!("task {task_id}: success (return_value = {x})");
+            } else {
+                eprintln!("task {task_id}: success");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Skipped { reason } => {
+            eprintln!("task {task_id}: skipped ({reason})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed { reason } => {
+            eprintln!("task {task_id}: failed: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::TimedOut => {
+            eprintln!("task {task_id}: failed: execution_timeout exceeded");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Cancelled => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// Task ids matching `pattern`, plus (optionally) everything downstream or upstream of them.
+fn select_tasks(
+    dag: &Dag,
+    pattern: Option<&str>,
+    downstream: bool,
+    upstream: bool,
+) -> Result<BTreeSet<String>> {
+    let re = match pattern {
+        Some(p) => Some(regex::Regex::new(p).map_err(|e| anyhow!("-t: invalid regex: {e}"))?),
+        None => None,
+    };
+    let mut selected: BTreeSet<String> = dag
+        .tasks
+        .iter()
+        .filter(|t| re.as_ref().is_none_or(|r| r.is_match(t.task_id.as_str())))
+        .map(|t| t.task_id.to_string())
+        .collect();
+    let walk = |down: bool| {
+        let mut stack: Vec<String> = selected.iter().cloned().collect();
+        let mut seen: HashSet<String> = selected.iter().cloned().collect();
+        while let Some(id) = stack.pop() {
+            let Some(t) = dag.task(&id) else { continue };
+            let next = if down { &t.downstream } else { &t.upstream };
+            for n in next {
+                if seen.insert(n.to_string()) {
+                    stack.push(n.to_string());
+                }
+            }
+        }
+        seen
+    };
+    let mut extra: Vec<String> = Vec::new();
+    if downstream {
+        extra.extend(walk(true));
+    }
+    if upstream {
+        extra.extend(walk(false));
+    }
+    selected.extend(extra);
+    Ok(selected)
+}
+
+pub struct ClearArgs<'a> {
+    pub dag_id: &'a str,
+    pub task_regex: Option<&'a str>,
+    pub downstream: bool,
+    pub upstream: bool,
+    pub start_date: Option<&'a str>,
+    pub end_date: Option<&'a str>,
+    pub only_failed: bool,
+    pub yes: bool,
+}
+
+/// Clears task instances so that they run again (Airflow's `tasks clear`).
+pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> {
+    let store = ops::connect_migrated().await?;
+    let (dag, _) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
+    let tasks = select_tasks(&dag, args.task_regex, args.downstream, args.upstream)?;
+    let start = parse_when(args.start_date, "--start-date")?;
+    let end = parse_when(args.end_date, "--end-date")?;
+    let runs = store.dag_run_list(args.dag_id, 100_000).await?;
+    let mut keys: Vec<(TiKey, i64)> = Vec::new();
+    for run in runs.iter().filter(|r| {
+        let when = r.logical_date.unwrap_or(r.run_after);
+        start.is_none_or(|s| when >= s) && end.is_none_or(|e| when <= e)
+    }) {
+        for ti in store.ti_list_for_run(&run.dag_id, &run.run_id).await? {
+            if !tasks.contains(&ti.key.task_id) {
+                continue;
+            }
+            if args.only_failed
+                && !matches!(
+                    ti.state,
+                    flow_model::TaskInstanceState::Failed
+                        | flow_model::TaskInstanceState::UpstreamFailed
+                )
+            {
+                continue;
+            }
+            if matches!(
+                ti.state,
+                flow_model::TaskInstanceState::NoStatus | flow_model::TaskInstanceState::Removed
+            ) {
+                continue;
+            }
+            let retries = dag
+                .task(&ti.key.task_id)
+                .map_or(0, |t| i64::from(t.retries));
+            println!(
+                "{} {} {} ({})",
+                ti.key.dag_id, ti.key.run_id, ti.key.task_id, ti.state
+            );
+            keys.push((ti.key, retries));
+        }
+    }
+    if keys.is_empty() {
+        println!("nothing to clear");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.yes {
+        eprintln!(
+            "{} task instance(s) would be cleared; pass --yes to clear them",
+            keys.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let report = store.ti_clear(&keys, Utc::now()).await?;
+    println!(
+        "cleared {} task instance(s) ({} running ones restarting); {} dag run(s) queued again",
+        report.cleared, report.restarting, report.runs_requeued
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct BackfillArgs<'a> {
+    pub dag_id: &'a str,
+    pub start_date: &'a str,
+    pub end_date: &'a str,
+    pub reset_dagruns: bool,
+    pub dry_run: bool,
+    pub conf: Option<&'a str>,
+}
+
+/// Creates a backfill run for every logical date the timetable gives in the range and follows
+/// them to the end with a progress bar; the scheduler runs them (within `max_active_runs`).
+pub async fn backfill(dags_folder: &Path, args: BackfillArgs<'_>) -> Result<ExitCode> {
+    let start = parse_when(Some(args.start_date), "--start-date")?.context("--start-date")?;
+    let end = parse_when(Some(args.end_date), "--end-date")?.context("--end-date")?;
+    if end < start {
+        bail!("--end-date is before --start-date");
+    }
+    let conf: serde_json::Value = match args.conf {
+        None => serde_json::json!({}),
+        Some(c) => serde_json::from_str(c).map_err(|e| anyhow!("--conf is not valid JSON: {e}"))?,
+    };
+    let store = ops::connect_migrated().await?;
+    let (dag, hash) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
+    let infos = dag.timetable.runs_in_range(start, end, 100_000);
+    if infos.is_empty() {
+        println!(
+            "the schedule of `{}` has no runs between {start} and {end}",
+            args.dag_id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let existing: HashMap<Option<DateTime<Utc>>, flow_store::DagRunRow> = store
+        .dag_run_list(args.dag_id, 100_000)
+        .await?
+        .into_iter()
+        .map(|r| (r.logical_date, r))
+        .collect();
+    if args.dry_run {
+        for info in &infos {
+            let note = if existing.contains_key(&Some(info.logical_date)) {
+                if args.reset_dagruns {
+                    " (exists: would be cleared)"
+                } else {
+                    " (exists: kept)"
+                }
+            } else {
+                ""
+            };
+            println!(
+                "{} {}..{}{note}",
+                info.logical_date, info.data_interval.start, info.data_interval.end
+            );
+        }
+        println!("{} run(s); dry run, nothing created", infos.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut run_ids: Vec<String> = Vec::new();
+    for info in &infos {
+        if let Some(run) = existing.get(&Some(info.logical_date)) {
+            if args.reset_dagruns {
+                let keys: Vec<(TiKey, i64)> = store
+                    .ti_list_for_run(&run.dag_id, &run.run_id)
+                    .await?
+                    .into_iter()
+                    .map(|t| {
+                        let retries = dag.task(&t.key.task_id).map_or(0, |x| i64::from(x.retries));
+                        (t.key, retries)
+                    })
+                    .collect();
+                store.ti_clear(&keys, Utc::now()).await?;
+            }
+            run_ids.push(run.run_id.clone());
+            continue;
+        }
+        let req = TriggerRequest {
+            run_id: None,
+            run_type: DagRunType::Backfill,
+            logical_date: Some(info.logical_date),
+            data_interval: Some((info.data_interval.start, info.data_interval.end)),
+            run_after: Some(info.run_after),
+            conf: conf.clone(),
+            note: None,
+            triggered_by: Some("backfill".into()),
+        };
+        match store.dag_run_trigger(&dag, &hash, &req, Utc::now()).await {
+            Ok(run) => run_ids.push(run.run_id),
+            Err(TriggerError::Duplicate { run_id, .. }) => run_ids.push(run_id),
+            Err(e) => bail!("{e}"),
+        }
+    }
+    let paused = store
+        .dag_get(args.dag_id)
+        .await?
+        .is_some_and(|d| d.is_paused);
+    if paused {
+        eprintln!(
+            "note: dag `{}` is paused; its backfill runs wait until it is unpaused",
+            args.dag_id
+        );
+    }
+    follow(&store, args.dag_id, &run_ids).await
+}
+
+/// A progress bar over the runs until all have finished.
+async fn follow(store: &Store, dag_id: &str, run_ids: &[String]) -> Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(run_ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs done ({msg}) {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let mut done = 0;
+        let mut failed = 0;
+        for id in run_ids {
+            if let Some(r) = store.dag_run_get(dag_id, id).await? {
+                match r.state {
+                    DagRunState::Success => done += 1,
+                    DagRunState::Failed => {
+                        done += 1;
+                        failed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        bar.set_position(done);
+        bar.set_message(format!("{failed} failed"));
+        if done == run_ids.len() as u64 {
+            bar.finish();
+            println!(
+                "backfill of {dag_id}: {} run(s), {failed} failed",
+                run_ids.len()
+            );
+            return Ok(if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+    }
+}

@@ -523,3 +523,48 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
         assert!(text.lines().filter(|l| l.starts_with("end")).count() >= 200);
     }
 }
+
+/// A task's process dies with a `kill -9`ed worker instead of running on as an orphan.
+#[tokio::test]
+async fn task_process_dies_with_its_worker() {
+    let db = TestDb::sqlite().await.unwrap();
+    let url = db.url.clone();
+    db.store.close().await;
+    let mut env = Env::new(&url);
+    let pidfile = env.home.join("sleeper.pid");
+    env.write_dag(
+        "sleeper.yaml",
+        &format!(
+            "sleeper:\n  tasks:\n    sleep:\n      operator: bash\n      bash_command: echo $$ > {} && exec sleep 300\n",
+            pidfile.display()
+        ),
+    );
+    env.start();
+    assert!(env.run(&["dags", "trigger", "sleeper"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile)
+            && let Ok(pid) = text.trim().parse()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut child = env.standalone.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if !alive {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task process {pid} outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

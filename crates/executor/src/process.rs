@@ -114,6 +114,7 @@ pub(crate) async fn supervise(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child
         .id()
@@ -291,3 +292,20 @@ mod tests {
         assert_eq!(char_boundary(b"abc"), 3);
     }
 }
+
+/// Asks the kernel to SIGKILL the task's process if the worker dies (`kill -9`, OOM), so that a
+/// rescued try does not run beside an orphan of the lost one. `bash -c` with a single command
+/// execs it, so this covers the command itself; the children of a multi-command script are
+/// not covered (they are only killed with the group by a live worker).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // pre_exec is unsafe: the closure runs between fork and exec.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure only makes the prctl(2) system call, which is async-signal-safe,
+    // allocates nothing and touches no lock, as required between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}

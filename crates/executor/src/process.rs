@@ -280,19 +280,6 @@ async fn emit(bytes: &[u8], stream: Stream, logs: &LogSink, last: &Mutex<Option<
     logs.send(stream, &text).await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_on_char_boundaries() {
-        let s = "aé".as_bytes(); // 'é' is two bytes
-        assert_eq!(char_boundary(s), 3);
-        assert_eq!(char_boundary(&s[..2]), 1);
-        assert_eq!(char_boundary(b"abc"), 3);
-    }
-}
-
 /// Asks the kernel to SIGKILL the task's process if the worker dies (`kill -9`, OOM), so that a
 /// rescued try does not run beside an orphan of the lost one. `bash -c` with a single command
 /// execs it, so this covers the command itself; the children of a multi-command script are
@@ -309,3 +296,16 @@ fn die_with_parent(cmd: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_char_boundaries() {
+        let s = "aé".as_bytes(); // 'é' is two bytes
+        assert_eq!(char_boundary(s), 3);
+        assert_eq!(char_boundary(&s[..2]), 1);
+        assert_eq!(char_boundary(b"abc"), 3);
+    }
+}

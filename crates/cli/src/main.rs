@@ -284,7 +284,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 follow,
             } => ops::task_logs(&dag_id, &run_id, &task_id, try_number, follow).await,
         },
-        Command::Bench { command } => bench::run(command).await,
+        Command::Bench { command } => {
+            init_tracing();
+            bench::run(command).await
+        }
         Command::Version => {
             println!("flow {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -113,7 +113,15 @@ impl Worker {
             let free = self.config.concurrency.saturating_sub(running.len());
             let mut claimed_any = false;
             if free > 0 {
-                match self.claim(free).await {
+                let started = std::time::Instant::now();
+                let claim = self.claim(free).await;
+                tracing::debug!(
+                    free,
+                    claimed = claim.as_ref().map_or(0, Vec::len),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "claim"
+                );
+                match claim {
                     Ok(claimed) => {
                         backoff = StdDuration::from_millis(100);
                         claimed_any = !claimed.is_empty();

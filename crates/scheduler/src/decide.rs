@@ -151,3 +151,178 @@ fn is_deadlocked(after: &[(S, bool)], decision: &RunDecision) -> bool {
     let unfinished = after.iter().any(|(s, _)| *s == S::NoStatus);
     unfinished && !progressing
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use flow_dag::LoadOptions;
+    use flow_store::TiKey;
+
+    use super::*;
+
+    fn dag(yaml: &str) -> Dag {
+        let dir =
+            std::env::temp_dir().join(format!("flow-decide-{}-{}", std::process::id(), yaml.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let file = flow_dag::load_file(&path, &dir, &LoadOptions::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!file.has_errors(), "{:?}", file.diagnostics);
+        file.dags.into_iter().next().unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn ti(task: &str, state: S) -> TiRow {
+        TiRow {
+            key: TiKey::new("d", "r", task, -1),
+            state,
+            try_number: 1,
+            max_tries: 0,
+            operator: String::new(),
+            queue: "default".into(),
+            pool: "default_pool".into(),
+            pool_slots: 1,
+            priority_weight: 1,
+            start_date: None,
+            end_date: None,
+            duration: None,
+            scheduled_dttm: None,
+            queued_dttm: None,
+            next_retry_at: None,
+            hostname: String::new(),
+            worker_id: None,
+            last_heartbeat_at: None,
+            updated_at: now(),
+        }
+    }
+
+    fn changes(d: &RunDecision) -> Vec<(String, S)> {
+        d.changes
+            .iter()
+            .map(|c| (c.key.task_id.clone(), c.to))
+            .collect()
+    }
+
+    const CHAIN: &str = "d:\n  tasks:\n    a: {operator: empty}\n    b: {operator: empty, dependencies: [a]}\n    c: {operator: empty, dependencies: [b]}\n    z: {operator: empty, trigger_rule: all_done, dependencies: [c]}\n";
+
+    #[test]
+    fn schedules_roots_then_downstream() {
+        let d = dag(CHAIN);
+        let tis = [
+            ti("a", S::NoStatus),
+            ti("b", S::NoStatus),
+            ti("c", S::NoStatus),
+            ti("z", S::NoStatus),
+        ];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert_eq!(changes(&decision), vec![("a".into(), S::Scheduled)]);
+        assert_eq!(decision.run_state, None);
+
+        let tis = [
+            ti("a", S::Success),
+            ti("b", S::NoStatus),
+            ti("c", S::NoStatus),
+            ti("z", S::NoStatus),
+        ];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert_eq!(changes(&decision), vec![("b".into(), S::Scheduled)]);
+    }
+
+    #[test]
+    fn failure_propagates_down_the_chain_in_one_pass() {
+        let d = dag(CHAIN);
+        let tis = [
+            ti("a", S::Failed),
+            ti("b", S::NoStatus),
+            ti("c", S::NoStatus),
+            ti("z", S::NoStatus),
+        ];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert_eq!(
+            changes(&decision),
+            vec![
+                ("b".into(), S::UpstreamFailed),
+                ("c".into(), S::UpstreamFailed),
+                ("z".into(), S::Scheduled)
+            ]
+        );
+        // The all_done leaf decides: once it succeeds, the run succeeds (as in Airflow).
+        let tis = [
+            ti("a", S::Failed),
+            ti("b", S::UpstreamFailed),
+            ti("c", S::UpstreamFailed),
+            ti("z", S::Success),
+        ];
+        assert_eq!(
+            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            Some(DagRunState::Success)
+        );
+    }
+
+    #[test]
+    fn retries_wait_for_their_delay() {
+        let d = dag(CHAIN);
+        let mut a = ti("a", S::UpForRetry);
+        a.next_retry_at = Some(now() + chrono::Duration::seconds(30));
+        let tis = [
+            a.clone(),
+            ti("b", S::NoStatus),
+            ti("c", S::NoStatus),
+            ti("z", S::NoStatus),
+        ];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert!(decision.changes.is_empty());
+        assert_eq!(decision.next_wakeup, a.next_retry_at);
+        assert_eq!(
+            decision.run_state, None,
+            "waiting for a retry is not a deadlock"
+        );
+        let decision = decide_run(
+            &d,
+            &tis,
+            &HashMap::new(),
+            now() + chrono::Duration::seconds(31),
+        );
+        assert_eq!(changes(&decision), vec![("a".into(), S::Scheduled)]);
+    }
+
+    #[test]
+    fn finished_runs_and_failed_leaves() {
+        let d = dag(
+            "d:\n  tasks:\n    a: {operator: empty}\n    b: {operator: empty, dependencies: [a]}\n",
+        );
+        let tis = [ti("a", S::Success), ti("b", S::Success)];
+        assert_eq!(
+            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            Some(DagRunState::Success)
+        );
+        let tis = [ti("a", S::Success), ti("b", S::Failed)];
+        assert_eq!(
+            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            Some(DagRunState::Failed)
+        );
+    }
+
+    #[test]
+    fn depends_on_past_waits_for_the_previous_run() {
+        let d = dag("d:\n  tasks:\n    a: {operator: empty, depends_on_past: true}\n");
+        let tis = [ti("a", S::NoStatus)];
+        let previous = HashMap::from([("a".to_owned(), S::Failed)]);
+        let decision = decide_run(&d, &tis, &previous, now());
+        assert!(decision.changes.is_empty());
+        assert_eq!(
+            decision.run_state,
+            Some(DagRunState::Failed),
+            "a run that can never progress is a deadlock"
+        );
+        let previous = HashMap::from([("a".to_owned(), S::Success)]);
+        assert_eq!(
+            changes(&decide_run(&d, &tis, &previous, now())),
+            vec![("a".into(), S::Scheduled)]
+        );
+    }
+}

@@ -19,7 +19,8 @@ use flow_dag::Dag;
 use flow_dag::schedule::{DataInterval, TimeRestriction};
 use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
 use flow_store::{
-    DagRow, DagRunRow, NextRun, PoolUsage, StateChange, Store, TiRow, TriggerError, TriggerRequest,
+    DagRow, DagRunRow, NextRun, PoolUsage, StateChange, Store, TiKey, TiRow, TriggerError,
+    TriggerRequest,
 };
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -133,7 +134,14 @@ impl Scheduler {
                 break;
             }
             let now = Utc::now();
-            let sleep = match self.pass(now).await {
+            let started = std::time::Instant::now();
+            let result = self.pass(now).await;
+            debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                queued = result.as_ref().map_or(0, |o| o.queued),
+                "scheduler pass"
+            );
+            let sleep = match result {
                 Ok(outcome) => {
                     backoff = StdDuration::from_millis(100);
                     let until = outcome
@@ -459,21 +467,33 @@ impl Scheduler {
         if runs.is_empty() {
             return Ok(evaluation);
         }
-        let all = self.store.ti_list_active_runs().await?;
-        let mut by_run: HashMap<(&str, &str), Vec<TiRow>> = HashMap::new();
-        for ti in &all {
-            by_run
-                .entry((ti.key.dag_id.as_str(), ti.key.run_id.as_str()))
-                .or_default()
-                .push(ti.clone());
+        let mut all = self.store.ti_list_active_runs().await?;
+        // Group by run without copying rows: sort, then slice per run.
+        all.sort_unstable_by(|a, b| {
+            (&a.key.dag_id, &a.key.run_id).cmp(&(&b.key.dag_id, &b.key.run_id))
+        });
+        let mut by_run: HashMap<(&str, &str), &[TiRow]> = HashMap::new();
+        let mut start = 0;
+        for i in 1..=all.len() {
+            let boundary = i == all.len()
+                || all[i].key.dag_id != all[start].key.dag_id
+                || all[i].key.run_id != all[start].key.run_id;
+            if boundary {
+                let first = &all[start];
+                by_run.insert(
+                    (first.key.dag_id.as_str(), first.key.run_id.as_str()),
+                    &all[start..i],
+                );
+                start = i;
+            }
         }
         for run in runs {
             let Some(dag) = self.dag_for(&run.dag_id).await? else {
                 continue;
             };
-            let tis = by_run
+            let tis: &[TiRow] = by_run
                 .get(&(run.dag_id.as_str(), run.run_id.as_str()))
-                .map(Vec::as_slice)
+                .copied()
                 .unwrap_or_default();
             if let (Some(timeout), Some(started)) = (dag.dagrun_timeout, run.start_date)
                 && now - started > timeout
@@ -501,11 +521,12 @@ impl Scheduler {
             };
             let decision = decide_run(&dag, tis, &previous, now);
             evaluation.deadline = earliest(evaluation.deadline, decision.next_wakeup);
+            let index: HashMap<&TiKey, &TiRow> = tis.iter().map(|t| (&t.key, t)).collect();
             for change in &decision.changes {
                 if change.to == S::Scheduled
-                    && let Some(ti) = tis.iter().find(|t| t.key == change.key)
+                    && let Some(ti) = index.get(&change.key)
                 {
-                    let mut ti = ti.clone();
+                    let mut ti = (*ti).clone();
                     ti.state = S::Scheduled;
                     ti.scheduled_dttm = Some(now);
                     evaluation.newly_scheduled.push(ti);

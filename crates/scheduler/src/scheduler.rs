@@ -85,6 +85,7 @@ pub struct Scheduler {
     /// run of every DAG on every pass; dropped when a run is created or the DAG changes.
     next_due: HashMap<String, (String, DateTime<Utc>)>,
     last_dir_check: Option<DateTime<Utc>>,
+    last_dag_refresh: Option<DateTime<Utc>>,
     last_zombie_check: Option<DateTime<Utc>>,
 }
 
@@ -120,6 +121,7 @@ impl Scheduler {
             pools: HashMap::new(),
             next_due: HashMap::new(),
             last_dir_check: None,
+            last_dag_refresh: None,
             last_zombie_check: None,
         }
     }
@@ -184,13 +186,24 @@ impl Scheduler {
             now - t >= Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
         });
         if dir_due {
+            let mut changed = false;
             if self.config.process_dags {
                 let report = self.processor.run_once(now).await?;
                 if report.files_written > 0 || report.dags_deactivated > 0 {
                     debug!(?report, "dags folder synced");
+                    changed = true;
                 }
             }
-            self.refresh_dags().await?;
+            // Re-read DAG rows when this process changed them, and every few seconds for
+            // changes made elsewhere (pauses from the CLI, another scheduler's parse): an idle
+            // scheduler with a thousand DAGs should cost next to nothing.
+            let refresh_due = self
+                .last_dag_refresh
+                .is_none_or(|t| now - t >= Duration::seconds(5));
+            if changed || refresh_due {
+                self.refresh_dags().await?;
+                self.last_dag_refresh = Some(now);
+            }
             self.last_dir_check = Some(now);
         }
         let next_dir_check = self.last_dir_check.map(|t| {

@@ -229,9 +229,7 @@ fn find_dag<'a>(bag: &'a DagBag, dag_id: &str) -> Result<&'a Dag> {
         return Ok(d);
     }
     let ids: Vec<&str> = bag.dags().map(|d| d.dag_id.as_str()).collect();
-    let hint = flow_dag::de::did_you_mean(dag_id, ids.iter().copied())
-        .map(|s| format!(" (did you mean `{s}`?)"))
-        .unwrap_or_default();
+    let hint = flow_dag::de::did_you_mean_hint(dag_id, ids.iter().copied());
     let broken = bag
         .files
         .iter()

@@ -219,9 +219,7 @@ pub async fn dag_from_store(
             .into_iter()
             .map(|d| d.dag_id)
             .collect();
-        let hint = flow_dag::de::did_you_mean(dag_id, known.iter().map(String::as_str))
-            .map(|s| format!(" (did you mean `{s}`?)"))
-            .unwrap_or_default();
+        let hint = flow_dag::de::did_you_mean_hint(dag_id, known.iter().map(String::as_str));
         let errors = store.import_errors().await?;
         let broken = if errors.is_empty() {
             String::new()
@@ -235,6 +233,33 @@ pub async fn dag_from_store(
     };
     let dag = Dag::from_json(&data).context("reading the serialized DAG")?;
     Ok((dag, hash))
+}
+
+/// `--conf`: a JSON object (`dag_run.conf`), `{}` when absent.
+pub fn parse_conf(conf: Option<&str>) -> Result<serde_json::Value> {
+    let Some(text) = conf else {
+        return Ok(serde_json::json!({}));
+    };
+    let conf: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "--conf is not valid JSON: {e} (at line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if !conf.is_object() {
+        bail!("--conf must be a JSON object, like '{{\"key\": \"value\"}}'");
+    }
+    Ok(conf)
+}
+
+/// A date flag: `2025-01-01`, `2025-01-01T06:00:00` (UTC unless an offset is given).
+pub fn parse_when(text: Option<&str>, what: &str) -> Result<Option<DateTime<Utc>>> {
+    text.map(|t| {
+        flow_dag::duration::parse_date(t, chrono_tz::UTC, Utc::now())
+            .map_err(|e| anyhow!("{what}: {e}"))
+    })
+    .transpose()
 }
 
 fn iso(t: DateTime<Utc>) -> String {
@@ -254,26 +279,8 @@ pub async fn trigger(
     logical_date: Option<String>,
     wait: bool,
 ) -> Result<ExitCode> {
-    let conf: serde_json::Value = match conf {
-        None => serde_json::json!({}),
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            anyhow!(
-                "--conf is not valid JSON: {e} (at line {}, column {})",
-                e.line(),
-                e.column()
-            )
-        })?,
-    };
-    if !conf.is_object() {
-        bail!("--conf must be a JSON object, like '{{\"key\": \"value\"}}'");
-    }
-    let logical_date = match logical_date {
-        None => None,
-        Some(text) => Some(
-            flow_dag::duration::parse_date(&text, chrono_tz::UTC, Utc::now())
-                .map_err(|e| anyhow!("--logical-date: {e}"))?,
-        ),
-    };
+    let conf = parse_conf(conf)?;
+    let logical_date = parse_when(logical_date.as_deref(), "--logical-date")?;
     let store = connect_migrated().await?;
     let (dag, hash) = dag_from_store(&store, dags_folder, dag_id).await?;
     let mut req = TriggerRequest::manual(conf);

@@ -9,20 +9,12 @@ use std::time::Duration as StdDuration;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use flow_dag::{Dag, LoadOptions};
-use flow_executor::{Outcome, RunContext, RunSpec, XcomMap, merge_params, render_task};
+use flow_executor::{Outcome, RunContext, RunSpec, TryOf, XcomMap, render_task};
 use flow_model::{DagRunState, DagRunType};
 use flow_store::{Store, TiKey, TriggerError, TriggerRequest};
 use tokio::sync::{mpsc, watch};
 
 use crate::ops;
-
-fn parse_when(text: Option<&str>, what: &str) -> Result<Option<DateTime<Utc>>> {
-    text.map(|t| {
-        flow_dag::duration::parse_date(t, chrono_tz::UTC, Utc::now())
-            .map_err(|e| anyhow!("{what}: {e}"))
-    })
-    .transpose()
-}
 
 /// Runs one task locally, as Airflow's `tasks test`: templates rendered for the given date,
 /// output on this terminal, nothing written to the database. Exit status follows the outcome.
@@ -49,48 +41,30 @@ pub async fn test(
     })?;
     let task = dag.task(task_id).cloned().ok_or_else(|| {
         let ids: Vec<&str> = dag.tasks.iter().map(|t| t.task_id.as_str()).collect();
-        let hint = flow_dag::de::did_you_mean(task_id, ids.iter().copied())
-            .map(|s| format!(" (did you mean `{s}`?)"))
-            .unwrap_or_default();
+        let hint = flow_dag::de::did_you_mean_hint(task_id, ids.iter().copied());
         anyhow!("task `{task_id}` not found in dag `{dag_id}`{hint}")
     })?;
-    let logical_date = parse_when(date, "date")?.unwrap_or_else(Utc::now);
-    let conf: serde_json::Value = match conf {
-        None => serde_json::json!({}),
-        Some(c) => serde_json::from_str(c).map_err(|e| anyhow!("--conf is not valid JSON: {e}"))?,
-    };
+    let logical_date = ops::parse_when(date, "date")?.unwrap_or_else(Utc::now);
+    let conf = ops::parse_conf(conf)?;
     let interval = dag.timetable.infer_manual_data_interval(logical_date);
-    let params = merge_params(&dag.params, &task.params, &conf).map_err(|e| anyhow!("{e}"))?;
-    let ctx = RunContext {
-        dag_id: dag_id.to_owned(),
-        task_id: task_id.to_owned(),
+    let run = TryOf {
         run_id: format!(
             "__flow_tasks_test__{}",
             flow_store::run_id_timestamp(logical_date)
         ),
-        map_index: -1,
-        try_number: 1,
-        max_tries: task.retries,
         run_type: "manual".into(),
         logical_date: Some(logical_date),
         data_interval_start: Some(interval.start),
         data_interval_end: Some(interval.end),
         run_after: logical_date,
-        dag_run_start_date: Some(Utc::now()),
+        run_start_date: Some(Utc::now()),
         conf,
-        params,
-        owner: task.owner.clone(),
-        dags_folder: dags_folder.to_path_buf(),
-        timezone: dag.timetable.timezone,
-        render_template_as_native_obj: dag.render_template_as_native_obj,
-        template_searchpath: dag
-            .fileloc
-            .parent()
-            .map(|p| vec![p.to_path_buf()])
-            .unwrap_or_default(),
-        xcoms: XcomMap::new(),
-        variables: HashMap::new(),
+        map_index: -1,
+        try_number: 1,
+        max_tries: task.retries,
     };
+    let ctx = RunContext::new(&dag, &task, run, dags_folder, XcomMap::new())
+        .map_err(|e| anyhow!("{e}"))?;
     let rendered = render_task(&task, &ctx).map_err(|e| anyhow!("{e}"))?;
     for (field, value) in rendered.fields() {
         eprintln!("[rendered {field}] {value}");
@@ -194,8 +168,8 @@ pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> 
     let store = ops::connect_migrated().await?;
     let (dag, _) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
     let tasks = select_tasks(&dag, args.task_regex, args.downstream, args.upstream)?;
-    let start = parse_when(args.start_date, "--start-date")?;
-    let end = parse_when(args.end_date, "--end-date")?;
+    let start = ops::parse_when(args.start_date, "--start-date")?;
+    let end = ops::parse_when(args.end_date, "--end-date")?;
     let runs = store.dag_run_list(args.dag_id, 100_000).await?;
     let mut keys: Vec<(TiKey, i64)> = Vec::new();
     for run in runs.iter().filter(|r| {
@@ -262,15 +236,12 @@ pub struct BackfillArgs<'a> {
 /// Creates a backfill run for every logical date the timetable gives in the range and follows
 /// them to the end with a progress bar; the scheduler runs them (within `max_active_runs`).
 pub async fn backfill(dags_folder: &Path, args: BackfillArgs<'_>) -> Result<ExitCode> {
-    let start = parse_when(Some(args.start_date), "--start-date")?.context("--start-date")?;
-    let end = parse_when(Some(args.end_date), "--end-date")?.context("--end-date")?;
+    let start = ops::parse_when(Some(args.start_date), "--start-date")?.context("--start-date")?;
+    let end = ops::parse_when(Some(args.end_date), "--end-date")?.context("--end-date")?;
     if end < start {
         bail!("--end-date is before --start-date");
     }
-    let conf: serde_json::Value = match args.conf {
-        None => serde_json::json!({}),
-        Some(c) => serde_json::from_str(c).map_err(|e| anyhow!("--conf is not valid JSON: {e}"))?,
-    };
+    let conf = ops::parse_conf(args.conf)?;
     let store = ops::connect_migrated().await?;
     let (dag, hash) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
     let infos = dag.timetable.runs_in_range(start, end, 100_000);

@@ -19,7 +19,9 @@ use crate::dag::{
     Arg, BashOperator, DEFAULT_POOL, DEFAULT_QUEUE, Dag, Mapping, Operator, Param, PythonCallable,
     PythonOperator, Task, TaskGroup, WeightRule,
 };
-use crate::de::{DeError, did_you_mean, from_node, to_json, unknown_key_message};
+use crate::de::{
+    DeError, did_you_mean, did_you_mean_hint, from_node, to_json, unknown_key_message,
+};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::duration::{date_from_node, duration_from_node};
 use crate::operators;
@@ -754,9 +756,7 @@ fn parse_timezone(ctx: &mut Ctx<'_>, text: &str, span: Span) -> Option<Tz> {
     match text.parse::<Tz>() {
         Ok(tz) => Some(tz),
         Err(_) => {
-            let hint = did_you_mean(text, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()))
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
+            let hint = did_you_mean_hint(text, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
             ctx.error(
                 span,
                 format!("`timezone`: unknown time zone `{text}`{hint}; use an IANA name such as `Europe/Berlin`"),
@@ -1164,9 +1164,7 @@ fn read_groups(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Vec<GroupDraft> {
         let mut ok = true;
         while let Some(parent) = groups[cur].spec.parent_group_name.clone() {
             let Some(p) = groups.iter().position(|g| g.name == parent) else {
-                let hint = did_you_mean(&parent, names.iter().map(String::as_str))
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let hint = did_you_mean_hint(&parent, names.iter().map(String::as_str));
                 ctx.error(
                     groups[cur].span,
                     format!(
@@ -1335,9 +1333,7 @@ fn read_task(
             }
             None => {
                 let span = node.get("task_group_name").map_or(name_span, |n| n.span);
-                let hint = did_you_mean(gname, groups.iter().map(|g| g.name.as_str()))
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let hint = did_you_mean_hint(gname, groups.iter().map(|g| g.name.as_str()));
                 ctx.error(span, format!("unknown `task_group_name` `{gname}`{hint}"));
             }
         }
@@ -1382,10 +1378,8 @@ fn read_task(
             Ok(rule) => rule,
             Err(_) => {
                 let span = merged.get("trigger_rule").map_or(name_span, |n| n.span);
-                let all: Vec<&str> = TRIGGER_RULES.to_vec();
-                let hint = did_you_mean(text, all.iter().copied())
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let all: Vec<&str> = TriggerRule::ALL.iter().map(|r| r.as_str()).collect();
+                let hint = did_you_mean_hint(text, all.iter().copied());
                 ctx.error(
                     span,
                     format!(
@@ -1551,23 +1545,6 @@ fn read_task(
     })
 }
 
-/// Airflow's trigger rule strings, for messages.
-const TRIGGER_RULES: &[&str] = &[
-    "all_success",
-    "all_failed",
-    "all_done",
-    "all_done_min_one_success",
-    "all_skipped",
-    "one_success",
-    "one_failed",
-    "one_done",
-    "none_failed",
-    "none_failed_min_one_success",
-    "none_skipped",
-    "always",
-    "all_done_setup_success",
-];
-
 fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
     match template::check(ctx.env, source) {
         None => {}
@@ -1581,9 +1558,7 @@ fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
         }
         Some(TemplateIssue::UnknownNames(names)) => {
             for name in names {
-                let hint = did_you_mean(&name, template::CONTEXT_NAMES.iter().copied())
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let hint = did_you_mean_hint(&name, template::CONTEXT_NAMES.iter().copied());
                 ctx.warn(
                     span,
                     format!("`{field}`: template uses `{name}`, which is not in the template context{hint}"),

@@ -113,6 +113,14 @@ pub fn unknown_key_message(field: &str, expected: &[&str]) -> String {
     }
 }
 
+/// " (did you mean `x`?)" when a candidate is close to `input`, else nothing: the tail of an
+/// error message about an unknown name.
+pub fn did_you_mean_hint<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(input, candidates)
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
 /// The closest candidate by edit distance, if it is close enough to be a plausible typo.
 pub fn did_you_mean<'a>(
     input: &str,

@@ -17,7 +17,7 @@ mod xcom;
 
 pub use mask::{Masker, is_sensitive_name};
 pub use params::{ParamError, merge_params};
-pub use render::{RenderError, RenderedTask, RunContext, render_task};
+pub use render::{RenderError, RenderedTask, RunContext, TryOf, render_task};
 pub use runner::{
     DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, LogLine, Outcome, RunSpec, Stream, context_env,
     python_context, run,

@@ -67,6 +67,65 @@ pub struct RunContext {
     pub variables: HashMap<String, String>,
 }
 
+/// The try a context is built for: the run as the store (or `flow tasks test`) describes it,
+/// and which try of which task instance.
+#[derive(Debug, Clone)]
+pub struct TryOf {
+    pub run_id: String,
+    pub run_type: String,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval_start: Option<DateTime<Utc>>,
+    pub data_interval_end: Option<DateTime<Utc>>,
+    pub run_after: DateTime<Utc>,
+    pub run_start_date: Option<DateTime<Utc>>,
+    pub conf: Json,
+    pub map_index: i64,
+    pub try_number: u32,
+    pub max_tries: u32,
+}
+
+impl RunContext {
+    /// The context of one try of `task`: params merged from the DAG, the task and the run's
+    /// conf (and checked), DAG-level settings copied. The worker and `flow tasks test` both
+    /// build contexts here, so a test renders exactly as a real run does.
+    pub fn new(
+        dag: &flow_dag::Dag,
+        task: &Task,
+        run: TryOf,
+        dags_folder: &Path,
+        xcoms: XcomMap,
+    ) -> Result<Self, crate::ParamError> {
+        let params = crate::merge_params(&dag.params, &task.params, &run.conf)?;
+        Ok(RunContext {
+            dag_id: dag.dag_id.to_string(),
+            task_id: task.task_id.to_string(),
+            run_id: run.run_id,
+            map_index: run.map_index,
+            try_number: run.try_number,
+            max_tries: run.max_tries,
+            run_type: run.run_type,
+            logical_date: run.logical_date,
+            data_interval_start: run.data_interval_start,
+            data_interval_end: run.data_interval_end,
+            run_after: run.run_after,
+            dag_run_start_date: run.run_start_date,
+            conf: run.conf,
+            params,
+            owner: task.owner.clone(),
+            dags_folder: dags_folder.to_path_buf(),
+            timezone: dag.timetable.timezone,
+            render_template_as_native_obj: dag.render_template_as_native_obj,
+            template_searchpath: dag
+                .fileloc
+                .parent()
+                .map(|p| vec![p.to_path_buf()])
+                .unwrap_or_default(),
+            xcoms,
+            variables: HashMap::new(),
+        })
+    }
+}
+
 /// A task with every templated field rendered: what the runner executes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RenderedTask {

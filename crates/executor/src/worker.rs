@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::{LogLine, Outcome, RenderedTask, RunContext, RunSpec, XcomMap, merge_params};
+use crate::{LogLine, Outcome, RenderedTask, RunContext, RunSpec, TryOf, XcomMap};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -393,35 +393,20 @@ impl Job {
         {
             xcoms.insert(x.task_id, x.key, x.map_index, x.value);
         }
-        let params =
-            merge_params(&dag.params, &task.params, &run.conf).map_err(|e| e.to_string())?;
-        Ok(RunContext {
-            dag_id: ti.key.dag_id.clone(),
-            task_id: ti.key.task_id.clone(),
+        let run = TryOf {
             run_id: ti.key.run_id.clone(),
-            map_index: ti.key.map_index,
-            try_number: u32::try_from(ti.try_number).unwrap_or(1),
-            max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
             run_type: run.run_type.as_str().to_owned(),
             logical_date: run.logical_date,
             data_interval_start: run.data_interval_start,
             data_interval_end: run.data_interval_end,
             run_after: run.run_after,
-            dag_run_start_date: run.start_date,
+            run_start_date: run.start_date,
             conf: run.conf.clone(),
-            params,
-            owner: task.owner.clone(),
-            dags_folder: self.config.dags_folder.clone(),
-            timezone: dag.timetable.timezone,
-            render_template_as_native_obj: dag.render_template_as_native_obj,
-            template_searchpath: dag
-                .fileloc
-                .parent()
-                .map(|p| vec![p.to_path_buf()])
-                .unwrap_or_default(),
-            xcoms,
-            variables: HashMap::new(),
-        })
+            map_index: ti.key.map_index,
+            try_number: u32::try_from(ti.try_number).unwrap_or(1),
+            max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
+        };
+        RunContext::new(dag, task, run, &self.config.dags_folder, xcoms).map_err(|e| e.to_string())
     }
 
     /// Runs one claimed try to its end and reports the outcome. Returns the next try when the

@@ -209,14 +209,4 @@ impl Store {
         tx.commit().await?;
         Ok(n > 0)
     }
-
-    /// Counts of a DAG's runs by state (for max_active_runs).
-    pub async fn dag_run_count_active(&self, dag_id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM dag_run WHERE dag_id = $1 AND state = 'running'",
-        )
-        .bind(dag_id)
-        .fetch_one(self.read_pool())
-        .await?)
-    }
 }

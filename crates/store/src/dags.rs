@@ -329,16 +329,6 @@ impl Store {
         )
     }
 
-    /// `dag_id -> dag_hash` of every serialized DAG, to refresh caches cheaply.
-    pub async fn serialized_dag_hashes(&self) -> Result<HashMap<String, String>> {
-        let rows = sqlx::query("SELECT dag_id, dag_hash FROM serialized_dag")
-            .fetch_all(self.read_pool())
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("dag_id")?, r.try_get("dag_hash")?)))
-            .collect()
-    }
-
     pub async fn import_errors(&self) -> Result<Vec<ImportErrorRow>> {
         let rows = sqlx::query(
             "SELECT id, filename, stacktrace, timestamp FROM import_error ORDER BY filename",

@@ -350,19 +350,6 @@ impl Store {
         row.as_ref().map(ti_row).transpose()
     }
 
-    /// Task instances in a state (e.g. `scheduled` for queueing), highest priority first.
-    pub async fn ti_list_in_state(&self, state: S, limit: i64) -> Result<Vec<TiRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE state = $1 \
-             ORDER BY priority_weight DESC, scheduled_dttm, dag_id, run_id, task_id LIMIT $2"
-        ))
-        .bind(state.as_str())
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await?;
-        rows.iter().map(ti_row).collect()
-    }
-
     /// Applies guarded state changes in one transaction and records each applied one with
     /// `actor`. Returns, per change, whether it was applied (its current state was in `from`).
     pub async fn ti_set_states(
@@ -796,15 +783,7 @@ impl Store {
             .bind(state.as_str())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "DELETE FROM xcom WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4",
-            )
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(key.map_index)
-            .execute(&mut *tx)
-            .await?;
+            crate::xcom::delete_in(&mut tx, key).await?;
             if to == S::Restarting {
                 report.restarting += 1;
             } else {

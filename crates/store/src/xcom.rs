@@ -40,6 +40,20 @@ pub(crate) async fn upsert(
     Ok(())
 }
 
+/// Removes a task instance's XComs (when it is cleared to run again).
+pub(crate) async fn delete_in(tx: &mut Transaction<'static, Any>, ti: &TiKey) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM xcom WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4",
+    )
+    .bind(&ti.dag_id)
+    .bind(&ti.run_id)
+    .bind(&ti.task_id)
+    .bind(ti.map_index)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn xcom_push(
         &self,
@@ -77,21 +91,5 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// Removes a task instance's XComs (when it is cleared to run again).
-    pub async fn xcom_clear(&self, ti: &TiKey) -> Result<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "DELETE FROM xcom WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4",
-        )
-        .bind(&ti.dag_id)
-        .bind(&ti.run_id)
-        .bind(&ti.task_id)
-        .bind(ti.map_index)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }

@@ -161,8 +161,10 @@ mod tests {
     use super::*;
 
     fn dag(yaml: &str) -> Dag {
-        let dir =
-            std::env::temp_dir().join(format!("flow-decide-{}-{}", std::process::id(), yaml.len()));
+        // Tests run in parallel threads: each needs its own directory.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("flow-decide-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("d.yaml");
         std::fs::write(&path, yaml).unwrap();

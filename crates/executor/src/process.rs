@@ -280,13 +280,54 @@ async fn emit(bytes: &[u8], stream: Stream, logs: &LogSink, last: &Mutex<Option<
     logs.send(stream, &text).await;
 }
 
-/// Asks the kernel to SIGKILL the task's process if the worker dies (`kill -9`, OOM), so that a
-/// rescued try does not run beside an orphan of the lost one. `bash -c` with a single command
-/// execs it, so this covers the command itself; the children of a multi-command script are
-/// not covered (they are only killed with the group by a live worker).
+/// Where util-linux's `setpriv` is, if anywhere (it is part of every Debian and most Linux
+/// systems).
+#[cfg(target_os = "linux")]
+fn setpriv() -> Option<&'static std::path::Path> {
+    static SETPRIV: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            ["/usr/bin/setpriv", "/bin/setpriv"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .as_deref()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn setpriv() -> Option<&'static std::path::Path> {
+    None
+}
+
+/// A command for a task's process that dies with the worker.
+///
+/// The kernel SIGKILLs the task's process if the worker dies (`kill -9`, OOM), so that a
+/// rescued try does not run beside an orphan of the lost one. The parent-death signal is set
+/// by `setpriv --pdeathsig KILL`, which then execs the program: the worker itself spawns
+/// without a `pre_exec` hook, so the standard library can use `posix_spawn` (vfork) instead
+/// of `fork`. Forking a busy worker copied its page tables for every task and was most of the
+/// cost of a short task. Without `setpriv`, [`supervise`] sets the signal between fork and
+/// exec. `bash -c` with a single command execs it, so this covers the command itself; the
+/// children of a multi-command script are not covered (they are only killed with the group by
+/// a live worker).
+pub(crate) fn task_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match setpriv() {
+        Some(setpriv) => {
+            let mut cmd = Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // pre_exec is unsafe: the closure runs between fork and exec.
 fn die_with_parent(cmd: &mut Command) {
+    if setpriv().is_some() {
+        return; // set by the `setpriv` that `task_command` put in front
+    }
     // SAFETY: the closure only makes the prctl(2) system call, which is async-signal-safe,
     // allocates nothing and touches no lock, as required between fork and exec.
     unsafe {

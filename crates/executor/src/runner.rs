@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use flow_dag::{PythonCallable, Task};
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use crate::jinja::PyDateTime;
@@ -272,7 +271,7 @@ async fn run_bash(
             Err(e) => return Outcome::Failed { reason: e },
         },
     };
-    let mut cmd = Command::new("bash");
+    let mut cmd = crate::process::task_command("bash");
     cmd.arg("-c").arg(bash.command).current_dir(&dir);
     match (bash.env, bash.append_env) {
         (None, _) => {}
@@ -369,7 +368,7 @@ async fn run_python_in(
             reason: format!("cannot write {}: {e}", input_path.display()),
         };
     }
-    let mut cmd = Command::new(&spec.python);
+    let mut cmd = crate::process::task_command(&spec.python);
     cmd.arg("-c")
         .arg(PYTHON_BOOTSTRAP)
         .arg(&input_path)

@@ -144,10 +144,15 @@ impl Worker {
             tokio::select! {
                 () = self.wakeups.work.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((key, restart)) = done {
-                        running.remove(&key);
-                        if let Some(ti) = restart {
-                            self.spawn_job(ti, &mut tasks, &mut running);
+                    // Collect every job that has ended, so that the next claim asks for all
+                    // the free slots at once: one commit per batch, not per task.
+                    let mut done = Some(done);
+                    while let Some(result) = done.take().or_else(|| tasks.try_join_next()) {
+                        if let Ok((key, restart)) = result {
+                            running.remove(&key);
+                            if let Some(ti) = restart {
+                                self.spawn_job(ti, &mut tasks, &mut running);
+                            }
                         }
                     }
                 }

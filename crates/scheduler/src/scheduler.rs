@@ -240,11 +240,17 @@ impl Scheduler {
         let queue_from = changes.len();
         changes.extend(queue_changes);
         if !changes.is_empty() {
+            let write_started = std::time::Instant::now();
             let applied = self
                 .store
                 .ti_set_states(&changes, Actor::Scheduler, now)
                 .await?;
             outcome.queued = applied[queue_from..].iter().filter(|a| **a).count();
+            debug!(
+                changes = changes.len(),
+                elapsed_us = write_started.elapsed().as_micros() as u64,
+                "wrote task instance changes"
+            );
             if outcome.queued > 0 {
                 // Wake the workers now, not at the end of the pass.
                 self.wakeups.workers.notify_one();
@@ -480,7 +486,13 @@ impl Scheduler {
         if runs.is_empty() {
             return Ok(evaluation);
         }
+        let read_started = std::time::Instant::now();
         let mut all = self.store.ti_list_active_runs().await?;
+        debug!(
+            rows = all.len(),
+            elapsed_us = read_started.elapsed().as_micros() as u64,
+            "read task instances of active runs"
+        );
         // Group by run without copying rows: sort, then slice per run.
         all.sort_unstable_by(|a, b| {
             (&a.key.dag_id, &a.key.run_id).cmp(&(&b.key.dag_id, &b.key.run_id))

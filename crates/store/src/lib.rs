@@ -333,6 +333,19 @@ pub(crate) fn opt_from_micros(us: Option<i64>) -> Option<DateTime<Utc>> {
     us.map(from_micros)
 }
 
+/// How many rows of `cols` bound values one multi-row statement should carry on this
+/// connection. SQLite looks up every `$n` placeholder by a linear scan of the statement's
+/// parameter names (sqlx binds by name), so a statement's binding cost grows with the square of
+/// its parameter count: there, statements stay near 128 parameters. PostgreSQL has no such cost;
+/// 500 rows stay well under its 65,535-parameter limit.
+pub(crate) fn rows_per_statement(conn: &sqlx::AnyConnection, cols: usize) -> usize {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        (128 / cols.max(1)).max(1)
+    } else {
+        500
+    }
+}
+
 /// `$start, $start+1, ...` placeholders for an IN list of `n` values.
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)

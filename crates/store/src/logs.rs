@@ -31,8 +31,17 @@ pub(crate) async fn append_in(
     try_number: i64,
     lines: &[LogLine],
 ) -> Result<()> {
+    let rows: Vec<(&TiKey, i64, &LogLine)> = lines.iter().map(|l| (ti, try_number, l)).collect();
+    append_many_in(tx, &rows).await
+}
+
+/// Appends the lines of several tries in as few statements as the backend allows.
+pub(crate) async fn append_many_in(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(&TiKey, i64, &LogLine)],
+) -> Result<()> {
     const COLS: usize = 8;
-    for chunk in lines.chunks(500) {
+    for chunk in rows.chunks(crate::rows_per_statement(tx, COLS)) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
             .collect();
@@ -42,13 +51,13 @@ pub(crate) async fn append_in(
             values.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for l in chunk {
+        for (ti, try_number, l) in chunk {
             q = q
                 .bind(&ti.dag_id)
                 .bind(&ti.run_id)
                 .bind(&ti.task_id)
                 .bind(ti.map_index)
-                .bind(try_number)
+                .bind(*try_number)
                 .bind(to_micros(l.at))
                 .bind(&l.stream)
                 .bind(&l.line);

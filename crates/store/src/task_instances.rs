@@ -164,9 +164,6 @@ fn ti_row(r: &AnyRow) -> Result<TiRow> {
 /// (from, to, reason) of changes applied by one batched UPDATE.
 type ChangeGroup = (S, S, Option<String>);
 
-/// Rows per multi-row INSERT: well under both engines' bound-parameter limits.
-const INSERT_BATCH: usize = 500;
-
 pub(crate) async fn insert_task_instances(
     tx: &mut Transaction<'static, Any>,
     dag_id: &str,
@@ -175,7 +172,7 @@ pub(crate) async fn insert_task_instances(
     now_us: i64,
 ) -> Result<()> {
     const COLS: usize = 11;
-    for chunk in tis.chunks(INSERT_BATCH) {
+    for chunk in tis.chunks(crate::rows_per_statement(tx, COLS)) {
         // Every new task instance starts with no state ('none').
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({}, 'none')", placeholders(i * COLS + 1, COLS)))
@@ -212,7 +209,7 @@ async fn insert_transitions(
     now_us: i64,
 ) -> Result<()> {
     const COLS: usize = 10;
-    for chunk in rows.chunks(INSERT_BATCH) {
+    for chunk in rows.chunks(crate::rows_per_statement(tx, COLS)) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
             .collect();
@@ -241,6 +238,103 @@ async fn insert_transitions(
 }
 
 /// Copies a task instance's current try into the history table (one row per try).
+/// Moves finished tries out of `running`, many per statement, each only if it is still
+/// running that try. Returns the (key, try) pairs that were applied.
+async fn finish_updates<'a>(
+    tx: &mut Transaction<'static, Any>,
+    finishes: &'a [TiFinish],
+    now_us: i64,
+) -> Result<std::collections::HashSet<(&'a TiKey, i64)>> {
+    const COLS: usize = 8;
+    let mut done = std::collections::HashSet::new();
+    for chunk in finishes.chunks(crate::rows_per_statement(tx, COLS)) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(2 + i * COLS, COLS)))
+            .collect();
+        // VALUES columns are named column1.. on both PostgreSQL and SQLite; NULLs need a type.
+        let sql = format!(
+            "UPDATE task_instance SET state = v.column1, end_date = $1, updated_at = $1, \
+             duration = ($1 - start_date) / 1000000.0, \
+             next_retry_at = CAST(v.column2 AS BIGINT), \
+             rendered_fields = COALESCE(CAST(v.column3 AS TEXT), rendered_fields) \
+             FROM (VALUES {}) v \
+             WHERE task_instance.dag_id = v.column4 AND task_instance.run_id = v.column5 \
+             AND task_instance.task_id = v.column6 AND task_instance.map_index = v.column7 \
+             AND task_instance.try_number = v.column8 AND task_instance.state = 'running' \
+             RETURNING task_instance.dag_id, task_instance.run_id, task_instance.task_id, \
+             task_instance.map_index, task_instance.try_number",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now_us);
+        for f in chunk {
+            q = q
+                .bind(f.state.as_str())
+                .bind(f.next_retry_at.map(to_micros))
+                .bind(f.rendered_fields.as_deref())
+                .bind(&f.key.dag_id)
+                .bind(&f.key.run_id)
+                .bind(&f.key.task_id)
+                .bind(f.key.map_index)
+                .bind(f.try_number);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let dag_id: String = row.try_get(0)?;
+            let task_id: String = row.try_get(2)?;
+            let run_id: String = row.try_get(1)?;
+            let map_index: i64 = row.try_get(3)?;
+            let try_number: i64 = row.try_get(4)?;
+            if let Some(f) = chunk.iter().find(|f| {
+                f.key.task_id == task_id
+                    && f.key.run_id == run_id
+                    && f.key.dag_id == dag_id
+                    && f.key.map_index == map_index
+                    && f.try_number == try_number
+            }) {
+                done.insert((&f.key, f.try_number));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// [`record_history`] for many task instances, in as few statements as the backend allows.
+async fn record_history_many(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(&TiKey, Option<&str>)],
+) -> Result<()> {
+    const COLS: usize = 5;
+    for chunk in rows.chunks(crate::rows_per_statement(tx, COLS)) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
+            .collect();
+        // VALUES columns are named column1.. on both PostgreSQL and SQLite.
+        let sql = format!(
+            "INSERT INTO task_instance_history (dag_id, run_id, task_id, map_index, try_number, \
+             state, start_date, end_date, duration, hostname, operator, queue, pool, reason) \
+             SELECT ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number, ti.state, \
+             ti.start_date, ti.end_date, ti.duration, ti.hostname, ti.operator, ti.queue, \
+             ti.pool, v.column5 FROM task_instance ti JOIN (VALUES {}) v \
+             ON ti.dag_id = v.column1 AND ti.run_id = v.column2 AND ti.task_id = v.column3 \
+             AND ti.map_index = v.column4 WHERE ti.try_number > 0 \
+             ON CONFLICT (dag_id, run_id, task_id, map_index, try_number) DO UPDATE SET \
+             state = excluded.state, end_date = excluded.end_date, duration = excluded.duration, \
+             reason = excluded.reason",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (key, reason) in chunk {
+            q = q
+                .bind(&key.dag_id)
+                .bind(&key.run_id)
+                .bind(&key.task_id)
+                .bind(key.map_index)
+                .bind(*reason);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 async fn record_history(
     tx: &mut Transaction<'static, Any>,
     key: &TiKey,
@@ -387,7 +481,7 @@ impl Store {
             }
         }
         for ((from, to, reason), members) in &groups {
-            for chunk in members.chunks(INSERT_BATCH) {
+            for chunk in members.chunks(crate::rows_per_statement(&tx, 4)) {
                 let values: Vec<String> = (0..chunk.len())
                     .map(|j| format!("({})", placeholders(3 + j * 4, 4)))
                     .collect();
@@ -614,32 +708,21 @@ impl Store {
         let mut tx = self.begin().await?;
         let mut applied = Vec::with_capacity(finishes.len());
         let mut transitions = Vec::new();
+        let mut histories: Vec<(&TiKey, Option<&str>)> = Vec::new();
+        // Log lines are kept even when the outcome is not applied (a rescued try's output).
+        let lines: Vec<(&TiKey, i64, &crate::LogLine)> = finishes
+            .iter()
+            .flat_map(|f| f.logs.iter().map(move |l| (&f.key, f.try_number, l)))
+            .collect();
+        crate::logs::append_many_in(&mut tx, &lines).await?;
+        let done = finish_updates(&mut tx, finishes, now_us).await?;
         for f in finishes {
-            crate::logs::append_in(&mut tx, &f.key, f.try_number, &f.logs).await?;
-            let n = sqlx::query(&format!(
-                "UPDATE task_instance SET state = $1, end_date = $2, updated_at = $2, \
-                 duration = ($2 - start_date) / 1000000.0, next_retry_at = $3, \
-                 rendered_fields = COALESCE($4, rendered_fields) \
-                 WHERE {} AND try_number = $9 AND state = 'running'",
-                key_where(5)
-            ))
-            .bind(f.state.as_str())
-            .bind(now_us)
-            .bind(f.next_retry_at.map(to_micros))
-            .bind(f.rendered_fields.clone())
-            .bind(&f.key.dag_id)
-            .bind(&f.key.run_id)
-            .bind(&f.key.task_id)
-            .bind(f.key.map_index)
-            .bind(f.try_number)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
+            let key = (&f.key, f.try_number);
+            if !done.contains(&key) {
                 applied.push(false);
                 continue;
             }
-            record_history(&mut tx, &f.key, f.reason.as_deref()).await?;
+            histories.push((&f.key, f.reason.as_deref()));
             transitions.push((
                 f.key.clone(),
                 f.try_number,
@@ -652,6 +735,7 @@ impl Store {
             }
             applied.push(true);
         }
+        record_history_many(&mut tx, &histories).await?;
         insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
         if !transitions.is_empty() {
             crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;

@@ -151,6 +151,15 @@ pub async fn serve(
         dags_folder.display()
     );
     let shutdown = shutdown_signal();
+    if std::env::var_os("FLOW_DEBUG_HEAP").is_some() {
+        crate::ALLOC.start_counting();
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                eprintln!("HEAP live bytes {}", crate::ALLOC.live_bytes());
+            }
+        });
+    }
     let wakeups = Wakeups::default();
     store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
     let scheduler = Scheduler::new(

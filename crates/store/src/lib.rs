@@ -117,25 +117,29 @@ impl Store {
                 }
             }
             Backend::Sqlite => {
-                let pool = |n: u32| {
+                // WAL lets readers run beside the writer; FULL makes every commit durable;
+                // busy_timeout makes other processes wait. Each connection keeps its own page
+                // cache: the readers' stay small (the kernel caches the file anyway), so that
+                // an idle daemon stays small.
+                let pool = |n: u32, cache_kib: u32| {
+                    let pragmas = format!(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                         PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON; \
+                         PRAGMA cache_size=-{cache_kib};"
+                    );
                     AnyPoolOptions::new()
                         .max_connections(n)
                         .acquire_timeout(Duration::from_secs(60))
-                        .after_connect(|conn, _meta| {
+                        .after_connect(move |conn, _meta| {
+                            let pragmas = pragmas.clone();
                             Box::pin(async move {
-                                // WAL lets readers run beside the writer; FULL makes every
-                                // commit durable; busy_timeout makes other processes wait.
-                                conn.execute(
-                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                                     PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;",
-                                )
-                                .await?;
+                                conn.execute(pragmas.as_str()).await?;
                                 Ok(())
                             })
                         })
                 };
-                let write = pool(1).connect_with(opts.clone()).await?;
-                let read = pool(4).connect_with(opts).await?;
+                let write = pool(1, 2048).connect_with(opts.clone()).await?;
+                let read = pool(4, 256).connect_with(opts).await?;
                 Store {
                     backend,
                     read,

@@ -151,12 +151,14 @@ pub async fn serve(
         dags_folder.display()
     );
     let shutdown = shutdown_signal();
+    // FLOW_DEBUG_HEAP=1 logs the live heap every 10 s: what the daemon really holds, which
+    // its resident size cannot tell apart from allocator slack.
     if std::env::var_os("FLOW_DEBUG_HEAP").is_some() {
         crate::ALLOC.start_counting();
         tokio::spawn(async {
             loop {
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                eprintln!("HEAP live bytes {}", crate::ALLOC.live_bytes());
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                tracing::info!(live_bytes = crate::ALLOC.live_bytes(), "heap");
             }
         });
     }

@@ -217,10 +217,16 @@ impl Worker {
         if running.is_empty() {
             return;
         }
+        // A job that already handed over its outcome has dropped its cancel receiver; its
+        // task instance may be finished in the store by now, which is not a loss.
         let keys: Vec<(TiKey, i64)> = running
             .values()
+            .filter(|r| !r.cancel.is_closed())
             .map(|r| (r.key.clone(), r.try_number))
             .collect();
+        if keys.is_empty() {
+            return;
+        }
         match self
             .store
             .ti_heartbeat(&self.config.worker_id, &keys, Utc::now())

@@ -8,6 +8,7 @@
 //! scheduler carries on from the database.
 
 pub mod decide;
+mod dir_watch;
 pub mod processor;
 mod scheduler;
 

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::SchedulerError;
 use crate::decide::decide_run;
+use crate::dir_watch::{self, DirWatch};
 use crate::processor::DagProcessor;
 
 #[derive(Debug, Clone)]
@@ -34,7 +35,8 @@ pub struct SchedulerConfig {
     pub dags_folder: PathBuf,
     /// Task instances queued or running at once, across everything (Airflow's `parallelism`).
     pub parallelism: i64,
-    /// How often the dags folder is checked for changes.
+    /// How often the dags folder is scanned for changes where it cannot be watched, and how
+    /// often DAG rows are checked for changes made by other processes.
     pub dag_dir_check_interval: StdDuration,
     /// A running task instance whose heartbeat is older than this is a zombie.
     pub zombie_threshold: StdDuration,
@@ -84,8 +86,13 @@ pub struct Scheduler {
     /// dag_id -> (dag hash, when its next scheduled run is due). Saves re-reading the latest
     /// run of every DAG on every pass; dropped when a run is created or the DAG changes.
     next_due: HashMap<String, (String, DateTime<Utc>)>,
+    /// Changes in the dags folder, where the platform can report them.
+    watch: Option<DirWatch>,
+    last_dir_scan: Option<DateTime<Utc>>,
     last_dir_check: Option<DateTime<Utc>>,
     last_dag_refresh: Option<DateTime<Utc>>,
+    /// [`Store::dag_version`] at the last refresh.
+    dag_version: Option<i64>,
     last_zombie_check: Option<DateTime<Utc>>,
 }
 
@@ -111,6 +118,11 @@ impl Scheduler {
             config.dags_folder.clone(),
             config.dags_are_paused_at_creation,
         );
+        let watch = if config.process_dags {
+            dir_watch::start(&config.dags_folder, wakeups.scheduler.clone())
+        } else {
+            None
+        };
         Scheduler {
             store,
             config,
@@ -120,8 +132,11 @@ impl Scheduler {
             dag_rows: HashMap::new(),
             pools: HashMap::new(),
             next_due: HashMap::new(),
+            watch,
+            last_dir_scan: None,
             last_dir_check: None,
             last_dag_refresh: None,
+            dag_version: None,
             last_zombie_check: None,
         }
     }
@@ -182,33 +197,34 @@ impl Scheduler {
 
     async fn pass_inner(&mut self, now: DateTime<Utc>) -> Result<PassOutcome, SchedulerError> {
         let mut outcome = PassOutcome::default();
-        let dir_due = self.last_dir_check.is_none_or(|t| {
-            now - t >= Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
-        });
-        if dir_due {
-            let mut changed = false;
-            if self.config.process_dags {
-                let report = self.processor.run_once(now).await?;
-                if report.files_written > 0 || report.dags_deactivated > 0 {
-                    debug!(?report, "dags folder synced");
-                    changed = true;
-                }
-            }
-            // Re-read DAG rows when this process changed them, and every few seconds for
-            // changes made elsewhere (pauses from the CLI, another scheduler's parse): an idle
-            // scheduler with a thousand DAGs should cost next to nothing.
+        let changed = self.scan_dags_folder(now).await?;
+        // Re-read DAG rows when they changed (this process's parse, a pause from the CLI,
+        // another scheduler's parse), told by one tiny query: an idle scheduler with a
+        // thousand DAGs should cost next to nothing. A full re-read every minute anyway.
+        let check_interval =
+            Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default();
+        let check_due = self
+            .last_dir_check
+            .is_none_or(|t| now - t >= check_interval);
+        if changed || check_due {
+            let version = self.store.dag_version().await?;
             let refresh_due = self
                 .last_dag_refresh
-                .is_none_or(|t| now - t >= Duration::seconds(5));
-            if changed || refresh_due {
+                .is_none_or(|t| now - t >= Duration::seconds(60));
+            if changed || refresh_due || self.dag_version != Some(version) {
                 self.refresh_dags().await?;
                 self.last_dag_refresh = Some(now);
+                self.dag_version = Some(version);
             }
             self.last_dir_check = Some(now);
         }
-        let next_dir_check = self.last_dir_check.map(|t| {
-            t + Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
-        });
+        let next_dir_check = [
+            self.last_dir_check.map(|t| t + check_interval),
+            self.last_dir_scan.map(|t| t + self.scan_interval()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         outcome.next_deadline = earliest(outcome.next_deadline, next_dir_check);
 
         let runs = self
@@ -280,6 +296,37 @@ impl Scheduler {
             self.last_zombie_check = Some(now);
         }
         Ok(outcome)
+    }
+
+    /// How often the dags folder is scanned: rarely while a watch reports its changes (a
+    /// safety net for events a filesystem does not deliver), else every check interval.
+    fn scan_interval(&self) -> Duration {
+        if self.watch.as_ref().is_some_and(DirWatch::is_live) {
+            return Duration::seconds(30);
+        }
+        Duration::from_std(self.config.dag_dir_check_interval).unwrap_or_default()
+    }
+
+    /// Syncs the dags folder into the store when the watch saw a change or a scan is due.
+    /// Returns whether DAG rows changed.
+    async fn scan_dags_folder(&mut self, now: DateTime<Utc>) -> Result<bool, SchedulerError> {
+        if !self.config.process_dags {
+            return Ok(false);
+        }
+        let dirty = self.watch.as_ref().is_some_and(DirWatch::take_dirty);
+        let due = self
+            .last_dir_scan
+            .is_none_or(|t| now - t >= self.scan_interval());
+        if !dirty && !due {
+            return Ok(false);
+        }
+        let report = self.processor.run_once(now).await?;
+        self.last_dir_scan = Some(now);
+        if report.files_written > 0 || report.dags_deactivated > 0 {
+            debug!(?report, "dags folder synced");
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Reloads DAG rows and re-reads serialized DAGs whose hash changed.

@@ -207,6 +207,7 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
         }
+        bump_dag_version(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -238,6 +239,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        bump_dag_version(&mut tx).await?;
         tx.commit().await?;
         Ok(deactivated)
     }
@@ -288,6 +290,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        bump_dag_version(&mut tx).await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -345,5 +348,26 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// Marks DAG rows or pools as changed (see [`Store::dag_version`]).
+pub(crate) async fn bump_dag_version(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    sqlx::query("UPDATE dag_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A number that changes whenever DAG rows or pools change (parse, pause, pool edit): a
+    /// scheduler re-reads them only when it moved.
+    pub async fn dag_version(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM dag_version WHERE id = 1")
+                .fetch_optional(self.read_pool())
+                .await?
+                .unwrap_or(0),
+        )
     }
 }

@@ -215,6 +215,7 @@ impl Store {
             "dag",
             "slot_pool",
             "job",
+            "dag_version",
             "_sqlx_migrations",
         ];
         for t in tables {

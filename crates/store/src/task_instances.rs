@@ -973,6 +973,7 @@ impl Store {
         .bind(description)
         .execute(&mut *tx)
         .await?;
+        crate::dags::bump_dag_version(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }

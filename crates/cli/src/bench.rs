@@ -38,6 +38,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         latency_runs: usize,
     },
+    /// `flow standalone` (a child process, SQLite) idle with generated DAGs: resident memory,
+    /// CPU, and how soon an edited DAG file is live.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        dags: usize,
+        #[arg(long, default_value_t = 10)]
+        tasks: usize,
+        /// Seconds of idle CPU measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> Result<ExitCode> {
@@ -48,6 +59,11 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             fanout,
             latency_runs,
         } => crate::bench_engine::engine(database_url, chain, fanout, latency_runs).await,
+        BenchCommand::Idle {
+            dags,
+            tasks,
+            seconds,
+        } => idle(dags, tasks, seconds).await,
         BenchCommand::Parse {
             files,
             tasks,
@@ -181,5 +197,142 @@ fn parse_in(
         after as f64 / 1_048_576.0
     );
     drop(bag);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// CPU time (user + system, in clock ticks) and resident bytes of a process, from /proc.
+fn proc_usage(pid: u32) -> Result<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu = ticks(11) + ticks(12);
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((cpu, pages * 4096))
+}
+
+async fn idle(dags: usize, tasks: usize, seconds: u64) -> Result<ExitCode> {
+    let dir = scratch_dir();
+    let folder = dir.join("dags");
+    fs::create_dir_all(&folder)?;
+    for i in 0..dags {
+        fs::write(folder.join(format!("dag_{i:05}.yaml")), dag_file(i, tasks))?;
+    }
+    let home = dir.join("home");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("standalone")
+        .env("FLOW_HOME", &home)
+        .env("FLOW__CORE__DAGS_FOLDER", &folder)
+        .env_remove("FLOW__DATABASE__URL")
+        .env("FLOW__LOGGING__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = idle_measure(&child, &home, &folder, dags, seconds).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+async fn idle_measure(
+    child: &std::process::Child,
+    home: &Path,
+    folder: &Path,
+    dags: usize,
+    seconds: u64,
+) -> Result<ExitCode> {
+    let pid = child.id();
+    let started = Instant::now();
+    let db = home.join("flow.db");
+    while !db.exists() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("flow standalone did not create {}", db.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = flow_store::Store::connect(&db.display().to_string()).await?;
+    loop {
+        if store.dag_list().await.map_or(0, |l| l.len()) >= dags {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("flow standalone did not load {dags} DAGs in 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let loaded = started.elapsed();
+    // Let start-up work (first parse, page cache, allocator) settle before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let (cpu0, _) = proc_usage(pid)?;
+    let t0 = Instant::now();
+    let mut rss_max = 0;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(proc_usage(pid)?.1);
+    }
+    let (cpu1, rss) = proc_usage(pid)?;
+    let cpu_pct = (cpu1 - cpu0) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "idle flow standalone with {dags} DAGs (loaded in {:.1} s): RSS {:.1} MiB (max {:.1} MiB over {seconds} s), CPU {cpu_pct:.2} %",
+        loaded.as_secs_f64(),
+        rss as f64 / 1_048_576.0,
+        rss_max as f64 / 1_048_576.0
+    );
+    // Edit one DAG's description and wait for the new text in the database.
+    let mut edits = Vec::new();
+    for n in 0..5 {
+        let path = folder.join("dag_00007.yaml");
+        let text = fs::read_to_string(&path)?;
+        let marker = format!("edited {n}");
+        let edited = text
+            .replacen(
+                "description: Generated DAG 7",
+                &format!("description: {marker}"),
+                1,
+            )
+            .replacen(
+                "description: edited ",
+                &format!("description: {marker} was "),
+                1,
+            );
+        let t = Instant::now();
+        fs::write(&path, edited)?;
+        loop {
+            let row = store.dag_get("bench_dag_00007").await?;
+            if row
+                .and_then(|r| r.description)
+                .is_some_and(|d| d.starts_with(&marker))
+            {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("edit {n} was not live after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        edits.push(ms(t.elapsed()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    edits.sort_by(f64::total_cmp);
+    println!(
+        "edited DAG file live after: median {:.1} ms, max {:.1} ms over {} edits",
+        edits[edits.len() / 2],
+        edits[edits.len() - 1],
+        edits.len()
+    );
+    store.close().await;
     Ok(ExitCode::SUCCESS)
 }

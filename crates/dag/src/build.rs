@@ -1524,7 +1524,10 @@ fn read_task(
                 .clone()
                 .unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
             owner: common.owner.clone().unwrap_or_else(|| "airflow".to_owned()),
-            depends_on_past: common.depends_on_past.unwrap_or(false),
+            // As in Airflow, waiting for the previous run's downstream implies depending on
+            // the previous run.
+            depends_on_past: common.depends_on_past.unwrap_or(false)
+                || common.wait_for_downstream.unwrap_or(false),
             ignore_first_depends_on_past: common.ignore_first_depends_on_past.unwrap_or(false),
             wait_for_downstream: common.wait_for_downstream.unwrap_or(false),
             do_xcom_push: common.do_xcom_push.unwrap_or(true),

@@ -21,7 +21,14 @@ pub struct RunDecision {
     pub reason: Option<String>,
     /// The earliest retry time among task instances waiting for one.
     pub next_wakeup: Option<DateTime<Utc>>,
+    /// Tasks of the DAG that have no task instance in this run (added to the DAG after the
+    /// run was created): the scheduler creates them, as Airflow's `verify_integrity` does.
+    pub missing_tasks: Vec<String>,
 }
+
+/// What `decide_run` needs to know about the run before this one, for `depends_on_past` and
+/// `wait_for_downstream`: task id -> state there. Empty when there is no previous run.
+pub type PreviousRun = HashMap<String, S>;
 
 fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
     StateChange {
@@ -35,13 +42,9 @@ fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
 
 /// Evaluates one run. `previous` gives, for `depends_on_past` tasks, the state of the same
 /// task in the previous run (None when there is no previous run).
-pub fn decide_run(
-    dag: &Dag,
-    tis: &[TiRow],
-    previous: &HashMap<String, S>,
-    now: DateTime<Utc>,
-) -> RunDecision {
+pub fn decide_run(dag: &Dag, tis: &[TiRow], previous: &PreviousRun, now: DateTime<Utc>) -> RunDecision {
     let mut decision = RunDecision::default();
+    let reconciled = reconcile_with_dag(dag, tis, &mut decision);
     // States after the decisions taken so far in this pass, so that a skip propagates down a
     // chain in one evaluation (as Airflow's mini-scheduler does).
     let mut state: HashMap<&str, S> = tis
@@ -49,6 +52,9 @@ pub fn decide_run(
         .filter(|t| t.key.map_index == -1)
         .map(|t| (t.key.task_id.as_str(), t.state))
         .collect();
+    for (task_id, to) in reconciled {
+        state.insert(task_id, to);
+    }
     let by_id: HashMap<&str, &TiRow> = tis.iter().map(|t| (t.key.task_id.as_str(), t)).collect();
 
     // Tasks are in topological order, so upstream decisions are known before downstream ones.
@@ -94,6 +100,18 @@ pub fn decide_run(
                 {
                     continue;
                 }
+                // wait_for_downstream: the previous run's instances of this task's direct
+                // downstream tasks must have finished well too (Airflow's prev_dagrun_dep).
+                if task.wait_for_downstream
+                    && !previous.is_empty()
+                    && task.downstream.iter().any(|d| {
+                        previous
+                            .get(d.as_str())
+                            .is_some_and(|s| !matches!(s, S::Success | S::Skipped))
+                    })
+                {
+                    continue;
+                }
                 S::Scheduled
             }
         };
@@ -121,12 +139,64 @@ pub fn decide_run(
             (s, leaves.contains(t.key.task_id.as_str()))
         })
         .collect();
+    if !decision.missing_tasks.is_empty() {
+        return decision; // decided once the new task instances exist
+    }
     decision.run_state = decide_dag_run_state(&after);
-    if decision.run_state.is_none() && is_deadlocked(&after, &decision) {
+    // As in Airflow, a run blocked by depends_on_past waits (for the previous run to be
+    // cleared or marked) rather than fail as deadlocked.
+    let waits_on_past = dag.tasks.iter().any(|t| {
+        t.depends_on_past && state.get(t.task_id.as_str()) == Some(&S::NoStatus)
+    });
+    if decision.run_state.is_none() && !waits_on_past && is_deadlocked(&after, &decision) {
         decision.run_state = Some(DagRunState::Failed);
         decision.reason = Some("deadlock: no task instance can make progress".into());
     }
     decision
+}
+
+/// Task instances whose task left the DAG become `removed` (unless running: a running try
+/// ends on its own); `removed` ones whose task came back start over from no state; tasks
+/// without a task instance are reported as missing.
+fn reconcile_with_dag<'a>(
+    dag: &Dag,
+    tis: &'a [TiRow],
+    decision: &mut RunDecision,
+) -> Vec<(&'a str, S)> {
+    let mut reconciled = Vec::new();
+    let in_dag: std::collections::HashSet<&str> =
+        dag.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    for ti in tis {
+        let present = in_dag.contains(ti.key.task_id.as_str());
+        let removable = matches!(
+            ti.state,
+            S::NoStatus | S::Scheduled | S::Queued | S::UpForRetry | S::UpForReschedule
+        );
+        if !present && removable {
+            reconciled.push((ti.key.task_id.as_str(), S::Removed));
+            decision.changes.push(change(
+                ti,
+                S::Removed,
+                Some("task is no longer in the DAG".into()),
+            ));
+        } else if present && ti.state == S::Removed {
+            reconciled.push((ti.key.task_id.as_str(), S::NoStatus));
+            decision.changes.push(change(
+                ti,
+                S::NoStatus,
+                Some("task is back in the DAG".into()),
+            ));
+        }
+    }
+    let have: std::collections::HashSet<&str> =
+        tis.iter().map(|t| t.key.task_id.as_str()).collect();
+    decision.missing_tasks = dag
+        .tasks
+        .iter()
+        .filter(|t| !have.contains(t.task_id.as_str()))
+        .map(|t| t.task_id.to_string())
+        .collect();
+    reconciled
 }
 
 /// A run is stuck when nothing is running or waiting to run and no decision was taken, yet
@@ -317,14 +387,68 @@ mod tests {
         let decision = decide_run(&d, &tis, &previous, now());
         assert!(decision.changes.is_empty());
         assert_eq!(
-            decision.run_state,
-            Some(DagRunState::Failed),
-            "a run that can never progress is a deadlock"
+            decision.run_state, None,
+            "the run waits for the previous one to be fixed, as in Airflow"
         );
         let previous = HashMap::from([("a".to_owned(), S::Success)]);
         assert_eq!(
             changes(&decide_run(&d, &tis, &previous, now())),
             vec![("a".into(), S::Scheduled)]
+        );
+    }
+
+    #[test]
+    fn wait_for_downstream_waits_for_the_previous_runs_downstream() {
+        let d = dag(
+            "d:
+  tasks:
+    a: {operator: empty, wait_for_downstream: true}
+    \
+             b: {operator: empty, dependencies: [a]}
+",
+        );
+        assert!(d.task("a").unwrap().depends_on_past, "implied, as in Airflow");
+        let tis = [ti("a", S::NoStatus), ti("b", S::NoStatus)];
+        let previous = HashMap::from([("a".to_owned(), S::Success), ("b".to_owned(), S::Running)]);
+        assert!(decide_run(&d, &tis, &previous, now()).changes.is_empty());
+        let previous = HashMap::from([("a".to_owned(), S::Success), ("b".to_owned(), S::Skipped)]);
+        assert_eq!(
+            changes(&decide_run(&d, &tis, &previous, now())),
+            vec![("a".into(), S::Scheduled)]
+        );
+        // The first run has no previous run and does not wait.
+        assert_eq!(
+            changes(&decide_run(&d, &tis, &HashMap::new(), now())),
+            vec![("a".into(), S::Scheduled)]
+        );
+    }
+
+    #[test]
+    fn removed_restored_and_added_tasks() {
+        let d = dag("d:\n  tasks:\n    a: {operator: empty}\n    new: {operator: empty}\n");
+        let tis = [
+            ti("a", S::Success),
+            ti("gone", S::NoStatus),
+            ti("gone_running", S::Running),
+        ];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert_eq!(changes(&decision), vec![("gone".into(), S::Removed)]);
+        assert_eq!(decision.missing_tasks, vec!["new".to_owned()]);
+        assert_eq!(decision.run_state, None, "not before `new` has run");
+
+        let tis = [ti("a", S::Success), ti("new", S::Removed)];
+        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        assert_eq!(changes(&decision), vec![("new".into(), S::NoStatus)]);
+        assert_eq!(decision.run_state, None);
+
+        let tis = [
+            ti("a", S::Success),
+            ti("new", S::Success),
+            ti("gone", S::Removed),
+        ];
+        assert_eq!(
+            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            Some(DagRunState::Success)
         );
     }
 }

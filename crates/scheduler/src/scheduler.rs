@@ -586,12 +586,27 @@ impl Scheduler {
                 ));
                 continue;
             }
-            let previous = if dag.tasks.iter().any(|t| t.depends_on_past) {
+            let previous = if dag
+                .tasks
+                .iter()
+                .any(|t| t.depends_on_past || t.wait_for_downstream)
+            {
                 self.previous_states(run).await?
             } else {
                 HashMap::new()
             };
             let decision = decide_run(&dag, tis, &previous, now);
+            if !decision.missing_tasks.is_empty() {
+                let missing: Vec<_> = flow_store::new_task_instances(&dag)
+                    .into_iter()
+                    .filter(|t| decision.missing_tasks.contains(&t.task_id))
+                    .collect();
+                info!(dag_id = %run.dag_id, run_id = %run.run_id, tasks = ?decision.missing_tasks, "tasks added to the DAG join the running run");
+                self.store
+                    .ti_create_missing(&run.dag_id, &run.run_id, &missing, now)
+                    .await?;
+                evaluation.deadline = Some(now);
+            }
             evaluation.deadline = earliest(evaluation.deadline, decision.next_wakeup);
             let index: HashMap<&TiKey, &TiRow> = tis.iter().map(|t| (&t.key, t)).collect();
             for change in &decision.changes {

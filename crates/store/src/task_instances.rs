@@ -179,7 +179,8 @@ pub(crate) async fn insert_task_instances(
             .collect();
         let sql = format!(
             "INSERT INTO task_instance (dag_id, run_id, task_id, map_index, max_tries, operator, \
-             queue, pool, pool_slots, priority_weight, updated_at, state) VALUES {}",
+             queue, pool, pool_slots, priority_weight, updated_at, state) VALUES {} \
+             ON CONFLICT (dag_id, run_id, task_id, map_index) DO NOTHING",
             values.join(", ")
         );
         let mut q = sqlx::query(&sql);
@@ -647,6 +648,24 @@ impl Store {
         insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Creates task instances (no state) for tasks added to the DAG after the run was
+    /// created; existing ones are left alone.
+    pub async fn ti_create_missing(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        tis: &[NewTaskInstance],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if tis.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        insert_task_instances(&mut tx, dag_id, run_id, tis, to_micros(now)).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records that a worker is still running these tries. Returns the keys it no longer owns

@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Pools: named slot limits shared by tasks (`pool:` and `pool_slots:` in a task).
+    Pools {
+        #[command(subcommand)]
+        command: PoolsCommand,
+    },
     /// Task instances.
     Tasks {
         #[command(subcommand)]
@@ -88,12 +93,34 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum PoolsCommand {
+    /// Every pool with its slots.
+    List,
+    /// Create a pool or change its slots.
+    Set {
+        pool: String,
+        slots: i64,
+        #[arg(default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum RunsCommand {
     /// A DAG's most recent runs.
     List {
         dag_id: String,
         #[arg(short, long, default_value_t = 25)]
         limit: i64,
+    },
+    /// Mark a run success (its unfinished tasks succeed) or failed (running tasks fail and
+    /// are stopped, the other unfinished ones are skipped).
+    Mark {
+        dag_id: String,
+        run_id: String,
+        /// success or failed.
+        #[arg(long)]
+        state: String,
     },
 }
 
@@ -133,6 +160,24 @@ enum TasksCommand {
         /// Do it (without this, only list what would be cleared).
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+    /// Mark task instances of a run success, failed or skipped by hand (a running one is
+    /// stopped by its worker).
+    Mark {
+        dag_id: String,
+        run_id: String,
+        /// Tasks whose id matches this regular expression.
+        #[arg(short = 't', long = "task-regex")]
+        task_regex: String,
+        /// success, failed or skipped.
+        #[arg(long)]
+        state: String,
+        /// Also mark everything downstream of the matched tasks.
+        #[arg(short = 'd', long)]
+        downstream: bool,
+        /// Also mark everything upstream of the matched tasks.
+        #[arg(short = 'u', long)]
+        upstream: bool,
     },
     /// The task instances of a run and their states.
     States { dag_id: String, run_id: String },
@@ -231,9 +276,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = ops::worker_config(&dags_folder, queues, concurrency)?;
             ops::worker(config).await
         }
+        Command::Pools { command } => match command {
+            PoolsCommand::List => ops::pools_list().await,
+            PoolsCommand::Set {
+                pool,
+                slots,
+                description,
+            } => ops::pools_set(&pool, slots, &description).await,
+        },
         Command::Runs {
             command: RunsCommand::List { dag_id, limit },
         } => ops::runs_list(&dag_id, limit).await,
+        Command::Runs {
+            command:
+                RunsCommand::Mark {
+                    dag_id,
+                    run_id,
+                    state,
+                },
+        } => tasks::mark_run(&dag_id, &run_id, &state).await,
         Command::Tasks { command } => match command {
             TasksCommand::Test {
                 dag_id,
@@ -271,6 +332,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         end_date: end_date.as_deref(),
                         only_failed,
                         yes,
+                    },
+                )
+                .await
+            }
+            TasksCommand::Mark {
+                dag_id,
+                run_id,
+                task_regex,
+                state,
+                downstream,
+                upstream,
+            } => {
+                tasks::mark(
+                    &dags_folder,
+                    tasks::MarkArgs {
+                        dag_id: &dag_id,
+                        run_id: &run_id,
+                        task_regex: &task_regex,
+                        state: &state,
+                        downstream,
+                        upstream,
                     },
                 )
                 .await

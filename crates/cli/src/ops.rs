@@ -451,3 +451,27 @@ pub async fn task_logs(
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
+
+/// `flow pools list`.
+pub async fn pools_list() -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    let mut pools: Vec<(String, i64)> = store.pool_list().await?.into_iter().collect();
+    pools.sort();
+    println!("{:<32} {:>8}", "pool", "slots");
+    for (pool, slots) in pools {
+        println!("{pool:<32} {slots:>8}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flow pools set POOL SLOTS [DESCRIPTION]`.
+pub async fn pools_set(pool: &str, slots: i64, description: &str) -> Result<ExitCode> {
+    flow_model::PoolId::parse(pool).map_err(|e| anyhow!("pool name `{pool}`: {e}"))?;
+    if slots < 0 {
+        bail!("slots must be 0 or more, got {slots}");
+    }
+    let store = connect_migrated().await?;
+    store.pool_set(pool, slots, description).await?;
+    println!("pool {pool} has {slots} slot(s)");
+    Ok(ExitCode::SUCCESS)
+}

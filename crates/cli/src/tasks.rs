@@ -224,6 +224,78 @@ pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+pub struct MarkArgs<'a> {
+    pub dag_id: &'a str,
+    pub run_id: &'a str,
+    pub task_regex: &'a str,
+    pub state: &'a str,
+    pub downstream: bool,
+    pub upstream: bool,
+}
+
+/// Marks task instances of one run by hand.
+pub async fn mark(dags_folder: &Path, args: MarkArgs<'_>) -> Result<ExitCode> {
+    use flow_model::TaskInstanceState as S;
+    let to: S = args
+        .state
+        .parse()
+        .ok()
+        .filter(|s| matches!(s, S::Success | S::Failed | S::Skipped))
+        .with_context(|| {
+            format!(
+                "--state `{}`: a task instance can be marked success, failed or skipped",
+                args.state
+            )
+        })?;
+    let store = ops::connect_migrated().await?;
+    let (dag, _) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
+    if store.dag_run_get(args.dag_id, args.run_id).await?.is_none() {
+        bail!("dag `{}` has no run `{}`", args.dag_id, args.run_id);
+    }
+    let tasks = select_tasks(&dag, Some(args.task_regex), args.downstream, args.upstream)?;
+    let keys: Vec<TiKey> = store
+        .ti_list_for_run(args.dag_id, args.run_id)
+        .await?
+        .into_iter()
+        .filter(|t| tasks.contains(&t.key.task_id))
+        .map(|t| t.key)
+        .collect();
+    if keys.is_empty() {
+        bail!(
+            "no task of run `{}` matches `{}`",
+            args.run_id,
+            args.task_regex
+        );
+    }
+    let marked = store.ti_mark(&keys, to, Utc::now()).await?;
+    for key in &keys {
+        let done = if marked.contains(key) {
+            format!("marked {to}")
+        } else {
+            format!("left alone (already {to}, or not markable from its state)")
+        };
+        println!("{} {done}", key.task_id);
+    }
+    println!("marked {} task instance(s) {to}", marked.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Marks a whole run success or failed by hand.
+pub async fn mark_run(dag_id: &str, run_id: &str, state: &str) -> Result<ExitCode> {
+    use flow_model::DagRunState;
+    let to: DagRunState = state
+        .parse()
+        .ok()
+        .filter(|s| matches!(s, DagRunState::Success | DagRunState::Failed))
+        .with_context(|| format!("--state `{state}`: a run can be marked success or failed"))?;
+    let store = ops::connect_migrated().await?;
+    if !store.dag_run_mark(dag_id, run_id, to, Utc::now()).await? {
+        bail!("dag `{dag_id}` has no run `{run_id}`");
+    }
+    println!("run {run_id} of {dag_id} marked {to}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub struct BackfillArgs<'a> {
     pub dag_id: &'a str,
     pub start_date: &'a str,

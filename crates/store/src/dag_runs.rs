@@ -209,4 +209,49 @@ impl Store {
         tx.commit().await?;
         Ok(n > 0)
     }
+
+    /// Marks a run by hand, as Airflow's "mark success / mark failed" do: to success, every
+    /// unfinished task instance becomes success; to failed, running ones become failed and the
+    /// other unfinished ones skipped. Returns false when the run does not exist.
+    pub async fn dag_run_mark(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        to: DagRunState,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        use flow_model::TaskInstanceState as S;
+        let Some(run) = self.dag_run_get(dag_id, run_id).await? else {
+            return Ok(false);
+        };
+        let tis = self.ti_list_for_run(dag_id, run_id).await?;
+        let unfinished = tis.iter().filter(|t| !t.state.is_finished());
+        match to {
+            DagRunState::Success => {
+                let keys: Vec<_> = unfinished.map(|t| t.key.clone()).collect();
+                self.ti_mark(&keys, S::Success, now).await?;
+            }
+            DagRunState::Failed => {
+                let (running, other): (Vec<_>, Vec<_>) =
+                    unfinished.partition(|t| t.state == S::Running);
+                let running: Vec<_> = running.into_iter().map(|t| t.key.clone()).collect();
+                let other: Vec<_> = other.into_iter().map(|t| t.key.clone()).collect();
+                self.ti_mark(&running, S::Failed, now).await?;
+                self.ti_mark(&other, S::Skipped, now).await?;
+            }
+            DagRunState::Queued | DagRunState::Running => {}
+        }
+        if run.state != to {
+            let all = [
+                DagRunState::Queued,
+                DagRunState::Running,
+                DagRunState::Success,
+                DagRunState::Failed,
+            ];
+            let from: Vec<_> = all.into_iter().filter(|s| *s != to).collect();
+            self.dag_run_set_state_if(dag_id, run_id, &from, to, now)
+                .await?;
+        }
+        Ok(true)
+    }
 }

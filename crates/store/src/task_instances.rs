@@ -595,6 +595,10 @@ impl Store {
         if transitions.iter().any(|t| t.3 == S::Queued) {
             crate::notify_in(self.backend(), &mut tx, crate::WAKE_WORKERS).await?;
         }
+        if actor == Actor::User && !transitions.is_empty() {
+            // A hand-made change may unblock downstream tasks or finish the run.
+            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        }
         tx.commit().await?;
         Ok(applied)
     }
@@ -648,6 +652,30 @@ impl Store {
         insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Marks task instances `to` by hand (success, failed, skipped), from whatever state a
+    /// user may move them from. A running one is stopped by its worker at its next heartbeat.
+    /// Returns the keys that were marked.
+    pub async fn ti_mark(&self, keys: &[TiKey], to: S, now: DateTime<Utc>) -> Result<Vec<TiKey>> {
+        let from = flow_model::transition::allowed_from(to, Actor::User);
+        let changes: Vec<StateChange> = keys
+            .iter()
+            .map(|k| StateChange {
+                key: k.clone(),
+                from: from.clone(),
+                to,
+                reason: Some(format!("marked {to} by a user")),
+                next_retry_at: None,
+            })
+            .collect();
+        let applied = self.ti_set_states(&changes, Actor::User, now).await?;
+        Ok(keys
+            .iter()
+            .zip(applied)
+            .filter(|(_, a)| *a)
+            .map(|(k, _)| k.clone())
+            .collect())
     }
 
     /// Creates task instances (no state) for tasks added to the DAG after the run was

@@ -568,3 +568,322 @@ async fn task_process_dies_with_its_worker() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The most recent run id of a DAG, once it has one.
+fn latest_run(env: &Env, dag_id: &str) -> Option<String> {
+    env.stdout(&["runs", "list", dag_id])
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// `task start_ns end_ns` lines written by tasks; the most tasks that overlapped in time.
+fn max_overlap(ledger: &str) -> usize {
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for line in ledger.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let start: u128 = parts[1].parse().unwrap();
+        let end: u128 = parts[2].parse().unwrap();
+        events.push((start, 1));
+        events.push((end, -1));
+    }
+    // Ends sort before starts at the same instant: touching is not overlapping.
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap()
+}
+
+fn semantics_dags(today: chrono::NaiveDate) -> String {
+    let mut y = String::from(
+        r#"
+rules:
+  tasks:
+    ok: {operator: bash, bash_command: "true"}
+    bad: {operator: bash, bash_command: "exit 1"}
+    skip: {operator: bash, bash_command: "exit 99"}
+"#,
+    );
+    for rule in [
+        "all_success",
+        "all_failed",
+        "all_done",
+        "all_done_min_one_success",
+        "all_skipped",
+        "one_success",
+        "one_failed",
+        "one_done",
+        "none_failed",
+        "none_failed_min_one_success",
+        "none_skipped",
+        "always",
+        "all_done_setup_success",
+    ] {
+        y.push_str(&format!(
+            "    {rule}: {{operator: empty, trigger_rule: {rule}, dependencies: [ok, bad, skip]}}\n"
+        ));
+    }
+    let timed = |name: &str| {
+        format!(
+            "s=$(date +%s%N); sleep 0.4; echo \"{name} $s $(date +%s%N)\" >> \"$TMPDIR/{{{{ dag.dag_id }}}}.ledger\""
+        )
+    };
+    y.push_str("pooled:\n  tasks:\n");
+    for i in 0..6 {
+        y.push_str(&format!(
+            "    p{i}: {{operator: bash, pool: tiny, bash_command: '{}'}}\n",
+            timed(&format!("p{i}"))
+        ));
+    }
+    y.push_str("capped:\n  max_active_tasks: 3\n  tasks:\n");
+    for i in 0..8 {
+        y.push_str(&format!(
+            "    c{i}: {{operator: bash, bash_command: '{}'}}\n",
+            timed(&format!("c{i}"))
+        ));
+    }
+    let start = today - chrono::Duration::days(3);
+    y.push_str(&format!(
+        r#"caught_up:
+  schedule: "@daily"
+  start_date: {start}
+  catchup: true
+  tasks:
+    day: {{operator: bash, bash_command: 'echo "{{{{ ds }}}}" >> "$TMPDIR/caught_up.txt"'}}
+paused_dag:
+  is_paused_upon_creation: true
+  tasks:
+    only: {{operator: empty}}
+markme:
+  tasks:
+    long: {{operator: bash, bash_command: 'echo $$ > "$TMPDIR/markme.pid"; exec sleep 120'}}
+    after: {{operator: empty, dependencies: [long]}}
+"#
+    ));
+    y
+}
+
+const BREAKS: &str = r#"
+breaks:
+  tasks:
+    first: {operator: bash, bash_command: 'touch "$TMPDIR/breaks.started"; sleep 3'}
+    second: {operator: bash, bash_command: 'echo second ran', dependencies: [first]}
+"#;
+
+#[tokio::test]
+async fn airflow_semantics_on_real_runs() {
+    for db in databases().await {
+        eprintln!("backend: {:?}", db.backend());
+        let url = db.url.clone();
+        let mut env = Env::new(&url);
+        let today = chrono::Utc::now().date_naive();
+        env.write_dag("semantics.yaml", &semantics_dags(today));
+        env.write_dag("breaks.yaml", BREAKS);
+        // The pool exists before anything is queued into it.
+        env.stdout(&["pools", "set", "tiny", "2", "two at a time"]);
+        assert!(env.stdout(&["pools", "list"]).contains("tiny"));
+        env.start();
+
+        // Every trigger rule downstream of one success, one failure and one skip.
+        let (ok, out) = env.trigger_wait("rules", &[]);
+        assert!(!ok, "a failed leaf fails the run:\n{out}");
+        let s = states(&env, "rules", &run_id_of(&out));
+        let expected = [
+            ("ok", "success"),
+            ("bad", "failed"),
+            ("skip", "skipped"),
+            ("all_success", "upstream_failed"),
+            ("all_failed", "skipped"),
+            ("all_done", "success"),
+            // Airflow counts a skipped upstream as never done for this rule.
+            ("all_done_min_one_success", "skipped"),
+            ("all_skipped", "skipped"),
+            ("one_success", "success"),
+            ("one_failed", "success"),
+            ("one_done", "success"),
+            ("none_failed", "upstream_failed"),
+            ("none_failed_min_one_success", "upstream_failed"),
+            ("none_skipped", "skipped"),
+            ("always", "success"),
+            ("all_done_setup_success", "success"),
+        ];
+        for (task, state) in expected {
+            assert_eq!(s[task], state, "task {task}: {s:?}");
+        }
+
+        // Pools and max_active_tasks are never exceeded.
+        for (dag, limit, n) in [("pooled", 2, 6), ("capped", 3, 8)] {
+            let (ok, out) = env.trigger_wait(dag, &[]);
+            assert!(ok, "{out}");
+            let ledger = std::fs::read_to_string(env.home.join(format!("{dag}.ledger"))).unwrap();
+            assert_eq!(ledger.lines().count(), n, "{ledger}");
+            let most = max_overlap(&ledger);
+            assert!(
+                most <= limit,
+                "{dag}: {most} tasks ran at once, limit {limit}"
+            );
+        }
+
+        // Catchup creates exactly the due runs: the three days before today.
+        let days = wait_for(60, "three caught-up days", || {
+            let text = std::fs::read_to_string(env.home.join("caught_up.txt")).ok()?;
+            let mut days: Vec<String> = text.lines().map(str::to_owned).collect();
+            days.sort();
+            (days.len() >= 3).then_some(days)
+        });
+        let want: Vec<String> = (1..=3)
+            .rev()
+            .map(|d| (today - chrono::Duration::days(d)).to_string())
+            .collect();
+        assert_eq!(days, want);
+        let runs = env.stdout(&["runs", "list", "caught_up"]);
+        assert_eq!(runs.matches("scheduled__").count(), 3, "{runs}");
+
+        // Triggering a paused DAG creates a run that waits, and says so.
+        let out = env.run(&["dags", "trigger", "paused_dag"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("paused"), "{text}");
+        let runs = env.stdout(&["runs", "list", "paused_dag"]);
+        assert!(runs.contains("queued"), "{runs}");
+        env.stdout(&["dags", "unpause", "paused_dag"]);
+        wait_for(60, "the unpaused run to succeed", || {
+            env.stdout(&["runs", "list", "paused_dag"])
+                .contains("success")
+                .then_some(())
+        });
+
+        // A DAG file that breaks while its run is active: the run finishes on the last good
+        // version, and the import error is reported.
+        let out = env.stdout(&["dags", "trigger", "breaks"]);
+        let run = run_id_of(&out);
+        wait_for(60, "the first task to start", || {
+            env.home.join("breaks.started").exists().then_some(())
+        });
+        env.write_dag("breaks.yaml", "breaks:\n  tasks: [unclosed\n");
+        wait_for(60, "the broken DAG's run to succeed", || {
+            let s = states(&env, "breaks", &run);
+            (s.get("second").map(String::as_str) == Some("success")).then_some(())
+        });
+        let listed = env.run(&["dags", "list"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&listed.stdout),
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        assert!(text.contains("breaks.yaml"), "{text}");
+
+        // Marking a running task failed stops it; its downstream is upstream_failed.
+        let out = env.stdout(&["dags", "trigger", "markme"]);
+        let run = run_id_of(&out);
+        let pid: i32 = wait_for(60, "the long task to start", || {
+            std::fs::read_to_string(env.home.join("markme.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        let marked = env.stdout(&[
+            "tasks", "mark", "markme", &run, "-t", "^long$", "--state", "failed",
+        ]);
+        assert!(marked.contains("marked 1 task instance"), "{marked}");
+        wait_for(60, "the marked run to fail", || {
+            let s = states(&env, "markme", &run);
+            (s.get("after").map(String::as_str) == Some("upstream_failed")).then_some(())
+        });
+        wait_for(30, "the marked task's process to be stopped", || {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            (!alive).then_some(())
+        });
+        assert_eq!(states(&env, "markme", &run)["long"], "failed");
+        wait_for(30, "the run to be failed", || {
+            env.stdout(&["runs", "list", "markme"])
+                .contains("failed")
+                .then_some(())
+        });
+        drop(env);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// The database going away (every connection killed, repeatedly) while a run is in flight:
+/// the scheduler and worker retry, nothing is lost, the run succeeds. PostgreSQL only: an
+/// SQLite file cannot go away like a server.
+#[tokio::test]
+async fn database_connections_dropping_lose_nothing() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    let url = db.url.clone();
+    let mut env = Env::new(&url);
+    let mut y = String::from("chain:\n  tasks:\n");
+    for i in 0..8 {
+        y.push_str(&format!(
+            "    t{i}: {{operator: bash, bash_command: 'sleep 0.3'"
+        ));
+        if i > 0 {
+            y.push_str(&format!(", dependencies: [t{}]", i - 1));
+        }
+        y.push_str("}\n");
+    }
+    env.write_dag("chain.yaml", &y);
+    env.start();
+    wait_for(60, "the DAG to be parsed", || {
+        env.run(&["dags", "trigger", "chain"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let run = latest_run(&env, "chain").unwrap();
+    db.store.close().await;
+    let (mut kills, mut killed) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = states(&env, "chain", &run);
+        if s.get("t7").map(String::as_str) == Some("success") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {s:?}");
+        // Kill every connection the daemon holds, a few times over the run.
+        if kills < 5 {
+            killed += db.terminate_connections().await.unwrap();
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let s = states(&env, "chain", &run);
+    assert!(s.values().all(|v| v == "success"), "{s:?}");
+    assert!(killed > 0, "no connection was ever killed");
+    assert!(
+        env.standalone
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "flow standalone exited"
+    );
+    drop(env);
+    db.drop_db().await.unwrap();
+}

@@ -42,7 +42,12 @@ fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
 
 /// Evaluates one run. `previous` gives, for `depends_on_past` tasks, the state of the same
 /// task in the previous run (None when there is no previous run).
-pub fn decide_run(dag: &Dag, tis: &[TiRow], previous: &PreviousRun, now: DateTime<Utc>) -> RunDecision {
+pub fn decide_run(
+    dag: &Dag,
+    tis: &[TiRow],
+    previous: &PreviousRun,
+    now: DateTime<Utc>,
+) -> RunDecision {
     let mut decision = RunDecision::default();
     let reconciled = reconcile_with_dag(dag, tis, &mut decision);
     // States after the decisions taken so far in this pass, so that a skip propagates down a
@@ -145,9 +150,10 @@ pub fn decide_run(dag: &Dag, tis: &[TiRow], previous: &PreviousRun, now: DateTim
     decision.run_state = decide_dag_run_state(&after);
     // As in Airflow, a run blocked by depends_on_past waits (for the previous run to be
     // cleared or marked) rather than fail as deadlocked.
-    let waits_on_past = dag.tasks.iter().any(|t| {
-        t.depends_on_past && state.get(t.task_id.as_str()) == Some(&S::NoStatus)
-    });
+    let waits_on_past = dag
+        .tasks
+        .iter()
+        .any(|t| t.depends_on_past && state.get(t.task_id.as_str()) == Some(&S::NoStatus));
     if decision.run_state.is_none() && !waits_on_past && is_deadlocked(&after, &decision) {
         decision.run_state = Some(DagRunState::Failed);
         decision.reason = Some("deadlock: no task instance can make progress".into());
@@ -399,15 +405,16 @@ mod tests {
 
     #[test]
     fn wait_for_downstream_waits_for_the_previous_runs_downstream() {
-        let d = dag(
-            "d:
+        let d = dag("d:
   tasks:
     a: {operator: empty, wait_for_downstream: true}
     \
              b: {operator: empty, dependencies: [a]}
-",
+");
+        assert!(
+            d.task("a").unwrap().depends_on_past,
+            "implied, as in Airflow"
         );
-        assert!(d.task("a").unwrap().depends_on_past, "implied, as in Airflow");
         let tis = [ti("a", S::NoStatus), ti("b", S::NoStatus)];
         let previous = HashMap::from([("a".to_owned(), S::Success), ("b".to_owned(), S::Running)]);
         assert!(decide_run(&d, &tis, &previous, now()).changes.is_empty());

@@ -110,6 +110,24 @@ impl TestDb {
         self.store.backend()
     }
 
+    /// Kills every connection to this PostgreSQL database (as a server restart would), from
+    /// an administrative connection. Returns how many were killed; 0 on SQLite.
+    pub async fn terminate_connections(&self) -> Result<u64> {
+        let (Some(admin_url), Some(name)) = (&self.admin_url, &self.db_name) else {
+            return Ok(0);
+        };
+        let admin = Store::connect(admin_url).await?;
+        let n = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_all(admin.read_pool())
+        .await?
+        .len();
+        admin.close().await;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Closes the store and removes the database.
     pub async fn drop_db(self) -> Result<()> {
         self.store.close().await;

@@ -236,6 +236,7 @@ async fn idle(dags: usize, tasks: usize, seconds: u64) -> Result<ExitCode> {
         .env("FLOW__CORE__DAGS_FOLDER", &folder)
         .env_remove("FLOW__DATABASE__URL")
         .env("FLOW__LOGGING__LEVEL", "warn")
+        .env("FLOW__WEBSERVER__WEB_SERVER_PORT", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;

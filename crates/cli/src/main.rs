@@ -9,6 +9,7 @@ mod config;
 mod dags;
 mod ops;
 mod tasks;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,9 +50,29 @@ enum Command {
     },
     /// Scheduler and an embedded worker in one process (SQLite unless FLOW__DATABASE__URL is set).
     Standalone {
-        /// Web UI port (the web UI arrives in a later release).
-        #[arg(short, long, default_value_t = 8080)]
+        /// Web UI port.
+        #[arg(
+            short,
+            long,
+            default_value_t = 8080,
+            env = "FLOW__WEBSERVER__WEB_SERVER_PORT"
+        )]
         port: u16,
+    },
+    /// The web UI alone (on the same metadata database as the scheduler).
+    Webserver {
+        #[arg(
+            short,
+            long,
+            default_value_t = 8080,
+            env = "FLOW__WEBSERVER__WEB_SERVER_PORT"
+        )]
+        port: u16,
+    },
+    /// Users of the web UI and API.
+    Users {
+        #[command(subcommand)]
+        command: web::UsersCommand,
     },
     /// The scheduler: parses DAGs, creates runs, queues task instances. Runs an embedded
     /// worker unless --no-worker.
@@ -260,13 +281,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             other => dags::run(other, &cli.dags_folder),
         },
         Command::Db { command } => ops::db(command).await,
-        Command::Standalone { port: _ } => {
+        Command::Standalone { port } => {
             init_tracing();
-            ops::serve(&dags_folder, true, None).await
+            ops::serve(&dags_folder, true, None, Some(port)).await
         }
+        Command::Webserver { port } => {
+            init_tracing();
+            web::webserver(port).await
+        }
+        Command::Users { command } => web::users(command).await,
         Command::Scheduler { no_worker } => {
             init_tracing();
-            ops::serve(&dags_folder, !no_worker, None).await
+            ops::serve(&dags_folder, !no_worker, None, None).await
         }
         Command::Worker {
             queues,

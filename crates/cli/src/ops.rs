@@ -82,7 +82,7 @@ pub async fn db(command: DbCommand) -> Result<ExitCode> {
 }
 
 /// Stops on Ctrl-C or SIGTERM.
-fn shutdown_signal() -> watch::Receiver<bool> {
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -139,6 +139,7 @@ pub async fn serve(
     dags_folder: &Path,
     with_worker: bool,
     worker: Option<WorkerConfig>,
+    web_port: Option<u16>,
 ) -> Result<ExitCode> {
     let store = connect_migrated().await?;
     eprintln!(
@@ -169,6 +170,18 @@ pub async fn serve(
         scheduler_config(dags_folder)?,
         wakeups.clone(),
     );
+    // The web UI first: a port already in use should stop `flow standalone` before it
+    // starts scheduling.
+    let web = match web_port {
+        Some(port) => {
+            crate::web::ensure_admin(&store).await?;
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            Some(tokio::spawn(crate::web::run_webserver(
+                store, port, shutdown,
+            )))
+        }
+        None => None,
+    };
     let mut handles = Vec::new();
     handles.push(tokio::spawn(scheduler.run(shutdown.clone())));
     if with_worker {
@@ -185,6 +198,9 @@ pub async fn serve(
             },
         );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    if let Some(web) = web {
+        web.await.map_err(|e| anyhow!("web server failed: {e}"))??;
     }
     for h in handles {
         h.await.map_err(|e| anyhow!("task failed: {e}"))?;

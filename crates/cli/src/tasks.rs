@@ -1,7 +1,7 @@
 //! `flow tasks test` (run one task here, record nothing), `flow tasks clear`, and
 //! `flow dags backfill`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration as StdDuration;
@@ -121,35 +121,12 @@ fn select_tasks(
         Some(p) => Some(regex::Regex::new(p).map_err(|e| anyhow!("-t: invalid regex: {e}"))?),
         None => None,
     };
-    let mut selected: BTreeSet<String> = dag
+    let matched = dag
         .tasks
         .iter()
         .filter(|t| re.as_ref().is_none_or(|r| r.is_match(t.task_id.as_str())))
-        .map(|t| t.task_id.to_string())
-        .collect();
-    let walk = |down: bool| {
-        let mut stack: Vec<String> = selected.iter().cloned().collect();
-        let mut seen: HashSet<String> = selected.iter().cloned().collect();
-        while let Some(id) = stack.pop() {
-            let Some(t) = dag.task(&id) else { continue };
-            let next = if down { &t.downstream } else { &t.upstream };
-            for n in next {
-                if seen.insert(n.to_string()) {
-                    stack.push(n.to_string());
-                }
-            }
-        }
-        seen
-    };
-    let mut extra: Vec<String> = Vec::new();
-    if downstream {
-        extra.extend(walk(true));
-    }
-    if upstream {
-        extra.extend(walk(false));
-    }
-    selected.extend(extra);
-    Ok(selected)
+        .map(|t| t.task_id.to_string());
+    Ok(dag.with_relatives(matched, downstream, upstream))
 }
 
 pub struct ClearArgs<'a> {

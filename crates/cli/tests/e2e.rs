@@ -60,6 +60,8 @@ impl Env {
             .env("FLOW__DATABASE__URL", &self.db_url)
             .env("FLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false")
             .env("FLOW__LOGGING__LEVEL", "warn")
+            // Tests run side by side: let the system pick the web UI's port.
+            .env("FLOW__WEBSERVER__WEB_SERVER_PORT", "0")
             .env("TMPDIR", &self.home);
         c
     }

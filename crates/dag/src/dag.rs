@@ -72,6 +72,39 @@ impl Dag {
     pub fn roots(&self) -> impl Iterator<Item = &Task> {
         self.tasks.iter().filter(|t| t.upstream.is_empty())
     }
+
+    /// `selected` plus, optionally, every task downstream and/or upstream of them (transitively),
+    /// as clearing and marking "with downstream/upstream" select them.
+    pub fn with_relatives(
+        &self,
+        selected: impl IntoIterator<Item = String>,
+        downstream: bool,
+        upstream: bool,
+    ) -> std::collections::BTreeSet<String> {
+        let selected: std::collections::BTreeSet<String> = selected.into_iter().collect();
+        let walk = |down: bool| {
+            let mut stack: Vec<String> = selected.iter().cloned().collect();
+            let mut seen: std::collections::BTreeSet<String> = selected.clone();
+            while let Some(id) = stack.pop() {
+                let Some(t) = self.task(&id) else { continue };
+                let next = if down { &t.downstream } else { &t.upstream };
+                for n in next {
+                    if seen.insert(n.to_string()) {
+                        stack.push(n.to_string());
+                    }
+                }
+            }
+            seen
+        };
+        let mut out = selected.clone();
+        if downstream {
+            out.extend(walk(true));
+        }
+        if upstream {
+            out.extend(walk(false));
+        }
+        out
+    }
 }
 
 /// A task group: a named, possibly nested, set of tasks drawn together in the UI.

@@ -16,12 +16,14 @@ mod string_enum;
 
 pub mod dag_run;
 pub mod ids;
+pub mod role;
 pub mod state;
 pub mod transition;
 pub mod trigger_rule;
 
 pub use dag_run::decide_dag_run_state;
 pub use ids::{DagId, IdError, PoolId, RunId, TaskId};
+pub use role::{Permission, Role};
 pub use state::{DagRunState, DagRunType, TaskInstanceState};
 pub use string_enum::ParseEnumError;
 pub use transition::{Actor, IllegalTransition, allowed_from, check_transition};

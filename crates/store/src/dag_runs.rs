@@ -254,4 +254,34 @@ impl Store {
         }
         Ok(true)
     }
+
+    /// Deletes a run with its task instances, their history, transitions, XComs and logs.
+    /// Returns false when there was no such run.
+    pub async fn dag_run_delete(&self, dag_id: &str, run_id: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        for table in [
+            "log_chunk",
+            "xcom",
+            "ti_transition",
+            "task_instance_history",
+            "task_instance",
+        ] {
+            // Table names are constants above, never input.
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE dag_id = $1 AND run_id = $2"
+            ))
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let n = sqlx::query("DELETE FROM dag_run WHERE dag_id = $1 AND run_id = $2")
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
 }

@@ -19,6 +19,7 @@ mod logs;
 mod task_instances;
 pub mod testing;
 mod trigger;
+mod users;
 mod xcom;
 
 use std::str::FromStr;
@@ -37,6 +38,7 @@ pub use task_instances::{
     ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
 };
 pub use trigger::{TriggerError, TriggerRequest, new_task_instances, run_id_timestamp};
+pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
 pub use xcom::XcomRow;
 
 /// Which engine a store talks to.
@@ -203,6 +205,9 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "audit_log",
+            "web_session",
+            "flow_user",
             "log_chunk",
             "xcom",
             "ti_transition",

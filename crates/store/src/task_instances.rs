@@ -445,6 +445,24 @@ impl Store {
         row.as_ref().map(ti_row).transpose()
     }
 
+    /// The rendered template fields of a task instance's latest try (JSON text), if any.
+    pub async fn ti_rendered_fields(&self, key: &TiKey) -> Result<Option<String>> {
+        let row = sqlx::query(&format!(
+            "SELECT rendered_fields FROM task_instance WHERE {}",
+            key_where(1)
+        ))
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(key.map_index)
+        .fetch_optional(self.read_pool())
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get("rendered_fields")?,
+            None => None,
+        })
+    }
+
     /// Applies guarded state changes in one transaction and records each applied one with
     /// `actor`. Returns, per change, whether it was applied (its current state was in `from`).
     pub async fn ti_set_states(

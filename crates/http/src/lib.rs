@@ -1,0 +1,160 @@
+//! flow's web server: the dashboard (server-rendered askama pages) and, later, the REST API.
+//!
+//! Like every other part of flow it only talks to the metadata store: a page is a few reads,
+//! an action is a store call plus an audit row. This crate is the only place where errors
+//! become HTTP responses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use flow_store::Store;
+
+mod assets;
+pub mod auth;
+mod pages;
+mod session;
+mod views;
+
+pub use session::CurrentUser;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    signer: auth::CookieSigner,
+    limiter: auth::LoginLimiter,
+    /// Send cookies with `Secure` (set when served behind HTTPS).
+    secure_cookies: bool,
+}
+
+/// How the web server is set up.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Signs session cookies; at least 32 bytes.
+    pub secret_key: Vec<u8>,
+    pub secure_cookies: bool,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: WebConfig) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                signer: auth::CookieSigner::new(&config.secret_key),
+                limiter: auth::LoginLimiter::default(),
+                secure_cookies: config.secure_cookies,
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// Largest request body accepted (forms and JSON): a trigger's conf fits easily.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The whole site.
+pub fn router(state: AppState) -> Router {
+    pages::routes()
+        .merge(assets::routes())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Headers on every response: a strict Content-Security-Policy (no inline script or style,
+/// nothing from elsewhere), no framing, no MIME sniffing.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
+             object-src 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// Serves the site on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "webserver listening");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Why a request failed, as the user will see it.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("your role may not do this")]
+    Forbidden,
+    #[error("the form has expired or did not come from this site; reload the page and try again")]
+    Csrf,
+    /// Not logged in: go to the login page, then come back to `next`.
+    #[error("login required")]
+    LoginRequired { next: String },
+    #[error("too many failed logins; wait a few minutes")]
+    TooManyAttempts,
+    /// Details go to the server log, not to the page.
+    #[error("the metadata database could not answer; try again")]
+    Store(#[from] flow_store::StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Forbidden | HttpError::Csrf => StatusCode::FORBIDDEN,
+            HttpError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::LoginRequired { next } => {
+                let target = format!("/login?next={}", views::url_encode(next));
+                return Redirect::to(&target).into_response();
+            }
+            HttpError::Store(e) => {
+                tracing::warn!(error = %e, "request failed on the database");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HttpError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        views::error_page(status, &self.to_string())
+    }
+}

@@ -1,0 +1,1076 @@
+//! The pages and form actions of the dashboard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Form;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use flow_dag::Dag;
+use flow_model::{DagRunState, Permission, TaskInstanceState};
+use flow_store::{AuditEvent, TiKey, TriggerError, TriggerRequest};
+use serde::Deserialize;
+
+use crate::auth::{self, SESSION_COOKIE, SESSION_TTL};
+use crate::session::cookie;
+use crate::views::{self, Chrome, fmt_duration, fmt_time, page, url_encode};
+use crate::{AppState, CurrentUser, HttpError};
+
+/// The pre-login CSRF cookie (double submit: the login form must echo it).
+const LOGIN_CSRF_COOKIE: &str = "flow_login_csrf";
+/// DAGs per page on the home page.
+const PAGE_SIZE: usize = 50;
+/// Runs shown in the grid.
+const GRID_RUNS: i64 = 25;
+/// Log lines per page (the live tail asks for more as they come).
+const LOG_PAGE: i64 = 5000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/", get(home))
+        .route("/import-errors", get(import_errors))
+        .route("/audit", get(audit_page))
+        .route("/dags/{dag_id}", get(dag_page))
+        .route("/dags/{dag_id}/pause", post(pause))
+        .route("/dags/{dag_id}/trigger", get(trigger_form).post(trigger))
+        .route("/dags/{dag_id}/runs/{run_id}/mark", post(mark_run))
+        .route("/dags/{dag_id}/runs/{run_id}/delete", post(delete_run))
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/clear",
+            get(clear_form).post(clear),
+        )
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+            get(task_page),
+        )
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/log",
+            get(task_log),
+        )
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/mark",
+            post(mark_task),
+        )
+}
+
+// ---- health and login ----
+
+async fn health(State(state): State<AppState>) -> Response {
+    let db = if state.store().ping().await.is_ok() {
+        "healthy"
+    } else {
+        "unhealthy"
+    };
+    Json(serde_json::json!({ "metadatabase": { "status": db } })).into_response()
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+fn set_cookie(state: &AppState, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
+    let secure = if state.inner.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let text =
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn login_form(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, HttpError> {
+    let csrf = auth::random_token(24)?;
+    let body = views::LoginPage {
+        error: None,
+        next: auth::safe_next(q.next.as_deref()),
+        csrf: csrf.clone(),
+    };
+    let mut response = page(&body);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, LOGIN_CSRF_COOKIE, &csrf, 3600),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    csrf_token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, HttpError> {
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    if expected.is_empty() || !auth::constant_time_eq(expected, &form.csrf_token) {
+        return Err(HttpError::Csrf);
+    }
+    let ip = Some(peer.ip());
+    let next = auth::safe_next(form.next.as_deref());
+    let retry = |error: &str| -> Result<Response, HttpError> {
+        let csrf = auth::random_token(24)?;
+        let mut response = page(&views::LoginPage {
+            error: Some(error.to_owned()),
+            next: next.clone(),
+            csrf: csrf.clone(),
+        });
+        *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(&state, LOGIN_CSRF_COOKIE, &csrf, 3600),
+        );
+        Ok(response)
+    };
+    if !state.inner.limiter.allowed(ip, &form.username) {
+        return Err(HttpError::TooManyAttempts);
+    }
+    let found = state.store().user_for_login(&form.username).await?;
+    // Verify against a dummy hash for unknown users: same cost, no enumeration by timing.
+    let password = form.password.clone();
+    let hash = found
+        .as_ref()
+        .map_or_else(|| auth::dummy_hash().to_owned(), |(_, h)| h.clone());
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+        .await
+        .map_err(|e| HttpError::Internal(e.to_string()))?;
+    let user = match found {
+        Some((user, _)) if ok && user.active => user,
+        _ => {
+            state.inner.limiter.record_failure(ip, &form.username);
+            tracing::info!(username = %form.username, client = %peer.ip(), "failed login");
+            return retry("Wrong username or password.");
+        }
+    };
+    state.inner.limiter.record_success(ip, &form.username);
+    // A new session id at every login: a session id planted before login is worthless.
+    let session_id = auth::random_token(32)?;
+    let csrf = auth::random_token(24)?;
+    let now = Utc::now();
+    state
+        .store()
+        .session_create(&session_id, &user.username, &csrf, now, now + SESSION_TTL)
+        .await?;
+    audit(&state, &user.username, "login", None, None, None, None).await;
+    let mut response = Redirect::to(&next).into_response();
+    let signed = state.inner.signer.sign(&session_id);
+    let h = response.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, &signed, SESSION_TTL.num_seconds()),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&state, LOGIN_CSRF_COOKIE, "", 0),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf_token: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    state.store().session_delete(&user.session_id).await?;
+    audit(&state, &user.username, "logout", None, None, None, None).await;
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, "", 0),
+    );
+    Ok(response)
+}
+
+/// Records an action; a failure to record is logged, not shown (the action itself happened).
+async fn audit(
+    state: &AppState,
+    username: &str,
+    event: &str,
+    dag_id: Option<&str>,
+    run_id: Option<&str>,
+    task_id: Option<&str>,
+    extra: Option<&str>,
+) {
+    let e = AuditEvent {
+        username,
+        event,
+        dag_id,
+        run_id,
+        task_id,
+        extra,
+    };
+    if let Err(err) = state.store().audit_record(&e, Utc::now()).await {
+        tracing::warn!(error = %err, event, "could not write the audit log");
+    }
+}
+
+// ---- pages ----
+
+#[derive(Deserialize, Default)]
+struct HomeQuery {
+    search: Option<String>,
+    tag: Option<String>,
+    paused: Option<String>,
+    page: Option<usize>,
+}
+
+async fn home(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(q): Query<HomeQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let store = state.store();
+    let search = q.search.unwrap_or_default().trim().to_lowercase();
+    let tag = q.tag.unwrap_or_default();
+    let paused_filter = q.paused.unwrap_or_default();
+    let all = store.dag_list().await?;
+    let matching: Vec<_> = all
+        .into_iter()
+        .filter(|d| search.is_empty() || d.dag_id.to_lowercase().contains(&search))
+        .filter(|d| tag.is_empty() || d.tags.contains(&tag))
+        .filter(|d| match paused_filter.as_str() {
+            "active" => !d.is_paused,
+            "paused" => d.is_paused,
+            _ => true,
+        })
+        .collect();
+    let total = matching.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page_no = q.page.unwrap_or(1).clamp(1, pages);
+    let mut dags = Vec::new();
+    for d in matching
+        .iter()
+        .skip((page_no - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+    {
+        let recent = store
+            .dag_run_list(&d.dag_id, 5)
+            .await?
+            .into_iter()
+            .map(|r| (r.state.as_str().to_owned(), r.run_id))
+            .collect();
+        dags.push(views::DagListItem {
+            dag_id: d.dag_id.clone(),
+            dag_id_url: url_encode(&d.dag_id),
+            description: d.description.clone().unwrap_or_default(),
+            paused: d.is_paused,
+            owners: d.owners.clone(),
+            schedule: d.schedule.clone(),
+            tags: d.tags.iter().map(|t| (t.clone(), url_encode(t))).collect(),
+            recent,
+            next_run: fmt_time(&d.next_dagrun),
+        });
+    }
+    let mut query_base = String::new();
+    for (k, v) in [
+        ("search", &search),
+        ("tag", &tag),
+        ("paused", &paused_filter),
+    ] {
+        if !v.is_empty() {
+            query_base.push_str(&format!("&{k}={}", url_encode(v)));
+        }
+    }
+    let import_errors = store.import_errors().await?.len();
+    Ok(page(&views::HomePage {
+        chrome: Chrome::of(&user),
+        dags,
+        search,
+        tag,
+        paused_filter,
+        page: page_no,
+        pages,
+        total,
+        import_errors,
+        query_base,
+    }))
+}
+
+async fn import_errors(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let errors = state
+        .store()
+        .import_errors()
+        .await?
+        .into_iter()
+        .map(|e| (e.filename, fmt_time(&Some(e.timestamp)), e.stacktrace))
+        .collect();
+    Ok(page(&views::ImportErrorsPage {
+        chrome: Chrome::of(&user),
+        errors,
+    }))
+}
+
+async fn audit_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let items = state
+        .store()
+        .audit_list(None, 500)
+        .await?
+        .into_iter()
+        .map(|a| views::AuditItem {
+            at: fmt_time(&Some(a.at)),
+            username: a.username,
+            event: a.event,
+            dag_id: a.dag_id.unwrap_or_default(),
+            run_id: a.run_id.unwrap_or_default(),
+            task_id: a.task_id.unwrap_or_default(),
+            extra: a.extra.unwrap_or_default(),
+        })
+        .collect();
+    Ok(page(&views::AuditPage {
+        chrome: Chrome::of(&user),
+        items,
+    }))
+}
+
+/// The DAG as the store holds it (the last version that loaded).
+async fn load_dag(state: &AppState, dag_id: &str) -> Result<Dag, HttpError> {
+    let (data, _) = state
+        .store()
+        .serialized_dag_get(dag_id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
+    Dag::from_json(&data).map_err(|e| HttpError::Internal(format!("serialized dag: {e}")))
+}
+
+#[derive(Deserialize)]
+struct TabQuery {
+    tab: Option<String>,
+}
+
+async fn dag_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+    Query(q): Query<TabQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let store = state.store();
+    let row = store
+        .dag_get(&dag_id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
+    let dag = load_dag(&state, &dag_id).await?;
+    let tab = match q.tab.as_deref() {
+        Some(t @ ("runs" | "code" | "details")) => t.to_owned(),
+        _ => "grid".to_owned(),
+    };
+    let mut body = views::DagPage {
+        chrome: Chrome::of(&user),
+        dag_id: dag_id.clone(),
+        dag_id_url: url_encode(&dag_id),
+        description: row.description.clone().unwrap_or_default(),
+        paused: row.is_paused,
+        tab: tab.clone(),
+        runs: Vec::new(),
+        rows: Vec::new(),
+        run_list: Vec::new(),
+        code: String::new(),
+        details: Vec::new(),
+        next_runs: Vec::new(),
+        params: String::new(),
+    };
+    match tab.as_str() {
+        "grid" => fill_grid(&state, &dag, &mut body).await?,
+        "runs" => {
+            body.run_list = store
+                .dag_run_list(&dag_id, 200)
+                .await?
+                .into_iter()
+                .map(|r| views::RunItem {
+                    run_id_url: url_encode(&r.run_id),
+                    run_id: r.run_id,
+                    state: r.state.as_str().to_owned(),
+                    run_type: r.run_type.as_str().to_owned(),
+                    logical_date: fmt_time(&r.logical_date),
+                    start: fmt_time(&r.start_date),
+                    end: fmt_time(&r.end_date),
+                    conf: r.conf.to_string(),
+                })
+                .collect();
+        }
+        "code" => {
+            body.code = store
+                .dag_code_get(&row.fileloc)
+                .await?
+                .unwrap_or_else(|| "(source not available)".to_owned());
+        }
+        _ => {
+            body.details = vec![
+                ("file".into(), row.relative_fileloc.clone()),
+                ("owner".into(), row.owners.clone()),
+                ("schedule".into(), row.schedule.clone()),
+                ("timetable".into(), row.timetable_summary.clone()),
+                ("tags".into(), row.tags.join(", ")),
+                ("max_active_runs".into(), row.max_active_runs.to_string()),
+                ("max_active_tasks".into(), row.max_active_tasks.to_string()),
+                ("tasks".into(), dag.tasks.len().to_string()),
+                ("last parsed".into(), fmt_time(&Some(row.last_parsed_time))),
+            ];
+            let restriction = flow_dag::schedule::TimeRestriction {
+                earliest: dag.start_date,
+                latest: dag.end_date,
+                catchup: dag.catchup,
+            };
+            body.next_runs = dag
+                .timetable
+                .upcoming_runs(None, &restriction, Utc::now(), 5)
+                .into_iter()
+                .map(|info| {
+                    format!(
+                        "{} (data interval {} – {})",
+                        fmt_time(&Some(info.logical_date)),
+                        fmt_time(&Some(info.data_interval.start)),
+                        fmt_time(&Some(info.data_interval.end))
+                    )
+                })
+                .collect();
+            body.params = serde_json::to_string_pretty(&dag.params).unwrap_or_default();
+        }
+    }
+    Ok(page(&body))
+}
+
+async fn fill_grid(
+    state: &AppState,
+    dag: &Dag,
+    body: &mut views::DagPage,
+) -> Result<(), HttpError> {
+    let store = state.store();
+    let mut runs = store.dag_run_list(&body.dag_id, GRID_RUNS).await?;
+    runs.reverse(); // oldest on the left, as in Airflow
+    let mut states: Vec<HashMap<String, String>> = Vec::with_capacity(runs.len());
+    for r in &runs {
+        let map = store
+            .ti_list_for_run(&r.dag_id, &r.run_id)
+            .await?
+            .into_iter()
+            .filter(|t| t.key.map_index == -1)
+            .map(|t| (t.key.task_id, t.state.as_str().to_owned()))
+            .collect();
+        states.push(map);
+    }
+    let durations: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| {
+            let start = r.start_date?;
+            let end = r.end_date.unwrap_or_else(Utc::now);
+            Some((end - start).num_milliseconds() as f64 / 1000.0)
+        })
+        .collect();
+    let longest = durations.iter().flatten().copied().fold(0.0_f64, f64::max);
+    body.runs = runs
+        .iter()
+        .zip(&durations)
+        .map(|(r, d)| views::GridRun {
+            run_id: r.run_id.clone(),
+            run_id_url: url_encode(&r.run_id),
+            state: r.state.as_str().to_owned(),
+            label: fmt_time(&r.logical_date.or(Some(r.run_after))),
+            bar: d.map_or(0, |d| {
+                if longest <= 0.0 {
+                    1
+                } else {
+                    ((d / longest) * 10.0).ceil().clamp(1.0, 10.0) as u8
+                }
+            }),
+            duration: fmt_duration(*d),
+        })
+        .collect();
+    body.rows = dag
+        .tasks
+        .iter()
+        .map(|t| views::GridRow {
+            task_id: t.task_id.to_string(),
+            task_id_url: url_encode(t.task_id.as_str()),
+            depth: t.task_id.as_str().matches('.').count().min(5),
+            cells: states
+                .iter()
+                .map(|m| {
+                    m.get(t.task_id.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| "none".to_owned())
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct TryQuery {
+    #[serde(rename = "try")]
+    try_number: Option<i64>,
+    after: Option<i64>,
+}
+
+async fn task_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<TryQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let store = state.store();
+    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    let ti = store.ti_get(&key).await?.ok_or_else(|| {
+        HttpError::NotFound(format!("task `{task_id}` in run `{run_id}` of `{dag_id}`"))
+    })?;
+    let dag = load_dag(&state, &dag_id).await.ok();
+    let task = dag.as_ref().and_then(|d| d.task(&task_id));
+    let tries: Vec<i64> = (1..=ti.try_number.max(1)).collect();
+    let shown_try = q
+        .try_number
+        .unwrap_or(ti.try_number)
+        .clamp(1, tries.len() as i64);
+    let log = store.log_read(&key, shown_try, 0, LOG_PAGE).await?;
+    let log_lines = log
+        .lines
+        .iter()
+        .map(|l| views::LogLineView {
+            at: l.at.format("%H:%M:%S%.3f").to_string(),
+            stream: l.stream.clone(),
+            spans: views::ansi_spans(&l.line),
+        })
+        .collect();
+    let xcoms = store
+        .xcom_list_for_run(&dag_id, &run_id)
+        .await?
+        .into_iter()
+        .filter(|x| x.task_id == task_id)
+        .map(|x| {
+            (
+                x.key,
+                serde_json::to_string_pretty(&x.value).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let rendered = store
+        .ti_rendered_fields(&key)
+        .await?
+        .and_then(|text| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
+        })
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fields = vec![
+        ("state".to_owned(), ti.state.as_str().to_owned()),
+        (
+            "try".to_owned(),
+            format!("{} of {}", ti.try_number, ti.max_tries + 1),
+        ),
+        ("operator".to_owned(), ti.operator.clone()),
+        (
+            "trigger rule".to_owned(),
+            task.map(|t| t.trigger_rule.as_str().to_owned())
+                .unwrap_or_default(),
+        ),
+        (
+            "pool".to_owned(),
+            format!("{} ({} slot(s))", ti.pool, ti.pool_slots),
+        ),
+        ("queue".to_owned(), ti.queue.clone()),
+        ("priority weight".to_owned(), ti.priority_weight.to_string()),
+        ("queued".to_owned(), fmt_time(&ti.queued_dttm)),
+        ("started".to_owned(), fmt_time(&ti.start_date)),
+        ("ended".to_owned(), fmt_time(&ti.end_date)),
+        ("duration".to_owned(), fmt_duration(ti.duration)),
+        ("hostname".to_owned(), ti.hostname.clone()),
+    ];
+    let live = matches!(
+        ti.state,
+        TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
+    ) && shown_try == ti.try_number;
+    Ok(page(&views::TaskPage {
+        chrome: Chrome::of(&user),
+        dag_id_url: url_encode(&dag_id),
+        run_id_url: url_encode(&run_id),
+        task_id_url: url_encode(&task_id),
+        dag_id,
+        run_id,
+        task_id,
+        state: ti.state.as_str().to_owned(),
+        fields,
+        tries,
+        shown_try,
+        log_lines,
+        log_next: log.next,
+        live,
+        xcoms,
+        rendered,
+    }))
+}
+
+/// New log lines after `after`, for the live tail: `{lines: [{at, stream, text}], next, state}`.
+async fn task_log(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<TryQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    let ti = state
+        .store()
+        .ti_get(&key)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
+    let try_number = q.try_number.unwrap_or(ti.try_number);
+    let log = state
+        .store()
+        .log_read(&key, try_number, q.after.unwrap_or(0), LOG_PAGE)
+        .await?;
+    let lines: Vec<serde_json::Value> = log
+        .lines
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "at": l.at.format("%H:%M:%S%.3f").to_string(),
+                "stream": l.stream,
+                "spans": views::ansi_spans(&l.line),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "lines": lines,
+        "next": log.next,
+        "state": ti.state.as_str(),
+        "try_number": ti.try_number,
+    }))
+    .into_response())
+}
+
+// ---- actions ----
+
+#[derive(Deserialize)]
+struct PauseForm {
+    csrf_token: String,
+    is_paused: String,
+    next: Option<String>,
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+    Form(form): Form<PauseForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::EditDags)?;
+    let paused = form.is_paused == "true";
+    if !state.store().dag_set_paused(&dag_id, paused).await? {
+        return Err(HttpError::NotFound(format!("dag `{dag_id}`")));
+    }
+    let event = if paused { "paused" } else { "unpaused" };
+    audit(
+        &state,
+        &user.username,
+        event,
+        Some(&dag_id),
+        None,
+        None,
+        None,
+    )
+    .await;
+    Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response())
+}
+
+/// The trigger form's fields: one per DAG param, typed from its schema.
+fn param_fields(dag: &Dag) -> Vec<views::ParamField> {
+    dag.params
+        .iter()
+        .map(|(name, p)| {
+            let types: Vec<&str> = match p.schema.get("type") {
+                Some(serde_json::Value::String(t)) => vec![t.as_str()],
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).collect(),
+                _ => Vec::new(),
+            };
+            let nullable = types.contains(&"null");
+            let kind = types
+                .iter()
+                .find(|t| **t != "null")
+                .map(|t| (*t).to_owned())
+                .unwrap_or_else(|| match &p.default {
+                    Some(serde_json::Value::Bool(_)) => "boolean".into(),
+                    Some(serde_json::Value::Number(n)) if n.is_i64() => "integer".into(),
+                    Some(serde_json::Value::Number(_)) => "number".into(),
+                    Some(serde_json::Value::Array(_)) => "array".into(),
+                    Some(serde_json::Value::Object(_)) => "object".into(),
+                    _ => "string".into(),
+                });
+            let value = match &p.default {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            };
+            views::ParamField {
+                name: name.clone(),
+                required: matches!(p.default, None | Some(serde_json::Value::Null)) && !nullable,
+                description: p.description.clone().unwrap_or_default(),
+                kind,
+                value,
+            }
+        })
+        .collect()
+}
+
+async fn trigger_form(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::EditDags)?;
+    let dag = load_dag(&state, &dag_id).await?;
+    Ok(page(&views::TriggerPage {
+        chrome: Chrome::of(&user),
+        dag_id_url: url_encode(&dag_id),
+        dag_id,
+        conf: String::new(),
+        params: param_fields(&dag),
+        error: None,
+    }))
+}
+
+/// Reads the trigger form into `dag_run.conf`: a raw JSON object if given, else the typed
+/// param fields.
+fn conf_from_form(dag: &Dag, form: &HashMap<String, String>) -> Result<serde_json::Value, String> {
+    if let Some(raw) = form.get("conf").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| format!("conf is not valid JSON: {e}"))?;
+        if !v.is_object() {
+            return Err("conf must be a JSON object".into());
+        }
+        return Ok(v);
+    }
+    let mut conf = serde_json::Map::new();
+    for field in param_fields(dag) {
+        let Some(text) = form.get(&format!("param.{}", field.name)) else {
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            if field.required {
+                return Err(format!("param `{}` is required", field.name));
+            }
+            continue;
+        }
+        let value = match field.kind.as_str() {
+            "boolean" => serde_json::Value::Bool(text == "true"),
+            "integer" => text
+                .parse::<i64>()
+                .map(Into::into)
+                .map_err(|_| format!("param `{}` must be an integer", field.name))?,
+            "number" => text
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| format!("param `{}` must be a number", field.name))?,
+            "object" | "array" => serde_json::from_str(text)
+                .map_err(|e| format!("param `{}` must be JSON: {e}", field.name))?,
+            _ => serde_json::Value::String(text.to_owned()),
+        };
+        conf.insert(field.name, value);
+    }
+    Ok(serde_json::Value::Object(conf))
+}
+
+async fn trigger(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(form.get("csrf_token").map_or("", String::as_str))?;
+    user.require(Permission::EditDags)?;
+    let (data, hash) = state
+        .store()
+        .serialized_dag_get(&dag_id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
+    let dag = Dag::from_json(&data).map_err(|e| HttpError::Internal(e.to_string()))?;
+    let again = |error: String| {
+        let mut response = page(&views::TriggerPage {
+            chrome: Chrome::of(&user),
+            dag_id_url: url_encode(&dag_id),
+            dag_id: dag_id.clone(),
+            conf: form.get("conf").cloned().unwrap_or_default(),
+            params: param_fields(&dag),
+            error: Some(error),
+        });
+        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+        response
+    };
+    let conf = match conf_from_form(&dag, &form) {
+        Ok(c) => c,
+        Err(e) => return Ok(again(e)),
+    };
+    let mut request = TriggerRequest::manual(conf);
+    request.run_id = form
+        .get("run_id")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    request.triggered_by = Some(format!("ui:{}", user.username));
+    let run = match state
+        .store()
+        .dag_run_trigger(&dag, &hash, &request, Utc::now())
+        .await
+    {
+        Ok(run) => run,
+        Err(TriggerError::Store(e)) => return Err(e.into()),
+        Err(e) => return Ok(again(e.to_string())),
+    };
+    audit(
+        &state,
+        &user.username,
+        "trigger",
+        Some(&dag_id),
+        Some(&run.run_id),
+        None,
+        Some(&run.conf.to_string()),
+    )
+    .await;
+    Ok(Redirect::to(&format!("/dags/{}", url_encode(&dag_id))).into_response())
+}
+
+#[derive(Deserialize)]
+struct MarkForm {
+    csrf_token: String,
+    state: String,
+}
+
+async fn mark_run(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Form(form): Form<MarkForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::EditDags)?;
+    let to = match form.state.as_str() {
+        "success" => DagRunState::Success,
+        "failed" => DagRunState::Failed,
+        other => {
+            return Err(HttpError::BadRequest(format!(
+                "cannot mark a run `{other}`"
+            )));
+        }
+    };
+    if !state
+        .store()
+        .dag_run_mark(&dag_id, &run_id, to, Utc::now())
+        .await?
+    {
+        return Err(HttpError::NotFound(format!("run `{run_id}`")));
+    }
+    audit(
+        &state,
+        &user.username,
+        &format!("mark run {}", to.as_str()),
+        Some(&dag_id),
+        Some(&run_id),
+        None,
+        None,
+    )
+    .await;
+    Ok(Redirect::to(&format!("/dags/{}?tab=runs", url_encode(&dag_id))).into_response())
+}
+
+async fn mark_task(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Form(form): Form<MarkForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::EditDags)?;
+    let to = match form.state.as_str() {
+        "success" => TaskInstanceState::Success,
+        "failed" => TaskInstanceState::Failed,
+        "skipped" => TaskInstanceState::Skipped,
+        other => {
+            return Err(HttpError::BadRequest(format!(
+                "cannot mark a task instance `{other}`"
+            )));
+        }
+    };
+    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    state.store().ti_mark(&[key], to, Utc::now()).await?;
+    audit(
+        &state,
+        &user.username,
+        &format!("mark {}", to.as_str()),
+        Some(&dag_id),
+        Some(&run_id),
+        Some(&task_id),
+        None,
+    )
+    .await;
+    Ok(Redirect::to(&format!(
+        "/dags/{}/runs/{}/tasks/{}",
+        url_encode(&dag_id),
+        url_encode(&run_id),
+        url_encode(&task_id)
+    ))
+    .into_response())
+}
+
+async fn delete_run(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::EditDags)?;
+    if !state.store().dag_run_delete(&dag_id, &run_id).await? {
+        return Err(HttpError::NotFound(format!("run `{run_id}`")));
+    }
+    audit(
+        &state,
+        &user.username,
+        "delete run",
+        Some(&dag_id),
+        Some(&run_id),
+        None,
+        None,
+    )
+    .await;
+    Ok(Redirect::to(&format!("/dags/{}?tab=runs", url_encode(&dag_id))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ClearQuery {
+    task_id: String,
+    #[serde(default)]
+    downstream: Option<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    csrf_token: Option<String>,
+}
+
+/// The task instances clearing `q.task_id` (with its relatives) would touch.
+async fn affected(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    q: &ClearQuery,
+) -> Result<Vec<flow_store::TiRow>, HttpError> {
+    let dag = load_dag(state, dag_id).await?;
+    if dag.task(&q.task_id).is_none() {
+        return Err(HttpError::NotFound(format!("task `{}`", q.task_id)));
+    }
+    let selected = dag.with_relatives(
+        [q.task_id.clone()],
+        q.downstream.as_deref() == Some("true"),
+        q.upstream.as_deref() == Some("true"),
+    );
+    Ok(state
+        .store()
+        .ti_list_for_run(dag_id, run_id)
+        .await?
+        .into_iter()
+        .filter(|t| selected.contains(&t.key.task_id))
+        .filter(|t| {
+            !matches!(
+                t.state,
+                TaskInstanceState::NoStatus | TaskInstanceState::Removed
+            )
+        })
+        .collect())
+}
+
+async fn clear_form(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Query(q): Query<ClearQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::EditDags)?;
+    let tis = affected(&state, &dag_id, &run_id, &q).await?;
+    Ok(page(&views::ClearPage {
+        chrome: Chrome::of(&user),
+        dag_id_url: url_encode(&dag_id),
+        run_id_url: url_encode(&run_id),
+        dag_id,
+        run_id,
+        task_id: q.task_id.clone(),
+        downstream: q.downstream.as_deref() == Some("true"),
+        upstream: q.upstream.as_deref() == Some("true"),
+        affected: tis
+            .iter()
+            .map(|t| (t.key.task_id.clone(), t.state.as_str().to_owned()))
+            .collect(),
+    }))
+}
+
+async fn clear(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Form(q): Form<ClearQuery>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(q.csrf_token.as_deref().unwrap_or(""))?;
+    user.require(Permission::EditDags)?;
+    let dag = load_dag(&state, &dag_id).await?;
+    let tis = affected(&state, &dag_id, &run_id, &q).await?;
+    let keys: Vec<(TiKey, i64)> = tis
+        .into_iter()
+        .map(|t| {
+            let retries = dag.task(&t.key.task_id).map_or(0, |t| i64::from(t.retries));
+            (t.key, retries)
+        })
+        .collect();
+    let report = state.store().ti_clear(&keys, Utc::now()).await?;
+    audit(
+        &state,
+        &user.username,
+        "clear",
+        Some(&dag_id),
+        Some(&run_id),
+        Some(&q.task_id),
+        Some(&format!(
+            "{} task instance(s); downstream={} upstream={}",
+            report.cleared,
+            q.downstream.as_deref() == Some("true"),
+            q.upstream.as_deref() == Some("true")
+        )),
+    )
+    .await;
+    Ok(Redirect::to(&format!("/dags/{}", url_encode(&dag_id))).into_response())
+}

@@ -1,0 +1,340 @@
+//! Page models and their askama templates (in `web/templates`). Templates escape every value
+//! as HTML; nothing user-written is ever marked safe.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+/// Renders a page, or a plain 500 if the template fails.
+pub fn page<T: Template>(t: &T) -> Response {
+    match t.render() {
+        Ok(body) => Html(body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "template error").into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    reason: &'a str,
+    message: &'a str,
+}
+
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let body = ErrorPage {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or(""),
+        message,
+    };
+    let mut response = page(&body);
+    *response.status_mut() = status;
+    response
+}
+
+/// Percent-encodes a query or path component.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `2025-01-01 10:00:00` (UTC), or an empty string.
+pub fn fmt_time(t: &Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// `1.2s`, `3m 04s`, `2h 05m`.
+pub fn fmt_duration(seconds: Option<f64>) -> String {
+    let Some(s) = seconds else {
+        return String::new();
+    };
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let total = s.round() as i64;
+    let (h, m, sec) = (total / 3600, (total % 3600) / 60, total % 60);
+    if h > 0 {
+        format!("{h}h {m:02}m")
+    } else {
+        format!("{m}m {sec:02}s")
+    }
+}
+
+/// What every logged-in page shows in its header.
+pub struct Chrome {
+    pub username: String,
+    pub role: String,
+    pub csrf: String,
+    pub can_edit: bool,
+}
+
+impl Chrome {
+    pub fn of(user: &crate::CurrentUser) -> Chrome {
+        Chrome {
+            username: user.username.clone(),
+            role: user.role.as_str().to_owned(),
+            csrf: user.csrf_token.clone(),
+            can_edit: user.can_edit(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub error: Option<String>,
+    pub next: String,
+    pub csrf: String,
+}
+
+pub struct DagListItem {
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub description: String,
+    pub paused: bool,
+    pub owners: String,
+    pub schedule: String,
+    pub tags: Vec<(String, String)>,
+    /// (state, run id) of the latest runs, newest first.
+    pub recent: Vec<(String, String)>,
+    pub next_run: String,
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+pub struct HomePage {
+    pub chrome: Chrome,
+    pub dags: Vec<DagListItem>,
+    pub search: String,
+    pub tag: String,
+    pub paused_filter: String,
+    pub page: usize,
+    pub pages: usize,
+    pub total: usize,
+    pub import_errors: usize,
+    pub query_base: String,
+}
+
+pub struct GridRun {
+    pub run_id: String,
+    pub run_id_url: String,
+    pub state: String,
+    pub label: String,
+    /// 0..=10, the height of the run's duration bar relative to the longest shown.
+    pub bar: u8,
+    pub duration: String,
+}
+
+pub struct GridRow {
+    pub task_id: String,
+    pub task_id_url: String,
+    pub depth: usize,
+    /// One cell per run in `GridRun` order: the state (`none` when no task instance).
+    pub cells: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dag.html")]
+pub struct DagPage {
+    pub chrome: Chrome,
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub description: String,
+    pub paused: bool,
+    pub tab: String,
+    pub runs: Vec<GridRun>,
+    pub rows: Vec<GridRow>,
+    pub run_list: Vec<RunItem>,
+    pub code: String,
+    pub details: Vec<(String, String)>,
+    pub next_runs: Vec<String>,
+    pub params: String,
+}
+
+pub struct RunItem {
+    pub run_id: String,
+    pub run_id_url: String,
+    pub state: String,
+    pub run_type: String,
+    pub logical_date: String,
+    pub start: String,
+    pub end: String,
+    pub conf: String,
+}
+
+#[derive(Template)]
+#[template(path = "task.html")]
+pub struct TaskPage {
+    pub chrome: Chrome,
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub run_id: String,
+    pub run_id_url: String,
+    pub task_id: String,
+    pub task_id_url: String,
+    pub state: String,
+    pub fields: Vec<(String, String)>,
+    pub tries: Vec<i64>,
+    pub shown_try: i64,
+    pub log_lines: Vec<LogLineView>,
+    pub log_next: i64,
+    pub live: bool,
+    pub xcoms: Vec<(String, String)>,
+    pub rendered: Vec<(String, String)>,
+}
+
+pub struct LogLineView {
+    pub at: String,
+    pub stream: String,
+    /// (css class, text) spans after ANSI colour codes were interpreted.
+    pub spans: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "trigger.html")]
+pub struct TriggerPage {
+    pub chrome: Chrome,
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub conf: String,
+    pub params: Vec<ParamField>,
+    pub error: Option<String>,
+}
+
+pub struct ParamField {
+    pub name: String,
+    pub kind: String,
+    pub value: String,
+    pub required: bool,
+    pub description: String,
+}
+
+#[derive(Template)]
+#[template(path = "clear.html")]
+pub struct ClearPage {
+    pub chrome: Chrome,
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub run_id: String,
+    pub run_id_url: String,
+    pub task_id: String,
+    pub downstream: bool,
+    pub upstream: bool,
+    /// (task id, current state) of what will be cleared.
+    pub affected: Vec<(String, String)>,
+}
+
+pub struct AuditItem {
+    pub at: String,
+    pub username: String,
+    pub event: String,
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub extra: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+pub struct AuditPage {
+    pub chrome: Chrome,
+    pub items: Vec<AuditItem>,
+}
+
+#[derive(Template)]
+#[template(path = "import_errors.html")]
+pub struct ImportErrorsPage {
+    pub chrome: Chrome,
+    pub errors: Vec<(String, String, String)>,
+}
+
+/// Splits a log line into spans by ANSI SGR colour codes (`ESC[31m` ...), dropping every
+/// other escape sequence. The text stays text: the template escapes it.
+pub fn ansi_spans(line: &str) -> Vec<(String, String)> {
+    let mut spans = Vec::new();
+    let mut class = String::new();
+    let mut text = String::new();
+    let mut rest = line;
+    while let Some(pos) = rest.find('\u{1b}') {
+        text.push_str(&rest[..pos]);
+        rest = &rest[pos + 1..];
+        let Some(body) = rest.strip_prefix('[') else {
+            continue;
+        };
+        let end = body
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(body.len());
+        let (params, after) = body.split_at(end);
+        let command = after.chars().next();
+        rest = after.get(1..).unwrap_or("");
+        if command != Some('m') {
+            continue;
+        }
+        if !text.is_empty() {
+            spans.push((class.clone(), std::mem::take(&mut text)));
+        }
+        for p in params.split(';') {
+            match p {
+                "" | "0" | "39" => class.clear(),
+                "1" => class = "ansi-bold".into(),
+                "30" | "90" => class = "ansi-black".into(),
+                "31" | "91" => class = "ansi-red".into(),
+                "32" | "92" => class = "ansi-green".into(),
+                "33" | "93" => class = "ansi-yellow".into(),
+                "34" | "94" => class = "ansi-blue".into(),
+                "35" | "95" => class = "ansi-magenta".into(),
+                "36" | "96" => class = "ansi-cyan".into(),
+                "37" | "97" => class = "ansi-white".into(),
+                _ => {}
+            }
+        }
+    }
+    text.push_str(rest);
+    if !text.is_empty() || spans.is_empty() {
+        spans.push((class, text));
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_colours_become_classes_and_other_escapes_vanish() {
+        assert_eq!(
+            ansi_spans("plain \u{1b}[31mred\u{1b}[0m back"),
+            vec![
+                (String::new(), "plain ".to_owned()),
+                ("ansi-red".to_owned(), "red".to_owned()),
+                (String::new(), " back".to_owned()),
+            ]
+        );
+        assert_eq!(
+            ansi_spans("\u{1b}[2Kcleared"),
+            vec![(String::new(), "cleared".to_owned())]
+        );
+        assert_eq!(ansi_spans(""), vec![(String::new(), String::new())]);
+    }
+
+    #[test]
+    fn encodes_urls_and_durations() {
+        assert_eq!(url_encode("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(fmt_duration(Some(1.25)), "1.2s");
+        assert_eq!(fmt_duration(Some(184.0)), "3m 04s");
+        assert_eq!(fmt_duration(Some(7500.0)), "2h 05m");
+        assert_eq!(fmt_duration(None), "");
+    }
+}

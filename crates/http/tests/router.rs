@@ -1,0 +1,546 @@
+//! Every page and action through the real router, on a real SQLite file and (with the server)
+//! PostgreSQL: status codes, role checks, CSRF refusal, redirects, escaping.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use chrono::Utc;
+use flow_http::{AppState, WebConfig, auth};
+use flow_model::Role;
+use flow_store::testing::TestDb;
+use flow_store::{NewUser, Store};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+fn dags_yaml() -> String {
+    format!(
+        r#"
+etl:
+  description: "loads {XSS}"
+  tags: [nightly]
+  params:
+    region: eu
+    batch: {{__type__: airflow.models.param.Param, default: 3, type: integer, description: "rows per batch"}}
+  tasks:
+    extract: {{operator: bash, bash_command: "echo extract"}}
+    load: {{operator: bash, bash_command: "echo load", dependencies: [extract]}}
+other:
+  tasks:
+    only: {{operator: empty}}
+"#
+    )
+}
+
+struct Site {
+    router: Router,
+    store: Store,
+    _dir: std::path::PathBuf,
+}
+
+async fn site(db: &TestDb) -> Site {
+    let store = db.store.clone();
+    let dir = std::env::temp_dir().join(format!(
+        "flow-http-test-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dags.yaml"), dags_yaml()).unwrap();
+    let mut processor = flow_scheduler::DagProcessor::new(store.clone(), dir.clone(), false);
+    let report = processor.run_once(Utc::now()).await.unwrap();
+    assert_eq!(report.files_written, 1);
+    for (name, role) in [
+        ("ada", Role::Admin),
+        ("uma", Role::User),
+        ("vic", Role::Viewer),
+    ] {
+        let hash = auth::hash_password("correct horse").unwrap();
+        let user = NewUser {
+            username: name,
+            email: "",
+            first_name: "",
+            last_name: "",
+            password_hash: &hash,
+            role,
+        };
+        assert!(store.user_create(&user, Utc::now()).await.unwrap());
+    }
+    let state = AppState::new(
+        store.clone(),
+        WebConfig {
+            secret_key: b"test key test key test key test key!".to_vec(),
+            secure_cookies: false,
+        },
+    );
+    Site {
+        router: flow_http::router(state),
+        store,
+        _dir: dir,
+    }
+}
+
+/// A browser: keeps cookies, sends requests through the router.
+struct Browser<'a> {
+    site: &'a Site,
+    cookies: HashMap<String, String>,
+    ip: [u8; 4],
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+    headers: axum::http::HeaderMap,
+}
+
+impl Page {
+    fn csrf(&self) -> String {
+        let re = regex::Regex::new(r#"name="csrf_token" value="([^"]+)""#).unwrap();
+        re.captures(&self.body)
+            .unwrap_or_else(|| panic!("no csrf token in page:\n{}", self.body))[1]
+            .to_owned()
+    }
+}
+
+impl<'a> Browser<'a> {
+    fn new(site: &'a Site) -> Self {
+        Browser {
+            site,
+            cookies: HashMap::new(),
+            ip: [127, 0, 0, 1],
+        }
+    }
+
+    async fn send(&mut self, method: &str, uri: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let mut req = Request::builder().method(method).uri(uri);
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header(header::COOKIE, jar.join("; "));
+        }
+        let body = match form {
+            Some(fields) => {
+                req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                let encoded: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                    .collect();
+                Body::from(encoded.join("&"))
+            }
+            None => Body::empty(),
+        };
+        let mut req = req.body(body).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((self.ip, 40000))));
+        let resp = self.site.router.clone().oneshot(req).await.unwrap();
+        for v in resp.headers().get_all(header::SET_COOKIE) {
+            let text = v.to_str().unwrap();
+            let (pair, attrs) = text.split_once(';').unwrap_or((text, ""));
+            let (k, val) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), val.to_owned());
+            }
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let location = headers
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Page {
+            status,
+            location,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            headers,
+        }
+    }
+
+    async fn get(&mut self, uri: &str) -> Page {
+        self.send("GET", uri, None).await
+    }
+
+    async fn post(&mut self, uri: &str, form: &[(&str, &str)]) -> Page {
+        self.send("POST", uri, Some(form)).await
+    }
+
+    async fn login(&mut self, user: &str, password: &str, next: &str) -> Page {
+        let form = self.get(&format!("/login?next={}", enc(next))).await;
+        assert_eq!(form.status, StatusCode::OK);
+        let csrf = form.csrf();
+        self.post(
+            "/login",
+            &[
+                ("username", user),
+                ("password", password),
+                ("csrf_token", &csrf),
+                ("next", next),
+            ],
+        )
+        .await
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn databases() -> Vec<TestDb> {
+    TestDb::all().await.unwrap()
+}
+
+#[tokio::test]
+async fn login_sessions_and_redirects() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let mut b = Browser::new(&site);
+        // Public: health, static assets, login. Everything else sends you to log in.
+        assert_eq!(b.get("/health").await.status, StatusCode::OK);
+        assert_eq!(b.get("/static/flow.css").await.status, StatusCode::OK);
+        assert_eq!(
+            b.get("/static/nope.css").await.status,
+            StatusCode::NOT_FOUND
+        );
+        for path in ["/", "/dags/etl", "/audit", "/import-errors"] {
+            let p = b.get(path).await;
+            assert_eq!(p.status, StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(
+                p.location.as_deref(),
+                Some(format!("/login?next={}", enc(path)).as_str())
+            );
+        }
+        // Strict headers everywhere.
+        let p = b.get("/login").await;
+        let csp = p.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+
+        // A login without the form's CSRF cookie is refused.
+        let mut other = Browser::new(&site);
+        let p = other
+            .post(
+                "/login",
+                &[
+                    ("username", "ada"),
+                    ("password", "correct horse"),
+                    ("csrf_token", "x"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+        // Wrong password: 401 and the form again; right one: back to `next`.
+        let p = b.login("ada", "wrong", "/dags/etl").await;
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+        assert!(p.body.contains("Wrong username or password"));
+        let p = b.login("ada", "correct horse", "/dags/etl").await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(p.location.as_deref(), Some("/dags/etl"));
+        let first_session = b.cookies["flow_session"].clone();
+        let cookie = p.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+        let all: Vec<String> = p
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let session_cookie = all.iter().find(|c| c.starts_with("flow_session=")).unwrap();
+        assert!(
+            session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+        assert_eq!(b.get("/dags/etl").await.status, StatusCode::OK);
+
+        // Logging in again rotates the session id.
+        b.login("ada", "correct horse", "/").await;
+        assert_ne!(b.cookies["flow_session"], first_session);
+
+        // Off-site `next` targets become `/`.
+        for evil in [
+            "https://evil.example/",
+            "//evil.example/x",
+            "/\\evil.example",
+        ] {
+            let mut c = Browser::new(&site);
+            c.ip = [10, 0, 0, 9];
+            let p = c.login("ada", "correct horse", evil).await;
+            assert_eq!(p.location.as_deref(), Some("/"), "{evil}");
+        }
+
+        // A forged or tampered cookie is no session.
+        let mut forged = Browser::new(&site);
+        forged
+            .cookies
+            .insert("flow_session".into(), first_session.replace('.', "x."));
+        assert_eq!(forged.get("/").await.status, StatusCode::SEE_OTHER);
+
+        // Logout needs the CSRF token, then ends the session for good.
+        let home = b.get("/").await;
+        let stale = b.cookies["flow_session"].clone();
+        assert_eq!(
+            b.post("/logout", &[("csrf_token", "nope")]).await.status,
+            StatusCode::FORBIDDEN
+        );
+        let p = b.post("/logout", &[("csrf_token", &home.csrf())]).await;
+        assert_eq!(p.location.as_deref(), Some("/login"));
+        let mut replay = Browser::new(&site);
+        replay.cookies.insert("flow_session".into(), stale);
+        assert_eq!(replay.get("/").await.status, StatusCode::SEE_OTHER);
+        db.drop_db().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited() {
+    let db = TestDb::sqlite().await.unwrap();
+    let site = site(&db).await;
+    let mut b = Browser::new(&site);
+    b.ip = [192, 168, 1, 7];
+    for _ in 0..5 {
+        assert_eq!(
+            b.login("uma", "guess", "/").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Even the right password is refused now.
+    assert_eq!(
+        b.login("uma", "correct horse", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    db.drop_db().await.unwrap();
+}
+
+#[tokio::test]
+async fn pages_roles_actions_and_escaping() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let mut user = Browser::new(&site);
+        user.login("uma", "correct horse", "/").await;
+
+        // The DAG list: both DAGs, escaped description, no actions for a Viewer.
+        let home = viewer.get("/").await;
+        assert_eq!(home.status, StatusCode::OK);
+        assert!(home.body.contains("etl") && home.body.contains("other"));
+        assert!(!home.body.contains(XSS), "raw HTML in the page");
+        assert!(
+            home.body.contains("&lt;img src=x onerror=alert(1)&gt;")
+                || home.body.contains("&#60;img")
+        );
+        assert!(!home.body.contains("/pause\""), "viewer sees a pause form");
+        assert!(
+            !home.body.contains("Trigger"),
+            "viewer sees a trigger button"
+        );
+        let home = user.get("/").await;
+        assert!(home.body.contains("/dags/etl/pause"));
+        assert!(home.body.contains("/dags/etl/trigger"));
+        // Search and tag filters.
+        let p = user.get("/?search=oth").await;
+        assert!(p.body.contains("other") && !p.body.contains("/dags/etl\""));
+        let p = user.get("/?tag=nightly").await;
+        assert!(p.body.contains("/dags/etl\"") && !p.body.contains("/dags/other\""));
+
+        // Viewer: forms refused by the server even with a valid token.
+        let csrf_v = viewer.get("/").await.csrf();
+        let p = viewer
+            .post(
+                "/dags/etl/pause",
+                &[("csrf_token", &csrf_v), ("is_paused", "true")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            viewer.get("/dags/etl/trigger").await.status,
+            StatusCode::FORBIDDEN
+        );
+
+        // User: a forged form is refused; a real one pauses, and the audit log says so.
+        let csrf = user.get("/").await.csrf();
+        let p = user
+            .post(
+                "/dags/etl/pause",
+                &[("csrf_token", "forged"), ("is_paused", "true")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        assert!(!site.store.dag_get("etl").await.unwrap().unwrap().is_paused);
+        let p = user
+            .post(
+                "/dags/etl/pause",
+                &[("csrf_token", &csrf), ("is_paused", "true")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(site.store.dag_get("etl").await.unwrap().unwrap().is_paused);
+
+        // Trigger: the form has the params; bad conf is refused with a message; a good one
+        // creates the run.
+        let form = user.get("/dags/etl/trigger").await;
+        assert!(form.body.contains("param.region") && form.body.contains("param.batch"));
+        let p = user
+            .post(
+                "/dags/etl/trigger",
+                &[("csrf_token", &csrf), ("conf", "{not json")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("not valid JSON"), "{}", p.body);
+        let p = user
+            .post(
+                "/dags/etl/trigger",
+                &[
+                    ("csrf_token", &csrf),
+                    ("param.region", "us"),
+                    ("param.batch", "x"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("must be an integer"));
+        let p = user
+            .post(
+                "/dags/etl/trigger",
+                &[
+                    ("csrf_token", &csrf),
+                    ("param.region", XSS),
+                    ("param.batch", "7"),
+                    ("run_id", "ui_run_1"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        let run = site
+            .store
+            .dag_run_get("etl", "ui_run_1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.conf["batch"], 7);
+        assert_eq!(run.conf["region"], XSS);
+
+        // Every page of the DAG renders, with the conf escaped.
+        for tab in ["grid", "runs", "code", "details"] {
+            let p = viewer.get(&format!("/dags/etl?tab={tab}")).await;
+            assert_eq!(p.status, StatusCode::OK, "{tab}");
+            assert!(!p.body.contains(XSS), "{tab} has raw HTML");
+        }
+        let grid = viewer.get("/dags/etl").await;
+        assert!(grid.body.contains("/dags/etl/runs/ui_run_1/tasks/extract"));
+        let task = viewer.get("/dags/etl/runs/ui_run_1/tasks/extract").await;
+        assert_eq!(task.status, StatusCode::OK);
+        assert!(!task.body.contains("Mark success"), "viewer sees actions");
+        let log = viewer
+            .get("/dags/etl/runs/ui_run_1/tasks/extract/log?try=1&after=0")
+            .await;
+        assert_eq!(log.status, StatusCode::OK);
+        assert!(log.body.contains("\"lines\""));
+        assert_eq!(
+            viewer
+                .get("/dags/etl/runs/ui_run_1/tasks/nope")
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(viewer.get("/dags/nope").await.status, StatusCode::NOT_FOUND);
+
+        // Mark a task, see the clear confirmation list it with its downstream, clear it.
+        let p = user
+            .post(
+                "/dags/etl/runs/ui_run_1/tasks/extract/mark",
+                &[("csrf_token", &csrf), ("state", "success")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let key = flow_store::TiKey::new("etl", "ui_run_1", "extract", -1);
+        assert_eq!(
+            site.store.ti_get(&key).await.unwrap().unwrap().state,
+            flow_model::TaskInstanceState::Success
+        );
+        let confirm = user
+            .get("/dags/etl/runs/ui_run_1/clear?task_id=extract&downstream=true")
+            .await;
+        assert_eq!(confirm.status, StatusCode::OK);
+        assert!(
+            confirm.body.contains("Clear 1 task instance"),
+            "{}",
+            confirm.body
+        );
+        let p = user
+            .post(
+                "/dags/etl/runs/ui_run_1/clear",
+                &[
+                    ("csrf_token", &csrf),
+                    ("task_id", "extract"),
+                    ("downstream", "true"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            site.store.ti_get(&key).await.unwrap().unwrap().state,
+            flow_model::TaskInstanceState::NoStatus
+        );
+
+        // Mark the run failed, then delete it.
+        let p = user
+            .post(
+                "/dags/etl/runs/ui_run_1/mark",
+                &[("csrf_token", &csrf), ("state", "failed")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let p = viewer
+            .post("/dags/etl/runs/ui_run_1/delete", &[("csrf_token", &csrf_v)])
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        let p = user
+            .post("/dags/etl/runs/ui_run_1/delete", &[("csrf_token", &csrf)])
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(
+            site.store
+                .dag_run_get("etl", "ui_run_1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // The audit log has every action, by whom.
+        let audit = viewer.get("/audit").await;
+        assert_eq!(audit.status, StatusCode::OK);
+        for event in [
+            "paused",
+            "trigger",
+            "mark success",
+            "clear",
+            "mark run failed",
+            "delete run",
+        ] {
+            assert!(audit.body.contains(event), "audit lacks {event}");
+        }
+        assert!(audit.body.contains("uma"));
+        assert!(!audit.body.contains(XSS));
+        assert_eq!(viewer.get("/import-errors").await.status, StatusCode::OK);
+        db.drop_db().await.unwrap();
+    }
+}

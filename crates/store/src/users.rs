@@ -1,0 +1,264 @@
+//! Users of the web UI and API, their browser sessions, and the audit log.
+//!
+//! The store keeps password hashes only; hashing and verifying happen in the caller
+//! (flow-http), so that no SQL ever sees a password.
+
+use chrono::{DateTime, Utc};
+use flow_model::Role;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Result, Store, StoreError, from_micros, opt_from_micros, to_micros};
+
+/// A user, without the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: Role,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+}
+
+/// What creating a user needs.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+}
+
+/// A live session, joined with its user.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: String,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserRow,
+}
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub username: String,
+    pub event: String,
+    pub dag_id: Option<String>,
+    pub run_id: Option<String>,
+    pub task_id: Option<String>,
+    pub extra: Option<String>,
+}
+
+/// An action to record in the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent<'a> {
+    pub username: &'a str,
+    pub event: &'a str,
+    pub dag_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub task_id: Option<&'a str>,
+    pub extra: Option<&'a str>,
+}
+
+const USER_COLUMNS: &str =
+    "u.username, u.email, u.first_name, u.last_name, u.role, u.active, u.created_at, u.last_login";
+
+fn user_row(r: &AnyRow) -> Result<UserRow> {
+    let role: String = r.try_get("role")?;
+    Ok(UserRow {
+        username: r.try_get("username")?,
+        email: r.try_get("email")?,
+        first_name: r.try_get("first_name")?,
+        last_name: r.try_get("last_name")?,
+        role: Role::parse(&role).map_err(|e| StoreError::Invalid(e.to_string()))?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        created_at: from_micros(r.try_get("created_at")?),
+        last_login: opt_from_micros(r.try_get("last_login")?),
+    })
+}
+
+impl Store {
+    /// Creates a user. Returns false if the username is taken.
+    pub async fn user_create(&self, user: &NewUser<'_>, now: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "INSERT INTO flow_user (username, email, first_name, last_name, password_hash, role, \
+             active, created_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(user.username)
+        .bind(user.email)
+        .bind(user.first_name)
+        .bind(user.last_name)
+        .bind(user.password_hash)
+        .bind(user.role.as_str())
+        .bind(to_micros(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes a user and their sessions. Returns false if there was no such user.
+    pub async fn user_delete(&self, username: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM web_session WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM flow_user WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    pub async fn user_list(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM flow_user u ORDER BY u.username"
+        ))
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter().map(user_row).collect()
+    }
+
+    pub async fn user_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM flow_user")
+            .fetch_one(self.read_pool())
+            .await?)
+    }
+
+    /// A user and their password hash, for logging in.
+    pub async fn user_for_login(&self, username: &str) -> Result<Option<(UserRow, String)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, u.password_hash FROM flow_user u WHERE u.username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.map(|r| Ok((user_row(&r)?, r.try_get("password_hash")?)))
+            .transpose()
+    }
+
+    /// Starts a session after a successful login; the user's other sessions stay valid.
+    pub async fn session_create(
+        &self,
+        id: &str,
+        username: &str,
+        csrf_token: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        // Expired sessions are swept here rather than by a timer.
+        sqlx::query("DELETE FROM web_session WHERE expires_at < $1")
+            .bind(to_micros(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO web_session (id, username, csrf_token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(csrf_token)
+        .bind(to_micros(now))
+        .bind(to_micros(expires_at))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE flow_user SET last_login = $1 WHERE username = $2")
+            .bind(to_micros(now))
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The live session with this id, if it has not expired and its user is active.
+    pub async fn session_get(&self, id: &str, now: DateTime<Utc>) -> Result<Option<SessionRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT s.id, s.csrf_token, s.expires_at, {USER_COLUMNS} FROM web_session s \
+             JOIN flow_user u ON u.username = s.username \
+             WHERE s.id = $1 AND s.expires_at > $2 AND u.active = 1"
+        ))
+        .bind(id)
+        .bind(to_micros(now))
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.map(|r| {
+            Ok(SessionRow {
+                id: r.try_get("id")?,
+                csrf_token: r.try_get("csrf_token")?,
+                expires_at: from_micros(r.try_get("expires_at")?),
+                user: user_row(&r)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn session_delete(&self, id: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM web_session WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn audit_record(&self, e: &AuditEvent<'_>, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_log (at, username, event, dag_id, run_id, task_id, extra) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(to_micros(now))
+        .bind(e.username)
+        .bind(e.event)
+        .bind(e.dag_id)
+        .bind(e.run_id)
+        .bind(e.task_id)
+        .bind(e.extra)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest audit entries first, optionally for one DAG.
+    pub async fn audit_list(&self, dag_id: Option<&str>, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, username, event, dag_id, run_id, task_id, extra FROM audit_log \
+             WHERE ($1 IS NULL OR dag_id = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(dag_id)
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    at: from_micros(r.try_get("at")?),
+                    username: r.try_get("username")?,
+                    event: r.try_get("event")?,
+                    dag_id: r.try_get("dag_id")?,
+                    run_id: r.try_get("run_id")?,
+                    task_id: r.try_get("task_id")?,
+                    extra: r.try_get("extra")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,111 @@
+// flow's dashboard behaviour: theme, confirmations, auto-refresh, live log tail, trigger form
+// checks. No inline scripts (the Content-Security-Policy forbids them); text is inserted as
+// text, never as HTML.
+(function () {
+  "use strict";
+  var root = document.documentElement;
+  var stored = localStorage.getItem("flow-theme");
+  if (stored === "dark" || (!stored && window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches)) {
+    root.classList.add("dark");
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var toggle = document.getElementById("theme-toggle");
+    if (toggle) toggle.addEventListener("click", function () {
+      root.classList.toggle("dark");
+      localStorage.setItem("flow-theme", root.classList.contains("dark") ? "dark" : "light");
+    });
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (e) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+    // Auto-refresh of lists and the grid, unless the user is typing.
+    var refresh = document.querySelector("[data-refresh]");
+    if (refresh) {
+      var secs = parseInt(refresh.getAttribute("data-refresh"), 10) || 10;
+      setInterval(function () {
+        var a = document.activeElement;
+        if (a && (a.tagName === "INPUT" || a.tagName === "TEXTAREA" || a.tagName === "SELECT")) return;
+        window.location.reload();
+      }, secs * 1000);
+    }
+    tailLog();
+    checkTriggerForm();
+  });
+
+  function appendLines(log, lines) {
+    var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
+    lines.forEach(function (l) {
+      var line = document.createElement("span");
+      line.className = "line " + l.stream;
+      var time = document.createElement("time");
+      time.textContent = l.at;
+      line.appendChild(time);
+      line.appendChild(document.createTextNode(" "));
+      l.spans.forEach(function (s) {
+        var span = document.createElement("span");
+        if (s[0]) span.className = s[0];
+        span.textContent = s[1];
+        line.appendChild(span);
+      });
+      log.appendChild(line);
+      log.appendChild(document.createTextNode("\n"));
+    });
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  // Live tail: poll for lines after the last one shown while the try runs.
+  function tailLog() {
+    var log = document.getElementById("log");
+    if (!log || log.getAttribute("data-live") !== "true") return;
+    var next = log.getAttribute("data-next") || "0";
+    var src = log.getAttribute("data-src");
+    function poll() {
+      fetch(src + "&after=" + encodeURIComponent(next), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          if (data.lines.length) {
+            var empty = document.getElementById("log-empty");
+            if (empty) empty.remove();
+            appendLines(log, data.lines);
+          }
+          next = String(data.next);
+          var state = document.getElementById("ti-state");
+          if (state && state.textContent !== data.state) {
+            state.textContent = data.state;
+            state.className = "pill st-" + data.state;
+          }
+          if (data.state === "running" || data.state === "queued" || data.state === "scheduled") {
+            setTimeout(poll, 1000);
+          }
+        })
+        .catch(function () { setTimeout(poll, 3000); });
+    }
+    poll();
+  }
+
+  // The trigger form checks typed params before submitting (the server checks again).
+  function checkTriggerForm() {
+    var form = document.getElementById("trigger-form");
+    if (!form) return;
+    form.addEventListener("submit", function (e) {
+      var problems = [];
+      form.querySelectorAll("[data-kind]").forEach(function (el) {
+        var kind = el.getAttribute("data-kind"), v = el.value.trim();
+        if (!v) return;
+        if (kind === "object" || kind === "array") {
+          try { JSON.parse(v); } catch (err) { problems.push(el.name.replace("param.", "") + " must be JSON"); }
+        }
+        if (kind === "integer" && !/^-?\d+$/.test(v)) problems.push(el.name.replace("param.", "") + " must be an integer");
+      });
+      var raw = form.querySelector("textarea[name=conf]");
+      if (raw && raw.value.trim()) {
+        try {
+          var parsed = JSON.parse(raw.value);
+          if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) problems.push("conf must be a JSON object");
+        } catch (err) { problems.push("conf is not valid JSON"); }
+      }
+      if (problems.length) { e.preventDefault(); window.alert(problems.join("\n")); }
+    });
+  }
+})();

@@ -15,6 +15,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../../web/static/flow.css"),
     ),
     (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../../web/static/favicon.svg"),
+    ),
+    (
         "flow.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/static/flow.js"),
@@ -22,7 +27,10 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/static/{file}", get(serve))
+    Router::new().route("/static/{file}", get(serve)).route(
+        "/favicon.ico",
+        get(|| async { axum::response::Redirect::permanent("/static/favicon.svg") }),
+    )
 }
 
 async fn serve(Path(file): Path<String>) -> Response {

@@ -1,0 +1,124 @@
+// The web UI in a real browser (Debian's chromium through playwright-core), against a running
+// `flow standalone`. Run by crates/cli/tests/browser.rs, which starts flow and passes:
+//   FLOW_URL, ADMIN_PASSWORD, VIEWER_USER, VIEWER_PASSWORD, CHROMIUM (path)
+// Any JavaScript dialog (an injected `alert`) fails the test.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+
+const base = process.env.FLOW_URL;
+const XSS = "<img src=x onerror=alert(1)>";
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+const dialogs = [];
+const errors = [];
+
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.setDefaultTimeout(30000);
+  return page;
+}
+
+async function login(page, user, password) {
+  await page.goto(base + "/");
+  assert.match(page.url(), /\/login\?next=/);
+  await page.fill("input[name=username]", user);
+  await page.fill("input[name=password]", password);
+  await page.click("button[type=submit]");
+  await page.waitForSelector("#dag-list");
+}
+
+/// Reloads `url` until `check` (run in the page) is true.
+async function waitFor(page, url, what, check, seconds = 90) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    await page.goto(url);
+    if (await page.evaluate(check)) return;
+    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
+    await page.waitForTimeout(500);
+  }
+}
+
+try {
+  const admin = await newPage();
+  await login(admin, "admin", process.env.ADMIN_PASSWORD);
+
+  // The example ETL DAG starts paused: unpause it from the list.
+  const row = admin.locator('tr[data-dag-id="etl_daily"]');
+  await row.locator("button[data-action=pause-toggle]").click();
+  await admin.waitForSelector('tr[data-dag-id="etl_daily"] button.toggle.on');
+
+  // Trigger it with a param from the generated form.
+  await admin.goto(base + "/dags/etl_daily/trigger");
+  await admin.fill('input[name="param.region"]', "us");
+  await admin.click("#trigger-form button[type=submit]");
+  await admin.waitForURL(/\/dags\/etl_daily$/);
+
+  // Watch the grid until the newest run (rightmost column) is green all the way down.
+  await waitFor(admin, base + "/dags/etl_daily", "the triggered run to succeed", () => {
+    const rows = [...document.querySelectorAll("#grid tbody tr")];
+    return rows.length > 0 && rows.every((r) => {
+      const cells = r.querySelectorAll("a.cell");
+      return cells.length > 0 && cells[cells.length - 1].dataset.state === "success";
+    });
+  });
+
+  // Open a task's log from the grid: it ran for the param we gave.
+  const extract = admin.locator("#grid tbody tr").first().locator("a.cell").last();
+  await extract.click();
+  await admin.waitForSelector("#log");
+  const log = await admin.textContent("#log");
+  assert.match(log, /Running command/);
+  assert.match(await admin.textContent("body"), /us/);
+
+  // Clear it: the confirmation lists what will be cleared, then it runs again.
+  await admin.click("text=Clear…");
+  await admin.waitForSelector("#to-clear");
+  assert.match(await admin.textContent("#to-clear"), /extract/);
+  await admin.click("#confirm-clear");
+  await admin.waitForURL(/\/dags\/etl_daily$/);
+
+  // The audit log saw all of it.
+  await admin.goto(base + "/audit");
+  const audit = await admin.textContent("#audit");
+  for (const event of ["unpaused", "trigger", "clear"]) assert.match(audit, new RegExp(event));
+
+  // XSS: a DAG whose description, params, task log and run conf carry markup.
+  await admin.goto(base + "/dags/xss_probe/trigger");
+  await admin.click("#trigger-form summary");
+  await admin.fill("textarea[name=conf]", JSON.stringify({ note: XSS }));
+  await admin.fill("input[name=run_id]", "probe_" + Date.now());
+  await admin.click("#trigger-form button[type=submit]");
+  await admin.waitForURL(/\/dags\/xss_probe$/);
+  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit"]) {
+    await admin.goto(base + path);
+    assert.equal(await admin.locator("img[src=x]").count(), 0, path + " rendered an injected <img>");
+  }
+
+  // A Viewer finds no action anywhere.
+  const viewer = await newPage();
+  await login(viewer, process.env.VIEWER_USER, process.env.VIEWER_PASSWORD);
+  for (const path of ["/", "/dags/etl_daily", "/dags/etl_daily?tab=runs"]) {
+    await viewer.goto(base + path);
+    const body = await viewer.textContent("main");
+    assert.doesNotMatch(body, /Trigger|Mark success|Mark failed|Delete|Clear…/, path);
+    assert.equal(await viewer.locator('form[action$="/pause"]').count(), 0, path + " has a pause form");
+  }
+  const cell = viewer.locator("#grid a.cell").first();
+  await viewer.goto(base + "/dags/etl_daily");
+  await cell.click();
+  await viewer.waitForSelector("#log");
+  assert.doesNotMatch(await viewer.textContent("main"), /Mark success|Clear…/);
+  const refused = await viewer.goto(base + "/dags/etl_daily/trigger");
+  assert.equal(refused.status(), 403);
+
+  assert.deepEqual(dialogs, [], "a dialog fired: " + dialogs.join(", "));
+  assert.deepEqual(errors, [], "page errors: " + errors.join(", "));
+  console.log("browser test passed");
+} finally {
+  await browser.close();
+}

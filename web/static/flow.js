@@ -29,6 +29,9 @@
         window.location.reload();
       }, secs * 1000);
     }
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (sel) {
+      sel.addEventListener("change", function () { sel.form.submit(); });
+    });
     tailLog();
     checkTriggerForm();
   });

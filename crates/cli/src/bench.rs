@@ -38,6 +38,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         latency_runs: usize,
     },
+    /// Web UI server time: the DAG list with 1,000 DAGs and the grid of a 200-task DAG with
+    /// 100 runs, on a fresh database (dropped and recreated!).
+    Web {
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        dags: usize,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+    },
     /// `flow standalone` (a child process, SQLite) idle with generated DAGs: resident memory,
     /// CPU, and how soon an edited DAG file is live.
     Idle {
@@ -59,6 +71,12 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             fanout,
             latency_runs,
         } => crate::bench_engine::engine(database_url, chain, fanout, latency_runs).await,
+        BenchCommand::Web {
+            database_url,
+            dags,
+            runs,
+            tasks,
+        } => crate::bench_web::web(database_url, dags, runs, tasks).await,
         BenchCommand::Idle {
             dags,
             tasks,
@@ -74,7 +92,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
 }
 
 /// One generated DAG file, shaped like a typical dag-factory ETL file.
-fn dag_file(i: usize, tasks: usize) -> String {
+pub fn dag_file(i: usize, tasks: usize) -> String {
     let mut s = format!(
         "default:\n  default_args:\n    owner: bench\n    retries: 2\n    retry_delay: 5m\n\
          bench_dag_{i:05}:\n  description: Generated DAG {i}\n  schedule: \"{} {} * * *\"\n  \
@@ -95,7 +113,7 @@ fn dag_file(i: usize, tasks: usize) -> String {
     s
 }
 
-fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

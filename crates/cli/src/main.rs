@@ -5,6 +5,7 @@
 mod alloc;
 mod bench;
 mod bench_engine;
+mod bench_web;
 mod config;
 mod dags;
 mod ops;

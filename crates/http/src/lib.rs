@@ -15,6 +15,7 @@ use flow_store::Store;
 
 mod assets;
 pub mod auth;
+mod graph;
 mod pages;
 mod session;
 mod views;

@@ -261,17 +261,20 @@ async fn home(
     let total = matching.len();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let page_no = q.page.unwrap_or(1).clamp(1, pages);
-    let mut dags = Vec::new();
-    for d in matching
+    let shown: Vec<_> = matching
         .iter()
         .skip((page_no - 1) * PAGE_SIZE)
         .take(PAGE_SIZE)
-    {
-        let recent = store
-            .dag_run_list(&d.dag_id, 5)
-            .await?
+        .collect();
+    let ids: Vec<String> = shown.iter().map(|d| d.dag_id.clone()).collect();
+    let mut recent_runs = store.dag_run_recent_states(&ids, 5).await?;
+    let mut dags = Vec::new();
+    for d in shown {
+        let recent = recent_runs
+            .remove(&d.dag_id)
+            .unwrap_or_default()
             .into_iter()
-            .map(|r| (r.state.as_str().to_owned(), r.run_id))
+            .map(|(run_id, state)| (state.as_str().to_owned(), run_id))
             .collect();
         dags.push(views::DagListItem {
             dag_id: d.dag_id.clone(),
@@ -367,6 +370,10 @@ async fn load_dag(state: &AppState, dag_id: &str) -> Result<Dag, HttpError> {
 #[derive(Deserialize)]
 struct TabQuery {
     tab: Option<String>,
+    /// How many runs the grid shows.
+    runs: Option<i64>,
+    /// The run whose states colour the graph (default: the latest).
+    run_id: Option<String>,
 }
 
 async fn dag_page(
@@ -383,7 +390,7 @@ async fn dag_page(
         .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
     let dag = load_dag(&state, &dag_id).await?;
     let tab = match q.tab.as_deref() {
-        Some(t @ ("runs" | "code" | "details")) => t.to_owned(),
+        Some(t @ ("graph" | "runs" | "code" | "details")) => t.to_owned(),
         _ => "grid".to_owned(),
     };
     let mut body = views::DagPage {
@@ -400,9 +407,45 @@ async fn dag_page(
         details: Vec::new(),
         next_runs: Vec::new(),
         params: String::new(),
+        graph: None,
+        graph_runs: Vec::new(),
+        graph_run_url: String::new(),
     };
     match tab.as_str() {
-        "grid" => fill_grid(&state, &dag, &mut body).await?,
+        "grid" => {
+            let runs = q.runs.unwrap_or(GRID_RUNS).clamp(1, 365);
+            fill_grid(&state, &dag, runs, &mut body).await?;
+        }
+        "graph" => {
+            let runs = store.dag_run_list(&dag_id, 25).await?;
+            let selected = q
+                .run_id
+                .filter(|id| runs.iter().any(|r| r.run_id == *id))
+                .or_else(|| runs.first().map(|r| r.run_id.clone()));
+            let states: HashMap<String, String> = match &selected {
+                Some(run_id) => store
+                    .ti_states_for_runs(&dag_id, std::slice::from_ref(run_id))
+                    .await?
+                    .remove(run_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(t, s)| (t, s.as_str().to_owned()))
+                    .collect(),
+                None => HashMap::new(),
+            };
+            body.graph_runs = runs
+                .iter()
+                .map(|r| {
+                    (
+                        r.run_id.clone(),
+                        url_encode(&r.run_id),
+                        selected.as_deref() == Some(r.run_id.as_str()),
+                    )
+                })
+                .collect();
+            body.graph_run_url = selected.as_deref().map(url_encode).unwrap_or_default();
+            body.graph = Some(crate::graph::layout(&dag, &states));
+        }
         "runs" => {
             body.run_list = store
                 .dag_run_list(&dag_id, 200)
@@ -465,22 +508,18 @@ async fn dag_page(
 async fn fill_grid(
     state: &AppState,
     dag: &Dag,
+    n_runs: i64,
     body: &mut views::DagPage,
 ) -> Result<(), HttpError> {
     let store = state.store();
-    let mut runs = store.dag_run_list(&body.dag_id, GRID_RUNS).await?;
+    let mut runs = store.dag_run_list(&body.dag_id, n_runs).await?;
     runs.reverse(); // oldest on the left, as in Airflow
-    let mut states: Vec<HashMap<String, String>> = Vec::with_capacity(runs.len());
-    for r in &runs {
-        let map = store
-            .ti_list_for_run(&r.dag_id, &r.run_id)
-            .await?
-            .into_iter()
-            .filter(|t| t.key.map_index == -1)
-            .map(|t| (t.key.task_id, t.state.as_str().to_owned()))
-            .collect();
-        states.push(map);
-    }
+    let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let mut by_run = store.ti_states_for_runs(&body.dag_id, &run_ids).await?;
+    let states: Vec<HashMap<String, TaskInstanceState>> = runs
+        .iter()
+        .map(|r| by_run.remove(&r.run_id).unwrap_or_default())
+        .collect();
     let durations: Vec<Option<f64>> = runs
         .iter()
         .map(|r| {
@@ -519,8 +558,8 @@ async fn fill_grid(
                 .iter()
                 .map(|m| {
                     m.get(t.task_id.as_str())
-                        .cloned()
-                        .unwrap_or_else(|| "none".to_owned())
+                        .map_or("none", |s| s.as_str())
+                        .to_owned()
                 })
                 .collect(),
         })

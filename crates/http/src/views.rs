@@ -161,6 +161,11 @@ pub struct DagPage {
     pub details: Vec<(String, String)>,
     pub next_runs: Vec<String>,
     pub params: String,
+    pub graph: Option<crate::graph::GraphLayout>,
+    /// Runs to colour the graph with: (run id, url-encoded, selected).
+    pub graph_runs: Vec<(String, String, bool)>,
+    /// The selected run, url-encoded (empty when the DAG has no run).
+    pub graph_run_url: String,
 }
 
 pub struct RunItem {

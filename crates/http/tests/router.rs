@@ -439,11 +439,14 @@ async fn pages_roles_actions_and_escaping() {
         assert_eq!(run.conf["region"], XSS);
 
         // Every page of the DAG renders, with the conf escaped.
-        for tab in ["grid", "runs", "code", "details"] {
+        for tab in ["grid", "graph", "runs", "code", "details"] {
             let p = viewer.get(&format!("/dags/etl?tab={tab}")).await;
             assert_eq!(p.status, StatusCode::OK, "{tab}");
             assert!(!p.body.contains(XSS), "{tab} has raw HTML");
         }
+        let graph = viewer.get("/dags/etl?tab=graph&run_id=ui_run_1").await;
+        assert!(graph.body.contains("<svg") && graph.body.contains("class=\"edge\""));
+        assert!(graph.body.contains("/dags/etl/runs/ui_run_1/tasks/load"));
         let grid = viewer.get("/dags/etl").await;
         assert!(grid.body.contains("/dags/etl/runs/ui_run_1/tasks/extract"));
         let task = viewer.get("/dags/etl/runs/ui_run_1/tasks/extract").await;

@@ -284,4 +284,41 @@ impl Store {
         tx.commit().await?;
         Ok(n > 0)
     }
+
+    /// The states of the latest `n` runs of each of `dag_ids`, newest first, as
+    /// `dag_id -> [(run_id, state)]`: the DAG list's coloured dots in one query.
+    pub async fn dag_run_recent_states(
+        &self,
+        dag_ids: &[String],
+        n: i64,
+    ) -> Result<std::collections::HashMap<String, Vec<(String, DagRunState)>>> {
+        let mut out: std::collections::HashMap<String, Vec<(String, DagRunState)>> =
+            std::collections::HashMap::new();
+        for chunk in dag_ids.chunks(500) {
+            if chunk.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT dag_id, run_id, state FROM ( \
+                   SELECT dag_id, run_id, state, \
+                   ROW_NUMBER() OVER (PARTITION BY dag_id ORDER BY run_after DESC, id DESC) AS rn \
+                   FROM dag_run WHERE dag_id IN ({})) ranked \
+                 WHERE rn <= $1 ORDER BY dag_id, rn",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(n);
+            for d in chunk {
+                q = q.bind(d);
+            }
+            for row in q.fetch_all(self.read_pool()).await? {
+                let state: String = row.try_get("state")?;
+                let state =
+                    DagRunState::parse(&state).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                out.entry(row.try_get("dag_id")?)
+                    .or_default()
+                    .push((row.try_get("run_id")?, state));
+            }
+        }
+        Ok(out)
+    }
 }

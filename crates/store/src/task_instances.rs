@@ -445,6 +445,48 @@ impl Store {
         row.as_ref().map(ti_row).transpose()
     }
 
+    /// `run_id -> task_id -> state` for some runs of a DAG (unmapped task instances), for
+    /// the grid. One row per run comes back, the states packed by the database, so a grid of
+    /// 100 runs x 200 tasks is one small result rather than 20,000 rows.
+    pub async fn ti_states_for_runs(
+        &self,
+        dag_id: &str,
+        run_ids: &[String],
+    ) -> Result<HashMap<String, HashMap<String, S>>> {
+        let mut out = HashMap::new();
+        if run_ids.is_empty() {
+            return Ok(out);
+        }
+        // Task ids and states cannot contain ':' or ',' (ids are [A-Za-z0-9_.-]).
+        let packed = match self.backend() {
+            Backend::Postgres => "string_agg(task_id || ':' || state, ',')",
+            Backend::Sqlite => "group_concat(task_id || ':' || state, ',')",
+        };
+        for chunk in run_ids.chunks(500) {
+            let sql = format!(
+                "SELECT run_id, {packed} AS states FROM task_instance \
+                 WHERE dag_id = $1 AND map_index = -1 AND run_id IN ({}) GROUP BY run_id",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(dag_id);
+            for r in chunk {
+                q = q.bind(r);
+            }
+            for row in q.fetch_all(self.read_pool()).await? {
+                let run_id: String = row.try_get("run_id")?;
+                let packed: Option<String> = row.try_get("states")?;
+                let states = packed
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|pair| pair.split_once(':'))
+                    .map(|(t, s)| Ok((t.to_owned(), parse_state(s)?)))
+                    .collect::<Result<HashMap<_, _>>>()?;
+                out.insert(run_id, states);
+            }
+        }
+        Ok(out)
+    }
+
     /// The rendered template fields of a task instance's latest try (JSON text), if any.
     pub async fn ti_rendered_fields(&self, key: &TiKey) -> Result<Option<String>> {
         let row = sqlx::query(&format!(

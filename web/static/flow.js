@@ -32,9 +32,36 @@
     document.querySelectorAll("select[data-autosubmit]").forEach(function (sel) {
       sel.addEventListener("change", function () { sel.form.submit(); });
     });
+    gridCells();
     tailLog();
     checkTriggerForm();
   });
+
+  // Grid cells carry only their state (a 100 x 200 grid stays small); the task instance a
+  // cell stands for comes from its row and column.
+  function gridCells() {
+    var grid = document.getElementById("grid");
+    if (!grid) return;
+    var runs = [].map.call(grid.querySelectorAll("tr.bars td[data-run]"), function (td) { return td.getAttribute("data-run"); });
+    var base = grid.getAttribute("data-base");
+    function target(td) {
+      var tr = td.parentElement;
+      var col = [].indexOf.call(tr.children, td) - 1;
+      return { run: runs[col], task: tr.getAttribute("data-task") };
+    }
+    grid.addEventListener("click", function (e) {
+      var td = e.target.closest("td.cell");
+      if (!td) return;
+      var t = target(td);
+      window.location.href = base + t.run + "/tasks/" + t.task;
+    });
+    grid.addEventListener("mouseover", function (e) {
+      var td = e.target.closest("td.cell");
+      if (!td || td.title) return;
+      var t = target(td);
+      td.title = decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + td.getAttribute("data-state");
+    });
+  }
 
   function appendLines(log, lines) {
     var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;

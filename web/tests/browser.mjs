@@ -62,13 +62,13 @@ try {
   await waitFor(admin, base + "/dags/etl_daily", "the triggered run to succeed", () => {
     const rows = [...document.querySelectorAll("#grid tbody tr")];
     return rows.length > 0 && rows.every((r) => {
-      const cells = r.querySelectorAll("a.cell");
+      const cells = r.querySelectorAll("td.cell");
       return cells.length > 0 && cells[cells.length - 1].dataset.state === "success";
     });
   });
 
   // Open a task's log from the grid: it ran for the param we gave.
-  const extract = admin.locator("#grid tbody tr").first().locator("a.cell").last();
+  const extract = admin.locator("#grid tbody tr").first().locator("td.cell").last();
   await extract.click();
   await admin.waitForSelector("#log");
   const log = await admin.textContent("#log");
@@ -108,7 +108,7 @@ try {
     assert.doesNotMatch(body, /Trigger|Mark success|Mark failed|Delete|Clear…/, path);
     assert.equal(await viewer.locator('form[action$="/pause"]').count(), 0, path + " has a pause form");
   }
-  const cell = viewer.locator("#grid a.cell").first();
+  const cell = viewer.locator("#grid td.cell").first();
   await viewer.goto(base + "/dags/etl_daily");
   await cell.click();
   await viewer.waitForSelector("#log");

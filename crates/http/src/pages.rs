@@ -514,8 +514,9 @@ async fn fill_grid(
     let store = state.store();
     let mut runs = store.dag_run_list(&body.dag_id, n_runs).await?;
     runs.reverse(); // oldest on the left, as in Airflow
-    let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-    let mut by_run = store.ti_states_for_runs(&body.dag_id, &run_ids).await?;
+    let mut by_run = store
+        .ti_states_for_latest_runs(&body.dag_id, n_runs)
+        .await?;
     let states: Vec<HashMap<String, TaskInstanceState>> = runs
         .iter()
         .map(|r| by_run.remove(&r.run_id).unwrap_or_default())

@@ -448,7 +448,9 @@ async fn pages_roles_actions_and_escaping() {
         assert!(graph.body.contains("<svg") && graph.body.contains("class=\"edge\""));
         assert!(graph.body.contains("/dags/etl/runs/ui_run_1/tasks/load"));
         let grid = viewer.get("/dags/etl").await;
-        assert!(grid.body.contains("/dags/etl/runs/ui_run_1/tasks/extract"));
+        assert!(grid.body.contains("data-run=\"ui_run_1\""), "{}", grid.body);
+        assert!(grid.body.contains("data-task=\"extract\""));
+        assert!(grid.body.contains("data-base=\"/dags/etl/runs/\""));
         let task = viewer.get("/dags/etl/runs/ui_run_1/tasks/extract").await;
         assert_eq!(task.status, StatusCode::OK);
         assert!(!task.body.contains("Mark success"), "viewer sees actions");

@@ -161,6 +161,23 @@ fn ti_row(r: &AnyRow) -> Result<TiRow> {
     })
 }
 
+/// Rows of `(run_id, "task:state,task:state,...")` into `run_id -> task_id -> state`.
+fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, S>>> {
+    let mut out = HashMap::new();
+    for row in rows {
+        let run_id: String = row.try_get("run_id")?;
+        let packed: Option<String> = row.try_get("states")?;
+        let states = packed
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once(':'))
+            .map(|(t, s)| Ok((t.to_owned(), parse_state(s)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        out.insert(run_id, states);
+    }
+    Ok(out)
+}
+
 /// (from, to, reason) of changes applied by one batched UPDATE.
 type ChangeGroup = (S, S, Option<String>);
 
@@ -472,19 +489,35 @@ impl Store {
             for r in chunk {
                 q = q.bind(r);
             }
-            for row in q.fetch_all(self.read_pool()).await? {
-                let run_id: String = row.try_get("run_id")?;
-                let packed: Option<String> = row.try_get("states")?;
-                let states = packed
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|pair| pair.split_once(':'))
-                    .map(|(t, s)| Ok((t.to_owned(), parse_state(s)?)))
-                    .collect::<Result<HashMap<_, _>>>()?;
-                out.insert(run_id, states);
-            }
+            out.extend(unpack_states(&q.fetch_all(self.read_pool()).await?)?);
         }
         Ok(out)
+    }
+
+    /// [`Store::ti_states_for_runs`] for the latest `n` runs of a DAG (as
+    /// [`Store::dag_run_list`] orders them), choosing the runs in the same query.
+    pub async fn ti_states_for_latest_runs(
+        &self,
+        dag_id: &str,
+        n: i64,
+    ) -> Result<HashMap<String, HashMap<String, S>>> {
+        let packed = match self.backend() {
+            Backend::Postgres => "string_agg(task_id || ':' || state, ',')",
+            Backend::Sqlite => "group_concat(task_id || ':' || state, ',')",
+        };
+        let sql = format!(
+            "SELECT run_id, {packed} AS states FROM task_instance \
+             WHERE dag_id = $1 AND map_index = -1 AND run_id IN ( \
+               SELECT run_id FROM dag_run WHERE dag_id = $1 \
+               ORDER BY run_after DESC, id DESC LIMIT $2) \
+             GROUP BY run_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(dag_id)
+            .bind(n)
+            .fetch_all(self.read_pool())
+            .await?;
+        unpack_states(&rows)
     }
 
     /// The rendered template fields of a task instance's latest try (JSON text), if any.

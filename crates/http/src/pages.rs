@@ -268,6 +268,7 @@ async fn home(
         .collect();
     let ids: Vec<String> = shown.iter().map(|d| d.dag_id.clone()).collect();
     let mut recent_runs = store.dag_run_recent_states(&ids, 5).await?;
+    let mut task_counts = store.ti_state_counts_latest_run(&ids).await?;
     let mut dags = Vec::new();
     for d in shown {
         let recent = recent_runs
@@ -285,6 +286,12 @@ async fn home(
             schedule: d.schedule.clone(),
             tags: d.tags.iter().map(|t| (t.clone(), url_encode(t))).collect(),
             recent,
+            task_counts: task_counts
+                .remove(&d.dag_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_owned(), n))
+                .collect(),
             next_run: fmt_time(&d.next_dagrun),
         });
     }
@@ -390,7 +397,7 @@ async fn dag_page(
         .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
     let dag = load_dag(&state, &dag_id).await?;
     let tab = match q.tab.as_deref() {
-        Some(t @ ("graph" | "runs" | "code" | "details")) => t.to_owned(),
+        Some(t @ ("graph" | "gantt" | "runs" | "code" | "details")) => t.to_owned(),
         _ => "grid".to_owned(),
     };
     let mut body = views::DagPage {
@@ -410,11 +417,35 @@ async fn dag_page(
         graph: None,
         graph_runs: Vec::new(),
         graph_run_url: String::new(),
+        gantt: Vec::new(),
+        gantt_span: String::new(),
     };
     match tab.as_str() {
         "grid" => {
             let runs = q.runs.unwrap_or(GRID_RUNS).clamp(1, 365);
             fill_grid(&state, &dag, runs, &mut body).await?;
+        }
+        "gantt" => {
+            let runs = store.dag_run_list(&dag_id, 25).await?;
+            let selected = q
+                .run_id
+                .filter(|id| runs.iter().any(|r| r.run_id == *id))
+                .or_else(|| runs.first().map(|r| r.run_id.clone()));
+            body.graph_runs = runs
+                .iter()
+                .map(|r| {
+                    (
+                        r.run_id.clone(),
+                        url_encode(&r.run_id),
+                        selected.as_deref() == Some(r.run_id.as_str()),
+                    )
+                })
+                .collect();
+            if let Some(run_id) = selected {
+                body.graph_run_url = url_encode(&run_id);
+                let tis = store.ti_list_for_run(&dag_id, &run_id).await?;
+                (body.gantt, body.gantt_span) = gantt(&dag, &tis);
+            }
         }
         "graph" => {
             let runs = store.dag_run_list(&dag_id, 25).await?;
@@ -503,6 +534,58 @@ async fn dag_page(
         }
     }
     Ok(page(&body))
+}
+
+/// Bars for the task instances of one run that have started, in DAG order, scaled to the
+/// span from the first queued time to the last end (or now, while running).
+fn gantt(dag: &Dag, tis: &[flow_store::TiRow]) -> (Vec<views::GanttBar>, String) {
+    let by_id: HashMap<&str, &flow_store::TiRow> = tis
+        .iter()
+        .filter(|t| t.key.map_index == -1)
+        .map(|t| (t.key.task_id.as_str(), t))
+        .collect();
+    let started: Vec<&flow_store::TiRow> = dag
+        .tasks
+        .iter()
+        .filter_map(|t| by_id.get(t.task_id.as_str()).copied())
+        .filter(|t| t.start_date.is_some())
+        .collect();
+    let now = Utc::now();
+    let Some(begin) = started
+        .iter()
+        .filter_map(|t| t.queued_dttm.or(t.start_date))
+        .min()
+    else {
+        return (Vec::new(), String::new());
+    };
+    let end = started
+        .iter()
+        .map(|t| t.end_date.unwrap_or(now))
+        .max()
+        .unwrap_or(now);
+    let span = ((end - begin).num_microseconds().unwrap_or(0) as f64).max(1.0);
+    let x = |t: chrono::DateTime<Utc>| {
+        (t - begin).num_microseconds().unwrap_or(0) as f64 / span * 1000.0
+    };
+    let bars = started
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let start = t.start_date?;
+            let stop = t.end_date.unwrap_or(now);
+            Some(views::GanttBar {
+                task_id: t.key.task_id.clone(),
+                task_id_url: url_encode(&t.key.task_id),
+                state: t.state.as_str().to_owned(),
+                queued_x: t.queued_dttm.map_or(x(start), x).min(x(start)),
+                start_x: x(start),
+                width: (x(stop) - x(start)).max(1.0),
+                duration: fmt_duration(Some((stop - start).num_milliseconds() as f64 / 1000.0)),
+                y: i as f64 * 22.0,
+            })
+        })
+        .collect();
+    (bars, fmt_duration(Some(span / 1_000_000.0)))
 }
 
 async fn fill_grid(

@@ -109,6 +109,8 @@ pub struct DagListItem {
     pub tags: Vec<(String, String)>,
     /// (state, run id) of the latest runs, newest first.
     pub recent: Vec<(String, String)>,
+    /// (state, count) of the latest run's task instances.
+    pub task_counts: Vec<(String, i64)>,
     pub next_run: String,
 }
 
@@ -166,6 +168,23 @@ pub struct DagPage {
     pub graph_runs: Vec<(String, String, bool)>,
     /// The selected run, url-encoded (empty when the DAG has no run).
     pub graph_run_url: String,
+    pub gantt: Vec<GanttBar>,
+    /// Total span of the Gantt chart, formatted.
+    pub gantt_span: String,
+}
+
+/// One task instance on the Gantt chart; offsets and widths are per mille of the run's span
+/// (classes `o0`..`o1000` would be too many, so the template uses SVG coordinates).
+pub struct GanttBar {
+    pub task_id: String,
+    pub task_id_url: String,
+    pub state: String,
+    /// Queued-to-start and start-to-end, in SVG units out of 1000.
+    pub queued_x: f64,
+    pub start_x: f64,
+    pub width: f64,
+    pub duration: String,
+    pub y: f64,
 }
 
 pub struct RunItem {

@@ -438,8 +438,17 @@ async fn pages_roles_actions_and_escaping() {
         assert_eq!(run.conf["batch"], 7);
         assert_eq!(run.conf["region"], XSS);
 
+        // The list counts the latest run's task states (two tasks, no state yet).
+        let list = viewer.get("/").await;
+        assert!(
+            list.body
+                .contains("title=\"none\"><i class=\"dot st-none\"></i>2"),
+            "{}",
+            list.body
+        );
+
         // Every page of the DAG renders, with the conf escaped.
-        for tab in ["grid", "graph", "runs", "code", "details"] {
+        for tab in ["grid", "graph", "gantt", "runs", "code", "details"] {
             let p = viewer.get(&format!("/dags/etl?tab={tab}")).await;
             assert_eq!(p.status, StatusCode::OK, "{tab}");
             assert!(!p.body.contains(XSS), "{tab} has raw HTML");

@@ -321,4 +321,41 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Task instance state counts of the latest run of each of `dag_ids` (the DAG list's
+    /// "recent tasks"), as `dag_id -> [(state, count)]`.
+    pub async fn ti_state_counts_latest_run(
+        &self,
+        dag_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<(flow_model::TaskInstanceState, i64)>>> {
+        let mut out: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
+        for chunk in dag_ids.chunks(500) {
+            if chunk.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT ti.dag_id, ti.state, COUNT(*) AS n FROM task_instance ti JOIN ( \
+                   SELECT dag_id, run_id FROM ( \
+                     SELECT dag_id, run_id, ROW_NUMBER() OVER ( \
+                       PARTITION BY dag_id ORDER BY run_after DESC, id DESC) AS rn \
+                     FROM dag_run WHERE dag_id IN ({})) ranked WHERE rn = 1) latest \
+                 ON latest.dag_id = ti.dag_id AND latest.run_id = ti.run_id \
+                 GROUP BY ti.dag_id, ti.state ORDER BY ti.dag_id, ti.state",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q.bind(d);
+            }
+            for row in q.fetch_all(self.read_pool()).await? {
+                let state: String = row.try_get("state")?;
+                let state = flow_model::TaskInstanceState::parse(&state)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                out.entry(row.try_get("dag_id")?)
+                    .or_default()
+                    .push((state, row.try_get("n")?));
+            }
+        }
+        Ok(out)
+    }
 }

@@ -60,6 +60,9 @@ pub fn fmt_duration(seconds: Option<f64>) -> String {
     let Some(s) = seconds else {
         return String::new();
     };
+    if s < 1.0 {
+        return format!("{:.0} ms", s * 1000.0);
+    }
     if s < 60.0 {
         return format!("{s:.1}s");
     }
@@ -357,6 +360,7 @@ mod tests {
     fn encodes_urls_and_durations() {
         assert_eq!(url_encode("a b/c?d"), "a%20b%2Fc%3Fd");
         assert_eq!(fmt_duration(Some(1.25)), "1.2s");
+        assert_eq!(fmt_duration(Some(0.0123)), "12 ms");
         assert_eq!(fmt_duration(Some(184.0)), "3m 04s");
         assert_eq!(fmt_duration(Some(7500.0)), "2h 05m");
         assert_eq!(fmt_duration(None), "");

@@ -84,11 +84,31 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
-  // Live tail: poll for lines after the last one shown while the try runs.
+  function showState(state) {
+    var el = document.getElementById("ti-state");
+    if (el && el.textContent !== state) {
+      el.textContent = state;
+      el.className = "pill st-" + state;
+    }
+  }
+
+  // Live tail: server-sent events while the try runs; polling where EventSource is missing.
   function tailLog() {
     var log = document.getElementById("log");
     if (!log || log.getAttribute("data-live") !== "true") return;
     var next = log.getAttribute("data-next") || "0";
+    if (window.EventSource) {
+      var source = new EventSource(log.getAttribute("data-stream") + "&after=" + encodeURIComponent(next));
+      source.addEventListener("lines", function (e) {
+        var data = JSON.parse(e.data);
+        var empty = document.getElementById("log-empty");
+        if (empty) empty.remove();
+        appendLines(log, data.lines);
+      });
+      source.addEventListener("state", function (e) { showState(e.data); });
+      source.addEventListener("end", function () { source.close(); });
+      return;
+    }
     var src = log.getAttribute("data-src");
     function poll() {
       fetch(src + "&after=" + encodeURIComponent(next), { credentials: "same-origin" })

@@ -99,6 +99,19 @@ try {
     assert.equal(await admin.locator("img[src=x]").count(), 0, path + " rendered an injected <img>");
   }
 
+  // Live tail: open a running task's log and watch lines arrive without reloading.
+  await admin.goto(base + "/dags/live_tail/trigger");
+  await admin.click("#trigger-form button[type=submit]");
+  await admin.waitForURL(/\/dags\/live_tail$/);
+  await waitFor(admin, base + "/dags/live_tail", "the ticker to run", () => {
+    const cells = document.querySelectorAll("#grid td.cell");
+    return cells.length > 0 && cells[cells.length - 1].dataset.state === "running";
+  }, 60);
+  await admin.locator("#grid td.cell").last().click();
+  await admin.waitForSelector("#log[data-live=true]");
+  await admin.waitForFunction(() => document.getElementById("log").textContent.includes("tick 6"), null, { timeout: 30000 });
+  await admin.waitForFunction(() => document.getElementById("ti-state").textContent === "success", null, { timeout: 30000 });
+
   // A Viewer finds no action anywhere.
   const viewer = await newPage();
   await login(viewer, process.env.VIEWER_USER, process.env.VIEWER_PASSWORD);

@@ -55,6 +55,12 @@ xss_probe:
     shout:
       operator: bash
       bash_command: 'echo "<img src=x onerror=alert(1)>"'
+live_tail:
+  is_paused_upon_creation: false
+  tasks:
+    ticker:
+      operator: bash
+      bash_command: 'for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done'
 "#;
 
 struct Standalone(Child);

@@ -55,9 +55,18 @@ pub fn routes() -> Router<AppState> {
             get(task_log),
         )
         .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/log/stream",
+            get(task_log_stream),
+        )
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/log/raw",
+            get(task_log_raw),
+        )
+        .route(
             "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/mark",
             post(mark_task),
         )
+        .route("/pools", get(pools_page).post(pools_set))
 }
 
 // ---- health and login ----
@@ -338,14 +347,21 @@ async fn import_errors(
     }))
 }
 
+#[derive(Deserialize)]
+struct AuditQuery {
+    dag_id: Option<String>,
+}
+
 async fn audit_page(
     State(state): State<AppState>,
     user: CurrentUser,
+    Query(q): Query<AuditQuery>,
 ) -> Result<Response, HttpError> {
     user.require(Permission::Read)?;
+    let dag_filter = q.dag_id.filter(|d| !d.is_empty());
     let items = state
         .store()
-        .audit_list(None, 500)
+        .audit_list(dag_filter.as_deref(), 500)
         .await?
         .into_iter()
         .map(|a| views::AuditItem {
@@ -361,6 +377,7 @@ async fn audit_page(
     Ok(page(&views::AuditPage {
         chrome: Chrome::of(&user),
         items,
+        dag_filter: dag_filter.unwrap_or_default(),
     }))
 }
 
@@ -752,6 +769,7 @@ async fn task_page(
         tries,
         shown_try,
         log_lines,
+        truncated: log.lines.len() as i64 >= LOG_PAGE,
         log_next: log.next,
         live,
         xcoms,
@@ -796,6 +814,209 @@ async fn task_log(
         "try_number": ti.try_number,
     }))
     .into_response())
+}
+
+/// The log of a try as server-sent events: a `lines` event (JSON like `/log`) whenever new
+/// lines are stored, a `state` event when the state changes, and the end of the stream once
+/// the try is over. The browser's EventSource reconnects on its own after a network error.
+async fn task_log_stream(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<TryQuery>,
+) -> Result<Response, HttpError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    user.require(Permission::Read)?;
+    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    let ti = state
+        .store()
+        .ti_get(&key)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
+    let try_number = q.try_number.unwrap_or(ti.try_number);
+    struct Tail {
+        state: AppState,
+        key: TiKey,
+        try_number: i64,
+        after: i64,
+        last_state: String,
+        done: bool,
+    }
+    let start = Tail {
+        state,
+        key,
+        try_number,
+        after: q.after.unwrap_or(0),
+        last_state: String::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(start, |mut t| async move {
+        if t.done {
+            return None;
+        }
+        loop {
+            let store = t.state.store();
+            let Ok(log) = store
+                .log_read(&t.key, t.try_number, t.after, LOG_PAGE)
+                .await
+            else {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
+            };
+            let ti_state = store
+                .ti_get(&t.key)
+                .await
+                .ok()
+                .flatten()
+                .map(|ti| (ti.state, ti.try_number));
+            if !log.lines.is_empty() {
+                t.after = log.next;
+                let lines: Vec<serde_json::Value> = log
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "at": l.at.format("%H:%M:%S%.3f").to_string(),
+                            "stream": l.stream,
+                            "spans": views::ansi_spans(&l.line),
+                        })
+                    })
+                    .collect();
+                let data = serde_json::json!({ "lines": lines, "next": log.next }).to_string();
+                return Some((
+                    Ok::<_, std::convert::Infallible>(Event::default().event("lines").data(data)),
+                    t,
+                ));
+            }
+            let (current, current_try) = ti_state.unwrap_or((TaskInstanceState::Removed, 0));
+            if current.as_str() != t.last_state {
+                t.last_state = current.as_str().to_owned();
+                return Some((
+                    Ok(Event::default().event("state").data(current.as_str())),
+                    t,
+                ));
+            }
+            let live = matches!(
+                current,
+                TaskInstanceState::Running
+                    | TaskInstanceState::Queued
+                    | TaskInstanceState::Scheduled
+            ) && current_try == t.try_number;
+            if !live {
+                t.done = true;
+                return Some((Ok(Event::default().event("end").data("")), t));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A try's whole log as plain text (for logs longer than a page holds).
+async fn task_log_raw(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<TryQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    let ti = state
+        .store()
+        .ti_get(&key)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
+    let try_number = q.try_number.unwrap_or(ti.try_number);
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let page = state
+            .store()
+            .log_read(&key, try_number, after, LOG_PAGE)
+            .await?;
+        if page.lines.is_empty() {
+            break;
+        }
+        for l in &page.lines {
+            text.push_str(&format!(
+                "{} {} {}\n",
+                l.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                l.stream,
+                l.line
+            ));
+        }
+        after = page.next;
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+async fn pools_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let usage = state.store().ti_pool_usage().await?;
+    let mut pools: Vec<(String, i64, i64)> = usage
+        .pools
+        .into_iter()
+        .map(|(name, (slots, used))| (name, slots, used))
+        .collect();
+    pools.sort();
+    Ok(page(&views::PoolsPage {
+        can_operate: user.role.can(Permission::Operate),
+        chrome: Chrome::of(&user),
+        pools,
+    }))
+}
+
+#[derive(Deserialize)]
+struct PoolForm {
+    csrf_token: String,
+    pool: String,
+    slots: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn pools_set(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<PoolForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::Operate)?;
+    let name = form.pool.trim();
+    flow_model::PoolId::parse(name)
+        .map_err(|e| HttpError::BadRequest(format!("pool name: {e}")))?;
+    let slots: i64 = form
+        .slots
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| HttpError::BadRequest("slots must be a whole number, 0 or more".into()))?;
+    state
+        .store()
+        .pool_set(name, slots, &form.description)
+        .await?;
+    audit(
+        &state,
+        &user.username,
+        "set pool",
+        None,
+        None,
+        None,
+        Some(&format!("{name}: {slots} slot(s)")),
+    )
+    .await;
+    Ok(Redirect::to("/pools").into_response())
 }
 
 // ---- actions ----

@@ -218,6 +218,8 @@ pub struct TaskPage {
     pub log_lines: Vec<LogLineView>,
     pub log_next: i64,
     pub live: bool,
+    /// The page holds only the first lines of a long log.
+    pub truncated: bool,
     pub xcoms: Vec<(String, String)>,
     pub rendered: Vec<(String, String)>,
 }
@@ -278,6 +280,16 @@ pub struct AuditItem {
 pub struct AuditPage {
     pub chrome: Chrome,
     pub items: Vec<AuditItem>,
+    pub dag_filter: String,
+}
+
+#[derive(Template)]
+#[template(path = "pools.html")]
+pub struct PoolsPage {
+    pub chrome: Chrome,
+    /// (pool, slots, slots in use)
+    pub pools: Vec<(String, i64, i64)>,
+    pub can_operate: bool,
 }
 
 #[derive(Template)]

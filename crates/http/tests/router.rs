@@ -515,6 +515,38 @@ async fn pages_roles_actions_and_escaping() {
             flow_model::TaskInstanceState::NoStatus
         );
 
+        // The log as server-sent events: the stored lines, the state, then the end (the try
+        // is not running); and as plain text.
+        let line = flow_store::LogLine {
+            at: Utc::now(),
+            stream: "stdout".into(),
+            line: format!("\u{1b}[31mred\u{1b}[0m {XSS}"),
+        };
+        site.store.log_append(&key, 0, &[line]).await.unwrap();
+        let sse = viewer
+            .get("/dags/etl/runs/ui_run_1/tasks/extract/log/stream?try=0")
+            .await;
+        assert_eq!(sse.status, StatusCode::OK);
+        assert_eq!(sse.headers[header::CONTENT_TYPE], "text/event-stream");
+        let lines_at = sse.body.find("event: lines").expect(&sse.body);
+        let state_at = sse.body.find("event: state").expect(&sse.body);
+        let end_at = sse.body.find("event: end").expect(&sse.body);
+        assert!(lines_at < state_at && state_at < end_at, "{}", sse.body);
+        assert!(sse.body.contains("ansi-red"), "{}", sse.body);
+        let raw = viewer
+            .get("/dags/etl/runs/ui_run_1/tasks/extract/log/raw?try=0")
+            .await;
+        assert!(
+            raw.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert!(
+            raw.body.contains(XSS),
+            "plain text keeps the line as it was"
+        );
+
         // Mark the run failed, then delete it.
         let p = user
             .post(
@@ -555,6 +587,55 @@ async fn pages_roles_actions_and_escaping() {
         assert!(audit.body.contains("uma"));
         assert!(!audit.body.contains(XSS));
         assert_eq!(viewer.get("/import-errors").await.status, StatusCode::OK);
+        let filtered = viewer.get("/audit?dag_id=other").await;
+        assert!(
+            !filtered.body.contains("trigger"),
+            "the filter kept other DAGs' entries"
+        );
+
+        // Pools: everyone reads; only Op and Admin change them.
+        let pools = viewer.get("/pools").await;
+        assert!(pools.body.contains("default_pool") && !pools.body.contains("Create or resize"));
+        let p = user
+            .post(
+                "/pools",
+                &[("csrf_token", &csrf), ("pool", "gpu"), ("slots", "2")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "User is below Op");
+        let mut admin = Browser::new(&site);
+        admin.ip = [10, 1, 1, 1];
+        admin.login("ada", "correct horse", "/").await;
+        let csrf_a = admin.get("/pools").await.csrf();
+        let p = admin
+            .post(
+                "/pools",
+                &[
+                    ("csrf_token", &csrf_a),
+                    ("pool", "bad name!"),
+                    ("slots", "2"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        let p = admin
+            .post(
+                "/pools",
+                &[("csrf_token", &csrf_a), ("pool", "gpu"), ("slots", "2")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(site.store.pool_list().await.unwrap()["gpu"], 2);
+
+        // The log as text, and as server-sent events that end once the try is over.
+        let raw = viewer
+            .get("/dags/etl/runs/ui_run_1/tasks/extract/log/raw")
+            .await;
+        assert_eq!(
+            raw.status,
+            StatusCode::NOT_FOUND,
+            "the run was deleted above"
+        );
         db.drop_db().await.unwrap();
     }
 }

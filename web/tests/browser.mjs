@@ -44,6 +44,16 @@ async function waitFor(page, url, what, check, seconds = 90) {
 }
 
 try {
+  // /health needs no login and sees the standalone's scheduler (once its first pass ran).
+  let health = {};
+  for (let i = 0; i < 60; i++) {
+    health = await (await fetch(base + "/health")).json();
+    if (health.scheduler.status === "healthy") break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(health.metadatabase.status, "healthy");
+  assert.equal(health.scheduler.status, "healthy", JSON.stringify(health));
+
   const admin = await newPage();
   await login(admin, "admin", process.env.ADMIN_PASSWORD);
 

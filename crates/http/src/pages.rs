@@ -71,13 +71,33 @@ pub fn routes() -> Router<AppState> {
 
 // ---- health and login ----
 
+/// Airflow's `/health`: the metadatabase, and the scheduler by its latest heartbeat (healthy
+/// within 30 s, Airflow's `scheduler_health_check_threshold`).
 async fn health(State(state): State<AppState>) -> Response {
-    let db = if state.store().ping().await.is_ok() {
+    let store = state.store();
+    let db = if store.ping().await.is_ok() {
         "healthy"
     } else {
         "unhealthy"
     };
-    Json(serde_json::json!({ "metadatabase": { "status": db } })).into_response()
+    let heartbeat = store
+        .job_latest_heartbeat("SchedulerJob")
+        .await
+        .ok()
+        .flatten();
+    let scheduler = if heartbeat.is_some_and(|h| Utc::now() - h < chrono::Duration::seconds(30)) {
+        "healthy"
+    } else {
+        "unhealthy"
+    };
+    Json(serde_json::json!({
+        "metadatabase": { "status": db },
+        "scheduler": {
+            "status": scheduler,
+            "latest_scheduler_heartbeat": heartbeat.map(|h| h.to_rfc3339()),
+        },
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

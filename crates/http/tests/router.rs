@@ -214,7 +214,14 @@ async fn login_sessions_and_redirects() {
         let site = site(&db).await;
         let mut b = Browser::new(&site);
         // Public: health, static assets, login. Everything else sends you to log in.
-        assert_eq!(b.get("/health").await.status, StatusCode::OK);
+        let health = b.get("/health").await;
+        assert_eq!(health.status, StatusCode::OK);
+        let health: serde_json::Value = serde_json::from_str(&health.body).unwrap();
+        assert_eq!(health["metadatabase"]["status"], "healthy");
+        assert_eq!(
+            health["scheduler"]["status"], "unhealthy",
+            "no scheduler runs here"
+        );
         assert_eq!(b.get("/static/flow.css").await.status, StatusCode::OK);
         assert_eq!(
             b.get("/static/nope.css").await.status,

@@ -94,6 +94,8 @@ pub struct Scheduler {
     /// [`Store::dag_version`] at the last refresh.
     dag_version: Option<i64>,
     last_zombie_check: Option<DateTime<Utc>>,
+    /// This scheduler's row in `job`, once started.
+    job_id: Option<i64>,
 }
 
 /// What one pass found out about when to run again.
@@ -138,6 +140,7 @@ impl Scheduler {
             last_dag_refresh: None,
             dag_version: None,
             last_zombie_check: None,
+            job_id: None,
         }
     }
 
@@ -182,6 +185,11 @@ impl Scheduler {
                 () = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+        if let Some(id) = self.job_id
+            && let Err(e) = self.store.job_end(id, Utc::now()).await
+        {
+            warn!(error = %e, "could not record the scheduler's end");
         }
         info!("scheduler stopped");
     }
@@ -293,6 +301,7 @@ impl Scheduler {
             .is_none_or(|t| now - t >= Duration::seconds(5));
         if zombie_due {
             self.rescue_zombies(now).await?;
+            self.heartbeat(now).await?;
             self.last_zombie_check = Some(now);
         }
         Ok(outcome)
@@ -327,6 +336,19 @@ impl Scheduler {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Records that this scheduler is alive (the `job` row `/health` reads), starting the row
+    /// on the first call.
+    async fn heartbeat(&mut self, now: DateTime<Utc>) -> Result<(), SchedulerError> {
+        match self.job_id {
+            Some(id) => self.store.job_heartbeat(id, now).await?,
+            None => {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+                self.job_id = Some(self.store.job_start("SchedulerJob", &host, now).await?);
+            }
+        }
+        Ok(())
     }
 
     /// Reloads DAG rows and re-reads serialized DAGs whose hash changed.

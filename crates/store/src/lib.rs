@@ -15,6 +15,7 @@
 
 mod dag_runs;
 mod dags;
+mod jobs;
 mod logs;
 mod task_instances;
 pub mod testing;

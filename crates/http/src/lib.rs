@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use flow_store::Store;
 
+pub mod api;
 mod assets;
 pub mod auth;
 mod graph;
@@ -32,6 +33,8 @@ pub struct AppState {
 struct Inner {
     store: Store,
     signer: auth::CookieSigner,
+    /// Signs API tokens too (kept out of Debug output).
+    secret_key: SecretKey,
     limiter: auth::LoginLimiter,
     /// Send cookies with `Secure` (set when served behind HTTPS).
     secure_cookies: bool,
@@ -51,6 +54,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 signer: auth::CookieSigner::new(&config.secret_key),
+                secret_key: SecretKey(config.secret_key.clone()),
                 limiter: auth::LoginLimiter::default(),
                 secure_cookies: config.secure_cookies,
             }),
@@ -59,6 +63,23 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn secret_key(&self) -> &[u8] {
+        &self.inner.secret_key.0
+    }
+
+    pub(crate) fn limiter(&self) -> &auth::LoginLimiter {
+        &self.inner.limiter
+    }
+}
+
+/// Key bytes that never appear in logs or debug output.
+struct SecretKey(Vec<u8>);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
     }
 }
 
@@ -69,6 +90,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     pages::routes()
         .merge(assets::routes())
+        .merge(api::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

@@ -646,3 +646,250 @@ async fn pages_roles_actions_and_escaping() {
         db.drop_db().await.unwrap();
     }
 }
+
+/// One API request: method, path, optional `Authorization`, optional (content type, body).
+async fn api(
+    site: &Site,
+    method: &str,
+    uri: &str,
+    auth: Option<&str>,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let body = match body {
+        Some((ct, text)) => {
+            req = req.header(header::CONTENT_TYPE, ct);
+            Body::from(text.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let mut req = req.body(body).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 40000))));
+    let resp = site.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}
+
+async fn token_for(site: &Site, user: &str) -> String {
+    let body = format!(r#"{{"username": "{user}", "password": "correct horse"}}"#);
+    let (status, _, json) = api(
+        site,
+        "POST",
+        "/auth/token",
+        None,
+        Some(("application/json", &body)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    format!("Bearer {}", json["access_token"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn api_tokens_roles_and_dags() {
+    for db in databases().await {
+        let site = site(&db).await;
+        // Tokens: JSON or form; bad credentials, empty fields, other media types refused.
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/auth/token",
+            None,
+            Some((
+                "application/json",
+                r#"{"username": "ada", "password": "nope"}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{j}");
+        assert_eq!(j["detail"], "Invalid credentials");
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/auth/token",
+            None,
+            Some(("application/json", r#"{"username": "", "password": ""}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/auth/token",
+            None,
+            Some(("text/plain", "x")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/auth/token",
+            None,
+            Some((
+                "application/x-www-form-urlencoded",
+                "username=uma&password=correct%20horse",
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{j}");
+        let admin = token_for(&site, "ada").await;
+        let user = token_for(&site, "uma").await;
+        let viewer = token_for(&site, "vic").await;
+
+        // No credentials: 401 with WWW-Authenticate; version and health are public.
+        let (s, h, j) = api(&site, "GET", "/api/v2/dags", None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(j["detail"], "Not authenticated");
+        assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
+        let (s, _, j) = api(&site, "GET", "/api/v2/version", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(j["version"].is_string());
+        let (s, _, j) = api(&site, "GET", "/api/v2/monitor/health", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["metadatabase"]["status"], "healthy");
+        assert!(j["triggerer"]["status"].is_null());
+
+        // Forged, unsigned and expired tokens.
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags",
+            Some("Bearer abc.def.ghi"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["detail"].as_str()),
+            (StatusCode::FORBIDDEN, Some("Invalid JWT token"))
+        );
+        let payload = admin
+            .trim_start_matches("Bearer ")
+            .split('.')
+            .nth(1)
+            .unwrap();
+        let none = format!("Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+        let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&none), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "alg none must fail");
+        let expired = flow_http::api::jwt::sign(
+            b"test key test key test key test key!",
+            &flow_http::api::jwt::Claims {
+                sub: "ada".into(),
+                ver: "x".into(),
+                iat: 0,
+                exp: 1,
+            },
+        )
+        .unwrap();
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags",
+            Some(&format!("Bearer {expired}")),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["detail"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("Token Expired"))
+        );
+
+        // The list: Airflow's envelope and fields, filters, paging, bad parameters.
+        let (s, _, j) = api(&site, "GET", "/api/v2/dags", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2);
+        assert_eq!(j["dags"][0]["dag_id"], "etl");
+        assert_eq!(j["dags"][0]["tags"][0]["name"], "nightly");
+        assert_eq!(j["dags"][0]["is_paused"], false);
+        assert!(
+            j["dags"][0]["last_parsed_time"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "vic:correct horse"
+            )
+        );
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags?dag_id_pattern=oth&limit=10",
+            Some(&basic),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["total_entries"], 1);
+        assert_eq!(j["dags"][0]["dag_id"], "other");
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags?tags=nightly&tags=none",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(j["total_entries"], 1);
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags?limit=1&offset=1&order_by=-dag_id",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(j["dags"][0]["dag_id"], "etl");
+        assert_eq!(j["dags"].as_array().unwrap().len(), 1);
+        let (s, _, j) = api(&site, "GET", "/api/v2/dags?limit=abc", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(j["detail"][0]["loc"][1], "limit");
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags?order_by=bogus",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        // One DAG, pause by role, bad bodies, unknown ids.
+        let (s, _, j) = api(&site, "GET", "/api/v2/dags/nope", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(j["detail"].as_str().unwrap().contains("nope"));
+        let body = Some(("application/json", r#"{"is_paused": true}"#));
+        let (s, _, _) = api(&site, "PATCH", "/api/v2/dags/etl", Some(&viewer), body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, j) = api(&site, "PATCH", "/api/v2/dags/etl", Some(&user), body).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["is_paused"], true);
+        assert!(site.store.dag_get("etl").await.unwrap().unwrap().is_paused);
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl",
+            Some(&user),
+            Some(("application/json", r#"{"is_paused": "yes"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _, _) = api(&site, "PATCH", "/api/v2/dags/nope", Some(&admin), body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // Deleting a user invalidates their tokens at once.
+        assert!(site.store.user_delete("uma").await.unwrap());
+        let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&user), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        db.drop_db().await.unwrap();
+    }
+}

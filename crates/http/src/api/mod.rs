@@ -1,0 +1,303 @@
+//! The REST API under `/api/v2`, following Apache Airflow 3's stable REST API (paths, JSON
+//! field names, list envelopes, the `{"detail": ...}` error shape, 401 vs 403), so that
+//! Airflow's tooling works against flow. `docs/airflow-rest-api-v2.md` records the shapes.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use chrono::Utc;
+use flow_model::{Permission, Role};
+
+use crate::AppState;
+
+mod dags;
+pub mod jwt;
+
+/// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
+const TOKEN_TTL_SECS: i64 = 24 * 3600;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/token", post(token))
+        .route("/api/v2/version", get(version))
+        .route("/api/v2/monitor/health", get(health))
+        .merge(dags::routes())
+}
+
+/// An API error: a status and Airflow's `{"detail": ...}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            detail: serde_json::Value::String(detail.into()),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+
+    pub fn bad_request(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, what)
+    }
+
+    /// A 422 in FastAPI's validation shape, naming the offending field.
+    pub fn invalid(location: &[&str], msg: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: serde_json::json!([{ "loc": location, "msg": msg.into(), "type": "value_error" }]),
+        }
+    }
+}
+
+impl From<flow_store::StoreError> for ApiError {
+    fn from(e: flow_store::StoreError) -> Self {
+        tracing::warn!(error = %e, "API request failed on the database");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the metadata database could not answer; try again",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "detail": self.detail })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The caller of an API route: a valid bearer token (or HTTP basic credentials).
+#[derive(Debug, Clone)]
+pub struct ApiUser {
+    pub username: String,
+    pub role: Role,
+}
+
+impl ApiUser {
+    pub fn require(&self, permission: Permission) -> ApiResult<()> {
+        if self.role.can(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden"))
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for ApiUser
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        authenticate(&state, &parts.headers, peer).await
+    }
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> ApiResult<ApiUser> {
+    let unauthenticated = || ApiError::new(StatusCode::UNAUTHORIZED, "Not authenticated");
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthenticated)?;
+    let (scheme, credentials) = value.split_once(' ').ok_or_else(unauthenticated)?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(unauthenticated)?;
+        let (username, password) = decoded.split_once(':').ok_or_else(unauthenticated)?;
+        let (user, _) = check_password(state, username, password, peer).await?;
+        return Ok(user);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(unauthenticated());
+    }
+    let claims = jwt::verify(
+        state.secret_key(),
+        credentials.trim(),
+        Utc::now().timestamp(),
+    )
+    .map_err(|e| match e {
+        jwt::TokenError::Expired => ApiError::new(StatusCode::UNAUTHORIZED, "Token Expired"),
+        jwt::TokenError::Invalid => ApiError::new(StatusCode::FORBIDDEN, "Invalid JWT token"),
+    })?;
+    // The user must still exist, be active, and have the password the token was issued for.
+    let found = state.store().user_for_login(&claims.sub).await?;
+    match found {
+        Some((user, hash)) if user.active && jwt::fingerprint(&hash) == claims.ver => Ok(ApiUser {
+            username: user.username,
+            role: user.role,
+        }),
+        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "Invalid JWT token")),
+    }
+}
+
+/// Verifies a username and password (rate limited as the login form is).
+async fn check_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    peer: Option<std::net::IpAddr>,
+) -> ApiResult<(ApiUser, String)> {
+    let limiter = state.limiter();
+    if !limiter.allowed(peer, username) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins; wait a few minutes",
+        ));
+    }
+    let found = state.store().user_for_login(username).await?;
+    let hash = found
+        .as_ref()
+        .map_or_else(|| crate::auth::dummy_hash().to_owned(), |(_, h)| h.clone());
+    let (pw, h) = (password.to_owned(), hash.clone());
+    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &h))
+        .await
+        .unwrap_or(false);
+    match found {
+        Some((user, _)) if ok && user.active => {
+            limiter.record_success(peer, username);
+            Ok((
+                ApiUser {
+                    username: user.username,
+                    role: user.role,
+                },
+                hash,
+            ))
+        }
+        _ => {
+            limiter.record_failure(peer, username);
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid credentials",
+            ))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /auth/token`: JSON or form `{username, password}` -> 201 `{"access_token": ...}`.
+async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let parsed: TokenBody = if content_type.starts_with("application/json") {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(&["body"], e.to_string()))?
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded_form(&body)?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type",
+        ));
+    };
+    if parsed.username.is_empty() || parsed.password.is_empty() {
+        return Err(ApiError::bad_request(
+            "Username and password must be provided",
+        ));
+    }
+    let (user, hash) =
+        check_password(&state, &parsed.username, &parsed.password, Some(peer.ip())).await?;
+    let now = Utc::now().timestamp();
+    let claims = jwt::Claims {
+        sub: user.username,
+        ver: jwt::fingerprint(&hash),
+        iat: now,
+        exp: now + TOKEN_TTL_SECS,
+    };
+    let token = jwt::sign(state.secret_key(), &claims)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not sign"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "access_token": token })),
+    )
+        .into_response())
+}
+
+/// A form-encoded body, decoded as a query string is (the same encoding).
+fn serde_urlencoded_form(body: &[u8]) -> ApiResult<TokenBody> {
+    let text =
+        std::str::from_utf8(body).map_err(|e| ApiError::invalid(&["body"], e.to_string()))?;
+    let uri: axum::http::Uri = format!("/?{text}")
+        .parse()
+        .map_err(|_| ApiError::invalid(&["body"], "not a form body"))?;
+    let axum::extract::Query(form) = axum::extract::Query::<TokenBody>::try_from_uri(&uri)
+        .map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
+    Ok(form)
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_version": serde_json::Value::Null,
+    }))
+}
+
+/// Airflow's health shape: always 200, statuses inside.
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let store = state.store();
+    let db_ok = store.ping().await.is_ok();
+    let heartbeat = store
+        .job_latest_heartbeat("SchedulerJob")
+        .await
+        .ok()
+        .flatten();
+    let scheduler_ok = heartbeat.is_some_and(|h| Utc::now() - h < chrono::Duration::seconds(30));
+    let status = |ok: bool| if ok { "healthy" } else { "unhealthy" };
+    Json(serde_json::json!({
+        "metadatabase": { "status": status(db_ok) },
+        "scheduler": {
+            "status": status(scheduler_ok),
+            "latest_scheduler_heartbeat": heartbeat.map(|h| h.to_rfc3339()),
+        },
+        "triggerer": { "status": null, "latest_triggerer_heartbeat": null },
+        "dag_processor": { "status": null, "latest_dag_processor_heartbeat": null },
+    }))
+}

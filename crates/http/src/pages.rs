@@ -797,27 +797,27 @@ async fn task_page(
     }))
 }
 
-/// New log lines after `after`, for the live tail: `{lines: [{at, stream, text}], next, state}`.
-async fn task_log(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
-    Query(q): Query<TryQuery>,
-) -> Result<Response, HttpError> {
-    user.require(Permission::Read)?;
-    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+/// The task instance a log route names, and the try asked for (default: the latest).
+async fn log_target(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    q: &TryQuery,
+) -> Result<(TiKey, flow_store::TiRow, i64), HttpError> {
+    let key = TiKey::new(dag_id, run_id, task_id, -1);
     let ti = state
         .store()
         .ti_get(&key)
         .await?
         .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
     let try_number = q.try_number.unwrap_or(ti.try_number);
-    let log = state
-        .store()
-        .log_read(&key, try_number, q.after.unwrap_or(0), LOG_PAGE)
-        .await?;
-    let lines: Vec<serde_json::Value> = log
-        .lines
+    Ok((key, ti, try_number))
+}
+
+/// Log lines as the browser's live tail takes them: time, stream, ANSI-coloured spans.
+fn lines_json(lines: &[flow_store::LogLine]) -> Vec<serde_json::Value> {
+    lines
         .iter()
         .map(|l| {
             serde_json::json!({
@@ -826,7 +826,23 @@ async fn task_log(
                 "spans": views::ansi_spans(&l.line),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// New log lines after `after`, for the live tail: `{lines: [{at, stream, text}], next, state}`.
+async fn task_log(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<TryQuery>,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let (key, ti, try_number) = log_target(&state, &dag_id, &run_id, &task_id, &q).await?;
+    let log = state
+        .store()
+        .log_read(&key, try_number, q.after.unwrap_or(0), LOG_PAGE)
+        .await?;
+    let lines = lines_json(&log.lines);
     Ok(Json(serde_json::json!({
         "lines": lines,
         "next": log.next,
@@ -847,13 +863,7 @@ async fn task_log_stream(
 ) -> Result<Response, HttpError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     user.require(Permission::Read)?;
-    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
-    let ti = state
-        .store()
-        .ti_get(&key)
-        .await?
-        .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
-    let try_number = q.try_number.unwrap_or(ti.try_number);
+    let (key, _, try_number) = log_target(&state, &dag_id, &run_id, &task_id, &q).await?;
     struct Tail {
         state: AppState,
         key: TiKey,
@@ -891,17 +901,7 @@ async fn task_log_stream(
                 .map(|ti| (ti.state, ti.try_number));
             if !log.lines.is_empty() {
                 t.after = log.next;
-                let lines: Vec<serde_json::Value> = log
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        serde_json::json!({
-                            "at": l.at.format("%H:%M:%S%.3f").to_string(),
-                            "stream": l.stream,
-                            "spans": views::ansi_spans(&l.line),
-                        })
-                    })
-                    .collect();
+                let lines = lines_json(&log.lines);
                 let data = serde_json::json!({ "lines": lines, "next": log.next }).to_string();
                 return Some((
                     Ok::<_, std::convert::Infallible>(Event::default().event("lines").data(data)),
@@ -942,13 +942,7 @@ async fn task_log_raw(
     Query(q): Query<TryQuery>,
 ) -> Result<Response, HttpError> {
     user.require(Permission::Read)?;
-    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
-    let ti = state
-        .store()
-        .ti_get(&key)
-        .await?
-        .ok_or_else(|| HttpError::NotFound(format!("task `{task_id}`")))?;
-    let try_number = q.try_number.unwrap_or(ti.try_number);
+    let (key, _, try_number) = log_target(&state, &dag_id, &run_id, &task_id, &q).await?;
     let mut text = String::new();
     let mut after = 0;
     loop {

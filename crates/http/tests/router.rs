@@ -886,6 +886,190 @@ async fn api_tokens_roles_and_dags() {
         let (s, _, _) = api(&site, "PATCH", "/api/v2/dags/nope", Some(&admin), body).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
 
+        // Dag runs: trigger (200, as Airflow declares), duplicates, bad input, roles.
+        let trigger = |body: &'static str| Some(("application/json", body));
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"dag_run_id": "api_1", "logical_date": null, "conf": {"batch": 5}, "note": "from CI"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["dag_run_id"], "api_1");
+        assert_eq!(j["state"], "queued");
+        assert_eq!(j["run_type"], "manual");
+        assert_eq!(j["triggered_by"], "rest_api");
+        assert_eq!(j["triggering_user_name"], "uma");
+        assert_eq!(j["conf"]["batch"], 5);
+        assert!(j["dag_versions"].is_array());
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"dag_run_id": "api_1"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{j}");
+        assert_eq!(j["detail"]["reason"], "Unique constraint violation");
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"logical_date": "2025-01-01T00:00:00"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a naive datetime: {j}");
+        assert_eq!(j["detail"][0]["loc"][1], "logical_date");
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"execution_date": "2025-01-01T00:00:00Z"}"#),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Airflow 2 fields are refused"
+        );
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"conf": [1]}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&viewer),
+            trigger("{}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/nope/dagRuns",
+            Some(&user),
+            trigger("{}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/other/dagRuns",
+            Some(&user),
+            trigger(r#"{"logical_date": "2025-03-01T00:00:00+0000"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["logical_date"], "2025-03-01T00:00:00Z");
+
+        // Lists, one run, marking, deleting.
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/~/dagRuns?order_by=-id",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2);
+        assert_eq!(j["dag_runs"][1]["dag_run_id"], "api_1");
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns?state=queued&state=running",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(j["total_entries"], 1);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns?state=bogus",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/nope/dagRuns",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!((s, j["note"].as_str()), (StatusCode::OK, Some("from CI")));
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&user),
+            Some(("application/json", r#"{"state": "failed"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["state"], "failed");
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&user),
+            Some(("application/json", r#"{"state": "running"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _, _) = api(
+            &site,
+            "DELETE",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, _) = api(
+            &site,
+            "DELETE",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&user),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
         // Deleting a user invalidates their tokens at once.
         assert!(site.store.user_delete("uma").await.unwrap());
         let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&user), None).await;

@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
 /// Airflow's datetime form: ISO 8601, UTC as `Z`.
 pub fn time(t: Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| {
-        Value::String(t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     })
 }
 
@@ -81,7 +81,7 @@ struct ListQuery {
     exclude_stale: Option<String>,
 }
 
-fn parse_int(name: &str, value: Option<&str>, default: i64) -> ApiResult<i64> {
+pub fn parse_int(name: &str, value: Option<&str>, default: i64) -> ApiResult<i64> {
     match value {
         None => Ok(default),
         Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -180,20 +180,9 @@ async fn list(
     Ok(Json(json!({ "dags": page, "total_entries": total })))
 }
 
-/// Repeated keys (`tags=a&tags=b`) as Airflow's clients send lists.
 fn parse_list_query(raw: Option<&str>) -> ApiResult<ListQuery> {
     let mut q = ListQuery::default();
-    let Some(raw) = raw else {
-        return Ok(q);
-    };
-    let pairs: Vec<(String, String)> = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
-        &format!("/?{raw}")
-            .parse()
-            .map_err(|_| ApiError::bad_request("bad query"))?,
-    )
-    .map_err(|e| ApiError::bad_request(e.to_string()))?
-    .0;
-    for (k, v) in pairs {
+    for (k, v) in super::query_pairs(raw)? {
         match k.as_str() {
             "limit" => q.limit = Some(v),
             "offset" => q.offset = Some(v),
@@ -255,16 +244,7 @@ async fn patch_one(
         )));
     }
     let event = if body.is_paused { "paused" } else { "unpaused" };
-    let e = flow_store::AuditEvent {
-        username: &user.username,
-        event,
-        dag_id: Some(&dag_id),
-        extra: Some("api"),
-        ..flow_store::AuditEvent::default()
-    };
-    if let Err(err) = state.store().audit_record(&e, Utc::now()).await {
-        tracing::warn!(error = %err, "could not write the audit log");
-    }
+    super::audit(&state, &user, event, Some(&dag_id), None).await;
     one(&state, &dag_id).await.map(Json)
 }
 

@@ -16,6 +16,7 @@ use flow_model::{Permission, Role};
 
 use crate::AppState;
 
+mod dag_runs;
 mod dags;
 pub mod jwt;
 
@@ -28,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v2/version", get(version))
         .route("/api/v2/monitor/health", get(health))
         .merge(dags::routes())
+        .merge(dag_runs::routes())
 }
 
 /// An API error: a status and Airflow's `{"detail": ...}` body.
@@ -89,6 +91,42 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A query string as `(key, value)` pairs in order, keeping repeated keys (`tags=a&tags=b`)
+/// as Airflow's clients send lists.
+pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|_| ApiError::bad_request("malformed query string"))?;
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(pairs)
+}
+
+/// Records an API action in the audit log; a failure to record is logged, not returned.
+pub async fn audit(
+    state: &AppState,
+    user: &ApiUser,
+    event: &str,
+    dag_id: Option<&str>,
+    run_id: Option<&str>,
+) {
+    let e = flow_store::AuditEvent {
+        username: &user.username,
+        event,
+        dag_id,
+        run_id,
+        extra: Some("api"),
+        ..flow_store::AuditEvent::default()
+    };
+    if let Err(err) = state.store().audit_record(&e, Utc::now()).await {
+        tracing::warn!(error = %err, "could not write the audit log");
+    }
+}
 
 /// The caller of an API route: a valid bearer token (or HTTP basic credentials).
 #[derive(Debug, Clone)]

@@ -975,6 +975,93 @@ async fn api_tokens_roles_and_dags() {
         assert_eq!(s, StatusCode::OK, "{j}");
         assert_eq!(j["logical_date"], "2025-03-01T00:00:00Z");
 
+        // Task instances of a run: list (states null before they run), one, mark with
+        // downstream; a second identical mark changes nothing (409).
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2);
+        assert!(j["task_instances"][0]["state"].is_null());
+        assert_eq!(j["task_instances"][0]["id"].as_str().unwrap().len(), 36);
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/~/taskInstances?task_id=load",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(j["total_entries"], 1);
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["task_id"].as_str()),
+            (StatusCode::OK, Some("extract"))
+        );
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/nope",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let mark = Some((
+            "application/json",
+            r#"{"new_state": "skipped", "include_downstream": true}"#,
+        ));
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract",
+            Some(&viewer),
+            mark,
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract",
+            Some(&user),
+            mark,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2, "extract and its downstream load");
+        assert_eq!(j["task_instances"][0]["state"], "skipped");
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract",
+            Some(&user),
+            mark,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract",
+            Some(&user),
+            Some(("application/json", r#"{"new_state": "running"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+
         // Lists, one run, marking, deleting.
         let (s, _, j) = api(
             &site,

@@ -19,6 +19,7 @@ use crate::AppState;
 mod dag_runs;
 mod dags;
 pub mod jwt;
+mod task_instances;
 
 /// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
 const TOKEN_TTL_SECS: i64 = 24 * 3600;
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v2/monitor/health", get(health))
         .merge(dags::routes())
         .merge(dag_runs::routes())
+        .merge(task_instances::routes())
 }
 
 /// An API error: a status and Airflow's `{"detail": ...}` body.

@@ -34,6 +34,10 @@ fn dag_response(d: &DagRow, has_import_errors: bool) -> Value {
         .map(str::trim)
         .filter(|o| !o.is_empty())
         .collect();
+    let periodic = !matches!(
+        d.schedule.as_str(),
+        "None" | "none" | "" | "@once" | "@continuous"
+    );
     json!({
         "dag_id": d.dag_id,
         "dag_display_name": d.dag_id,
@@ -50,6 +54,9 @@ fn dag_response(d: &DagRow, has_import_errors: bool) -> Value {
         "timetable_summary": d.timetable_summary,
         "timetable_description": d.timetable_summary,
         "timetable_partitioned": false,
+        // Client 3.3 requires these: cron and interval schedules are periodic and backfillable.
+        "timetable_periodic": periodic,
+        "is_backfillable": periodic,
         "tags": d.tags.iter().map(|t| json!({
             "name": t, "dag_id": d.dag_id, "dag_display_name": d.dag_id,
         })).collect::<Vec<_>>(),

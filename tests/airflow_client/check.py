@@ -1,0 +1,59 @@
+"""The official Airflow python client (apache-airflow-client, from PyPI, unpatched) against a
+running flow. Run by crates/cli/tests/airflow_client.rs with FLOW_URL, FLOW_USER, FLOW_PASSWORD.
+Exits non-zero on the first thing that does not work as it does against Airflow."""
+
+import json
+import os
+import time
+import urllib.request
+
+import airflow_client.client as client
+from airflow_client.client.api import dag_api, dag_run_api, task_instance_api
+
+base = os.environ["FLOW_URL"]
+body = json.dumps({"username": os.environ["FLOW_USER"], "password": os.environ["FLOW_PASSWORD"]})
+request = urllib.request.Request(
+    base + "/auth/token",
+    data=body.encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(request) as response:
+    assert response.status == 201, response.status
+    token = json.loads(response.read())["access_token"]
+
+config = client.Configuration(host=base, access_token=token)
+with client.ApiClient(config) as api:
+    dags = dag_api.DAGApi(api)
+    listed = dags.get_dags(limit=50)
+    ids = [d.dag_id for d in listed.dags]
+    assert "etl_daily" in ids, ids
+    assert listed.total_entries == len(ids), listed.total_entries
+
+    dag = dags.patch_dag("etl_daily", client.DAGPatchBody(is_paused=False))
+    assert dag.is_paused is False
+
+    runs = dag_run_api.DagRunApi(api)
+    run = runs.trigger_dag_run(
+        "etl_daily",
+        client.TriggerDAGRunPostBody(conf={"region": "us"}, logical_date=None),
+    )
+    assert run is not None and run.dag_run_id, run
+    assert run.conf == {"region": "us"}, run.conf
+    deadline = time.time() + 120
+    while True:
+        current = runs.get_dag_run("etl_daily", run.dag_run_id)
+        if current.state.value in ("success", "failed"):
+            break
+        assert time.time() < deadline, "the run did not finish in 120 s"
+        time.sleep(0.5)
+    assert current.state.value == "success", current.state
+
+    tis = task_instance_api.TaskInstanceApi(api).get_task_instances("etl_daily", run.dag_run_id)
+    states = {t.task_id: t.state.value for t in tis.task_instances}
+    assert states == {"extract": "success", "transform": "success", "load": "success"}, states
+
+    listed_runs = runs.get_dag_runs("etl_daily", limit=10)
+    assert any(r.dag_run_id == run.dag_run_id for r in listed_runs.dag_runs)
+
+print("airflow client check passed")

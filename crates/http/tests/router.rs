@@ -1157,6 +1157,30 @@ async fn api_tokens_roles_and_dags() {
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
 
+        // Sources (JSON or text), tags, import errors, event logs.
+        let (s, _, j) = api(&site, "GET", "/api/v2/dagSources/etl", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert!(j["content"].as_str().unwrap().contains("extract"));
+        let (_, _, j) = api(&site, "GET", "/api/v2/dagTags", Some(&viewer), None).await;
+        assert_eq!(j["tags"], serde_json::json!(["nightly"]));
+        let (s, _, j) = api(&site, "GET", "/api/v2/importErrors", Some(&viewer), None).await;
+        assert_eq!((s, j["total_entries"].as_u64()), (StatusCode::OK, Some(0)));
+        let (s, _, _) = api(&site, "GET", "/api/v2/importErrors/7", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, _) = api(&site, "GET", "/api/v2/importErrors/x", Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/eventLogs?dag_id=etl&event=trigger",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert!(j["total_entries"].as_u64().unwrap() >= 1, "{j}");
+        assert_eq!(j["event_logs"][0]["owner"], "uma");
+
         // Deleting a user invalidates their tokens at once.
         assert!(site.store.user_delete("uma").await.unwrap());
         let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&user), None).await;

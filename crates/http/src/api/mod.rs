@@ -19,6 +19,7 @@ use crate::AppState;
 mod dag_runs;
 mod dags;
 pub mod jwt;
+mod misc;
 mod task_instances;
 
 /// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
@@ -32,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .merge(dags::routes())
         .merge(dag_runs::routes())
         .merge(task_instances::routes())
+        .merge(misc::routes())
 }
 
 /// An API error: a status and Airflow's `{"detail": ...}` body.

@@ -8,7 +8,7 @@ import time
 import urllib.request
 
 import airflow_client.client as client
-from airflow_client.client.api import dag_api, dag_run_api, task_instance_api
+from airflow_client.client.api import dag_api, dag_run_api, task_instance_api, x_com_api
 
 base = os.environ["FLOW_URL"]
 body = json.dumps({"username": os.environ["FLOW_USER"], "password": os.environ["FLOW_PASSWORD"]})
@@ -55,5 +55,33 @@ with client.ApiClient(config) as api:
 
     listed_runs = runs.get_dag_runs("etl_daily", limit=10)
     assert any(r.dag_run_id == run.dag_run_id for r in listed_runs.dag_runs)
+
+    ti_api = task_instance_api.TaskInstanceApi(api)
+    log = ti_api.get_log("etl_daily", run.dag_run_id, "extract", 1, full_content=True)
+    # `content` is a oneOf: structured messages, or plain strings.
+    messages = log.content.actual_instance
+    text = "\n".join(getattr(m, "event", str(m)) for m in messages)
+    assert "extracted 100 rows" in text, text
+
+    xcom = x_com_api.XComApi(api).get_xcom_entry("etl_daily", "extract", run.dag_run_id, "return_value")
+    assert "extracted 100 rows" in str(xcom.actual_instance.value), xcom
+
+    cleared = ti_api.post_clear_task_instances(
+        "etl_daily",
+        client.ClearTaskInstancesBody(
+            dry_run=False,
+            dag_run_id=run.dag_run_id,
+            task_ids=[client.ClearTaskInstancesBodyTaskIdsInner(actual_instance="load")],
+            only_failed=False,
+        ),
+    )
+    assert [t.task_id for t in cleared.task_instances] == ["load"], cleared
+    deadline = time.time() + 120
+    while True:
+        load = ti_api.get_task_instance("etl_daily", run.dag_run_id, "load")
+        if load.try_number == 2 and load.state is not None and load.state.value == "success":
+            break
+        assert time.time() < deadline, f"the cleared task did not rerun: {load.state} try {load.try_number}"
+        time.sleep(0.5)
 
 print("airflow client check passed")

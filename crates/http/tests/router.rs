@@ -1062,6 +1062,85 @@ async fn api_tokens_roles_and_dags() {
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
+        // Logs (JSON; text/plain is refused as Airflow does), XCom 404, clear (dry run by
+        // default, over failed task instances only).
+        let key = flow_store::TiKey::new("etl", "api_1", "extract", -1);
+        let line = flow_store::LogLine {
+            at: Utc::now(),
+            stream: "stdout".into(),
+            line: "hello from the log".into(),
+        };
+        site.store.log_append(&key, 1, &[line]).await.unwrap();
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract/logs/1",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["content"][0]["event"], "hello from the log");
+        assert!(j["continuation_token"].is_null());
+        let mut req = Request::get("/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract/logs/1")
+            .header(header::AUTHORIZATION, &viewer)
+            .header(header::ACCEPT, "text/plain")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 1))));
+        let resp = site.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract/xcomEntries/return_value",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/api_1/taskInstances/~/xcomEntries",
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(j["total_entries"], 0);
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearTaskInstances",
+            Some(&user),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "api_1", "only_failed": false}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j["total_entries"], 2,
+            "a dry run lists both skipped task instances"
+        );
+        let still = site.store.ti_get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            still.state,
+            flow_model::TaskInstanceState::Skipped,
+            "dry run changed nothing"
+        );
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearTaskInstances",
+            Some(&viewer),
+            Some(("application/json", "{}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
         // Lists, one run, marking, deleting.
         let (s, _, j) = api(
             &site,

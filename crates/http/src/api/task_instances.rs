@@ -28,6 +28,362 @@ pub fn routes() -> Router<AppState> {
             "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
             get(get_one).patch(patch_one),
         )
+        .route(
+            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+            get(logs),
+        )
+        .route(
+            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries",
+            get(xcom_list),
+        )
+        .route(
+            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}",
+            get(xcom_get),
+        )
+        .route(
+            "/api/v2/dags/{dag_id}/clearTaskInstances",
+            axum::routing::post(clear),
+        )
+}
+
+/// Lines per log response; the continuation token (the last line's position) fetches more.
+const LOG_CHUNK: i64 = 10_000;
+
+/// `GET .../logs/{try_number}`: JSON `{"content": [{"timestamp", "event", ...}],
+/// "continuation_token"}`, or NDJSON with the token in `Airflow-Continuation-Token`.
+async fn logs(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+    headers: axum::http::HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    user.require(Permission::Read)?;
+    let try_number: i64 = try_number.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        ApiError::invalid(&["path", "try_number"], "Input should be a valid integer")
+    })?;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
+    let ndjson = accept.starts_with("application/x-ndjson");
+    if !(ndjson || accept.starts_with("application/json") || accept.starts_with("*/*")) {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "Only application/json or application/x-ndjson is supported",
+        ));
+    }
+    let (ti, _) = find(&state, &dag_id, &run_id, &task_id).await?;
+    if try_number > ti.try_number.max(1) {
+        return Err(ApiError::not_found("TaskInstance not found"));
+    }
+    let pairs = query_pairs(raw.as_deref())?;
+    let after = match pairs.iter().find(|(k, _)| k == "token") {
+        Some((_, t)) => t.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("Bad Signature. Please use only the tokens provided by the API.")
+        })?,
+        None => 0,
+    };
+    let full = pairs
+        .iter()
+        .any(|(k, v)| k == "full_content" && v == "true");
+    let limit = if full { i64::MAX / 2 } else { LOG_CHUNK };
+    let page = state
+        .store()
+        .log_read(&ti.key, try_number, after, limit)
+        .await?;
+    let content: Vec<Value> = page
+        .lines
+        .iter()
+        .map(|l| {
+            json!({
+                "timestamp": time(Some(l.at)),
+                "event": l.line,
+                "stream": l.stream,
+            })
+        })
+        .collect();
+    // A token while more may come: the try still runs, or this page was full.
+    let running = matches!(
+        ti.state,
+        TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
+    ) && try_number == ti.try_number;
+    let more = running || content.len() as i64 >= limit;
+    let token = if more {
+        Value::String(page.next.max(after).to_string())
+    } else {
+        Value::Null
+    };
+    if ndjson {
+        let mut body = String::new();
+        for c in &content {
+            body.push_str(&c.to_string());
+            body.push('\n');
+        }
+        let mut response = body.into_response();
+        let h = response.headers_mut();
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        if let Value::String(t) = &token
+            && let Ok(v) = axum::http::HeaderValue::from_str(t)
+        {
+            h.insert("Airflow-Continuation-Token", v);
+        }
+        return Ok(response);
+    }
+    Ok(Json(json!({ "content": content, "continuation_token": token })).into_response())
+}
+
+fn xcom_json(x: &flow_store::XcomRow, dag_id: &str, run: &DagRunRow) -> Value {
+    json!({
+        "key": x.key,
+        "timestamp": time(Some(x.timestamp)),
+        "logical_date": time(run.logical_date),
+        "map_index": x.map_index,
+        "task_id": x.task_id,
+        "dag_id": dag_id,
+        "run_id": run.run_id,
+        "dag_display_name": dag_id,
+        "task_display_name": x.task_id,
+        "run_after": time(Some(run.run_after)),
+    })
+}
+
+async fn xcom_list(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    user.require(Permission::Read)?;
+    let run = run_of(&state, &dag_id, &run_id).await?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let key_filter = pairs
+        .iter()
+        .find(|(k, _)| k == "xcom_key")
+        .map(|(_, v)| v.clone());
+    let mut rows: Vec<_> = state
+        .store()
+        .xcom_list_for_run(&dag_id, &run_id)
+        .await?
+        .into_iter()
+        .filter(|x| task_id == "~" || x.task_id == task_id)
+        .filter(|x| key_filter.as_deref().is_none_or(|k| x.key == k))
+        .collect();
+    rows.sort_by(|a, b| (&a.task_id, a.map_index, &a.key).cmp(&(&b.task_id, b.map_index, &b.key)));
+    let items: Vec<Value> = rows.iter().map(|x| xcom_json(x, &dag_id, &run)).collect();
+    Ok(Json(
+        json!({ "xcom_entries": items, "total_entries": rows.len() }),
+    ))
+}
+
+async fn xcom_get(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, key)): Path<(String, String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    user.require(Permission::Read)?;
+    let run = run_of(&state, &dag_id, &run_id).await?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let map_index = match pairs.iter().find(|(k, _)| k == "map_index") {
+        None => -1,
+        Some((_, v)) => v.parse::<i64>().map_err(|_| {
+            ApiError::invalid(&["query", "map_index"], "Input should be a valid integer")
+        })?,
+    };
+    let stringify = pairs.iter().any(|(k, v)| k == "stringify" && v == "true");
+    let x = state
+        .store()
+        .xcom_list_for_run(&dag_id, &run_id)
+        .await?
+        .into_iter()
+        .find(|x| x.task_id == task_id && x.key == key && x.map_index == map_index)
+        .ok_or_else(|| ApiError::not_found(format!("XCom entry with key: `{key}` not found")))?;
+    let mut out = xcom_json(&x, &dag_id, &run);
+    out["value"] = if stringify {
+        Value::String(match &x.value {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        })
+    } else {
+        x.value.clone()
+    };
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    #[serde(default = "yes")]
+    dry_run: bool,
+    #[serde(default)]
+    dag_run_id: Option<String>,
+    #[serde(default = "yes")]
+    only_failed: bool,
+    #[serde(default)]
+    only_running: bool,
+    #[serde(default)]
+    task_ids: Option<Vec<Value>>,
+    #[serde(default)]
+    include_upstream: bool,
+    #[serde(default)]
+    include_downstream: bool,
+    #[serde(default = "yes")]
+    reset_dag_runs: bool,
+    #[serde(default)]
+    start_date: Option<String>,
+    #[serde(default)]
+    end_date: Option<String>,
+    #[serde(default)]
+    include_future: bool,
+    #[serde(default)]
+    include_past: bool,
+    #[serde(default)]
+    prevent_running_task: bool,
+    #[serde(default)]
+    run_on_latest_version: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /dags/{dag_id}/clearTaskInstances`: the task instances selected (dry run, Airflow's
+/// default) or cleared so that they run again.
+async fn clear(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(dag_id): Path<String>,
+    body: Result<Json<ClearBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    user.require(Permission::EditDags)?;
+    let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
+    if body.only_failed && body.only_running {
+        return Err(ApiError::invalid(
+            &["body"],
+            "only_failed and only_running cannot both be true",
+        ));
+    }
+    if body.include_future
+        || body.include_past
+        || body.run_on_latest_version
+        || !body.reset_dag_runs
+    {
+        return Err(ApiError::bad_request(
+            "include_future, include_past, run_on_latest_version and reset_dag_runs=false are not supported yet",
+        ));
+    }
+    let (data, _) = state
+        .store()
+        .serialized_dag_get(&dag_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
+    let dag = Dag::from_json(&data)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let start = body
+        .start_date
+        .as_deref()
+        .map(|t| super::dag_runs::parse_time(&["body", "start_date"], t))
+        .transpose()?;
+    let end = body
+        .end_date
+        .as_deref()
+        .map(|t| super::dag_runs::parse_time(&["body", "end_date"], t))
+        .transpose()?;
+    let runs: Vec<DagRunRow> = match &body.dag_run_id {
+        Some(id) => vec![run_of(&state, &dag_id, id).await?],
+        None => state
+            .store()
+            .dag_run_list(&dag_id, 100_000)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                let when = r.logical_date.unwrap_or(r.run_after);
+                start.is_none_or(|s| when >= s) && end.is_none_or(|e| when <= e)
+            })
+            .collect(),
+    };
+    let wanted: Vec<String> = match &body.task_ids {
+        None => dag.tasks.iter().map(|t| t.task_id.to_string()).collect(),
+        Some(ids) => ids
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Array(pair) => pair
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            &["body", "task_ids"],
+                            "expected a task id or [task_id, map_index]",
+                        )
+                    }),
+                _ => Err(ApiError::invalid(
+                    &["body", "task_ids"],
+                    "expected a task id or [task_id, map_index]",
+                )),
+            })
+            .collect::<ApiResult<_>>()?,
+    };
+    let selected = dag.with_relatives(wanted, body.include_downstream, body.include_upstream);
+    let mut chosen: Vec<(TiRow, DagRunRow)> = Vec::new();
+    for run in &runs {
+        for t in state.store().ti_list_for_run(&dag_id, &run.run_id).await? {
+            let keep = selected.contains(&t.key.task_id)
+                && !matches!(
+                    t.state,
+                    TaskInstanceState::NoStatus | TaskInstanceState::Removed
+                )
+                && (!body.only_failed
+                    || matches!(
+                        t.state,
+                        TaskInstanceState::Failed | TaskInstanceState::UpstreamFailed
+                    ))
+                && (!body.only_running || t.state == TaskInstanceState::Running);
+            if keep {
+                chosen.push((t, run.clone()));
+            }
+        }
+    }
+    if body.prevent_running_task
+        && chosen
+            .iter()
+            .any(|(t, _)| t.state == TaskInstanceState::Running)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Task instances are running; set prevent_running_task to false to clear them",
+        ));
+    }
+    if !body.dry_run && !chosen.is_empty() {
+        let keys: Vec<(TiKey, i64)> = chosen
+            .iter()
+            .map(|(t, _)| {
+                let retries = dag
+                    .task(&t.key.task_id)
+                    .map_or(0, |task| i64::from(task.retries));
+                (t.key.clone(), retries)
+            })
+            .collect();
+        state.store().ti_clear(&keys, Utc::now()).await?;
+        super::audit(
+            &state,
+            &user,
+            "clear",
+            Some(&dag_id),
+            body.dag_run_id.as_deref(),
+        )
+        .await;
+    }
+    let items: Vec<Value> = chosen.iter().map(|(t, r)| ti_response(t, r)).collect();
+    Ok(Json(
+        json!({ "task_instances": items, "total_entries": items.len() }),
+    ))
 }
 
 /// A stable UUID for a task instance (Airflow's `id` is a UUID; flow keys by name).

@@ -4,29 +4,13 @@
 //! with `CI=true` it fails.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use flow_store::testing::TestDb;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-struct Standalone(Child);
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Standalone, repo_root};
 
 #[tokio::test]
 async fn official_airflow_client_works_unpatched() {
@@ -53,31 +37,15 @@ async fn official_airflow_client_works_unpatched() {
         dags.join("etl_daily.yaml"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flow"))
-        .args(["standalone", "-p", "0"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flow"));
+    command
         .env("FLOW_HOME", &home)
         .env("FLOW__CORE__DAGS_FOLDER", &dags)
         .env("FLOW__DATABASE__URL", &db.url)
         .env("FLOW__LOGGING__LEVEL", "warn")
-        .env("TMPDIR", &home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _standalone = Standalone(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[flow] {line}");
-            if let Some(port) = line.strip_prefix("flow: web UI at http://localhost:") {
-                let _ = tx.send(port.trim().to_owned());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("flow standalone never said where it listens");
+        .env("TMPDIR", &home);
+    let standalone = Standalone::start(command);
+    let port = &standalone.port;
     let password = std::fs::read_to_string(home.join("standalone_admin_password.txt"))
         .unwrap()
         .trim()
@@ -103,6 +71,6 @@ async fn official_airflow_client_works_unpatched() {
         "the airflow client check failed (output above)"
     );
     let _ = std::fs::remove_dir_all(&home);
-    drop(_standalone);
+    drop(standalone);
     db.drop_db().await.unwrap();
 }

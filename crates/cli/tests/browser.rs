@@ -4,18 +4,11 @@
 //! the test loudly, with `CI=true` it fails.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+use common::{Standalone, repo_root};
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -63,15 +56,6 @@ live_tail:
       bash_command: 'for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done'
 "#;
 
-struct Standalone(Child);
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn web_ui_in_a_real_browser() {
     let chromium = match prerequisites() {
@@ -109,26 +93,8 @@ fn web_ui_in_a_real_browser() {
             .env("TMPDIR", &home);
         c
     };
-    let mut child = command(&["standalone", "-p", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _standalone = Standalone(child);
-    // The standalone says its port on stderr; keep draining it afterwards.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[flow] {line}");
-            if let Some(port) = line.strip_prefix("flow: web UI at http://localhost:") {
-                let _ = tx.send(port.trim().to_owned());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("flow standalone never said where the web UI is");
+    let standalone = Standalone::start(command(&[]));
+    let port = &standalone.port;
     let admin_password = std::fs::read_to_string(home.join("standalone_admin_password.txt"))
         .unwrap()
         .trim()

@@ -83,6 +83,23 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+/// Whether the metadata database answers, and the latest scheduler heartbeat with whether it
+/// is recent (Airflow's `scheduler_health_check_threshold`, 30 s): what `/health` and
+/// `/api/v2/monitor/health` report.
+pub(crate) async fn health_status(
+    store: &Store,
+) -> (bool, Option<chrono::DateTime<chrono::Utc>>, bool) {
+    let db_ok = store.ping().await.is_ok();
+    let heartbeat = store
+        .job_latest_heartbeat("SchedulerJob")
+        .await
+        .ok()
+        .flatten();
+    let scheduler_ok =
+        heartbeat.is_some_and(|h| chrono::Utc::now() - h < chrono::Duration::seconds(30));
+    (db_ok, heartbeat, scheduler_ok)
+}
+
 /// Largest request body accepted (forms and JSON): a trigger's conf fits easily.
 const BODY_LIMIT: usize = 1024 * 1024;
 

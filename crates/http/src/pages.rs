@@ -74,22 +74,9 @@ pub fn routes() -> Router<AppState> {
 /// Airflow's `/health`: the metadatabase, and the scheduler by its latest heartbeat (healthy
 /// within 30 s, Airflow's `scheduler_health_check_threshold`).
 async fn health(State(state): State<AppState>) -> Response {
-    let store = state.store();
-    let db = if store.ping().await.is_ok() {
-        "healthy"
-    } else {
-        "unhealthy"
-    };
-    let heartbeat = store
-        .job_latest_heartbeat("SchedulerJob")
-        .await
-        .ok()
-        .flatten();
-    let scheduler = if heartbeat.is_some_and(|h| Utc::now() - h < chrono::Duration::seconds(30)) {
-        "healthy"
-    } else {
-        "unhealthy"
-    };
+    let (db_ok, heartbeat, scheduler_ok) = crate::health_status(state.store()).await;
+    let status = |ok: bool| if ok { "healthy" } else { "unhealthy" };
+    let (db, scheduler) = (status(db_ok), status(scheduler_ok));
     Json(serde_json::json!({
         "metadatabase": { "status": db },
         "scheduler": {
@@ -463,55 +450,24 @@ async fn dag_page(
             fill_grid(&state, &dag, runs, &mut body).await?;
         }
         "gantt" => {
-            let runs = store.dag_run_list(&dag_id, 25).await?;
-            let selected = q
-                .run_id
-                .filter(|id| runs.iter().any(|r| r.run_id == *id))
-                .or_else(|| runs.first().map(|r| r.run_id.clone()));
-            body.graph_runs = runs
-                .iter()
-                .map(|r| {
-                    (
-                        r.run_id.clone(),
-                        url_encode(&r.run_id),
-                        selected.as_deref() == Some(r.run_id.as_str()),
-                    )
-                })
-                .collect();
-            if let Some(run_id) = selected {
-                body.graph_run_url = url_encode(&run_id);
+            if let Some(run_id) = select_run(store, &dag_id, q.run_id, &mut body).await? {
                 let tis = store.ti_list_for_run(&dag_id, &run_id).await?;
                 (body.gantt, body.gantt_span) = gantt(&dag, &tis);
             }
         }
         "graph" => {
-            let runs = store.dag_run_list(&dag_id, 25).await?;
-            let selected = q
-                .run_id
-                .filter(|id| runs.iter().any(|r| r.run_id == *id))
-                .or_else(|| runs.first().map(|r| r.run_id.clone()));
-            let states: HashMap<String, String> = match &selected {
-                Some(run_id) => store
-                    .ti_states_for_runs(&dag_id, std::slice::from_ref(run_id))
-                    .await?
-                    .remove(run_id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(t, s)| (t, s.as_str().to_owned()))
-                    .collect(),
-                None => HashMap::new(),
-            };
-            body.graph_runs = runs
-                .iter()
-                .map(|r| {
-                    (
-                        r.run_id.clone(),
-                        url_encode(&r.run_id),
-                        selected.as_deref() == Some(r.run_id.as_str()),
-                    )
-                })
-                .collect();
-            body.graph_run_url = selected.as_deref().map(url_encode).unwrap_or_default();
+            let states: HashMap<String, String> =
+                match select_run(store, &dag_id, q.run_id, &mut body).await? {
+                    Some(run_id) => store
+                        .ti_states_for_runs(&dag_id, std::slice::from_ref(&run_id))
+                        .await?
+                        .remove(&run_id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(t, s)| (t, s.as_str().to_owned()))
+                        .collect(),
+                    None => HashMap::new(),
+                };
             body.graph = Some(crate::graph::layout(&dag, &states));
         }
         "runs" => {
@@ -571,6 +527,32 @@ async fn dag_page(
         }
     }
     Ok(page(&body))
+}
+
+/// The run the Graph and Gantt tabs show: the requested one if it is among the latest 25,
+/// else the latest. Fills the page's run selector; returns the run id.
+async fn select_run(
+    store: &flow_store::Store,
+    dag_id: &str,
+    requested: Option<String>,
+    body: &mut views::DagPage,
+) -> Result<Option<String>, HttpError> {
+    let runs = store.dag_run_list(dag_id, 25).await?;
+    let selected = requested
+        .filter(|id| runs.iter().any(|r| r.run_id == *id))
+        .or_else(|| runs.first().map(|r| r.run_id.clone()));
+    body.graph_runs = runs
+        .iter()
+        .map(|r| {
+            (
+                r.run_id.clone(),
+                url_encode(&r.run_id),
+                selected.as_deref() == Some(r.run_id.as_str()),
+            )
+        })
+        .collect();
+    body.graph_run_url = selected.as_deref().map(url_encode).unwrap_or_default();
+    Ok(selected)
 }
 
 /// Bars for the task instances of one run that have started, in DAG order, scaled to the

@@ -8,14 +8,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use flow_dag::Dag;
 use flow_model::{DagRunState, DagRunType, Permission};
 use flow_store::{DagRunRow, TriggerError, TriggerRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::dags::time;
-use super::{ApiError, ApiResult, ApiUser, query_pairs};
+use super::{ApiError, ApiResult, ApiUser, find_run, query_pairs};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -122,17 +121,6 @@ struct TriggerBody {
     partition_key: Option<String>,
 }
 
-async fn load(state: &AppState, dag_id: &str) -> ApiResult<(Dag, String)> {
-    let (data, hash) = state
-        .store()
-        .serialized_dag_get(dag_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("DAG with dag_id: '{dag_id}' not found")))?;
-    let dag = Dag::from_json(&data)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((dag, hash))
-}
-
 /// `POST .../dagRuns`: 200 with the new run (Airflow's declared code; the python client
 /// relies on it), 409 for a duplicate run id.
 async fn trigger(
@@ -143,7 +131,9 @@ async fn trigger(
 ) -> ApiResult<Json<Value>> {
     user.require(Permission::EditDags)?;
     let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
-    let (dag, hash) = load(&state, &dag_id).await?;
+    let (dag, hash) = super::load_dag(&state, &dag_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("DAG with dag_id: '{dag_id}' not found")))?;
     let logical = body
         .logical_date
         .as_deref()
@@ -222,8 +212,7 @@ async fn list(
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let limit = super::dags::parse_int("limit", get("limit"), 50)?.min(100);
-    let offset = super::dags::parse_int("offset", get("offset"), 0)?;
+    let (limit, offset) = super::paging(&pairs)?;
     let mut states = Vec::new();
     for (_, v) in pairs.iter().filter(|(k, _)| k == "state") {
         states.push(DagRunState::parse(v).map_err(|_| {
@@ -270,23 +259,11 @@ async fn list(
     let total = runs.len();
     let page: Vec<Value> = runs
         .iter()
-        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(limit).unwrap_or(0))
+        .skip(offset)
+        .take(limit)
         .map(run_response)
         .collect();
     Ok(Json(json!({ "dag_runs": page, "total_entries": total })))
-}
-
-async fn find(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRunRow> {
-    state
-        .store()
-        .dag_run_get(dag_id, run_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
-            ))
-        })
 }
 
 async fn get_one(
@@ -295,7 +272,9 @@ async fn get_one(
     Path((dag_id, run_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     user.require(Permission::Read)?;
-    Ok(Json(run_response(&find(&state, &dag_id, &run_id).await?)))
+    Ok(Json(run_response(
+        &find_run(&state, &dag_id, &run_id).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -317,7 +296,7 @@ async fn patch_one(
 ) -> ApiResult<Json<Value>> {
     user.require(Permission::EditDags)?;
     let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
-    find(&state, &dag_id, &run_id).await?;
+    find_run(&state, &dag_id, &run_id).await?;
     if body.note.is_some() {
         return Err(ApiError::bad_request(
             "editing run notes is not supported yet",
@@ -341,7 +320,9 @@ async fn patch_one(
         let event = format!("mark run {}", to.as_str());
         super::audit(&state, &user, &event, Some(&dag_id), Some(&run_id)).await;
     }
-    Ok(Json(run_response(&find(&state, &dag_id, &run_id).await?)))
+    Ok(Json(run_response(
+        &find_run(&state, &dag_id, &run_id).await?,
+    )))
 }
 
 async fn delete_one(

@@ -76,13 +76,12 @@ fn dag_response(d: &DagRow, has_import_errors: bool) -> Value {
 }
 
 /// Query parameters of `GET /dags` that flow supports (others are accepted and ignored).
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct ListQuery {
     limit: Option<String>,
     offset: Option<String>,
     dag_id_pattern: Option<String>,
     paused: Option<String>,
-    #[serde(default)]
     tags: Vec<String>,
     order_by: Option<String>,
     exclude_stale: Option<String>,

@@ -8,8 +8,8 @@ use axum::routing::get;
 use flow_model::Permission;
 use serde_json::{Value, json};
 
-use super::dags::{parse_int, time};
-use super::{ApiError, ApiResult, ApiUser, query_pairs};
+use super::dags::time;
+use super::{ApiError, ApiResult, ApiUser, paging, query_pairs};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -19,17 +19,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v2/eventLogs", get(event_logs))
         .route("/api/v2/dagSources/{dag_id}", get(dag_source))
         .route("/api/v2/dagTags", get(dag_tags))
-}
-
-/// `limit` (default 50, at most 100) and `offset` from a query.
-fn paging(pairs: &[(String, String)]) -> ApiResult<(usize, usize)> {
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let limit = parse_int("limit", get("limit"), 50)?.min(100);
-    let offset = parse_int("offset", get("offset"), 0)?;
-    Ok((
-        usize::try_from(limit).unwrap_or(0),
-        usize::try_from(offset).unwrap_or(usize::MAX),
-    ))
 }
 
 fn import_error_json(e: &flow_store::ImportErrorRow) -> Value {

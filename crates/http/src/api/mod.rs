@@ -111,6 +111,47 @@ pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
     Ok(pairs)
 }
 
+/// `limit` (default 50, at most 100, as Airflow clamps it) and `offset` from a query.
+pub fn paging(pairs: &[(String, String)]) -> ApiResult<(usize, usize)> {
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let limit = dags::parse_int("limit", get("limit"), 50)?.min(100);
+    let offset = dags::parse_int("offset", get("offset"), 0)?;
+    Ok((
+        usize::try_from(limit).unwrap_or(0),
+        usize::try_from(offset).unwrap_or(usize::MAX),
+    ))
+}
+
+/// The DAG as the store last loaded it, with its hash; `None` when there is no such DAG.
+pub async fn load_dag(
+    state: &AppState,
+    dag_id: &str,
+) -> ApiResult<Option<(flow_dag::Dag, String)>> {
+    let Some((data, hash)) = state.store().serialized_dag_get(dag_id).await? else {
+        return Ok(None);
+    };
+    let dag = flow_dag::Dag::from_json(&data)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Some((dag, hash)))
+}
+
+/// A run, or Airflow's 404 naming it.
+pub async fn find_run(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+) -> ApiResult<flow_store::DagRunRow> {
+    state
+        .store()
+        .dag_run_get(dag_id, run_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
+            ))
+        })
+}
+
 /// Records an API action in the audit log; a failure to record is logged, not returned.
 pub async fn audit(
     state: &AppState,
@@ -324,14 +365,7 @@ async fn version() -> Json<serde_json::Value> {
 
 /// Airflow's health shape: always 200, statuses inside.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let store = state.store();
-    let db_ok = store.ping().await.is_ok();
-    let heartbeat = store
-        .job_latest_heartbeat("SchedulerJob")
-        .await
-        .ok()
-        .flatten();
-    let scheduler_ok = heartbeat.is_some_and(|h| Utc::now() - h < chrono::Duration::seconds(30));
+    let (db_ok, heartbeat, scheduler_ok) = crate::health_status(state.store()).await;
     let status = |ok: bool| if ok { "healthy" } else { "unhealthy" };
     Json(serde_json::json!({
         "metadatabase": { "status": status(db_ok) },

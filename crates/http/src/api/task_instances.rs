@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::Json;
 use axum::routing::get;
 use chrono::Utc;
-use flow_dag::Dag;
 use flow_model::{Permission, TaskInstanceState};
 use flow_store::{DagRunRow, TiKey, TiRow};
 use serde::Deserialize;
@@ -277,13 +276,9 @@ async fn clear(
             "include_future, include_past, run_on_latest_version and reset_dag_runs=false are not supported yet",
         ));
     }
-    let (data, _) = state
-        .store()
-        .serialized_dag_get(&dag_id)
+    let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
-    let dag = Dag::from_json(&data)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let start = body
         .start_date
         .as_deref()
@@ -459,15 +454,7 @@ async fn run_of(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRu
             "The Dag with ID: `{dag_id}` was not found"
         )));
     }
-    state
-        .store()
-        .dag_run_get(dag_id, run_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
-            ))
-        })
+    super::find_run(state, dag_id, run_id).await
 }
 
 async fn list(
@@ -479,8 +466,7 @@ async fn list(
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let limit = super::dags::parse_int("limit", get("limit"), 50)?.min(100);
-    let offset = super::dags::parse_int("offset", get("offset"), 0)?;
+    let (limit, offset) = super::paging(&pairs)?;
     let mut states: Vec<TaskInstanceState> = Vec::new();
     for (_, v) in pairs.iter().filter(|(k, _)| k == "state") {
         let s = match v.as_str() {
@@ -552,8 +538,8 @@ async fn list(
     let total = rows.len();
     let page: Vec<Value> = rows
         .iter()
-        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(limit).unwrap_or(0))
+        .skip(offset)
+        .take(limit)
         .map(|(t, r)| ti_response(t, r))
         .collect();
     Ok(Json(
@@ -635,13 +621,9 @@ async fn patch_one(
             ));
         }
     };
-    let (data, _) = state
-        .store()
-        .serialized_dag_get(&dag_id)
+    let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
-    let dag = Dag::from_json(&data)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let selected = dag.with_relatives(
         [ti.key.task_id.clone()],
         body.include_downstream,

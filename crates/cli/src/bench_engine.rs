@@ -33,7 +33,7 @@ fn chain_yaml(n: usize) -> String {
     s
 }
 
-fn fanout_yaml(n: usize) -> String {
+pub(crate) fn fanout_yaml(n: usize) -> String {
     let mut s = String::from("bench_fanout:\n  max_active_tasks: 1000000\n  tasks:\n");
     for i in 0..n {
         s.push_str(&format!(
@@ -46,14 +46,14 @@ fn fanout_yaml(n: usize) -> String {
 const SINGLE_YAML: &str =
     "bench_single:\n  tasks:\n    only:\n      operator: bash\n      bash_command: \"true\"\n";
 
-struct Engine {
+pub(crate) struct Engine {
     store: Store,
     shutdown: watch::Sender<bool>,
     wakeups: Wakeups,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
+pub(crate) async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
     let (shutdown, rx) = watch::channel(false);
     let wakeups = Wakeups::default();
     store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
@@ -91,14 +91,14 @@ async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
 }
 
 impl Engine {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.shutdown.send(true);
         for h in self.handles {
             let _ = h.await;
         }
     }
 
-    async fn dag(&self, dag_id: &str) -> Result<(Dag, String)> {
+    pub(crate) async fn dag(&self, dag_id: &str) -> Result<(Dag, String)> {
         for _ in 0..500 {
             if let Some((data, hash)) = self.store.serialized_dag_get(dag_id).await? {
                 return Ok((Dag::from_json(&data)?, hash));
@@ -109,7 +109,7 @@ impl Engine {
     }
 
     /// Triggers a run and waits for it to finish; returns the run id and the wall time.
-    async fn run_once(&self, dag: &Dag, hash: &str) -> Result<(String, StdDuration)> {
+    pub(crate) async fn run_once(&self, dag: &Dag, hash: &str) -> Result<(String, StdDuration)> {
         let start = Instant::now();
         let run = self
             .store
@@ -169,7 +169,7 @@ fn print_phases(label: &str, phases: &[(String, f64)]) {
     println!("  {label} mean per task instance: {}", text.join(", "));
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -16,7 +16,7 @@ use tower::ServiceExt as _;
 
 use crate::bench::{dag_file, scratch_dir};
 
-fn big_dag(tasks: usize) -> String {
+pub(crate) fn big_dag(tasks: usize) -> String {
     let mut s = String::from("bench_big:\n  tasks:\n");
     for i in 0..tasks {
         s.push_str(&format!("    t{i:03}:\n      operator: empty\n"));

@@ -4,6 +4,7 @@
 
 mod alloc;
 mod bench;
+mod bench_api;
 mod bench_engine;
 mod bench_web;
 mod config;

@@ -101,16 +101,69 @@ pub(crate) async fn health_status(
 }
 
 /// Largest request body accepted (forms and JSON): a trigger's conf fits easily.
-const BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The whole site.
 pub fn router(state: AppState) -> Router {
     pages::routes()
         .merge(assets::routes())
         .merge(api::routes())
+        .layer(axum::middleware::from_fn(refuse_nul))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Refuses a request with a NUL character in its URL or its (form or JSON) body with 400:
+/// no id can contain one, and PostgreSQL cannot store one in a text column, so letting it
+/// through would only turn bad input into a database error.
+async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api =
+        request.uri().path().starts_with("/api/") || request.uri().path().starts_with("/auth/");
+    let refuse = |status: StatusCode, message: String| {
+        if api {
+            api::ApiError::new(status, message).into_response()
+        } else {
+            views::error_page(status, &message)
+        }
+    };
+    let uri = request.uri().to_string();
+    if uri.contains("%00") || uri.contains('\0') {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "NUL characters are not allowed in the URL".into(),
+        );
+    }
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() != b"0")
+        && request.method() != axum::http::Method::GET;
+    if !has_body {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large: at most {BODY_LIMIT} bytes are accepted"),
+        );
+    };
+    let lower = bytes.to_ascii_lowercase();
+    if bytes.contains(&0)
+        || lower.windows(6).any(|w| w == b"\\u0000")
+        || lower.windows(3).any(|w| w == b"%00")
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "NUL characters are not allowed in the request body".into(),
+        );
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// Headers on every response: a strict Content-Security-Policy (no inline script or style,

@@ -41,6 +41,8 @@ other:
 struct Site {
     router: Router,
     store: Store,
+    /// The DAG processor that loaded the dags folder, as the scheduler keeps it.
+    processor: tokio::sync::Mutex<flow_scheduler::DagProcessor>,
     _dir: std::path::PathBuf,
 }
 
@@ -82,6 +84,7 @@ async fn site(db: &TestDb) -> Site {
     Site {
         router: flow_http::router(state),
         store,
+        processor: tokio::sync::Mutex::new(processor),
         _dir: dir,
     }
 }
@@ -1264,6 +1267,434 @@ async fn api_tokens_roles_and_dags() {
         assert!(site.store.user_delete("uma").await.unwrap());
         let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&user), None).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// Replaces each `{param}` of an OpenAPI path with `x` (or a number where one is expected).
+fn fill_path(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').unwrap() + start;
+        let name = &rest[start + 1..end];
+        out.push_str(if name.contains("number") || name.ends_with("error_id") {
+            "1"
+        } else {
+            "x"
+        });
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The spec lists every route the issue names, each protected route declares its auth, and
+/// walking the spec route by route: no credentials get 401, a Viewer's token gets 403 on
+/// every write.
+#[tokio::test]
+async fn api_spec_lists_every_route_and_each_enforces_auth() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let viewer = token_for(&site, "vic").await;
+        let (s, h, spec) = api(&site, "GET", "/api/v2/openapi.json", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        let ti = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances";
+        let required = [
+            ("post", "/auth/token".to_owned()),
+            ("get", "/api/v2/dags".into()),
+            ("patch", "/api/v2/dags".into()),
+            ("get", "/api/v2/dags/{dag_id}".into()),
+            ("patch", "/api/v2/dags/{dag_id}".into()),
+            ("delete", "/api/v2/dags/{dag_id}".into()),
+            ("get", "/api/v2/dags/{dag_id}/details".into()),
+            ("get", "/api/v2/dags/{dag_id}/tasks".into()),
+            ("get", "/api/v2/dags/{dag_id}/tasks/{task_id}".into()),
+            ("get", "/api/v2/dagSources/{dag_id}".into()),
+            ("get", "/api/v2/dagTags".into()),
+            ("post", "/api/v2/dags/{dag_id}/dagRuns".into()),
+            ("get", "/api/v2/dags/{dag_id}/dagRuns".into()),
+            ("post", "/api/v2/dags/~/dagRuns/list".into()),
+            ("get", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}".into()),
+            ("patch", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}".into()),
+            (
+                "delete",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}".into(),
+            ),
+            (
+                "post",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/clear".into(),
+            ),
+            ("get", ti.into()),
+            ("get", format!("{ti}/{{task_id}}")),
+            ("patch", format!("{ti}/{{task_id}}")),
+            ("get", format!("{ti}/{{task_id}}/tries")),
+            ("get", format!("{ti}/{{task_id}}/tries/{{task_try_number}}")),
+            ("post", "/api/v2/dags/{dag_id}/clearTaskInstances".into()),
+            ("get", format!("{ti}/{{task_id}}/logs/{{try_number}}")),
+            ("get", format!("{ti}/{{task_id}}/xcomEntries")),
+            ("get", format!("{ti}/{{task_id}}/xcomEntries/{{xcom_key}}")),
+            ("get", "/api/v2/importErrors".into()),
+            ("get", "/api/v2/importErrors/{import_error_id}".into()),
+            ("get", "/api/v2/eventLogs".into()),
+            ("get", "/api/v2/monitor/health".into()),
+            ("get", "/api/v2/version".into()),
+        ];
+        for (method, path) in &required {
+            assert!(
+                spec["paths"][path.as_str()][method].is_object(),
+                "{method} {path} is missing from the spec"
+            );
+        }
+        assert_eq!(
+            spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"],
+            "bearer"
+        );
+
+        let public = ["/auth/token", "/api/v2/version", "/api/v2/monitor/health"];
+        let (mut anonymous, mut viewer_writes) = (0, 0);
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let upper = method.to_uppercase();
+                let uri = fill_path(path);
+                let body = op.get("requestBody").map(|_| ("application/json", "{}"));
+                if public.contains(&path.as_str()) {
+                    assert!(op.get("security").is_none(), "{method} {path} is public");
+                    continue;
+                }
+                let security = op["security"].as_array();
+                assert!(
+                    security.is_some_and(|s| s.iter().any(|r| r.get("HTTPBearer").is_some())),
+                    "{method} {path} declares no auth"
+                );
+                assert!(
+                    op["responses"]["401"].is_object(),
+                    "{method} {path}: no 401"
+                );
+                let (s, h, j) = api(&site, &upper, &uri, None, body).await;
+                assert_eq!(
+                    s,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {uri} without a token"
+                );
+                assert_eq!(j["detail"], "Not authenticated", "{method} {uri}");
+                assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
+                anonymous += 1;
+                let is_read = method == "get" || path.ends_with("/dagRuns/list");
+                if !is_read {
+                    let (s, _, j) = api(&site, &upper, &uri, Some(&viewer), body).await;
+                    assert_eq!(s, StatusCode::FORBIDDEN, "{method} {uri} as a Viewer: {j}");
+                    viewer_writes += 1;
+                }
+            }
+        }
+        assert_eq!(
+            anonymous,
+            required.len() - public.len(),
+            "protected operations"
+        );
+        assert!(viewer_writes >= 9, "only {viewer_writes} writes");
+
+        // Interactive docs, served from the binary.
+        let req = Request::builder().uri("/docs").body(Body::empty()).unwrap();
+        let resp = site.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let page = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&page).contains("/docs/swagger-ui-bundle.js"));
+        let req = Request::builder()
+            .uri("/docs/swagger-ui-bundle.js")
+            .body(Body::empty())
+            .unwrap();
+        let resp = site.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// The routes added with the spec: bulk pause, delete, details, tasks, the run batch list,
+/// run notes and clear, tries; and errors in Airflow's shape for oversized bodies, wrong
+/// methods and unknown paths.
+#[tokio::test]
+async fn api_dag_details_tasks_runs_and_error_shapes() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let user = token_for(&site, "uma").await;
+        let viewer = token_for(&site, "vic").await;
+        let call = |method: &'static str, uri: String, token: &str, body: Option<String>| {
+            let site = &site;
+            let token = token.to_owned();
+            async move {
+                let body = body.as_deref().map(|b| ("application/json", b));
+                api(site, method, &uri, Some(&token), body).await
+            }
+        };
+
+        let (s, _, j) = call("GET", "/api/v2/dags/etl/details".into(), &viewer, None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["dag_id"], "etl");
+        assert_eq!(j["params"]["batch"]["value"], 3);
+        assert_eq!(j["params"]["batch"]["description"], "rows per batch");
+        assert_eq!(j["timezone"], "UTC");
+        assert_eq!(j["active_runs_count"], 0);
+        let (s, _, j) = call("GET", "/api/v2/dags/etl/tasks".into(), &viewer, None).await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(2)),
+            "{j}"
+        );
+        assert_eq!(j["tasks"][0]["task_id"], "extract");
+        assert_eq!(
+            j["tasks"][0]["downstream_task_ids"],
+            serde_json::json!(["load"])
+        );
+        assert_eq!(j["tasks"][0]["retry_delay"]["__type"], "TimeDelta");
+        assert_eq!(j["tasks"][0]["operator_name"], "BashOperator");
+        let (_, _, j) = call(
+            "GET",
+            "/api/v2/dags/etl/tasks?order_by=-task_id".into(),
+            &viewer,
+            None,
+        )
+        .await;
+        assert_eq!(j["tasks"][0]["task_id"], "load");
+        let (s, _, _) = call(
+            "GET",
+            "/api/v2/dags/etl/tasks?order_by=nope".into(),
+            &viewer,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, j) = call("GET", "/api/v2/dags/etl/tasks/load".into(), &viewer, None).await;
+        assert_eq!(
+            (s, j["trigger_rule"].as_str()),
+            (StatusCode::OK, Some("all_success"))
+        );
+        let (s, _, _) = call("GET", "/api/v2/dags/etl/tasks/nope".into(), &viewer, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // Bulk pause: nothing without a pattern, everything with `~`; only `is_paused`.
+        let unpause = Some(r#"{"is_paused": false}"#.to_owned());
+        let (s, _, j) = call("PATCH", "/api/v2/dags".into(), &user, unpause.clone()).await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(0)),
+            "{j}"
+        );
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/dags?dag_id_pattern=~".into(),
+            &user,
+            unpause.clone(),
+        )
+        .await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(2)),
+            "{j}"
+        );
+        assert!(
+            j["dags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["is_paused"] == false)
+        );
+        assert!(
+            !site
+                .store
+                .dag_get("other")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_paused
+        );
+        let (s, _, _) = call(
+            "PATCH",
+            "/api/v2/dags?dag_id_pattern=~&update_mask=tags".into(),
+            &user,
+            unpause,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        // Runs across DAGs, filters in the body.
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/dags/etl/dagRuns".into(),
+            &user,
+            Some(r#"{"dag_run_id": "r1"}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        for (body, want) in [
+            (r#"{"dag_ids": ["etl"]}"#, 1),
+            (r#"{"dag_ids": ["other"]}"#, 0),
+            (r#"{"states": ["queued", "running"]}"#, 1),
+            (r#"{"states": ["success"]}"#, 0),
+            (r#"{}"#, 1),
+        ] {
+            let (s, _, j) = call(
+                "POST",
+                "/api/v2/dags/~/dagRuns/list".into(),
+                &viewer,
+                Some(body.into()),
+            )
+            .await;
+            assert_eq!(
+                (s, j["total_entries"].as_i64()),
+                (StatusCode::OK, Some(want)),
+                "{body}: {j}"
+            );
+        }
+        for bad in [
+            r#"{"page_limit": -1}"#,
+            r#"{"states": ["bogus"]}"#,
+            r#"{"dag_id": "etl"}"#,
+        ] {
+            let (s, _, j) = call(
+                "POST",
+                "/api/v2/dags/~/dagRuns/list".into(),
+                &viewer,
+                Some(bad.into()),
+            )
+            .await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {j}");
+        }
+        let (_, _, j) = call(
+            "GET",
+            "/api/v2/dags/~/dagRuns?limit=1&order_by=-id".into(),
+            &viewer,
+            None,
+        )
+        .await;
+        assert_eq!(j["dag_runs"][0]["dag_run_id"], "r1");
+
+        // Notes.
+        let run = "/api/v2/dags/etl/dagRuns/r1";
+        let (s, _, j) = call(
+            "PATCH",
+            run.into(),
+            &user,
+            Some(r#"{"note": "checked by uma"}"#.into()),
+        )
+        .await;
+        assert_eq!(
+            (s, j["note"].as_str()),
+            (StatusCode::OK, Some("checked by uma")),
+            "{j}"
+        );
+        let long = format!(r#"{{"note": "{}"}}"#, "x".repeat(1001));
+        let (s, _, j) = call("PATCH", run.into(), &user, Some(long)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{j}");
+        assert_eq!(j["detail"][0]["loc"], serde_json::json!(["body", "note"]));
+
+        // Clearing a run: a dry run lists what has run; a real one queues the run again.
+        let (s, _, j) = call(
+            "PATCH",
+            format!("{run}/taskInstances/extract"),
+            &user,
+            Some(r#"{"new_state": "success"}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let (s, _, j) = call("POST", format!("{run}/clear"), &user, Some("{}".into())).await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{j}"
+        );
+        assert_eq!(j["task_instances"][0]["task_id"], "extract");
+        let ti = site
+            .store
+            .ti_get(&flow_store::TiKey::new("etl", "r1", "extract", -1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ti.state,
+            flow_model::TaskInstanceState::Success,
+            "a dry run changes nothing"
+        );
+        let (s, _, j) = call(
+            "POST",
+            format!("{run}/clear"),
+            &user,
+            Some(r#"{"dry_run": false}"#.into()),
+        )
+        .await;
+        assert_eq!(
+            (s, j["state"].as_str()),
+            (StatusCode::OK, Some("queued")),
+            "{j}"
+        );
+        let (_, _, j) = call("GET", format!("{run}/taskInstances/extract"), &viewer, None).await;
+        assert_eq!(j["state"], serde_json::Value::Null, "{j}");
+        let (s, _, j) = call(
+            "GET",
+            format!("{run}/taskInstances/extract/tries"),
+            &viewer,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert!(j["task_instances"].is_array());
+        let (s, _, _) = call(
+            "GET",
+            format!("{run}/taskInstances/extract/tries/9"),
+            &viewer,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // Deleting a DAG's metadata: 204, then 404; a Viewer may not.
+        let (s, _, _) = call("DELETE", "/api/v2/dags/other".into(), &viewer, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, _) = call("DELETE", "/api/v2/dags/other".into(), &user, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _, _) = call("GET", "/api/v2/dags/other".into(), &viewer, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, _) = call("DELETE", "/api/v2/dags/other".into(), &user, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(
+            site.store.dag_get("etl").await.unwrap().is_some(),
+            "other DAGs stay"
+        );
+        // Its file is still there: the processor's next full scan brings the DAG back.
+        {
+            let mut processor = site.processor.lock().await;
+            processor.resync_from_store().await.unwrap();
+            processor.run_once(Utc::now()).await.unwrap();
+        }
+        let (s, _, j) = call("GET", "/api/v2/dags/other".into(), &viewer, None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+
+        // Errors in Airflow's shape: oversized body, wrong method, unknown path, no JSON.
+        let huge = format!(r#"{{"conf": {{"blob": "{}"}}}}"#, "x".repeat(2 << 20));
+        let (s, _, j) = call("POST", "/api/v2/dags/etl/dagRuns".into(), &user, Some(huge)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(j["detail"].as_str().unwrap().contains("too large"), "{j}");
+        let (s, h, j) = call("PUT", "/api/v2/dags".into(), &user, None).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(j["detail"].is_string(), "{j}");
+        assert!(h.contains_key(header::ALLOW));
+        let (s, _, j) = call("GET", "/api/v2/no/such/thing".into(), &user, None).await;
+        assert_eq!(
+            (s, j["detail"].as_str()),
+            (StatusCode::NOT_FOUND, Some("Not Found"))
+        );
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            Some(("text/plain", "{}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{j}");
         db.drop_db().await.unwrap();
     }
 }

@@ -106,6 +106,25 @@ impl DagProcessor {
         &self.root
     }
 
+    /// Re-reads the stored file hashes, and forgets what it knew of every file whose stored
+    /// hash changed behind its back (a DAG deleted through the API, another processor), so
+    /// that the next pass parses those files again.
+    pub async fn resync_from_store(&mut self) -> Result<(), SchedulerError> {
+        let fresh = self.store.dag_code_hashes().await?;
+        if let Some(known) = &self.stored {
+            let changed: Vec<&String> = known
+                .iter()
+                .filter(|(file, hash)| fresh.get(*file) != Some(*hash))
+                .map(|(file, _)| file)
+                .collect();
+            for file in changed {
+                self.seen.remove(Path::new(file.as_str()));
+            }
+        }
+        self.stored = Some(fresh);
+        Ok(())
+    }
+
     /// One pass over the dags folder.
     pub async fn run_once(&mut self, now: DateTime<Utc>) -> Result<ProcessReport, SchedulerError> {
         let root = self.root.clone();

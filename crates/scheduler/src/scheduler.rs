@@ -329,6 +329,9 @@ impl Scheduler {
         if !dirty && !due {
             return Ok(false);
         }
+        if due {
+            self.processor.resync_from_store().await?;
+        }
         let report = self.processor.run_once(now).await?;
         self.last_dir_scan = Some(now);
         if report.files_written > 0 || report.dags_deactivated > 0 {

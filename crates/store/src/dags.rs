@@ -371,3 +371,67 @@ impl Store {
         )
     }
 }
+
+/// What deleting a DAG's metadata did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DagDelete {
+    Deleted,
+    NotFound,
+    /// Some of its task instances are running or queued; nothing was deleted.
+    Running,
+}
+
+impl Store {
+    /// Deletes a DAG's metadata: its runs, task instances, their history, XComs and logs, and
+    /// the DAG's rows; not its file, so the DAG comes back (paused as a new DAG is) when the
+    /// DAG processor's next full scan parses the file again, as in Airflow. Refused while any
+    /// of its task instances is queued or running.
+    pub async fn dag_delete(&self, dag_id: &str) -> Result<DagDelete> {
+        let mut tx = self.begin().await?;
+        let fileloc: Option<String> = sqlx::query("SELECT fileloc FROM dag WHERE dag_id = $1")
+            .bind(dag_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(fileloc) = fileloc else {
+            return Ok(DagDelete::NotFound);
+        };
+        let busy: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM task_instance WHERE dag_id = $1 \
+             AND state IN ('queued', 'running', 'restarting')",
+        )
+        .bind(dag_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        if busy > 0 {
+            return Ok(DagDelete::Running);
+        }
+        for table in [
+            "log_chunk",
+            "xcom",
+            "ti_transition",
+            "task_instance_history",
+            "task_instance",
+            "dag_run",
+            "serialized_dag",
+            "dag",
+        ] {
+            // Table names are constants above, never input.
+            sqlx::query(&format!("DELETE FROM {table} WHERE dag_id = $1"))
+                .bind(dag_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Invalidate the file's hash (keeping its source), so the DAG processor parses the
+        // file again at its next full scan and the DAG comes back, as Airflow's does.
+        sqlx::query("UPDATE dag_code SET source_hash = '' WHERE fileloc = $1")
+            .bind(&fileloc)
+            .execute(&mut *tx)
+            .await?;
+        bump_dag_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(DagDelete::Deleted)
+    }
+}

@@ -1118,3 +1118,53 @@ impl Store {
         Ok(())
     }
 }
+
+/// One finished (or the current) try of a task instance, from `task_instance_history`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiTryRow {
+    pub key: TiKey,
+    pub try_number: i64,
+    pub state: S,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub hostname: String,
+    pub operator: String,
+    pub queue: String,
+    pub pool: String,
+}
+
+impl Store {
+    /// The recorded tries of a task instance, oldest first (Airflow's `tries` endpoint adds
+    /// the current try on top).
+    pub async fn ti_tries(&self, key: &TiKey) -> Result<Vec<TiTryRow>> {
+        let rows = sqlx::query(
+            "SELECT try_number, state, start_date, end_date, duration, hostname, operator, \
+             queue, pool FROM task_instance_history WHERE dag_id = $1 AND run_id = $2 \
+             AND task_id = $3 AND map_index = $4 ORDER BY try_number",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(key.map_index)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state")?;
+                Ok(TiTryRow {
+                    key: key.clone(),
+                    try_number: r.try_get("try_number")?,
+                    state: parse_state(&state)?,
+                    start_date: opt_from_micros(r.try_get("start_date")?),
+                    end_date: opt_from_micros(r.try_get("end_date")?),
+                    duration: r.try_get("duration")?,
+                    hostname: r.try_get("hostname")?,
+                    operator: r.try_get("operator")?,
+                    queue: r.try_get("queue")?,
+                    pool: r.try_get("pool")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -2,34 +2,34 @@
 //! `DAGRunResponse` shape. Triggering goes through the same store call as `flow dags trigger`
 //! and the web UI.
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
-use flow_model::{DagRunState, DagRunType, Permission};
-use flow_store::{DagRunRow, TriggerError, TriggerRequest};
-use serde::Deserialize;
+use flow_model::{DagRunState, DagRunType, Permission, TaskInstanceState};
+use flow_store::{DagRunRow, RunQuery, TiKey, TriggerError, TriggerRequest};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dags::time;
-use super::{ApiError, ApiResult, ApiUser, find_run, query_pairs};
+use super::schema::{DagRunCollection, DagRunResponse, ErrorBody, TaskInstanceCollection};
+use super::{ApiError, ApiResult, ApiUser, Body, find_run, query_pairs, read_body};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/dags/{dag_id}/dagRuns", get(list).post(trigger))
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}",
-            get(get_one).patch(patch_one).delete(delete_one),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, trigger))
+        .routes(routes!(list_batch))
+        .routes(routes!(get_one, patch_one, delete_one))
+        .routes(routes!(clear))
 }
 
 /// Airflow 3's `triggered_by` values from what flow records.
-fn triggered_by(recorded: Option<&str>) -> (Value, Value) {
+fn triggered_by(recorded: Option<&str>) -> (Option<String>, Option<String>) {
     let Some(text) = recorded else {
-        return (Value::Null, Value::Null);
+        return (None, None);
     };
     let (kind, user) = text.split_once(':').unwrap_or((text, ""));
     let kind = match kind {
@@ -40,47 +40,43 @@ fn triggered_by(recorded: Option<&str>) -> (Value, Value) {
         "backfill" => "backfill",
         _ => "operator",
     };
-    let user = if user.is_empty() {
-        Value::Null
-    } else {
-        Value::String(user.to_owned())
-    };
-    (Value::String(kind.to_owned()), user)
+    let user = (!user.is_empty()).then(|| user.to_owned());
+    (Some(kind.to_owned()), user)
 }
 
-pub fn run_response(r: &DagRunRow) -> Value {
+pub fn run_response(r: &DagRunRow) -> DagRunResponse {
     let (by, user) = triggered_by(r.triggered_by.as_deref());
     let duration = match (r.start_date, r.end_date) {
-        (Some(s), Some(e)) => json!((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
-        _ => Value::Null,
+        (Some(s), Some(e)) => Some((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
+        _ => None,
     };
     let run_type = match r.run_type {
         DagRunType::Event => "asset_triggered",
         other => other.as_str(),
     };
-    json!({
-        "dag_run_id": r.run_id,
-        "dag_id": r.dag_id,
-        "logical_date": time(r.logical_date),
-        "queued_at": time(r.queued_at),
-        "start_date": time(r.start_date),
-        "end_date": time(r.end_date),
-        "duration": duration,
-        "data_interval_start": time(r.data_interval_start),
-        "data_interval_end": time(r.data_interval_end),
-        "run_after": time(Some(r.run_after)),
-        "last_scheduling_decision": Value::Null,
-        "run_type": run_type,
-        "state": r.state.as_str(),
-        "triggered_by": by,
-        "triggering_user_name": user,
-        "conf": r.conf,
-        "note": r.note,
-        "dag_versions": [],
-        "bundle_version": Value::Null,
-        "dag_display_name": r.dag_id,
-        "partition_key": Value::Null,
-    })
+    DagRunResponse {
+        dag_run_id: r.run_id.clone(),
+        dag_id: r.dag_id.clone(),
+        logical_date: time(r.logical_date),
+        queued_at: time(r.queued_at),
+        start_date: time(r.start_date),
+        end_date: time(r.end_date),
+        duration,
+        data_interval_start: time(r.data_interval_start),
+        data_interval_end: time(r.data_interval_end),
+        run_after: time(Some(r.run_after)),
+        last_scheduling_decision: None,
+        run_type: run_type.to_owned(),
+        state: r.state.as_str().to_owned(),
+        triggered_by: by,
+        triggering_user_name: user,
+        conf: Some(r.conf.clone()),
+        note: r.note.clone(),
+        dag_versions: Vec::new(),
+        bundle_version: None,
+        dag_display_name: r.dag_id.clone(),
+        partition_key: None,
+    }
 }
 
 /// An aware datetime from a request body or query (`Z`, `+00:00` or `+0000`).
@@ -100,22 +96,29 @@ pub fn parse_time(loc: &[&str], text: &str) -> ApiResult<DateTime<Utc>> {
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TriggerDAGRunPostBody)]
 #[serde(deny_unknown_fields)]
 struct TriggerBody {
     #[serde(default)]
     dag_run_id: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     logical_date: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     run_after: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     data_interval_start: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     data_interval_end: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     conf: Option<Value>,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     note: Option<String>,
     #[serde(default)]
     partition_key: Option<String>,
@@ -123,14 +126,22 @@ struct TriggerBody {
 
 /// `POST .../dagRuns`: 200 with the new run (Airflow's declared code; the python client
 /// relies on it), 409 for a duplicate run id.
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/dagRuns", tag = "DagRun", summary = "Trigger a DAG run",
+    params(("dag_id" = String, Path)),
+    request_body = TriggerBody,
+    responses(
+        (status = 200, body = DagRunResponse),
+        (status = 409, description = "A run with this dag_run_id or logical_date exists", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn trigger(
     State(state): State<AppState>,
     user: ApiUser,
     Path(dag_id): Path<String>,
-    body: Result<Json<TriggerBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Body<TriggerBody>,
+) -> ApiResult<Json<DagRunResponse>> {
     user.require(Permission::EditDags)?;
-    let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
+    let body = read_body(body)?;
     let (dag, hash) = super::load_dag(&state, &dag_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("DAG with dag_id: '{dag_id}' not found")))?;
@@ -172,6 +183,12 @@ async fn trigger(
             ));
         }
     };
+    if body.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        return Err(ApiError::invalid(
+            &["body", "note"],
+            "String should have at most 1000 characters",
+        ));
+    }
     let mut request = TriggerRequest::manual(conf);
     request.run_id = body.dag_run_id.filter(|s| !s.is_empty());
     request.logical_date = logical;
@@ -203,121 +220,241 @@ async fn trigger(
     Ok(Json(run_response(&run)))
 }
 
+/// Run states from repeated `state` query values (422 naming a bad one).
+fn parse_states<'a>(values: impl Iterator<Item = &'a str>) -> ApiResult<Vec<DagRunState>> {
+    values
+        .map(|v| {
+            DagRunState::parse(v).map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("Invalid value for state. Valid values are queued, running, success, failed; got `{v}`"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `order_by` (`-` for descending) as a run column, or Airflow's 400.
+fn parse_order(order: &str) -> ApiResult<(String, bool)> {
+    let (desc, key) = order
+        .strip_prefix('-')
+        .map_or((false, order), |k| (true, k));
+    let column = if key == "dag_run_id" { "run_id" } else { key };
+    if !RunQuery::ORDER_COLUMNS.contains(&column) {
+        return Err(ApiError::bad_request(format!(
+            "Ordering with '{key}' is disallowed or the attribute does not exist on the model"
+        )));
+    }
+    Ok((column.to_owned(), desc))
+}
+
+async fn run_page(state: &AppState, q: &RunQuery) -> ApiResult<DagRunCollection> {
+    let (runs, total) = state.store().dag_run_query(q).await?;
+    Ok(DagRunCollection {
+        dag_runs: runs.iter().map(run_response).collect(),
+        total_entries: total,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns", tag = "DagRun",
+    summary = "List a DAG's runs (`~` for every DAG)",
+    params(
+        ("dag_id" = String, Path, description = "A DAG id, or `~` for all"),
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("state" = Option<Vec<String>>, Query, explode = true, description = "queued, running, success or failed"),
+        ("order_by" = Option<String>, Query, description = "id, run_after, logical_date, start_date, end_date, state, dag_id or dag_run_id; `-` for descending"),
+    ),
+    responses((status = 200, body = DagRunCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn list(
     State(state): State<AppState>,
     user: ApiUser,
     Path(dag_id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DagRunCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (limit, offset) = super::paging(&pairs)?;
-    let mut states = Vec::new();
-    for (_, v) in pairs.iter().filter(|(k, _)| k == "state") {
-        states.push(DagRunState::parse(v).map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("Invalid value for state. Valid values are queued, running, success, failed; got `{v}`"),
-            )
-        })?);
-    }
-    let store = state.store();
-    let mut runs = if dag_id == "~" {
-        store.dag_run_list_in_states(&DagRunState::ALL).await?
-    } else {
-        if store.dag_get(&dag_id).await?.is_none() {
+    let states = parse_states(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "state")
+            .map(|(_, v)| v.as_str()),
+    )?;
+    let order = pairs
+        .iter()
+        .find(|(k, _)| k == "order_by")
+        .map_or("id", |(_, v)| v.as_str());
+    let mut q = RunQuery {
+        states,
+        order_by: Some(parse_order(order)?),
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        offset: i64::try_from(offset).unwrap_or(i64::MAX),
+        ..RunQuery::default()
+    };
+    if dag_id != "~" {
+        if state.store().dag_get(&dag_id).await?.is_none() {
             return Err(ApiError::not_found(format!(
                 "The Dag with ID: `{dag_id}` was not found"
             )));
         }
-        store.dag_run_list(&dag_id, 100_000).await?
-    };
-    runs.retain(|r| states.is_empty() || states.contains(&r.state));
-    let order = get("order_by").unwrap_or("id");
-    let (desc, key) = order
-        .strip_prefix('-')
-        .map_or((false, order), |k| (true, k));
-    match key {
-        "id" => runs.sort_by_key(|r| r.id),
-        "run_after" => runs.sort_by_key(|r| (r.run_after, r.id)),
-        "logical_date" => runs.sort_by_key(|r| (r.logical_date, r.id)),
-        "start_date" => runs.sort_by_key(|r| (r.start_date, r.id)),
-        "end_date" => runs.sort_by_key(|r| (r.end_date, r.id)),
-        "state" => runs.sort_by(|a, b| (a.state.as_str(), a.id).cmp(&(b.state.as_str(), b.id))),
-        "dag_id" => runs.sort_by(|a, b| (&a.dag_id, a.id).cmp(&(&b.dag_id, b.id))),
-        "run_id" | "dag_run_id" => runs.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id))),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Ordering with '{other}' is disallowed or the attribute does not exist on the model"
-            )));
-        }
+        q.dag_ids = vec![dag_id];
     }
-    if desc {
-        runs.reverse();
-    }
-    let total = runs.len();
-    let page: Vec<Value> = runs
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(run_response)
-        .collect();
-    Ok(Json(json!({ "dag_runs": page, "total_entries": total })))
+    run_page(&state, &q).await.map(Json)
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = DAGRunsBatchBody)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    #[serde(default)]
+    order_by: Option<String>,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    page_offset: Option<i64>,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    page_limit: Option<i64>,
+    #[serde(default)]
+    dag_ids: Option<Vec<String>>,
+    #[serde(default)]
+    states: Option<Vec<Option<String>>>,
+}
+
+/// `POST /dags/~/dagRuns/list`: runs of many DAGs, filters in the body.
+#[utoipa::path(post, path = "/api/v2/dags/~/dagRuns/list", tag = "DagRun",
+    summary = "List runs across DAGs, filters in the body",
+    request_body = BatchBody,
+    responses((status = 200, body = DagRunCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn list_batch(
+    State(state): State<AppState>,
+    user: ApiUser,
+    body: Body<BatchBody>,
+) -> ApiResult<Json<DagRunCollection>> {
+    user.require(Permission::Read)?;
+    let body = read_body(body)?;
+    let nonneg = |name: &str, v: Option<i64>, default: i64| match v {
+        None => Ok(default),
+        Some(n) if n >= 0 => Ok(n),
+        Some(_) => Err(ApiError::invalid(
+            &["body", name],
+            "Input should be greater than or equal to 0",
+        )),
+    };
+    let states = parse_states(body.states.iter().flatten().flatten().map(String::as_str))?;
+    let q = RunQuery {
+        dag_ids: body.dag_ids.unwrap_or_default(),
+        states,
+        order_by: Some(parse_order(body.order_by.as_deref().unwrap_or("id"))?),
+        limit: nonneg("page_limit", body.page_limit, 100)?.min(100),
+        offset: nonneg("page_offset", body.page_offset, 0)?,
+    };
+    run_page(&state, &q).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", tag = "DagRun", summary = "Get a run",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path)),
+    responses((status = 200, body = DagRunResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn get_one(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DagRunResponse>> {
     user.require(Permission::Read)?;
     Ok(Json(run_response(
         &find_run(&state, &dag_id, &run_id).await?,
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = DAGRunPatchBody)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
+    /// `success` or `failed` (or `queued`, to run it again).
     #[serde(default)]
     state: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     note: Option<String>,
 }
 
 /// `PATCH .../dagRuns/{id}`: mark the run success or failed (its unfinished task instances
-/// follow, as in the UI and `flow runs mark`).
+/// follow, as in the UI and `flow runs mark`), queue it again, or set its note.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", tag = "DagRun",
+    summary = "Mark a run success, failed or queued, or set its note",
+    params(
+        ("dag_id" = String, Path),
+        ("dag_run_id" = String, Path),
+        ("update_mask" = Option<Vec<String>>, Query, explode = true, description = "`state` and/or `note`"),
+    ),
+    request_body = PatchBody,
+    responses((status = 200, body = DagRunResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn patch_one(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id)): Path<(String, String)>,
-    body: Result<Json<PatchBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    RawQuery(raw): RawQuery,
+    body: Body<PatchBody>,
+) -> ApiResult<Json<DagRunResponse>> {
     user.require(Permission::EditDags)?;
-    let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
-    find_run(&state, &dag_id, &run_id).await?;
-    if body.note.is_some() {
-        return Err(ApiError::bad_request(
-            "editing run notes is not supported yet",
-        ));
+    let body = read_body(body)?;
+    let mask: Vec<String> = query_pairs(raw.as_deref())?
+        .into_iter()
+        .filter(|(k, _)| k == "update_mask")
+        .map(|(_, v)| v)
+        .collect();
+    if let Some(bad) = mask
+        .iter()
+        .find(|m| !matches!(m.as_str(), "state" | "note"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid field `{bad}` in update mask"
+        )));
     }
-    if let Some(s) = body.state.as_deref() {
-        let to = match s {
-            "success" => DagRunState::Success,
-            "failed" => DagRunState::Failed,
+    let wants = |field: &str| mask.is_empty() || mask.iter().any(|m| m == field);
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    if let Some(note) = body.note.as_deref().filter(|_| wants("note")) {
+        if note.chars().count() > 1000 {
+            return Err(ApiError::invalid(
+                &["body", "note"],
+                "String should have at most 1000 characters",
+            ));
+        }
+        state
+            .store()
+            .dag_run_set_note(&dag_id, &run_id, Some(note))
+            .await?;
+        super::audit(&state, &user, "set run note", Some(&dag_id), Some(&run_id)).await;
+    }
+    if let Some(s) = body.state.as_deref().filter(|_| wants("state")) {
+        match s {
+            "success" | "failed" => {
+                let to = if s == "success" {
+                    DagRunState::Success
+                } else {
+                    DagRunState::Failed
+                };
+                state
+                    .store()
+                    .dag_run_mark(&dag_id, &run_id, to, Utc::now())
+                    .await?;
+            }
+            "queued" => {
+                let keys = clearable(&state, &run, false).await?;
+                state.store().ti_clear(&keys, Utc::now()).await?;
+            }
             other => {
                 return Err(ApiError::invalid(
                     &["body", "state"],
-                    format!("Input should be 'success' or 'failed', got '{other}'"),
+                    format!("Input should be 'queued', 'success' or 'failed', got '{other}'"),
                 ));
             }
-        };
-        state
-            .store()
-            .dag_run_mark(&dag_id, &run_id, to, Utc::now())
-            .await?;
-        let event = format!("mark run {}", to.as_str());
+        }
+        let event = format!("mark run {s}");
         super::audit(&state, &user, &event, Some(&dag_id), Some(&run_id)).await;
     }
     Ok(Json(run_response(
@@ -325,6 +462,110 @@ async fn patch_one(
     )))
 }
 
+/// The task instances of a run that clearing it resets (all that have run, or only the
+/// failed ones), with each task's retries.
+async fn clearable(
+    state: &AppState,
+    run: &DagRunRow,
+    only_failed: bool,
+) -> ApiResult<Vec<(TiKey, i64)>> {
+    let (dag, _) = super::load_dag(state, &run.dag_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("The Dag with ID: `{}` was not found", run.dag_id))
+    })?;
+    Ok(state
+        .store()
+        .ti_list_for_run(&run.dag_id, &run.run_id)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            !matches!(
+                t.state,
+                TaskInstanceState::NoStatus | TaskInstanceState::Removed
+            ) && (!only_failed
+                || matches!(
+                    t.state,
+                    TaskInstanceState::Failed | TaskInstanceState::UpstreamFailed
+                ))
+        })
+        .map(|t| {
+            let retries = dag
+                .task(&t.key.task_id)
+                .map_or(0, |task| i64::from(task.retries));
+            (t.key, retries)
+        })
+        .collect())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = DAGRunClearBody)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    #[serde(default = "yes")]
+    dry_run: bool,
+    #[serde(default)]
+    only_failed: bool,
+    #[serde(default)]
+    run_on_latest_version: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A dry run lists what would be cleared; a real clear returns the run, queued again.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum ClearResponse {
+    DryRun(TaskInstanceCollection),
+    Cleared(DagRunResponse),
+}
+
+/// `POST .../dagRuns/{id}/clear`: reset the run's task instances so the run goes again.
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/clear", tag = "DagRun",
+    summary = "Clear a run (dry run by default)",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path)),
+    request_body = ClearBody,
+    responses((status = 200, description = "The task instances that would be cleared (dry run), or the run", body = ClearResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn clear(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    body: Body<ClearBody>,
+) -> ApiResult<Json<ClearResponse>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    if body.run_on_latest_version {
+        return Err(ApiError::bad_request(
+            "run_on_latest_version is not supported: flow always runs the DAG's current version",
+        ));
+    }
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let keys = clearable(&state, &run, body.only_failed).await?;
+    if body.dry_run {
+        let mut items = Vec::new();
+        for (key, _) in &keys {
+            if let Some(t) = state.store().ti_get(key).await? {
+                items.push(super::task_instances::ti_response(&t, &run));
+            }
+        }
+        return Ok(Json(ClearResponse::DryRun(TaskInstanceCollection {
+            total_entries: items.len(),
+            task_instances: items,
+        })));
+    }
+    state.store().ti_clear(&keys, Utc::now()).await?;
+    super::audit(&state, &user, "clear", Some(&dag_id), Some(&run_id)).await;
+    Ok(Json(ClearResponse::Cleared(run_response(
+        &find_run(&state, &dag_id, &run_id).await?,
+    ))))
+}
+
+#[utoipa::path(delete, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", tag = "DagRun",
+    summary = "Delete a run with its task instances, logs and XComs",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path)),
+    responses((status = 204, description = "Deleted")),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn delete_one(
     State(state): State<AppState>,
     user: ApiUser,

@@ -1,62 +1,78 @@
 //! Smaller read routes: import errors, event logs (flow's audit log), DAG sources and tags.
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use flow_model::Permission;
-use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dags::time;
+use super::schema::{
+    DagSource, DagTagCollection, ErrorBody, EventLog, EventLogCollection, ImportError,
+    ImportErrorCollection,
+};
 use super::{ApiError, ApiResult, ApiUser, paging, query_pairs};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/importErrors", get(import_errors))
-        .route("/api/v2/importErrors/{import_error_id}", get(import_error))
-        .route("/api/v2/eventLogs", get(event_logs))
-        .route("/api/v2/dagSources/{dag_id}", get(dag_source))
-        .route("/api/v2/dagTags", get(dag_tags))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(import_errors))
+        .routes(routes!(import_error))
+        .routes(routes!(event_logs))
+        .routes(routes!(dag_source))
+        .routes(routes!(dag_tags))
 }
 
-fn import_error_json(e: &flow_store::ImportErrorRow) -> Value {
-    json!({
-        "import_error_id": e.id,
-        "timestamp": time(Some(e.timestamp)),
-        "filename": e.filename,
-        "bundle_name": "dags-folder",
-        "stack_trace": e.stacktrace,
-    })
+fn import_error_response(e: &flow_store::ImportErrorRow) -> ImportError {
+    ImportError {
+        import_error_id: e.id,
+        timestamp: time(Some(e.timestamp)),
+        filename: e.filename.clone(),
+        bundle_name: Some("dags-folder".into()),
+        stack_trace: e.stacktrace.clone(),
+    }
 }
 
+#[utoipa::path(get, path = "/api/v2/importErrors", tag = "Import Error",
+    summary = "DAG files that failed to load, with their diagnostics",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+    ),
+    responses((status = 200, body = ImportErrorCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn import_errors(
     State(state): State<AppState>,
     user: ApiUser,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ImportErrorCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let (limit, offset) = paging(&pairs)?;
     let mut errors = state.store().import_errors().await?;
     errors.sort_by_key(|e| e.id);
-    let items: Vec<Value> = errors
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(import_error_json)
-        .collect();
-    Ok(Json(
-        json!({ "import_errors": items, "total_entries": errors.len() }),
-    ))
+    Ok(Json(ImportErrorCollection {
+        import_errors: errors
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(import_error_response)
+            .collect(),
+        total_entries: errors.len(),
+    }))
 }
 
+#[utoipa::path(get, path = "/api/v2/importErrors/{import_error_id}", tag = "Import Error",
+    summary = "One import error",
+    params(("import_error_id" = i64, Path)),
+    responses((status = 200, body = ImportError)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn import_error(
     State(state): State<AppState>,
     user: ApiUser,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ImportError>> {
     user.require(Permission::Read)?;
     let id: i64 = id.parse().map_err(|_| {
         ApiError::invalid(
@@ -70,15 +86,27 @@ async fn import_error(
             "The ImportError with import_error_id: `{id}` was not found"
         ))
     })?;
-    Ok(Json(import_error_json(e)))
+    Ok(Json(import_error_response(e)))
 }
 
 /// The audit log, as Airflow's event log.
+#[utoipa::path(get, path = "/api/v2/eventLogs", tag = "Event Log",
+    summary = "The audit log: who triggered, paused, marked, cleared or deleted what",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("dag_id" = Option<String>, Query),
+        ("event" = Option<String>, Query),
+        ("run_id" = Option<String>, Query),
+        ("task_id" = Option<String>, Query),
+    ),
+    responses((status = 200, body = EventLogCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn event_logs(
     State(state): State<AppState>,
     user: ApiUser,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EventLogCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let (limit, offset) = paging(&pairs)?;
@@ -90,34 +118,40 @@ async fn event_logs(
         .filter(|r| get("run_id").is_none_or(|x| r.run_id.as_deref() == Some(x)))
         .filter(|r| get("task_id").is_none_or(|x| r.task_id.as_deref() == Some(x)))
         .collect();
-    let items: Vec<Value> = rows
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|r| {
-            json!({
-                "event_log_id": r.id,
-                "when": time(Some(r.at)),
-                "dag_id": r.dag_id,
-                "task_id": r.task_id,
-                "run_id": r.run_id,
-                "map_index": Value::Null,
-                "try_number": Value::Null,
-                "event": r.event,
-                "logical_date": Value::Null,
-                "owner": r.username,
-                "extra": r.extra,
-                "dag_display_name": r.dag_id,
-                "task_display_name": r.task_id,
+    Ok(Json(EventLogCollection {
+        event_logs: rows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|r| EventLog {
+                event_log_id: r.id,
+                when: time(Some(r.at)),
+                dag_id: r.dag_id.clone(),
+                task_id: r.task_id.clone(),
+                run_id: r.run_id.clone(),
+                map_index: None,
+                try_number: None,
+                event: r.event.clone(),
+                logical_date: None,
+                owner: Some(r.username.clone()),
+                extra: r.extra.clone(),
+                dag_display_name: r.dag_id.clone(),
+                task_display_name: r.task_id.clone(),
             })
-        })
-        .collect();
-    Ok(Json(
-        json!({ "event_logs": items, "total_entries": rows.len() }),
-    ))
+            .collect(),
+        total_entries: rows.len(),
+    }))
 }
 
 /// The DAG's YAML source: JSON by default, plain text with `Accept: text/plain`.
+#[utoipa::path(get, path = "/api/v2/dagSources/{dag_id}", tag = "DagSource",
+    summary = "The DAG's YAML source (JSON, or plain text with `Accept: text/plain`)",
+    params(("dag_id" = String, Path), ("version_number" = Option<i64>, Query)),
+    responses(
+        (status = 200, content((DagSource = "application/json"), (String = "text/plain"))),
+        (status = 406, description = "Neither JSON nor plain text was acceptable", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn dag_source(
     State(state): State<AppState>,
     user: ApiUser,
@@ -149,21 +183,29 @@ async fn dag_source(
             "Only application/json or text/plain is supported",
         ));
     }
-    Ok(Json(json!({
-        "content": content,
-        "dag_id": dag_id,
-        "version_number": 1,
-        "dag_display_name": dag_id,
-    }))
+    Ok(Json(DagSource {
+        content,
+        dag_display_name: dag_id.clone(),
+        dag_id,
+        version_number: Some(1),
+    })
     .into_response())
 }
 
 /// Distinct tag names, as plain strings.
+#[utoipa::path(get, path = "/api/v2/dagTags", tag = "DAG", summary = "Tag names in use",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("tag_name_pattern" = Option<String>, Query),
+    ),
+    responses((status = 200, body = DagTagCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn dag_tags(
     State(state): State<AppState>,
     user: ApiUser,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DagTagCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let (limit, offset) = paging(&pairs)?;
@@ -185,6 +227,8 @@ async fn dag_tags(
         .collect();
     tags.sort();
     tags.dedup();
-    let page: Vec<&String> = tags.iter().skip(offset).take(limit).collect();
-    Ok(Json(json!({ "tags": page, "total_entries": tags.len() })))
+    Ok(Json(DagTagCollection {
+        total_entries: tags.len(),
+        tags: tags.into_iter().skip(offset).take(limit).collect(),
+    }))
 }

@@ -3,37 +3,205 @@
 //! Airflow's tooling works against flow. `docs/airflow-rest-api-v2.md` records the shapes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use base64::Engine as _;
 use chrono::Utc;
 use flow_model::{Permission, Role};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
 mod dag_runs;
 mod dags;
+mod docs;
 pub mod jwt;
 mod misc;
+pub mod schema;
 mod task_instances;
 
 /// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
 const TOKEN_TTL_SECS: i64 = 24 * 3600;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/token", post(token))
-        .route("/api/v2/version", get(version))
-        .route("/api/v2/monitor/health", get(health))
+/// The security schemes every protected route declares: a bearer token from `/auth/token`,
+/// or HTTP basic credentials.
+pub const SECURED: &str = "HTTPBearer";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "flow REST API",
+        description = "Apache Airflow 3's stable REST API (v2), served by flow. Get a token from \
+            `POST /auth/token` and send it as `Authorization: Bearer <token>`; HTTP basic \
+            credentials work too.",
+    ),
+    modifiers(&SecuritySchemes),
+    components(schemas(schema::ErrorBody)),
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SECURED,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "HTTPBasic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+    }
+}
+
+/// Every API route with its OpenAPI operation: a route cannot be served without being in the
+/// spec, because both come from the same `routes!` registration.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(token))
+        .routes(routes!(version))
+        .routes(routes!(health))
         .merge(dags::routes())
         .merge(dag_runs::routes())
         .merge(task_instances::routes())
         .merge(misc::routes())
+}
+
+/// The OpenAPI document served at `/api/v2/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut spec) = api_router().split_for_parts();
+    spec.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    add_error_responses(&mut spec);
+    spec
+}
+
+pub fn routes() -> Router<AppState> {
+    let (router, _) = api_router().split_for_parts();
+    let spec: Arc<String> = Arc::new(serde_json::to_string(&openapi()).unwrap_or_default());
+    router
+        .route(
+            "/api/v2/openapi.json",
+            get(move || {
+                let spec = Arc::clone(&spec);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        spec.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/api/v2/{*rest}",
+            axum::routing::any(|| async { ApiError::not_found("Not Found") }),
+        )
+        .layer(axum::middleware::map_response(json_errors))
+        .merge(docs::routes())
+}
+
+/// Error responses that axum produces before a handler runs (an unknown method, a body over
+/// the size limit, an undecodable path) come as plain text; API clients get Airflow's
+/// `{"detail": ...}` instead.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "Request body too large: at most {} bytes are accepted",
+            crate::BODY_LIMIT
+        )
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, detail).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+/// Declares on every operation the errors every route can answer with, in Airflow's shape:
+/// 401 and 403 where a token is required, 404, 422 for invalid input, 413 where a body is
+/// read, and 503 when the metadata database does not answer.
+fn add_error_responses(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("HTTPExceptionResponse")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in spec.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let has_body = op.request_body.is_some();
+            let responses = &mut op.responses.responses;
+            let mut add = |code: &str, description: &str| {
+                responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description));
+            };
+            if secured {
+                add("401", "Not authenticated, or the token expired");
+                add(
+                    "403",
+                    "The token is invalid, or the user's role may not do this",
+                );
+            }
+            if has_body {
+                add("413", "The request body is over the size limit");
+                add("415", "The request body is not JSON");
+            }
+            add("400", "Bad request");
+            add("404", "Not found");
+            add("405", "Method not allowed");
+            add("422", "Invalid input; the detail names the field");
+            add("503", "The metadata database did not answer");
+        }
+    }
 }
 
 /// An API error: a status and Airflow's `{"detail": ...}` body.
@@ -82,7 +250,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(serde_json::json!({ "detail": self.detail })),
+            Json(schema::ErrorBody {
+                detail: self.detail,
+            }),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -95,6 +265,33 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body that could not be read: 413 over the size limit, 415 without a JSON content
+/// type, otherwise 422 naming what was wrong.
+pub fn body_error(e: &axum::extract::rejection::JsonRejection) -> ApiError {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body too large: at most {} bytes are accepted",
+                crate::BODY_LIMIT
+            ),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Expected request with `Content-Type: application/json`",
+        ),
+        _ => ApiError::invalid(&["body"], e.body_text()),
+    }
+}
+
+/// A JSON request body, or the error [`body_error`] describes.
+pub type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// The body of a request, or Airflow's error for an unreadable one.
+pub fn read_body<T>(body: Body<T>) -> ApiResult<T> {
+    body.map(|Json(b)| b).map_err(|e| body_error(&e))
+}
 
 /// A query string as `(key, value)` pairs in order, keeping repeated keys (`tags=a&tags=b`)
 /// as Airflow's clients send lists.
@@ -294,13 +491,27 @@ async fn check_password(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = LoginBody)]
 struct TokenBody {
     username: String,
     password: String,
 }
 
 /// `POST /auth/token`: JSON or form `{username, password}` -> 201 `{"access_token": ...}`.
+#[utoipa::path(post, path = "/auth/token", tag = "Login",
+    summary = "Get an API token",
+    request_body(content(
+        (TokenBody = "application/json"),
+        (TokenBody = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 201, description = "A signed JWT, valid for a day", body = schema::TokenResponse),
+        (status = 401, description = "Wrong username or password", body = schema::ErrorBody),
+        (status = 413, description = "The request body is over the size limit", body = schema::ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = schema::ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = schema::ErrorBody),
+    ))]
 async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -339,7 +550,9 @@ async fn token(
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not sign"))?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "access_token": token })),
+        Json(schema::TokenResponse {
+            access_token: token,
+        }),
     )
         .into_response())
 }
@@ -356,24 +569,38 @@ fn serde_urlencoded_form(body: &[u8]) -> ApiResult<TokenBody> {
     Ok(form)
 }
 
-async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "git_version": serde_json::Value::Null,
-    }))
+#[utoipa::path(get, path = "/api/v2/version", tag = "Version",
+    summary = "flow's version (no token needed)",
+    responses((status = 200, body = schema::VersionInfo)))]
+async fn version() -> Json<schema::VersionInfo> {
+    Json(schema::VersionInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_version: None,
+    })
 }
 
 /// Airflow's health shape: always 200, statuses inside.
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/api/v2/monitor/health", tag = "Monitor",
+    summary = "The metadata database and the scheduler's heartbeat (no token needed)",
+    responses((status = 200, body = schema::HealthInfo)))]
+async fn health(State(state): State<AppState>) -> Json<schema::HealthInfo> {
     let (db_ok, heartbeat, scheduler_ok) = crate::health_status(state.store()).await;
-    let status = |ok: bool| if ok { "healthy" } else { "unhealthy" };
-    Json(serde_json::json!({
-        "metadatabase": { "status": status(db_ok) },
-        "scheduler": {
-            "status": status(scheduler_ok),
-            "latest_scheduler_heartbeat": heartbeat.map(|h| h.to_rfc3339()),
+    let status = |ok: bool| Some(if ok { "healthy" } else { "unhealthy" }.to_owned());
+    Json(schema::HealthInfo {
+        metadatabase: schema::ComponentHealth {
+            status: status(db_ok),
         },
-        "triggerer": { "status": null, "latest_triggerer_heartbeat": null },
-        "dag_processor": { "status": null, "latest_dag_processor_heartbeat": null },
-    }))
+        scheduler: schema::SchedulerHealth {
+            status: status(scheduler_ok),
+            latest_scheduler_heartbeat: heartbeat.map(|h| h.to_rfc3339()),
+        },
+        triggerer: schema::TriggererHealth {
+            status: None,
+            latest_triggerer_heartbeat: None,
+        },
+        dag_processor: schema::DagProcessorHealth {
+            status: None,
+            latest_dag_processor_heartbeat: None,
+        },
+    })
 }

@@ -1,48 +1,36 @@
 //! `/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances`: list, get and mark task
 //! instances, in Airflow's `TaskInstanceResponse` shape.
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Json;
-use axum::routing::get;
 use chrono::Utc;
 use flow_model::{Permission, TaskInstanceState};
-use flow_store::{DagRunRow, TiKey, TiRow};
+use flow_store::{DagRunRow, TiKey, TiRow, TiTryRow};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dags::time;
-use super::{ApiError, ApiResult, ApiUser, query_pairs};
+use super::schema::{
+    ErrorBody, LogMessage, LogResponse, TaskInstanceCollection, TaskInstanceHistory,
+    TaskInstanceHistoryCollection, TaskInstanceResponse, XcomCollection, XcomEntry, XcomValue,
+};
+use super::{ApiError, ApiResult, ApiUser, Body, query_pairs, read_body};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
-            get(list),
-        )
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}",
-            get(get_one).patch(patch_one),
-        )
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
-            get(logs),
-        )
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries",
-            get(xcom_list),
-        )
-        .route(
-            "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}",
-            get(xcom_get),
-        )
-        .route(
-            "/api/v2/dags/{dag_id}/clearTaskInstances",
-            axum::routing::post(clear),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one, patch_one))
+        .routes(routes!(tries))
+        .routes(routes!(try_one))
+        .routes(routes!(logs))
+        .routes(routes!(xcom_list))
+        .routes(routes!(xcom_get))
+        .routes(routes!(clear))
 }
 
 /// Lines per log response; the continuation token (the last line's position) fetches more.
@@ -50,6 +38,23 @@ const LOG_CHUNK: i64 = 10_000;
 
 /// `GET .../logs/{try_number}`: JSON `{"content": [{"timestamp", "event", ...}],
 /// "continuation_token"}`, or NDJSON with the token in `Airflow-Continuation-Token`.
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}", tag = "Task Instance",
+    summary = "Read a try's log (JSON, or NDJSON with `Accept: application/x-ndjson`)",
+    params(
+        ("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("try_number" = i64, Path, minimum = 0),
+        ("full_content" = Option<bool>, Query, description = "Every line at once instead of pages of 10,000"),
+        ("token" = Option<String>, Query, description = "The continuation token of the previous page"),
+        ("map_index" = Option<i64>, Query),
+    ),
+    responses(
+        (status = 200, description = "Log lines", content(
+            (LogResponse = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 406, description = "Neither JSON nor NDJSON was acceptable", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn logs(
     State(state): State<AppState>,
     user: ApiUser,
@@ -92,15 +97,13 @@ async fn logs(
         .store()
         .log_read(&ti.key, try_number, after, limit)
         .await?;
-    let content: Vec<Value> = page
+    let content: Vec<LogMessage> = page
         .lines
         .iter()
-        .map(|l| {
-            json!({
-                "timestamp": time(Some(l.at)),
-                "event": l.line,
-                "stream": l.stream,
-            })
+        .map(|l| LogMessage {
+            timestamp: time(Some(l.at)),
+            event: l.line.clone(),
+            stream: l.stream.clone(),
         })
         .collect();
     // A token while more may come: the try still runs, or this page was full.
@@ -109,15 +112,11 @@ async fn logs(
         TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
     ) && try_number == ti.try_number;
     let more = running || content.len() as i64 >= limit;
-    let token = if more {
-        Value::String(page.next.max(after).to_string())
-    } else {
-        Value::Null
-    };
+    let token = more.then(|| page.next.max(after).to_string());
     if ndjson {
         let mut body = String::new();
         for c in &content {
-            body.push_str(&c.to_string());
+            body.push_str(&serde_json::to_string(c).unwrap_or_default());
             body.push('\n');
         }
         let mut response = body.into_response();
@@ -126,40 +125,56 @@ async fn logs(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/x-ndjson"),
         );
-        if let Value::String(t) = &token
+        if let Some(t) = &token
             && let Ok(v) = axum::http::HeaderValue::from_str(t)
         {
             h.insert("Airflow-Continuation-Token", v);
         }
         return Ok(response);
     }
-    Ok(Json(json!({ "content": content, "continuation_token": token })).into_response())
-}
-
-fn xcom_json(x: &flow_store::XcomRow, dag_id: &str, run: &DagRunRow) -> Value {
-    json!({
-        "key": x.key,
-        "timestamp": time(Some(x.timestamp)),
-        "logical_date": time(run.logical_date),
-        "map_index": x.map_index,
-        "task_id": x.task_id,
-        "dag_id": dag_id,
-        "run_id": run.run_id,
-        "dag_display_name": dag_id,
-        "task_display_name": x.task_id,
-        "run_after": time(Some(run.run_after)),
+    Ok(Json(LogResponse {
+        content,
+        continuation_token: token,
     })
+    .into_response())
 }
 
+fn xcom_entry(x: &flow_store::XcomRow, dag_id: &str, run: &DagRunRow) -> XcomEntry {
+    XcomEntry {
+        key: x.key.clone(),
+        timestamp: time(Some(x.timestamp)),
+        logical_date: time(run.logical_date),
+        map_index: x.map_index,
+        task_id: x.task_id.clone(),
+        dag_id: dag_id.to_owned(),
+        run_id: run.run_id.clone(),
+        dag_display_name: dag_id.to_owned(),
+        task_display_name: x.task_id.clone(),
+        run_after: time(Some(run.run_after)),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", tag = "XCom",
+    summary = "List a task instance's XComs (`~` for every task of the run)",
+    params(
+        ("dag_id" = String, Path), ("dag_run_id" = String, Path),
+        ("task_id" = String, Path, description = "A task id, or `~` for all"),
+        ("xcom_key" = Option<String>, Query),
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+    ),
+    responses((status = 200, body = XcomCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn xcom_list(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<XcomCollection>> {
     user.require(Permission::Read)?;
     let run = run_of(&state, &dag_id, &run_id).await?;
     let pairs = query_pairs(raw.as_deref())?;
+    let (limit, offset) = super::paging(&pairs)?;
     let key_filter = pairs
         .iter()
         .find(|(k, _)| k == "xcom_key")
@@ -173,18 +188,34 @@ async fn xcom_list(
         .filter(|x| key_filter.as_deref().is_none_or(|k| x.key == k))
         .collect();
     rows.sort_by(|a, b| (&a.task_id, a.map_index, &a.key).cmp(&(&b.task_id, b.map_index, &b.key)));
-    let items: Vec<Value> = rows.iter().map(|x| xcom_json(x, &dag_id, &run)).collect();
-    Ok(Json(
-        json!({ "xcom_entries": items, "total_entries": rows.len() }),
-    ))
+    Ok(Json(XcomCollection {
+        xcom_entries: rows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|x| xcom_entry(x, &dag_id, &run))
+            .collect(),
+        total_entries: rows.len(),
+    }))
 }
 
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", tag = "XCom",
+    summary = "Get an XCom with its value",
+    params(
+        ("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("xcom_key" = String, Path),
+        ("map_index" = Option<i64>, Query),
+        ("stringify" = Option<bool>, Query, description = "The value as a string"),
+        ("deserialize" = Option<bool>, Query),
+    ),
+    responses((status = 200, body = XcomValue)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn xcom_get(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id, key)): Path<(String, String, String, String)>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<XcomValue>> {
     user.require(Permission::Read)?;
     let run = run_of(&state, &dag_id, &run_id).await?;
     let pairs = query_pairs(raw.as_deref())?;
@@ -202,8 +233,7 @@ async fn xcom_get(
         .into_iter()
         .find(|x| x.task_id == task_id && x.key == key && x.map_index == map_index)
         .ok_or_else(|| ApiError::not_found(format!("XCom entry with key: `{key}` not found")))?;
-    let mut out = xcom_json(&x, &dag_id, &run);
-    out["value"] = if stringify {
+    let value = if stringify {
         Value::String(match &x.value {
             Value::String(s) => s.clone(),
             v => v.to_string(),
@@ -211,10 +241,14 @@ async fn xcom_get(
     } else {
         x.value.clone()
     };
-    Ok(Json(out))
+    Ok(Json(XcomValue {
+        entry: xcom_entry(&x, &dag_id, &run),
+        value,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ClearTaskInstancesBody)]
 #[serde(deny_unknown_fields)]
 struct ClearBody {
     #[serde(default = "yes")]
@@ -225,7 +259,9 @@ struct ClearBody {
     only_failed: bool,
     #[serde(default)]
     only_running: bool,
+    /// Task ids, or `[task_id, map_index]` pairs.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     task_ids: Option<Vec<Value>>,
     #[serde(default)]
     include_upstream: bool,
@@ -234,8 +270,10 @@ struct ClearBody {
     #[serde(default = "yes")]
     reset_dag_runs: bool,
     #[serde(default)]
+    #[schema(format = DateTime)]
     start_date: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     end_date: Option<String>,
     #[serde(default)]
     include_future: bool,
@@ -253,14 +291,23 @@ fn yes() -> bool {
 
 /// `POST /dags/{dag_id}/clearTaskInstances`: the task instances selected (dry run, Airflow's
 /// default) or cleared so that they run again.
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/clearTaskInstances", tag = "Task Instance",
+    summary = "Clear task instances so they run again (a dry run by default)",
+    params(("dag_id" = String, Path)),
+    request_body = ClearBody,
+    responses(
+        (status = 200, description = "The task instances cleared, or that a dry run would clear", body = TaskInstanceCollection),
+        (status = 409, description = "prevent_running_task is set and some are running", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn clear(
     State(state): State<AppState>,
     user: ApiUser,
     Path(dag_id): Path<String>,
-    body: Result<Json<ClearBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Body<ClearBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
     user.require(Permission::EditDags)?;
-    let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
+    let body = read_body(body)?;
     if body.only_failed && body.only_running {
         return Err(ApiError::invalid(
             &["body"],
@@ -375,10 +422,11 @@ async fn clear(
         )
         .await;
     }
-    let items: Vec<Value> = chosen.iter().map(|(t, r)| ti_response(t, r)).collect();
-    Ok(Json(
-        json!({ "task_instances": items, "total_entries": items.len() }),
-    ))
+    let items: Vec<TaskInstanceResponse> = chosen.iter().map(|(t, r)| ti_response(t, r)).collect();
+    Ok(Json(TaskInstanceCollection {
+        total_entries: items.len(),
+        task_instances: items,
+    }))
 }
 
 /// A stable UUID for a task instance (Airflow's `id` is a UUID; flow keys by name).
@@ -405,47 +453,48 @@ fn ti_uuid(key: &TiKey) -> String {
     )
 }
 
-fn ti_response(t: &TiRow, run: &DagRunRow) -> Value {
-    let state = match t.state {
-        TaskInstanceState::NoStatus => Value::Null,
-        s => Value::String(s.as_str().to_owned()),
-    };
-    json!({
-        "id": ti_uuid(&t.key),
-        "task_id": t.key.task_id,
-        "dag_id": t.key.dag_id,
-        "dag_run_id": t.key.run_id,
-        "map_index": t.key.map_index,
-        "logical_date": time(run.logical_date),
-        "run_after": time(Some(run.run_after)),
-        "start_date": time(t.start_date),
-        "end_date": time(t.end_date),
-        "duration": t.duration,
-        "state": state,
-        "try_number": t.try_number,
-        "max_tries": t.max_tries,
-        "task_display_name": t.key.task_id,
-        "dag_display_name": t.key.dag_id,
-        "hostname": if t.hostname.is_empty() { Value::Null } else { json!(t.hostname) },
-        "unixname": Value::Null,
-        "pool": t.pool,
-        "pool_slots": t.pool_slots,
-        "queue": t.queue,
-        "priority_weight": t.priority_weight,
-        "operator": t.operator,
-        "operator_name": t.operator,
-        "queued_when": time(t.queued_dttm),
-        "scheduled_when": time(t.scheduled_dttm),
-        "pid": Value::Null,
-        "executor": Value::Null,
-        "executor_config": "{}",
-        "note": Value::Null,
-        "rendered_map_index": Value::Null,
-        "rendered_fields": {},
-        "trigger": Value::Null,
-        "triggerer_job": Value::Null,
-        "dag_version": Value::Null,
-    })
+/// Airflow's task instance state string; `None` for no state yet.
+fn state_of(s: TaskInstanceState) -> Option<String> {
+    (s != TaskInstanceState::NoStatus).then(|| s.as_str().to_owned())
+}
+
+pub(super) fn ti_response(t: &TiRow, run: &DagRunRow) -> TaskInstanceResponse {
+    TaskInstanceResponse {
+        id: ti_uuid(&t.key),
+        task_id: t.key.task_id.clone(),
+        dag_id: t.key.dag_id.clone(),
+        dag_run_id: t.key.run_id.clone(),
+        map_index: t.key.map_index,
+        logical_date: time(run.logical_date),
+        run_after: time(Some(run.run_after)),
+        start_date: time(t.start_date),
+        end_date: time(t.end_date),
+        duration: t.duration,
+        state: state_of(t.state),
+        try_number: t.try_number,
+        max_tries: t.max_tries,
+        task_display_name: t.key.task_id.clone(),
+        dag_display_name: t.key.dag_id.clone(),
+        hostname: (!t.hostname.is_empty()).then(|| t.hostname.clone()),
+        unixname: None,
+        pool: t.pool.clone(),
+        pool_slots: t.pool_slots,
+        queue: Some(t.queue.clone()),
+        priority_weight: Some(t.priority_weight),
+        operator: Some(t.operator.clone()),
+        operator_name: Some(t.operator.clone()),
+        queued_when: time(t.queued_dttm),
+        scheduled_when: time(t.scheduled_dttm),
+        pid: None,
+        executor: None,
+        executor_config: "{}".to_owned(),
+        note: None,
+        rendered_map_index: None,
+        rendered_fields: Value::Object(serde_json::Map::new()),
+        trigger: None,
+        triggerer_job: None,
+        dag_version: None,
+    }
 }
 
 async fn run_of(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRunRow> {
@@ -457,12 +506,24 @@ async fn run_of(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRu
     super::find_run(state, dag_id, run_id).await
 }
 
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", tag = "Task Instance",
+    summary = "List a run's task instances (`~` for every run of the DAG)",
+    params(
+        ("dag_id" = String, Path), ("dag_run_id" = String, Path, description = "A run id, or `~` for all"),
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("state" = Option<Vec<String>>, Query, explode = true, description = "Task instance states; `none` or `no_status` for no state"),
+        ("task_id" = Option<String>, Query),
+        ("order_by" = Option<String>, Query, description = "map_index, start_date, end_date, state, try_number or duration; `-` for descending"),
+    ),
+    responses((status = 200, body = TaskInstanceCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn list(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskInstanceCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -535,16 +596,15 @@ async fn list(
     if desc {
         rows.reverse();
     }
-    let total = rows.len();
-    let page: Vec<Value> = rows
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(t, r)| ti_response(t, r))
-        .collect();
-    Ok(Json(
-        json!({ "task_instances": page, "total_entries": total }),
-    ))
+    Ok(Json(TaskInstanceCollection {
+        total_entries: rows.len(),
+        task_instances: rows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(t, r)| ti_response(t, r))
+            .collect(),
+    }))
 }
 
 async fn find(
@@ -563,19 +623,148 @@ async fn find(
     Ok((ti, run))
 }
 
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", tag = "Task Instance", summary = "Get a task instance",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path)),
+    responses((status = 200, body = TaskInstanceResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn get_one(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskInstanceResponse>> {
     user.require(Permission::Read)?;
     let (ti, run) = find(&state, &dag_id, &run_id, &task_id).await?;
     Ok(Json(ti_response(&ti, &run)))
 }
 
-#[derive(Deserialize)]
+fn try_response(t: &TiTryRow, ti: &TiRow) -> TaskInstanceHistory {
+    TaskInstanceHistory {
+        task_id: t.key.task_id.clone(),
+        dag_id: t.key.dag_id.clone(),
+        dag_run_id: t.key.run_id.clone(),
+        map_index: t.key.map_index,
+        start_date: time(t.start_date),
+        end_date: time(t.end_date),
+        duration: t.duration,
+        state: state_of(t.state),
+        try_number: t.try_number,
+        max_tries: ti.max_tries,
+        task_display_name: t.key.task_id.clone(),
+        dag_display_name: t.key.dag_id.clone(),
+        hostname: (!t.hostname.is_empty()).then(|| t.hostname.clone()),
+        unixname: None,
+        pool: t.pool.clone(),
+        pool_slots: ti.pool_slots,
+        queue: Some(t.queue.clone()),
+        priority_weight: Some(ti.priority_weight),
+        operator: Some(t.operator.clone()),
+        operator_name: Some(t.operator.clone()),
+        queued_when: None,
+        scheduled_when: None,
+        pid: None,
+        executor: None,
+        executor_config: "{}".to_owned(),
+        dag_version: None,
+    }
+}
+
+/// Every try of a task instance: the recorded history, with the current try as the task
+/// instance now shows it (unless it is waiting to retry, when its try is already recorded).
+async fn all_tries(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+) -> ApiResult<Vec<TaskInstanceHistory>> {
+    let (ti, _) = find(state, dag_id, run_id, task_id).await?;
+    let mut out: Vec<TaskInstanceHistory> = state
+        .store()
+        .ti_tries(&ti.key)
+        .await?
+        .iter()
+        .filter(|t| t.try_number != ti.try_number)
+        .map(|t| try_response(t, &ti))
+        .collect();
+    if ti.try_number > 0 && ti.state != TaskInstanceState::UpForRetry {
+        let current = TiTryRow {
+            key: ti.key.clone(),
+            try_number: ti.try_number,
+            state: ti.state,
+            start_date: ti.start_date,
+            end_date: ti.end_date,
+            duration: ti.duration,
+            hostname: ti.hostname.clone(),
+            operator: ti.operator.clone(),
+            queue: ti.queue.clone(),
+            pool: ti.pool.clone(),
+        };
+        out.push(try_response(&current, &ti));
+    } else if let Some(recorded) = state
+        .store()
+        .ti_tries(&ti.key)
+        .await?
+        .iter()
+        .find(|t| t.try_number == ti.try_number)
+    {
+        out.push(try_response(recorded, &ti));
+    }
+    Ok(out)
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/tries", tag = "Task Instance",
+    summary = "Every try of a task instance",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("map_index" = Option<i64>, Query)),
+    responses((status = 200, body = TaskInstanceHistoryCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn tries(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+) -> ApiResult<Json<TaskInstanceHistoryCollection>> {
+    user.require(Permission::Read)?;
+    let items = all_tries(&state, &dag_id, &run_id, &task_id).await?;
+    Ok(Json(TaskInstanceHistoryCollection {
+        total_entries: items.len(),
+        task_instances: items,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/tries/{task_try_number}", tag = "Task Instance",
+    summary = "One try of a task instance",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("task_try_number" = i64, Path), ("map_index" = Option<i64>, Query)),
+    responses((status = 200, body = TaskInstanceHistory)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn try_one(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<TaskInstanceHistory>> {
+    user.require(Permission::Read)?;
+    let n: i64 = try_number.parse().map_err(|_| {
+        ApiError::invalid(
+            &["path", "task_try_number"],
+            "Input should be a valid integer",
+        )
+    })?;
+    all_tries(&state, &dag_id, &run_id, &task_id)
+        .await?
+        .into_iter()
+        .find(|t| t.try_number == n)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}`, try_number: `{n}` and map_index: `-1` was not found"
+            ))
+        })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PatchTaskInstanceBody)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
+    /// `success`, `failed` or `skipped`.
     new_state: Option<String>,
     #[serde(default)]
     note: Option<String>,
@@ -591,14 +780,23 @@ struct PatchBody {
 
 /// `PATCH .../taskInstances/{task_id}`: mark success, failed or skipped (with upstream or
 /// downstream). Answers with the task instances it changed; 409 when it changed none.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", tag = "Task Instance",
+    summary = "Mark a task instance (and optionally its relatives) success, failed or skipped",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path)),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The task instances changed", body = TaskInstanceCollection),
+        (status = 409, description = "Already in that state", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn patch_one(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
-    body: Result<Json<PatchBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Body<PatchBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
     user.require(Permission::EditDags)?;
-    let Json(body) = body.map_err(|e| ApiError::invalid(&["body"], e.body_text()))?;
+    let body = read_body(body)?;
     let (ti, run) = find(&state, &dag_id, &run_id, &task_id).await?;
     if body.note.is_some() || body.include_future || body.include_past {
         return Err(ApiError::bad_request(
@@ -648,9 +846,10 @@ async fn patch_one(
             out.push(ti_response(&t, &run));
         }
     }
-    Ok(Json(
-        json!({ "task_instances": out, "total_entries": out.len() }),
-    ))
+    Ok(Json(TaskInstanceCollection {
+        total_entries: out.len(),
+        task_instances: out,
+    }))
 }
 
 #[cfg(test)]

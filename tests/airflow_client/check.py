@@ -84,4 +84,21 @@ with client.ApiClient(config) as api:
         assert time.time() < deadline, f"the cleared task did not rerun: {load.state} try {load.try_number}"
         time.sleep(0.5)
 
+    # Both tries, as the client's strict models read them.
+    tries = ti_api.get_task_instance_tries("etl_daily", run.dag_run_id, "load")
+    assert [t.try_number for t in tries.task_instances] == [1, 2], tries
+    first = ti_api.get_task_instance_try_details("etl_daily", run.dag_run_id, "load", 1)
+    assert first.try_number == 1 and first.state.value == "success", first
+
+    # DAG details and tasks, and a note on the run.
+    details = dags.get_dag_details("etl_daily")
+    assert details.dag_id == "etl_daily" and details.catchup is not None, details
+    from airflow_client.client.api import task_api
+    tasks = task_api.TaskApi(api).get_tasks("etl_daily")
+    assert [t.task_id for t in tasks.tasks] == ["extract", "load", "transform"], tasks
+    noted = runs.patch_dag_run("etl_daily", run.dag_run_id, client.DAGRunPatchBody(note="checked"))
+    assert noted.note == "checked", noted
+    listed_runs = runs.get_list_dag_runs_batch("~", client.DAGRunsBatchBody(dag_ids=["etl_daily"]))
+    assert listed_runs.total_entries >= 1, listed_runs
+
 print("airflow client check passed")

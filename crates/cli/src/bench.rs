@@ -35,6 +35,9 @@ pub enum BenchCommand {
         chain: usize,
         #[arg(long, default_value_t = 1000)]
         fanout: usize,
+        /// How many times the fan-out runs (`flow bench api` keeps it going as a load).
+        #[arg(long, default_value_t = 1)]
+        fanout_rounds: usize,
         #[arg(long, default_value_t = 100)]
         latency_runs: usize,
     },
@@ -89,8 +92,12 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             database_url,
             chain,
             fanout,
+            fanout_rounds,
             latency_runs,
-        } => crate::bench_engine::engine(database_url, chain, fanout, latency_runs).await,
+        } => {
+            crate::bench_engine::engine(database_url, chain, fanout, fanout_rounds, latency_runs)
+                .await
+        }
         BenchCommand::Web {
             database_url,
             dags,

@@ -2,15 +2,15 @@
 //! generator on loopback sees it. Seeds 1,000 DAGs and a 200-task DAG with enough runs for
 //! 100,000 task instances, then requests `GET /api/v2/dags?limit=50` and the task instance
 //! list of one 200-task run at a fixed rate, first with no scheduler running, then while the
-//! 1,000-task fan-out runs over and over (scheduler and worker in this process, on a second
-//! database of the same server). Figures for the issue notes, not tests.
+//! 1,000-task fan-out benchmark (`flow bench engine`, another process, on a second database
+//! of the same server) runs over and over. Figures for the issue notes, not tests.
 //!
 //! The generator is open-loop: request `i` is due at `start + i / rate`, and its latency is
 //! counted from when it was due, so a slow server cannot hide its queueing delay.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::bench::{dag_file, scratch_dir};
-use crate::bench_engine::{fanout_yaml, percentile};
+use crate::bench_engine::percentile;
 
 #[derive(Debug, Clone)]
 pub struct ApiBench {
@@ -240,47 +240,60 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
         load(addr, p, &token, &b).await?;
     }
 
-    // The fan-out benchmark, over and over, on a second database of the same server.
-    let fan_url = fanout_database(&b.database_url);
-    let fan_store = Store::connect(&fan_url).await?;
-    fan_store.reset().await?;
-    let fan_dags = dir.join("fanout_dags");
-    std::fs::create_dir_all(&fan_dags)?;
-    std::fs::write(fan_dags.join("fanout.yaml"), fanout_yaml(1000))?;
-    let engine = crate::bench_engine::start(&fan_store, &fan_dags, 32).await;
-    let (dag, hash) = engine.dag("bench_fanout").await?;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let engine = Arc::new(engine);
-    let runner = {
-        let (engine, done) = (Arc::clone(&engine), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut rounds = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = Instant::now();
-                engine.run_once(&dag, &hash).await?;
-                rounds.push(1000.0 / started.elapsed().as_secs_f64());
-            }
-            Ok::<_, anyhow::Error>(rounds)
-        })
-    };
-    println!("while the 1,000-task fan-out runs (32 slots):");
+    // The fan-out benchmark as its own process (`flow bench engine`), over and over, on a
+    // second database of the same server.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "engine", "--database-url"])
+        .arg(fanout_database(&b.database_url))
+        .args(["--chain", "1", "--fanout", "1000", "--latency-runs", "1"])
+        .args(["--fanout-rounds", "100000"])
+        .env("FLOW__LOGGING__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The fan-out starts right after the one-task chain.
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(120))?;
+        if line.starts_with("(a) chain") {
+            break;
+        }
+    }
+    println!("while the 1,000-task fan-out runs (32 slots, another process):");
     for p in &paths {
         load(addr, p, &token, &b).await?;
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = runner.await??;
+    let _ = child.kill();
+    let _ = child.wait();
+    let rates: Vec<f64> = rx
+        .try_iter()
+        .filter(|l| l.starts_with("(b) fan-out"))
+        .filter_map(|l| {
+            l.rsplit(", ")
+                .next()?
+                .strip_suffix(" tasks/s")?
+                .parse()
+                .ok()
+        })
+        .collect();
     println!(
         "    fan-out meanwhile: {} rounds, {:.0} tasks/s on average",
-        rounds.len(),
-        rounds.iter().sum::<f64>() / rounds.len().max(1) as f64
+        rates.len(),
+        rates.iter().sum::<f64>() / rates.len().max(1) as f64
     );
-    if let Ok(engine) = Arc::try_unwrap(engine) {
-        engine.stop().await;
-    }
     let _ = stop_server.send(());
     let _ = server.await;
     store.close().await;
-    fan_store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -33,7 +33,7 @@ fn chain_yaml(n: usize) -> String {
     s
 }
 
-pub(crate) fn fanout_yaml(n: usize) -> String {
+fn fanout_yaml(n: usize) -> String {
     let mut s = String::from("bench_fanout:\n  max_active_tasks: 1000000\n  tasks:\n");
     for i in 0..n {
         s.push_str(&format!(
@@ -46,14 +46,14 @@ pub(crate) fn fanout_yaml(n: usize) -> String {
 const SINGLE_YAML: &str =
     "bench_single:\n  tasks:\n    only:\n      operator: bash\n      bash_command: \"true\"\n";
 
-pub(crate) struct Engine {
+struct Engine {
     store: Store,
     shutdown: watch::Sender<bool>,
     wakeups: Wakeups,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
-pub(crate) async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
+async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
     let (shutdown, rx) = watch::channel(false);
     let wakeups = Wakeups::default();
     store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
@@ -91,14 +91,14 @@ pub(crate) async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
 }
 
 impl Engine {
-    pub(crate) async fn stop(self) {
+    async fn stop(self) {
         let _ = self.shutdown.send(true);
         for h in self.handles {
             let _ = h.await;
         }
     }
 
-    pub(crate) async fn dag(&self, dag_id: &str) -> Result<(Dag, String)> {
+    async fn dag(&self, dag_id: &str) -> Result<(Dag, String)> {
         for _ in 0..500 {
             if let Some((data, hash)) = self.store.serialized_dag_get(dag_id).await? {
                 return Ok((Dag::from_json(&data)?, hash));
@@ -109,7 +109,7 @@ impl Engine {
     }
 
     /// Triggers a run and waits for it to finish; returns the run id and the wall time.
-    pub(crate) async fn run_once(&self, dag: &Dag, hash: &str) -> Result<(String, StdDuration)> {
+    async fn run_once(&self, dag: &Dag, hash: &str) -> Result<(String, StdDuration)> {
         let start = Instant::now();
         let run = self
             .store
@@ -181,6 +181,7 @@ pub async fn engine(
     database_url: Option<String>,
     chain: usize,
     fanout: usize,
+    fanout_rounds: usize,
     latency_runs: usize,
 ) -> Result<ExitCode> {
     let dir: PathBuf =
@@ -209,13 +210,15 @@ pub async fn engine(
 
     // (b) fan-out with 32 worker slots.
     let (dag, hash) = engine.dag("bench_fanout").await?;
-    let (run_id, took) = engine.run_once(&dag, &hash).await?;
-    println!(
-        "(b) fan-out of {fanout} `true` tasks, 32 slots: {:.0} ms, {:.0} tasks/s",
-        took.as_secs_f64() * 1000.0,
-        fanout as f64 / took.as_secs_f64()
-    );
-    print_phases("(b)", &phases(&store, &dag, &run_id).await?);
+    for _ in 0..fanout_rounds.max(1) {
+        let (run_id, took) = engine.run_once(&dag, &hash).await?;
+        println!(
+            "(b) fan-out of {fanout} `true` tasks, 32 slots: {:.0} ms, {:.0} tasks/s",
+            took.as_secs_f64() * 1000.0,
+            fanout as f64 / took.as_secs_f64()
+        );
+        print_phases("(b)", &phases(&store, &dag, &run_id).await?);
+    }
 
     // (c) trigger to first task running.
     let (dag, hash) = engine.dag("bench_single").await?;

@@ -452,7 +452,7 @@ impl Store {
     }
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Binds a [`RunQuery`]'s filter values in the order its `WHERE` clause names them.
 fn bind_run_filters<'q>(mut query: AnyQuery<'q>, q: &'q RunQuery) -> AnyQuery<'q> {

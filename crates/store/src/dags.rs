@@ -435,3 +435,77 @@ impl Store {
         Ok(DagDelete::Deleted)
     }
 }
+
+/// Which active DAGs a paged DAG list shows: what `GET /api/v2/dags` asks of the database,
+/// so that a page of 50 reads 50 rows however many DAGs there are.
+#[derive(Debug, Clone, Default)]
+pub struct DagQuery {
+    /// Case-insensitive SQL `LIKE` patterns (already lowercased), any of which may match.
+    pub dag_id_like: Vec<String>,
+    pub paused: Option<bool>,
+    /// Order by `next_dagrun` instead of `dag_id`.
+    pub by_next_dagrun: bool,
+    pub descending: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Store {
+    /// One page of active DAGs and how many match in all.
+    pub async fn dag_query(&self, q: &DagQuery) -> Result<(Vec<DagRow>, i64)> {
+        let mut conditions = vec!["is_active = 1".to_owned()];
+        let mut n = 0;
+        if !q.dag_id_like.is_empty() {
+            let terms: Vec<String> = q
+                .dag_id_like
+                .iter()
+                .map(|_| {
+                    n += 1;
+                    format!("LOWER(dag_id) LIKE ${n}")
+                })
+                .collect();
+            conditions.push(format!("({})", terms.join(" OR ")));
+        }
+        if q.paused.is_some() {
+            n += 1;
+            conditions.push(format!("is_paused = ${n}"));
+        }
+        let filter = conditions.join(" AND ");
+        let dir = if q.descending { "DESC" } else { "ASC" };
+        let order = if q.by_next_dagrun {
+            format!("next_dagrun {dir}, dag_id {dir}")
+        } else {
+            format!("dag_id {dir}")
+        };
+        let page_sql = format!(
+            "SELECT {DAG_COLUMNS} FROM dag WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let count_sql = format!("SELECT COUNT(*) FROM dag WHERE {filter}");
+        let rows = bind_dag_filters(sqlx::query(&page_sql), q)
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(self.read_pool())
+            .await?;
+        let total: i64 = bind_dag_filters(sqlx::query(&count_sql), q)
+            .fetch_one(self.read_pool())
+            .await?
+            .try_get(0)?;
+        Ok((rows.iter().map(dag_row).collect::<Result<_>>()?, total))
+    }
+}
+
+/// Binds a [`DagQuery`]'s filter values in the order its `WHERE` clause names them.
+fn bind_dag_filters<'q>(
+    mut query: crate::dag_runs::AnyQuery<'q>,
+    q: &'q DagQuery,
+) -> crate::dag_runs::AnyQuery<'q> {
+    for p in &q.dag_id_like {
+        query = query.bind(p.as_str());
+    }
+    if let Some(p) = q.paused {
+        query = query.bind(i64::from(p));
+    }
+    query
+}

@@ -33,11 +33,11 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::Notify;
 
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
-pub use dags::{DagDelete, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
+pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
-    ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiRow,
-    TiTryRow,
+    ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiQuery,
+    TiRow, TiTryRow,
 };
 pub use trigger::{TriggerError, TriggerRequest, new_task_instances, run_id_timestamp};
 pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};

@@ -1168,3 +1168,92 @@ impl Store {
             .collect()
     }
 }
+
+/// A page of one run's task instances, filtered and ordered by the database: what the REST
+/// API's task instance list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct TiQuery {
+    pub dag_id: String,
+    pub run_id: String,
+    /// Empty means every state.
+    pub states: Vec<S>,
+    pub task_id: Option<String>,
+    /// One of [`TiQuery::ORDER_COLUMNS`], and whether descending.
+    pub order_by: Option<(String, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl TiQuery {
+    pub const ORDER_COLUMNS: [&str; 7] = [
+        "map_index",
+        "task_id",
+        "start_date",
+        "end_date",
+        "state",
+        "try_number",
+        "duration",
+    ];
+}
+
+impl Store {
+    /// One page of a run's task instances and how many match in all.
+    pub async fn ti_query(&self, q: &TiQuery) -> Result<(Vec<TiRow>, i64)> {
+        let mut filter = String::from("dag_id = $1 AND run_id = $2");
+        let mut n = 2;
+        if !q.states.is_empty() {
+            filter.push_str(&format!(
+                " AND state IN ({})",
+                placeholders(n + 1, q.states.len())
+            ));
+            n += q.states.len();
+        }
+        if q.task_id.is_some() {
+            n += 1;
+            filter.push_str(&format!(" AND task_id = ${n}"));
+        }
+        let (column, desc) = q
+            .order_by
+            .clone()
+            .unwrap_or_else(|| ("map_index".into(), false));
+        let column = TiQuery::ORDER_COLUMNS
+            .iter()
+            .find(|c| **c == column)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("cannot order task instances by `{column}`"))
+            })?;
+        let dir = if desc { "DESC" } else { "ASC" };
+        let page_sql = format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE {filter} \
+             ORDER BY {column} {dir}, task_id {dir}, map_index {dir} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let count_sql = format!("SELECT COUNT(*) FROM task_instance WHERE {filter}");
+        let rows = bind_ti_filters(sqlx::query(&page_sql), q)
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(self.read_pool())
+            .await?;
+        let total: i64 = bind_ti_filters(sqlx::query(&count_sql), q)
+            .fetch_one(self.read_pool())
+            .await?
+            .try_get(0)?;
+        Ok((rows.iter().map(ti_row).collect::<Result<_>>()?, total))
+    }
+}
+
+/// Binds a [`TiQuery`]'s filter values in the order its `WHERE` clause names them.
+fn bind_ti_filters<'q>(
+    mut query: crate::dag_runs::AnyQuery<'q>,
+    q: &'q TiQuery,
+) -> crate::dag_runs::AnyQuery<'q> {
+    query = query.bind(q.dag_id.as_str()).bind(q.run_id.as_str());
+    for s in &q.states {
+        query = query.bind(s.as_str());
+    }
+    if let Some(t) = &q.task_id {
+        query = query.bind(t.as_str());
+    }
+    query
+}

@@ -130,18 +130,26 @@ fn parse_bool(name: &str, value: Option<&str>) -> ApiResult<Option<bool>> {
     }
 }
 
-/// SQL-LIKE-style pattern as Airflow uses (`%` and `_` wildcards, case-insensitive, substring
-/// by default); `~` matches everything.
+/// A `*_pattern` parameter as Airflow reads it: case-insensitive `ILIKE '%term%'` for each
+/// `|`-separated term (`%` and `_` stay wildcards); `~` or nothing matches everything
+/// (`None`).
+fn like_terms(pattern: &str) -> Option<Vec<String>> {
+    if pattern == "~" || pattern.trim().is_empty() {
+        return None;
+    }
+    Some(
+        pattern
+            .split('|')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("%{}%", t.to_lowercase()))
+            .collect(),
+    )
+}
+
 fn matches_pattern(pattern: &str, text: &str) -> bool {
-    if pattern == "~" || pattern.is_empty() {
-        return true;
-    }
-    let p = pattern.to_lowercase();
     let t = text.to_lowercase();
-    if !p.contains('%') && !p.contains('_') {
-        return t.contains(&p);
-    }
-    like(p.as_bytes(), t.as_bytes())
+    like_terms(pattern).is_none_or(|terms| terms.iter().any(|p| like(p.as_bytes(), t.as_bytes())))
 }
 
 fn like(p: &[u8], t: &[u8]) -> bool {
@@ -255,8 +263,58 @@ async fn list(
 ) -> ApiResult<Json<DagCollection>> {
     user.require(Permission::Read)?;
     let q = parse_list_query(raw.as_deref())?;
+    if q.tags.is_empty() && q.owners.is_empty() {
+        return sql_page(&state, &q).await.map(Json);
+    }
     let dags = select(&state, &q).await?;
     page(&state, &q, &dags).await.map(Json)
+}
+
+/// The common list, filtered, ordered and paged by the database.
+async fn sql_page(state: &AppState, q: &ListQuery) -> ApiResult<DagCollection> {
+    parse_bool("exclude_stale", q.exclude_stale.as_deref())?;
+    let (by_next_dagrun, descending) = match q.order_by.as_deref().unwrap_or("dag_id") {
+        "dag_id" | "dag_display_name" => (false, false),
+        "-dag_id" | "-dag_display_name" => (false, true),
+        "next_dagrun" => (true, false),
+        "-next_dagrun" => (true, true),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Ordering with '{other}' is disallowed or the attribute does not exist on the model"
+            )));
+        }
+    };
+    let query = flow_store::DagQuery {
+        dag_id_like: q
+            .dag_id_pattern
+            .as_deref()
+            .and_then(like_terms)
+            .unwrap_or_default(),
+        paused: parse_bool("paused", q.paused.as_deref())?,
+        by_next_dagrun,
+        descending,
+        limit: parse_int("limit", q.limit.as_deref(), 50)?.min(100),
+        offset: parse_int("offset", q.offset.as_deref(), 0)?,
+    };
+    let store = state.store();
+    let (rows, total) = store.dag_query(&query).await?;
+    let errors: std::collections::HashSet<String> = if rows.is_empty() {
+        std::collections::HashSet::new()
+    } else {
+        store
+            .import_errors()
+            .await?
+            .into_iter()
+            .map(|e| e.filename)
+            .collect()
+    };
+    Ok(DagCollection {
+        dags: rows
+            .iter()
+            .map(|d| dag_response(d, errors.contains(&d.fileloc)))
+            .collect(),
+        total_entries: usize::try_from(total).unwrap_or(0),
+    })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -696,7 +754,16 @@ mod tests {
         assert!(matches_pattern("~", "anything"));
         assert!(matches_pattern("etl", "daily_ETL_job"));
         assert!(matches_pattern("etl%", "etl_daily"));
-        assert!(!matches_pattern("etl%", "daily_etl"));
+        assert!(
+            matches_pattern("etl%", "daily_etl"),
+            "a substring, as ILIKE '%etl%%'"
+        );
         assert!(matches_pattern("e_l", "etl"));
+        assert!(!matches_pattern("e_l", "el"));
+        assert!(
+            matches_pattern("nope | etl", "etl_daily"),
+            "`|` separates terms"
+        );
+        assert!(!matches_pattern("nope|other", "etl_daily"));
     }
 }

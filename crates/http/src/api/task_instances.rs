@@ -497,7 +497,12 @@ pub(super) fn ti_response(t: &TiRow, run: &DagRunRow) -> TaskInstanceResponse {
     }
 }
 
+/// The run, or Airflow's 404 naming the DAG (when it does not exist) or the run. The DAG is
+/// only looked up when the run is missing: one query on the common path.
 async fn run_of(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRunRow> {
+    if let Some(run) = state.store().dag_run_get(dag_id, run_id).await? {
+        return Ok(run);
+    }
     if state.store().dag_get(dag_id).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "The Dag with ID: `{dag_id}` was not found"
@@ -542,6 +547,36 @@ async fn list(
         states.push(s);
     }
     let task_filter = get("task_id");
+    if run_id != "~" {
+        // One run: filtered, ordered and paged by the database.
+        let run = run_of(&state, &dag_id, &run_id).await?;
+        let order = get("order_by").unwrap_or("map_index");
+        let (desc, key) = order
+            .strip_prefix('-')
+            .map_or((false, order), |k| (true, k));
+        let column = if key == "id" { "map_index" } else { key };
+        if !flow_store::TiQuery::ORDER_COLUMNS.contains(&column) {
+            return Err(ApiError::bad_request(format!(
+                "Ordering with '{key}' is disallowed or the attribute does not exist on the model"
+            )));
+        }
+        let (rows, total) = state
+            .store()
+            .ti_query(&flow_store::TiQuery {
+                dag_id: dag_id.clone(),
+                run_id: run_id.clone(),
+                states,
+                task_id: task_filter.map(str::to_owned),
+                order_by: Some((column.to_owned(), desc)),
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+                offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            })
+            .await?;
+        return Ok(Json(TaskInstanceCollection {
+            total_entries: usize::try_from(total).unwrap_or(0),
+            task_instances: rows.iter().map(|t| ti_response(t, &run)).collect(),
+        }));
+    }
     let runs: Vec<DagRunRow> = if run_id == "~" {
         if state.store().dag_get(&dag_id).await?.is_none() {
             return Err(ApiError::not_found(format!(

@@ -16,8 +16,7 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use flow_dag::Dag;
 use flow_http::{AppState, WebConfig};
-use flow_model::Role;
-use flow_store::{NewUser, Store, TriggerRequest};
+use flow_store::{Store, TriggerRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -61,21 +60,7 @@ async fn seed(store: &Store, dir: &std::path::Path, b: &ApiBench) -> Result<Stri
             .await?
             .run_id;
     }
-    let hash_pw =
-        flow_http::auth::hash_password("bench-password").map_err(|e| anyhow::anyhow!("{e}"))?;
-    store
-        .user_create(
-            &NewUser {
-                username: "bench",
-                email: "",
-                first_name: "",
-                last_name: "",
-                password_hash: &hash_pw,
-                role: Role::Viewer,
-            },
-            Utc::now(),
-        )
-        .await?;
+    crate::bench_web::bench_viewer(store).await?;
     println!(
         "seeded {} DAGs, {runs} runs of a {}-task DAG ({} task instances)",
         b.dags + 1,
@@ -206,6 +191,7 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
     store.reset().await?;
     println!("backend: {:?} ({})", store.backend(), store.redacted_url());
     let run_id = seed(&store, &dir, &b).await?;
+    store.analyze().await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -222,8 +208,8 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
     }));
     let token = token(addr).await?;
     let paths = [
-        "/api/v2/dags?limit=50".to_owned(),
         format!("/api/v2/dags/bench_big/dagRuns/{run_id}/taskInstances?limit=100"),
+        "/api/v2/dags?limit=50".to_owned(),
         format!("/api/v2/dags/bench_big/dagRuns/{run_id}/taskInstances?limit=100&offset=100"),
     ];
     // Warm-up: connections, caches, the database's buffers.

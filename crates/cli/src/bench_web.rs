@@ -16,6 +16,26 @@ use tower::ServiceExt as _;
 
 use crate::bench::{dag_file, scratch_dir};
 
+/// The Viewer `bench` (password `bench-password`) the web and API benchmarks log in as.
+pub(crate) async fn bench_viewer(store: &Store) -> Result<()> {
+    let hash_pw =
+        flow_http::auth::hash_password("bench-password").map_err(|e| anyhow::anyhow!("{e}"))?;
+    store
+        .user_create(
+            &NewUser {
+                username: "bench",
+                email: "",
+                first_name: "",
+                last_name: "",
+                password_hash: &hash_pw,
+                role: Role::Viewer,
+            },
+            Utc::now(),
+        )
+        .await?;
+    Ok(())
+}
+
 pub(crate) fn big_dag(tasks: usize) -> String {
     let mut s = String::from("bench_big:\n  tasks:\n");
     for i in 0..tasks {
@@ -119,21 +139,7 @@ pub async fn web(
             )
             .await?;
     }
-    let hash_pw =
-        flow_http::auth::hash_password("bench-password").map_err(|e| anyhow::anyhow!("{e}"))?;
-    store
-        .user_create(
-            &NewUser {
-                username: "bench",
-                email: "",
-                first_name: "",
-                last_name: "",
-                password_hash: &hash_pw,
-                role: Role::Viewer,
-            },
-            Utc::now(),
-        )
-        .await?;
+    bench_viewer(&store).await?;
     let router = flow_http::router(AppState::new(
         store.clone(),
         WebConfig {

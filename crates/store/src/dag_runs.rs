@@ -418,19 +418,19 @@ impl Store {
         let dir = if desc { "DESC" } else { "ASC" };
         let (limit, offset) = (next(1), next(1));
         let page_sql = format!(
-            "SELECT {RUN_COLUMNS} FROM dag_run {filter} ORDER BY {column} {dir}, id {dir} \
+            "SELECT {RUN_COLUMNS}, COUNT(*) OVER () AS total_rows FROM dag_run {filter} \
+             ORDER BY {column} {dir}, id {dir} \
              LIMIT {limit} OFFSET {offset}"
         );
         let count_sql = format!("SELECT COUNT(*) FROM dag_run {filter}");
-        let rows = bind_run_filters(sqlx::query(&page_sql), q)
-            .bind(q.limit)
-            .bind(q.offset)
-            .fetch_all(self.read_pool())
-            .await?;
-        let total: i64 = bind_run_filters(sqlx::query(&count_sql), q)
-            .fetch_one(self.read_pool())
-            .await?
-            .try_get(0)?;
+        let (rows, total) = page_with_total(
+            self.read_pool(),
+            bind_run_filters(sqlx::query(&page_sql), q)
+                .bind(q.limit)
+                .bind(q.offset),
+            bind_run_filters(sqlx::query(&count_sql), q),
+        )
+        .await?;
         Ok((rows.iter().map(run_row).collect::<Result<_>>()?, total))
     }
 
@@ -463,4 +463,20 @@ fn bind_run_filters<'q>(mut query: AnyQuery<'q>, q: &'q RunQuery) -> AnyQuery<'q
         query = query.bind(s.as_str());
     }
     query
+}
+
+/// Runs a page query that selects `COUNT(*) OVER () AS total_rows` beside its columns, and
+/// returns its rows with the number matching in all: read from the first row (one round trip),
+/// or, for a page past the end, from `count` (the same filter, `SELECT COUNT(*)`).
+pub(crate) async fn page_with_total<'q>(
+    pool: &sqlx::AnyPool,
+    page: AnyQuery<'q>,
+    count: AnyQuery<'q>,
+) -> Result<(Vec<AnyRow>, i64)> {
+    let rows = page.fetch_all(pool).await?;
+    let total: i64 = match rows.first() {
+        Some(r) => r.try_get("total_rows")?,
+        None => count.fetch_one(pool).await?.try_get(0)?,
+    };
+    Ok((rows, total))
 }

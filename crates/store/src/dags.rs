@@ -478,20 +478,20 @@ impl Store {
             format!("dag_id {dir}")
         };
         let page_sql = format!(
-            "SELECT {DAG_COLUMNS} FROM dag WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            "SELECT {DAG_COLUMNS}, COUNT(*) OVER () AS total_rows FROM dag WHERE {filter} \
+             ORDER BY {order} LIMIT ${} OFFSET ${}",
             n + 1,
             n + 2
         );
         let count_sql = format!("SELECT COUNT(*) FROM dag WHERE {filter}");
-        let rows = bind_dag_filters(sqlx::query(&page_sql), q)
-            .bind(q.limit)
-            .bind(q.offset)
-            .fetch_all(self.read_pool())
-            .await?;
-        let total: i64 = bind_dag_filters(sqlx::query(&count_sql), q)
-            .fetch_one(self.read_pool())
-            .await?
-            .try_get(0)?;
+        let (rows, total) = crate::dag_runs::page_with_total(
+            self.read_pool(),
+            bind_dag_filters(sqlx::query(&page_sql), q)
+                .bind(q.limit)
+                .bind(q.offset),
+            bind_dag_filters(sqlx::query(&count_sql), q),
+        )
+        .await?;
         Ok((rows.iter().map(dag_row).collect::<Result<_>>()?, total))
     }
 }

@@ -1224,21 +1224,21 @@ impl Store {
             })?;
         let dir = if desc { "DESC" } else { "ASC" };
         let page_sql = format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE {filter} \
+            "SELECT {TI_COLUMNS}, COUNT(*) OVER () AS total_rows FROM task_instance \
+             WHERE {filter} \
              ORDER BY {column} {dir}, task_id {dir}, map_index {dir} LIMIT ${} OFFSET ${}",
             n + 1,
             n + 2
         );
         let count_sql = format!("SELECT COUNT(*) FROM task_instance WHERE {filter}");
-        let rows = bind_ti_filters(sqlx::query(&page_sql), q)
-            .bind(q.limit)
-            .bind(q.offset)
-            .fetch_all(self.read_pool())
-            .await?;
-        let total: i64 = bind_ti_filters(sqlx::query(&count_sql), q)
-            .fetch_one(self.read_pool())
-            .await?
-            .try_get(0)?;
+        let (rows, total) = crate::dag_runs::page_with_total(
+            self.read_pool(),
+            bind_ti_filters(sqlx::query(&page_sql), q)
+                .bind(q.limit)
+                .bind(q.offset),
+            bind_ti_filters(sqlx::query(&count_sql), q),
+        )
+        .await?;
         Ok((rows.iter().map(ti_row).collect::<Result<_>>()?, total))
     }
 }

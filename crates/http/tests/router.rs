@@ -1065,7 +1065,7 @@ async fn api_tokens_roles_and_dags() {
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
-        // Logs (JSON; text/plain is refused as Airflow does), XCom 404, clear (dry run by
+        // Logs (JSON, plain text; other types refused), XCom 404, clear (dry run by
         // default, over failed task instances only).
         let key = flow_store::TiKey::new("etl", "api_1", "extract", -1);
         let line = flow_store::LogLine {
@@ -1085,14 +1085,28 @@ async fn api_tokens_roles_and_dags() {
         assert_eq!(s, StatusCode::OK, "{j}");
         assert_eq!(j["content"][0]["event"], "hello from the log");
         assert!(j["continuation_token"].is_null());
-        let mut req = Request::get("/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract/logs/1")
-            .header(header::AUTHORIZATION, &viewer)
-            .header(header::ACCEPT, "text/plain")
-            .body(Body::empty())
-            .unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 1))));
-        let resp = site.router.clone().oneshot(req).await.unwrap();
+        let log_with = |accept: &'static str| {
+            let mut req =
+                Request::get("/api/v2/dags/etl/dagRuns/api_1/taskInstances/extract/logs/1")
+                    .header(header::AUTHORIZATION, &viewer)
+                    .header(header::ACCEPT, accept)
+                    .body(Body::empty())
+                    .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 1))));
+            site.router.clone().oneshot(req)
+        };
+        let resp = log_with("text/plain").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&text[..], b"hello from the log\n");
+        let resp = log_with("application/xml").await.unwrap();
         assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE);
         let (s, _, _) = api(
             &site,

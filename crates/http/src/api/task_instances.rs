@@ -39,7 +39,7 @@ const LOG_CHUNK: i64 = 10_000;
 /// `GET .../logs/{try_number}`: JSON `{"content": [{"timestamp", "event", ...}],
 /// "continuation_token"}`, or NDJSON with the token in `Airflow-Continuation-Token`.
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}", tag = "Task Instance",
-    summary = "Read a try's log (JSON, or NDJSON with `Accept: application/x-ndjson`)",
+    summary = "Read a try's log: JSON, NDJSON (`Accept: application/x-ndjson`) or plain text (`Accept: text/plain`); the continuation token is in the body or the `Airflow-Continuation-Token` header",
     params(
         ("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
         ("try_number" = i64, Path, minimum = 0),
@@ -51,8 +51,9 @@ const LOG_CHUNK: i64 = 10_000;
         (status = 200, description = "Log lines", content(
             (LogResponse = "application/json"),
             (String = "application/x-ndjson"),
+            (String = "text/plain"),
         )),
-        (status = 406, description = "Neither JSON nor NDJSON was acceptable", body = ErrorBody),
+        (status = 406, description = "None of JSON, NDJSON or plain text was acceptable", body = ErrorBody),
     ),
     security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
 async fn logs(
@@ -72,10 +73,13 @@ async fn logs(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("*/*");
     let ndjson = accept.starts_with("application/x-ndjson");
-    if !(ndjson || accept.starts_with("application/json") || accept.starts_with("*/*")) {
+    // Plain text is what Airflow 2's API served and what `curl` users want; Airflow 3
+    // answers it with 406, flow keeps it.
+    let plain = accept.starts_with("text/plain");
+    if !(ndjson || plain || accept.starts_with("application/json") || accept.starts_with("*/*")) {
         return Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
-            "Only application/json or application/x-ndjson is supported",
+            "Only application/json, application/x-ndjson or text/plain is supported",
         ));
     }
     let (ti, _) = find(&state, &dag_id, &run_id, &task_id).await?;
@@ -113,17 +117,25 @@ async fn logs(
     ) && try_number == ti.try_number;
     let more = running || content.len() as i64 >= limit;
     let token = more.then(|| page.next.max(after).to_string());
-    if ndjson {
+    if ndjson || plain {
         let mut body = String::new();
         for c in &content {
-            body.push_str(&serde_json::to_string(c).unwrap_or_default());
+            if plain {
+                body.push_str(&c.event);
+            } else {
+                body.push_str(&serde_json::to_string(c).unwrap_or_default());
+            }
             body.push('\n');
         }
         let mut response = body.into_response();
         let h = response.headers_mut();
         h.insert(
             axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/x-ndjson"),
+            axum::http::HeaderValue::from_static(if plain {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/x-ndjson"
+            }),
         );
         if let Some(t) = &token
             && let Ok(v) = axum::http::HeaderValue::from_str(t)

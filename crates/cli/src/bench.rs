@@ -57,22 +57,7 @@ pub enum BenchCommand {
     /// run's task instances, with 1,000 DAGs and 100,000 task instances, scheduler idle and
     /// then while the 1,000-task fan-out runs. The database (and `<name>_fanout` beside it)
     /// is dropped and recreated!
-    Api {
-        #[arg(long)]
-        database_url: String,
-        #[arg(long, default_value_t = 1000)]
-        dags: usize,
-        #[arg(long, default_value_t = 200)]
-        tasks: usize,
-        #[arg(long, default_value_t = 100_000)]
-        task_instances: usize,
-        /// Requests per second.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        /// Seconds of load per endpoint and phase.
-        #[arg(long, default_value_t = 15)]
-        seconds: u64,
-    },
+    Api(crate::bench_api::ApiBench),
     /// `flow standalone` (a child process, SQLite) idle with generated DAGs: resident memory,
     /// CPU, and how soon an edited DAG file is live.
     Idle {
@@ -109,24 +94,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             tasks,
             seconds,
         } => idle(dags, tasks, seconds).await,
-        BenchCommand::Api {
-            database_url,
-            dags,
-            tasks,
-            task_instances,
-            rate,
-            seconds,
-        } => {
-            crate::bench_api::api(crate::bench_api::ApiBench {
-                database_url,
-                dags,
-                tasks,
-                task_instances,
-                rate,
-                seconds,
-            })
-            .await
-        }
+        BenchCommand::Api(bench) => crate::bench_api::api(bench).await,
         BenchCommand::Parse {
             files,
             tasks,

@@ -24,13 +24,21 @@ use tokio::sync::Mutex;
 use crate::bench::{dag_file, scratch_dir};
 use crate::bench_engine::percentile;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApiBench {
+    #[arg(long)]
     pub database_url: String,
+    #[arg(long, default_value_t = 1000)]
     pub dags: usize,
+    #[arg(long, default_value_t = 200)]
     pub tasks: usize,
+    #[arg(long, default_value_t = 100_000)]
     pub task_instances: usize,
+    /// Requests per second.
+    #[arg(long, default_value_t = 200)]
     pub rate: u32,
+    /// Seconds of load per endpoint and phase.
+    #[arg(long, default_value_t = 15)]
     pub seconds: u64,
 }
 

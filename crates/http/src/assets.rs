@@ -37,12 +37,21 @@ async fn serve(Path(file): Path<String>) -> Response {
     let Some((_, mime, body)) = FILES.iter().find(|(name, _, _)| *name == file) else {
         return (StatusCode::NOT_FOUND, "no such file").into_response();
     };
-    let mut response = (*body).into_response();
+    embedded(body, mime, "public, max-age=300")
+}
+
+/// A file embedded in the binary, with its type and caching policy.
+pub(crate) fn embedded(
+    body: &'static str,
+    mime: &'static str,
+    cache_control: &'static str,
+) -> Response {
+    let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
+        HeaderValue::from_static(cache_control),
     );
     response
 }

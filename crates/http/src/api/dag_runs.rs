@@ -295,9 +295,7 @@ async fn list(
     };
     if dag_id != "~" {
         if state.store().dag_get(&dag_id).await?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "The Dag with ID: `{dag_id}` was not found"
-            )));
+            return Err(super::dag_not_found(&dag_id));
         }
         q.dag_ids = vec![dag_id];
     }
@@ -469,9 +467,9 @@ async fn clearable(
     run: &DagRunRow,
     only_failed: bool,
 ) -> ApiResult<Vec<(TiKey, i64)>> {
-    let (dag, _) = super::load_dag(state, &run.dag_id).await?.ok_or_else(|| {
-        ApiError::not_found(format!("The Dag with ID: `{}` was not found", run.dag_id))
-    })?;
+    let (dag, _) = super::load_dag(state, &run.dag_id)
+        .await?
+        .ok_or_else(|| super::dag_not_found(&run.dag_id))?;
     Ok(state
         .store()
         .ti_list_for_run(&run.dag_id, &run.run_id)

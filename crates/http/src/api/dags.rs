@@ -410,10 +410,6 @@ fn parse_list_query(raw: Option<&str>) -> ApiResult<ListQuery> {
     Ok(q)
 }
 
-fn dag_not_found(dag_id: &str) -> ApiError {
-    ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found"))
-}
-
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}", tag = "DAG", summary = "Get a DAG",
     params(("dag_id" = String, Path)),
     responses((status = 200, body = DagResponse)),
@@ -433,7 +429,7 @@ async fn one(state: &AppState, dag_id: &str) -> ApiResult<(DagResponse, DagRow)>
     let d = store
         .dag_get(dag_id)
         .await?
-        .ok_or_else(|| dag_not_found(dag_id))?;
+        .ok_or_else(|| super::dag_not_found(dag_id))?;
     let has_errors = store
         .import_errors()
         .await?
@@ -565,7 +561,7 @@ async fn details(
     let (response, row) = one(&state, &dag_id).await?;
     let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
-        .ok_or_else(|| dag_not_found(&dag_id))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let (_, active) = state
         .store()
         .dag_run_query(&RunQuery {
@@ -691,7 +687,7 @@ async fn tasks(
     user.require(Permission::Read)?;
     let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
-        .ok_or_else(|| dag_not_found(&dag_id))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let pairs = query_pairs(raw.as_deref())?;
     let order = pairs
         .iter()
@@ -738,7 +734,7 @@ async fn task(
     user.require(Permission::Read)?;
     let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
-        .ok_or_else(|| dag_not_found(&dag_id))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let t = dag
         .task(&task_id)
         .ok_or_else(|| ApiError::not_found(format!("Task with id {task_id} was not found")))?;

@@ -3,8 +3,7 @@
 //! without reaching a CDN and within the site's Content-Security-Policy (no inline script).
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 use axum::routing::get;
 
 use crate::AppState;
@@ -55,13 +54,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// Swagger UI's files change only with flow's version: cached for a day.
 fn asset(body: &'static str, mime: &'static str) -> Response {
-    let mut response = body.into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=86400"),
-    );
-    response
+    crate::assets::embedded(body, mime, "public, max-age=86400")
 }

@@ -167,7 +167,7 @@ async fn dag_source(
     let row = store
         .dag_get(&dag_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let content = store.dag_code_get(&row.fileloc).await?;
     if accept.starts_with("text/plain") {
         let mut response = content.unwrap_or_default().into_response();

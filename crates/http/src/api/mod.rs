@@ -342,11 +342,19 @@ pub async fn find_run(
         .store()
         .dag_run_get(dag_id, run_id)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
-            ))
-        })
+        .ok_or_else(|| run_not_found(dag_id, run_id))
+}
+
+/// Airflow's 404 for a DAG.
+pub fn dag_not_found(dag_id: &str) -> ApiError {
+    ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found"))
+}
+
+/// Airflow's 404 for a run.
+pub fn run_not_found(dag_id: &str, run_id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
+    ))
 }
 
 /// Records an API action in the audit log; a failure to record is logged, not returned.

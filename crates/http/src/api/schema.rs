@@ -220,45 +220,18 @@ pub struct DagRunCollection {
     pub total_entries: i64,
 }
 
+/// A task instance: one try's fields plus what only the current instance has.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = TaskInstanceResponse)]
 pub struct TaskInstanceResponse {
     #[schema(format = "uuid")]
     pub id: String,
-    pub task_id: String,
-    pub dag_id: String,
-    pub dag_run_id: String,
-    pub map_index: i64,
+    #[serde(flatten)]
+    pub instance: TaskInstanceHistory,
     #[schema(format = DateTime)]
     pub logical_date: Option<String>,
     #[schema(format = DateTime)]
     pub run_after: Option<String>,
-    #[schema(format = DateTime)]
-    pub start_date: Option<String>,
-    #[schema(format = DateTime)]
-    pub end_date: Option<String>,
-    pub duration: Option<f64>,
-    /// Airflow's task instance state; `null` for no state yet.
-    pub state: Option<String>,
-    pub try_number: i64,
-    pub max_tries: i64,
-    pub task_display_name: String,
-    pub dag_display_name: String,
-    pub hostname: Option<String>,
-    pub unixname: Option<String>,
-    pub pool: String,
-    pub pool_slots: i64,
-    pub queue: Option<String>,
-    pub priority_weight: Option<i64>,
-    pub operator: Option<String>,
-    pub operator_name: Option<String>,
-    #[schema(format = DateTime)]
-    pub queued_when: Option<String>,
-    #[schema(format = DateTime)]
-    pub scheduled_when: Option<String>,
-    pub pid: Option<i64>,
-    pub executor: Option<String>,
-    pub executor_config: String,
     pub note: Option<String>,
     pub rendered_map_index: Option<String>,
     #[schema(value_type = Object)]
@@ -267,8 +240,6 @@ pub struct TaskInstanceResponse {
     pub trigger: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub triggerer_job: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub dag_version: Option<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -278,7 +249,7 @@ pub struct TaskInstanceCollection {
     pub total_entries: usize,
 }
 
-/// One try of a task instance.
+/// One try of a task instance (Airflow's `TaskInstanceHistoryResponse`).
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = TaskInstanceHistoryResponse)]
 pub struct TaskInstanceHistory {
@@ -291,6 +262,7 @@ pub struct TaskInstanceHistory {
     #[schema(format = DateTime)]
     pub end_date: Option<String>,
     pub duration: Option<f64>,
+    /// Airflow's task instance state; `null` for no state yet.
     pub state: Option<String>,
     pub try_number: i64,
     pub max_tries: i64,

@@ -337,7 +337,7 @@ async fn clear(
     }
     let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let start = body
         .start_date
         .as_deref()
@@ -471,41 +471,35 @@ fn state_of(s: TaskInstanceState) -> Option<String> {
 }
 
 pub(super) fn ti_response(t: &TiRow, run: &DagRunRow) -> TaskInstanceResponse {
+    let mut instance = try_response(&current_try(t), t);
+    instance.queued_when = time(t.queued_dttm);
+    instance.scheduled_when = time(t.scheduled_dttm);
     TaskInstanceResponse {
         id: ti_uuid(&t.key),
-        task_id: t.key.task_id.clone(),
-        dag_id: t.key.dag_id.clone(),
-        dag_run_id: t.key.run_id.clone(),
-        map_index: t.key.map_index,
+        instance,
         logical_date: time(run.logical_date),
         run_after: time(Some(run.run_after)),
-        start_date: time(t.start_date),
-        end_date: time(t.end_date),
-        duration: t.duration,
-        state: state_of(t.state),
-        try_number: t.try_number,
-        max_tries: t.max_tries,
-        task_display_name: t.key.task_id.clone(),
-        dag_display_name: t.key.dag_id.clone(),
-        hostname: (!t.hostname.is_empty()).then(|| t.hostname.clone()),
-        unixname: None,
-        pool: t.pool.clone(),
-        pool_slots: t.pool_slots,
-        queue: Some(t.queue.clone()),
-        priority_weight: Some(t.priority_weight),
-        operator: Some(t.operator.clone()),
-        operator_name: Some(t.operator.clone()),
-        queued_when: time(t.queued_dttm),
-        scheduled_when: time(t.scheduled_dttm),
-        pid: None,
-        executor: None,
-        executor_config: "{}".to_owned(),
         note: None,
         rendered_map_index: None,
         rendered_fields: Value::Object(serde_json::Map::new()),
         trigger: None,
         triggerer_job: None,
-        dag_version: None,
+    }
+}
+
+/// The try a task instance is on, as its history row will record it.
+fn current_try(ti: &TiRow) -> TiTryRow {
+    TiTryRow {
+        key: ti.key.clone(),
+        try_number: ti.try_number,
+        state: ti.state,
+        start_date: ti.start_date,
+        end_date: ti.end_date,
+        duration: ti.duration,
+        hostname: ti.hostname.clone(),
+        operator: ti.operator.clone(),
+        queue: ti.queue.clone(),
+        pool: ti.pool.clone(),
     }
 }
 
@@ -516,11 +510,9 @@ async fn run_of(state: &AppState, dag_id: &str, run_id: &str) -> ApiResult<DagRu
         return Ok(run);
     }
     if state.store().dag_get(dag_id).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "The Dag with ID: `{dag_id}` was not found"
-        )));
+        return Err(super::dag_not_found(dag_id));
     }
-    super::find_run(state, dag_id, run_id).await
+    Err(super::run_not_found(dag_id, run_id))
 }
 
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", tag = "Task Instance",
@@ -591,9 +583,7 @@ async fn list(
     }
     let runs: Vec<DagRunRow> = if run_id == "~" {
         if state.store().dag_get(&dag_id).await?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "The Dag with ID: `{dag_id}` was not found"
-            )));
+            return Err(super::dag_not_found(&dag_id));
         }
         state.store().dag_run_list(&dag_id, 100_000).await?
     } else {
@@ -724,38 +714,14 @@ async fn all_tries(
     task_id: &str,
 ) -> ApiResult<Vec<TaskInstanceHistory>> {
     let (ti, _) = find(state, dag_id, run_id, task_id).await?;
-    let mut out: Vec<TaskInstanceHistory> = state
-        .store()
-        .ti_tries(&ti.key)
-        .await?
-        .iter()
-        .filter(|t| t.try_number != ti.try_number)
-        .map(|t| try_response(t, &ti))
-        .collect();
-    if ti.try_number > 0 && ti.state != TaskInstanceState::UpForRetry {
-        let current = TiTryRow {
-            key: ti.key.clone(),
-            try_number: ti.try_number,
-            state: ti.state,
-            start_date: ti.start_date,
-            end_date: ti.end_date,
-            duration: ti.duration,
-            hostname: ti.hostname.clone(),
-            operator: ti.operator.clone(),
-            queue: ti.queue.clone(),
-            pool: ti.pool.clone(),
-        };
-        out.push(try_response(&current, &ti));
-    } else if let Some(recorded) = state
-        .store()
-        .ti_tries(&ti.key)
-        .await?
-        .iter()
-        .find(|t| t.try_number == ti.try_number)
-    {
-        out.push(try_response(recorded, &ti));
+    // The history is ordered by try; the current try is the last one.
+    let live = ti.try_number > 0 && ti.state != TaskInstanceState::UpForRetry;
+    let mut tries = state.store().ti_tries(&ti.key).await?;
+    if live {
+        tries.retain(|t| t.try_number != ti.try_number);
+        tries.push(current_try(&ti));
     }
-    Ok(out)
+    Ok(tries.iter().map(|t| try_response(t, &ti)).collect())
 }
 
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/tries", tag = "Task Instance",
@@ -868,7 +834,7 @@ async fn patch_one(
     };
     let (dag, _) = super::load_dag(&state, &dag_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("The Dag with ID: `{dag_id}` was not found")))?;
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let selected = dag.with_relatives(
         [ti.key.task_id.clone()],
         body.include_downstream,

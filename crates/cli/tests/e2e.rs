@@ -619,7 +619,9 @@ rules:
   tasks:
     ok: {operator: bash, bash_command: "true"}
     bad: {operator: bash, bash_command: "exit 1"}
-    skip: {operator: bash, bash_command: "exit 99"}
+    # `skip` ends after `bad`: rules that decide before all upstreams are done (all_success
+    # sees a failure or a skip first) then see the same order on every run, as in Airflow.
+    skip: {operator: bash, bash_command: "exit 99", dependencies: [bad], trigger_rule: all_done}
 "#,
     );
     for rule in [

@@ -1,7 +1,9 @@
 //! Configuration: `FLOW__SECTION__KEY` environment variables (Airflow's `AIRFLOW__SECTION__KEY`
 //! convention) over defaults; flags override both. `..._FILE` variants read secrets from files.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -67,4 +69,60 @@ pub fn database_url() -> Result<String> {
     std::fs::create_dir_all(&home)
         .with_context(|| format!("creating FLOW_HOME {}", home.display()))?;
     Ok(home.join("flow.db").display().to_string())
+}
+
+/// Writes `contents` to a new file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// The Fernet key(s) that encrypt connection secrets: `FLOW__CORE__FERNET_KEY` (a
+/// comma-separated list for rotation, newest first), else one generated on first use and kept
+/// in `$FLOW_HOME/fernet_key` (mode 0600), as Airflow generates one into its config.
+pub fn fernet_cipher() -> Result<flow_store::Cipher> {
+    if let Some(keys) = env_value("core", "fernet_key")? {
+        return flow_store::Cipher::new(&keys).context("FLOW__CORE__FERNET_KEY");
+    }
+    let path = flow_home().join("fernet_key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return flow_store::Cipher::new(key.trim())
+            .with_context(|| format!("the key in {}", path.display()));
+    }
+    let key = flow_store::Cipher::generate_key();
+    if let Err(e) = write_private(&path, &format!("{key}\n")) {
+        // Another process made it first: use theirs.
+        let theirs = std::fs::read_to_string(&path).map_err(|_| e)?;
+        return flow_store::Cipher::new(theirs.trim())
+            .with_context(|| format!("the key in {}", path.display()));
+    }
+    flow_store::Cipher::new(&key).context("the generated fernet key")
+}
+
+/// Connections as flow resolves them: `FLOW_CONN_<ID>` (or Airflow's `AIRFLOW_CONN_<ID>`)
+/// environment variables, URI or JSON, over the database's.
+pub fn connection_source() -> Result<flow_store::ConnectionSource> {
+    let mut source = flow_store::ConnectionSource::new(fernet_cipher()?);
+    // AIRFLOW_ first so that FLOW_ wins when both name the same connection.
+    for prefix in ["AIRFLOW_CONN_", "FLOW_CONN_"] {
+        for (name, value) in std::env::vars() {
+            let Some(id) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let conn_id = id.to_ascii_lowercase();
+            let conn = flow_model::Connection::from_env_value(&conn_id, &value)
+                .with_context(|| format!("environment variable {prefix}{id}"))?;
+            source.overrides.insert(conn_id, conn);
+        }
+    }
+    Ok(source)
 }

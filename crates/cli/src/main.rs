@@ -8,6 +8,7 @@ mod bench_api;
 mod bench_engine;
 mod bench_web;
 mod config;
+mod connections;
 mod dags;
 mod ops;
 mod tasks;
@@ -91,11 +92,21 @@ enum Command {
         #[arg(short, long)]
         concurrency: Option<usize>,
     },
+    /// The triggerer: runs the waits of deferred task instances (`flow standalone` and
+    /// `flow scheduler` run one beside their embedded worker).
+    Triggerer,
     /// Dag runs.
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Connections to external systems (Kafka clusters, databases); secrets encrypted at rest.
+    Connections {
+        #[command(subcommand)]
+        command: connections::ConnectionsCommand,
+    },
+    /// Re-encrypt connection secrets with the first key of FLOW__CORE__FERNET_KEY (`new,old`).
+    RotateFernetKey,
     /// Pools: named slot limits shared by tasks (`pool:` and `pool_slots:` in a task).
     Pools {
         #[command(subcommand)]
@@ -304,6 +315,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = ops::worker_config(&dags_folder, queues, concurrency)?;
             ops::worker(config).await
         }
+        Command::Connections { command } => connections::run(command).await,
+        Command::Triggerer => ops::triggerer().await,
+        Command::RotateFernetKey => connections::rotate().await,
         Command::Pools { command } => match command {
             PoolsCommand::List => ops::pools_list().await,
             PoolsCommand::Set {

@@ -10,9 +10,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Subcommand;
 use flow_dag::Dag;
+use flow_executor::triggerer::{Triggerer, TriggererConfig};
 use flow_executor::worker::{Worker, WorkerConfig, WorkerWakeups};
 use flow_model::{DagRunState, TaskInstanceState};
 use flow_scheduler::{DagProcessor, Scheduler, SchedulerConfig, Wakeups};
+use flow_scheduler::{EventPublisher, EventsConfig, KafkaTriggerConfig, KafkaTriggers};
 use flow_store::{Backend, Store, TiKey, TriggerError, TriggerRequest};
 use tokio::sync::watch;
 
@@ -129,6 +131,7 @@ pub fn worker_config(
         queues: queues.unwrap_or_else(|| vec!["default".into()]),
         concurrency: concurrency.unwrap_or(default_concurrency).max(1),
         dags_folder: dags_folder.to_path_buf(),
+        connections: Some(config::connection_source()?),
         ..WorkerConfig::default()
     })
 }
@@ -184,6 +187,19 @@ pub async fn serve(
     };
     let mut handles = Vec::new();
     handles.push(tokio::spawn(scheduler.run(shutdown.clone())));
+    // Runs from Kafka messages (`schedule: {kafka: ...}`); idle unless a DAG declares one.
+    let kafka_triggers = KafkaTriggers::new(
+        store.clone(),
+        config::connection_source()?,
+        KafkaTriggerConfig::default(),
+        wakeups.scheduler.clone(),
+    );
+    handles.push(tokio::spawn(kafka_triggers.run(shutdown.clone())));
+    // Lifecycle events to Kafka, when `[events] kafka_conn_id` and `kafka_topic` are set.
+    if let Some(config) = events_config()? {
+        let publisher = EventPublisher::new(store.clone(), config::connection_source()?, config);
+        handles.push(tokio::spawn(publisher.run(shutdown.clone())));
+    }
     if with_worker {
         let config = match worker {
             Some(c) => c,
@@ -198,6 +214,9 @@ pub async fn serve(
             },
         );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
+        // The triggerer runs beside the embedded worker, as `airflow standalone` runs one.
+        let triggerer = Triggerer::new(store.clone(), triggerer_config()?);
+        handles.push(tokio::spawn(triggerer.run(shutdown.clone())));
     }
     if let Some(web) = web {
         web.await.map_err(|e| anyhow!("web server failed: {e}"))??;
@@ -206,6 +225,44 @@ pub async fn serve(
         h.await.map_err(|e| anyhow!("task failed: {e}"))?;
     }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events_config() -> Result<Option<EventsConfig>> {
+    let conn_id = config::env_value("events", "kafka_conn_id")?;
+    let topic = config::env_value("events", "kafka_topic")?;
+    match (conn_id, topic) {
+        (None, None) => Ok(None),
+        (Some(conn_id), Some(topic)) => Ok(Some(EventsConfig {
+            conn_id,
+            topic,
+            poll_interval: std::time::Duration::from_millis(200),
+            batch: 500,
+            max_backlog: config::env_number("events", "max_backlog", 100_000)?.max(1),
+        })),
+        _ => {
+            bail!("set both FLOW__EVENTS__KAFKA_CONN_ID and FLOW__EVENTS__KAFKA_TOPIC, or neither")
+        }
+    }
+}
+
+fn triggerer_config() -> Result<TriggererConfig> {
+    let capacity = config::env_number("triggerer", "capacity", 10_000)?;
+    Ok(TriggererConfig {
+        capacity: capacity.max(1),
+        connections: Some(config::connection_source()?),
+        ..TriggererConfig::default()
+    })
+}
+
+/// `flow triggerer`: runs deferred tasks' waits (more than one may run; each takes over the
+/// triggers of one that stopped heartbeating).
+pub async fn triggerer() -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    let shutdown = shutdown_signal();
+    Triggerer::new(store, triggerer_config()?)
+        .run(shutdown)
+        .await;
     Ok(ExitCode::SUCCESS)
 }
 

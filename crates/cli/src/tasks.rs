@@ -65,11 +65,31 @@ pub async fn test(
     };
     let ctx = RunContext::new(&dag, &task, run, dags_folder, XcomMap::new())
         .map_err(|e| anyhow!("{e}"))?;
-    let rendered = render_task(&task, &ctx).map_err(|e| anyhow!("{e}"))?;
+    let mut rendered = render_task(&task, &ctx).map_err(|e| anyhow!("{e}"))?;
     for (field, value) in rendered.fields() {
         eprintln!("[rendered {field}] {value}");
     }
-    let spec = RunSpec::new(&task, rendered, &ctx);
+    // A test waits in place: no reschedule, no triggerer (as Airflow's `tasks test`).
+    if let flow_executor::RenderedTask::Sensor { sensor, .. } = &mut rendered {
+        sensor.mode = flow_dag::SensorMode::Poke;
+    }
+    let conn = match rendered.conn_id() {
+        Some(id) => {
+            let source = crate::config::connection_source()?;
+            let store = ops::connect_migrated().await?;
+            let conn = store
+                .connection_resolve(id, &source)
+                .await?
+                .ok_or_else(|| anyhow!("connection `{id}` not found"))?;
+            Some(conn)
+        }
+        None => None,
+    };
+    let mut spec = RunSpec::new(&task, rendered, &ctx);
+    if let Some(conn) = conn {
+        spec.masker = spec.masker.with(conn.secrets());
+        spec.kafka = Some(flow_kafka::client_settings(&conn)?);
+    }
     let (tx, mut rx) = mpsc::channel(256);
     let (_cancel_tx, cancel_rx) = watch::channel(false);
     let printer = tokio::spawn(async move {
@@ -106,7 +126,13 @@ pub async fn test(
             eprintln!("task {task_id}: failed: execution_timeout exceeded");
             Ok(ExitCode::FAILURE)
         }
-        Outcome::Cancelled => Ok(ExitCode::FAILURE),
+        Outcome::SensorTimeout { reason } => {
+            eprintln!("task {task_id}: failed: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Cancelled | Outcome::Reschedule { .. } | Outcome::Defer { .. } => {
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

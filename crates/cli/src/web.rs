@@ -1,9 +1,7 @@
 //! `flow webserver`, the web UI inside `flow standalone`, and `flow users ...`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -133,21 +131,6 @@ async fn create_user(
     Ok(())
 }
 
-/// Writes `contents` to a new file readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
 /// The key that signs session cookies: `FLOW__WEBSERVER__SECRET_KEY`, else one generated once
 /// and kept in `$FLOW_HOME/webserver_secret_key` (mode 0600), so sessions survive restarts.
 fn secret_key() -> Result<Vec<u8>> {
@@ -165,7 +148,7 @@ fn secret_key() -> Result<Vec<u8>> {
         }
     }
     let key = flow_http::auth::random_token(48).map_err(|e| anyhow!("{e}"))?;
-    write_private(&path, &key)?;
+    config::write_private(&path, &key)?;
     Ok(key.into_bytes())
 }
 
@@ -179,7 +162,7 @@ pub async fn ensure_admin(store: &Store) -> Result<()> {
     create_user(store, "admin", &password, Role::Admin, "", "", "").await?;
     let path = config::flow_home().join("standalone_admin_password.txt");
     let _ = std::fs::remove_file(&path);
-    write_private(&path, &format!("{password}\n"))?;
+    config::write_private(&path, &format!("{password}\n"))?;
     eprintln!(
         "flow: created user `admin` with password {password} (also in {}); change it or add \
          users with `flow users create`",

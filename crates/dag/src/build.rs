@@ -16,8 +16,10 @@ use minijinja::Environment;
 use serde_json::Value as Json;
 
 use crate::dag::{
-    Arg, BashOperator, DEFAULT_POOL, DEFAULT_QUEUE, Dag, Mapping, Operator, Param, PythonCallable,
-    PythonOperator, Task, TaskGroup, WeightRule,
+    Arg, BashOperator, DEFAULT_KAFKA_CONN_ID, DEFAULT_POOL, DEFAULT_QUEUE, Dag, DateTimeSensor,
+    KafkaAwaitMessageSensor, KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator,
+    KafkaTrigger, Mapping, Operator, Param, PythonCallable, PythonOperator, Sensor, SensorMode,
+    Task, TaskGroup, TimeDeltaSensor, WeightRule,
 };
 use crate::de::{
     DeError, did_you_mean, did_you_mean_hint, from_node, to_json, unknown_key_message,
@@ -27,8 +29,9 @@ use crate::duration::{date_from_node, duration_from_node};
 use crate::operators;
 use crate::schedule::{Schedule, Timetable, TimetableKind, parse_schedule};
 use crate::spec::{
-    BashSpec, DAG_UNSUPPORTED_KEYS, DagSpec, EmptySpec, ParamObjectSpec, PythonSpec,
-    TASK_UNSUPPORTED_KEYS, TaskCommonSpec, TaskGroupSpec, field_names,
+    BashSpec, DAG_UNSUPPORTED_KEYS, DagSpec, DateTimeSensorSpec, EmptySpec, KafkaAwaitMessageSpec,
+    KafkaConsumeSpec, KafkaProduceSpec, ParamObjectSpec, PythonSpec, TASK_UNSUPPORTED_KEYS,
+    TaskCommonSpec, TaskGroupSpec, TimeDeltaSensorSpec, field_names,
 };
 use crate::template::{self, TemplateIssue};
 use crate::yaml::{Node, Span, Value};
@@ -298,10 +301,41 @@ impl DagDraft {
             (None, None, Some(t)) => Some(t),
             (None, None, None) => None,
         };
-        let (schedule, schedule_text, kind, schedule_tz) = match schedule_node {
+        // `{kafka: {...}}`, optionally with a `cron` beside it: event runs from messages.
+        let mut kafka_trigger = None;
+        let schedule_node = match schedule_node {
+            Some(n) if n.get("__type__").is_none() && n.get("kafka").is_some() => {
+                if let Some(k) = n.get("kafka") {
+                    kafka_trigger = read_kafka_trigger(ctx, k);
+                }
+                for (k, _) in n.as_map().unwrap_or_default() {
+                    let key = k.as_str().unwrap_or("null");
+                    if !matches!(key, "kafka" | "cron") {
+                        ctx.error(
+                            k.span,
+                            format!(
+                                "`schedule`: {}",
+                                unknown_key_message(key, &["kafka", "cron"])
+                            ),
+                        );
+                    }
+                }
+                n.get("cron")
+            }
+            other => other,
+        };
+        let (schedule, mut schedule_text, kind, schedule_tz) = match schedule_node {
             Some(n) => read_schedule(ctx, n, kind),
             None => (Schedule::None, "None".to_owned(), kind, None),
         };
+        if let Some(k) = &kafka_trigger {
+            let topics = format!("kafka:{}", k.topics.join(","));
+            schedule_text = if matches!(schedule, Schedule::None) {
+                topics
+            } else {
+                format!("{schedule_text} + {topics}")
+            };
+        }
         if matches!(schedule, Schedule::Continuous) && spec.max_active_runs.is_some_and(|n| n > 1) {
             let span = node.get("max_active_runs").map_or(key.span, |n| n.span);
             ctx.error(
@@ -403,6 +437,7 @@ impl DagDraft {
                 timezone: schedule_tz.unwrap_or(timezone),
                 kind,
             },
+            kafka_trigger,
             start_date,
             end_date,
             catchup: spec.catchup.unwrap_or(false),
@@ -737,15 +772,25 @@ fn operator_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "bash" => field_names::<BashSpec>(),
         "python" => field_names::<PythonSpec>(),
+        "kafka_produce" => field_names::<KafkaProduceSpec>(),
+        "kafka_consume" => field_names::<KafkaConsumeSpec>(),
+        "kafka_await_message" => field_names::<KafkaAwaitMessageSpec>(),
+        "time_delta" => field_names::<TimeDeltaSensorSpec>(),
+        "date_time" => field_names::<DateTimeSensorSpec>(),
         _ => field_names::<EmptySpec>(),
     }
 }
 
-fn operator_fields_all() -> [&'static [&'static str]; 3] {
+fn operator_fields_all() -> [&'static [&'static str]; 8] {
     [
         field_names::<BashSpec>(),
         field_names::<PythonSpec>(),
         field_names::<EmptySpec>(),
+        field_names::<KafkaProduceSpec>(),
+        field_names::<KafkaConsumeSpec>(),
+        field_names::<KafkaAwaitMessageSpec>(),
+        field_names::<TimeDeltaSensorSpec>(),
+        field_names::<DateTimeSensorSpec>(),
     ]
 }
 
@@ -1304,6 +1349,8 @@ fn read_task(
         }
     };
     let decorated = decorator_name.is_some();
+    // Airflow's `...Async` sensor classes are the deferrable ones.
+    let async_alias = operator_name.is_some_and(|n| n.trim().ends_with("Async"));
     let op_fields = operator_fields(kind);
 
     // The group chain, innermost first, for default_args layering and the id prefix.
@@ -1369,6 +1416,11 @@ fn read_task(
             name_span,
             &mut references,
         ),
+        "kafka_produce" => read_kafka_produce(ctx, &op_node, name_span),
+        "kafka_consume" => read_kafka_consume(ctx, &op_node, name_span),
+        "kafka_await_message" => read_kafka_await(ctx, &op_node, name_span, async_alias),
+        "time_delta" => read_time_delta(ctx, &op_node, name_span, async_alias),
+        "date_time" => read_date_time(ctx, &op_node, name_span, async_alias),
         _ => read_spec::<EmptySpec>(ctx, &op_node, name_span).map(|_| Operator::Empty),
     };
 
@@ -1862,6 +1914,428 @@ fn is_identifier(s: &str) -> bool {
 
 fn is_dotted_identifier(s: &str) -> bool {
     s.split('.').all(is_identifier)
+}
+
+/// `kafka_conn_id`, or the provider's `kafka_config_id`, or `kafka_default`.
+fn kafka_conn_id(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    conn_id: Option<String>,
+    config_id: Option<String>,
+) -> String {
+    if conn_id.is_some() && config_id.is_some() {
+        let span = node.get("kafka_config_id").map_or(fallback, |n| n.span);
+        ctx.error(span, "set `kafka_conn_id` or `kafka_config_id`, not both");
+    }
+    let id = conn_id
+        .or(config_id)
+        .unwrap_or_else(|| DEFAULT_KAFKA_CONN_ID.to_owned());
+    if let Err(e) = flow_model::ids::validate_id("conn_id", &id) {
+        let span = node
+            .get("kafka_conn_id")
+            .or_else(|| node.get("kafka_config_id"))
+            .map_or(fallback, |n| n.span);
+        ctx.error(span, e.to_string());
+    }
+    id
+}
+
+/// A topic name as Kafka allows it: 1 to 249 of `[A-Za-z0-9._-]`.
+fn check_topic(ctx: &mut Ctx<'_>, field: &str, topic: &str, span: Span) {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        ctx.error(
+            span,
+            format!(
+                "`{field}`: `{topic}` is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)"
+            ),
+        );
+    }
+}
+
+/// `topics`: one topic or a list of them.
+fn read_topics(ctx: &mut Ctx<'_>, node: &Node) -> Vec<String> {
+    let topics: Vec<(String, Span)> = match &node.value {
+        Value::Scalar(s) => vec![(s.text.clone(), node.span)],
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|i| match i.as_str() {
+                Some(t) => Some((t.to_owned(), i.span)),
+                None => {
+                    ctx.error(i.span, "`topics`: each topic must be a string");
+                    None
+                }
+            })
+            .collect(),
+        _ => {
+            ctx.error(node.span, "`topics`: expected a topic or a list of topics");
+            Vec::new()
+        }
+    };
+    if topics.is_empty() && matches!(node.value, Value::Seq(_)) {
+        ctx.error(node.span, "`topics`: the list is empty");
+    }
+    for (t, span) in &topics {
+        check_topic(ctx, "topics", t, *span);
+    }
+    topics.into_iter().map(|(t, _)| t).collect()
+}
+
+/// A filter expression, checked for syntax now so a typo is reported with its line.
+fn check_filter(ctx: &mut Ctx<'_>, source: &str, span: Span) {
+    let env = Environment::new();
+    if let Err(e) = env.compile_expression(source) {
+        ctx.error(span, format!("`filter`: not a valid expression: {e}"));
+    }
+}
+
+fn read_kafka_produce(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
+    let spec: KafkaProduceSpec = read_spec(ctx, node, fallback)?;
+    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
+    let conn_id = kafka_conn_id(
+        ctx,
+        node,
+        fallback,
+        spec.kafka_conn_id,
+        spec.kafka_config_id,
+    );
+    check_template(ctx, "topic", &spec.topic, span_of("topic"));
+    if !template::has_markup(&spec.topic) {
+        check_topic(ctx, "topic", &spec.topic, span_of("topic"));
+    }
+    let messages = match (&spec.messages, &spec.command) {
+        (Some(_), Some(_)) => {
+            ctx.error(span_of("command"), "set `messages` or `command`, not both");
+            return None;
+        }
+        (None, None) => {
+            ctx.error(
+                fallback,
+                "`kafka_produce` needs `messages` (a list or a template) or `command`",
+            );
+            return None;
+        }
+        (None, Some(cmd)) => {
+            check_template(ctx, "command", cmd, span_of("command"));
+            KafkaMessages::Command(cmd.clone())
+        }
+        (Some(raw), None) => match &raw.node.value {
+            Value::Seq(_) => {
+                check_templates_in(ctx, "messages", &raw.node);
+                match to_json(&raw.node) {
+                    Json::Array(items) => KafkaMessages::List(items),
+                    _ => KafkaMessages::List(Vec::new()),
+                }
+            }
+            Value::Scalar(s) => {
+                check_template(ctx, "messages", &s.text, raw.node.span);
+                KafkaMessages::Template(s.text.clone())
+            }
+            _ => {
+                ctx.error(
+                    raw.node.span,
+                    "`messages`: expected a list of {key, value, headers} or a template that renders to one",
+                );
+                return None;
+            }
+        },
+    };
+    let delivery_timeout = match &spec.delivery_timeout {
+        Some(raw) => read_duration(ctx, &raw.node, "delivery_timeout")?,
+        None => Duration::seconds(30),
+    };
+    Some(Operator::KafkaProduce(KafkaProduceOperator {
+        conn_id,
+        topic: spec.topic,
+        messages,
+        delivery_timeout,
+    }))
+}
+
+fn read_kafka_consume(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
+    let spec: KafkaConsumeSpec = read_spec(ctx, node, fallback)?;
+    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
+    let conn_id = kafka_conn_id(
+        ctx,
+        node,
+        fallback,
+        spec.kafka_conn_id,
+        spec.kafka_config_id,
+    );
+    let topics = read_topics(ctx, &spec.topics.node);
+    if let Some(g) = &spec.group_id {
+        check_template(ctx, "group_id", g, span_of("group_id"));
+    }
+    if let Some(a) = &spec.apply {
+        check_template(ctx, "apply", a, span_of("apply"));
+    }
+    let mut count = |key: &str, value: Option<u64>, default: u64| -> u64 {
+        match value {
+            Some(0) => {
+                ctx.error(span_of(key), format!("`{key}` must be at least 1"));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    };
+    let max_messages = count("max_messages", spec.max_messages, 1000);
+    let max_batch_size = count("max_batch_size", spec.max_batch_size, 100);
+    let xcom_max_messages = count("xcom_max_messages", spec.xcom_max_messages, 1000);
+    let poll_timeout = match &spec.poll_timeout {
+        Some(raw) => read_duration(ctx, &raw.node, "poll_timeout")?,
+        None => Duration::seconds(60),
+    };
+    let push_to_xcom = spec.push_to_xcom.unwrap_or(spec.apply.is_none());
+    Some(Operator::KafkaConsume(KafkaConsumeOperator {
+        conn_id,
+        topics,
+        group_id: spec.group_id,
+        max_messages,
+        max_batch_size,
+        poll_timeout,
+        apply: spec.apply,
+        push_to_xcom,
+        xcom_max_messages,
+    }))
+}
+
+/// The settings every sensor shares: `mode` (or `deferrable: true`), `poke_interval`,
+/// `timeout`, `soft_fail`. Airflow's defaults: poke every 60 s, time out after 7 days.
+#[allow(clippy::too_many_arguments)]
+fn read_sensor(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    mode: Option<&str>,
+    deferrable: Option<bool>,
+    poke_interval: Option<&Node>,
+    timeout: Option<&Node>,
+    soft_fail: Option<bool>,
+    async_alias: bool,
+) -> Sensor {
+    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
+    let mode = match (mode, deferrable) {
+        (Some(m), Some(true)) if m != "deferrable" => {
+            ctx.error(
+                span_of("deferrable"),
+                format!("`deferrable: true` contradicts `mode: {m}`"),
+            );
+            SensorMode::Deferrable
+        }
+        (_, Some(true)) => SensorMode::Deferrable,
+        (Some(m), _) => SensorMode::parse(m).unwrap_or_else(|| {
+            ctx.error(
+                span_of("mode"),
+                format!("`mode`: unknown mode `{m}`; valid modes: poke, reschedule, deferrable"),
+            );
+            SensorMode::Poke
+        }),
+        (None, _) if async_alias => SensorMode::Deferrable,
+        (None, _) => SensorMode::Poke,
+    };
+    let poke_interval = poke_interval
+        .and_then(|n| read_duration(ctx, n, "poke_interval"))
+        .unwrap_or_else(|| Duration::seconds(60));
+    if poke_interval <= Duration::zero() {
+        ctx.error(
+            span_of("poke_interval"),
+            "`poke_interval` must be longer than zero",
+        );
+    }
+    let timeout = timeout
+        .and_then(|n| read_duration(ctx, n, "timeout"))
+        .unwrap_or_else(|| Duration::days(7));
+    Sensor {
+        mode,
+        poke_interval,
+        timeout,
+        soft_fail: soft_fail.unwrap_or(false),
+    }
+}
+
+fn read_kafka_await(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    async_alias: bool,
+) -> Option<Operator> {
+    let spec: KafkaAwaitMessageSpec = read_spec(ctx, node, fallback)?;
+    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
+    let conn_id = kafka_conn_id(
+        ctx,
+        node,
+        fallback,
+        spec.kafka_conn_id,
+        spec.kafka_config_id,
+    );
+    let topics = read_topics(ctx, &spec.topics.node);
+    if let Some(g) = &spec.group_id {
+        check_template(ctx, "group_id", g, span_of("group_id"));
+    }
+    let filter = spec.filter.unwrap_or_else(|| "true".to_owned());
+    check_filter(ctx, &filter, span_of("filter"));
+    let sensor = read_sensor(
+        ctx,
+        node,
+        fallback,
+        spec.mode.as_deref(),
+        spec.deferrable,
+        spec.poke_interval.as_ref().map(|r| &r.node),
+        spec.timeout.as_ref().map(|r| &r.node),
+        spec.soft_fail,
+        async_alias,
+    );
+    Some(Operator::KafkaAwaitMessage(KafkaAwaitMessageSensor {
+        conn_id,
+        topics,
+        group_id: spec.group_id,
+        filter,
+        sensor,
+    }))
+}
+
+fn read_time_delta(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    async_alias: bool,
+) -> Option<Operator> {
+    let spec: TimeDeltaSensorSpec = read_spec(ctx, node, fallback)?;
+    let delta = read_duration(ctx, &spec.delta.node, "delta")?;
+    let sensor = read_sensor(
+        ctx,
+        node,
+        fallback,
+        spec.mode.as_deref(),
+        spec.deferrable,
+        spec.poke_interval.as_ref().map(|r| &r.node),
+        spec.timeout.as_ref().map(|r| &r.node),
+        spec.soft_fail,
+        async_alias,
+    );
+    Some(Operator::TimeDelta(TimeDeltaSensor { delta, sensor }))
+}
+
+fn read_date_time(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    async_alias: bool,
+) -> Option<Operator> {
+    let spec: DateTimeSensorSpec = read_spec(ctx, node, fallback)?;
+    let span = node.get("target_time").map_or(fallback, |n| n.span);
+    check_template(ctx, "target_time", &spec.target_time, span);
+    if !template::has_markup(&spec.target_time)
+        && DateTime::parse_from_rfc3339(spec.target_time.trim()).is_err()
+        && chrono::NaiveDateTime::parse_from_str(spec.target_time.trim(), "%Y-%m-%dT%H:%M:%S")
+            .is_err()
+    {
+        ctx.error(
+            span,
+            format!(
+                "`target_time`: `{}` is not an ISO 8601 date-time",
+                spec.target_time
+            ),
+        );
+    }
+    let sensor = read_sensor(
+        ctx,
+        node,
+        fallback,
+        spec.mode.as_deref(),
+        spec.deferrable,
+        spec.poke_interval.as_ref().map(|r| &r.node),
+        spec.timeout.as_ref().map(|r| &r.node),
+        spec.soft_fail,
+        async_alias,
+    );
+    Some(Operator::DateTime(DateTimeSensor {
+        target_time: spec.target_time,
+        sensor,
+    }))
+}
+
+/// `schedule: {kafka: {conn_id, topics, filter, group_id, dead_letter_topic}}`, optionally with
+/// a `cron` beside it.
+fn read_kafka_trigger(ctx: &mut Ctx<'_>, node: &Node) -> Option<KafkaTrigger> {
+    const KEYS: &[&str] = &[
+        "conn_id",
+        "topics",
+        "filter",
+        "group_id",
+        "dead_letter_topic",
+    ];
+    let Some(entries) = node.as_map() else {
+        ctx.error(
+            node.span,
+            "`schedule.kafka`: expected a mapping {conn_id, topics, filter, group_id, dead_letter_topic}",
+        );
+        return None;
+    };
+    for (k, _) in entries {
+        let key = k.as_str().unwrap_or("null");
+        if !KEYS.contains(&key) {
+            ctx.error(
+                k.span,
+                format!("`schedule.kafka`: {}", unknown_key_message(key, KEYS)),
+            );
+        }
+    }
+    let text = |ctx: &mut Ctx<'_>, key: &str| -> Option<(String, Span)> {
+        let n = node.get(key)?;
+        match n.as_str() {
+            Some(s) => Some((s.to_owned(), n.span)),
+            None => {
+                ctx.error(n.span, format!("`schedule.kafka.{key}` must be a string"));
+                None
+            }
+        }
+    };
+    let conn_id = match text(ctx, "conn_id") {
+        Some((id, span)) => {
+            if let Err(e) = flow_model::ids::validate_id("conn_id", &id) {
+                ctx.error(span, e.to_string());
+            }
+            id
+        }
+        None => DEFAULT_KAFKA_CONN_ID.to_owned(),
+    };
+    let Some(topics_node) = node.get("topics") else {
+        ctx.error(node.span, "`schedule.kafka` needs `topics`");
+        return None;
+    };
+    let topics = read_topics(ctx, topics_node);
+    let filter = text(ctx, "filter").map(|(f, span)| {
+        check_filter(ctx, &f, span);
+        f
+    });
+    // By default one group per topic set: DAGs watching the same topics share a consumer,
+    // and no group mixes subscriptions (which makes some brokers' assignments stall).
+    let group_id = text(ctx, "group_id").map_or_else(
+        || {
+            let mut sorted = topics.clone();
+            sorted.sort();
+            format!("flow-triggers.{}", sorted.join(","))
+        },
+        |(g, _)| g,
+    );
+    let dead_letter_topic = text(ctx, "dead_letter_topic").map(|(t, span)| {
+        check_topic(ctx, "dead_letter_topic", &t, span);
+        t
+    });
+    Some(KafkaTrigger {
+        conn_id,
+        topics,
+        filter,
+        group_id,
+        dead_letter_topic,
+    })
 }
 
 #[cfg(test)]

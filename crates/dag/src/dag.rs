@@ -36,6 +36,9 @@ pub struct Dag {
     /// The schedule as written, for display (`0 3 * * *`, `@daily`, `30m`, `None`).
     pub schedule_text: String,
     pub timetable: Timetable,
+    /// Runs created by Kafka messages, beside (or instead of) the timetable.
+    #[serde(default)]
+    pub kafka_trigger: Option<KafkaTrigger>,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
     pub catchup: bool,
@@ -201,6 +204,11 @@ pub enum Operator {
     Bash(BashOperator),
     Python(PythonOperator),
     Empty,
+    KafkaProduce(KafkaProduceOperator),
+    KafkaConsume(KafkaConsumeOperator),
+    KafkaAwaitMessage(KafkaAwaitMessageSensor),
+    TimeDelta(TimeDeltaSensor),
+    DateTime(DateTimeSensor),
 }
 
 impl Operator {
@@ -210,6 +218,21 @@ impl Operator {
             Operator::Bash(_) => "bash",
             Operator::Python(_) => "python",
             Operator::Empty => "empty",
+            Operator::KafkaProduce(_) => "kafka_produce",
+            Operator::KafkaConsume(_) => "kafka_consume",
+            Operator::KafkaAwaitMessage(_) => "kafka_await_message",
+            Operator::TimeDelta(_) => "time_delta",
+            Operator::DateTime(_) => "date_time",
+        }
+    }
+
+    /// The sensor settings, for sensors.
+    pub fn sensor(&self) -> Option<&Sensor> {
+        match self {
+            Operator::KafkaAwaitMessage(s) => Some(&s.sensor),
+            Operator::TimeDelta(s) => Some(&s.sensor),
+            Operator::DateTime(s) => Some(&s.sensor),
+            _ => None,
         }
     }
 
@@ -220,6 +243,11 @@ impl Operator {
             Operator::Python(p) if p.decorated => "@task",
             Operator::Python(_) => "PythonOperator",
             Operator::Empty => "EmptyOperator",
+            Operator::KafkaProduce(_) => "ProduceToTopicOperator",
+            Operator::KafkaConsume(_) => "ConsumeFromTopicOperator",
+            Operator::KafkaAwaitMessage(_) => "AwaitMessageSensor",
+            Operator::TimeDelta(_) => "TimeDeltaSensor",
+            Operator::DateTime(_) => "DateTimeSensor",
         }
     }
 }
@@ -245,6 +273,120 @@ pub struct PythonOperator {
     pub show_return_value_in_logs: bool,
     /// A TaskFlow (`decorator:`) task: extra keys are the function's keyword arguments.
     pub decorated: bool,
+}
+
+/// The default connection of Kafka operators and triggers (the provider's `kafka_default`).
+pub const DEFAULT_KAFKA_CONN_ID: &str = "kafka_default";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaProduceOperator {
+    pub conn_id: String,
+    /// Templated.
+    pub topic: String,
+    pub messages: KafkaMessages,
+    #[serde(with = "millis")]
+    pub delivery_timeout: Duration,
+}
+
+/// Where a produce task's messages come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "source", rename_all = "snake_case")]
+pub enum KafkaMessages {
+    /// Items of a YAML list, every string in them templated.
+    List(Vec<Json>),
+    /// One template that renders to a JSON list.
+    Template(String),
+    /// A bash command; each stdout line is a message value.
+    Command(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaConsumeOperator {
+    pub conn_id: String,
+    pub topics: Vec<String>,
+    /// Templated; `None` means `flow-<dag_id>-<task_id>`.
+    pub group_id: Option<String>,
+    pub max_messages: u64,
+    pub max_batch_size: u64,
+    #[serde(with = "millis")]
+    pub poll_timeout: Duration,
+    /// A templated bash command fed each batch as JSON lines.
+    pub apply: Option<String>,
+    pub push_to_xcom: bool,
+    pub xcom_max_messages: u64,
+}
+
+/// How a sensor waits (Airflow's `mode`, with `deferrable` as a third mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorMode {
+    /// Holds its worker slot for the whole wait.
+    Poke,
+    /// Frees the slot between pokes (state `up_for_reschedule`).
+    Reschedule,
+    /// Hands the wait to the triggerer (state `deferred`); no slot, no process.
+    Deferrable,
+}
+
+impl SensorMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "poke" => Some(Self::Poke),
+            "reschedule" => Some(Self::Reschedule),
+            "deferrable" | "defer" => Some(Self::Deferrable),
+            _ => None,
+        }
+    }
+}
+
+/// Settings every sensor has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sensor {
+    pub mode: SensorMode,
+    #[serde(with = "millis")]
+    pub poke_interval: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// On timeout: skipped instead of failed.
+    pub soft_fail: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaAwaitMessageSensor {
+    pub conn_id: String,
+    pub topics: Vec<String>,
+    /// Templated; `None` means `flow-<dag_id>-<task_id>`.
+    pub group_id: Option<String>,
+    /// A minijinja expression over the message and the run's `params`, `conf`, `run_id`.
+    pub filter: String,
+    pub sensor: Sensor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeDeltaSensor {
+    #[serde(with = "millis")]
+    pub delta: Duration,
+    pub sensor: Sensor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DateTimeSensor {
+    /// Templated; an ISO 8601 date-time after rendering.
+    pub target_time: String,
+    pub sensor: Sensor,
+}
+
+/// `schedule: {kafka: ...}`: every matching message creates one run of type `event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaTrigger {
+    pub conn_id: String,
+    pub topics: Vec<String>,
+    /// A minijinja expression over the message; `None` matches every message.
+    pub filter: Option<String>,
+    /// Default `flow-triggers.<topics>`: DAGs watching the same topics share one consumer.
+    pub group_id: String,
+    /// Messages the filter cannot evaluate are copied here when set.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Where the Python function lives.

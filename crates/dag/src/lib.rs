@@ -19,8 +19,10 @@ pub mod template;
 pub mod yaml;
 
 pub use dag::{
-    Arg, BashOperator, Dag, Mapping, Operator, Param, PythonCallable, PythonOperator, Task,
-    TaskGroup, WeightRule,
+    Arg, BashOperator, DEFAULT_KAFKA_CONN_ID, Dag, DateTimeSensor, KafkaAwaitMessageSensor,
+    KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator, KafkaTrigger, Mapping, Operator,
+    Param, PythonCallable, PythonOperator, Sensor, SensorMode, Task, TaskGroup, TimeDeltaSensor,
+    WeightRule,
 };
 pub use diagnostic::{Diagnostic, Severity};
 pub use loader::{DagBag, LoadOptions, LoadedFile, find_dag_files, load_dags, load_file};

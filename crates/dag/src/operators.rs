@@ -32,6 +32,49 @@ pub const OPERATORS: &[(&str, &[&str])] = &[
             "airflow.providers.standard.operators.empty.EmptyOperator",
         ],
     ),
+    (
+        "kafka_produce",
+        &[
+            "ProduceToTopicOperator",
+            "airflow.providers.apache.kafka.operators.produce.ProduceToTopicOperator",
+        ],
+    ),
+    (
+        "kafka_consume",
+        &[
+            "ConsumeFromTopicOperator",
+            "airflow.providers.apache.kafka.operators.consume.ConsumeFromTopicOperator",
+        ],
+    ),
+    (
+        "kafka_await_message",
+        &[
+            "AwaitMessageSensor",
+            "airflow.providers.apache.kafka.sensors.kafka.AwaitMessageSensor",
+        ],
+    ),
+    (
+        "time_delta",
+        &[
+            "TimeDeltaSensor",
+            "TimeDeltaSensorAsync",
+            "airflow.sensors.time_delta.TimeDeltaSensor",
+            "airflow.sensors.time_delta.TimeDeltaSensorAsync",
+            "airflow.providers.standard.sensors.time_delta.TimeDeltaSensor",
+            "airflow.providers.standard.sensors.time_delta.TimeDeltaSensorAsync",
+        ],
+    ),
+    (
+        "date_time",
+        &[
+            "DateTimeSensor",
+            "DateTimeSensorAsync",
+            "airflow.sensors.date_time.DateTimeSensor",
+            "airflow.sensors.date_time.DateTimeSensorAsync",
+            "airflow.providers.standard.sensors.date_time.DateTimeSensor",
+            "airflow.providers.standard.sensors.date_time.DateTimeSensorAsync",
+        ],
+    ),
 ];
 
 /// TaskFlow decorators that make a Python task out of `python_callable`.

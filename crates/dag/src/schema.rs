@@ -7,7 +7,10 @@
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use crate::spec::{BashSpec, DagSpec, EmptySpec, PythonSpec, TaskCommonSpec};
+use crate::spec::{
+    BashSpec, DagSpec, DateTimeSensorSpec, EmptySpec, KafkaAwaitMessageSpec, KafkaConsumeSpec,
+    KafkaProduceSpec, PythonSpec, TaskCommonSpec, TimeDeltaSensorSpec,
+};
 
 /// The schema of a whole DAG file: `dag_id -> DAG`, plus an optional `default:` block.
 pub fn dag_file_schema() -> Value {
@@ -66,6 +69,26 @@ pub(crate) fn task_schema(generator: &mut SchemaGenerator) -> Schema {
         (
             crate::operators::OPERATORS[2],
             object_parts::<EmptySpec>(generator),
+        ),
+        (
+            crate::operators::OPERATORS[3],
+            object_parts::<KafkaProduceSpec>(generator),
+        ),
+        (
+            crate::operators::OPERATORS[4],
+            object_parts::<KafkaConsumeSpec>(generator),
+        ),
+        (
+            crate::operators::OPERATORS[5],
+            object_parts::<KafkaAwaitMessageSpec>(generator),
+        ),
+        (
+            crate::operators::OPERATORS[6],
+            object_parts::<TimeDeltaSensorSpec>(generator),
+        ),
+        (
+            crate::operators::OPERATORS[7],
+            object_parts::<DateTimeSensorSpec>(generator),
         ),
     ] {
         let mut accepted: Vec<&str> = vec![names.0];

@@ -490,6 +490,110 @@ pub struct PythonSpec {
 #[serde(deny_unknown_fields)]
 pub struct EmptySpec {}
 
+/// `operator: kafka_produce`: produces messages to a topic and waits for every delivery.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaProduceSpec {
+    /// A `kafka` connection (default `kafka_default`).
+    pub kafka_conn_id: Option<String>,
+    /// The Kafka provider's name for `kafka_conn_id`.
+    pub kafka_config_id: Option<String>,
+    /// The topic (templated).
+    pub topic: String,
+    /// A list of `{key, value, headers}` (or bare values), each field templated; or one
+    /// template that renders to such a list, e.g. `"{{ ti.xcom_pull(task_ids='extract') }}"`.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub messages: Option<Raw<AnyValue>>,
+    /// A bash command (templated) whose stdout lines are the messages' values.
+    pub command: Option<String>,
+    /// How long a message may wait for its delivery confirmation (default 30s).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub delivery_timeout: Option<Raw<DurationSpec>>,
+}
+
+/// `operator: kafka_consume`: reads messages in batches, hands each batch to `apply` and/or
+/// XCom, and commits offsets only after a batch was handled.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConsumeSpec {
+    pub kafka_conn_id: Option<String>,
+    pub kafka_config_id: Option<String>,
+    /// A topic or a list of topics.
+    #[schemars(with = "serde_json::Value")]
+    pub topics: Raw<AnyValue>,
+    /// The consumer group (default `flow-<dag_id>-<task_id>`; templated).
+    pub group_id: Option<String>,
+    /// Stop after this many messages (default 1000).
+    pub max_messages: Option<u64>,
+    /// Messages per batch (default 100).
+    pub max_batch_size: Option<u64>,
+    /// Stop when no message arrives for this long (default 60s, as Airflow's).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub poll_timeout: Option<Raw<DurationSpec>>,
+    /// A bash command (templated) that gets each batch as JSON lines on stdin; a non-zero
+    /// exit fails the try without committing the batch.
+    pub apply: Option<String>,
+    /// Push the consumed messages as the `return_value` XCom (default: true without `apply`).
+    pub push_to_xcom: Option<bool>,
+    /// More messages than this in XCom fails the task (default 1000).
+    pub xcom_max_messages: Option<u64>,
+}
+
+/// `operator: kafka_await_message`: a sensor that waits for a message matching `filter`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaAwaitMessageSpec {
+    pub kafka_conn_id: Option<String>,
+    pub kafka_config_id: Option<String>,
+    #[schemars(with = "serde_json::Value")]
+    pub topics: Raw<AnyValue>,
+    /// A minijinja expression over `key`, `value` (parsed JSON when it is JSON), `headers`,
+    /// `topic`, `partition`, `offset`, `timestamp`, and the run's `params`, `conf` and
+    /// `run_id` (default: any message matches), e.g. `value.order_id == params.order_id`.
+    pub filter: Option<String>,
+    /// The consumer group (default `flow-<dag_id>-<task_id>`; templated).
+    pub group_id: Option<String>,
+    /// `poke` (hold a worker slot), `reschedule` (free it between pokes) or `deferrable`.
+    pub mode: Option<String>,
+    /// Airflow's switch for deferrable mode.
+    pub deferrable: Option<bool>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub poke_interval: Option<Raw<DurationSpec>>,
+    /// Fail (or skip, with `soft_fail`) when nothing matched for this long (default 7 days).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub timeout: Option<Raw<DurationSpec>>,
+    pub soft_fail: Option<bool>,
+}
+
+/// `operator: time_delta`: waits until the run's data interval end (or run time) plus `delta`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeDeltaSensorSpec {
+    #[schemars(with = "serde_json::Value")]
+    pub delta: Raw<DurationSpec>,
+    pub mode: Option<String>,
+    pub deferrable: Option<bool>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub poke_interval: Option<Raw<DurationSpec>>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub timeout: Option<Raw<DurationSpec>>,
+    pub soft_fail: Option<bool>,
+}
+
+/// `operator: date_time`: waits until `target_time` (templated, ISO 8601).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DateTimeSensorSpec {
+    pub target_time: String,
+    pub mode: Option<String>,
+    pub deferrable: Option<bool>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub poke_interval: Option<Raw<DurationSpec>>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub timeout: Option<Raw<DurationSpec>>,
+    pub soft_fail: Option<bool>,
+}
+
 /// What the JSON Schema documents as a task: the common keys plus every operator's keys. Its
 /// schema is assembled in `schema.rs` from the structs above.
 #[derive(Debug)]

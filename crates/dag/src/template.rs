@@ -100,6 +100,11 @@ pub fn environment() -> Environment<'static> {
     Environment::new()
 }
 
+/// Whether a string holds template markup at all (plain strings are checked as values).
+pub fn has_markup(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,9 @@ fn summary(bag: &DagBag) -> String {
             )
             .unwrap();
         }
+        if let Some(k) = &dag.kafka_trigger {
+            writeln!(out, "  kafka_trigger {k:?}").unwrap();
+        }
         for g in &dag.task_groups {
             writeln!(out, "  group {} parent={:?}", g.group_id, g.parent).unwrap();
         }
@@ -116,6 +119,7 @@ fn summary(bag: &DagBag) -> String {
                         .join(", ")
                 ),
                 Operator::Empty => "empty".into(),
+                other => format!("{} {other:?}", other.kind()),
             };
             writeln!(
                 out,

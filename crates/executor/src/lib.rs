@@ -6,20 +6,23 @@
 //! log lines and returning an [`Outcome`]. Claiming, heartbeats, storing logs and outcomes
 //! belong to the worker loop that calls these; nothing here touches the database.
 
+mod io_ops;
 mod jinja;
 mod mask;
 mod params;
 mod process;
 mod render;
 mod runner;
+pub mod triggerer;
 pub mod worker;
 mod xcom;
 
+pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};
 pub use params::{ParamError, merge_params};
-pub use render::{RenderError, RenderedTask, RunContext, TryOf, render_task};
+pub use render::{RenderError, RenderedTask, RunContext, SensorWait, TryOf, render_task};
 pub use runner::{
-    DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, LogLine, Outcome, RunSpec, Stream, context_env,
-    python_context, run,
+    DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, LogLine, Outcome, Resume, RunSpec, Stream,
+    context_env, python_context, run,
 };
 pub use xcom::{MapIndexes, RETURN_VALUE, TaskIds, XcomMap};

@@ -63,6 +63,11 @@ impl Masker {
         Masker::new(secrets)
     }
 
+    /// This masker plus more secrets (a connection's password, say).
+    pub fn with(&self, more: impl IntoIterator<Item = String>) -> Self {
+        Masker::new(self.secrets.iter().cloned().chain(more))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Days, Utc};
-use flow_dag::{Arg, Operator, PythonCallable, Task};
+use flow_dag::{Arg, KafkaMessages, Operator, PythonCallable, Task};
 use indexmap::IndexMap;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, Value};
@@ -144,9 +144,61 @@ pub enum RenderedTask {
         show_return_value_in_logs: bool,
     },
     Empty,
+    KafkaProduce {
+        conn_id: String,
+        topic: String,
+        /// Rendered messages, or the rendered command whose stdout lines are the values.
+        messages: Result<Vec<Json>, String>,
+        delivery_timeout: std::time::Duration,
+    },
+    KafkaConsume {
+        conn_id: String,
+        topics: Vec<String>,
+        group_id: String,
+        max_messages: u64,
+        max_batch_size: u64,
+        poll_timeout: std::time::Duration,
+        apply: Option<String>,
+        push_to_xcom: bool,
+        xcom_max_messages: u64,
+    },
+    /// A sensor, with what it waits for.
+    Sensor {
+        wait: SensorWait,
+        sensor: flow_dag::Sensor,
+    },
+}
+
+/// What a sensor waits for, rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SensorWait {
+    /// A moment (time_delta, date_time).
+    Until(DateTime<Utc>),
+    /// A Kafka message matching `filter`, evaluated with `context` (params, conf, run_id)
+    /// beside the message's fields.
+    KafkaMessage {
+        conn_id: String,
+        topics: Vec<String>,
+        group_id: String,
+        filter: String,
+        context: Json,
+    },
 }
 
 impl RenderedTask {
+    /// The connection the task uses, if any.
+    pub fn conn_id(&self) -> Option<&str> {
+        match self {
+            RenderedTask::KafkaProduce { conn_id, .. }
+            | RenderedTask::KafkaConsume { conn_id, .. }
+            | RenderedTask::Sensor {
+                wait: SensorWait::KafkaMessage { conn_id, .. },
+                ..
+            } => Some(conn_id),
+            _ => None,
+        }
+    }
+
     /// Rendered template fields for display (Airflow's "Rendered Template" tab): field name ->
     /// rendered text. Structured values are shown as JSON. Mask secrets before showing them
     /// (see [`crate::Masker`]).
@@ -186,6 +238,41 @@ impl RenderedTask {
                 ("op_kwargs".to_owned(), json(&object(op_kwargs))),
             ],
             RenderedTask::Empty => Vec::new(),
+            RenderedTask::KafkaProduce {
+                topic, messages, ..
+            } => vec![
+                ("topic".to_owned(), topic.clone()),
+                match messages {
+                    Ok(m) => ("messages".to_owned(), json(&Json::Array(m.clone()))),
+                    Err(cmd) => ("command".to_owned(), cmd.clone()),
+                },
+            ],
+            RenderedTask::KafkaConsume {
+                topics,
+                group_id,
+                apply,
+                ..
+            } => vec![
+                ("topics".to_owned(), topics.join(",")),
+                ("group_id".to_owned(), group_id.clone()),
+                (
+                    "apply".to_owned(),
+                    apply.clone().unwrap_or_else(|| "None".to_owned()),
+                ),
+            ],
+            RenderedTask::Sensor { wait, .. } => match wait {
+                SensorWait::Until(at) => vec![("target_time".to_owned(), at.to_rfc3339())],
+                SensorWait::KafkaMessage {
+                    topics,
+                    group_id,
+                    filter,
+                    ..
+                } => vec![
+                    ("topics".to_owned(), topics.join(",")),
+                    ("group_id".to_owned(), group_id.clone()),
+                    ("filter".to_owned(), filter.clone()),
+                ],
+            },
         }
     }
 }
@@ -219,6 +306,89 @@ impl RenderError {
 pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, RenderError> {
     match &task.operator {
         Operator::Empty => Ok(RenderedTask::Empty),
+        Operator::KafkaProduce(op) => {
+            let r = Renderer::new(task, ctx);
+            let messages = match &op.messages {
+                KafkaMessages::List(items) => Ok(items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| r.json(&format!("messages[{i}]"), v))
+                    .collect::<Result<Vec<_>, _>>()?),
+                KafkaMessages::Template(source) => Ok(r.list("messages", source)?),
+                KafkaMessages::Command(cmd) => Err(r.string("command", cmd)?),
+            };
+            Ok(RenderedTask::KafkaProduce {
+                conn_id: op.conn_id.clone(),
+                topic: r.string("topic", &op.topic)?,
+                messages,
+                delivery_timeout: op.delivery_timeout.to_std().unwrap_or_default(),
+            })
+        }
+        Operator::KafkaConsume(op) => {
+            let r = Renderer::new(task, ctx);
+            Ok(RenderedTask::KafkaConsume {
+                conn_id: op.conn_id.clone(),
+                topics: op.topics.clone(),
+                group_id: match &op.group_id {
+                    Some(g) => r.string("group_id", g)?,
+                    None => default_group(ctx),
+                },
+                max_messages: op.max_messages,
+                max_batch_size: op.max_batch_size,
+                poll_timeout: op.poll_timeout.to_std().unwrap_or_default(),
+                apply: op
+                    .apply
+                    .as_deref()
+                    .map(|a| r.string("apply", a))
+                    .transpose()?,
+                push_to_xcom: op.push_to_xcom,
+                xcom_max_messages: op.xcom_max_messages,
+            })
+        }
+        Operator::KafkaAwaitMessage(op) => {
+            let r = Renderer::new(task, ctx);
+            let context = serde_json::json!({
+                "params": ctx.params,
+                "conf": ctx.conf,
+                "run_id": ctx.run_id,
+            });
+            Ok(RenderedTask::Sensor {
+                wait: SensorWait::KafkaMessage {
+                    conn_id: op.conn_id.clone(),
+                    topics: op.topics.clone(),
+                    group_id: match &op.group_id {
+                        Some(g) => r.string("group_id", g)?,
+                        None => default_group(ctx),
+                    },
+                    filter: op.filter.clone(),
+                    context,
+                },
+                sensor: op.sensor.clone(),
+            })
+        }
+        Operator::TimeDelta(op) => {
+            // Airflow's TimeDeltaSensor: the data interval's end plus delta (the run's time
+            // for runs without an interval).
+            let base = ctx.data_interval_end.unwrap_or(ctx.run_after);
+            Ok(RenderedTask::Sensor {
+                wait: SensorWait::Until(base + op.delta),
+                sensor: op.sensor.clone(),
+            })
+        }
+        Operator::DateTime(op) => {
+            let r = Renderer::new(task, ctx);
+            let text = r.string("target_time", &op.target_time)?;
+            let at = parse_datetime(text.trim()).ok_or_else(|| {
+                RenderError::new(
+                    "target_time",
+                    format!("`{text}` is not an ISO 8601 date-time"),
+                )
+            })?;
+            Ok(RenderedTask::Sensor {
+                wait: SensorWait::Until(at),
+                sensor: op.sensor.clone(),
+            })
+        }
         Operator::Bash(op) => {
             let mut fields: IndexMap<String, Field> = IndexMap::new();
             fields.insert(
@@ -340,6 +510,33 @@ pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, Render
             })
         }
     }
+}
+
+/// A consumer group per task unless the DAG names one: a retry resumes where the last try
+/// committed.
+fn default_group(ctx: &RunContext) -> String {
+    format!("flow-{}-{}", ctx.dag_id, ctx.task_id)
+}
+
+/// ISO 8601 with an offset, or without one (read as UTC, as Airflow reads naive dates in
+/// the default time zone UTC).
+fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 /// A field's value before rendering. Values that came from another task's XCom are data, not
@@ -659,6 +856,32 @@ impl Renderer {
             });
         }
         Ok(literal(&self.string(field, source)?))
+    }
+
+    /// A template that must give a list: rendered natively, and a string result read as JSON
+    /// (an XCom pulled as text).
+    fn list(&self, field: &str, source: &str) -> Result<Vec<Json>, RenderError> {
+        let value = match single_expression(source) {
+            Some(_) => Renderer {
+                env: self.env.clone(),
+                context: self.context.clone(),
+                notes: self.notes.clone(),
+                native: true,
+            }
+            .native(field, source)?,
+            None => literal(&self.string(field, source)?),
+        };
+        let value = match value {
+            Json::String(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
+            other => other,
+        };
+        match value {
+            Json::Array(items) => Ok(items),
+            other => Err(RenderError::new(
+                field,
+                format!("must render to a list of messages, got {other}"),
+            )),
+        }
     }
 
     fn error(&self, field: &str, e: &minijinja::Error) -> RenderError {

@@ -51,6 +51,21 @@ pub struct RunSpec {
     pub python_context: Json,
     /// Applied to every log line.
     pub masker: Masker,
+    /// librdkafka settings from the task's connection, resolved by the worker.
+    pub kafka: Option<std::collections::BTreeMap<String, String>>,
+    /// Set when the try continues a rescheduled or deferred sensor.
+    pub resume: Option<Resume>,
+}
+
+/// How a try continues an earlier part of itself (Airflow's `next_method`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Reschedule mode: the next poke; the sensor's timeout counts from `started_at`.
+    Poke { started_at: DateTime<Utc> },
+    /// The trigger fired with this event.
+    Event(Json),
+    /// The deferral timed out (or its trigger failed).
+    Failed(String),
 }
 
 impl RunSpec {
@@ -72,6 +87,8 @@ impl RunSpec {
             temp_root: std::env::temp_dir(),
             python_context,
             masker,
+            kafka: None,
+            resume: None,
         }
     }
 }
@@ -117,6 +134,22 @@ pub enum Outcome {
     },
     TimedOut,
     Cancelled,
+    /// A sensor's timeout: failed without retries (Airflow's AirflowSensorTimeout).
+    SensorTimeout {
+        reason: String,
+    },
+    /// Reschedule mode: poke again at `at`, freeing the slot meanwhile.
+    Reschedule {
+        at: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    },
+    /// Deferrable mode: the triggerer waits (trigger `kind` with `kwargs`) until an event or
+    /// `timeout_at`.
+    Defer {
+        kind: String,
+        kwargs: Json,
+        timeout_at: DateTime<Utc>,
+    },
 }
 
 /// The run's identity as environment variables, under flow's names and Airflow's
@@ -193,7 +226,72 @@ pub async fn run(
     if *cancel.borrow() {
         return Outcome::Cancelled;
     }
+    let timeout = spec.timeout;
+    let io = async {
+        match &spec.rendered {
+            RenderedTask::KafkaProduce {
+                topic,
+                messages,
+                delivery_timeout,
+                ..
+            } => Some(
+                crate::io_ops::produce(
+                    &spec,
+                    topic,
+                    messages,
+                    *delivery_timeout,
+                    &sink,
+                    &mut cancel,
+                )
+                .await,
+            ),
+            RenderedTask::KafkaConsume {
+                topics,
+                group_id,
+                max_messages,
+                max_batch_size,
+                poll_timeout,
+                apply,
+                push_to_xcom,
+                xcom_max_messages,
+                ..
+            } => {
+                let args = crate::io_ops::ConsumeArgs {
+                    topics,
+                    group_id,
+                    max_messages: *max_messages,
+                    max_batch_size: *max_batch_size,
+                    poll_timeout: *poll_timeout,
+                    apply: apply.as_deref(),
+                    push_to_xcom: *push_to_xcom,
+                    xcom_max_messages: *xcom_max_messages,
+                };
+                Some(crate::io_ops::consume(&spec, args, &sink, &mut cancel).await)
+            }
+            RenderedTask::Sensor { wait, sensor } => {
+                Some(crate::io_ops::sense(&spec, wait, sensor, &sink, &mut cancel).await)
+            }
+            _ => None,
+        }
+    };
+    // I/O operators are async tasks: their execution_timeout drops the future (and with it
+    // any bash process it started, killed on drop).
+    let io_outcome = match timeout {
+        Some(t) => match tokio::time::timeout(t, io).await {
+            Ok(o) => o,
+            Err(_) => Some(Outcome::TimedOut),
+        },
+        None => io.await,
+    };
+    if let Some(outcome) = io_outcome {
+        return outcome;
+    }
     match &spec.rendered {
+        RenderedTask::KafkaProduce { .. }
+        | RenderedTask::KafkaConsume { .. }
+        | RenderedTask::Sensor { .. } => Outcome::Failed {
+            reason: "unreachable: I/O operator".into(),
+        },
         RenderedTask::Empty => Outcome::Success { xcom: None },
         RenderedTask::Bash {
             command,

@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub max_sleep: StdDuration,
     pub dags_folder: PathBuf,
     pub python: String,
+    /// Where tasks' connections come from (environment overrides, then the database); tasks
+    /// that need a connection fail without it.
+    pub connections: Option<flow_store::ConnectionSource>,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +51,7 @@ impl Default for WorkerConfig {
             max_sleep: StdDuration::from_secs(1),
             dags_folder: PathBuf::from("dags"),
             python: "python3".into(),
+            connections: None,
         }
     }
 }
@@ -464,6 +468,11 @@ impl Job {
             Outcome::Cancelled => {
                 "stopped: the task instance was cleared, marked or rescued elsewhere".to_owned()
             }
+            Outcome::SensorTimeout { reason } => format!("failed: {reason}"),
+            Outcome::Reschedule { at, .. } => {
+                format!("up_for_reschedule until {}", at.to_rfc3339())
+            }
+            Outcome::Defer { kind, .. } => format!("deferred ({kind})"),
         };
         let _ = log_tx
             .send(system_line(format!(
@@ -491,8 +500,14 @@ impl Job {
             };
         }
         let now = Utc::now();
+        if let Outcome::Reschedule { .. } | Outcome::Defer { .. } = &outcome {
+            self.hand_off(&ti, outcome, &logs, now).await;
+            return None;
+        }
         let (state, xcom, reason, next_retry_at) = match outcome {
             Outcome::Success { xcom } => (S::Success, xcom, None, None),
+            Outcome::SensorTimeout { reason } => (S::Failed, None, Some(reason), None),
+            Outcome::Reschedule { .. } | Outcome::Defer { .. } => return None,
             Outcome::Skipped { reason } => (S::Skipped, None, Some(reason), None),
             Outcome::Failed { reason } => self.failure(&ti, task.as_ref(), reason, now),
             Outcome::TimedOut => {
@@ -516,6 +531,51 @@ impl Job {
             warn!(task_id = %ti.key.task_id, "outcome reporter is gone; the scheduler will treat the try as a zombie");
         }
         None
+    }
+
+    /// A sensor frees its slot: up_for_reschedule or deferred, with the try's log so far.
+    async fn hand_off(
+        &self,
+        ti: &ClaimedTi,
+        outcome: Outcome,
+        logs: &[flow_store::LogLine],
+        now: DateTime<Utc>,
+    ) {
+        if let Err(e) = self.store.log_append(&ti.key, ti.try_number, logs).await {
+            warn!(error = %e, "could not store log lines");
+        }
+        let worker = &self.config.worker_id;
+        let done = match outcome {
+            Outcome::Reschedule { at, started_at } => {
+                self.store
+                    .ti_reschedule(&ti.key, ti.try_number, worker, at, started_at, now)
+                    .await
+            }
+            Outcome::Defer {
+                kind,
+                kwargs,
+                timeout_at,
+            } => {
+                let trigger = flow_store::NewTrigger {
+                    classpath: kind,
+                    kwargs,
+                    timeout_at,
+                };
+                self.store
+                    .ti_defer(&ti.key, ti.try_number, worker, &trigger, now)
+                    .await
+            }
+            _ => return,
+        };
+        match done {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(task_id = %ti.key.task_id, "task instance changed meanwhile; hand-off dropped")
+            }
+            Err(e) => {
+                warn!(error = %e, task_id = %ti.key.task_id, "could not hand off; the try becomes a zombie and is retried")
+            }
+        }
     }
 
     fn failure(
@@ -555,10 +615,66 @@ impl Job {
             .ok_or_else(|| format!("dag run `{}` is gone", ti.key.run_id))?;
         let ctx = self.context(ti, &dag, &task, &run).await?;
         let rendered = crate::render_task(&task, &ctx).map_err(|e| e.to_string())?;
+        let conn = match rendered.conn_id() {
+            Some(id) => Some(self.connection(id).await?),
+            None => None,
+        };
         let mut spec = RunSpec::new(&task, rendered, &ctx);
         spec.python = self.config.python.clone();
+        spec.resume = resume(ti)?;
+        if let Some(conn) = conn {
+            spec.masker = spec.masker.with(conn.secrets());
+            spec.kafka = Some(flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?);
+        }
         Ok((task, spec))
     }
+
+    async fn connection(&self, conn_id: &str) -> Result<flow_model::Connection, String> {
+        let Some(source) = &self.config.connections else {
+            return Err(format!(
+                "connection `{conn_id}`: this worker has no connection source"
+            ));
+        };
+        self.store
+            .connection_resolve(conn_id, source)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "connection `{conn_id}` not found: add it with `flow connections add {conn_id} ...` \
+                     or set FLOW_CONN_{}",
+                    conn_id.to_ascii_uppercase()
+                )
+            })
+    }
+}
+
+/// What a claimed try continues, from its `next_method` / `next_kwargs`.
+fn resume(ti: &ClaimedTi) -> Result<Option<crate::Resume>, String> {
+    let Some(method) = ti.next_method.as_deref() else {
+        return Ok(None);
+    };
+    let kwargs: serde_json::Value = match ti.next_kwargs.as_deref() {
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("next_kwargs: {e}"))?,
+        None => serde_json::Value::Null,
+    };
+    Ok(Some(match method {
+        flow_store::NEXT_POKE => crate::Resume::Poke {
+            started_at: kwargs
+                .get("started_at")
+                .and_then(|v| v.as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map_or_else(Utc::now, |t| t.with_timezone(&Utc)),
+        },
+        flow_store::NEXT_FAIL => crate::Resume::Failed(
+            kwargs
+                .get("error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("the trigger failed")
+                .to_owned(),
+        ),
+        _ => crate::Resume::Event(kwargs),
+    }))
 }
 
 /// Rendered template fields as JSON, for the UI's rendered-template view.

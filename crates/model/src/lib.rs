@@ -11,9 +11,11 @@
 //! - [`transition`]: which [`Actor`] may move a task instance between which states.
 //! - [`trigger_rule`]: `TriggerRule` and its evaluation against upstream states.
 //! - [`dag_run`]: when a dag run has succeeded or failed.
+//! - [`connection`]: Airflow's connections and their URI and JSON forms.
 
 mod string_enum;
 
+pub mod connection;
 pub mod dag_run;
 pub mod ids;
 pub mod role;
@@ -21,6 +23,7 @@ pub mod state;
 pub mod transition;
 pub mod trigger_rule;
 
+pub use connection::{Connection, ConnectionError};
 pub use dag_run::decide_dag_run_state;
 pub use ids::{DagId, IdError, PoolId, RunId, TaskId};
 pub use role::{Permission, Role};

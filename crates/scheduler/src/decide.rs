@@ -69,7 +69,7 @@ pub fn decide_run(
         };
         match ti.state {
             S::NoStatus => {}
-            S::UpForRetry => {
+            S::UpForRetry | S::UpForReschedule => {
                 match ti.next_retry_at {
                     Some(at) if at > now => {
                         decision.next_wakeup = Some(
@@ -81,7 +81,11 @@ pub fn decide_run(
                     _ => decision.changes.push(change(
                         ti,
                         S::Scheduled,
-                        Some("retry delay elapsed".into()),
+                        Some(if ti.state == S::UpForRetry {
+                            "retry delay elapsed".into()
+                        } else {
+                            "reschedule date reached".into()
+                        }),
                     )),
                 }
                 continue;
@@ -275,6 +279,8 @@ mod tests {
             worker_id: None,
             last_heartbeat_at: None,
             updated_at: now(),
+            next_method: None,
+            next_kwargs: None,
         }
     }
 

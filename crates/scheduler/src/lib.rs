@@ -9,9 +9,13 @@
 
 pub mod decide;
 mod dir_watch;
+pub mod events;
+pub mod kafka_triggers;
 pub mod processor;
 mod scheduler;
 
+pub use events::{EventPublisher, EventStats, EventsConfig};
+pub use kafka_triggers::{KafkaTriggerConfig, KafkaTriggerStats, KafkaTriggers};
 pub use processor::{DagProcessor, ProcessReport};
 pub use scheduler::{Scheduler, SchedulerConfig, Wakeups};
 

@@ -301,6 +301,11 @@ impl Scheduler {
             .is_none_or(|t| now - t >= Duration::seconds(5));
         if zombie_due {
             self.rescue_zombies(now).await?;
+            // Deferrals past their timeout resume to fail, with or without a triggerer.
+            let expired = self.store.ti_expire_deferrals(now).await?;
+            if expired > 0 {
+                info!(expired, "deferred task instances timed out");
+            }
             self.heartbeat(now).await?;
             self.last_zombie_check = Some(now);
         }

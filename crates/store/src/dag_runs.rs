@@ -73,6 +73,25 @@ fn run_row(r: &AnyRow) -> Result<DagRunRow> {
     })
 }
 
+/// Records a run's current state in `dag_run_transition` (for lifecycle events).
+pub(crate) async fn record_run_transition(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dag_id: &str,
+    run_id: &str,
+    now_us: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dag_run_transition (dag_id, run_id, run_type, to_state, at) \
+         SELECT dag_id, run_id, run_type, state, $3 FROM dag_run WHERE dag_id = $1 AND run_id = $2",
+    )
+    .bind(dag_id)
+    .bind(run_id)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Creates a run and its task instances in one transaction. Returns `None`, creating
     /// nothing, if a run with the same run_id exists, or (for scheduled and backfill runs) one
@@ -114,6 +133,7 @@ impl Store {
             return Ok(None);
         };
         insert_task_instances(&mut tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
+        record_run_transition(&mut tx, &run.dag_id, &run.run_id, now_us).await?;
         crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
         Ok(Some(run_row(&row)?))
@@ -206,6 +226,9 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let n = q.execute(&mut *tx).await?.rows_affected();
+        if n > 0 {
+            record_run_transition(&mut tx, dag_id, run_id, now_us).await?;
+        }
         tx.commit().await?;
         Ok(n > 0)
     }

@@ -61,4 +61,41 @@ impl Store {
         .await?;
         Ok(opt_from_micros(row.try_get("hb")?))
     }
+
+    /// Heartbeat with a state: `running`, or `degraded` while the job cannot do its work (a
+    /// Kafka consumer that cannot reach its broker).
+    pub async fn job_heartbeat_state(
+        &self,
+        id: i64,
+        state: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE job SET latest_heartbeat = $1, state = $2 WHERE id = $3")
+            .bind(to_micros(now))
+            .bind(state)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The unfinished job of this type with the newest heartbeat: its state and heartbeat.
+    pub async fn job_latest(&self, job_type: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+        let row = sqlx::query(
+            "SELECT state, latest_heartbeat FROM job WHERE job_type = $1 AND end_date IS NULL \
+             ORDER BY latest_heartbeat DESC LIMIT 1",
+        )
+        .bind(job_type)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("state")?,
+                crate::from_micros(r.try_get("latest_heartbeat")?),
+            ))
+        })
+        .transpose()
+    }
 }

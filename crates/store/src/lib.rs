@@ -13,8 +13,11 @@
 //! SQLite allows one writer at a time: writes go through a single-connection pool and start with
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
 
+mod connections;
 mod dag_runs;
 mod dags;
+mod deferral;
+mod events;
 mod jobs;
 mod logs;
 mod task_instances;
@@ -32,8 +35,11 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::Notify;
 
+pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
+pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
+pub use events::EventCursor;
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
     ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiQuery,

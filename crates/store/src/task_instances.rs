@@ -67,6 +67,11 @@ pub struct TiRow {
     pub worker_id: Option<String>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// How the next claim continues the try (`poke`, `execute_complete`, `__fail__`);
+    /// `None` starts a new try.
+    pub next_method: Option<String>,
+    /// JSON: the reschedule's start, or the trigger's event.
+    pub next_kwargs: Option<String>,
 }
 
 /// A task instance a worker has just claimed (now `running`, try number bumped).
@@ -125,7 +130,8 @@ pub struct PoolUsage {
 
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
-    scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at";
+    scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
+    next_method, next_kwargs";
 
 fn parse_state(s: &str) -> Result<S> {
     S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -158,6 +164,8 @@ fn ti_row(r: &AnyRow) -> Result<TiRow> {
         worker_id: r.try_get("worker_id")?,
         last_heartbeat_at: opt_from_micros(r.try_get("last_heartbeat_at")?),
         updated_at: from_micros(r.try_get("updated_at")?),
+        next_method: r.try_get("next_method")?,
+        next_kwargs: r.try_get("next_kwargs")?,
     })
 }
 
@@ -220,7 +228,7 @@ pub(crate) async fn insert_task_instances(
     Ok(())
 }
 
-async fn insert_transitions(
+pub(crate) async fn insert_transitions(
     tx: &mut Transaction<'static, Any>,
     rows: &[(TiKey, i64, S, S, Option<String>)],
     actor: Actor,
@@ -274,6 +282,7 @@ async fn finish_updates<'a>(
             "UPDATE task_instance SET state = v.column1, end_date = $1, updated_at = $1, \
              duration = ($1 - start_date) / 1000000.0, \
              next_retry_at = CAST(v.column2 AS BIGINT), \
+             next_method = NULL, next_kwargs = NULL, \
              rendered_fields = COALESCE(CAST(v.column3 AS TEXT), rendered_fields) \
              FROM (VALUES {}) v \
              WHERE task_instance.dag_id = v.column4 AND task_instance.run_id = v.column5 \
@@ -443,6 +452,8 @@ impl Store {
                     worker_id: None,
                     last_heartbeat_at: None,
                     updated_at: DateTime::<Utc>::default(),
+                    next_method: None,
+                    next_kwargs: None,
                 })
             })
             .collect()
@@ -584,6 +595,9 @@ impl Store {
                      scheduled_dttm = CASE WHEN $1 = 'scheduled' THEN $2 ELSE scheduled_dttm END, \
                      queued_dttm = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_dttm END, \
                      next_retry_at = NULL, \
+                     next_method = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_method ELSE NULL END, \
+                     next_kwargs = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_kwargs ELSE NULL END, \
+                     trigger_id = NULL, trigger_timeout = NULL, \
                      end_date = CASE WHEN $1 = 'none' THEN NULL ELSE end_date END, \
                      start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
                      worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
@@ -655,6 +669,9 @@ impl Store {
                  scheduled_dttm = CASE WHEN $1 = 'scheduled' THEN $2 ELSE scheduled_dttm END, \
                  queued_dttm = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_dttm END, \
                  next_retry_at = $3, \
+                 next_method = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_method ELSE NULL END, \
+                 next_kwargs = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_kwargs ELSE NULL END, \
+                 trigger_id = NULL, trigger_timeout = NULL, \
                  end_date = CASE WHEN $4 = 1 THEN $2 WHEN $1 = 'none' THEN NULL ELSE end_date END, \
                  start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
                  worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
@@ -717,8 +734,10 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE task_instance SET state = 'running', try_number = try_number + 1, \
-             start_date = $1, end_date = NULL, duration = NULL, hostname = $2, worker_id = $3, \
+            "UPDATE task_instance SET state = 'running', \
+             try_number = CASE WHEN next_method IS NULL THEN try_number + 1 ELSE try_number END, \
+             start_date = CASE WHEN next_method IS NULL THEN $1 ELSE COALESCE(start_date, $1) END, \
+             end_date = NULL, duration = NULL, hostname = $2, worker_id = $3, \
              last_heartbeat_at = $1, updated_at = $1 \
              WHERE (dag_id, run_id, task_id, map_index) IN ( \
                SELECT dag_id, run_id, task_id, map_index FROM task_instance \
@@ -991,6 +1010,7 @@ impl Store {
             sqlx::query(&format!(
                 "UPDATE task_instance SET state = $1, max_tries = $2, updated_at = $3, \
                  next_retry_at = NULL, \
+                 next_method = NULL, next_kwargs = NULL, trigger_id = NULL, trigger_timeout = NULL, \
                  start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
                  end_date = CASE WHEN $1 = 'none' THEN NULL ELSE end_date END, \
                  worker_id = CASE WHEN $1 = 'none' THEN NULL ELSE worker_id END \
@@ -1024,19 +1044,20 @@ impl Store {
         }
         insert_transitions(&mut tx, &transitions, Actor::User, now_us).await?;
         for (dag_id, run_id) in runs {
-            report.runs_requeued += usize::try_from(
-                sqlx::query(
-                    "UPDATE dag_run SET state = 'queued', end_date = NULL, updated_at = $1 \
-                     WHERE dag_id = $2 AND run_id = $3 AND state IN ('success', 'failed')",
-                )
-                .bind(now_us)
-                .bind(&dag_id)
-                .bind(&run_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
+            let requeued = sqlx::query(
+                "UPDATE dag_run SET state = 'queued', end_date = NULL, updated_at = $1 \
+                 WHERE dag_id = $2 AND run_id = $3 AND state IN ('success', 'failed')",
             )
-            .unwrap_or(0);
+            .bind(now_us)
+            .bind(&dag_id)
+            .bind(&run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if requeued > 0 {
+                crate::dag_runs::record_run_transition(&mut tx, &dag_id, &run_id, now_us).await?;
+            }
+            report.runs_requeued += usize::try_from(requeued).unwrap_or(0);
         }
         crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
@@ -1055,6 +1076,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE task_instance SET state = 'running', try_number = try_number + 1, \
+             next_method = NULL, next_kwargs = NULL, \
              start_date = $1, end_date = NULL, duration = NULL, last_heartbeat_at = $1, \
              updated_at = $1 WHERE {} AND state = 'restarting' AND worker_id = $6 \
              RETURNING {TI_COLUMNS}",

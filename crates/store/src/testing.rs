@@ -144,3 +144,23 @@ impl TestDb {
         Ok(())
     }
 }
+
+impl Store {
+    /// A connection's stored columns as the database holds them (tokens, not secrets), so
+    /// tests can prove nothing readable is at rest.
+    pub async fn raw_connection_columns(&self, conn_id: &str) -> Result<String> {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT COALESCE(password, '') AS p, COALESCE(extra, '') AS e FROM connection \
+             WHERE conn_id = $1",
+        )
+        .bind(conn_id)
+        .fetch_one(self.read_pool())
+        .await?;
+        Ok(format!(
+            "{} {}",
+            row.try_get::<String, _>("p")?,
+            row.try_get::<String, _>("e")?
+        ))
+    }
+}

@@ -60,3 +60,78 @@ impl Drop for Standalone {
         let _ = self.child.wait();
     }
 }
+
+/// The Kafka-protocol broker tests use: `KAFKA_BOOTSTRAP` (`.ci/run` starts one), else one
+/// started here from `target/noida` (`pip install --no-deps --target target/noida
+/// noida-db==0.2.3`) that dies with the test process. With `CI=true` a missing broker fails.
+pub fn kafka_bootstrap() -> Option<String> {
+    static BROKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BROKER
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP")
+                && !b.is_empty()
+            {
+                return Some(b);
+            }
+            let bin = repo_root().join("target/noida/noida_db/noida-db");
+            if !bin.exists() {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but neither KAFKA_BOOTSTRAP nor {} is there",
+                    bin.display()
+                );
+                eprintln!(
+                    "SKIPPED: kafka tests need a broker: set KAFKA_BOOTSTRAP, or `pip install --no-deps --target target/noida noida-db==0.2.3`"
+                );
+                return None;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let data = std::env::temp_dir().join(format!("flow-test-kafka-{}", std::process::id()));
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+            cmd.args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port"])
+                .arg(port.to_string())
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = cmd.spawn().unwrap();
+            std::mem::forget(child); // killed with this process (pdeathsig)
+            let addr = format!("127.0.0.1:{port}");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return Some(addr);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("the test broker did not start on {addr}");
+        })
+        .clone()
+}
+
+/// A python with `confluent_kafka` (the independent client of the Kafka tests): the
+/// virtualenv `.ci/run` makes, if it has the package.
+pub fn python_with_confluent_kafka() -> Option<PathBuf> {
+    let python = repo_root().join("target/airflow-client-venv/bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import confluent_kafka"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} cannot import confluent_kafka",
+        python.display()
+    );
+    eprintln!(
+        "SKIPPED: no confluent_kafka in {} (pip install confluent-kafka)",
+        python.display()
+    );
+    None
+}

@@ -628,6 +628,36 @@ fn operator_class(
             &[],
             "#e8f7e4",
         ),
+        Operator::KafkaProduce(_) => (
+            "airflow.providers.apache.kafka.operators.produce",
+            "ProduceToTopicOperator",
+            &["topic", "messages", "command"],
+            "#ffefeb",
+        ),
+        Operator::KafkaConsume(_) => (
+            "airflow.providers.apache.kafka.operators.consume",
+            "ConsumeFromTopicOperator",
+            &["topics", "group_id", "apply"],
+            "#ffefeb",
+        ),
+        Operator::KafkaAwaitMessage(_) => (
+            "airflow.providers.apache.kafka.sensors.kafka",
+            "AwaitMessageSensor",
+            &["topics", "group_id"],
+            "#e6f1f2",
+        ),
+        Operator::TimeDelta(_) => (
+            "airflow.providers.standard.sensors.time_delta",
+            "TimeDeltaSensor",
+            &[],
+            "#e6f1f2",
+        ),
+        Operator::DateTime(_) => (
+            "airflow.providers.standard.sensors.date_time",
+            "DateTimeSensor",
+            &["target_time"],
+            "#e6f1f2",
+        ),
     }
 }
 

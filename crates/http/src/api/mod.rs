@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use flow_model::{Permission, Role};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -593,6 +593,22 @@ async fn version() -> Json<schema::VersionInfo> {
     responses((status = 200, body = schema::HealthInfo)))]
 async fn health(State(state): State<AppState>) -> Json<schema::HealthInfo> {
     let (db_ok, heartbeat, scheduler_ok) = crate::health_status(state.store()).await;
+    let fresh = |at: DateTime<Utc>| (Utc::now() - at) < chrono::Duration::seconds(30);
+    let triggerer = state
+        .store()
+        .job_latest("TriggererJob")
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, at)| (fresh(at), at));
+    // flow's addition to Airflow's shape: the consumers of Kafka-triggered DAGs.
+    let kafka = state
+        .store()
+        .job_latest("KafkaTriggerJob")
+        .await
+        .ok()
+        .flatten()
+        .map(|(s, at)| (s.clone(), s == "running" && fresh(at), at));
     let status = |ok: bool| Some(if ok { "healthy" } else { "unhealthy" }.to_owned());
     Json(schema::HealthInfo {
         metadatabase: schema::ComponentHealth {
@@ -602,10 +618,21 @@ async fn health(State(state): State<AppState>) -> Json<schema::HealthInfo> {
             status: status(scheduler_ok),
             latest_scheduler_heartbeat: heartbeat.map(|h| h.to_rfc3339()),
         },
-        triggerer: schema::TriggererHealth {
-            status: None,
-            latest_triggerer_heartbeat: None,
+        triggerer: match triggerer {
+            Some((ok, at)) => schema::TriggererHealth {
+                status: status(ok),
+                latest_triggerer_heartbeat: Some(at.to_rfc3339()),
+            },
+            None => schema::TriggererHealth {
+                status: None,
+                latest_triggerer_heartbeat: None,
+            },
         },
+        kafka_triggers: kafka.map(|(state, ok, at)| schema::KafkaTriggerHealth {
+            status: status(ok),
+            state,
+            latest_heartbeat: at.to_rfc3339(),
+        }),
         dag_processor: schema::DagProcessorHealth {
             status: None,
             latest_dag_processor_heartbeat: None,

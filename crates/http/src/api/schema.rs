@@ -452,6 +452,18 @@ pub struct HealthInfo {
     pub scheduler: SchedulerHealth,
     pub triggerer: TriggererHealth,
     pub dag_processor: DagProcessorHealth,
+    /// flow's addition: whether the consumers of Kafka-triggered DAGs reach their brokers
+    /// (`degraded` while they reconnect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_triggers: Option<KafkaTriggerHealth>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KafkaTriggerHealth {
+    pub status: Option<String>,
+    /// `running` or `degraded`.
+    pub state: String,
+    pub latest_heartbeat: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,0 +1,355 @@
+//! The triggerer: runs the waits of deferred task instances as async tasks, so thousands of
+//! them cost a few kilobytes each instead of a worker slot or a process.
+//!
+//! Each loop it heartbeats its triggers, claims unowned (or stale) ones from the store, starts
+//! a task per new trigger, and drops the tasks of triggers that are gone (fired by another
+//! triggerer after a takeover, or cleaned up after a clear). Firing goes through
+//! `Store::trigger_fire`, guarded by `state = 'deferred'`, so a trigger that fires twice
+//! resumes its task instance once.
+//!
+//! Kafka triggers with the same (connection, topics, group) share one consumer: each message
+//! is offered to the waiting triggers in order, the first whose filter matches fires, and the
+//! batch's offsets are committed after the firing transactions committed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flow_kafka::{Consumer, Filter};
+use flow_store::{ConnectionSource, Store, TriggerRow};
+use serde_json::{Value as Json, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
+
+#[derive(Debug, Clone)]
+pub struct TriggererConfig {
+    pub triggerer_id: String,
+    /// Triggers run at once by this triggerer.
+    pub capacity: i64,
+    /// How often it heartbeats, claims and reaps.
+    pub poll_interval: Duration,
+    /// Another triggerer's triggers are taken over after this long without its heartbeat.
+    pub stale_after: Duration,
+    pub connections: Option<ConnectionSource>,
+}
+
+impl Default for TriggererConfig {
+    fn default() -> Self {
+        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        TriggererConfig {
+            triggerer_id: format!("triggerer-{hostname}-{}", std::process::id()),
+            capacity: 10_000,
+            poll_interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(30),
+            connections: None,
+        }
+    }
+}
+
+/// Consumers shared by Kafka triggers: (conn_id, topics, group_id) -> waiting triggers.
+type KafkaKey = (String, Vec<String>, String);
+
+struct Waiter {
+    trigger_id: i64,
+    filter: Filter,
+    context: Json,
+}
+
+type Waiters = Arc<Mutex<HashMap<KafkaKey, Vec<Waiter>>>>;
+
+pub struct Triggerer {
+    store: Store,
+    config: TriggererConfig,
+    tasks: HashMap<i64, JoinHandle<()>>,
+    waiters: Waiters,
+    consumers: HashMap<KafkaKey, JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Triggerer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Triggerer")
+            .field("triggerer_id", &self.config.triggerer_id)
+            .field("running", &self.tasks.len())
+            .finish()
+    }
+}
+
+impl Triggerer {
+    pub fn new(store: Store, config: TriggererConfig) -> Self {
+        Triggerer {
+            store,
+            config,
+            tasks: HashMap::new(),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            consumers: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true. Its triggers are left in the store; another (or the
+    /// restarted) triggerer takes them over.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        info!(triggerer_id = %self.config.triggerer_id, "triggerer started");
+        let job = self
+            .store
+            .job_start("TriggererJob", &flow_kafka::hostname(), Utc::now())
+            .await
+            .ok();
+        let mut last_cleanup = Utc::now();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.tick().await {
+                warn!(error = %e, "triggerer pass failed; retrying");
+            }
+            if let Some(id) = job
+                && let Err(e) = self.store.job_heartbeat(id, Utc::now()).await
+            {
+                warn!(error = %e, "triggerer heartbeat failed");
+            }
+            let now = Utc::now();
+            if now - last_cleanup > chrono::Duration::seconds(10) {
+                last_cleanup = now;
+                if let Err(e) = self.store.trigger_cleanup().await {
+                    warn!(error = %e, "trigger cleanup failed");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        for (_, t) in self.tasks.drain() {
+            t.abort();
+        }
+        for (_, c) in self.consumers.drain() {
+            c.abort();
+        }
+        if let Some(id) = job {
+            let _ = self.store.job_end(id, Utc::now()).await;
+        }
+    }
+
+    async fn tick(&mut self) -> flow_store::Result<()> {
+        let now = Utc::now();
+        self.store
+            .trigger_heartbeat(&self.config.triggerer_id, now)
+            .await?;
+        let stale = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or_default();
+        let mine = self
+            .store
+            .trigger_claim(&self.config.triggerer_id, self.config.capacity, stale, now)
+            .await?;
+        let ids: HashSet<i64> = mine.iter().map(|t| t.id).collect();
+        // Triggers that are no longer ours: stop waiting on them.
+        self.tasks.retain(|id, handle| {
+            let keep = ids.contains(id) && !handle.is_finished();
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        if let Ok(mut waiters) = self.waiters.lock() {
+            for list in waiters.values_mut() {
+                list.retain(|w| ids.contains(&w.trigger_id));
+            }
+        }
+        self.consumers.retain(|_, h| !h.is_finished());
+        for trigger in mine {
+            if self.tasks.contains_key(&trigger.id) || self.is_waiting(trigger.id) {
+                continue;
+            }
+            self.start(trigger).await;
+        }
+        Ok(())
+    }
+
+    fn is_waiting(&self, id: i64) -> bool {
+        self.waiters
+            .lock()
+            .map(|w| w.values().any(|l| l.iter().any(|x| x.trigger_id == id)))
+            .unwrap_or(false)
+    }
+
+    async fn start(&mut self, trigger: TriggerRow) {
+        let store = self.store.clone();
+        let id = trigger.id;
+        match trigger.classpath.as_str() {
+            TRIGGER_TIME => {
+                let moment = trigger
+                    .kwargs
+                    .get("moment")
+                    .and_then(Json::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                let Some(moment) = moment else {
+                    fail(&store, id, "time trigger without a valid `moment`").await;
+                    return;
+                };
+                let handle = tokio::spawn(async move {
+                    let wait = (moment - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                    fire(&store, id, json!({"moment": moment.to_rfc3339()})).await;
+                });
+                self.tasks.insert(id, handle);
+            }
+            TRIGGER_KAFKA => {
+                if let Err(e) = self.start_kafka(&trigger) {
+                    fail(&store, id, &e).await;
+                }
+            }
+            other => fail(&store, id, &format!("unknown trigger kind `{other}`")).await,
+        }
+    }
+
+    fn start_kafka(&mut self, trigger: &TriggerRow) -> Result<(), String> {
+        let k = &trigger.kwargs;
+        let text = |key: &str| {
+            k.get(key)
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("kafka trigger without `{key}`"))
+        };
+        let conn_id = text("conn_id")?;
+        let group_id = text("group_id")?;
+        let filter = Filter::compile(&text("filter")?).map_err(|e| e.to_string())?;
+        let topics: Vec<String> = k
+            .get("topics")
+            .and_then(Json::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Json::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key: KafkaKey = (conn_id.clone(), topics.clone(), group_id.clone());
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.entry(key.clone()).or_default().push(Waiter {
+                trigger_id: trigger.id,
+                filter,
+                context: k.get("context").cloned().unwrap_or(Json::Null),
+            });
+        }
+        if self.consumers.get(&key).is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let waiters = self.waiters.clone();
+        let source = self.config.connections.clone();
+        let handle = tokio::spawn(async move {
+            watch_topic(store, source, key, waiters).await;
+        });
+        self.consumers.insert((conn_id, topics, group_id), handle);
+        Ok(())
+    }
+}
+
+async fn fire(store: &Store, id: i64, event: Json) {
+    match store.trigger_fire(id, &event, Utc::now()).await {
+        Ok(n) => info!(trigger_id = id, resumed = n, "trigger fired"),
+        Err(e) => {
+            warn!(trigger_id = id, error = %e, "could not fire trigger; will retry after takeover")
+        }
+    }
+}
+
+async fn fail(store: &Store, id: i64, error: &str) {
+    warn!(trigger_id = id, error, "trigger failed");
+    if let Err(e) = store.trigger_fail(id, error, Utc::now()).await {
+        warn!(trigger_id = id, error = %e, "could not record the trigger's failure");
+    }
+}
+
+/// One consumer for every trigger waiting on (connection, topics, group); ends when none wait.
+async fn watch_topic(
+    store: Store,
+    source: Option<ConnectionSource>,
+    key: KafkaKey,
+    waiters: Waiters,
+) {
+    let (conn_id, topics, group_id) = &key;
+    let fail_all = |error: String| {
+        let store = store.clone();
+        let waiters = waiters.clone();
+        let key = key.clone();
+        async move {
+            let ids: Vec<i64> = waiters
+                .lock()
+                .map(|mut w| w.remove(&key).unwrap_or_default())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| w.trigger_id)
+                .collect();
+            for id in ids {
+                fail(&store, id, &error).await;
+            }
+        }
+    };
+    let Some(source) = source else {
+        fail_all("this triggerer has no connection source".into()).await;
+        return;
+    };
+    let conn = match store.connection_resolve(conn_id, &source).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return fail_all(format!("connection `{conn_id}` not found")).await,
+        Err(e) => return fail_all(e.to_string()).await,
+    };
+    let consumer = match flow_kafka::client_settings(&conn).and_then(|mut s| {
+        // Polls without pause: a short rebalance timeout lets a restarted triggerer rejoin.
+        s.entry("max.poll.interval.ms".into())
+            .or_insert_with(|| "10000".into());
+        let host = flow_kafka::hostname();
+        Consumer::new(
+            &s,
+            group_id,
+            topics,
+            Some(&format!("{host}-triggerer-{group_id}")),
+        )
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail_all(e.to_string()).await,
+    };
+    loop {
+        let empty = waiters
+            .lock()
+            .map(|w| w.get(&key).is_none_or(Vec::is_empty))
+            .unwrap_or(true);
+        if empty {
+            return;
+        }
+        let batch = match consumer.poll_batch(500, Duration::from_millis(500)).await {
+            Ok(b) => b,
+            Err(e) => {
+                // librdkafka reconnects by itself: pause briefly, no growing backoff.
+                warn!(error = %e, group_id, "trigger consumer: broker error (reconnecting)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for m in &batch {
+            let message = m.to_json();
+            let matched: Option<i64> = waiters.lock().ok().and_then(|mut w| {
+                let list = w.get_mut(&key)?;
+                let pos = list.iter().position(|x| {
+                    x.filter
+                        .matches(&with_context(message.clone(), &x.context))
+                        .unwrap_or(false)
+                })?;
+                Some(list.remove(pos).trigger_id)
+            });
+            if let Some(id) = matched {
+                fire(&store, id, json!({ "message": message })).await;
+            }
+        }
+        // After the firing transactions: a crash before this re-reads the batch, and the
+        // guarded fire makes a second firing a no-op.
+        if let Err(e) = consumer.commit(&batch).await {
+            warn!(error = %e, group_id, "trigger consumer commit failed");
+        }
+    }
+}

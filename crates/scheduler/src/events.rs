@@ -1,0 +1,186 @@
+//! Lifecycle events to Kafka (`[events] kafka_conn_id`, `kafka_topic`): every task instance
+//! and dag run state change, as JSON, keyed by `dag_id/run_id[/task_id]` so one run's events
+//! stay in order on one partition.
+//!
+//! The publisher tails the transition tables the store already writes, in its own task: the
+//! scheduler never waits for it. While the broker is down the publisher stops advancing and
+//! the backlog stays in the database; it catches up when the broker returns. A backlog beyond
+//! `max_backlog` events is skipped and counted as lost, so a long outage cannot leave it
+//! forever behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flow_kafka::{OutMessage, Producer};
+use flow_store::{ConnectionSource, EventCursor, Store};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    pub conn_id: String,
+    pub topic: String,
+    pub poll_interval: Duration,
+    pub batch: i64,
+    /// Events further behind than this are skipped (and counted) after an outage.
+    pub max_backlog: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct EventStats {
+    pub published: AtomicU64,
+    pub lost: AtomicU64,
+    pub failed_sends: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct EventPublisher {
+    store: Store,
+    connections: ConnectionSource,
+    config: EventsConfig,
+    stats: Arc<EventStats>,
+}
+
+impl EventPublisher {
+    pub fn new(store: Store, connections: ConnectionSource, config: EventsConfig) -> Self {
+        EventPublisher {
+            store,
+            connections,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<EventStats> {
+        self.stats.clone()
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        // Events from before this start are history, not news.
+        let mut cursor = loop {
+            match self.store.event_cursor_now().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(error = %e, "events: cannot read the cursor; retrying");
+                    if sleep_or_stop(&mut shutdown, backoff).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut producer: Option<Producer> = None;
+        info!(topic = %self.config.topic, "publishing lifecycle events to kafka");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if producer.is_none() {
+                producer = match self.producer().await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        warn!(error = %e, "events: cannot create the producer; retrying");
+                        if sleep_or_stop(&mut shutdown, backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                };
+            }
+            cursor = self.skip_backlog(cursor).await;
+            let (events, next) = match self.store.events_after(cursor, self.config.batch).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "events: reading transitions failed");
+                    if sleep_or_stop(&mut shutdown, backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                if sleep_or_stop(&mut shutdown, self.config.poll_interval).await {
+                    break;
+                }
+                continue;
+            }
+            let messages: Vec<OutMessage> = events
+                .iter()
+                .map(|(key, value)| OutMessage {
+                    key: Some(key.clone()),
+                    value: Some(value.to_string()),
+                    headers: Vec::new(),
+                })
+                .collect();
+            let Some(p) = &producer else { continue };
+            match p.send_all(&self.config.topic, &messages).await {
+                Ok(_) => {
+                    self.stats
+                        .published
+                        .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                    cursor = next;
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    // Not advanced: the same events go again once the broker answers.
+                    self.stats.failed_sends.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "events: publishing failed; will retry");
+                    if sleep_or_stop(&mut shutdown, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn producer(&self) -> Result<Producer, String> {
+        let conn = self
+            .store
+            .connection_resolve(&self.config.conn_id, &self.connections)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("connection `{}` not found", self.config.conn_id))?;
+        let settings = flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?;
+        Producer::new(&settings, Duration::from_secs(10)).map_err(|e| e.to_string())
+    }
+
+    /// After a long outage, jumps to `max_backlog` events behind the newest and counts the
+    /// skipped ones as lost.
+    async fn skip_backlog(&self, cursor: EventCursor) -> EventCursor {
+        let Ok(now) = self.store.event_cursor_now().await else {
+            return cursor;
+        };
+        let mut next = cursor;
+        let max = self.config.max_backlog;
+        let mut lost = 0;
+        if now.task_instance - cursor.task_instance > max {
+            lost += now.task_instance - max - cursor.task_instance;
+            next.task_instance = now.task_instance - max;
+        }
+        if now.dag_run - cursor.dag_run > max {
+            lost += now.dag_run - max - cursor.dag_run;
+            next.dag_run = now.dag_run - max;
+        }
+        if lost > 0 {
+            self.stats
+                .lost
+                .fetch_add(u64::try_from(lost).unwrap_or(0), Ordering::Relaxed);
+            warn!(
+                lost,
+                "events: backlog over the bound; oldest events skipped"
+            );
+        }
+        next
+    }
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}

@@ -58,6 +58,9 @@ pub enum BenchCommand {
     /// then while the 1,000-task fan-out runs. The database (and `<name>_fanout` beside it)
     /// is dropped and recreated!
     Api(crate::bench_api::ApiBench),
+    /// Kafka-triggered runs against a real broker: a backlog turned into runs (runs/s), and
+    /// message to first task running at a steady rate. The database is dropped and recreated!
+    Kafka(crate::bench_kafka::KafkaBench),
     /// `flow standalone` (a child process, SQLite) idle with generated DAGs: resident memory,
     /// CPU, and how soon an edited DAG file is live.
     Idle {
@@ -95,6 +98,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             seconds,
         } => idle(dags, tasks, seconds).await,
         BenchCommand::Api(bench) => crate::bench_api::api(bench).await,
+        BenchCommand::Kafka(bench) => crate::bench_kafka::kafka(bench).await,
         BenchCommand::Parse {
             files,
             tasks,

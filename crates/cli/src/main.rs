@@ -6,6 +6,7 @@ mod alloc;
 mod bench;
 mod bench_api;
 mod bench_engine;
+mod bench_kafka;
 mod bench_web;
 mod config;
 mod connections;

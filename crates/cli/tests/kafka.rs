@@ -59,7 +59,8 @@ impl Env {
             .env(
                 "FLOW_CONN_KAFKA_DEFAULT",
                 format!(
-                    r#"{{"conn_type": "kafka", "extra": {{"bootstrap.servers": "{}"}}}}"#,
+                    // The SASL password is unused by the plaintext broker: a secret that must never show.
+                    r#"{{"conn_type": "kafka", "extra": {{"bootstrap.servers": "{}", "sasl.password": "s3cr3t-sasl-value"}}}}"#,
                     self.bootstrap
                 ),
             );
@@ -319,7 +320,7 @@ kafka_ops:
     produce_lines:
       operator: kafka_produce
       topic: {topic}
-      command: "printf 'line-a\nline-b\n'"
+      command: "printf 'line-a\nline-b\n' # s3cr3t-sasl-value"
       dependencies: [produce]
     consume:
       operator: kafka_consume
@@ -362,6 +363,26 @@ kafka_ops:
       deferrable: true
       timeout: 90s
       priority_weight: 100
+    resched_kafka:
+      operator: kafka_await_message
+      topics: [{out_topic}]
+      filter: "key == 'late'"
+      mode: reschedule
+      poke_interval: 1s
+      timeout: 90s
+    # Sent only after the 8-s `resched` sensor: `resched_kafka` pokes (and reschedules) first.
+    late:
+      operator: kafka_produce
+      topic: {out_topic}
+      messages: [{{key: late, value: "1"}}]
+      dependencies: [resched]
+    never:
+      operator: kafka_await_message
+      topics: [{out_topic}]
+      filter: "false"
+      deferrable: true
+      timeout: 3s
+      soft_fail: true
     wake:
       operator: kafka_produce
       topic: {out_topic}
@@ -408,7 +429,12 @@ async fn operators_and_sensors_in_all_modes() {
                 .any(|(id, s)| id == "r1" && (s == "success" || s == "failed"));
             done.then(|| env.states("kafka_ops", "r1"))
         });
-        let failed: Vec<_> = states.iter().filter(|(_, v)| v[0] != "success").collect();
+        // The deferral that nothing satisfies times out; with soft_fail it is skipped.
+        assert_eq!(states["never"][0], "skipped", "{states:?}");
+        let failed: Vec<_> = states
+            .iter()
+            .filter(|(t, v)| v[0] != "success" && t.as_str() != "never")
+            .collect();
         if !failed.is_empty() {
             for t in failed.iter().map(|(t, _)| t) {
                 eprintln!("{}", env.stdout(&["tasks", "logs", "kafka_ops", "r1", t]));
@@ -421,10 +447,20 @@ async fn operators_and_sensors_in_all_modes() {
             "{}",
             log("produce")
         );
+        // The connection's secret is masked in the log (the command line is logged).
+        let lines = log("produce_lines");
+        assert!(
+            lines.contains("# ***") && !lines.contains("s3cr3t-sasl-value"),
+            "{lines}"
+        );
         // Reschedule mode gave the slot back between pokes, in one try.
-        let resched = log("resched");
-        assert!(resched.contains("rescheduled for"), "{resched}");
-        assert_eq!(states["resched"][1], "1", "reschedules keep the try");
+        for task in ["resched", "resched_kafka"] {
+            let l = log(task);
+            assert!(l.contains("rescheduled for"), "{task}: {l}");
+            assert_eq!(states[task][1], "1", "reschedules keep the try");
+        }
+        assert!(log("resched_kafka").contains("Matched message"));
+        assert!(log("never").contains("timed out"), "{}", log("never"));
         // Deferrable sensors went through the triggerer and resumed, in one try.
         for task in ["deferred_time", "deferred_kafka"] {
             let l = log(task);

@@ -452,7 +452,7 @@ impl Job {
                 (Outcome::Failed { reason }, None, None)
             }
             Ok((task, spec)) => {
-                let fields = rendered_fields(&spec.rendered);
+                let fields = rendered_fields(&spec.rendered, &spec.masker);
                 let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
                 (outcome, Some(task), fields)
             }
@@ -678,11 +678,12 @@ fn resume(ti: &ClaimedTi) -> Result<Option<crate::Resume>, String> {
 }
 
 /// Rendered template fields as JSON, for the UI's rendered-template view.
-fn rendered_fields(rendered: &RenderedTask) -> Option<String> {
+/// Secrets (connection passwords, sensitive variables and env values) are masked, as in logs.
+fn rendered_fields(rendered: &RenderedTask, masker: &crate::Masker) -> Option<String> {
     let fields: serde_json::Map<String, serde_json::Value> = rendered
         .fields()
         .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .map(|(k, v)| (k, serde_json::Value::String(masker.mask(&v).into_owned())))
         .collect();
     serde_json::to_string(&fields).ok()
 }

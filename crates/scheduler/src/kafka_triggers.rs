@@ -23,7 +23,9 @@ use chrono::Utc;
 use flow_dag::{Dag, KafkaTrigger};
 use flow_kafka::{Consumer, Filter, Message, OutMessage, Producer};
 use flow_model::DagRunType;
-use flow_store::{ConnectionSource, Store, TriggerError, TriggerRequest};
+use flow_store::{
+    ConnectionSource, Store, TriggerError, TriggerRequest, new_dag_run, new_task_instances,
+};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -378,8 +380,8 @@ pub fn event_run_id(m: &Message) -> String {
     format!("event__{}:{}:{}", m.topic, m.partition, m.offset)
 }
 
-/// Creates the batch's runs; returns how many are new. An error leaves the batch to be read
-/// again (runs created before it stay; the re-read skips them).
+/// Creates the batch's runs in one transaction; returns how many are new. An error leaves
+/// the batch to be read again (nothing of it was created; the re-read creates it once).
 async fn create_runs(
     store: &Store,
     subs: &[Subscriber],
@@ -387,7 +389,8 @@ async fn create_runs(
     dead_letters: Option<&Producer>,
     stats: &KafkaTriggerStats,
 ) -> Result<usize, TriggerError> {
-    let mut created = 0;
+    let now = Utc::now();
+    let mut runs = Vec::new();
     for m in batch {
         let message = m.to_json();
         for sub in subs {
@@ -415,21 +418,22 @@ async fn create_runs(
                 note: None,
                 triggered_by: Some(format!("kafka:{}", m.topic)),
             };
-            match store
-                .dag_run_trigger(&sub.dag, &sub.dag_hash, &req, Utc::now())
-                .await
-            {
-                Ok(_) => {
-                    created += 1;
-                    stats.runs_created.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TriggerError::Duplicate { .. }) => {
-                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
+            let run = new_dag_run(&sub.dag, &sub.dag_hash, &req, now)?;
+            runs.push((run, new_task_instances(&sub.dag)));
         }
     }
+    let created = store
+        .dag_run_create_many(&runs, now)
+        .await?
+        .into_iter()
+        .filter(|c| *c)
+        .count();
+    stats
+        .runs_created
+        .fetch_add(created as u64, Ordering::Relaxed);
+    stats
+        .duplicates
+        .fetch_add((runs.len() - created) as u64, Ordering::Relaxed);
     Ok(created)
 }
 

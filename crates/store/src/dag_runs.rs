@@ -92,6 +92,45 @@ pub(crate) async fn record_run_transition(
     Ok(())
 }
 
+/// Inserts a run (nothing if it exists), its task instances and its first transition.
+async fn create_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    run: &NewDagRun,
+    task_instances: &[NewTaskInstance],
+    now_us: i64,
+) -> Result<Option<DagRunRow>> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, \
+         data_interval_start, data_interval_end, run_after, queued_at, start_date, conf, note, \
+         triggered_by, dag_hash, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(&run.dag_id)
+    .bind(&run.run_id)
+    .bind(run.run_type.as_str())
+    .bind(run.state.as_str())
+    .bind(run.logical_date.map(to_micros))
+    .bind(run.data_interval_start.map(to_micros))
+    .bind(run.data_interval_end.map(to_micros))
+    .bind(to_micros(run.run_after))
+    .bind(now_us)
+    .bind((run.state == DagRunState::Running).then_some(now_us))
+    .bind(run.conf.to_string())
+    .bind(&run.note)
+    .bind(&run.triggered_by)
+    .bind(&run.dag_hash)
+    .bind(now_us)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    insert_task_instances(tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
+    record_run_transition(tx, &run.dag_id, &run.run_id, now_us).await?;
+    Ok(Some(run_row(&row)?))
+}
+
 impl Store {
     /// Creates a run and its task instances in one transaction. Returns `None`, creating
     /// nothing, if a run with the same run_id exists, or (for scheduled and backfill runs) one
@@ -104,39 +143,36 @@ impl Store {
     ) -> Result<Option<DagRunRow>> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, \
-             data_interval_start, data_interval_end, run_after, queued_at, start_date, conf, note, \
-             triggered_by, dag_hash, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(&run.dag_id)
-        .bind(&run.run_id)
-        .bind(run.run_type.as_str())
-        .bind(run.state.as_str())
-        .bind(run.logical_date.map(to_micros))
-        .bind(run.data_interval_start.map(to_micros))
-        .bind(run.data_interval_end.map(to_micros))
-        .bind(to_micros(run.run_after))
-        .bind(now_us)
-        .bind((run.state == DagRunState::Running).then_some(now_us))
-        .bind(run.conf.to_string())
-        .bind(&run.note)
-        .bind(&run.triggered_by)
-        .bind(&run.dag_hash)
-        .bind(now_us)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = create_in(&mut tx, run, task_instances, now_us).await? else {
             tx.rollback().await?;
             return Ok(None);
         };
-        insert_task_instances(&mut tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
-        record_run_transition(&mut tx, &run.dag_id, &run.run_id, now_us).await?;
         crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
-        Ok(Some(run_row(&row)?))
+        Ok(Some(row))
+    }
+
+    /// [`Store::dag_run_create`] for many runs in one transaction (one commit for a batch of
+    /// event runs). Returns, per run, whether it was created (false: it already existed).
+    pub async fn dag_run_create_many(
+        &self,
+        runs: &[(NewDagRun, Vec<NewTaskInstance>)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_us = to_micros(now);
+        let mut tx = self.begin().await?;
+        let mut created = Vec::with_capacity(runs.len());
+        for (run, tis) in runs {
+            created.push(create_in(&mut tx, run, tis, now_us).await?.is_some());
+        }
+        if created.iter().any(|c| *c) {
+            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
     }
 
     pub async fn dag_run_get(&self, dag_id: &str, run_id: &str) -> Result<Option<DagRunRow>> {
@@ -151,6 +187,16 @@ impl Store {
     }
 
     /// The most recent runs of a DAG, newest first.
+    /// How many runs a DAG has.
+    pub async fn dag_run_count(&self, dag_id: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM dag_run WHERE dag_id = $1")
+                .bind(dag_id)
+                .fetch_one(self.read_pool())
+                .await?,
+        )
+    }
+
     pub async fn dag_run_list(&self, dag_id: &str, limit: i64) -> Result<Vec<DagRunRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 \

@@ -45,7 +45,9 @@ pub use task_instances::{
     ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiQuery,
     TiRow, TiTryRow,
 };
-pub use trigger::{TriggerError, TriggerRequest, new_task_instances, run_id_timestamp};
+pub use trigger::{
+    TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,
+};
 pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
 pub use xcom::XcomRow;
 

@@ -49,6 +49,45 @@ pub enum TriggerError {
     Store(#[from] StoreError),
 }
 
+/// The run a trigger request makes (validated, defaults filled in), before it is stored.
+pub fn new_dag_run(
+    dag: &Dag,
+    dag_hash: &str,
+    req: &TriggerRequest,
+    now: DateTime<Utc>,
+) -> Result<NewDagRun, TriggerError> {
+    if !req.conf.is_object() {
+        return Err(TriggerError::InvalidConf(req.conf.to_string()));
+    }
+    let logical_date = req.logical_date.unwrap_or(now);
+    let run_id = match &req.run_id {
+        Some(id) => RunId::parse(id.clone())
+            .map_err(|e| TriggerError::InvalidRunId(e.to_string()))?
+            .to_string(),
+        None => req
+            .run_type
+            .generate_run_id(&run_id_timestamp(logical_date)),
+    };
+    let (start, end) = req.data_interval.unwrap_or_else(|| {
+        let i = dag.timetable.infer_manual_data_interval(logical_date);
+        (i.start, i.end)
+    });
+    Ok(NewDagRun {
+        dag_id: dag.dag_id.to_string(),
+        run_id,
+        run_type: req.run_type,
+        state: DagRunState::Queued,
+        logical_date: Some(logical_date),
+        data_interval_start: Some(start),
+        data_interval_end: Some(end),
+        run_after: req.run_after.unwrap_or(now),
+        conf: req.conf.clone(),
+        note: req.note.clone(),
+        triggered_by: req.triggered_by.clone(),
+        dag_hash: dag_hash.to_owned(),
+    })
+}
+
 /// The task instances a new run of `dag` starts with: one per task, no state yet.
 pub fn new_task_instances(dag: &Dag) -> Vec<NewTaskInstance> {
     let weights = dag.priority_weights();
@@ -87,36 +126,8 @@ impl Store {
         req: &TriggerRequest,
         now: DateTime<Utc>,
     ) -> Result<DagRunRow, TriggerError> {
-        if !req.conf.is_object() {
-            return Err(TriggerError::InvalidConf(req.conf.to_string()));
-        }
-        let logical_date = req.logical_date.unwrap_or(now);
-        let run_id = match &req.run_id {
-            Some(id) => RunId::parse(id.clone())
-                .map_err(|e| TriggerError::InvalidRunId(e.to_string()))?
-                .to_string(),
-            None => req
-                .run_type
-                .generate_run_id(&run_id_timestamp(logical_date)),
-        };
-        let (start, end) = req.data_interval.unwrap_or_else(|| {
-            let i = dag.timetable.infer_manual_data_interval(logical_date);
-            (i.start, i.end)
-        });
-        let run = NewDagRun {
-            dag_id: dag.dag_id.to_string(),
-            run_id: run_id.clone(),
-            run_type: req.run_type,
-            state: DagRunState::Queued,
-            logical_date: Some(logical_date),
-            data_interval_start: Some(start),
-            data_interval_end: Some(end),
-            run_after: req.run_after.unwrap_or(now),
-            conf: req.conf.clone(),
-            note: req.note.clone(),
-            triggered_by: req.triggered_by.clone(),
-            dag_hash: dag_hash.to_owned(),
-        };
+        let run = new_dag_run(dag, dag_hash, req, now)?;
+        let run_id = run.run_id.clone();
         self.dag_run_create(&run, &new_task_instances(dag), now)
             .await?
             .ok_or(TriggerError::Duplicate {

@@ -98,10 +98,17 @@ pub fn fernet_cipher() -> Result<flow_store::Cipher> {
         return flow_store::Cipher::new(key.trim())
             .with_context(|| format!("the key in {}", path.display()));
     }
+    // Written whole to a private temporary file, then linked into place: the link fails if
+    // another process got there first, and nobody ever reads a half-written key.
     let key = flow_store::Cipher::generate_key();
-    if let Err(e) = write_private(&path, &format!("{key}\n")) {
-        // Another process made it first: use theirs.
-        let theirs = std::fs::read_to_string(&path).map_err(|_| e)?;
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    write_private(&temp, &format!("{key}\n"))?;
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    if linked.is_err() {
+        let theirs = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         return flow_store::Cipher::new(theirs.trim())
             .with_context(|| format!("the key in {}", path.display()));
     }
@@ -114,12 +121,16 @@ pub fn connection_source() -> Result<flow_store::ConnectionSource> {
     let mut source = flow_store::ConnectionSource::new(fernet_cipher()?);
     // AIRFLOW_ first so that FLOW_ wins when both name the same connection.
     for prefix in ["AIRFLOW_CONN_", "FLOW_CONN_"] {
-        for (name, value) in std::env::vars() {
+        // vars_os: one variable that is not UTF-8 must not stop flow.
+        for (name, value) in std::env::vars_os() {
+            let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                continue;
+            };
             let Some(id) = name.strip_prefix(prefix) else {
                 continue;
             };
             let conn_id = id.to_ascii_lowercase();
-            let conn = flow_model::Connection::from_env_value(&conn_id, &value)
+            let conn = flow_model::Connection::from_env_value(&conn_id, value)
                 .with_context(|| format!("environment variable {prefix}{id}"))?;
             source.overrides.insert(conn_id, conn);
         }

@@ -88,7 +88,9 @@ pub async fn test(
     let mut spec = RunSpec::new(&task, rendered, &ctx);
     if let Some(conn) = conn {
         spec.masker = spec.masker.with(conn.secrets());
-        spec.kafka = Some(flow_kafka::client_settings(&conn)?);
+        spec.kafka = Some(flow_executor::KafkaSettings(flow_kafka::client_settings(
+            &conn,
+        )?));
     }
     let (tx, mut rx) = mpsc::channel(256);
     let (_cancel_tx, cancel_rx) = watch::channel(false);

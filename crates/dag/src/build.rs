@@ -2311,6 +2311,13 @@ fn read_kafka_trigger(ctx: &mut Ctx<'_>, node: &Node) -> Option<KafkaTrigger> {
         return None;
     };
     let topics = read_topics(ctx, topics_node);
+    // Run ids are `event__<topic>:<partition>:<offset>` and ids are limited to 250 characters.
+    if let Some(long) = topics.iter().find(|t| t.len() > 200) {
+        ctx.error(
+            topics_node.span,
+            format!("`schedule.kafka.topics`: `{long}` is longer than 200 characters, too long to name event runs after"),
+        );
+    }
     let filter = text(ctx, "filter").map(|(f, span)| {
         check_filter(ctx, &f, span);
         f

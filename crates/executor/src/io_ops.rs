@@ -23,9 +23,12 @@ pub const TRIGGER_TIME: &str = "flow.triggers.DateTimeTrigger";
 pub const TRIGGER_KAFKA: &str = "flow.triggers.KafkaMessageTrigger";
 
 fn settings(spec: &RunSpec) -> Result<&BTreeMap<String, String>, Outcome> {
-    spec.kafka.as_ref().ok_or_else(|| Outcome::Failed {
-        reason: "the task's kafka connection was not resolved".into(),
-    })
+    spec.kafka
+        .as_ref()
+        .map(|k| &k.0)
+        .ok_or_else(|| Outcome::Failed {
+            reason: "the task's kafka connection was not resolved".into(),
+        })
 }
 
 pub(crate) async fn produce(
@@ -313,7 +316,13 @@ pub(crate) async fn sense(
                     .flatten(),
             };
         }
-        Some(Resume::Failed(reason)) => return timed_out(sensor, reason, logs).await,
+        Some(Resume::TimedOut(reason)) => return timed_out(sensor, reason, logs).await,
+        Some(Resume::Failed(reason)) => {
+            logs.system(&format!("The trigger failed: {reason}")).await;
+            return Outcome::Failed {
+                reason: format!("trigger failed: {reason}"),
+            };
+        }
         _ => {}
     }
     let started = match &spec.resume {

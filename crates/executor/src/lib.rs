@@ -22,7 +22,7 @@ pub use mask::{Masker, is_sensitive_name};
 pub use params::{ParamError, merge_params};
 pub use render::{RenderError, RenderedTask, RunContext, SensorWait, TryOf, render_task};
 pub use runner::{
-    DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, LogLine, Outcome, Resume, RunSpec, Stream,
-    context_env, python_context, run,
+    DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,
+    Stream, context_env, python_context, run,
 };
 pub use xcom::{MapIndexes, RETURN_VALUE, TaskIds, XcomMap};

@@ -52,9 +52,19 @@ pub struct RunSpec {
     /// Applied to every log line.
     pub masker: Masker,
     /// librdkafka settings from the task's connection, resolved by the worker.
-    pub kafka: Option<std::collections::BTreeMap<String, String>>,
+    pub kafka: Option<KafkaSettings>,
     /// Set when the try continues a rescheduled or deferred sensor.
     pub resume: Option<Resume>,
+}
+
+/// librdkafka settings; they may hold secrets, so Debug shows the keys only.
+#[derive(Clone)]
+pub struct KafkaSettings(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// How a try continues an earlier part of itself (Airflow's `next_method`).
@@ -64,7 +74,9 @@ pub enum Resume {
     Poke { started_at: DateTime<Utc> },
     /// The trigger fired with this event.
     Event(Json),
-    /// The deferral timed out (or its trigger failed).
+    /// The deferral timed out (a sensor timeout: no retries).
+    TimedOut(String),
+    /// The trigger failed (a missing connection, say): an ordinary failure, retried.
     Failed(String),
 }
 

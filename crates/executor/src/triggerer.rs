@@ -165,6 +165,23 @@ impl Triggerer {
             }
             self.start(trigger).await;
         }
+        // Every key with waiters has a live consumer (one that stopped, or was closing when a
+        // waiter arrived, is replaced).
+        let keys: Vec<KafkaKey> = self
+            .waiters
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .filter(|(_, l)| !l.is_empty())
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in keys {
+            if !self.consumers.contains_key(&key) {
+                self.spawn_consumer(key);
+            }
+        }
         Ok(())
     }
 
@@ -193,6 +210,8 @@ impl Triggerer {
                 let handle = tokio::spawn(async move {
                     let wait = (moment - Utc::now()).to_std().unwrap_or_default();
                     tokio::time::sleep(wait).await;
+                    // Fired again after a takeover if this fails (the task then ends and the
+                    // trigger row stays).
                     fire(&store, id, json!({"moment": moment.to_rfc3339()})).await;
                 });
                 self.tasks.insert(id, handle);
@@ -235,25 +254,37 @@ impl Triggerer {
                 context: k.get("context").cloned().unwrap_or(Json::Null),
             });
         }
-        if self.consumers.get(&key).is_some_and(|h| !h.is_finished()) {
-            return Ok(());
+        if self.consumers.get(&key).is_none_or(|h| h.is_finished()) {
+            self.spawn_consumer(key);
         }
+        Ok(())
+    }
+
+    fn spawn_consumer(&mut self, key: KafkaKey) {
         let store = self.store.clone();
         let waiters = self.waiters.clone();
         let source = self.config.connections.clone();
+        // Static membership by host: a restarted triggerer takes its partitions back at once.
+        // (Two triggerers on one host would fence each other; run one per host.)
+        let member = format!("{}-triggerer-{}", flow_kafka::hostname(), key.2);
+        let k = key.clone();
         let handle = tokio::spawn(async move {
-            watch_topic(store, source, key, waiters).await;
+            watch_topic(store, source, k, waiters, member).await;
         });
-        self.consumers.insert((conn_id, topics, group_id), handle);
-        Ok(())
+        self.consumers.insert(key, handle);
     }
 }
 
-async fn fire(store: &Store, id: i64, event: Json) {
+/// Fires a trigger; false if the database could not record it (the caller keeps waiting).
+async fn fire(store: &Store, id: i64, event: Json) -> bool {
     match store.trigger_fire(id, &event, Utc::now()).await {
-        Ok(n) => info!(trigger_id = id, resumed = n, "trigger fired"),
+        Ok(n) => {
+            info!(trigger_id = id, resumed = n, "trigger fired");
+            true
+        }
         Err(e) => {
-            warn!(trigger_id = id, error = %e, "could not fire trigger; will retry after takeover")
+            warn!(trigger_id = id, error = %e, "could not fire trigger; the message will be read again");
+            false
         }
     }
 }
@@ -271,6 +302,7 @@ async fn watch_topic(
     source: Option<ConnectionSource>,
     key: KafkaKey,
     waiters: Waiters,
+    member: String,
 ) {
     let (conn_id, topics, group_id) = &key;
     let fail_all = |error: String| {
@@ -303,23 +335,22 @@ async fn watch_topic(
         // Polls without pause: a short rebalance timeout lets a restarted triggerer rejoin.
         s.entry("max.poll.interval.ms".into())
             .or_insert_with(|| "10000".into());
-        let host = flow_kafka::hostname();
-        Consumer::new(
-            &s,
-            group_id,
-            topics,
-            Some(&format!("{host}-triggerer-{group_id}")),
-        )
+        Consumer::new(&s, group_id, topics, Some(&member))
     }) {
         Ok(c) => c,
         Err(e) => return fail_all(e.to_string()).await,
     };
     loop {
-        let empty = waiters
-            .lock()
-            .map(|w| w.get(&key).is_none_or(Vec::is_empty))
-            .unwrap_or(true);
-        if empty {
+        // Checked and removed under one lock: a waiter added later finds no entry and the
+        // triggerer starts a new consumer for it.
+        let done = waiters.lock().map_or(true, |mut w| {
+            let empty = w.get(&key).is_none_or(Vec::is_empty);
+            if empty {
+                w.remove(&key);
+            }
+            empty
+        });
+        if done {
             return;
         }
         let batch = match consumer.poll_batch(500, Duration::from_millis(500)).await {
@@ -331,24 +362,36 @@ async fn watch_topic(
                 continue;
             }
         };
-        for m in &batch {
+        let mut handled = Vec::with_capacity(batch.len());
+        for m in batch {
             let message = m.to_json();
-            let matched: Option<i64> = waiters.lock().ok().and_then(|mut w| {
+            let matched = waiters.lock().ok().and_then(|mut w| {
                 let list = w.get_mut(&key)?;
                 let pos = list.iter().position(|x| {
                     x.filter
                         .matches(&with_context(message.clone(), &x.context))
                         .unwrap_or(false)
                 })?;
-                Some(list.remove(pos).trigger_id)
+                Some(list.remove(pos))
             });
-            if let Some(id) = matched {
-                fire(&store, id, json!({ "message": message })).await;
+            if let Some(waiter) = matched
+                && !fire(&store, waiter.trigger_id, json!({ "message": message })).await
+            {
+                // Not recorded: keep waiting, commit only what came before, and let a new
+                // consumer read this message again from the committed offset.
+                if let Ok(mut w) = waiters.lock() {
+                    w.entry(key.clone()).or_default().push(waiter);
+                }
+                if let Err(e) = consumer.commit(&handled).await {
+                    warn!(error = %e, group_id, "trigger consumer commit failed");
+                }
+                return;
             }
+            handled.push(m);
         }
         // After the firing transactions: a crash before this re-reads the batch, and the
         // guarded fire makes a second firing a no-op.
-        if let Err(e) = consumer.commit(&batch).await {
+        if let Err(e) = consumer.commit(&handled).await {
             warn!(error = %e, group_id, "trigger consumer commit failed");
         }
     }

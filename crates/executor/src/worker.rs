@@ -624,7 +624,9 @@ impl Job {
         spec.resume = resume(ti)?;
         if let Some(conn) = conn {
             spec.masker = spec.masker.with(conn.secrets());
-            spec.kafka = Some(flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?);
+            spec.kafka = Some(crate::KafkaSettings(
+                flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?,
+            ));
         }
         Ok((task, spec))
     }
@@ -666,13 +668,18 @@ fn resume(ti: &ClaimedTi) -> Result<Option<crate::Resume>, String> {
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map_or_else(Utc::now, |t| t.with_timezone(&Utc)),
         },
-        flow_store::NEXT_FAIL => crate::Resume::Failed(
-            kwargs
+        flow_store::NEXT_FAIL => {
+            let error = kwargs
                 .get("error")
                 .and_then(|v| v.as_str())
                 .unwrap_or("the trigger failed")
-                .to_owned(),
-        ),
+                .to_owned();
+            if kwargs.get("timeout").and_then(serde_json::Value::as_bool) == Some(true) {
+                crate::Resume::TimedOut(error)
+            } else {
+                crate::Resume::Failed(error)
+            }
+        }
         _ => crate::Resume::Event(kwargs),
     }))
 }

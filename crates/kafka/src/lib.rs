@@ -200,7 +200,7 @@ impl Producer {
     pub fn best_effort(settings: &BTreeMap<String, String>, queue_messages: usize) -> Result<Self> {
         let mut cfg = config(settings);
         cfg.set("queue.buffering.max.messages", queue_messages.to_string())
-            .set("message.timeout.ms", "300000");
+            .set("message.timeout.ms", "10000");
         Ok(Producer {
             inner: cfg.create()?,
         })
@@ -334,6 +334,11 @@ impl Message {
     }
 }
 
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// This machine's name (for static group member ids): a process restarted on the same host
 /// takes over its predecessor's consumers.
 pub fn hostname() -> String {
@@ -377,8 +382,25 @@ fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {
 /// A member of a consumer group with automatic commits off: offsets move only through
 /// [`Consumer::commit`], after the caller has handled what it read.
 pub struct Consumer {
-    inner: StreamConsumer,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    inner: Option<StreamConsumer>,
     topics: Vec<String>,
+}
+
+/// Closing a consumer leaves its group, a blocking round trip: it happens on a blocking thread
+/// so that the async runtime's few threads keep running.
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || drop(inner));
+            }
+            Err(_) => drop(inner),
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -424,7 +446,7 @@ impl Consumer {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         inner.subscribe(&names)?;
         Ok(Consumer {
-            inner,
+            inner: Some(inner),
             topics: topics.to_vec(),
         })
     }
@@ -436,7 +458,7 @@ impl Consumer {
         if max == 0 {
             return Ok(out);
         }
-        match tokio::time::timeout(wait, self.inner.recv()).await {
+        match tokio::time::timeout(wait, self.consumer().recv()).await {
             Err(_) => return Ok(out),
             Ok(Err(e)) if is_unknown_topic(&e) => {
                 // Subscribed before the topic existed: subscribing again makes the group
@@ -449,19 +471,28 @@ impl Consumer {
             Ok(Ok(m)) => out.push(Message::from_borrowed(&m)),
         }
         while out.len() < max {
-            match tokio::time::timeout(Duration::from_millis(5), self.inner.recv()).await {
+            match tokio::time::timeout(Duration::from_millis(5), self.consumer().recv()).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(e.into()),
+                // The messages already read are past the consumer's position: hand them over
+                // (an error that persists comes back on the next call).
+                Ok(Err(_)) => break,
                 Ok(Ok(m)) => out.push(Message::from_borrowed(&m)),
             }
         }
         Ok(out)
     }
 
+    fn consumer(&self) -> &StreamConsumer {
+        // `inner` is only taken in `drop`.
+        self.inner
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("consumer used after drop"))
+    }
+
     fn resubscribe(&self) -> Result<()> {
-        self.inner.unsubscribe();
+        self.consumer().unsubscribe();
         let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.inner.subscribe(&names)?;
+        self.consumer().subscribe(&names)?;
         Ok(())
     }
 
@@ -491,18 +522,26 @@ impl Consumer {
         for ((topic, partition), offset) in next {
             tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
-        self.inner.commit(&tpl, CommitMode::Sync)?;
+        self.consumer().commit(&tpl, CommitMode::Sync)?;
         Ok(())
     }
 
     /// Rewinds a partition so that `offset` is read again (after a failure to handle it).
-    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
-        self.inner.seek(
-            topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        )?;
+    /// Blocks in place (up to 5 s) on a multi-threaded runtime.
+    pub async fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        let seek = || {
+            self.consumer().seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+        };
+        if multi_threaded() {
+            tokio::task::block_in_place(seek)?;
+        } else {
+            seek()?;
+        }
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::ids::validate_id;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub conn_id: String,
     pub conn_type: String,
@@ -23,6 +23,22 @@ pub struct Connection {
     pub port: Option<u16>,
     /// A JSON object as text (Airflow keeps `extra` as text too).
     pub extra: Option<String>,
+}
+
+/// Debug output never shows the password or the extra (which may hold secrets).
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("conn_id", &self.conn_id)
+            .field("conn_type", &self.conn_type)
+            .field("host", &self.host)
+            .field("schema", &self.schema)
+            .field("login", &self.login)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("port", &self.port)
+            .field("extra", &self.extra.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,8 +172,16 @@ impl Connection {
             port: Option<u16>,
             extra: Option<Json>,
         }
-        let form: Form =
-            serde_json::from_str(text).map_err(|e| ConnectionError::BadJson(e.to_string()))?;
+        // serde's messages can quote a value (a password); say where and what kind instead.
+        let form: Form = serde_json::from_str(text).map_err(|e| {
+            let what = match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    "not valid JSON"
+                }
+                _ => "a field has the wrong type or is unknown (conn_type, description, host, schema, login, password, port, extra)",
+            };
+            ConnectionError::BadJson(format!("{what} at line {} column {}", e.line(), e.column()))
+        })?;
         let mut conn = Connection::new(conn_id, form.conn_type.as_deref().unwrap_or(""))?;
         conn.description = form.description;
         conn.host = form.host;
@@ -278,32 +302,21 @@ fn non_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
-/// The URI with its password replaced by `***`, for error messages.
+/// The URI with its credentials and query replaced by `***`, for error messages. Works on
+/// malformed URIs too: everything between `://` and the last `@` goes, whatever it holds.
 pub fn redact_uri(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return "***".to_owned();
     };
-    let netloc_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (netloc, tail) = rest.split_at(netloc_end);
-    match netloc.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let login = userinfo.split_once(':').map_or(userinfo, |(l, _)| l);
-            let tail = if tail.contains('?') {
-                tail.split('?').next().unwrap_or("").to_owned() + "?***"
-            } else {
-                tail.to_owned()
-            };
-            format!("{scheme}://{login}:***@{host}{tail}")
-        }
-        None => {
-            let tail = if tail.contains('?') {
-                tail.split('?').next().unwrap_or("").to_owned() + "?***"
-            } else {
-                tail.to_owned()
-            };
-            format!("{scheme}://{netloc}{tail}")
-        }
-    }
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_owned(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((before, _)) => format!("{before}?***"),
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
@@ -408,6 +421,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("port `99999`"), "{text}");
         assert!(!text.contains("hunter22"), "{text}");
+        // A password with an unencoded `/` breaks the URI; the error still hides it.
+        let err = Connection::from_uri("k", "kafka://u:pa/ss-secret@h:1").unwrap_err();
+        assert!(!err.to_string().contains("ss-secret"), "{err}");
+        let err =
+            Connection::from_json("k", r#"{"conn_type": "x", "password": 123456789}"#).unwrap_err();
+        assert!(!err.to_string().contains("123456789"), "{err}");
+        let c = Connection::from_uri("k", "kafka://u:hunter22@h:1").unwrap();
+        assert!(!format!("{c:?}").contains("hunter22"));
         assert!(Connection::from_uri("bad id!", "kafka://h").is_err());
         assert!(Connection::from_uri("k", "no-scheme").is_err());
     }

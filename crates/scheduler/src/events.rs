@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flow_kafka::{OutMessage, Producer};
-use flow_store::{ConnectionSource, EventCursor, Store};
+use flow_store::{ConnectionSource, EventCursor, EventTable, LifecycleEvent, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -71,6 +71,7 @@ impl EventPublisher {
             }
         };
         let mut producer: Option<Producer> = None;
+        let mut gaps = Gaps::default();
         info!(topic = %self.config.topic, "publishing lifecycle events to kafka");
         loop {
             if *shutdown.borrow() {
@@ -90,7 +91,8 @@ impl EventPublisher {
                 };
             }
             cursor = self.skip_backlog(cursor).await;
-            let (events, next) = match self.store.events_after(cursor, self.config.batch).await {
+            let (mut events, next) = match self.store.events_after(cursor, self.config.batch).await
+            {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "events: reading transitions failed");
@@ -100,6 +102,17 @@ impl EventPublisher {
                     continue;
                 }
             };
+            // Ids skipped over (not yet committed when read) are looked for again for a while.
+            let now = std::time::Instant::now();
+            gaps.note(cursor, &events, now);
+            let late = match gaps.fetch(&self.store, now).await {
+                Ok(late) => late,
+                Err(e) => {
+                    warn!(error = %e, "events: reading late transitions failed");
+                    Vec::new()
+                }
+            };
+            events.extend(late);
             if events.is_empty() {
                 if sleep_or_stop(&mut shutdown, self.config.poll_interval).await {
                     break;
@@ -108,9 +121,9 @@ impl EventPublisher {
             }
             let messages: Vec<OutMessage> = events
                 .iter()
-                .map(|(key, value)| OutMessage {
-                    key: Some(key.clone()),
-                    value: Some(value.to_string()),
+                .map(|e| OutMessage {
+                    key: Some(e.key.clone()),
+                    value: Some(e.json.to_string()),
                     headers: Vec::new(),
                 })
                 .collect();
@@ -120,6 +133,7 @@ impl EventPublisher {
                     self.stats
                         .published
                         .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                    gaps.published(&events);
                     cursor = next;
                     backoff = Duration::from_millis(200);
                 }
@@ -182,5 +196,70 @@ async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> boo
     tokio::select! {
         () = tokio::time::sleep(d) => *shutdown.borrow(),
         _ = shutdown.changed() => true,
+    }
+}
+
+/// How long a skipped id is looked for: longer than any transaction that writes transitions.
+const GAP_WINDOW: Duration = Duration::from_secs(30);
+
+/// Ids below the cursor that were not there when the cursor passed them.
+#[derive(Debug, Default)]
+struct Gaps {
+    open: std::collections::BTreeMap<(EventTable, i64), std::time::Instant>,
+}
+
+impl Gaps {
+    fn note(&mut self, cursor: EventCursor, events: &[LifecycleEvent], now: std::time::Instant) {
+        for (table, from) in [
+            (EventTable::TaskInstance, cursor.task_instance),
+            (EventTable::DagRun, cursor.dag_run),
+        ] {
+            let ids: std::collections::BTreeSet<i64> = events
+                .iter()
+                .filter(|e| e.table == table)
+                .map(|e| e.id)
+                .collect();
+            let Some(&max) = ids.last() else { continue };
+            // A huge jump (a sequence cache, a restored database) is not worth chasing.
+            if max - from > 10_000 {
+                continue;
+            }
+            for id in from + 1..max {
+                if !ids.contains(&id) {
+                    self.open.entry((table, id)).or_insert(now);
+                }
+            }
+        }
+        // Ids still missing after the window were rolled back: nothing to publish.
+        self.open
+            .retain(|_, seen| now.duration_since(*seen) < GAP_WINDOW);
+    }
+
+    async fn fetch(
+        &self,
+        store: &Store,
+        now: std::time::Instant,
+    ) -> flow_store::Result<Vec<LifecycleEvent>> {
+        let due = |t: EventTable| -> Vec<i64> {
+            self.open
+                .iter()
+                .filter(|((table, _), seen)| {
+                    *table == t && now.duration_since(**seen) > Duration::ZERO
+                })
+                .map(|((_, id), _)| *id)
+                .take(500)
+                .collect()
+        };
+        let (ti, run) = (due(EventTable::TaskInstance), due(EventTable::DagRun));
+        if ti.is_empty() && run.is_empty() {
+            return Ok(Vec::new());
+        }
+        store.events_by_id(&ti, &run).await
+    }
+
+    fn published(&mut self, events: &[LifecycleEvent]) {
+        for e in events {
+            self.open.remove(&(e.table, e.id));
+        }
     }
 }

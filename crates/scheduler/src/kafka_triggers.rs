@@ -363,7 +363,7 @@ async fn consume(
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     for ((topic, partition), offset) in first {
-                        if let Err(e) = consumer.seek(&topic, partition, offset) {
+                        if let Err(e) = consumer.seek(&topic, partition, offset).await {
                             // A new consumer resumes from the committed offsets instead.
                             warn!(error = %e, "seek failed; restarting the consumer");
                             break 'batches;
@@ -418,8 +418,14 @@ async fn create_runs(
                 note: None,
                 triggered_by: Some(format!("kafka:{}", m.topic)),
             };
-            let run = new_dag_run(&sub.dag, &sub.dag_hash, &req, now)?;
-            runs.push((run, new_task_instances(&sub.dag)));
+            match new_dag_run(&sub.dag, &sub.dag_hash, &req, now) {
+                Ok(run) => runs.push((run, new_task_instances(&sub.dag))),
+                // One bad message must not block the others behind it.
+                Err(e) => {
+                    stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(dag_id = %sub.dag.dag_id, topic = %m.topic, offset = m.offset, error = %e, "message skipped: no run can be made of it");
+                }
+            }
         }
     }
     let created = store

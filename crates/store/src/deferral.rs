@@ -291,7 +291,8 @@ impl Store {
     pub async fn ti_expire_deferrals(&self, now: DateTime<Utc>) -> Result<usize> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let event = serde_json::json!({"error": "the deferral timed out"}).to_string();
+        let event =
+            serde_json::json!({"error": "the deferral timed out", "timeout": true}).to_string();
         let rows = sqlx::query(
             "UPDATE task_instance SET state = 'scheduled', next_method = $1, next_kwargs = $2, \
              trigger_id = NULL, trigger_timeout = NULL, scheduled_dttm = $3, updated_at = $3 \

@@ -6,6 +6,22 @@ use sqlx::Row;
 
 use crate::{Result, Store, from_micros};
 
+/// Which table an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventTable {
+    TaskInstance,
+    DagRun,
+}
+
+/// One lifecycle event: its row, a key (`dag_id/run_id[/task_id]`, for partitioning) and JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleEvent {
+    pub table: EventTable,
+    pub id: i64,
+    pub key: String,
+    pub json: Json,
+}
+
 /// Where a reader of the event tables is: the last id it has of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EventCursor {
@@ -28,69 +44,124 @@ impl Store {
         })
     }
 
-    /// Up to `limit` events of each kind after `cursor`, as `(key, JSON)` pairs (the key is
-    /// `dag_id/run_id[/task_id]`, for partitioning), and the cursor after them.
+    /// Up to `limit` events of each kind after `cursor`, and the cursor after them.
     pub async fn events_after(
         &self,
         cursor: EventCursor,
         limit: i64,
-    ) -> Result<(Vec<(String, Json)>, EventCursor)> {
+    ) -> Result<(Vec<LifecycleEvent>, EventCursor)> {
+        let ti = self
+            .ti_events(
+                &format!("id > $1 ORDER BY id LIMIT {limit}"),
+                &[cursor.task_instance],
+            )
+            .await?;
+        let run = self
+            .run_events(
+                &format!("id > $1 ORDER BY id LIMIT {limit}"),
+                &[cursor.dag_run],
+            )
+            .await?;
+        let next = EventCursor {
+            task_instance: ti.last().map_or(cursor.task_instance, |e| e.id),
+            dag_run: run.last().map_or(cursor.dag_run, |e| e.id),
+        };
+        Ok((ti.into_iter().chain(run).collect(), next))
+    }
+
+    /// The events with these ids (ids a reader skipped because their transaction had not
+    /// committed yet: PostgreSQL hands out ids before commit, so they can appear late).
+    pub async fn events_by_id(
+        &self,
+        ti_ids: &[i64],
+        run_ids: &[i64],
+    ) -> Result<Vec<LifecycleEvent>> {
+        let list = |ids: &[i64]| {
+            (1..=ids.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = Vec::new();
-        let mut next = cursor;
-        let rows = sqlx::query(
+        if !ti_ids.is_empty() {
+            out.extend(
+                self.ti_events(&format!("id IN ({}) ORDER BY id", list(ti_ids)), ti_ids)
+                    .await?,
+            );
+        }
+        if !run_ids.is_empty() {
+            out.extend(
+                self.run_events(&format!("id IN ({}) ORDER BY id", list(run_ids)), run_ids)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn ti_events(&self, filter: &str, binds: &[i64]) -> Result<Vec<LifecycleEvent>> {
+        let sql = format!(
             "SELECT id, dag_id, run_id, task_id, map_index, try_number, from_state, to_state, \
-             actor, reason, at FROM ti_transition WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(cursor.task_instance)
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await?;
-        for r in &rows {
-            let dag_id: String = r.try_get("dag_id")?;
-            let run_id: String = r.try_get("run_id")?;
-            let task_id: String = r.try_get("task_id")?;
-            next.task_instance = r.try_get("id")?;
-            out.push((
-                format!("{dag_id}/{run_id}/{task_id}"),
-                json!({
-                    "event": "task_instance.state_changed",
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "task_id": task_id,
-                    "map_index": r.try_get::<i64, _>("map_index")?,
-                    "try_number": r.try_get::<i64, _>("try_number")?,
-                    "previous_state": r.try_get::<String, _>("from_state")?,
-                    "state": r.try_get::<String, _>("to_state")?,
-                    "actor": r.try_get::<String, _>("actor")?,
-                    "reason": r.try_get::<Option<String>, _>("reason")?,
-                    "at": from_micros(r.try_get("at")?).to_rfc3339(),
-                }),
-            ));
+             actor, reason, at FROM ti_transition WHERE {filter}"
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
         }
-        let rows = sqlx::query(
-            "SELECT id, dag_id, run_id, run_type, to_state, at FROM dag_run_transition \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(cursor.dag_run)
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await?;
-        for r in &rows {
-            let dag_id: String = r.try_get("dag_id")?;
-            let run_id: String = r.try_get("run_id")?;
-            next.dag_run = r.try_get("id")?;
-            out.push((
-                format!("{dag_id}/{run_id}"),
-                json!({
-                    "event": "dag_run.state_changed",
-                    "dag_id": dag_id,
-                    "run_id": run_id,
-                    "run_type": r.try_get::<String, _>("run_type")?,
-                    "state": r.try_get::<String, _>("to_state")?,
-                    "at": from_micros(r.try_get("at")?).to_rfc3339(),
-                }),
-            ));
+        let rows = q.fetch_all(self.read_pool()).await?;
+        rows.iter()
+            .map(|r| {
+                let dag_id: String = r.try_get("dag_id")?;
+                let run_id: String = r.try_get("run_id")?;
+                let task_id: String = r.try_get("task_id")?;
+                Ok(LifecycleEvent {
+                    table: EventTable::TaskInstance,
+                    id: r.try_get("id")?,
+                    key: format!("{dag_id}/{run_id}/{task_id}"),
+                    json: json!({
+                        "event": "task_instance.state_changed",
+                        "dag_id": dag_id,
+                        "run_id": run_id,
+                        "task_id": task_id,
+                        "map_index": r.try_get::<i64, _>("map_index")?,
+                        "try_number": r.try_get::<i64, _>("try_number")?,
+                        "previous_state": r.try_get::<String, _>("from_state")?,
+                        "state": r.try_get::<String, _>("to_state")?,
+                        "actor": r.try_get::<String, _>("actor")?,
+                        "reason": r.try_get::<Option<String>, _>("reason")?,
+                        "at": from_micros(r.try_get("at")?).to_rfc3339(),
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    async fn run_events(&self, filter: &str, binds: &[i64]) -> Result<Vec<LifecycleEvent>> {
+        let sql = format!(
+            "SELECT id, dag_id, run_id, run_type, to_state, at FROM dag_run_transition WHERE {filter}"
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
         }
-        Ok((out, next))
+        let rows = q.fetch_all(self.read_pool()).await?;
+        rows.iter()
+            .map(|r| {
+                let dag_id: String = r.try_get("dag_id")?;
+                let run_id: String = r.try_get("run_id")?;
+                Ok(LifecycleEvent {
+                    table: EventTable::DagRun,
+                    id: r.try_get("id")?,
+                    key: format!("{dag_id}/{run_id}"),
+                    json: json!({
+                        "event": "dag_run.state_changed",
+                        "dag_id": dag_id,
+                        "run_id": run_id,
+                        "run_type": r.try_get::<String, _>("run_type")?,
+                        "state": r.try_get::<String, _>("to_state")?,
+                        "at": from_micros(r.try_get("at")?).to_rfc3339(),
+                    }),
+                })
+            })
+            .collect()
     }
 }

@@ -39,7 +39,7 @@ pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
-pub use events::EventCursor;
+pub use events::{EventCursor, EventTable, LifecycleEvent};
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
     ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiQuery,
@@ -225,6 +225,9 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "dag_run_transition",
+            "trigger",
+            "connection",
             "audit_log",
             "web_session",
             "flow_user",

@@ -623,16 +623,16 @@ async fn exactly_one_run_per_message_across_kill_9() {
                 .contains("drill")
                 .then_some(())
         });
-        let mut producer = python_produce(&python, &bootstrap, &topic, 1000, 0, 6.0);
-        for _ in 0..2 {
-            // Kill once some runs exist but not all.
+        let mut producer = python_produce(&python, &bootstrap, &topic, 1000, 0, 12.0);
+        // Killed twice mid-stream: once past 200 runs, once past 500 (the stream takes 12 s).
+        for threshold in [200, 500] {
             wait_for(60, "runs to be created", || {
                 let n = env.runs("drill").len();
-                (n > 0).then_some(n)
+                (n >= threshold).then_some(n)
             });
-            std::thread::sleep(Duration::from_millis(1200));
             let before = env.runs("drill").len();
             eprintln!("kill -9 with {before} runs created");
+            assert!(before < 1000, "the stream ended before the kill");
             env.kill9();
             env.start(&[]);
         }

@@ -187,6 +187,7 @@ pub async fn run_webserver(
         WebConfig {
             secret_key: secret_key()?,
             secure_cookies: config::env_bool("webserver", "cookie_secure", false)?,
+            cipher: Some(config::fernet_cipher()?),
         },
     );
     let listener = tokio::net::TcpListener::bind(addr)

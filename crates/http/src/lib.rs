@@ -38,6 +38,8 @@ struct Inner {
     limiter: auth::LoginLimiter,
     /// Send cookies with `Secure` (set when served behind HTTPS).
     secure_cookies: bool,
+    /// Encrypts connection secrets; without it the connections API answers 503.
+    cipher: Option<flow_store::Cipher>,
 }
 
 /// How the web server is set up.
@@ -46,6 +48,8 @@ pub struct WebConfig {
     /// Signs session cookies; at least 32 bytes.
     pub secret_key: Vec<u8>,
     pub secure_cookies: bool,
+    /// The Fernet key(s) of connection secrets (`/api/v2/connections`).
+    pub cipher: Option<flow_store::Cipher>,
 }
 
 impl AppState {
@@ -57,6 +61,7 @@ impl AppState {
                 secret_key: SecretKey(config.secret_key.clone()),
                 limiter: auth::LoginLimiter::default(),
                 secure_cookies: config.secure_cookies,
+                cipher: config.cipher,
             }),
         }
     }
@@ -67,6 +72,10 @@ impl AppState {
 
     pub(crate) fn secret_key(&self) -> &[u8] {
         &self.inner.secret_key.0
+    }
+
+    pub(crate) fn cipher(&self) -> Option<&flow_store::Cipher> {
+        self.inner.cipher.as_ref()
     }
 
     pub(crate) fn limiter(&self) -> &auth::LoginLimiter {

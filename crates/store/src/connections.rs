@@ -164,6 +164,38 @@ impl Store {
         row.map(|r| connection_row(&r, cipher)).transpose()
     }
 
+    /// Replaces a connection's fields. Returns false if there is no such connection.
+    pub async fn connection_update(
+        &self,
+        conn: &Connection,
+        cipher: &Cipher,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE connection SET conn_type = $2, description = $3, host = $4, schema_name = $5, \
+             login = $6, password = $7, port = $8, extra = $9, is_encrypted = $10, \
+             is_extra_encrypted = $11, updated_at = $12 WHERE conn_id = $1",
+        )
+        .bind(&conn.conn_id)
+        .bind(&conn.conn_type)
+        .bind(conn.description.as_deref())
+        .bind(conn.host.as_deref())
+        .bind(conn.schema.as_deref())
+        .bind(conn.login.as_deref())
+        .bind(conn.password.as_deref().map(|p| cipher.encrypt(p)))
+        .bind(conn.port.map(i64::from))
+        .bind(conn.extra.as_deref().map(|e| cipher.encrypt(e)))
+        .bind(i64::from(conn.password.is_some()))
+        .bind(i64::from(conn.extra.is_some()))
+        .bind(to_micros(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
     /// A connection by id: an environment override if there is one, else the database's.
     pub async fn connection_resolve(
         &self,

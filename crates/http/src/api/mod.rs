@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+mod connections;
 mod dag_runs;
 mod dags;
 mod docs;
@@ -81,6 +82,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(dag_runs::routes())
         .merge(task_instances::routes())
         .merge(misc::routes())
+        .merge(connections::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -445,6 +445,27 @@ pub struct DagProcessorHealth {
     pub latest_dag_processor_heartbeat: Option<String>,
 }
 
+/// Airflow's `ConnectionResponse`; `password` and sensitive extra values are `***`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionResponse {
+    pub connection_id: String,
+    pub conn_type: String,
+    pub description: Option<String>,
+    pub host: Option<String>,
+    pub login: Option<String>,
+    pub schema: Option<String>,
+    pub port: Option<u16>,
+    pub password: Option<String>,
+    pub extra: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ConnectionCollectionResponse)]
+pub struct ConnectionCollection {
+    pub connections: Vec<ConnectionResponse>,
+    pub total_entries: usize,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = HealthInfoResponse)]
 pub struct HealthInfo {

@@ -1,0 +1,304 @@
+//! `/api/v2/connections`: Airflow's connection routes. Secrets are encrypted in the store and
+//! never leave it in clear: responses show `***` for the password and for sensitive extra
+//! keys, and a PATCH that sends `***` back keeps the stored value.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Json;
+use chrono::Utc;
+use flow_model::connection::is_sensitive_key;
+use flow_model::{Connection, Permission};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::schema::{ConnectionCollection, ConnectionResponse};
+use super::{ApiError, ApiResult, ApiUser, Body, audit, paging, query_pairs, read_body};
+use crate::AppState;
+
+/// What the API shows instead of a secret.
+const MASK: &str = "***";
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, patch, delete))
+}
+
+/// Airflow's `ConnectionBody`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionBody {
+    pub connection_id: String,
+    pub conn_type: String,
+    pub description: Option<String>,
+    pub host: Option<String>,
+    pub login: Option<String>,
+    pub schema: Option<String>,
+    pub port: Option<u16>,
+    pub password: Option<String>,
+    /// A JSON object, as text.
+    pub extra: Option<String>,
+}
+
+fn cipher(state: &AppState) -> ApiResult<&flow_store::Cipher> {
+    state.cipher().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no fernet key for connections",
+        )
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "The Connection with connection_id: `{id}` was not found"
+    ))
+}
+
+fn masked_extra(extra: Option<&str>) -> Option<String> {
+    let text = extra?;
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+        return Some(MASK.to_owned());
+    };
+    let masked: serde_json::Map<String, Value> = map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if is_sensitive_key(&k) {
+                Value::from(MASK)
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    Some(Value::Object(masked).to_string())
+}
+
+fn response(c: &Connection) -> ConnectionResponse {
+    ConnectionResponse {
+        connection_id: c.conn_id.clone(),
+        conn_type: c.conn_type.clone(),
+        description: c.description.clone(),
+        host: c.host.clone(),
+        login: c.login.clone(),
+        schema: c.schema.clone(),
+        port: c.port,
+        password: c.password.as_ref().map(|_| MASK.to_owned()),
+        extra: masked_extra(c.extra.as_deref()),
+    }
+}
+
+/// The body as a connection, checked as `flow connections add` checks it.
+fn from_body(b: ConnectionBody, existing: Option<&Connection>) -> ApiResult<Connection> {
+    let mut c = Connection::new(&b.connection_id, &b.conn_type)
+        .map_err(|e| ApiError::invalid(&["body", "connection_id"], e.to_string()))?;
+    c.description = b.description;
+    c.host = b.host;
+    c.login = b.login;
+    c.schema = b.schema;
+    c.port = b.port;
+    // A masked value sent back means "unchanged".
+    c.password = match (b.password, existing) {
+        (Some(p), Some(old)) if p == MASK => old.password.clone(),
+        (p, _) => p,
+    };
+    c.extra = match (b.extra, existing) {
+        (Some(e), Some(old)) if masked_extra(old.extra.as_deref()).as_deref() == Some(&e) => {
+            old.extra.clone()
+        }
+        (Some(e), _) if e.trim().is_empty() => None,
+        (Some(e), _) => match serde_json::from_str::<Value>(&e) {
+            Ok(Value::Object(_)) => Some(e),
+            _ => {
+                return Err(ApiError::invalid(
+                    &["body", "extra"],
+                    "`extra` must be a JSON object (as text)",
+                ));
+            }
+        },
+        (None, _) => None,
+    };
+    Ok(c)
+}
+
+#[utoipa::path(get, path = "/api/v2/connections", tag = "Connection",
+    summary = "Connections, secrets masked",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("connection_id_pattern" = Option<String>, Query),
+    ),
+    responses((status = 200, body = ConnectionCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    user: ApiUser,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<ConnectionCollection>> {
+    user.require(Permission::Operate)?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let (limit, offset) = paging(&pairs)?;
+    let pattern = pairs
+        .iter()
+        .find(|(k, _)| k == "connection_id_pattern")
+        .map(|(_, v)| v.to_lowercase());
+    let all: Vec<Connection> = state
+        .store()
+        .connection_list(cipher(&state)?)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            pattern
+                .as_deref()
+                .is_none_or(|p| c.conn_id.to_lowercase().contains(p.trim_matches('%')))
+        })
+        .collect();
+    Ok(Json(ConnectionCollection {
+        connections: all.iter().skip(offset).take(limit).map(response).collect(),
+        total_entries: all.len(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v2/connections/{connection_id}", tag = "Connection",
+    summary = "One connection, secrets masked",
+    params(("connection_id" = String, Path)),
+    responses((status = 200, body = ConnectionResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn get_one(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConnectionResponse>> {
+    user.require(Permission::Operate)?;
+    let c = state
+        .store()
+        .connection_get(&id, cipher(&state)?)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(response(&c)))
+}
+
+#[utoipa::path(post, path = "/api/v2/connections", tag = "Connection",
+    summary = "Add a connection (its secrets are encrypted at rest)",
+    request_body = ConnectionBody,
+    responses((status = 201, body = ConnectionResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    user: ApiUser,
+    body: Body<ConnectionBody>,
+) -> ApiResult<(StatusCode, Json<ConnectionResponse>)> {
+    user.require(Permission::Operate)?;
+    let c = from_body(read_body(body)?, None)?;
+    if !state
+        .store()
+        .connection_add(&c, cipher(&state)?, Utc::now())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "The connection with connection_id: `{}` already exists",
+                c.conn_id
+            ),
+        ));
+    }
+    audit(&state, &user, "post_connection", None, None).await;
+    Ok((StatusCode::CREATED, Json(response(&c))))
+}
+
+#[utoipa::path(patch, path = "/api/v2/connections/{connection_id}", tag = "Connection",
+    summary = "Change a connection (`***` keeps a secret as it is)",
+    params(
+        ("connection_id" = String, Path),
+        ("update_mask" = Option<Vec<String>>, Query, explode = true),
+    ),
+    request_body = ConnectionBody,
+    responses((status = 200, body = ConnectionResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn patch(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Body<ConnectionBody>,
+) -> ApiResult<Json<ConnectionResponse>> {
+    user.require(Permission::Operate)?;
+    let body = read_body(body)?;
+    if body.connection_id != id {
+        return Err(ApiError::bad_request(
+            "The connection_id in the request body does not match the URL parameter",
+        ));
+    }
+    let key = cipher(&state)?;
+    let old = state
+        .store()
+        .connection_get(&id, key)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let new = from_body(body, Some(&old))?;
+    // With an update mask only the named fields change, as in Airflow.
+    let mask: Vec<String> = query_pairs(raw.as_deref())?
+        .into_iter()
+        .filter(|(k, _)| k == "update_mask")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let merged = if mask.is_empty() {
+        new
+    } else {
+        let mut m = old.clone();
+        for field in &mask {
+            match field.as_str() {
+                "conn_type" => m.conn_type = new.conn_type.clone(),
+                "description" => m.description = new.description.clone(),
+                "host" => m.host = new.host.clone(),
+                "login" => m.login = new.login.clone(),
+                "schema" => m.schema = new.schema.clone(),
+                "port" => m.port = new.port,
+                "password" => m.password = new.password.clone(),
+                "extra" => m.extra = new.extra.clone(),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "update_mask: `{other}` is not a field of a connection"
+                    )));
+                }
+            }
+        }
+        m
+    };
+    if !state
+        .store()
+        .connection_update(&merged, key, Utc::now())
+        .await?
+    {
+        return Err(not_found(&id));
+    }
+    audit(&state, &user, "patch_connection", None, None).await;
+    Ok(Json(response(&merged)))
+}
+
+#[utoipa::path(delete, path = "/api/v2/connections/{connection_id}", tag = "Connection",
+    summary = "Delete a connection",
+    params(("connection_id" = String, Path)),
+    responses((status = 204, description = "Deleted")),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn delete(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::Operate)?;
+    if !state.store().connection_delete(&id).await? {
+        return Err(not_found(&id));
+    }
+    audit(&state, &user, "delete_connection", None, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::{Subcommand, ValueEnum};
 use flow_model::Connection;
-use flow_model::connection::is_sensitive_key;
 use serde_json::{Value as Json, json};
 
 use crate::config;
@@ -211,36 +210,12 @@ fn build(
     Ok(conn)
 }
 
-/// The connection with its password and sensitive extras as `***`.
-fn masked(conn: &Connection) -> Connection {
-    let mut c = conn.clone();
-    if c.password.is_some() {
-        c.password = Some("***".into());
-    }
-    let extra = c.extra_json();
-    if !extra.is_empty() {
-        let masked: serde_json::Map<String, Json> = extra
-            .into_iter()
-            .map(|(k, v)| {
-                let v = if is_sensitive_key(&k) {
-                    json!("***")
-                } else {
-                    v
-                };
-                (k, v)
-            })
-            .collect();
-        c.extra = Some(Json::Object(masked).to_string());
-    }
-    c
-}
-
 fn masked_uri(conn: &Connection) -> String {
-    masked(conn).to_uri()
+    conn.masked().to_uri()
 }
 
 fn print(conns: &[Connection], output: Output) {
-    let conns: Vec<Connection> = conns.iter().map(masked).collect();
+    let conns: Vec<Connection> = conns.iter().map(Connection::masked).collect();
     match output {
         Output::Json => {
             let items: Vec<Json> = conns

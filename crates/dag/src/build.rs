@@ -2106,19 +2106,16 @@ fn read_kafka_consume(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<
 }
 
 /// The settings every sensor shares: `mode` (or `deferrable: true`), `poke_interval`,
-/// `timeout`, `soft_fail`. Airflow's defaults: poke every 60 s, time out after 7 days.
-#[allow(clippy::too_many_arguments)]
-fn read_sensor(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    fallback: Span,
-    mode: Option<&str>,
-    deferrable: Option<bool>,
-    poke_interval: Option<&Node>,
-    timeout: Option<&Node>,
-    soft_fail: Option<bool>,
-    async_alias: bool,
-) -> Sensor {
+/// `timeout`, `soft_fail`. Airflow's defaults: poke every 60 s, time out after 7 days. Read from
+/// the node, whose types the sensor's spec has already checked.
+fn read_sensor(ctx: &mut Ctx<'_>, node: &Node, fallback: Span, async_alias: bool) -> Sensor {
+    let flag = |key: &str| node.get(key).and_then(|n| to_json(n).as_bool());
+    let (mode, deferrable, soft_fail) = (
+        node.get("mode").and_then(Node::as_str),
+        flag("deferrable"),
+        flag("soft_fail"),
+    );
+    let (poke_interval, timeout) = (node.get("poke_interval"), node.get("timeout"));
     let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
     let mode = match (mode, deferrable) {
         (Some(m), Some(true)) if m != "deferrable" => {
@@ -2180,17 +2177,7 @@ fn read_kafka_await(
     }
     let filter = spec.filter.unwrap_or_else(|| "true".to_owned());
     check_filter(ctx, &filter, span_of("filter"));
-    let sensor = read_sensor(
-        ctx,
-        node,
-        fallback,
-        spec.mode.as_deref(),
-        spec.deferrable,
-        spec.poke_interval.as_ref().map(|r| &r.node),
-        spec.timeout.as_ref().map(|r| &r.node),
-        spec.soft_fail,
-        async_alias,
-    );
+    let sensor = read_sensor(ctx, node, fallback, async_alias);
     Some(Operator::KafkaAwaitMessage(KafkaAwaitMessageSensor {
         conn_id,
         topics,
@@ -2208,17 +2195,7 @@ fn read_time_delta(
 ) -> Option<Operator> {
     let spec: TimeDeltaSensorSpec = read_spec(ctx, node, fallback)?;
     let delta = read_duration(ctx, &spec.delta.node, "delta")?;
-    let sensor = read_sensor(
-        ctx,
-        node,
-        fallback,
-        spec.mode.as_deref(),
-        spec.deferrable,
-        spec.poke_interval.as_ref().map(|r| &r.node),
-        spec.timeout.as_ref().map(|r| &r.node),
-        spec.soft_fail,
-        async_alias,
-    );
+    let sensor = read_sensor(ctx, node, fallback, async_alias);
     Some(Operator::TimeDelta(TimeDeltaSensor { delta, sensor }))
 }
 
@@ -2244,17 +2221,7 @@ fn read_date_time(
             ),
         );
     }
-    let sensor = read_sensor(
-        ctx,
-        node,
-        fallback,
-        spec.mode.as_deref(),
-        spec.deferrable,
-        spec.poke_interval.as_ref().map(|r| &r.node),
-        spec.timeout.as_ref().map(|r| &r.node),
-        spec.soft_fail,
-        async_alias,
-    );
+    let sensor = read_sensor(ctx, node, fallback, async_alias);
     Some(Operator::DateTime(DateTimeSensor {
         target_time: spec.target_time,
         sensor,

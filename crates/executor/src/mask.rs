@@ -3,24 +3,9 @@
 
 use std::borrow::Cow;
 
-use crate::render::{RenderedTask, RunContext};
+pub use flow_model::connection::is_sensitive_name;
 
-/// Airflow's `DEFAULT_SENSITIVE_FIELDS`: a name containing one of these (case-insensitive)
-/// holds a secret.
-const SENSITIVE_NAMES: &[&str] = &[
-    "access_token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "keyfile_dict",
-    "passphrase",
-    "passwd",
-    "password",
-    "private_key",
-    "secret",
-    "service_account",
-    "token",
-];
+use crate::render::{RenderedTask, RunContext};
 
 /// Shorter values are not masked: masking `1` or `true` everywhere would garble logs and
 /// reveal more than it hides. Airflow's `min_length_masked_secret` default.
@@ -81,12 +66,6 @@ impl Masker {
         }
         out
     }
-}
-
-/// Whether a variable, connection field or env name holds a secret.
-pub fn is_sensitive_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SENSITIVE_NAMES.iter().any(|s| lower.contains(s))
 }
 
 #[cfg(test)]

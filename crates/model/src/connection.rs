@@ -251,12 +251,42 @@ impl Connection {
         uri
     }
 
+    /// The connection as it may be shown: the password and every sensitive extra value as
+    /// `***` (an extra that is not a JSON object is hidden whole).
+    pub fn masked(&self) -> Connection {
+        const MASK: &str = "***";
+        let mut c = self.clone();
+        if c.password.is_some() {
+            c.password = Some(MASK.into());
+        }
+        if let Some(text) = &self.extra {
+            c.extra = Some(match serde_json::from_str::<Json>(text) {
+                Ok(Json::Object(map)) => {
+                    let masked: Map<String, Json> = map
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let v = if is_sensitive_name(&k) {
+                                Json::from(MASK)
+                            } else {
+                                v
+                            };
+                            (k, v)
+                        })
+                        .collect();
+                    Json::Object(masked).to_string()
+                }
+                _ => MASK.into(),
+            });
+        }
+        c
+    }
+
     /// Values that must never be shown: the password and every extra value under a
     /// sensitive-looking key (`sasl.password`, `ssl.key.pem`, ...).
     pub fn secrets(&self) -> Vec<String> {
         let mut out: Vec<String> = self.password.iter().cloned().collect();
         for (k, v) in self.extra_json() {
-            if is_sensitive_key(&k) {
+            if is_sensitive_name(&k) {
                 match v {
                     Json::String(s) => out.push(s),
                     Json::Null => {}
@@ -269,25 +299,33 @@ impl Connection {
     }
 }
 
-/// Keys whose values are secrets, after Airflow's `DEFAULT_SENSITIVE_FIELDS`.
-pub fn is_sensitive_key(key: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-        "access_key",
-        "private",
-        "credential",
-        "auth",
-        "key.pem",
-        "keystore",
-        "key_password",
-    ];
-    let key = key.to_ascii_lowercase();
-    WORDS.iter().any(|w| key.contains(w))
+/// Airflow's `DEFAULT_SENSITIVE_FIELDS`, plus the words of Kafka's secret settings
+/// (`ssl.keystore.password`, `ssl.key.pem`, SASL credentials): a name containing one of these
+/// (case-insensitive) holds a secret. The one list behind connection masking and the task log
+/// masker.
+const SENSITIVE_NAMES: &[&str] = &[
+    "access_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "keyfile_dict",
+    "passphrase",
+    "passwd",
+    "password",
+    "private_key",
+    "secret",
+    "service_account",
+    "token",
+    "access_key",
+    "credential",
+    "key.pem",
+    "keystore",
+];
+
+/// Whether a variable, connection extra key or env name holds a secret.
+pub fn is_sensitive_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SENSITIVE_NAMES.iter().any(|s| lower.contains(s))
 }
 
 fn check_extra(text: &str) -> Result<String, ConnectionError> {

@@ -117,20 +117,15 @@ fn connection_row(r: &AnyRow, cipher: &Cipher) -> Result<Connection> {
     })
 }
 
-impl Store {
-    /// Adds a connection. Returns false if `conn_id` is taken (Airflow refuses too).
-    pub async fn connection_add(
-        &self,
-        conn: &Connection,
-        cipher: &Cipher,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let n = sqlx::query(&format!(
-            "INSERT INTO connection ({COLUMNS}, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (conn_id) DO NOTHING"
-        ))
+/// `$1..$12` of the insert and the update: the fields, the secrets as tokens, their flags and
+/// the time.
+fn bind_connection<'q>(
+    sql: &'q str,
+    conn: &'q Connection,
+    cipher: &Cipher,
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
         .bind(&conn.conn_id)
         .bind(&conn.conn_type)
         .bind(conn.description.as_deref())
@@ -143,9 +138,30 @@ impl Store {
         .bind(i64::from(conn.password.is_some()))
         .bind(i64::from(conn.extra.is_some()))
         .bind(to_micros(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+}
+
+const UPDATE_SQL: &str = "UPDATE connection SET conn_type = $2, description = $3, host = $4, \
+    schema_name = $5, login = $6, password = $7, port = $8, extra = $9, is_encrypted = $10, \
+    is_extra_encrypted = $11, updated_at = $12 WHERE conn_id = $1";
+
+impl Store {
+    /// Adds a connection. Returns false if `conn_id` is taken (Airflow refuses too).
+    pub async fn connection_add(
+        &self,
+        conn: &Connection,
+        cipher: &Cipher,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "INSERT INTO connection ({COLUMNS}, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (conn_id) DO NOTHING"
+        );
+        let n = bind_connection(&sql, conn, cipher, now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -172,26 +188,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE connection SET conn_type = $2, description = $3, host = $4, schema_name = $5, \
-             login = $6, password = $7, port = $8, extra = $9, is_encrypted = $10, \
-             is_extra_encrypted = $11, updated_at = $12 WHERE conn_id = $1",
-        )
-        .bind(&conn.conn_id)
-        .bind(&conn.conn_type)
-        .bind(conn.description.as_deref())
-        .bind(conn.host.as_deref())
-        .bind(conn.schema.as_deref())
-        .bind(conn.login.as_deref())
-        .bind(conn.password.as_deref().map(|p| cipher.encrypt(p)))
-        .bind(conn.port.map(i64::from))
-        .bind(conn.extra.as_deref().map(|e| cipher.encrypt(e)))
-        .bind(i64::from(conn.password.is_some()))
-        .bind(i64::from(conn.extra.is_some()))
-        .bind(to_micros(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = bind_connection(UPDATE_SQL, conn, cipher, now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -241,18 +241,9 @@ impl Store {
         let mut n = 0;
         for row in &rows {
             let conn = connection_row(row, cipher)?;
-            sqlx::query(
-                "UPDATE connection SET password = $2, extra = $3, is_encrypted = $4, \
-                 is_extra_encrypted = $5, updated_at = $6 WHERE conn_id = $1",
-            )
-            .bind(&conn.conn_id)
-            .bind(conn.password.as_deref().map(|p| cipher.encrypt(p)))
-            .bind(conn.extra.as_deref().map(|e| cipher.encrypt(e)))
-            .bind(i64::from(conn.password.is_some()))
-            .bind(i64::from(conn.extra.is_some()))
-            .bind(to_micros(now))
-            .execute(&mut *tx)
-            .await?;
+            bind_connection(UPDATE_SQL, &conn, cipher, now)
+                .execute(&mut *tx)
+                .await?;
             n += 1;
         }
         tx.commit().await?;

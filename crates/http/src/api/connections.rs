@@ -6,7 +6,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Json;
 use chrono::Utc;
-use flow_model::connection::is_sensitive_key;
 use flow_model::{Connection, Permission};
 use serde::Deserialize;
 use serde_json::Value;
@@ -58,36 +57,18 @@ fn not_found(id: &str) -> ApiError {
     ))
 }
 
-fn masked_extra(extra: Option<&str>) -> Option<String> {
-    let text = extra?;
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        return Some(MASK.to_owned());
-    };
-    let masked: serde_json::Map<String, Value> = map
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if is_sensitive_key(&k) {
-                Value::from(MASK)
-            } else {
-                v
-            };
-            (k, v)
-        })
-        .collect();
-    Some(Value::Object(masked).to_string())
-}
-
 fn response(c: &Connection) -> ConnectionResponse {
+    let c = c.masked();
     ConnectionResponse {
-        connection_id: c.conn_id.clone(),
-        conn_type: c.conn_type.clone(),
-        description: c.description.clone(),
-        host: c.host.clone(),
-        login: c.login.clone(),
-        schema: c.schema.clone(),
+        connection_id: c.conn_id,
+        conn_type: c.conn_type,
+        description: c.description,
+        host: c.host,
+        login: c.login,
+        schema: c.schema,
         port: c.port,
-        password: c.password.as_ref().map(|_| MASK.to_owned()),
-        extra: masked_extra(c.extra.as_deref()),
+        password: c.password,
+        extra: c.extra,
     }
 }
 
@@ -106,7 +87,7 @@ fn from_body(b: ConnectionBody, existing: Option<&Connection>) -> ApiResult<Conn
         (p, _) => p,
     };
     c.extra = match (b.extra, existing) {
-        (Some(e), Some(old)) if masked_extra(old.extra.as_deref()).as_deref() == Some(&e) => {
+        (Some(e), Some(old)) if old.masked().extra.as_deref() == Some(e.as_str()) => {
             old.extra.clone()
         }
         (Some(e), _) if e.trim().is_empty() => None,

@@ -307,6 +307,8 @@ async fn connections_are_encrypted_masked_and_overridable() {
 fn operators_dag(topic: &str, out_topic: &str) -> String {
     format!(
         r#"
+# Groups named after this pass's topic: the test broker stalls a group whose members
+# (a killed earlier pass's) subscribed to other topics.
 kafka_ops:
   params: {{order: 42}}
   tasks:
@@ -324,6 +326,7 @@ kafka_ops:
       dependencies: [produce]
     consume:
       operator: kafka_consume
+      group_id: consume-{topic}
       topics: {topic}
       max_messages: 5
       max_batch_size: 2
@@ -340,7 +343,7 @@ kafka_ops:
     poke:
       operator: kafka_await_message
       topics: [{topic}]
-      group_id: poker
+      group_id: poker-{topic}
       filter: "value.order == params.order | string"
       poke_interval: 1s
       timeout: 60s
@@ -358,6 +361,7 @@ kafka_ops:
     # finishes if the deferral gave the slot back.
     deferred_kafka:
       operator: kafka_await_message
+      group_id: deferred_kafka-{topic}
       topics: [{out_topic}]
       filter: "key == 'wake' and value.run == run_id"
       deferrable: true
@@ -365,6 +369,7 @@ kafka_ops:
       priority_weight: 100
     resched_kafka:
       operator: kafka_await_message
+      group_id: resched_kafka-{topic}
       topics: [{out_topic}]
       filter: "key == 'late'"
       mode: reschedule
@@ -378,6 +383,7 @@ kafka_ops:
       dependencies: [resched]
     never:
       operator: kafka_await_message
+      group_id: never-{topic}
       topics: [{out_topic}]
       filter: "false"
       deferrable: true

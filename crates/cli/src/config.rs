@@ -101,7 +101,10 @@ pub fn fernet_cipher() -> Result<flow_store::Cipher> {
     // Written whole to a private temporary file, then linked into place: the link fails if
     // another process got there first, and nobody ever reads a half-written key.
     let key = flow_store::Cipher::generate_key();
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per call: tasks of one process may get here at the same time.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     write_private(&temp, &format!("{key}\n"))?;
     let linked = std::fs::hard_link(&temp, &path);

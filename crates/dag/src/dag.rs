@@ -166,6 +166,25 @@ pub struct Task {
     pub line: u32,
 }
 
+impl Task {
+    /// How long to wait before retrying after try `try_number` failed: `retry_delay`, doubled
+    /// per try with `retry_exponential_backoff`, capped by `max_retry_delay` (and a day).
+    pub fn retry_delay_after(&self, try_number: i64) -> Duration {
+        let base = self.retry_delay;
+        if !self.retry_exponential_backoff {
+            return base;
+        }
+        let exp = u32::try_from((try_number - 1).clamp(0, 30)).unwrap_or(0);
+        let delay = base
+            .checked_mul(2i32.saturating_pow(exp))
+            .unwrap_or(Duration::days(1));
+        match self.max_retry_delay {
+            Some(max) => delay.min(max),
+            None => delay.min(Duration::days(1)),
+        }
+    }
+}
+
 /// How a task's priority weight adds up (Airflow's `weight_rule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use flow_dag::{Dag, Task};
 use flow_model::TaskInstanceState as S;
 use flow_store::{ClaimedTi, DagRunRow, Store, TiFinish, TiKey};
@@ -347,23 +347,6 @@ fn system_line(text: impl Into<String>) -> LogLine {
     }
 }
 
-/// Airflow's retry delay: `retry_delay`, doubled per try with exponential backoff, capped by
-/// `max_retry_delay`.
-pub fn retry_delay(task: &Task, try_number: i64) -> Duration {
-    let base = task.retry_delay;
-    if !task.retry_exponential_backoff {
-        return base;
-    }
-    let exp = u32::try_from((try_number - 1).clamp(0, 30)).unwrap_or(0);
-    let delay = base
-        .checked_mul(2i32.saturating_pow(exp))
-        .unwrap_or(Duration::days(1));
-    match task.max_retry_delay {
-        Some(max) => delay.min(max),
-        None => delay.min(Duration::days(1)),
-    }
-}
-
 impl Job {
     /// The run's DAG from the worker's cache, re-read only when its hash changed.
     async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, String> {
@@ -593,7 +576,7 @@ impl Job {
         if ti.try_number <= ti.max_tries
             && let Some(task) = task
         {
-            let at = now + retry_delay(task, ti.try_number);
+            let at = now + task.retry_delay_after(ti.try_number);
             return (S::UpForRetry, None, Some(reason), Some(at));
         }
         (S::Failed, None, Some(reason), None)

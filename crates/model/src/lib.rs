@@ -8,7 +8,7 @@
 //!
 //! - [`ids`]: `DagId`, `TaskId`, `PoolId`, `RunId`, validated on construction.
 //! - [`state`]: `TaskInstanceState`, `DagRunState`, `DagRunType`.
-//! - [`transition`]: which [`Actor`] may move a task instance between which states.
+//! - [`transition`]: which [`Actor`] may move a task instance or a dag run between which states.
 //! - [`trigger_rule`]: `TriggerRule` and its evaluation against upstream states.
 //! - [`dag_run`]: when a dag run has succeeded or failed.
 //! - [`connection`]: Airflow's connections and their URI and JSON forms.
@@ -29,5 +29,8 @@ pub use ids::{DagId, IdError, PoolId, RunId, TaskId};
 pub use role::{Permission, Role};
 pub use state::{DagRunState, DagRunType, TaskInstanceState};
 pub use string_enum::ParseEnumError;
-pub use transition::{Actor, IllegalTransition, allowed_from, check_transition};
+pub use transition::{
+    Actor, IllegalRunTransition, IllegalTransition, allowed_from, check_run_transition,
+    check_transition, run_allowed_from,
+};
 pub use trigger_rule::{TriggerDecision, TriggerRule, UpstreamStates};

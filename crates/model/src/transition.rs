@@ -1,5 +1,5 @@
-//! The legal task instance state transitions: which actor may move a task instance from which
-//! state to which, and why.
+//! The legal state transitions of task instances and dag runs: which actor may move one from
+//! which state to which, and why.
 //!
 //! Every state change in flow is a guarded compare-and-set, `UPDATE ... SET state = $to WHERE
 //! state = ANY($allowed_from)`, built from [`allowed_from`]; zero rows updated means another
@@ -13,8 +13,8 @@
 //! A state never moves to itself: setting the state a task instance already has is the caller's
 //! no-op, not a transition, and is never recorded in the history.
 
-use crate::TaskInstanceState;
 use crate::string_enum::string_enum;
+use crate::{DagRunState, TaskInstanceState};
 
 string_enum! {
     /// Who changes a task instance's state; recorded with every transition in the history.
@@ -159,6 +159,57 @@ fn user_may(from: TaskInstanceState, to: TaskInstanceState) -> bool {
             NoStatus,
         ) => true,
         _ => false,
+    }
+}
+
+/// A dag run transition the rules do not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {actor} may not move a dag run from `{from}` to `{to}`")]
+pub struct IllegalRunTransition {
+    pub from: DagRunState,
+    pub to: DagRunState,
+    pub actor: Actor,
+}
+
+/// Checks that `actor` may move a dag run from `from` to `to`.
+pub fn check_run_transition(
+    from: DagRunState,
+    to: DagRunState,
+    actor: Actor,
+) -> Result<(), IllegalRunTransition> {
+    if run_is_allowed(from, to, actor) {
+        Ok(())
+    } else {
+        Err(IllegalRunTransition { from, to, actor })
+    }
+}
+
+/// Every state from which `actor` may move a dag run to `to`, in [`DagRunState::ALL`] order.
+pub fn run_allowed_from(to: DagRunState, actor: Actor) -> Vec<DagRunState> {
+    DagRunState::ALL
+        .into_iter()
+        .filter(|&from| run_is_allowed(from, to, actor))
+        .collect()
+}
+
+fn run_is_allowed(from: DagRunState, to: DagRunState, actor: Actor) -> bool {
+    use DagRunState::*;
+    if from == to {
+        return false;
+    }
+    match actor {
+        Actor::Scheduler => matches!(
+            (from, to),
+            // A slot under max_active_runs is free (and the DAG is not paused).
+            (Queued, Running)
+            // The leaves decided, a deadlock was found, or dagrun_timeout passed.
+            | (Running, Success | Failed)
+        ),
+        // Mark success / failed whatever the state; clear (or set back to queued) a run so
+        // that it runs again, as Airflow's clear and its REST API's `queued` do.
+        Actor::User => true,
+        // Workers and triggerers change task instances; the scheduler decides the run.
+        Actor::Worker | Actor::Triggerer => false,
     }
 }
 
@@ -317,6 +368,34 @@ mod tests {
         assert_eq!(
             "api".parse::<Actor>().unwrap_err().to_string(),
             "unknown actor `api`; expected one of: scheduler, worker, triggerer, user"
+        );
+    }
+
+    #[test]
+    fn dag_run_transitions() {
+        use DagRunState::*;
+        assert_eq!(run_allowed_from(Running, Actor::Scheduler), [Queued]);
+        assert_eq!(run_allowed_from(Success, Actor::Scheduler), [Running]);
+        assert_eq!(run_allowed_from(Failed, Actor::Scheduler), [Running]);
+        assert!(run_allowed_from(Queued, Actor::Scheduler).is_empty());
+        assert_eq!(
+            run_allowed_from(Queued, Actor::User),
+            [Running, Success, Failed]
+        );
+        assert_eq!(
+            run_allowed_from(Success, Actor::User),
+            [Queued, Running, Failed]
+        );
+        for to in DagRunState::ALL {
+            assert!(run_allowed_from(to, Actor::Worker).is_empty());
+            assert!(run_allowed_from(to, Actor::Triggerer).is_empty());
+            assert!(check_run_transition(to, to, Actor::User).is_err());
+        }
+        assert_eq!(
+            check_run_transition(Success, Running, Actor::Scheduler)
+                .unwrap_err()
+                .to_string(),
+            "the scheduler may not move a dag run from `success` to `running`"
         );
     }
 }

@@ -288,6 +288,8 @@ impl Scheduler {
                     &run.run_id,
                     &[DagRunState::Running],
                     state,
+                    Actor::Scheduler,
+                    reason.as_deref(),
                     now,
                 )
                 .await?
@@ -302,7 +304,10 @@ impl Scheduler {
         if zombie_due {
             self.rescue_zombies(now).await?;
             // Deferrals past their timeout resume to fail, with or without a triggerer.
-            let expired = self.store.ti_expire_deferrals(now).await?;
+            let expired = self
+                .store
+                .ti_expire_deferrals(Actor::Scheduler, now)
+                .await?;
             if expired > 0 {
                 info!(expired, "deferred task instances timed out");
             }
@@ -540,6 +545,8 @@ impl Scheduler {
                     &r.run_id,
                     &[DagRunState::Queued],
                     DagRunState::Running,
+                    Actor::Scheduler,
+                    None,
                     now,
                 )
                 .await?
@@ -771,39 +778,53 @@ impl Scheduler {
         Ok(changes)
     }
 
-    /// Running task instances whose worker stopped heartbeating: retried if tries remain,
-    /// failed otherwise (Airflow's zombie handling).
+    /// Task instances whose worker stopped heartbeating (Airflow's zombies): a running or
+    /// stopping try is over, retried if tries remain and failed otherwise; a try that was
+    /// being restarted after a clear goes back to no state, finishing the clear. Each change is
+    /// guarded by the heartbeat still being stale, so a worker that was only slow wins.
     async fn rescue_zombies(&mut self, now: DateTime<Utc>) -> Result<(), SchedulerError> {
         let threshold =
             Duration::from_std(self.config.zombie_threshold).unwrap_or(Duration::seconds(60));
-        let zombies = self.store.ti_list_stale_running(now - threshold).await?;
+        let cutoff = now - threshold;
+        let zombies = self.store.ti_list_stale_running(cutoff).await?;
         if zombies.is_empty() {
             return Ok(());
         }
         let mut changes = Vec::new();
         for z in zombies {
+            let worker = z.worker_id.as_deref().unwrap_or("?");
+            warn!(dag_id = %z.key.dag_id, run_id = %z.key.run_id, task_id = %z.key.task_id, map_index = z.key.map_index, try_number = z.try_number, state = %z.state, "zombie task instance: no heartbeat");
+            if z.state == S::Restarting {
+                changes.push(StateChange {
+                    key: z.key.clone(),
+                    from: vec![S::Restarting],
+                    to: S::NoStatus,
+                    reason: Some(format!(
+                        "zombie: worker {worker} died while restarting the cleared try; no heartbeat for over {}s",
+                        threshold.num_seconds()
+                    )),
+                    next_retry_at: None,
+                });
+                continue;
+            }
             let dag = self.dag_for(&z.key.dag_id).await?;
-            let retry_delay = dag
-                .as_ref()
-                .and_then(|d| d.task(&z.key.task_id))
-                .map_or(Duration::seconds(300), |t| t.retry_delay);
+            let task = dag.as_ref().and_then(|d| d.task(&z.key.task_id));
             let retry = z.try_number <= z.max_tries;
-            warn!(dag_id = %z.key.dag_id, run_id = %z.key.run_id, task_id = %z.key.task_id, try_number = z.try_number, "zombie task instance: no heartbeat");
+            let delay = task.map_or(Duration::seconds(300), |t| {
+                t.retry_delay_after(z.try_number)
+            });
             changes.push(StateChange {
                 key: z.key.clone(),
-                from: vec![S::Running],
+                from: vec![z.state],
                 to: if retry { S::UpForRetry } else { S::Failed },
                 reason: Some(format!(
-                    "zombie: no heartbeat from worker {} for over {}s",
-                    z.worker_id.as_deref().unwrap_or("?"),
+                    "zombie: no heartbeat from worker {worker} for over {}s",
                     threshold.num_seconds()
                 )),
-                next_retry_at: retry.then(|| now + retry_delay),
+                next_retry_at: retry.then(|| now + delay),
             });
         }
-        self.store
-            .ti_set_states(&changes, Actor::Scheduler, now)
-            .await?;
+        self.store.ti_rescue_stale(&changes, cutoff, now).await?;
         Ok(())
     }
 }

@@ -6,7 +6,11 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::task_instances::{NewTaskInstance, insert_task_instances};
-use crate::{Result, Store, StoreError, from_micros, opt_from_micros, placeholders, to_micros};
+use crate::transition::{RunChange, run_transition};
+use crate::{
+    Result, StateChange, Store, StoreError, from_micros, opt_from_micros, placeholders, to_micros,
+};
+use flow_model::Actor;
 
 #[derive(Debug, Clone)]
 pub struct NewDagRun {
@@ -73,23 +77,13 @@ fn run_row(r: &AnyRow) -> Result<DagRunRow> {
     })
 }
 
-/// Records a run's current state in `dag_run_transition` (for lifecycle events).
-pub(crate) async fn record_run_transition(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    dag_id: &str,
-    run_id: &str,
-    now_us: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO dag_run_transition (dag_id, run_id, run_type, to_state, at) \
-         SELECT dag_id, run_id, run_type, state, $3 FROM dag_run WHERE dag_id = $1 AND run_id = $2",
-    )
-    .bind(dag_id)
-    .bind(run_id)
-    .bind(now_us)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Who creates runs of this type: the scheduler (schedules, events) or a person (manual runs,
+/// backfills).
+fn creator(run_type: DagRunType) -> Actor {
+    match run_type {
+        DagRunType::Scheduled | DagRunType::Event => Actor::Scheduler,
+        DagRunType::Manual | DagRunType::Backfill => Actor::User,
+    }
 }
 
 /// Inserts a run (nothing if it exists), its task instances and its first transition.
@@ -127,7 +121,16 @@ async fn create_in(
         return Ok(None);
     };
     insert_task_instances(tx, &run.dag_id, &run.run_id, task_instances, now_us).await?;
-    record_run_transition(tx, &run.dag_id, &run.run_id, now_us).await?;
+    crate::transition::record_run(
+        tx,
+        &run.dag_id,
+        &run.run_id,
+        None,
+        creator(run.run_type),
+        None,
+        now_us,
+    )
+    .await?;
     Ok(Some(run_row(&row)?))
 }
 
@@ -238,50 +241,44 @@ impl Store {
         row.as_ref().map(run_row).transpose()
     }
 
-    /// Compare-and-set of a run's state. Moving to running stamps `start_date` (once); moving to
-    /// success or failed stamps `end_date`. Returns whether this call made the change.
+    /// Compare-and-set of a run's state by `actor`, through the transition primitive. Moving
+    /// to running stamps `start_date` (once); moving to success or failed stamps `end_date`.
+    /// Returns whether this call made the change.
+    #[allow(clippy::too_many_arguments)]
     pub async fn dag_run_set_state_if(
         &self,
         dag_id: &str,
         run_id: &str,
         from: &[DagRunState],
         to: DagRunState,
+        actor: Actor,
+        reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        if from.is_empty() {
-            return Ok(false);
-        }
-        let now_us = to_micros(now);
-        let finished = matches!(to, DagRunState::Success | DagRunState::Failed);
-        let sql = format!(
-            "UPDATE dag_run SET state = $1, updated_at = $2, \
-             start_date = CASE WHEN $3 = 1 AND start_date IS NULL THEN $2 ELSE start_date END, \
-             end_date = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
-             WHERE dag_id = $5 AND run_id = $6 AND state IN ({})",
-            placeholders(7, from.len())
-        );
-        let mut q = sqlx::query(&sql)
-            .bind(to.as_str())
-            .bind(now_us)
-            .bind(i64::from(to == DagRunState::Running))
-            .bind(i64::from(finished))
-            .bind(dag_id)
-            .bind(run_id);
-        for s in from {
-            q = q.bind(s.as_str());
-        }
+        let run = RunChange {
+            dag_id: dag_id.to_owned(),
+            run_id: run_id.to_owned(),
+            reason: reason.map(str::to_owned),
+        };
         let mut tx = self.begin().await?;
-        let n = q.execute(&mut *tx).await?.rows_affected();
-        if n > 0 {
-            record_run_transition(&mut tx, dag_id, run_id, now_us).await?;
-        }
+        let applied = run_transition(
+            &mut tx,
+            self.backend(),
+            actor,
+            from,
+            to,
+            &[run],
+            to_micros(now),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(!applied.is_empty())
     }
 
     /// Marks a run by hand, as Airflow's "mark success / mark failed" do: to success, every
     /// unfinished task instance becomes success; to failed, running ones become failed and the
-    /// other unfinished ones skipped. Returns false when the run does not exist.
+    /// other unfinished ones skipped. One transaction. Returns false when the run does not
+    /// exist.
     pub async fn dag_run_mark(
         &self,
         dag_id: &str,
@@ -290,37 +287,78 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         use flow_model::TaskInstanceState as S;
-        let Some(run) = self.dag_run_get(dag_id, run_id).await? else {
-            return Ok(false);
-        };
-        let tis = self.ti_list_for_run(dag_id, run_id).await?;
-        let unfinished = tis.iter().filter(|t| !t.state.is_finished());
-        match to {
-            DagRunState::Success => {
-                let keys: Vec<_> = unfinished.map(|t| t.key.clone()).collect();
-                self.ti_mark(&keys, S::Success, now).await?;
-            }
-            DagRunState::Failed => {
-                let (running, other): (Vec<_>, Vec<_>) =
-                    unfinished.partition(|t| t.state == S::Running);
-                let running: Vec<_> = running.into_iter().map(|t| t.key.clone()).collect();
-                let other: Vec<_> = other.into_iter().map(|t| t.key.clone()).collect();
-                self.ti_mark(&running, S::Failed, now).await?;
-                self.ti_mark(&other, S::Skipped, now).await?;
-            }
-            DagRunState::Queued | DagRunState::Running => {}
-        }
-        if run.state != to {
-            let all = [
-                DagRunState::Queued,
-                DagRunState::Running,
-                DagRunState::Success,
-                DagRunState::Failed,
-            ];
-            let from: Vec<_> = all.into_iter().filter(|s| *s != to).collect();
-            self.dag_run_set_state_if(dag_id, run_id, &from, to, now)
+        let now_us = to_micros(now);
+        let backend = self.backend();
+        let mut tx = self.begin().await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM dag_run WHERE dag_id = $1 AND run_id = $2")
+                .bind(dag_id)
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
                 .await?;
+        if exists.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
         }
+        let rows = sqlx::query(
+            "SELECT dag_id, run_id, task_id, map_index, state FROM task_instance \
+             WHERE dag_id = $1 AND run_id = $2",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut unfinished = Vec::new();
+        for r in &rows {
+            let state = crate::task_instances::parse_state(&r.try_get::<String, _>("state")?)?;
+            if state.is_unfinished() {
+                unfinished.push((crate::task_instances::key_of(r)?, state));
+            }
+        }
+        let mark = |key: &crate::TiKey, to: S| StateChange {
+            key: key.clone(),
+            from: flow_model::transition::allowed_from(to, Actor::User),
+            to,
+            reason: Some(format!("marked {to} with its run")),
+            next_retry_at: None,
+        };
+        let changes: Vec<StateChange> = match to {
+            DagRunState::Success => unfinished
+                .iter()
+                .map(|(k, _)| mark(k, S::Success))
+                .collect(),
+            DagRunState::Failed => unfinished
+                .iter()
+                .map(|(k, s)| {
+                    mark(
+                        k,
+                        if *s == S::Running {
+                            S::Failed
+                        } else {
+                            S::Skipped
+                        },
+                    )
+                })
+                .collect(),
+            DagRunState::Queued | DagRunState::Running => Vec::new(),
+        };
+        crate::task_instances::set_states_in(
+            &mut tx,
+            backend,
+            &changes,
+            Actor::User,
+            &Default::default(),
+            now_us,
+        )
+        .await?;
+        let from: Vec<_> = flow_model::transition::run_allowed_from(to, Actor::User);
+        let run = RunChange {
+            dag_id: dag_id.to_owned(),
+            run_id: run_id.to_owned(),
+            reason: Some(format!("marked {to} by a user")),
+        };
+        run_transition(&mut tx, backend, Actor::User, &from, to, &[run], now_us).await?;
+        tx.commit().await?;
         Ok(true)
     }
 

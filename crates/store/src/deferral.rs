@@ -12,7 +12,8 @@ use flow_model::TaskInstanceState as S;
 use flow_model::transition::Actor;
 use sqlx::Row;
 
-use crate::task_instances::insert_transitions;
+use crate::task_instances::key_of;
+use crate::transition::{TiChange, TiEffect, TiMove, ti_transition};
 use crate::{Result, Store, TiKey, from_micros, opt_from_micros, to_micros};
 
 /// A trigger as a triggerer runs it.
@@ -55,49 +56,34 @@ impl Store {
         started_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let now_us = to_micros(now);
         let kwargs = serde_json::json!({"started_at": started_at.to_rfc3339()}).to_string();
+        let change = TiChange {
+            try_number: Some(try_number),
+            next_retry_at: Some(to_micros(at)),
+            ..TiChange::new(key.clone()).reason(Some(format!("poke again at {}", at.to_rfc3339())))
+        };
+        let effect = TiEffect {
+            worker_is: Some(worker_id.to_owned()),
+            next_method: Some(NEXT_POKE.to_owned()),
+            next_kwargs: Some(kwargs),
+            ..TiEffect::default()
+        };
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE task_instance SET state = 'up_for_reschedule', next_retry_at = $1, \
-             next_method = $2, next_kwargs = $3, worker_id = NULL, updated_at = $4 \
-             WHERE dag_id = $5 AND run_id = $6 AND task_id = $7 AND map_index = $8 \
-             AND try_number = $9 AND worker_id = $10 AND state = 'running'",
-        )
-        .bind(to_micros(at))
-        .bind(NEXT_POKE)
-        .bind(kwargs)
-        .bind(now_us)
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(key.map_index)
-        .bind(try_number)
-        .bind(worker_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let reason = Some(format!("poke again at {}", at.to_rfc3339()));
-        insert_transitions(
+        let applied = ti_transition(
             &mut tx,
-            &[(
-                key.clone(),
-                try_number,
-                S::Running,
-                S::UpForReschedule,
-                reason,
-            )],
-            Actor::Worker,
-            now_us,
+            self.backend(),
+            TiMove {
+                actor: Actor::Worker,
+                from: &[S::Running],
+                to: S::UpForReschedule,
+                effect: &effect,
+            },
+            &[change],
+            to_micros(now),
         )
         .await?;
-        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(!applied.is_empty())
     }
 
     /// Deferrable mode: the running try hands its wait to a new trigger and frees its slot.
@@ -122,42 +108,34 @@ impl Store {
         .bind(now_us)
         .fetch_one(&mut *tx)
         .await?;
-        let n = sqlx::query(
-            "UPDATE task_instance SET state = 'deferred', trigger_id = $1, trigger_timeout = $2, \
-             next_method = $3, next_kwargs = NULL, worker_id = NULL, updated_at = $4 \
-             WHERE dag_id = $5 AND run_id = $6 AND task_id = $7 AND map_index = $8 \
-             AND try_number = $9 AND worker_id = $10 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(to_micros(timeout_at))
-        .bind(NEXT_EXECUTE_COMPLETE)
-        .bind(now_us)
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(key.map_index)
-        .bind(try_number)
-        .bind(worker_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_transitions(
+        let change = TiChange {
+            try_number: Some(try_number),
+            ..TiChange::new(key.clone())
+                .reason(Some(format!("deferred to trigger {id} ({classpath})")))
+        };
+        let effect = TiEffect {
+            worker_is: Some(worker_id.to_owned()),
+            next_method: Some(NEXT_EXECUTE_COMPLETE.to_owned()),
+            trigger: Some((id, to_micros(timeout_at))),
+            ..TiEffect::default()
+        };
+        let applied = ti_transition(
             &mut tx,
-            &[(
-                key.clone(),
-                try_number,
-                S::Running,
-                S::Deferred,
-                Some(format!("deferred to trigger {id} ({classpath})")),
-            )],
-            Actor::Worker,
+            self.backend(),
+            TiMove {
+                actor: Actor::Worker,
+                from: &[S::Running],
+                to: S::Deferred,
+                effect: &effect,
+            },
+            &[change],
             now_us,
         )
         .await?;
+        if applied.is_empty() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -261,53 +239,76 @@ impl Store {
     ) -> Result<usize> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE task_instance SET state = 'scheduled', next_method = $1, next_kwargs = $2, \
-             trigger_id = NULL, trigger_timeout = NULL, scheduled_dttm = $3, updated_at = $3 \
-             WHERE trigger_id = $4 AND state = 'deferred' \
-             RETURNING dag_id, run_id, task_id, map_index, try_number",
+        let waiting = deferred_where(
+            &mut tx,
+            self.backend(),
+            "trigger_id = $1",
+            trigger_id,
+            reason,
         )
-        .bind(next_method)
-        .bind(event.to_string())
-        .bind(now_us)
-        .bind(trigger_id)
-        .fetch_all(&mut *tx)
         .await?;
-        let transitions = resumed(&rows, reason)?;
-        insert_transitions(&mut tx, &transitions, Actor::Triggerer, now_us).await?;
+        let effect = TiEffect {
+            next_method: Some(next_method.to_owned()),
+            next_kwargs: Some(event.to_string()),
+            ..TiEffect::default()
+        };
+        let applied = ti_transition(
+            &mut tx,
+            self.backend(),
+            TiMove {
+                actor: Actor::Triggerer,
+                from: &[S::Deferred],
+                to: S::Scheduled,
+                effect: &effect,
+            },
+            &waiting,
+            now_us,
+        )
+        .await?;
         sqlx::query("DELETE FROM trigger WHERE id = $1")
             .bind(trigger_id)
             .execute(&mut *tx)
             .await?;
-        if !transitions.is_empty() {
-            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
-        }
         tx.commit().await?;
-        Ok(transitions.len())
+        Ok(applied.len())
     }
 
     /// Deferred task instances whose `trigger_timeout` passed resume to fail (Airflow's
-    /// scheduler does the same), whether or not a triggerer is running.
-    pub async fn ti_expire_deferrals(&self, now: DateTime<Utc>) -> Result<usize> {
+    /// scheduler does the same), whether or not a triggerer is running. `actor` is whoever
+    /// calls: the scheduler, or a triggerer.
+    pub async fn ti_expire_deferrals(&self, actor: Actor, now: DateTime<Utc>) -> Result<usize> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
+        let expired = deferred_where(
+            &mut tx,
+            self.backend(),
+            "trigger_timeout < $1",
+            now_us,
+            "deferral timed out",
+        )
+        .await?;
         let event =
             serde_json::json!({"error": "the deferral timed out", "timeout": true}).to_string();
-        let rows = sqlx::query(
-            "UPDATE task_instance SET state = 'scheduled', next_method = $1, next_kwargs = $2, \
-             trigger_id = NULL, trigger_timeout = NULL, scheduled_dttm = $3, updated_at = $3 \
-             WHERE state = 'deferred' AND trigger_timeout < $3 \
-             RETURNING dag_id, run_id, task_id, map_index, try_number",
+        let effect = TiEffect {
+            next_method: Some(NEXT_FAIL.to_owned()),
+            next_kwargs: Some(event),
+            ..TiEffect::default()
+        };
+        let applied = ti_transition(
+            &mut tx,
+            self.backend(),
+            TiMove {
+                actor,
+                from: &[S::Deferred],
+                to: S::Scheduled,
+                effect: &effect,
+            },
+            &expired,
+            now_us,
         )
-        .bind(NEXT_FAIL)
-        .bind(event)
-        .bind(now_us)
-        .fetch_all(&mut *tx)
         .await?;
-        let transitions = resumed(&rows, "deferral timed out")?;
-        insert_transitions(&mut tx, &transitions, Actor::Triggerer, now_us).await?;
         tx.commit().await?;
-        Ok(transitions.len())
+        Ok(applied.len())
     }
 
     /// Deletes triggers no deferred task instance waits on any more (cleared, marked, timed
@@ -338,23 +339,28 @@ impl Store {
     }
 }
 
-type Transition = (TiKey, i64, S, S, Option<String>);
-
-fn resumed(rows: &[sqlx::any::AnyRow], reason: &str) -> Result<Vec<Transition>> {
+/// Deferred task instances matching `condition` (over `task_instance`, with `$1` bound to
+/// `value`), locked on PostgreSQL, as changes with `reason`.
+async fn deferred_where(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: crate::Backend,
+    condition: &str,
+    value: i64,
+    reason: &str,
+) -> Result<Vec<TiChange>> {
+    let lock = match backend {
+        crate::Backend::Postgres => " FOR UPDATE",
+        crate::Backend::Sqlite => "",
+    };
+    // `condition` is one of this module's constants, never input.
+    let rows = sqlx::query(&format!(
+        "SELECT dag_id, run_id, task_id, map_index FROM task_instance \
+         WHERE state = 'deferred' AND {condition}{lock}"
+    ))
+    .bind(value)
+    .fetch_all(&mut **tx)
+    .await?;
     rows.iter()
-        .map(|r| {
-            Ok((
-                TiKey {
-                    dag_id: r.try_get("dag_id")?,
-                    run_id: r.try_get("run_id")?,
-                    task_id: r.try_get("task_id")?,
-                    map_index: r.try_get("map_index")?,
-                },
-                r.try_get("try_number")?,
-                S::Deferred,
-                S::Scheduled,
-                Some(reason.to_owned()),
-            ))
-        })
+        .map(|r| Ok(TiChange::new(key_of(r)?).reason(Some(reason.to_owned()))))
         .collect()
 }

@@ -137,7 +137,8 @@ impl Store {
 
     async fn run_events(&self, filter: &str, binds: &[i64]) -> Result<Vec<LifecycleEvent>> {
         let sql = format!(
-            "SELECT id, dag_id, run_id, run_type, to_state, at FROM dag_run_transition WHERE {filter}"
+            "SELECT id, dag_id, run_id, run_type, from_state, to_state, actor, reason, at \
+             FROM dag_run_transition WHERE {filter}"
         );
         let mut q = sqlx::query(&sql);
         for b in binds {
@@ -157,7 +158,10 @@ impl Store {
                         "dag_id": dag_id,
                         "run_id": run_id,
                         "run_type": r.try_get::<String, _>("run_type")?,
+                        "previous_state": r.try_get::<Option<String>, _>("from_state")?,
                         "state": r.try_get::<String, _>("to_state")?,
+                        "actor": r.try_get::<String, _>("actor")?,
+                        "reason": r.try_get::<Option<String>, _>("reason")?,
                         "at": from_micros(r.try_get("at")?).to_rfc3339(),
                     }),
                 })

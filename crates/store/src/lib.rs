@@ -6,9 +6,11 @@
 //! engines accept. The few statements that must differ (row locking for claims) branch on
 //! [`Backend`].
 //!
-//! Every task instance state change is a guarded compare-and-set (`... WHERE state IN (allowed
-//! from)`) recorded with its actor in `ti_transition`; zero rows updated means another actor won
-//! the race, which callers treat as a normal outcome, not an error.
+//! Every task instance and dag run state change goes through one primitive (`transition`): it
+//! checks the model's table of who may move what from where, updates with a guard on the
+//! current state, and records only the rows it changed, with their actor, in `ti_transition` /
+//! `dag_run_transition`. Zero rows updated means another actor won the race, which callers
+//! treat as a normal outcome, not an error.
 //!
 //! SQLite allows one writer at a time: writes go through a single-connection pool and start with
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
@@ -22,6 +24,7 @@ mod jobs;
 mod logs;
 mod task_instances;
 pub mod testing;
+mod transition;
 mod trigger;
 mod users;
 mod xcom;
@@ -70,6 +73,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Invalid(String),
+    /// A caller asked for a task instance transition the model forbids: a bug, not input.
+    #[error("illegal transition: {0}")]
+    IllegalTransition(#[from] flow_model::IllegalTransition),
+    #[error("illegal transition: {0}")]
+    IllegalRunTransition(#[from] flow_model::IllegalRunTransition),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -9,9 +9,11 @@ use flow_model::transition::Actor;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use crate::transition::{RunChange, TiChange, TiEffect, TiMove, run_transition, ti_transition};
 use crate::{
     Backend, Result, Store, StoreError, from_micros, opt_from_micros, placeholders, to_micros,
 };
+use flow_model::DagRunState;
 
 /// Identifies a task instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,16 +130,16 @@ pub struct PoolUsage {
     pub total: i64,
 }
 
-const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
+pub(crate) const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
     scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
     next_method, next_kwargs";
 
-fn parse_state(s: &str) -> Result<S> {
+pub(crate) fn parse_state(s: &str) -> Result<S> {
     S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn ti_row(r: &AnyRow) -> Result<TiRow> {
+pub(crate) fn ti_row(r: &AnyRow) -> Result<TiRow> {
     let state: String = r.try_get("state")?;
     Ok(TiRow {
         key: TiKey {
@@ -185,9 +187,6 @@ fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, S>>>
     }
     Ok(out)
 }
-
-/// (from, to, reason) of changes applied by one batched UPDATE.
-type ChangeGroup = (S, S, Option<String>);
 
 pub(crate) async fn insert_task_instances(
     tx: &mut Transaction<'static, Any>,
@@ -263,69 +262,8 @@ pub(crate) async fn insert_transitions(
     Ok(())
 }
 
-/// Copies a task instance's current try into the history table (one row per try).
-/// Moves finished tries out of `running`, many per statement, each only if it is still
-/// running that try. Returns the (key, try) pairs that were applied.
-async fn finish_updates<'a>(
-    tx: &mut Transaction<'static, Any>,
-    finishes: &'a [TiFinish],
-    now_us: i64,
-) -> Result<std::collections::HashSet<(&'a TiKey, i64)>> {
-    const COLS: usize = 8;
-    let mut done = std::collections::HashSet::new();
-    for chunk in finishes.chunks(crate::rows_per_statement(tx, COLS)) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(2 + i * COLS, COLS)))
-            .collect();
-        // VALUES columns are named column1.. on both PostgreSQL and SQLite; NULLs need a type.
-        let sql = format!(
-            "UPDATE task_instance SET state = v.column1, end_date = $1, updated_at = $1, \
-             duration = ($1 - start_date) / 1000000.0, \
-             next_retry_at = CAST(v.column2 AS BIGINT), \
-             next_method = NULL, next_kwargs = NULL, \
-             rendered_fields = COALESCE(CAST(v.column3 AS TEXT), rendered_fields) \
-             FROM (VALUES {}) v \
-             WHERE task_instance.dag_id = v.column4 AND task_instance.run_id = v.column5 \
-             AND task_instance.task_id = v.column6 AND task_instance.map_index = v.column7 \
-             AND task_instance.try_number = v.column8 AND task_instance.state = 'running' \
-             RETURNING task_instance.dag_id, task_instance.run_id, task_instance.task_id, \
-             task_instance.map_index, task_instance.try_number",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(now_us);
-        for f in chunk {
-            q = q
-                .bind(f.state.as_str())
-                .bind(f.next_retry_at.map(to_micros))
-                .bind(f.rendered_fields.as_deref())
-                .bind(&f.key.dag_id)
-                .bind(&f.key.run_id)
-                .bind(&f.key.task_id)
-                .bind(f.key.map_index)
-                .bind(f.try_number);
-        }
-        for row in q.fetch_all(&mut **tx).await? {
-            let dag_id: String = row.try_get(0)?;
-            let task_id: String = row.try_get(2)?;
-            let run_id: String = row.try_get(1)?;
-            let map_index: i64 = row.try_get(3)?;
-            let try_number: i64 = row.try_get(4)?;
-            if let Some(f) = chunk.iter().find(|f| {
-                f.key.task_id == task_id
-                    && f.key.run_id == run_id
-                    && f.key.dag_id == dag_id
-                    && f.key.map_index == map_index
-                    && f.try_number == try_number
-            }) {
-                done.insert((&f.key, f.try_number));
-            }
-        }
-    }
-    Ok(done)
-}
-
-/// [`record_history`] for many task instances, in as few statements as the backend allows.
-async fn record_history_many(
+/// Copies the current try of each task instance into the history table (one row per try).
+pub(crate) async fn record_history_many(
     tx: &mut Transaction<'static, Any>,
     rows: &[(&TiKey, Option<&str>)],
 ) -> Result<()> {
@@ -362,29 +300,68 @@ async fn record_history_many(
     Ok(())
 }
 
-async fn record_history(
+/// A task instance's key from a row that selected its four key columns.
+pub(crate) fn key_of(r: &AnyRow) -> Result<TiKey> {
+    Ok(TiKey {
+        dag_id: r.try_get("dag_id")?,
+        run_id: r.try_get("run_id")?,
+        task_id: r.try_get("task_id")?,
+        map_index: r.try_get("map_index")?,
+    })
+}
+
+/// [`StateChange`]s through the transition primitive, inside `tx`: one guarded transition per
+/// (from-states, to) group, groups in order of first appearance (so that a task instance
+/// scheduled and queued in one call is scheduled first). Returns, per change, whether it was
+/// applied.
+pub(crate) async fn set_states_in(
     tx: &mut Transaction<'static, Any>,
-    key: &TiKey,
-    reason: Option<&str>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO task_instance_history (dag_id, run_id, task_id, map_index, try_number, \
-         state, start_date, end_date, duration, hostname, operator, queue, pool, reason) \
-         SELECT dag_id, run_id, task_id, map_index, try_number, state, start_date, end_date, \
-         duration, hostname, operator, queue, pool, $5 FROM task_instance \
-         WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = $4 AND try_number > 0 \
-         ON CONFLICT (dag_id, run_id, task_id, map_index, try_number) DO UPDATE SET \
-         state = excluded.state, end_date = excluded.end_date, duration = excluded.duration, \
-         reason = excluded.reason",
-    )
-    .bind(&key.dag_id)
-    .bind(&key.run_id)
-    .bind(&key.task_id)
-    .bind(key.map_index)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    backend: Backend,
+    changes: &[StateChange],
+    actor: Actor,
+    effect: &TiEffect,
+    now_us: i64,
+) -> Result<Vec<bool>> {
+    let mut applied = vec![false; changes.len()];
+    // (from-states, to) -> indexes of the changes asking for it.
+    type Groups<'c> = Vec<((&'c [S], S), Vec<usize>)>;
+    let mut groups: Groups<'_> = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        let group = (c.from.as_slice(), c.to);
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((group, vec![i])),
+        }
+    }
+    for ((from, to), members) in groups {
+        let rows: Vec<TiChange> = members
+            .iter()
+            .map(|&i| {
+                let c = &changes[i];
+                TiChange {
+                    next_retry_at: c.next_retry_at.map(to_micros),
+                    ..TiChange::new(c.key.clone()).reason(c.reason.clone())
+                }
+            })
+            .collect();
+        for a in ti_transition(
+            tx,
+            backend,
+            TiMove {
+                actor,
+                from,
+                to,
+                effect,
+            },
+            &rows,
+            now_us,
+        )
+        .await?
+        {
+            applied[members[a.index]] = true;
+        }
+    }
+    Ok(applied)
 }
 
 fn key_where(start: usize) -> String {
@@ -557,158 +534,47 @@ impl Store {
         actor: Actor,
         now: DateTime<Utc>,
     ) -> Result<Vec<bool>> {
+        self.ti_set_states_with(changes, actor, &TiEffect::default(), now)
+            .await
+    }
+
+    /// Zombie rescue: [`Store::ti_set_states`] for task instances whose worker stopped
+    /// heartbeating, each applied only if its heartbeat is still older than `stale_before`
+    /// (a heartbeat that arrived meanwhile wins).
+    pub async fn ti_rescue_stale(
+        &self,
+        changes: &[StateChange],
+        stale_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        let effect = TiEffect {
+            heartbeat_before: Some(to_micros(stale_before)),
+            ..TiEffect::default()
+        };
+        self.ti_set_states_with(changes, Actor::Scheduler, &effect, now)
+            .await
+    }
+
+    async fn ti_set_states_with(
+        &self,
+        changes: &[StateChange],
+        actor: Actor,
+        effect: &TiEffect,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let mut applied = vec![false; changes.len()];
-        let mut transitions = Vec::new();
-        let lock = match self.backend() {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        // Simple changes (one expected state, no retry time, no try ending) go in one UPDATE
-        // per (from, to, reason): a scheduler pass that queues a hundred task instances pays a
-        // few statements, not a hundred. Groups run in order of first appearance, so a task
-        // instance scheduled and queued in one call is scheduled first.
-        let is_simple = |c: &StateChange| {
-            c.from.len() == 1
-                && c.next_retry_at.is_none()
-                && !(c.from[0] == S::Running && (c.to.is_finished() || c.to == S::UpForRetry))
-        };
-        let mut groups: Vec<(ChangeGroup, Vec<usize>)> = Vec::new();
-        for (i, c) in changes.iter().enumerate().filter(|(_, c)| is_simple(c)) {
-            let group = (c.from[0], c.to, c.reason.clone());
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((group, vec![i])),
-            }
-        }
-        for ((from, to, reason), members) in &groups {
-            for chunk in members.chunks(crate::rows_per_statement(&tx, 4)) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|j| format!("({})", placeholders(3 + j * 4, 4)))
-                    .collect();
-                let sql = format!(
-                    "UPDATE task_instance SET state = $1, updated_at = $2, \
-                     scheduled_dttm = CASE WHEN $1 = 'scheduled' THEN $2 ELSE scheduled_dttm END, \
-                     queued_dttm = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_dttm END, \
-                     next_retry_at = NULL, \
-                     next_method = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_method ELSE NULL END, \
-                     next_kwargs = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_kwargs ELSE NULL END, \
-                     trigger_id = NULL, trigger_timeout = NULL, \
-                     end_date = CASE WHEN $1 = 'none' THEN NULL ELSE end_date END, \
-                     start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
-                     worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
-                     WHERE state = ${} AND (dag_id, run_id, task_id, map_index) IN (VALUES {}) \
-                     RETURNING dag_id, run_id, task_id, map_index, try_number",
-                    3 + chunk.len() * 4,
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(&sql).bind(to.as_str()).bind(now_us);
-                for &i in chunk {
-                    let k = &changes[i].key;
-                    q = q
-                        .bind(&k.dag_id)
-                        .bind(&k.run_id)
-                        .bind(&k.task_id)
-                        .bind(k.map_index);
-                }
-                q = q.bind(from.as_str());
-                let index: HashMap<&TiKey, usize> =
-                    chunk.iter().map(|&i| (&changes[i].key, i)).collect();
-                for row in q.fetch_all(&mut *tx).await? {
-                    let key = TiKey {
-                        dag_id: row.try_get("dag_id")?,
-                        run_id: row.try_get("run_id")?,
-                        task_id: row.try_get("task_id")?,
-                        map_index: row.try_get("map_index")?,
-                    };
-                    let try_number: i64 = row.try_get("try_number")?;
-                    if let Some(&i) = index.get(&key) {
-                        applied[i] = true;
-                    }
-                    transitions.push((key, try_number, *from, *to, reason.clone()));
-                }
-            }
-        }
-        for (i, c) in changes.iter().enumerate() {
-            if is_simple(c) {
-                continue;
-            }
-            // With one allowed from-state (the scheduler's usual case) a single guarded UPDATE
-            // decides; otherwise read the current state first to record the real from-state.
-            let state = if let [only] = c.from.as_slice() {
-                *only
-            } else {
-                let current = sqlx::query(&format!(
-                    "SELECT state FROM task_instance WHERE {}{lock}",
-                    key_where(1)
-                ))
-                .bind(&c.key.dag_id)
-                .bind(&c.key.run_id)
-                .bind(&c.key.task_id)
-                .bind(c.key.map_index)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(current) = current else {
-                    applied[i] = false;
-                    continue;
-                };
-                let state = parse_state(&current.try_get::<String, _>("state")?)?;
-                if !c.from.contains(&state) {
-                    applied[i] = false;
-                    continue;
-                }
-                state
-            };
-            let finished_now = c.to.is_finished() || c.to == S::UpForRetry;
-            let sql = format!(
-                "UPDATE task_instance SET state = $1, updated_at = $2, \
-                 scheduled_dttm = CASE WHEN $1 = 'scheduled' THEN $2 ELSE scheduled_dttm END, \
-                 queued_dttm = CASE WHEN $1 = 'queued' THEN $2 ELSE queued_dttm END, \
-                 next_retry_at = $3, \
-                 next_method = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_method ELSE NULL END, \
-                 next_kwargs = CASE WHEN $1 IN ('scheduled', 'queued', 'running', 'up_for_reschedule') THEN next_kwargs ELSE NULL END, \
-                 trigger_id = NULL, trigger_timeout = NULL, \
-                 end_date = CASE WHEN $4 = 1 THEN $2 WHEN $1 = 'none' THEN NULL ELSE end_date END, \
-                 start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
-                 worker_id = CASE WHEN $1 IN ('none', 'scheduled', 'queued') THEN NULL ELSE worker_id END \
-                 WHERE {} AND state = $9 RETURNING try_number",
-                key_where(5)
-            );
-            let row = sqlx::query(&sql)
-                .bind(c.to.as_str())
-                .bind(now_us)
-                .bind(c.next_retry_at.map(to_micros))
-                .bind(i64::from(finished_now && state == S::Running))
-                .bind(&c.key.dag_id)
-                .bind(&c.key.run_id)
-                .bind(&c.key.task_id)
-                .bind(c.key.map_index)
-                .bind(state.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                applied[i] = false;
-                continue;
-            };
-            let try_number: i64 = row.try_get("try_number")?;
-            if state == S::Running && finished_now {
-                record_history(&mut tx, &c.key, c.reason.as_deref()).await?;
-            }
-            transitions.push((c.key.clone(), try_number, state, c.to, c.reason.clone()));
-            applied[i] = true;
-        }
-        insert_transitions(&mut tx, &transitions, actor, now_us).await?;
-        if transitions.iter().any(|t| t.3 == S::Queued) {
-            crate::notify_in(self.backend(), &mut tx, crate::WAKE_WORKERS).await?;
-        }
-        if actor == Actor::User && !transitions.is_empty() {
-            // A hand-made change may unblock downstream tasks or finish the run.
-            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
-        }
+        let applied = set_states_in(
+            &mut tx,
+            self.backend(),
+            changes,
+            actor,
+            effect,
+            to_micros(now),
+        )
+        .await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -728,42 +594,49 @@ impl Store {
         if limit <= 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let now_us = to_micros(now);
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE task_instance SET state = 'running', \
-             try_number = CASE WHEN next_method IS NULL THEN try_number + 1 ELSE try_number END, \
-             start_date = CASE WHEN next_method IS NULL THEN $1 ELSE COALESCE(start_date, $1) END, \
-             end_date = NULL, duration = NULL, hostname = $2, worker_id = $3, \
-             last_heartbeat_at = $1, updated_at = $1 \
-             WHERE (dag_id, run_id, task_id, map_index) IN ( \
-               SELECT dag_id, run_id, task_id, map_index FROM task_instance \
-               WHERE state = 'queued' AND queue IN ({}) \
-               ORDER BY priority_weight DESC, queued_dttm LIMIT $4{lock}) \
-             AND state = 'queued' RETURNING {TI_COLUMNS}",
-            placeholders(5, queues.len())
+            "SELECT dag_id, run_id, task_id, map_index FROM task_instance \
+             WHERE state = 'queued' AND queue IN ({}) \
+             ORDER BY priority_weight DESC, queued_dttm LIMIT $1{lock}",
+            placeholders(2, queues.len())
         );
-        let mut q = sqlx::query(&sql)
-            .bind(now_us)
-            .bind(hostname)
-            .bind(worker_id)
-            .bind(limit);
+        let mut q = sqlx::query(&sql).bind(limit);
         for queue in queues {
             q = q.bind(queue);
         }
         let mut tx = self.begin().await?;
-        let rows = q.fetch_all(&mut *tx).await?;
-        let claimed: Vec<TiRow> = rows.iter().map(ti_row).collect::<Result<_>>()?;
-        let transitions: Vec<_> = claimed
+        let changes = q
+            .fetch_all(&mut *tx)
+            .await?
             .iter()
-            .map(|t| (t.key.clone(), t.try_number, S::Queued, S::Running, None))
-            .collect();
-        insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
+            .map(|r| Ok(TiChange::new(key_of(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let effect = TiEffect {
+            worker: Some(worker_id.to_owned()),
+            hostname: Some(hostname.to_owned()),
+            ..TiEffect::default()
+        };
+        let mut applied = ti_transition(
+            &mut tx,
+            self.backend(),
+            TiMove {
+                actor: Actor::Worker,
+                from: &[S::Queued],
+                to: S::Running,
+                effect: &effect,
+            },
+            &changes,
+            to_micros(now),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(claimed)
+        // In the order they were chosen: highest priority first.
+        applied.sort_by_key(|a| a.index);
+        Ok(applied.into_iter().map(|a| a.row).collect())
     }
 
     /// Marks task instances `to` by hand (success, failed, skipped), from whatever state a
@@ -865,48 +738,65 @@ impl Store {
     ) -> Result<Vec<bool>> {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let mut applied = Vec::with_capacity(finishes.len());
-        let mut transitions = Vec::new();
-        let mut histories: Vec<(&TiKey, Option<&str>)> = Vec::new();
         // Log lines are kept even when the outcome is not applied (a rescued try's output).
         let lines: Vec<(&TiKey, i64, &crate::LogLine)> = finishes
             .iter()
             .flat_map(|f| f.logs.iter().map(move |l| (&f.key, f.try_number, l)))
             .collect();
         crate::logs::append_many_in(&mut tx, &lines).await?;
-        let done = finish_updates(&mut tx, finishes, now_us).await?;
-        for f in finishes {
-            let key = (&f.key, f.try_number);
-            if !done.contains(&key) {
-                applied.push(false);
-                continue;
+        let mut applied = vec![false; finishes.len()];
+        // One guarded transition per outcome state, each row guarded by its try.
+        let mut by_state: Vec<(S, Vec<usize>)> = Vec::new();
+        for (i, f) in finishes.iter().enumerate() {
+            match by_state.iter_mut().find(|(s, _)| *s == f.state) {
+                Some((_, members)) => members.push(i),
+                None => by_state.push((f.state, vec![i])),
             }
-            histories.push((&f.key, f.reason.as_deref()));
-            transitions.push((
-                f.key.clone(),
-                f.try_number,
-                S::Running,
-                f.state,
-                f.reason.clone(),
-            ));
-            if let Some(value) = &f.xcom {
-                crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
-            }
-            applied.push(true);
         }
-        record_history_many(&mut tx, &histories).await?;
-        insert_transitions(&mut tx, &transitions, Actor::Worker, now_us).await?;
-        if !transitions.is_empty() {
-            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        for (state, members) in by_state {
+            let changes: Vec<TiChange> = members
+                .iter()
+                .map(|&i| {
+                    let f = &finishes[i];
+                    TiChange {
+                        try_number: Some(f.try_number),
+                        next_retry_at: f.next_retry_at.map(to_micros),
+                        rendered_fields: f.rendered_fields.clone(),
+                        ..TiChange::new(f.key.clone()).reason(f.reason.clone())
+                    }
+                })
+                .collect();
+            let done = ti_transition(
+                &mut tx,
+                self.backend(),
+                TiMove {
+                    actor: Actor::Worker,
+                    from: &[S::Running],
+                    to: state,
+                    effect: &TiEffect::default(),
+                },
+                &changes,
+                now_us,
+            )
+            .await?;
+            for a in done {
+                let f = &finishes[members[a.index]];
+                if let Some(value) = &f.xcom {
+                    crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
+                }
+                applied[members[a.index]] = true;
+            }
         }
         tx.commit().await?;
         Ok(applied)
     }
 
-    /// Running task instances whose last heartbeat is older than `cutoff` (zombies).
+    /// Task instances a worker owns (running, or being restarted or stopped by it) whose last
+    /// heartbeat is older than `cutoff`: zombies, whose worker is gone.
     pub async fn ti_list_stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<TiRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE state = 'running' \
+            "SELECT {TI_COLUMNS} FROM task_instance \
+             WHERE state IN ('running', 'restarting', 'shutdown') \
              AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)"
         ))
         .bind(to_micros(cutoff))
@@ -982,84 +872,74 @@ impl Store {
     /// ones go back to no state, running ones to `restarting` (their worker kills the try and
     /// runs it again). Each gets its task's retries anew, loses its XComs, and its dag run, if
     /// finished, is queued again. `keys` pairs each task instance with its task's retries.
+    /// Everything happens in one transaction, each row guarded by the state it is in then: a
+    /// try that ends meanwhile is cleared as finished, not restarted.
     pub async fn ti_clear(&self, keys: &[(TiKey, i64)], now: DateTime<Utc>) -> Result<ClearReport> {
         let now_us = to_micros(now);
         let mut report = ClearReport::default();
+        let changes: Vec<TiChange> = keys
+            .iter()
+            .map(|(key, retries)| TiChange {
+                retries: Some(*retries),
+                ..TiChange::new(key.clone()).reason(Some("cleared".to_owned()))
+            })
+            .collect();
         let mut tx = self.begin().await?;
-        let mut transitions = Vec::new();
+        let backend = self.backend();
+        let effect = TiEffect::default();
+        let restarting = ti_transition(
+            &mut tx,
+            backend,
+            TiMove {
+                actor: Actor::User,
+                from: &[S::Running],
+                to: S::Restarting,
+                effect: &effect,
+            },
+            &changes,
+            now_us,
+        )
+        .await?;
+        let from = flow_model::transition::allowed_from(S::NoStatus, Actor::User);
+        let cleared = ti_transition(
+            &mut tx,
+            backend,
+            TiMove {
+                actor: Actor::User,
+                from: &from,
+                to: S::NoStatus,
+                effect: &effect,
+            },
+            &changes,
+            now_us,
+        )
+        .await?;
+        report.restarting = restarting.len();
+        report.cleared = cleared.len();
         let mut runs: std::collections::BTreeSet<(String, String)> = Default::default();
-        for (key, retries) in keys {
-            let row = sqlx::query(&format!(
-                "SELECT state, try_number FROM task_instance WHERE {}",
-                key_where(1)
-            ))
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(key.map_index)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let state = parse_state(&row.try_get::<String, _>("state")?)?;
-            let try_number: i64 = row.try_get("try_number")?;
-            let to = match state {
-                S::Running => S::Restarting,
-                S::NoStatus | S::Removed | S::Restarting | S::Shutdown => continue,
-                _ => S::NoStatus,
-            };
-            sqlx::query(&format!(
-                "UPDATE task_instance SET state = $1, max_tries = $2, updated_at = $3, \
-                 next_retry_at = NULL, \
-                 next_method = NULL, next_kwargs = NULL, trigger_id = NULL, trigger_timeout = NULL, \
-                 start_date = CASE WHEN $1 = 'none' THEN NULL ELSE start_date END, \
-                 end_date = CASE WHEN $1 = 'none' THEN NULL ELSE end_date END, \
-                 worker_id = CASE WHEN $1 = 'none' THEN NULL ELSE worker_id END \
-                 WHERE {} AND state = $8",
-                key_where(4)
-            ))
-            .bind(to.as_str())
-            .bind(try_number + retries)
-            .bind(now_us)
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(key.map_index)
-            .bind(state.as_str())
-            .execute(&mut *tx)
-            .await?;
-            crate::xcom::delete_in(&mut tx, key).await?;
-            if to == S::Restarting {
-                report.restarting += 1;
-            } else {
-                report.cleared += 1;
-            }
-            transitions.push((
-                key.clone(),
-                try_number,
-                state,
-                to,
-                Some("cleared".to_owned()),
-            ));
-            runs.insert((key.dag_id.clone(), key.run_id.clone()));
+        for a in restarting.iter().chain(&cleared) {
+            crate::xcom::delete_in(&mut tx, &a.row.key).await?;
+            runs.insert((a.row.key.dag_id.clone(), a.row.key.run_id.clone()));
         }
-        insert_transitions(&mut tx, &transitions, Actor::User, now_us).await?;
-        for (dag_id, run_id) in runs {
-            let requeued = sqlx::query(
-                "UPDATE dag_run SET state = 'queued', end_date = NULL, updated_at = $1 \
-                 WHERE dag_id = $2 AND run_id = $3 AND state IN ('success', 'failed')",
-            )
-            .bind(now_us)
-            .bind(&dag_id)
-            .bind(&run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if requeued > 0 {
-                crate::dag_runs::record_run_transition(&mut tx, &dag_id, &run_id, now_us).await?;
-            }
-            report.runs_requeued += usize::try_from(requeued).unwrap_or(0);
-        }
-        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+        let runs: Vec<RunChange> = runs
+            .into_iter()
+            .map(|(dag_id, run_id)| RunChange {
+                dag_id,
+                run_id,
+                reason: Some("task instances cleared".to_owned()),
+            })
+            .collect();
+        let requeued = run_transition(
+            &mut tx,
+            backend,
+            Actor::User,
+            &[DagRunState::Success, DagRunState::Failed],
+            DagRunState::Queued,
+            &runs,
+            now_us,
+        )
+        .await?;
+        report.runs_requeued = requeued.len();
         tx.commit().await?;
         Ok(report)
     }
@@ -1072,44 +952,27 @@ impl Store {
         worker_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ClaimedTi>> {
-        let now_us = to_micros(now);
         let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE task_instance SET state = 'running', try_number = try_number + 1, \
-             next_method = NULL, next_kwargs = NULL, \
-             start_date = $1, end_date = NULL, duration = NULL, last_heartbeat_at = $1, \
-             updated_at = $1 WHERE {} AND state = 'restarting' AND worker_id = $6 \
-             RETURNING {TI_COLUMNS}",
-            key_where(2)
-        ))
-        .bind(now_us)
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(key.map_index)
-        .bind(worker_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
+        let effect = TiEffect {
+            worker_is: Some(worker_id.to_owned()),
+            ..TiEffect::default()
         };
-        let ti = ti_row(&row)?;
-        insert_transitions(
+        let change = TiChange::new(key.clone()).reason(Some("restarted after clear".to_owned()));
+        let applied = ti_transition(
             &mut tx,
-            &[(
-                ti.key.clone(),
-                ti.try_number,
-                S::Restarting,
-                S::Running,
-                Some("restarted after clear".into()),
-            )],
-            Actor::Worker,
-            now_us,
+            self.backend(),
+            TiMove {
+                actor: Actor::Worker,
+                from: &[S::Restarting],
+                to: S::Running,
+                effect: &effect,
+            },
+            &[change],
+            to_micros(now),
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(ti))
+        Ok(applied.into_iter().next().map(|a| a.row))
     }
 
     /// Every pool and its slots.

@@ -128,8 +128,35 @@ impl TestDb {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Closes the store and removes the database.
+    /// Every transition recorded in this database that the model's tables forbid, described;
+    /// empty when all of them were legal. Reads through a connection of its own, so it works
+    /// after the test closed its store (or a `flow` process wrote everything).
+    pub async fn illegal_transitions(&self) -> Result<Vec<String>> {
+        let store = Store::connect(&self.url).await?;
+        let found = store.illegal_transitions().await;
+        store.close().await;
+        found
+    }
+
+    /// Checks that every recorded transition was legal ([`TestDb::illegal_transitions`]),
+    /// then closes the store and removes the database. An illegal transition is an error,
+    /// after the database is gone.
     pub async fn drop_db(self) -> Result<()> {
+        let illegal = self.illegal_transitions().await;
+        self.drop_unchecked().await?;
+        let illegal = illegal?;
+        if illegal.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Invalid(format!(
+            "the database recorded transitions the model forbids:\n{}",
+            illegal.join("\n")
+        )))
+    }
+
+    /// Closes the store and removes the database without checking its transitions (for tests
+    /// that write rows by hand).
+    pub async fn drop_unchecked(self) -> Result<()> {
         self.store.close().await;
         if let (Some(admin_url), Some(name)) = (&self.admin_url, &self.db_name) {
             let admin = Store::connect(admin_url).await?;
@@ -146,6 +173,67 @@ impl TestDb {
 }
 
 impl Store {
+    /// Replays every recorded task instance and dag run transition through the model's
+    /// tables (`flow_model::check_transition`, `check_run_transition`) and describes those
+    /// it forbids, with how often each happened.
+    pub async fn illegal_transitions(&self) -> Result<Vec<String>> {
+        use flow_model::{Actor, DagRunState, TaskInstanceState};
+        use sqlx::Row;
+        let mut out = Vec::new();
+        let rows = sqlx::query(
+            "SELECT from_state, to_state, actor, COUNT(*) AS n FROM ti_transition \
+             GROUP BY from_state, to_state, actor ORDER BY from_state, to_state, actor",
+        )
+        .fetch_all(self.read_pool())
+        .await?;
+        for r in rows {
+            let (from, to, actor): (String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let n: i64 = r.try_get("n")?;
+            let legal = match (
+                TaskInstanceState::parse(&from),
+                TaskInstanceState::parse(&to),
+                actor.parse::<Actor>(),
+            ) {
+                (Ok(f), Ok(t), Ok(a)) => {
+                    flow_model::check_transition(f, t, a).map_err(|e| e.to_string())
+                }
+                _ => Err("unknown state or actor".to_owned()),
+            };
+            if let Err(e) = legal {
+                out.push(format!(
+                    "task instance {from} -> {to} by {actor} ({n}x): {e}"
+                ));
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT from_state, to_state, actor, COUNT(*) AS n FROM dag_run_transition \
+             WHERE from_state IS NOT NULL \
+             GROUP BY from_state, to_state, actor ORDER BY from_state, to_state, actor",
+        )
+        .fetch_all(self.read_pool())
+        .await?;
+        for r in rows {
+            let (from, to, actor): (String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let n: i64 = r.try_get("n")?;
+            let legal = match (
+                DagRunState::parse(&from),
+                DagRunState::parse(&to),
+                actor.parse::<Actor>(),
+            ) {
+                (Ok(f), Ok(t), Ok(a)) => {
+                    flow_model::check_run_transition(f, t, a).map_err(|e| e.to_string())
+                }
+                _ => Err("unknown state or actor".to_owned()),
+            };
+            if let Err(e) = legal {
+                out.push(format!("dag run {from} -> {to} by {actor} ({n}x): {e}"));
+            }
+        }
+        Ok(out)
+    }
+
     /// A connection's stored columns as the database holds them (tokens, not secrets), so
     /// tests can prove nothing readable is at rest.
     pub async fn raw_connection_columns(&self, conn_id: &str) -> Result<String> {

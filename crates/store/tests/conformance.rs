@@ -104,6 +104,20 @@ fn change(k: &TiKey, from: &[S], to: S) -> StateChange {
     }
 }
 
+/// Schedules and queues task instances in one call, as the scheduler does.
+async fn queue(store: &Store, keys: &[TiKey]) {
+    let changes: Vec<StateChange> = keys
+        .iter()
+        .map(|k| change(k, &[S::NoStatus], S::Scheduled))
+        .chain(keys.iter().map(|k| change(k, &[S::Scheduled], S::Queued)))
+        .collect();
+    let applied = store
+        .ti_set_states(&changes, Actor::Scheduler, t0())
+        .await
+        .unwrap();
+    assert!(applied.iter().all(|a| *a), "{applied:?}");
+}
+
 #[tokio::test]
 async fn migrations_apply_once() {
     each_backend(|store| async move {
@@ -240,6 +254,8 @@ async fn dag_runs_are_created_once() {
                     "scheduled__1",
                     &[DagRunState::Queued],
                     DagRunState::Running,
+                    Actor::Scheduler,
+                    None,
                     t0()
                 )
                 .await
@@ -252,6 +268,8 @@ async fn dag_runs_are_created_once() {
                     "scheduled__1",
                     &[DagRunState::Queued],
                     DagRunState::Running,
+                    Actor::Scheduler,
+                    None,
                     t0()
                 )
                 .await
@@ -287,7 +305,7 @@ async fn state_changes_are_guarded_and_recorded() {
             .ti_set_states(
                 &[
                     change(&a, &[S::NoStatus], S::Scheduled),
-                    change(&b, &[S::Queued], S::Running),
+                    change(&b, &[S::Scheduled], S::Queued),
                 ],
                 Actor::Scheduler,
                 t0(),
@@ -327,14 +345,8 @@ async fn concurrent_claims_never_overlap() {
             )
             .await
             .unwrap();
-        let changes: Vec<StateChange> = ids
-            .iter()
-            .map(|t| change(&key("r", t), &[S::NoStatus], S::Queued))
-            .collect();
-        store
-            .ti_set_states(&changes, Actor::Scheduler, t0())
-            .await
-            .unwrap();
+        let keys: Vec<TiKey> = ids.iter().map(|t| key("r", t)).collect();
+        queue(&store, &keys).await;
 
         let mut handles = Vec::new();
         for w in 0..6 {
@@ -388,7 +400,10 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
         let a = key("r", "a");
         store
             .ti_set_states(
-                &[change(&a, &[S::NoStatus], S::Queued)],
+                &[
+                    change(&a, &[S::NoStatus], S::Scheduled),
+                    change(&a, &[S::Scheduled], S::Queued),
+                ],
                 Actor::Scheduler,
                 t0(),
             )
@@ -480,6 +495,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
         assert_eq!(
             transitions,
             vec![
+                ("scheduled".into(), "scheduler".into()),
                 ("queued".into(), "scheduler".into()),
                 ("running".into(), "worker".into()),
                 ("success".into(), "worker".into())

@@ -236,16 +236,32 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
     }
 
     // The fan-out benchmark as its own process (`flow bench engine`), over and over, on a
-    // second database of the same server.
+    // second database of the same server, made here if the server does not have it yet.
+    let fanout_url = fanout_database(&b.database_url);
+    flow_store::create_database_if_missing(&fanout_url)
+        .await
+        .with_context(|| {
+            format!(
+                "creating the fan-out database {}",
+                flow_store::redact_url(&fanout_url)
+            )
+        })?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["bench", "engine", "--database-url"])
-        .arg(fanout_database(&b.database_url))
+        .arg(&fanout_url)
         .args(["--chain", "1", "--fanout", "1000", "--latency-runs", "1"])
         .args(["--fanout-rounds", "100000"])
         .env("FLOW__LOGGING__LEVEL", "warn")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let errors = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
     let stdout = child.stdout.take().context("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -259,9 +275,20 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
     });
     // The fan-out starts right after the one-task chain.
     loop {
-        let line = rx.recv_timeout(Duration::from_secs(120))?;
-        if line.starts_with("(a) chain") {
-            break;
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line.starts_with("(a) chain") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = errors.join().unwrap_or_default();
+                bail!(
+                    "the fan-out process (flow bench engine --database-url {}) stopped before \
+                     its fan-out ({e}): {}",
+                    flow_store::redact_url(&fanout_url),
+                    said.trim()
+                );
+            }
         }
     }
     println!("while the 1,000-task fan-out runs (32 slots, another process):");

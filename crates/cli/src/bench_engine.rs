@@ -56,7 +56,11 @@ struct Engine {
 async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
     let (shutdown, rx) = watch::channel(false);
     let wakeups = Wakeups::default();
-    store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
+    store.spawn_wake_listener(vec![
+        (flow_store::WAKE_SCHEDULER, wakeups.scheduler.clone()),
+        (flow_store::WAKE_WORKERS, wakeups.workers.clone()),
+        (flow_store::WAKE_TRIGGERER, wakeups.triggerer.clone()),
+    ]);
     // Parallelism above the worker's slots keeps a few task instances queued, so a worker
     // that finishes one claims the next without waiting for a scheduler pass.
     let config = SchedulerConfig {
@@ -76,6 +80,7 @@ async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
         WorkerWakeups {
             work: wakeups.workers.clone(),
             finished: wakeups.scheduler.clone(),
+            deferred: wakeups.triggerer.clone(),
         },
     );
     let handles = vec![

@@ -157,9 +157,14 @@ pub async fn kafka(b: KafkaBench) -> Result<ExitCode> {
         WorkerWakeups {
             work: wakeups.workers.clone(),
             finished: wakeups.scheduler.clone(),
+            deferred: wakeups.triggerer.clone(),
         },
     );
-    store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
+    store.spawn_wake_listener(vec![
+        (flow_store::WAKE_SCHEDULER, wakeups.scheduler.clone()),
+        (flow_store::WAKE_WORKERS, wakeups.workers.clone()),
+        (flow_store::WAKE_TRIGGERER, wakeups.triggerer.clone()),
+    ]);
     let sched_task = tokio::spawn(scheduler.run(rx.clone()));
     let worker_task = tokio::spawn(worker.run(rx.clone()));
     // Warm-up: one message, so the consumer has joined before the clock runs.

@@ -53,6 +53,17 @@ pub fn env_number(section: &str, key: &str, default: i64) -> Result<i64> {
     }
 }
 
+/// This machine's name, for heartbeats, worker ids and static Kafka group members (a process
+/// restarted on the same host takes its predecessor's place): the kernel's, else `HOSTNAME`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// `$FLOW_HOME`, default `./.flow`.
 pub fn flow_home() -> PathBuf {
     std::env::var_os("FLOW_HOME")

@@ -116,6 +116,17 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
         zombie_threshold: StdDuration::from_secs(
             u64::try_from(config::env_number("scheduler", "zombie_threshold", 60)?).unwrap_or(60),
         ),
+        task_queued_timeout: StdDuration::from_secs(
+            u64::try_from(config::env_number("scheduler", "task_queued_timeout", 600)?)
+                .unwrap_or(600),
+        ),
+        num_stuck_in_queued_retries: config::env_number(
+            "scheduler",
+            "num_stuck_in_queued_retries",
+            2,
+        )?
+        .max(0),
+        hostname: config::hostname(),
         ..SchedulerConfig::default()
     })
 }
@@ -127,7 +138,10 @@ pub fn worker_config(
 ) -> Result<WorkerConfig> {
     let default_concurrency =
         usize::try_from(config::env_number("worker", "concurrency", 16)?).unwrap_or(16);
+    let hostname = config::hostname();
     Ok(WorkerConfig {
+        worker_id: format!("{hostname}-{}", std::process::id()),
+        hostname,
         queues: queues.unwrap_or_else(|| vec!["default".into()]),
         concurrency: concurrency.unwrap_or(default_concurrency).max(1),
         dags_folder: dags_folder.to_path_buf(),
@@ -167,7 +181,11 @@ pub async fn serve(
         });
     }
     let wakeups = Wakeups::default();
-    store.spawn_wake_listener(wakeups.scheduler.clone(), wakeups.workers.clone());
+    store.spawn_wake_listener(vec![
+        (flow_store::WAKE_SCHEDULER, wakeups.scheduler.clone()),
+        (flow_store::WAKE_WORKERS, wakeups.workers.clone()),
+        (flow_store::WAKE_TRIGGERER, wakeups.triggerer.clone()),
+    ]);
     let scheduler = Scheduler::new(
         store.clone(),
         scheduler_config(dags_folder)?,
@@ -191,7 +209,10 @@ pub async fn serve(
     let kafka_triggers = KafkaTriggers::new(
         store.clone(),
         config::connection_source()?,
-        KafkaTriggerConfig::default(),
+        KafkaTriggerConfig {
+            hostname: config::hostname(),
+            ..KafkaTriggerConfig::default()
+        },
         wakeups.scheduler.clone(),
     );
     handles.push(tokio::spawn(kafka_triggers.run(shutdown.clone())));
@@ -211,11 +232,18 @@ pub async fn serve(
             WorkerWakeups {
                 work: wakeups.workers.clone(),
                 finished: wakeups.scheduler.clone(),
+                deferred: wakeups.triggerer.clone(),
             },
         );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
         // The triggerer runs beside the embedded worker, as `airflow standalone` runs one.
-        let triggerer = Triggerer::new(store.clone(), triggerer_config()?);
+        let triggerer = Triggerer::new(
+            store.clone(),
+            TriggererConfig {
+                wake: wakeups.triggerer.clone(),
+                ..triggerer_config()?
+            },
+        );
         handles.push(tokio::spawn(triggerer.run(shutdown.clone())));
     }
     if let Some(web) = web {
@@ -248,7 +276,10 @@ fn events_config() -> Result<Option<EventsConfig>> {
 
 fn triggerer_config() -> Result<TriggererConfig> {
     let capacity = config::env_number("triggerer", "capacity", 10_000)?;
+    let hostname = config::hostname();
     Ok(TriggererConfig {
+        triggerer_id: format!("triggerer-{hostname}-{}", std::process::id()),
+        hostname,
         capacity: capacity.max(1),
         connections: Some(config::connection_source()?),
         ..TriggererConfig::default()
@@ -260,9 +291,10 @@ fn triggerer_config() -> Result<TriggererConfig> {
 pub async fn triggerer() -> Result<ExitCode> {
     let store = connect_migrated().await?;
     let shutdown = shutdown_signal();
-    Triggerer::new(store, triggerer_config()?)
-        .run(shutdown)
-        .await;
+    let config = triggerer_config()?;
+    // New deferrals wake it at once (PostgreSQL NOTIFY), not at its next poll.
+    store.spawn_wake_listener(vec![(flow_store::WAKE_TRIGGERER, config.wake.clone())]);
+    Triggerer::new(store, config).run(shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,9 +309,10 @@ pub async fn worker(config: WorkerConfig) -> Result<ExitCode> {
         );
     }
     let shutdown = shutdown_signal();
-    Worker::new(store, config, WorkerWakeups::default())
-        .run(shutdown)
-        .await;
+    let wakeups = WorkerWakeups::default();
+    // Queued work wakes it at once (PostgreSQL NOTIFY), not at its next poll.
+    store.spawn_wake_listener(vec![(flow_store::WAKE_WORKERS, wakeups.work.clone())]);
+    Worker::new(store, config, wakeups).run(shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 

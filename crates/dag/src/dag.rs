@@ -167,6 +167,24 @@ pub struct Task {
 }
 
 impl Task {
+    /// Where a failed try goes (Airflow's `handle_failure`): `up_for_retry`, due after the
+    /// retry delay, while tries are left (`try_number <= max_tries`), else `failed`.
+    pub fn after_failure(
+        &self,
+        try_number: i64,
+        max_tries: i64,
+        now: DateTime<Utc>,
+    ) -> (flow_model::TaskInstanceState, Option<DateTime<Utc>>) {
+        use flow_model::TaskInstanceState as S;
+        if try_number <= max_tries {
+            return (
+                S::UpForRetry,
+                Some(now + self.retry_delay_after(try_number)),
+            );
+        }
+        (S::Failed, None)
+    }
+
     /// How long to wait before retrying after try `try_number` failed: `retry_delay`, doubled
     /// per try with `retry_exponential_backoff`, capped by `max_retry_delay` (and a day).
     pub fn retry_delay_after(&self, try_number: i64) -> Duration {

@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod loader;
 pub mod operators;
+pub mod params;
 pub mod schedule;
 pub mod schema;
 pub mod spec;

@@ -9,7 +9,6 @@
 mod io_ops;
 mod jinja;
 mod mask;
-mod params;
 mod process;
 mod render;
 mod runner;
@@ -17,12 +16,31 @@ pub mod triggerer;
 pub mod worker;
 mod xcom;
 
+pub use flow_dag::params::{ParamError, merge_params};
 pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};
-pub use params::{ParamError, merge_params};
 pub use render::{RenderError, RenderedTask, RunContext, SensorWait, TryOf, render_task};
 pub use runner::{
     DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,
     Stream, context_env, python_context, run,
 };
 pub use xcom::{MapIndexes, RETURN_VALUE, TaskIds, XcomMap};
+
+/// Why a worker could not prepare a try. The distinction decides who pays: the database's
+/// trouble is waited out and never costs the task a try; the task's own trouble fails it.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The metadata database failed (unreachable, busy, or refusing the statement).
+    #[error(transparent)]
+    Store(#[from] flow_store::StoreError),
+    /// The try cannot run as it is: its DAG, task or run is gone, a template does not
+    /// render, a connection is missing.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl ExecutorError {
+    pub(crate) fn task(message: impl Into<String>) -> Self {
+        ExecutorError::Task(message.into())
+    }
+}

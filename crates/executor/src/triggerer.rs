@@ -28,6 +28,8 @@ use crate::io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 #[derive(Debug, Clone)]
 pub struct TriggererConfig {
     pub triggerer_id: String,
+    /// This host's name (the job row, static Kafka group members).
+    pub hostname: String,
     /// Triggers run at once by this triggerer.
     pub capacity: i64,
     /// How often it heartbeats, claims and reaps.
@@ -35,17 +37,23 @@ pub struct TriggererConfig {
     /// Another triggerer's triggers are taken over after this long without its heartbeat.
     pub stale_after: Duration,
     pub connections: Option<ConnectionSource>,
+    /// Notified when a task deferred (by a worker in this process, or through PostgreSQL's
+    /// NOTIFY): the triggerer claims at once instead of at its next poll.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for TriggererConfig {
     fn default() -> Self {
-        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        // The binary sets the real host name; libraries never read the environment.
+        let hostname = "localhost".to_owned();
         TriggererConfig {
             triggerer_id: format!("triggerer-{hostname}-{}", std::process::id()),
+            hostname,
             capacity: 10_000,
             poll_interval: Duration::from_secs(1),
             stale_after: Duration::from_secs(30),
             connections: None,
+            wake: Arc::default(),
         }
     }
 }
@@ -95,7 +103,7 @@ impl Triggerer {
         info!(triggerer_id = %self.config.triggerer_id, "triggerer started");
         let job = self
             .store
-            .job_start("TriggererJob", &flow_kafka::hostname(), Utc::now())
+            .job_start("TriggererJob", &self.config.hostname, Utc::now())
             .await
             .ok();
         let mut last_cleanup = Utc::now();
@@ -118,8 +126,10 @@ impl Triggerer {
                     warn!(error = %e, "trigger cleanup failed");
                 }
             }
+            let wake = self.config.wake.clone();
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -266,7 +276,7 @@ impl Triggerer {
         let source = self.config.connections.clone();
         // Static membership by host: a restarted triggerer takes its partitions back at once.
         // (Two triggerers on one host would fence each other; run one per host.)
-        let member = format!("{}-triggerer-{}", flow_kafka::hostname(), key.2);
+        let member = format!("{}-triggerer-{}", self.config.hostname, key.2);
         let k = key.clone();
         let handle = tokio::spawn(async move {
             watch_topic(store, source, k, waiters, member).await;

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::{LogLine, Outcome, RenderedTask, RunContext, RunSpec, TryOf, XcomMap};
+use crate::{ExecutorError, LogLine, Outcome, RenderedTask, RunContext, RunSpec, TryOf, XcomMap};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -41,7 +41,8 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        // The binary sets the real host name; libraries never read the environment.
+        let hostname = "localhost".to_owned();
         WorkerConfig {
             worker_id: format!("{hostname}-{}", std::process::id()),
             hostname,
@@ -63,6 +64,8 @@ pub struct WorkerWakeups {
     pub work: Arc<Notify>,
     /// Notified when a try finished (the scheduler has downstream work to decide).
     pub finished: Arc<Notify>,
+    /// Notified when a try deferred to a new trigger (the triggerer has a wait to run).
+    pub deferred: Arc<Notify>,
 }
 
 /// dag_id -> (serialized hash, parsed DAG), shared by the tries of one worker.
@@ -254,6 +257,7 @@ impl Worker {
             config: self.config.clone(),
             dags: self.dags.clone(),
             reports: self.reports.clone(),
+            deferred: self.wakeups.deferred.clone(),
         }
     }
 }
@@ -264,6 +268,7 @@ struct Job {
     config: WorkerConfig,
     dags: DagCache,
     reports: Option<mpsc::Sender<TiFinish>>,
+    deferred: Arc<Notify>,
 }
 
 /// How often a running try's new log lines are written (live tail granularity). Lines of a try
@@ -349,13 +354,12 @@ fn system_line(text: impl Into<String>) -> LogLine {
 
 impl Job {
     /// The run's DAG from the worker's cache, re-read only when its hash changed.
-    async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, String> {
+    async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, ExecutorError> {
         let hash = self
             .store
             .serialized_dag_hash(dag_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("dag `{dag_id}` is not in the database"))?;
+            .await?
+            .ok_or_else(|| ExecutorError::task(format!("dag `{dag_id}` is not in the database")))?;
         if let Ok(cache) = self.dags.lock()
             && let Some((h, dag)) = cache.get(dag_id)
             && *h == hash
@@ -365,10 +369,12 @@ impl Job {
         let (data, hash) = self
             .store
             .serialized_dag_get(dag_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("dag `{dag_id}` is not in the database"))?;
-        let dag = Arc::new(Dag::from_json(&data).map_err(|e| format!("serialized dag: {e}"))?);
+            .await?
+            .ok_or_else(|| ExecutorError::task(format!("dag `{dag_id}` is not in the database")))?;
+        let dag = Arc::new(
+            Dag::from_json(&data)
+                .map_err(|e| ExecutorError::task(format!("serialized dag: {e}")))?,
+        );
         if let Ok(mut cache) = self.dags.lock() {
             cache.insert(dag_id.to_owned(), (hash, dag.clone()));
         }
@@ -381,13 +387,12 @@ impl Job {
         dag: &Dag,
         task: &Task,
         run: &DagRunRow,
-    ) -> Result<RunContext, String> {
+    ) -> Result<RunContext, ExecutorError> {
         let mut xcoms = XcomMap::new();
         for x in self
             .store
             .xcom_list_for_run(&ti.key.dag_id, &ti.key.run_id)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         {
             xcoms.insert(x.task_id, x.key, x.map_index, x.value);
         }
@@ -404,7 +409,8 @@ impl Job {
             try_number: u32::try_from(ti.try_number).unwrap_or(1),
             max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
         };
-        RunContext::new(dag, task, run, &self.config.dags_folder, xcoms).map_err(|e| e.to_string())
+        RunContext::new(dag, task, run, &self.config.dags_folder, xcoms)
+            .map_err(|e| ExecutorError::task(e.to_string()))
     }
 
     /// Runs one claimed try to its end and reports the outcome. Returns the next try when the
@@ -426,7 +432,16 @@ impl Job {
                 self.config.worker_id
             )))
             .await;
-        let prepared = self.prepare(&ti).await;
+        let Some(prepared) = self.prepare_patiently(&ti, &cancel, &log_tx).await else {
+            // Stopped (cleared, marked, rescued) while the database was away: nothing to
+            // report, and the try was never charged.
+            drop(log_tx);
+            let logs = forwarder.await.unwrap_or_default();
+            if let Err(e) = self.store.log_append(&ti.key, ti.try_number, &logs).await {
+                warn!(error = %e, "could not store log lines");
+            }
+            return None;
+        };
         let (outcome, task, rendered_fields) = match prepared {
             Err(reason) => {
                 let _ = log_tx
@@ -551,7 +566,7 @@ impl Job {
             _ => return,
         };
         match done {
-            Ok(true) => {}
+            Ok(true) => self.deferred.notify_one(),
             Ok(false) => {
                 info!(task_id = %ti.key.task_id, "task instance changed meanwhile; hand-off dropped")
             }
@@ -573,63 +588,113 @@ impl Job {
         Option<String>,
         Option<DateTime<Utc>>,
     ) {
-        if ti.try_number <= ti.max_tries
-            && let Some(task) = task
-        {
-            let at = now + task.retry_delay_after(ti.try_number);
-            return (S::UpForRetry, None, Some(reason), Some(at));
+        match task {
+            Some(task) => {
+                let (state, at) = task.after_failure(ti.try_number, ti.max_tries, now);
+                (state, None, Some(reason), at)
+            }
+            // The task left the DAG: nothing to retry.
+            None => (S::Failed, None, Some(reason), None),
         }
-        (S::Failed, None, Some(reason), None)
     }
 
-    async fn prepare(&self, ti: &ClaimedTi) -> Result<(Task, RunSpec), String> {
+    /// [`Job::prepare`], waiting out a database that is unreachable or busy: that is the
+    /// platform's problem, not the task's, so it never costs the task a try. The row stays
+    /// ours meanwhile (the worker loop keeps heartbeating); if someone else takes it over (a
+    /// clear, a mark, a zombie rescue), this gives up and returns `None`. A problem with the
+    /// task itself fails the try at once (`Some(Err)`).
+    async fn prepare_patiently(
+        &self,
+        ti: &ClaimedTi,
+        cancel: &watch::Receiver<bool>,
+        log_tx: &mpsc::Sender<LogLine>,
+    ) -> Option<Result<(Task, RunSpec), String>> {
+        let mut cancel = cancel.clone();
+        let mut backoff = StdDuration::from_millis(100);
+        let mut told = false;
+        loop {
+            match self.prepare(ti).await {
+                Ok(prepared) => return Some(Ok(prepared)),
+                Err(ExecutorError::Store(e)) if e.is_transient() => {
+                    if !told {
+                        told = true;
+                        warn!(task_id = %ti.key.task_id, run_id = %ti.key.run_id, error = %e, "database unavailable while preparing a try; retrying");
+                        let _ = log_tx
+                            .send(system_line(format!(
+                                "the database is unavailable ({e}); waiting for it before starting the try"
+                            )))
+                            .await;
+                    }
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+            if *cancel.borrow() {
+                return None;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = cancel.changed() => {}
+            }
+            if *cancel.borrow() {
+                return None;
+            }
+            backoff = (backoff * 2).min(StdDuration::from_secs(10));
+        }
+    }
+
+    /// Everything a try needs before it starts: the DAG, the run, the rendered task, its
+    /// connection. A store error here is the database's ([`ExecutorError::Store`]); anything
+    /// else is the task's ([`ExecutorError::Task`]).
+    async fn prepare(&self, ti: &ClaimedTi) -> Result<(Task, RunSpec), ExecutorError> {
+        #[cfg(test)]
+        tests::inject_prepare_failure(&ti.key.dag_id)?;
         let dag = self.dag(&ti.key.dag_id).await?;
         let task = dag.task(&ti.key.task_id).cloned().ok_or_else(|| {
-            format!(
+            ExecutorError::task(format!(
                 "task `{}` is no longer in dag `{}`",
                 ti.key.task_id, ti.key.dag_id
-            )
+            ))
         })?;
         let run = self
             .store
             .dag_run_get(&ti.key.dag_id, &ti.key.run_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("dag run `{}` is gone", ti.key.run_id))?;
+            .await?
+            .ok_or_else(|| ExecutorError::task(format!("dag run `{}` is gone", ti.key.run_id)))?;
         let ctx = self.context(ti, &dag, &task, &run).await?;
-        let rendered = crate::render_task(&task, &ctx).map_err(|e| e.to_string())?;
+        let rendered =
+            crate::render_task(&task, &ctx).map_err(|e| ExecutorError::task(e.to_string()))?;
         let conn = match rendered.conn_id() {
             Some(id) => Some(self.connection(id).await?),
             None => None,
         };
         let mut spec = RunSpec::new(&task, rendered, &ctx);
         spec.python = self.config.python.clone();
-        spec.resume = resume(ti)?;
+        spec.resume = resume(ti).map_err(ExecutorError::Task)?;
         if let Some(conn) = conn {
             spec.masker = spec.masker.with(conn.secrets());
             spec.kafka = Some(crate::KafkaSettings(
-                flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?,
+                flow_kafka::client_settings(&conn)
+                    .map_err(|e| ExecutorError::task(e.to_string()))?,
             ));
         }
         Ok((task, spec))
     }
 
-    async fn connection(&self, conn_id: &str) -> Result<flow_model::Connection, String> {
+    async fn connection(&self, conn_id: &str) -> Result<flow_model::Connection, ExecutorError> {
         let Some(source) = &self.config.connections else {
-            return Err(format!(
+            return Err(ExecutorError::task(format!(
                 "connection `{conn_id}`: this worker has no connection source"
-            ));
+            )));
         };
         self.store
             .connection_resolve(conn_id, source)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .ok_or_else(|| {
-                format!(
+                ExecutorError::task(format!(
                     "connection `{conn_id}` not found: add it with `flow connections add {conn_id} ...` \
                      or set FLOW_CONN_{}",
                     conn_id.to_ascii_uppercase()
-                )
+                ))
             })
     }
 }
@@ -676,4 +741,161 @@ fn rendered_fields(rendered: &RenderedTask, masker: &crate::Masker) -> Option<St
         .map(|(k, v)| (k, serde_json::Value::String(masker.mask(&v).into_owned())))
         .collect();
     serde_json::to_string(&fields).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use chrono::Utc;
+    use flow_dag::LoadOptions;
+    use flow_model::{Actor, TaskInstanceState as S};
+    use flow_store::testing::TestDb;
+    use flow_store::{DagRecord, FileSync, StateChange, StoreError, TiKey, TriggerRequest};
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// dag_id -> transient database failures `prepare` still reports before it works.
+    static PREPARE_FAILURES: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+
+    /// A failure point: the database "fails" while a try of `dag_id` is being prepared.
+    pub(super) fn inject_prepare_failure(dag_id: &str) -> Result<(), ExecutorError> {
+        let mut failures = PREPARE_FAILURES.lock().unwrap();
+        if let Some(left) = failures.get_or_insert_with(HashMap::new).get_mut(dag_id)
+            && *left > 0
+        {
+            *left -= 1;
+            return Err(ExecutorError::Store(StoreError::Database(
+                sqlx::Error::PoolTimedOut,
+            )));
+        }
+        Ok(())
+    }
+
+    /// The database goes away three times while the worker prepares a try: the worker waits
+    /// it out and runs the try, which succeeds as try 1 of 1. Before the error enum, the
+    /// store error failed the try (and used up a retry).
+    #[tokio::test]
+    async fn a_database_outage_while_preparing_costs_no_try() {
+        let db = TestDb::sqlite().await.unwrap();
+        let store = db.store.clone();
+        let dir = std::env::temp_dir().join(format!("flow-worker-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.yaml");
+        std::fs::write(
+            &path,
+            "outage:\n  tasks:\n    t: {operator: bash, bash_command: 'echo ran', retries: 0}\n",
+        )
+        .unwrap();
+        let dag = flow_dag::load_file(&path, &dir, &LoadOptions::default())
+            .dags
+            .remove(0);
+        let data = dag.to_json().unwrap();
+        store
+            .dag_sync_file(
+                &FileSync {
+                    fileloc: path.display().to_string(),
+                    relative_fileloc: "d.yaml".into(),
+                    source: String::new(),
+                    source_hash: "s".into(),
+                    dags: vec![DagRecord {
+                        dag_id: "outage".into(),
+                        owners: "airflow".into(),
+                        description: None,
+                        schedule: "None".into(),
+                        timetable_summary: "None".into(),
+                        tags: Vec::new(),
+                        max_active_runs: 16,
+                        max_active_tasks: 16,
+                        paused_on_creation: false,
+                        data,
+                        dag_hash: "h".into(),
+                    }],
+                    import_error: None,
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let run = store
+            .dag_run_trigger(
+                &dag,
+                "h",
+                &TriggerRequest::manual(serde_json::json!({})),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let key = TiKey::new("outage", &run.run_id, "t", -1);
+        let change = |from, to| StateChange {
+            key: key.clone(),
+            from: vec![from],
+            to,
+            reason: None,
+            next_retry_at: None,
+        };
+        store
+            .ti_set_states(
+                &[
+                    change(S::NoStatus, S::Scheduled),
+                    change(S::Scheduled, S::Queued),
+                ],
+                Actor::Scheduler,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        PREPARE_FAILURES
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert("outage".into(), 3);
+
+        let (stop, stopped) = watch::channel(false);
+        let worker = Worker::new(
+            store.clone(),
+            WorkerConfig {
+                dags_folder: dir.clone(),
+                ..WorkerConfig::default()
+            },
+            WorkerWakeups::default(),
+        );
+        let handle = tokio::spawn(worker.run(stopped));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let ti = loop {
+            let ti = store.ti_get(&key).await.unwrap().unwrap();
+            if ti.state.is_finished() {
+                break ti;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the try never ended: {ti:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        stop.send(true).unwrap();
+        handle.await.unwrap();
+        assert_eq!(ti.state, S::Success);
+        assert_eq!(ti.try_number, 1, "the outage cost no try");
+        let log: Vec<String> = store
+            .log_read(&key, 1, 0, 100)
+            .await
+            .unwrap()
+            .lines
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        assert!(
+            log.iter()
+                .any(|l| l.contains("the database is unavailable")),
+            "{log:?}"
+        );
+        assert!(log.iter().any(|l| l == "ran"), "{log:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+        db.drop_db().await.unwrap();
+    }
 }

@@ -339,17 +339,6 @@ fn multi_threaded() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
-/// This machine's name (for static group member ids): a process restarted on the same host
-/// takes over its predecessor's consumers.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// Kafka limits ids to 249 characters of `[A-Za-z0-9._-]`: longer or stranger ids are
 /// shortened with a hash so that they stay stable and distinct.
 fn static_id(id: &str) -> String {

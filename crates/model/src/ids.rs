@@ -19,13 +19,23 @@ pub enum IdError {
         value: String,
         len: usize,
     },
-    #[error("{kind} `{value}` contains `{ch}`; only letters, digits, `_`, `.` and `-` are allowed")]
+    #[error("{kind} `{value}` contains `{ch}`; only {allowed} are allowed")]
     InvalidChar {
         kind: &'static str,
         value: String,
         ch: char,
+        /// The characters the id may hold, in words.
+        allowed: &'static str,
     },
+    /// `.`, or anything with `..`, would name a directory in paths and URLs.
+    #[error("{kind} `{value}` must not be `.` or contain `..`, to prevent path traversal")]
+    PathName { kind: &'static str, value: String },
 }
+
+/// What dag, task and pool ids may hold.
+const ID_CHARS: &str = "letters, digits, `_`, `.` and `-`";
+/// What run ids may hold.
+const RUN_ID_CHARS: &str = "letters, digits, `_`, `.`, `-`, `:`, `+` and `~`";
 
 /// Checks `value` against `[A-Za-z0-9_.-]{1,250}`.
 pub fn validate_id(kind: &'static str, value: &str) -> Result<(), IdError> {
@@ -40,6 +50,7 @@ pub fn validate_id(kind: &'static str, value: &str) -> Result<(), IdError> {
             kind,
             value: value.to_owned(),
             ch,
+            allowed: ID_CHARS,
         });
     }
     let len = value.chars().count();
@@ -140,6 +151,13 @@ impl RunId {
                 kind: "run_id",
                 value,
                 ch,
+                allowed: RUN_ID_CHARS,
+            });
+        }
+        if value == "." || value.contains("..") {
+            return Err(IdError::PathName {
+                kind: "run_id",
+                value,
             });
         }
         let len = value.chars().count();
@@ -236,7 +254,8 @@ mod tests {
                 Err(IdError::InvalidChar {
                     kind: "dag_id",
                     value: id.to_owned(),
-                    ch
+                    ch,
+                    allowed: ID_CHARS,
                 }),
                 "{id:?}"
             );
@@ -268,11 +287,25 @@ mod tests {
                 Err(IdError::InvalidChar {
                     kind: "run_id",
                     value: id.to_owned(),
-                    ch
+                    ch,
+                    allowed: RUN_ID_CHARS,
                 }),
                 "{id:?}"
             );
         }
+        // The message lists every character a run id may hold.
+        assert_eq!(
+            RunId::parse("a b").unwrap_err().to_string(),
+            "run_id `a b` contains ` `; only letters, digits, `_`, `.`, `-`, `:`, `+` and `~` \
+             are allowed"
+        );
+        for id in [".", "..", "a..b"] {
+            assert_eq!(
+                RunId::parse(id).unwrap_err().to_string(),
+                format!("run_id `{id}` must not be `.` or contain `..`, to prevent path traversal")
+            );
+        }
+        assert!(RunId::parse(".a").is_ok());
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct KafkaTriggerConfig {
     pub refresh: Duration,
     /// Messages read per batch (one offset commit per batch).
     pub batch_size: usize,
+    /// This host's name: the job row, and static group members (a restarted scheduler takes
+    /// its partitions back at once).
+    pub hostname: String,
 }
 
 impl Default for KafkaTriggerConfig {
@@ -88,6 +91,7 @@ impl Default for KafkaTriggerConfig {
         KafkaTriggerConfig {
             refresh: Duration::from_secs(2),
             batch_size: 500,
+            hostname: "localhost".to_owned(),
         }
     }
 }
@@ -138,7 +142,7 @@ impl KafkaTriggers {
         // A job row so that /health can tell whether the consumers reach their brokers.
         let job = self
             .store
-            .job_start(JOB_TYPE, &flow_kafka::hostname(), Utc::now())
+            .job_start(JOB_TYPE, &self.config.hostname, Utc::now())
             .await
             .ok();
         loop {
@@ -255,7 +259,7 @@ impl KafkaTriggers {
                 self.connections.clone(),
                 key.clone(),
                 rx,
-                self.config.batch_size,
+                self.config.clone(),
                 self.wake_scheduler.clone(),
                 self.stats.clone(),
             ));
@@ -271,7 +275,7 @@ async fn consume(
     connections: ConnectionSource,
     key: ConsumerKey,
     subscribers: watch::Receiver<Vec<Subscriber>>,
-    batch_size: usize,
+    config: KafkaTriggerConfig,
     wake: Arc<Notify>,
     stats: Arc<KafkaTriggerStats>,
 ) {
@@ -301,7 +305,7 @@ async fn consume(
                 &s,
                 group_id,
                 topics,
-                Some(&format!("{}-{group_id}", flow_kafka::hostname())),
+                Some(&format!("{}-{group_id}", config.hostname)),
             )
             .map(|c| (c, producer))
             .map_err(|e| e.to_string())
@@ -321,7 +325,7 @@ async fn consume(
                 return;
             }
             let batch = match consumer
-                .poll_batch(batch_size, Duration::from_millis(500))
+                .poll_batch(config.batch_size, Duration::from_millis(500))
                 .await
             {
                 Ok(b) => b,

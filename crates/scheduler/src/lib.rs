@@ -17,7 +17,7 @@ mod scheduler;
 pub use events::{EventPublisher, EventStats, EventsConfig};
 pub use kafka_triggers::{KafkaTriggerConfig, KafkaTriggerStats, KafkaTriggers};
 pub use processor::{DagProcessor, ProcessReport};
-pub use scheduler::{Scheduler, SchedulerConfig, Wakeups};
+pub use scheduler::{PassSummary, Scheduler, SchedulerConfig, Wakeups};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {

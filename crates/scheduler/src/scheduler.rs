@@ -46,6 +46,12 @@ pub struct SchedulerConfig {
     pub dags_are_paused_at_creation: bool,
     /// Whether this scheduler parses the dags folder.
     pub process_dags: bool,
+    /// A queued task instance no worker claims within this long is queued again (Airflow's
+    /// `task_queued_timeout`), and failed after `num_stuck_in_queued_retries` such requeues.
+    pub task_queued_timeout: StdDuration,
+    pub num_stuck_in_queued_retries: i64,
+    /// This host's name, recorded with the scheduler's heartbeat.
+    pub hostname: String,
 }
 
 impl Default for SchedulerConfig {
@@ -58,6 +64,9 @@ impl Default for SchedulerConfig {
             max_sleep: StdDuration::from_secs(1),
             dags_are_paused_at_creation: true,
             process_dags: true,
+            task_queued_timeout: StdDuration::from_secs(600),
+            num_stuck_in_queued_retries: 2,
+            hostname: "localhost".to_owned(),
         }
     }
 }
@@ -70,6 +79,8 @@ pub struct Wakeups {
     pub scheduler: Arc<Notify>,
     /// Task instances were queued.
     pub workers: Arc<Notify>,
+    /// A task deferred to a new trigger.
+    pub triggerer: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -96,6 +107,12 @@ pub struct Scheduler {
     last_zombie_check: Option<DateTime<Utc>>,
     /// This scheduler's row in `job`, once started.
     job_id: Option<i64>,
+    /// Scheduled intervals found taken by another row (a backfill, a run with the same id):
+    /// dag_id -> the latest such interval. The next run is computed after it, so that a
+    /// conflicting row makes the DAG move on instead of retrying the same run forever.
+    taken: HashMap<String, DataInterval>,
+    /// Unreadable rows already reported, so that each is logged once.
+    reported_corrupt: std::collections::HashSet<(String, String)>,
 }
 
 /// What one pass found out about when to run again.
@@ -141,6 +158,8 @@ impl Scheduler {
             dag_version: None,
             last_zombie_check: None,
             job_id: None,
+            taken: HashMap::new(),
+            reported_corrupt: std::collections::HashSet::new(),
         }
     }
 
@@ -235,18 +254,13 @@ impl Scheduler {
         .min();
         outcome.next_deadline = earliest(outcome.next_deadline, next_dir_check);
 
-        let runs = self
-            .store
-            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
-            .await?;
+        let runs = self.active_runs().await?;
         let created_deadline = self.create_scheduled_runs(&runs, now).await?;
         outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
 
         let mut runs = if created_deadline == Some(now) {
             // New runs were created: read them.
-            self.store
-                .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
-                .await?
+            self.active_runs().await?
         } else {
             runs
         };
@@ -303,6 +317,7 @@ impl Scheduler {
             .is_none_or(|t| now - t >= Duration::seconds(5));
         if zombie_due {
             self.rescue_zombies(now).await?;
+            self.release_stuck_queued(now).await?;
             // Deferrals past their timeout resume to fail, with or without a triggerer.
             let expired = self
                 .store
@@ -357,11 +372,34 @@ impl Scheduler {
         match self.job_id {
             Some(id) => self.store.job_heartbeat(id, now).await?,
             None => {
-                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
-                self.job_id = Some(self.store.job_start("SchedulerJob", &host, now).await?);
+                let host = &self.config.hostname;
+                self.job_id = Some(self.store.job_start("SchedulerJob", host, now).await?);
             }
         }
         Ok(())
+    }
+
+    /// Queued and running runs, leaving out (and reporting once) rows that cannot be read.
+    async fn active_runs(&mut self) -> Result<Vec<DagRunRow>, SchedulerError> {
+        let (runs, corrupt) = self
+            .store
+            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
+            .await?;
+        self.report_corrupt(&corrupt);
+        Ok(runs)
+    }
+
+    /// Logs each unreadable row's run once: the run is left alone until the row is fixed,
+    /// and every other run goes on.
+    fn report_corrupt(&mut self, rows: &[flow_store::CorruptRow]) {
+        for r in rows {
+            if self
+                .reported_corrupt
+                .insert((r.dag_id.clone(), r.run_id.clone()))
+            {
+                warn!(dag_id = %r.dag_id, run_id = %r.run_id, error = %r.error, "a row of this run cannot be read; the run is left alone until it is fixed");
+            }
+        }
     }
 
     /// Reloads DAG rows and re-reads serialized DAGs whose hash changed.
@@ -450,12 +488,17 @@ impl Scheduler {
                 catchup: dag.catchup,
             };
             let last = self.store.dag_run_latest_automated(&row.dag_id).await?;
-            let last_interval = last.as_ref().and_then(|r| {
+            let stored = last.as_ref().and_then(|r| {
                 Some(DataInterval {
                     start: r.data_interval_start?,
                     end: r.data_interval_end?,
                 })
             });
+            let taken = self.taken.get(&row.dag_id).copied();
+            let last_interval = match (stored, taken) {
+                (Some(a), Some(b)) => Some(if b.end > a.end { b } else { a }),
+                (a, b) => a.or(b),
+            };
             let Some(info) = dag
                 .timetable
                 .next_dagrun_info(last_interval, &restriction, now)
@@ -505,10 +548,24 @@ impl Scheduler {
                 Ok(run) => {
                     info!(dag_id = %run.dag_id, run_id = %run.run_id, "created scheduled run")
                 }
-                // Another scheduler (or an earlier life of this one) made it: fine.
-                Err(TriggerError::Duplicate { .. }) => {}
+                // Another scheduler (or an earlier life of this one) made it, or another row
+                // holds its logical date or run id (a backfill, say): this interval is
+                // covered, and the next run comes after it. Never retry the same one.
+                Err(TriggerError::Duplicate { run_id, .. }) => {
+                    debug!(dag_id = %row.dag_id, run_id, "scheduled run exists already; moving on");
+                    self.taken.insert(row.dag_id.clone(), info.data_interval);
+                }
                 Err(TriggerError::Store(e)) => return Err(e.into()),
-                Err(e) => warn!(dag_id = %row.dag_id, error = %e, "could not create scheduled run"),
+                Err(e) => {
+                    // The DAG cannot make this run (its params refuse their defaults, say):
+                    // say so and try again at the next interval check, not at once.
+                    warn!(dag_id = %row.dag_id, error = %e, "could not create scheduled run");
+                    let retry = now + Duration::seconds(60);
+                    self.next_due
+                        .insert(row.dag_id.clone(), (row.dag_hash.clone(), retry));
+                    next_deadline = earliest(next_deadline, Some(retry));
+                    continue;
+                }
             }
             // Come back at once: more runs may be due (catchup), and the new run wants work.
             next_deadline = Some(now);
@@ -571,7 +628,12 @@ impl Scheduler {
             return Ok(evaluation);
         }
         let read_started = std::time::Instant::now();
-        let mut all = self.store.ti_list_active_runs().await?;
+        let (mut all, corrupt) = self.store.ti_list_active_runs().await?;
+        self.report_corrupt(&corrupt);
+        let held: std::collections::HashSet<(&str, &str)> = corrupt
+            .iter()
+            .map(|c| (c.dag_id.as_str(), c.run_id.as_str()))
+            .collect();
         debug!(
             rows = all.len(),
             elapsed_us = read_started.elapsed().as_micros() as u64,
@@ -597,6 +659,9 @@ impl Scheduler {
             }
         }
         for run in runs {
+            if held.contains(&(run.dag_id.as_str(), run.run_id.as_str())) {
+                continue;
+            }
             let Some(dag) = self.dag_for(&run.dag_id).await? else {
                 continue;
             };
@@ -825,6 +890,47 @@ impl Scheduler {
             });
         }
         self.store.ti_rescue_stale(&changes, cutoff, now).await?;
+        Ok(())
+    }
+}
+
+impl Scheduler {
+    /// Queued task instances no worker claimed within `task_queued_timeout` (none serves their
+    /// queue, or they were lost): queued again up to `num_stuck_in_queued_retries` times, then
+    /// failed, each time with the reason recorded (Airflow's `_handle_tasks_stuck_in_queued`).
+    async fn release_stuck_queued(&mut self, now: DateTime<Utc>) -> Result<(), SchedulerError> {
+        let timeout =
+            Duration::from_std(self.config.task_queued_timeout).unwrap_or(Duration::seconds(600));
+        let cutoff = now - timeout;
+        let stuck = self.store.ti_list_stuck_queued(cutoff).await?;
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let max = self.config.num_stuck_in_queued_retries;
+        let changes: Vec<StateChange> = stuck
+            .into_iter()
+            .map(|(ti, requeues)| {
+                let why = format!(
+                    "stuck in queued: no worker claimed it from queue `{}` within {}s",
+                    ti.queue,
+                    timeout.num_seconds()
+                );
+                warn!(dag_id = %ti.key.dag_id, run_id = %ti.key.run_id, task_id = %ti.key.task_id, map_index = ti.key.map_index, requeues, "{why}");
+                let (to, reason) = if requeues < max {
+                    (S::Scheduled, format!("{why}; queued again ({} of {max})", requeues + 1))
+                } else {
+                    (S::Failed, format!("{why}; failed after {max} requeues"))
+                };
+                StateChange {
+                    key: ti.key,
+                    from: vec![S::Queued],
+                    to,
+                    reason: Some(reason),
+                    next_retry_at: None,
+                }
+            })
+            .collect();
+        self.store.ti_release_stuck(&changes, cutoff, now).await?;
         Ok(())
     }
 }

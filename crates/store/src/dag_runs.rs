@@ -212,10 +212,14 @@ impl Store {
         rows.iter().map(run_row).collect()
     }
 
-    /// Runs in the given states, oldest first.
-    pub async fn dag_run_list_in_states(&self, states: &[DagRunState]) -> Result<Vec<DagRunRow>> {
+    /// Runs in the given states, oldest first. A row that cannot be read (a state or conf
+    /// written by hand, say) is left out and reported, so that it holds up nothing else.
+    pub async fn dag_run_list_in_states(
+        &self,
+        states: &[DagRunState],
+    ) -> Result<(Vec<DagRunRow>, Vec<crate::CorruptRow>)> {
         if states.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM dag_run WHERE state IN ({}) ORDER BY run_after, id",
@@ -226,13 +230,27 @@ impl Store {
             q = q.bind(s.as_str());
         }
         let rows = q.fetch_all(self.read_pool()).await?;
-        rows.iter().map(run_row).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        let mut corrupt = Vec::new();
+        for r in &rows {
+            match run_row(r) {
+                Ok(run) => out.push(run),
+                Err(e) => corrupt.push(crate::CorruptRow {
+                    dag_id: r.try_get("dag_id").unwrap_or_default(),
+                    run_id: r.try_get("run_id").unwrap_or_default(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok((out, corrupt))
     }
 
-    /// The latest automated (scheduled/backfill) run's data interval, for the next-run maths.
+    /// The latest automated run (scheduled or backfill, as Airflow counts them), for the
+    /// next-run maths: a backfilled date is not scheduled again.
     pub async fn dag_run_latest_automated(&self, dag_id: &str) -> Result<Option<DagRunRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND run_type = 'scheduled' \
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 \
+             AND run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL \
              ORDER BY logical_date DESC LIMIT 1"
         ))
         .bind(dag_id)

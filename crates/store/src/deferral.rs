@@ -136,6 +136,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
+        crate::notify_in(self.backend(), &mut tx, crate::WAKE_TRIGGERER).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -45,8 +45,8 @@ pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, Trig
 pub use events::{EventCursor, EventTable, LifecycleEvent};
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
-    ClaimedTi, ClearReport, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey, TiQuery,
-    TiRow, TiTryRow,
+    ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey,
+    TiQuery, TiRow, TiTryRow,
 };
 pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,
@@ -78,6 +78,38 @@ pub enum StoreError {
     IllegalTransition(#[from] flow_model::IllegalTransition),
     #[error("illegal transition: {0}")]
     IllegalRunTransition(#[from] flow_model::IllegalRunTransition),
+}
+
+impl StoreError {
+    /// Whether the error is the database being unreachable or busy (a dropped connection, a
+    /// pool timeout, a server shutting down, a lock or serialization conflict), so that the
+    /// same call may well succeed later; not a problem with the data or the request.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // PostgreSQL classes 08 (connection), 53 (resources), 57 (operator
+                // intervention: shutdown), serialization failures and deadlocks; SQLite's
+                // BUSY (5) and LOCKED (6).
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code == "5"
+                    || code == "6"
+            }),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -290,32 +322,32 @@ impl Store {
         &self.read
     }
 
-    /// Forwards PostgreSQL notifications on [`WAKE_SCHEDULER`] and [`WAKE_WORKERS`] to the
-    /// given in-process hints, reconnecting with backoff, until the process ends. On SQLite
-    /// (one process) there is nothing to listen to and this returns at once.
-    pub fn spawn_wake_listener(&self, scheduler: Arc<Notify>, workers: Arc<Notify>) {
-        if self.backend != Backend::Postgres {
+    /// Forwards PostgreSQL notifications on each channel of `wakes` ([`WAKE_SCHEDULER`],
+    /// [`WAKE_WORKERS`], [`WAKE_TRIGGERER`]) to its in-process hint, reconnecting with
+    /// backoff, until the process ends. On SQLite (one process) there is nothing to listen to
+    /// and this returns at once.
+    pub fn spawn_wake_listener(&self, wakes: Vec<(&'static str, Arc<Notify>)>) {
+        if self.backend != Backend::Postgres || wakes.is_empty() {
             return;
         }
         let url = self.url.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let channels: Vec<&str> = wakes.iter().map(|(c, _)| *c).collect();
             loop {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut listener) => {
-                        if listener
-                            .listen_all([WAKE_SCHEDULER, WAKE_WORKERS])
-                            .await
-                            .is_ok()
-                        {
+                        if listener.listen_all(channels.iter().copied()).await.is_ok() {
                             backoff = Duration::from_millis(100);
-                            // A reconnect may have missed notifications: wake both once.
-                            scheduler.notify_one();
-                            workers.notify_one();
+                            // A reconnect may have missed notifications: wake everyone once.
+                            for (_, n) in &wakes {
+                                n.notify_one();
+                            }
                             while let Ok(n) = listener.recv().await {
-                                match n.channel() {
-                                    WAKE_SCHEDULER => scheduler.notify_one(),
-                                    _ => workers.notify_one(),
+                                for (channel, notify) in &wakes {
+                                    if n.channel() == *channel {
+                                        notify.notify_one();
+                                    }
                                 }
                             }
                         }
@@ -334,6 +366,8 @@ impl Store {
 pub const WAKE_SCHEDULER: &str = "flow_wake_scheduler";
 /// Notified (PostgreSQL) when task instances were queued.
 pub const WAKE_WORKERS: &str = "flow_wake_workers";
+/// Notified (PostgreSQL) when a task deferred to a new trigger.
+pub const WAKE_TRIGGERER: &str = "flow_wake_triggerer";
 
 /// Adds a wake-up notification to a transaction; PostgreSQL delivers it at commit.
 pub(crate) async fn notify_in(
@@ -348,6 +382,45 @@ pub(crate) async fn notify_in(
             .await?;
     }
     Ok(())
+}
+
+/// Creates the database a PostgreSQL URL names, if the server does not have it yet (through
+/// the server's `postgres` database). Returns whether it was created. SQLite files are
+/// created on connect, so a SQLite URL returns false.
+pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+    let (backend, url) = normalize_url(url)?;
+    if backend != Backend::Postgres {
+        return Ok(false);
+    }
+    let bad = |reason: &str| StoreError::Url {
+        url: redact_url(&url),
+        reason: reason.to_owned(),
+    };
+    let (base, rest) = url
+        .rsplit_once('/')
+        .ok_or_else(|| bad("no database name"))?;
+    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // The name goes into CREATE DATABASE, which cannot bind it: only plain names.
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad("the database name must be letters, digits and `_`"));
+    }
+    let admin_url = if query.is_empty() {
+        format!("{base}/postgres")
+    } else {
+        format!("{base}/postgres?{query}")
+    };
+    let admin = Store::connect(&admin_url).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&admin.read)
+        .await?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin.write)
+            .await?;
+    }
+    admin.close().await;
+    Ok(exists.is_none())
 }
 
 fn normalize_url(url: &str) -> Result<(Backend, String)> {

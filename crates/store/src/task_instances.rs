@@ -171,6 +171,52 @@ pub(crate) fn ti_row(r: &AnyRow) -> Result<TiRow> {
     })
 }
 
+/// A row the store could not read, with the run it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRow {
+    pub dag_id: String,
+    pub run_id: String,
+    pub error: String,
+}
+
+impl CorruptRow {
+    fn of(r: &AnyRow, e: StoreError) -> Self {
+        CorruptRow {
+            dag_id: r.try_get("dag_id").unwrap_or_default(),
+            run_id: r.try_get("run_id").unwrap_or_default(),
+            error: e.to_string(),
+        }
+    }
+}
+
+/// The lean row of [`Store::ti_list_active_runs`].
+fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
+    let state: String = r.try_get("state")?;
+    Ok(TiRow {
+        key: key_of(r)?,
+        state: parse_state(&state)?,
+        try_number: r.try_get("try_number")?,
+        max_tries: r.try_get("max_tries")?,
+        operator: String::new(),
+        queue: String::new(),
+        pool: r.try_get("pool")?,
+        pool_slots: r.try_get("pool_slots")?,
+        priority_weight: r.try_get("priority_weight")?,
+        start_date: None,
+        end_date: None,
+        duration: None,
+        scheduled_dttm: opt_from_micros(r.try_get("scheduled_dttm")?),
+        queued_dttm: None,
+        next_retry_at: opt_from_micros(r.try_get("next_retry_at")?),
+        hostname: String::new(),
+        worker_id: None,
+        last_heartbeat_at: None,
+        updated_at: DateTime::<Utc>::default(),
+        next_method: None,
+        next_kwargs: None,
+    })
+}
+
 /// Rows of `(run_id, "task:state,task:state,...")` into `run_id -> task_id -> state`.
 fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, S>>> {
     let mut out = HashMap::new();
@@ -391,7 +437,9 @@ impl Store {
     /// Task instances of every queued or running dag run, in one query, with the columns
     /// scheduling decisions use (key, state, tries, pool, priority, schedule and retry times);
     /// the others are left empty. This is read on every scheduler pass, so it stays lean.
-    pub async fn ti_list_active_runs(&self) -> Result<Vec<TiRow>> {
+    /// A row that cannot be read (an unknown state written by hand, say) is left out and
+    /// reported with its run, so that one bad row holds up its own run and nothing else.
+    pub async fn ti_list_active_runs(&self) -> Result<(Vec<TiRow>, Vec<CorruptRow>)> {
         let rows = sqlx::query(
             "SELECT ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.state, ti.try_number, \
              ti.max_tries, ti.pool, ti.pool_slots, ti.priority_weight, ti.scheduled_dttm, \
@@ -401,38 +449,33 @@ impl Store {
         )
         .fetch_all(self.read_pool())
         .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut corrupt = Vec::new();
+        for r in &rows {
+            match lean_ti_row(r) {
+                Ok(ti) => out.push(ti),
+                Err(e) => corrupt.push(CorruptRow::of(r, e)),
+            }
+        }
+        Ok((out, corrupt))
+    }
+
+    /// Task instances waiting in `queued` since before `cutoff` (no worker claimed them), with
+    /// how often this try was requeued for it already.
+    pub async fn ti_list_stuck_queued(&self, cutoff: DateTime<Utc>) -> Result<Vec<(TiRow, i64)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TI_COLUMNS}, (SELECT COUNT(*) FROM ti_transition t \
+               WHERE t.dag_id = task_instance.dag_id AND t.run_id = task_instance.run_id \
+               AND t.task_id = task_instance.task_id AND t.map_index = task_instance.map_index \
+               AND t.try_number = task_instance.try_number \
+               AND t.from_state = 'queued' AND t.to_state = 'scheduled') AS requeues \
+             FROM task_instance WHERE state = 'queued' AND queued_dttm < $1"
+        ))
+        .bind(to_micros(cutoff))
+        .fetch_all(self.read_pool())
+        .await?;
         rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state")?;
-                Ok(TiRow {
-                    key: TiKey {
-                        dag_id: r.try_get("dag_id")?,
-                        run_id: r.try_get("run_id")?,
-                        task_id: r.try_get("task_id")?,
-                        map_index: r.try_get("map_index")?,
-                    },
-                    state: parse_state(&state)?,
-                    try_number: r.try_get("try_number")?,
-                    max_tries: r.try_get("max_tries")?,
-                    operator: String::new(),
-                    queue: String::new(),
-                    pool: r.try_get("pool")?,
-                    pool_slots: r.try_get("pool_slots")?,
-                    priority_weight: r.try_get("priority_weight")?,
-                    start_date: None,
-                    end_date: None,
-                    duration: None,
-                    scheduled_dttm: opt_from_micros(r.try_get("scheduled_dttm")?),
-                    queued_dttm: None,
-                    next_retry_at: opt_from_micros(r.try_get("next_retry_at")?),
-                    hostname: String::new(),
-                    worker_id: None,
-                    last_heartbeat_at: None,
-                    updated_at: DateTime::<Utc>::default(),
-                    next_method: None,
-                    next_kwargs: None,
-                })
-            })
+            .map(|r| Ok((ti_row(r)?, r.try_get("requeues")?)))
             .collect()
     }
 
@@ -549,6 +592,22 @@ impl Store {
     ) -> Result<Vec<bool>> {
         let effect = TiEffect {
             heartbeat_before: Some(to_micros(stale_before)),
+            ..TiEffect::default()
+        };
+        self.ti_set_states_with(changes, Actor::Scheduler, &effect, now)
+            .await
+    }
+
+    /// `task_queued_timeout`: [`Store::ti_set_states`] for queued task instances no worker
+    /// claimed, each applied only if it is still queued since before `queued_before`.
+    pub async fn ti_release_stuck(
+        &self,
+        changes: &[StateChange],
+        queued_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        let effect = TiEffect {
+            queued_before: Some(to_micros(queued_before)),
             ..TiEffect::default()
         };
         self.ti_set_states_with(changes, Actor::Scheduler, &effect, now)

@@ -173,6 +173,12 @@ impl TestDb {
 }
 
 impl Store {
+    /// Runs a statement as it is: for tests that write what flow itself never would (a
+    /// corrupt row, a row from the past). Returns the rows affected.
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
+        Ok(sqlx::query(sql).execute(&self.write).await?.rows_affected())
+    }
+
     /// Replays every recorded task instance and dag run transition through the model's
     /// tables (`flow_model::check_transition`, `check_run_transition`) and describes those
     /// it forbids, with how often each happened.

@@ -107,6 +107,8 @@ pub(crate) struct TiEffect {
     pub worker_is: Option<String>,
     /// Guard: the row's last heartbeat is older than this (microseconds), or missing.
     pub heartbeat_before: Option<i64>,
+    /// Guard: the row was queued before this (microseconds).
+    pub queued_before: Option<i64>,
     /// `running`: the worker that runs the try, and its host.
     pub worker: Option<String>,
     pub hostname: Option<String>,
@@ -500,6 +502,10 @@ async fn update_chunk(
         guards.push_str(&format!(
             " AND (task_instance.last_heartbeat_at IS NULL OR task_instance.last_heartbeat_at < {b})"
         ));
+    }
+    if let Some(before) = effect.queued_before {
+        let b = sql.int(Some(before));
+        guards.push_str(&format!(" AND task_instance.queued_dttm < {b}"));
     }
     let returning: Vec<String> = TI_COLUMNS
         .split(',')

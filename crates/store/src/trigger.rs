@@ -41,8 +41,23 @@ impl TriggerRequest {
 pub enum TriggerError {
     #[error("invalid run id: {0}")]
     InvalidRunId(String),
+    /// A run id chosen by hand that looks like one flow (or Airflow) generates for another
+    /// kind of run: it could take the place of that run.
+    #[error(
+        "A manual DAG run cannot use ID '{run_id}' since it is reserved for {kind} runs \
+         (run ids starting with `{prefix}`)"
+    )]
+    ReservedRunId {
+        run_id: String,
+        prefix: &'static str,
+        kind: &'static str,
+    },
     #[error("`conf` must be a JSON object, got {0}")]
     InvalidConf(String),
+    /// The conf gives a param a value its schema refuses (or none where it has no default):
+    /// Airflow's 400, before any run exists.
+    #[error(transparent)]
+    InvalidParams(#[from] flow_dag::params::ParamError),
     #[error("dag run `{run_id}` of dag `{dag_id}` already exists")]
     Duplicate { dag_id: String, run_id: String },
     #[error(transparent)]
@@ -59,11 +74,17 @@ pub fn new_dag_run(
     if !req.conf.is_object() {
         return Err(TriggerError::InvalidConf(req.conf.to_string()));
     }
+    // Params are checked here, where every kind of run is made, so that a value its schema
+    // refuses never reaches a template (or a shell).
+    flow_dag::params::validate_conf(&dag.params, &req.conf)?;
     let logical_date = req.logical_date.unwrap_or(now);
     let run_id = match &req.run_id {
-        Some(id) => RunId::parse(id.clone())
-            .map_err(|e| TriggerError::InvalidRunId(e.to_string()))?
-            .to_string(),
+        Some(id) => {
+            check_reserved_prefix(id, req.run_type)?;
+            RunId::parse(id.clone())
+                .map_err(|e| TriggerError::InvalidRunId(e.to_string()))?
+                .to_string()
+        }
         None => req
             .run_type
             .generate_run_id(&run_id_timestamp(logical_date)),
@@ -86,6 +107,31 @@ pub fn new_dag_run(
         triggered_by: req.triggered_by.clone(),
         dag_hash: dag_hash.to_owned(),
     })
+}
+
+/// Run id prefixes that name a kind of run: flow's own and Airflow's, so that a run id chosen
+/// by hand can neither collide with a run the scheduler will create nor pass for another kind.
+const RESERVED_PREFIXES: [(&str, &str); 6] = [
+    ("scheduled__", "scheduled"),
+    ("backfill__", "backfill"),
+    ("event__", "event"),
+    ("manual__", "manual"),
+    ("asset_triggered__", "asset_triggered"),
+    ("dataset_triggered__", "dataset_triggered"),
+];
+
+/// Refuses a chosen run id whose prefix belongs to another kind of run than `run_type`.
+fn check_reserved_prefix(run_id: &str, run_type: DagRunType) -> Result<(), TriggerError> {
+    for (prefix, kind) in RESERVED_PREFIXES {
+        if run_id.starts_with(prefix) && prefix != run_type.run_id_prefix() {
+            return Err(TriggerError::ReservedRunId {
+                run_id: run_id.to_owned(),
+                prefix,
+                kind,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The task instances a new run of `dag` starts with: one per task, no state yet.

@@ -282,11 +282,12 @@ async fn dag_runs_are_created_once() {
             .unwrap();
         assert_eq!(r.state, DagRunState::Running);
         assert_eq!(r.start_date, Some(t0()));
-        let active = store
+        let (active, corrupt) = store
             .dag_run_list_in_states(&[DagRunState::Running])
             .await
             .unwrap();
         assert_eq!(active.len(), 1);
+        assert!(corrupt.is_empty());
         assert_eq!(store.dag_run_list("d", 10).await.unwrap().len(), 2);
     })
     .await;

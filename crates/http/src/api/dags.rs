@@ -148,16 +148,85 @@ fn like_terms(pattern: &str) -> Option<Vec<String>> {
 }
 
 fn matches_pattern(pattern: &str, text: &str) -> bool {
-    let t = text.to_lowercase();
-    like_terms(pattern).is_none_or(|terms| terms.iter().any(|p| like(p.as_bytes(), t.as_bytes())))
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    like_terms(pattern).is_none_or(|terms| {
+        terms.iter().any(|p| {
+            let p: Vec<char> = p.chars().collect();
+            like(&p, &t)
+        })
+    })
 }
 
-fn like(p: &[u8], t: &[u8]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some(b'%') => (0..=t.len()).any(|i| like(&p[1..], &t[i..])),
-        Some(b'_') => !t.is_empty() && like(&p[1..], &t[1..]),
-        Some(c) => t.first() == Some(c) && like(&p[1..], &t[1..]),
+/// SQL `LIKE` (`%` any run, `_` one character), in time proportional to the pattern's length
+/// times the text's at worst: on a mismatch it resumes after the last `%` only, instead of
+/// trying every split (which made a pattern with many `%` take exponential time).
+fn like(p: &[char], t: &[char]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    // After the last `%` seen: where the pattern resumes and which text position it took.
+    let mut resume: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('%') => {
+                resume = Some((pi + 1, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '_' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match resume {
+                // Let the last `%` swallow one more character and try again from there.
+                Some((after, taken)) => {
+                    resume = Some((after, taken + 1));
+                    pi = after;
+                    ti = taken + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '%')
+}
+
+#[cfg(test)]
+mod like_tests {
+    use super::*;
+
+    fn like_str(p: &str, t: &str) -> bool {
+        let p: Vec<char> = p.chars().collect();
+        let t: Vec<char> = t.chars().collect();
+        like(&p, &t)
+    }
+
+    #[test]
+    fn like_matches_as_sql_does() {
+        for (p, t, want) in [
+            ("%etl%", "my_etl_daily", true),
+            ("%etl%", "my_elt", false),
+            ("etl%", "etl_daily", true),
+            ("etl%", "my_etl", false),
+            ("%daily", "etl_daily", true),
+            ("e_l", "etl", true),
+            ("e_l", "el", false),
+            ("%", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("%a%b%", "xxaxxbxx", true),
+            ("%a%b%", "xxbxxaxx", false),
+            ("_é_", "aéb", true),
+        ] {
+            assert_eq!(like_str(p, t), want, "{p} vs {t}");
+        }
+    }
+
+    /// Any Viewer can send this: with the old backtracking matcher it took exponential time
+    /// (longer than the test suite); now it is a few thousand steps.
+    #[test]
+    fn many_wildcards_stay_cheap() {
+        let pattern = format!("{}b", "%a".repeat(40));
+        let text = "a".repeat(5000);
+        assert!(!like_str(&pattern, &text));
+        assert!(matches_pattern(&format!("{}|x", "%".repeat(500)), &text));
     }
 }
 

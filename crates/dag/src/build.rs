@@ -1406,6 +1406,16 @@ fn read_task(
 
     let common: TaskCommonSpec = read_spec(ctx, &common_node, name_span)?;
     let mut references: Vec<(String, Span)> = Vec::new();
+    let mapped = mapped_keys(&merged);
+    let op_node = if mapped.is_empty() {
+        op_node
+    } else {
+        let required: &[&str] = match kind {
+            "bash" => &["bash_command"],
+            _ => &[],
+        };
+        with_mapped_placeholders(&op_node, &mapped, required)
+    };
     let operator = match kind {
         "bash" => read_bash(ctx, &op_node, name_span),
         "python" => read_python(
@@ -1638,22 +1648,30 @@ fn check_templates_in(ctx: &mut Ctx<'_>, field: &str, node: &Node) {
 fn read_bash(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
     let spec: BashSpec = read_spec(ctx, node, fallback)?;
     let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    if spec.bash_command.trim().is_empty() {
-        ctx.error(span_of("bash_command"), "`bash_command` is empty");
+    // A mapped command is checked where it is written (`expand` or `partial`).
+    if spec.bash_command != MAPPED_PLACEHOLDER {
+        if spec.bash_command.trim().is_empty() {
+            ctx.error(span_of("bash_command"), "`bash_command` is empty");
+        }
+        check_template(
+            ctx,
+            "bash_command",
+            &spec.bash_command,
+            span_of("bash_command"),
+        );
     }
-    check_template(
-        ctx,
-        "bash_command",
-        &spec.bash_command,
-        span_of("bash_command"),
-    );
     if let Some(env) = node.get("env") {
         check_templates_in(ctx, "env", env);
     }
     if let Some(cwd) = &spec.cwd {
         check_template(ctx, "cwd", cwd, span_of("cwd"));
     }
+    // Absent: Airflow's default, 99. `null`: no exit code means skipped.
+    let explicit_null = node
+        .get("skip_on_exit_code")
+        .is_some_and(|n| matches!(n.value, Value::Null));
     let skip_on_exit_code = match &spec.skip_on_exit_code {
+        _ if explicit_null => Vec::new(),
         None => vec![99],
         Some(raw) => match to_json(&raw.node) {
             Json::Null => Vec::new(),
@@ -1858,36 +1876,71 @@ fn read_mapping(
     common: &TaskCommonSpec,
     references: &mut Vec<(String, Span)>,
 ) -> Option<Mapping> {
-    let expand = common.expand.as_ref()?;
+    if common.expand.is_none() && common.partial.is_none() && common.expand_kwargs.is_none() {
+        return None;
+    }
     let mut mapping = Mapping {
         expand: IndexMap::new(),
         partial: IndexMap::new(),
+        kwargs: None,
     };
-    let Some(entries) = expand.node.as_map() else {
-        ctx.error(
-            expand.node.span,
-            format!(
-                "`expand`: expected a mapping of argument to values, found {}",
-                expand.node.kind()
-            ),
-        );
-        return None;
-    };
-    if entries.is_empty() {
-        ctx.error(expand.node.span, "`expand` is empty");
-    }
-    for (k, v) in entries {
-        let key = k.as_str().unwrap_or("null").to_owned();
-        let arg = read_arg(v, true, references);
-        match &arg {
-            Arg::Output(_) | Arg::Value(Json::Array(_)) => {}
-            Arg::Value(Json::Object(m)) if !m.is_empty() => {}
-            _ => ctx.error(
-                v.span,
-                format!("`expand.{key}`: expected a list, or `+task_id` for another task's output"),
+    if let Some(expand) = &common.expand {
+        match expand.node.as_map() {
+            Some([]) => ctx.error(expand.node.span, "`expand` is empty"),
+            Some(entries) => {
+                for (k, v) in entries {
+                    let key = k.as_str().unwrap_or("null").to_owned();
+                    let arg = read_arg(v, true, references);
+                    match &arg {
+                        Arg::Output(_) | Arg::Value(Json::Array(_)) => {}
+                        Arg::Value(Json::Object(m)) if !m.is_empty() => {}
+                        _ => ctx.error(
+                            v.span,
+                            format!(
+                                "`expand.{key}`: expected a list, or `+task_id` for another task's output"
+                            ),
+                        ),
+                    }
+                    if let Arg::Value(Json::Array(items)) = &arg {
+                        check_map_length(ctx, &format!("expand.{key}"), items.len(), v.span);
+                    }
+                    // Each literal element may be a template, as the argument it stands for.
+                    if matches!(&arg, Arg::Value(_)) {
+                        check_templates_in(ctx, &format!("expand.{key}"), v);
+                    }
+                    mapping.expand.insert(key, arg);
+                }
+            }
+            None => ctx.error(
+                expand.node.span,
+                format!(
+                    "`expand`: expected a mapping of argument to values, found {}",
+                    expand.node.kind()
+                ),
             ),
         }
-        mapping.expand.insert(key, arg);
+    }
+    if let Some(kwargs) = &common.expand_kwargs {
+        if common.expand.is_some() {
+            ctx.error(
+                kwargs.node.span,
+                "set `expand` or `expand_kwargs`, not both",
+            );
+        }
+        let arg = read_arg(&kwargs.node, true, references);
+        match &arg {
+            Arg::Output(_) => {}
+            Arg::Value(Json::Array(items)) if items.iter().all(Json::is_object) => {
+                check_map_length(ctx, "expand_kwargs", items.len(), kwargs.node.span);
+                check_templates_in(ctx, "expand_kwargs", &kwargs.node);
+            }
+            _ => ctx.error(
+                kwargs.node.span,
+                "`expand_kwargs`: expected a list of mappings of arguments, or `+task_id` for \
+                 another task's output",
+            ),
+        }
+        mapping.kwargs = Some(arg);
     }
     if let Some(partial) = &common.partial {
         match partial.node.as_map() {
@@ -1897,7 +1950,11 @@ fn read_mapping(
                     if mapping.expand.contains_key(&key) {
                         ctx.error(k.span, format!("`partial.{key}` is also in `expand`"));
                     }
-                    mapping.partial.insert(key, read_arg(v, true, references));
+                    let arg = read_arg(v, true, references);
+                    if matches!(&arg, Arg::Value(_)) {
+                        check_templates_in(ctx, &format!("partial.{key}"), v);
+                    }
+                    mapping.partial.insert(key, arg);
                 }
             }
             None => ctx.error(partial.node.span, "`partial`: expected a mapping"),
@@ -1905,6 +1962,73 @@ fn read_mapping(
     }
     Some(mapping)
 }
+
+/// A literal list longer than Airflow's `max_map_length` could never be expanded.
+fn check_map_length(ctx: &mut Ctx<'_>, field: &str, len: usize, span: Span) {
+    if len > crate::dag::DEFAULT_MAX_MAP_LENGTH {
+        ctx.error(
+            span,
+            format!(
+                "`{field}`: {len} values; a mapped task may have at most {} instances \
+                 (max_map_length)",
+                crate::dag::DEFAULT_MAX_MAP_LENGTH
+            ),
+        );
+    }
+}
+
+/// Arguments `expand`, `expand_kwargs` or `partial` give a task: they satisfy the operator's
+/// required keys (`expand: {bash_command: [...]}` needs no `bash_command` of its own).
+fn mapped_keys(node: &Node) -> Vec<String> {
+    let mut keys = Vec::new();
+    for field in ["expand", "partial"] {
+        if let Some(entries) = node.get(field).and_then(Node::as_map) {
+            keys.extend(
+                entries
+                    .iter()
+                    .filter_map(|(k, _)| k.as_str().map(str::to_owned)),
+            );
+        }
+    }
+    // `expand_kwargs` from another task's output may give any argument.
+    if let Some(kwargs) = node.get("expand_kwargs") {
+        match kwargs.as_seq() {
+            Some(items) => {
+                for item in items {
+                    if let Some(entries) = item.as_map() {
+                        keys.extend(
+                            entries
+                                .iter()
+                                .filter_map(|(k, _)| k.as_str().map(str::to_owned)),
+                        );
+                    }
+                }
+            }
+            None => keys.push("*".to_owned()),
+        }
+    }
+    keys
+}
+
+/// For a mapped task, the operator's node with a placeholder for each required argument that
+/// mapping supplies at run time, so that reading the operator does not report it missing.
+fn with_mapped_placeholders(op_node: &Node, mapped: &[String], required: &[&str]) -> Node {
+    let Some(entries) = op_node.as_map() else {
+        return op_node.clone();
+    };
+    let mut entries = entries.to_vec();
+    for key in required {
+        let supplied = mapped.iter().any(|m| m == key || m == "*");
+        if supplied && op_node.get(key).is_none() {
+            let span = op_node.span;
+            entries.push((Node::str(span, *key), Node::str(span, MAPPED_PLACEHOLDER)));
+        }
+    }
+    Node::new(op_node.span, Value::Map(entries))
+}
+
+/// What a required argument holds until mapping fills it in at run time.
+pub const MAPPED_PLACEHOLDER: &str = "{{ mapped }}";
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();

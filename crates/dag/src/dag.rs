@@ -167,6 +167,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether the task is mapped: its instances are made at run time, one per element.
+    pub fn is_mapped(&self) -> bool {
+        self.mapping.as_ref().is_some_and(Mapping::is_mapped)
+    }
+
     /// Where a failed try goes (Airflow's `handle_failure`): `up_for_retry`, due after the
     /// retry delay, while tries are left (`try_number <= max_tries`), else `failed`.
     pub fn after_failure(
@@ -444,12 +449,41 @@ pub enum Arg {
     Output(TaskId),
 }
 
-/// Dynamic task mapping (`expand` / `partial`).
+/// Dynamic task mapping (`expand` / `expand_kwargs` / `partial`).
+///
+/// A mapped task has one task instance per element of its expanded arguments, made at run
+/// time once its upstream tasks are done (so that it can map over their output). With several
+/// `expand` arguments the instances are their cross product, the last argument varying
+/// fastest, as in Airflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mapping {
     pub expand: IndexMap<String, Arg>,
     pub partial: IndexMap<String, Arg>,
+    /// `expand_kwargs`: one instance per mapping of arguments.
+    #[serde(default)]
+    pub kwargs: Option<Arg>,
 }
+
+impl Mapping {
+    /// Whether the task is mapped (`partial` alone only sets arguments).
+    pub fn is_mapped(&self) -> bool {
+        !self.expand.is_empty() || self.kwargs.is_some()
+    }
+
+    /// The tasks whose output this mapping expands over.
+    pub fn sources(&self) -> impl Iterator<Item = &TaskId> {
+        self.expand
+            .values()
+            .chain(&self.kwargs)
+            .filter_map(|a| match a {
+                Arg::Output(t) => Some(t),
+                Arg::Value(_) => None,
+            })
+    }
+}
+
+/// Airflow's `[core] max_map_length`: the most instances one mapped task may have.
+pub const DEFAULT_MAX_MAP_LENGTH: usize = 1024;
 
 /// A run parameter (Airflow's `Param`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

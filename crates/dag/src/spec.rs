@@ -385,6 +385,11 @@ pub struct TaskCommonSpec {
     /// Arguments shared by every mapped instance.
     #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
     pub partial: Option<Raw<AnyValue>>,
+    /// Dynamic task mapping over sets of arguments (Airflow's `expand_kwargs`): a list of
+    /// mappings, or `+task_id` for another task's output that is one; one mapped instance per
+    /// mapping.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub expand_kwargs: Option<Raw<AnyValue>>,
     pub map_index_template: Option<String>,
     // Keys of features flow does not implement yet: accepted, kept and reported as warnings.
     pub email: Option<Raw<AnyValue>>,

@@ -14,6 +14,69 @@ import sys
 import traceback
 import types
 
+# The context of the running task, for get_current_context().
+_CURRENT_CONTEXT = []
+
+
+class _AirflowSkipException(Exception):
+    """Raised to skip the task (Airflow's AirflowSkipException)."""
+
+
+class _AirflowFailException(Exception):
+    """Raised to fail the task without retries (Airflow's AirflowFailException)."""
+
+
+class _AirflowException(Exception):
+    """Airflow's base exception."""
+
+
+def get_current_context():
+    if not _CURRENT_CONTEXT:
+        raise RuntimeError(
+            "Current context was requested but no context was found! "
+            "Are you running within an Airflow task?"
+        )
+    return _CURRENT_CONTEXT[-1]
+
+
+def _install_airflow_shim():
+    """Callables written for Airflow import a few of its names (get_current_context, Context,
+    the exceptions). Where Airflow itself is not installed, flow provides just those, so the
+    same files run unchanged; an installed Airflow always wins."""
+    try:
+        if importlib.util.find_spec("airflow") is not None:
+            return
+    except (ImportError, ValueError):
+        return
+    exceptions = {
+        "AirflowException": _AirflowException,
+        "AirflowSkipException": _AirflowSkipException,
+        "AirflowFailException": _AirflowFailException,
+    }
+    current = {"get_current_context": get_current_context}
+    modules = {
+        "airflow": {},
+        "airflow.exceptions": exceptions,
+        "airflow.utils": {},
+        "airflow.utils.context": {"Context": dict, **current},
+        "airflow.operators": {},
+        "airflow.operators.python": current,
+        "airflow.providers": {},
+        "airflow.providers.standard": {},
+        "airflow.providers.standard.operators": {},
+        "airflow.providers.standard.operators.python": current,
+        "airflow.sdk": {"Context": dict, **current, **exceptions},
+        "airflow.sdk.exceptions": exceptions,
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name, "flow's stand-in for this Airflow module")
+        module.__path__ = []
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
 
 def _flow_main():
     input_path, result_path = sys.argv[1], sys.argv[2]
@@ -21,11 +84,27 @@ def _flow_main():
     with open(input_path, encoding="utf-8") as f:
         spec = json.load(f)
 
+    added = {}
+
     def finish(text):
+        # Names the callable added to its context (for a mapped task's map_index_template),
+        # merged into the result object.
+        if added and text.endswith("}"):
+            text = text[:-1] + ', "context": ' + json.dumps(added) + "}"
         tmp = result_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, result_path)
+
+    def collect_added(context, before):
+        for k, v in context.items():
+            if k in before:
+                continue
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                continue
+            added[k] = v
 
     def fail(exc):
         traceback.print_exc()
@@ -37,6 +116,7 @@ def _flow_main():
         os._exit(1)
 
     sys.path.insert(0, spec["dags_folder"])
+    _install_airflow_shim()
     target = spec["callable"]
     try:
         if target["kind"] == "module":
@@ -106,11 +186,12 @@ def _flow_main():
             out = []
             for task_id in task_ids:
                 found, value = one(task_id)
-                if found:
-                    if isinstance(map_indexes, (list, tuple)):
+                if isinstance(map_indexes, (list, tuple)):
+                    if found:
                         out.extend(value)
-                    else:
-                        out.append(value)
+                else:
+                    # Airflow 3 keeps the positions: None where a task pushed nothing.
+                    out.append(value if found else None)
             return out
 
         def xcom_push(self, key, value, **_kwargs):
@@ -168,18 +249,23 @@ def _flow_main():
         extra.pop(name, None)
     extra.update(kwargs)
 
+    before = set(context)
+    _CURRENT_CONTEXT.append(context)
     try:
         result = fn(*args, **extra)
     except SystemExit as exc:
+        collect_added(context, before)
         if exc.code not in (None, 0):
             fail(exc)
         result = None
     except BaseException as exc:  # noqa: BLE001 - the task's exception fails the task
+        collect_added(context, before)
         if type(exc).__name__ == "AirflowSkipException":
             print(f"Skipping: {exc}", file=sys.stderr)
             finish(json.dumps({"skip": str(exc) or "AirflowSkipException"}))
             return
         fail(exc)
+    collect_added(context, before)
 
     if not spec["do_xcom_push"]:
         result = None

@@ -41,7 +41,16 @@ pub(crate) fn environment() -> Environment<'static> {
     env.add_filter("ts_nodash_with_tz", |v: Value| {
         date_filter(v, |d| d.ts_nodash_with_tz())
     });
+    // flow's addition: a value quoted for a POSIX shell, so that a conf value or param can be
+    // put in a bash command safely (`echo {{ params.name | shell_quote }}`).
+    env.add_filter("shell_quote", |v: Value| shell_quote(&py_str(&v)));
     env
+}
+
+/// `text` as one word of a POSIX shell command: single-quoted, with each `'` closed, escaped
+/// and reopened.
+pub(crate) fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn date_filter(value: Value, f: impl Fn(&PyDateTime) -> String) -> Result<Value, Error> {
@@ -61,6 +70,9 @@ fn date_filter(value: Value, f: impl Fn(&PyDateTime) -> String) -> Result<Value,
 // Printing values as Python's str() does.
 
 fn format_value(out: &mut Output, _state: &mut State, value: &Value) -> Result<(), Error> {
+    if let Some(missing) = value.downcast_object_ref::<MissingVariable>() {
+        return Err(missing.error());
+    }
     let text = py_str(value);
     out.write_str(&text)
         .map_err(|_| Error::new(ErrorKind::WriteFailure, "failed to write template output"))
@@ -214,6 +226,16 @@ impl PyDateTime {
         }
     }
 
+    /// Python's `str(datetime)`: `isoformat` with a space between date and time, which is
+    /// how Airflow prints `{{ logical_date }}` and friends.
+    pub(crate) fn py_str(&self) -> String {
+        if self.0.nanosecond() / 1000 == 0 {
+            self.format("%Y-%m-%d %H:%M:%S%:z")
+        } else {
+            self.format("%Y-%m-%d %H:%M:%S%.6f%:z")
+        }
+    }
+
     pub(crate) fn ts_nodash(&self) -> String {
         self.format("%Y%m%dT%H%M%S")
     }
@@ -312,7 +334,7 @@ pub(crate) fn strftime(
 
 impl fmt::Display for PyDateTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.isoformat())
+        f.write_str(&self.py_str())
     }
 }
 
@@ -395,7 +417,7 @@ impl Object for PyDateTime {
     }
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.isoformat())
+        f.write_str(&self.py_str())
     }
 }
 
@@ -578,11 +600,9 @@ impl Object for VarAccessor {
         let expression = format!("var.{}.{key}", if self.json { "json" } else { "value" });
         match self.lookup(key) {
             Ok(Some(v)) => Some(v),
-            Ok(None) => {
-                let message = format!("variable `{key}` does not exist");
-                self.notes.push(expression, message);
-                None
-            }
+            // Not undefined, which `default` would paper over: a value that fails the
+            // template wherever it is printed, as Airflow's lookup fails at once.
+            Ok(None) => Some(Value::from_object(MissingVariable(key.to_owned()))),
             Err(message) => {
                 self.notes.push(expression, message);
                 None
@@ -613,6 +633,44 @@ impl Object for VarAccessor {
         } else {
             "<var.value>"
         })
+    }
+}
+
+/// A variable that does not exist. Printing it (directly, or through `default` or any other
+/// filter that passes it on) fails the template with Airflow's message.
+#[derive(Debug)]
+pub(crate) struct MissingVariable(String);
+
+impl MissingVariable {
+    fn error(&self) -> Error {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("VARIABLE_NOT_FOUND: Variable {} not found", self.0),
+        )
+    }
+}
+
+impl Object for MissingVariable {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    /// `var.json.missing.field` is as missing as `var.json.missing`.
+    fn get_value(self: &Arc<Self>, _key: &Value) -> Option<Value> {
+        Some(Value::from_dyn_object(self.clone()))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        _method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        Err(self.error())
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<missing variable {}>", self.0)
     }
 }
 

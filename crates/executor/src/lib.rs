@@ -19,7 +19,10 @@ mod xcom;
 pub use flow_dag::params::{ParamError, merge_params};
 pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};
-pub use render::{RenderError, RenderedTask, RunContext, SensorWait, TryOf, render_task};
+pub use render::{
+    RenderError, RenderedTask, RunContext, SensorWait, TryOf, cross_product_position, python_type,
+    render_map_index, render_task,
+};
 pub use runner::{
     DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,
     Stream, context_env, python_context, run,

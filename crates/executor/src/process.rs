@@ -78,7 +78,9 @@ pub(crate) enum Ended {
 #[derive(Debug)]
 pub(crate) struct Supervised {
     pub(crate) ended: Ended,
-    /// The last non-empty stdout line, right-trimmed.
+    /// The last line of output, stdout and stderr together, right-trimmed, even if empty;
+    /// `""` for no output at all (Airflow's BashOperator XCom: its subprocess merges stderr
+    /// into stdout and keeps the last line read).
     pub(crate) last_stdout: Option<String>,
 }
 
@@ -124,13 +126,13 @@ pub(crate) async fn supervise(
         pgid: Pid::from_raw(pid),
         armed: true,
     };
-    let last_stdout = Arc::new(Mutex::new(None));
+    let last_stdout = Arc::new(Mutex::new(Some(String::new())));
     let stdout = child.stdout.take().map(|out| {
         let (logs, last) = (logs.clone(), last_stdout.clone());
         tokio::spawn(async move { pump(out, Stream::Stdout, &logs, &last).await })
     });
     let stderr = child.stderr.take().map(|err| {
-        let (logs, last) = (logs.clone(), Arc::new(Mutex::new(None)));
+        let (logs, last) = (logs.clone(), last_stdout.clone());
         tokio::spawn(async move { pump(err, Stream::Stderr, &logs, &last).await })
     });
 
@@ -271,10 +273,7 @@ fn char_boundary(bytes: &[u8]) -> usize {
 async fn emit(bytes: &[u8], stream: Stream, logs: &LogSink, last: &Mutex<Option<String>>) {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let text = String::from_utf8_lossy(bytes);
-    if stream == Stream::Stdout
-        && !text.trim().is_empty()
-        && let Ok(mut last) = last.lock()
-    {
+    if let Ok(mut last) = last.lock() {
         *last = Some(text.trim_end().to_owned());
     }
     logs.send(stream, &text).await;

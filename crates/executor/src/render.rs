@@ -575,7 +575,9 @@ fn output(field: &str, task_id: &str, xcoms: &XcomMap) -> Result<Json, RenderErr
     })
 }
 
-/// Applies `partial` arguments, then this map index's element of each `expand` argument.
+/// Applies `partial` arguments, then this map index's arguments: its element of the cross
+/// product of the `expand` arguments (the last one varying fastest, as in Airflow), or its
+/// mapping of `expand_kwargs`.
 fn apply_mapping(
     task: &Task,
     ctx: &RunContext,
@@ -589,47 +591,140 @@ fn apply_mapping(
         let value = Field::from_arg(&field, arg, &ctx.xcoms)?;
         set(key, value).map_err(|m| RenderError::new(&field, m))?;
     }
+    if !mapping.is_mapped() {
+        return Ok(());
+    }
     let index = usize::try_from(ctx.map_index)
         .map_err(|_| RenderError::new("expand", "a mapped task needs a map_index of 0 or more"))?;
-    for (key, arg) in &mapping.expand {
-        let field = format!("expand.{key}");
-        let whole = Field::from_arg(&field, arg, &ctx.xcoms)?;
-        let element = match whole.value {
+    if let Some(kwargs) = &mapping.kwargs {
+        let whole = Field::from_arg("expand_kwargs", kwargs, &ctx.xcoms)?;
+        let item = match whole.value {
             Json::Array(mut items) if index < items.len() => items.swap_remove(index),
-            Json::Object(entries) if index < entries.len() => entries
-                .into_iter()
-                .nth(index)
-                .map(|(k, v)| Json::Array(vec![Json::String(k), v]))
-                .unwrap_or(Json::Null),
             Json::Array(items) => {
                 return Err(RenderError::new(
-                    field,
+                    "expand_kwargs",
                     format!("map_index {index} is out of range ({} values)", items.len()),
-                ));
-            }
-            Json::Object(entries) => {
-                return Err(RenderError::new(
-                    field,
-                    format!(
-                        "map_index {index} is out of range ({} values)",
-                        entries.len()
-                    ),
                 ));
             }
             other => {
                 return Err(RenderError::new(
-                    field,
-                    format!("expected a list to expand over, got {other}"),
+                    "expand_kwargs",
+                    format!(
+                        "expand_kwargs() expects a list[dict], not {}",
+                        python_type(&other)
+                    ),
                 ));
             }
         };
-        let value = Field {
-            value: element,
-            templated: whole.templated,
+        let Json::Object(arguments) = item else {
+            return Err(RenderError::new(
+                "expand_kwargs",
+                format!(
+                    "expand_kwargs() expects a list[dict], not list[{}]",
+                    python_type(&item)
+                ),
+            ));
         };
-        set(key, value).map_err(|m| RenderError::new(&field, m))?;
+        for (key, value) in arguments {
+            let field = format!("expand_kwargs.{key}");
+            let value = Field {
+                value,
+                templated: whole.templated,
+            };
+            set(&key, value).map_err(|m| RenderError::new(&field, m))?;
+        }
+        return Ok(());
+    }
+    // Each argument's elements; a mapping's are its (key, value) pairs.
+    let mut resolved: Vec<(&str, Vec<Json>, bool)> = Vec::new();
+    for (key, arg) in &mapping.expand {
+        let field = format!("expand.{key}");
+        let whole = Field::from_arg(&field, arg, &ctx.xcoms)?;
+        let items = match whole.value {
+            Json::Array(items) => items,
+            Json::Object(entries) => entries
+                .into_iter()
+                .map(|(k, v)| Json::Array(vec![Json::String(k), v]))
+                .collect(),
+            other => {
+                return Err(RenderError::new(
+                    field,
+                    format!("unmappable return type '{}'", python_type(&other)),
+                ));
+            }
+        };
+        resolved.push((key, items, whole.templated));
+    }
+    let lengths: Vec<usize> = resolved.iter().map(|(_, items, _)| items.len()).collect();
+    let Some(picks) = cross_product_position(index, &lengths) else {
+        return Err(RenderError::new(
+            "expand",
+            format!(
+                "map_index {index} is out of range ({} instances)",
+                lengths.iter().product::<usize>()
+            ),
+        ));
+    };
+    for ((key, mut items, templated), pick) in resolved.into_iter().zip(picks) {
+        let value = Field {
+            value: items.swap_remove(pick),
+            templated,
+        };
+        set(key, value).map_err(|m| RenderError::new(format!("expand.{key}"), m))?;
     }
     Ok(())
+}
+
+/// Where map index `index` falls in the cross product of lists of these lengths: one position
+/// per list, the last list varying fastest (Airflow's `DictOfListsExpandInput`). `None` if
+/// the index is past the end.
+pub fn cross_product_position(index: usize, lengths: &[usize]) -> Option<Vec<usize>> {
+    let mut rest = index;
+    let mut picks = vec![0; lengths.len()];
+    for (pick, len) in picks.iter_mut().zip(lengths).rev() {
+        if *len == 0 {
+            return None;
+        }
+        *pick = rest % len;
+        rest /= len;
+    }
+    (rest == 0).then_some(picks)
+}
+
+/// The Python type name of a JSON value, as Airflow's mapping errors name it.
+pub fn python_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "NoneType",
+        Json::Bool(_) => "bool",
+        Json::Number(n) if n.is_f64() => "float",
+        Json::Number(_) => "int",
+        Json::String(_) => "str",
+        Json::Array(_) => "list",
+        Json::Object(_) => "dict",
+    }
+}
+
+/// A mapped task instance's label (Airflow's `rendered_map_index`): its `map_index_template`
+/// rendered after the try with the try's context, plus the names the task itself set in its
+/// context (a Python callable's `get_current_context()`). `None` for tasks without one.
+pub fn render_map_index(
+    task: &Task,
+    ctx: &RunContext,
+    extra: &serde_json::Map<String, Json>,
+) -> Option<Result<String, RenderError>> {
+    let template = task.map_index_template.as_deref()?;
+    let notes = Arc::new(Notes::default());
+    let mut context = context_entries(task, ctx, &notes);
+    for (k, v) in extra {
+        context.insert(k.clone(), json_value(v));
+    }
+    let renderer = Renderer {
+        env: jinja::environment(),
+        context: Value::from(context),
+        notes,
+        native: false,
+    };
+    Some(renderer.string("map_index_template", template))
 }
 
 fn render_bash(
@@ -891,6 +986,8 @@ impl Renderer {
         };
         let mut message = match (note, e.detail()) {
             (Some(note), _) => note,
+            // A missing variable says so in Airflow's words.
+            (None, Some(detail)) if detail.starts_with("VARIABLE_NOT_FOUND") => detail.to_owned(),
             (None, Some(detail)) => format!("{}: {detail}", e.kind()),
             (None, None) => e.kind().to_string(),
         };
@@ -934,6 +1031,15 @@ fn literal(s: &str) -> Json {
 
 /// The template context: Airflow's names, as far as flow has them.
 fn context_value(task: &Task, ctx: &RunContext, notes: &Arc<Notes>) -> Value {
+    Value::from(context_entries(task, ctx, notes))
+}
+
+/// [`context_value`]'s entries, for callers that add names of their own.
+fn context_entries(
+    task: &Task,
+    ctx: &RunContext,
+    notes: &Arc<Notes>,
+) -> std::collections::BTreeMap<String, Value> {
     let dt = |d: Option<DateTime<Utc>>| {
         d.map_or(Value::from(()), |d| Value::from_object(PyDateTime::utc(d)))
     };
@@ -1052,5 +1158,5 @@ fn context_value(task: &Task, ctx: &RunContext, notes: &Arc<Notes>) -> Value {
         map(vec![("value", accessor(false)), ("json", accessor(true))]),
     ));
     c.push(("macros", Value::from_object(Macros)));
-    map(c)
+    c.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -55,6 +56,9 @@ pub struct RunSpec {
     pub kafka: Option<KafkaSettings>,
     /// Set when the try continues a rescheduled or deferred sensor.
     pub resume: Option<Resume>,
+    /// Names a Python callable added to its context (`get_current_context()[k] = v`), as
+    /// JSON, filled in when the try ends: a mapped task's `map_index_template` may use them.
+    pub context_out: Arc<Mutex<serde_json::Map<String, Json>>>,
 }
 
 /// librdkafka settings; they may hold secrets, so Debug shows the keys only.
@@ -101,6 +105,7 @@ impl RunSpec {
             masker,
             kafka: None,
             resume: None,
+            context_out: Arc::default(),
         }
     }
 }
@@ -418,6 +423,14 @@ async fn run_bash(
         Ended::Exited(status) => {
             use std::os::unix::process::ExitStatusExt;
             match (status.code(), status.signal()) {
+                // Skip codes come first, as in Airflow: `skip_on_exit_code: [0]` skips.
+                (Some(code), _) if bash.skip_on_exit_code.contains(&code) => {
+                    logs.system(&format!("Command exited with return code {code}: skipping"))
+                        .await;
+                    Outcome::Skipped {
+                        reason: format!("bash command exited with code {code}"),
+                    }
+                }
                 (Some(0), _) => {
                     logs.system("Command exited with return code 0").await;
                     Outcome::Success {
@@ -427,18 +440,13 @@ async fn run_bash(
                             .map(Json::String),
                     }
                 }
-                (Some(code), _) if bash.skip_on_exit_code.contains(&code) => {
-                    logs.system(&format!("Command exited with return code {code}: skipping"))
-                        .await;
-                    Outcome::Skipped {
-                        reason: format!("bash command exited with code {code}"),
-                    }
-                }
                 (Some(code), _) => {
                     logs.system(&format!("Command exited with return code {code}"))
                         .await;
                     Outcome::Failed {
-                        reason: format!("bash command failed: exit code {code}"),
+                        reason: format!(
+                            "Bash command failed. The command returned a non-zero exit code {code}."
+                        ),
                     }
                 }
                 (None, signal) => Outcome::Failed {
@@ -507,6 +515,12 @@ async fn run_python_in(
         .await
         .ok()
         .and_then(|text| serde_json::from_str::<Json>(&text).ok());
+    if let Some(Json::Object(r)) = &result
+        && let Some(Json::Object(added)) = r.get("context")
+        && let Ok(mut out) = spec.context_out.lock()
+    {
+        out.extend(added.clone());
+    }
     match result {
         Some(Json::Object(mut r)) => {
             if let Some(Json::String(error)) = r.remove("error") {

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// Where tasks' connections come from (environment overrides, then the database); tasks
     /// that need a connection fail without it.
     pub connections: Option<flow_store::ConnectionSource>,
+    /// Airflow's `[core] max_map_length`: the most elements a task may push to a task that
+    /// maps over its output.
+    pub max_map_length: usize,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +56,7 @@ impl Default for WorkerConfig {
             dags_folder: PathBuf::from("dags"),
             python: "python3".into(),
             connections: None,
+            max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
         }
     }
 }
@@ -442,6 +446,7 @@ impl Job {
             }
             return None;
         };
+        let mut rendered_map_index = None;
         let (outcome, task, rendered_fields) = match prepared {
             Err(reason) => {
                 let _ = log_tx
@@ -449,9 +454,41 @@ impl Job {
                     .await;
                 (Outcome::Failed { reason }, None, None)
             }
-            Ok((task, spec)) => {
+            Ok(Prepared {
+                dag,
+                task,
+                spec,
+                ctx,
+            }) => {
                 let fields = rendered_fields(&spec.rendered, &spec.masker);
-                let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
+                let added = spec.context_out.clone();
+                let mut outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
+                if let Outcome::Success { xcom } = &outcome
+                    && let Some(reason) = mapping_source_problem(
+                        &dag,
+                        &task,
+                        xcom.as_ref(),
+                        self.config.max_map_length,
+                    )
+                {
+                    outcome = Outcome::Failed { reason };
+                }
+                if ctx.map_index >= 0 {
+                    let added = added.lock().map(|a| a.clone()).unwrap_or_default();
+                    match crate::render_map_index(&task, &ctx, &added) {
+                        None => {}
+                        Some(Ok(label)) => rendered_map_index = Some(label),
+                        // As Airflow: a label that does not render fails a try that
+                        // succeeded; a failed try keeps its own error.
+                        Some(Err(e)) => {
+                            if let Outcome::Success { .. } = outcome {
+                                outcome = Outcome::Failed {
+                                    reason: e.to_string(),
+                                };
+                            }
+                        }
+                    }
+                }
                 (outcome, Some(task), fields)
             }
         };
@@ -521,6 +558,7 @@ impl Job {
             next_retry_at,
             xcom,
             rendered_fields,
+            rendered_map_index,
             logs,
         };
         if let Some(reports) = &self.reports
@@ -608,7 +646,7 @@ impl Job {
         ti: &ClaimedTi,
         cancel: &watch::Receiver<bool>,
         log_tx: &mpsc::Sender<LogLine>,
-    ) -> Option<Result<(Task, RunSpec), String>> {
+    ) -> Option<Result<Prepared, String>> {
         let mut cancel = cancel.clone();
         let mut backoff = StdDuration::from_millis(100);
         let mut told = false;
@@ -645,7 +683,7 @@ impl Job {
     /// Everything a try needs before it starts: the DAG, the run, the rendered task, its
     /// connection. A store error here is the database's ([`ExecutorError::Store`]); anything
     /// else is the task's ([`ExecutorError::Task`]).
-    async fn prepare(&self, ti: &ClaimedTi) -> Result<(Task, RunSpec), ExecutorError> {
+    async fn prepare(&self, ti: &ClaimedTi) -> Result<Prepared, ExecutorError> {
         #[cfg(test)]
         tests::inject_prepare_failure(&ti.key.dag_id)?;
         let dag = self.dag(&ti.key.dag_id).await?;
@@ -677,7 +715,12 @@ impl Job {
                     .map_err(|e| ExecutorError::task(e.to_string()))?,
             ));
         }
-        Ok((task, spec))
+        Ok(Prepared {
+            dag,
+            task,
+            spec,
+            ctx,
+        })
     }
 
     async fn connection(&self, conn_id: &str) -> Result<flow_model::Connection, ExecutorError> {
@@ -697,6 +740,57 @@ impl Job {
                 ))
             })
     }
+}
+
+/// A try ready to run: its DAG and task, what to run, and the context it was rendered with.
+struct Prepared {
+    dag: Arc<Dag>,
+    task: Task,
+    spec: RunSpec,
+    ctx: RunContext,
+}
+
+/// Why a successful try's return value cannot feed the mapped tasks that expand over it
+/// (Airflow fails the pushing task, so that the mapped task is upstream_failed rather than
+/// failing obscurely later): nothing pushed, a value that is not a list or a mapping, or more
+/// elements than `max_map_length`. A mapped task's instances each push one element, so they
+/// are not checked.
+fn mapping_source_problem(
+    dag: &Dag,
+    task: &Task,
+    xcom: Option<&serde_json::Value>,
+    max_map_length: usize,
+) -> Option<String> {
+    if task.is_mapped() {
+        return None;
+    }
+    let feeds_mapping = dag.tasks.iter().any(|t| {
+        t.mapping
+            .as_ref()
+            .is_some_and(|m| m.sources().any(|s| *s == task.task_id))
+    });
+    if !feeds_mapping {
+        return None;
+    }
+    let length = match xcom {
+        None | Some(serde_json::Value::Null) => {
+            return Some("XComForMappingNotPushed: did not push XCom for task mapping".to_owned());
+        }
+        Some(serde_json::Value::Array(items)) => items.len(),
+        Some(serde_json::Value::Object(entries)) => entries.len(),
+        Some(other) => {
+            return Some(format!(
+                "UnmappableXComTypePushed: unmappable return type '{}'",
+                crate::python_type(other)
+            ));
+        }
+    };
+    (length > max_map_length).then(|| {
+        format!(
+            "UnmappableXComLengthPushed: pushed value is too large to map as a downstream's \
+             dependency ({length} values; max_map_length is {max_map_length})"
+        )
+    })
 }
 
 /// What a claimed try continues, from its `next_method` / `next_kwargs`.

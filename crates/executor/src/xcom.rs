@@ -103,8 +103,8 @@ impl XcomMap {
     /// Airflow's `ti.xcom_pull`.
     ///
     /// - `task_ids` a single id: that task's value (or `None`).
-    /// - `task_ids` a list: a list of the values found, in `task_ids` order; missing ones are
-    ///   left out, as Airflow's multi-task pull does.
+    /// - `task_ids` a list: a list with one value per task id, in `task_ids` order, `None`
+    ///   where a task pushed nothing (Airflow 3 keeps the positions).
     /// - no `task_ids`: Airflow 2 pulls the key from any task of the run; here the first task
     ///   in id order that has it.
     pub fn pull(&self, task_ids: &TaskIds, key: &str, map_indexes: &MapIndexes) -> Option<Json> {
@@ -116,7 +116,8 @@ impl XcomMap {
                     match (map_indexes, self.pull_one(id, key, map_indexes)) {
                         (MapIndexes::Many(_), Some(Json::Array(values))) => out.extend(values),
                         (_, Some(v)) => out.push(v),
-                        (_, None) => {}
+                        (MapIndexes::Many(_), None) => {}
+                        (_, None) => out.push(Json::Null),
                     }
                 }
                 Some(Json::Array(out))
@@ -198,7 +199,8 @@ mod tests {
                 RETURN_VALUE,
                 &MapIndexes::Any
             ),
-            Some(json!(["42", ["a", "b", "c"]]))
+            Some(json!(["42", null, ["a", "b", "c"]])),
+            "positions are kept, as in Airflow 3"
         );
         assert_eq!(
             x.pull(&TaskIds::All, "rows", &MapIndexes::Any),

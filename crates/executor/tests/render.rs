@@ -6,7 +6,7 @@ mod common;
 
 use common::{TempDir, context, load};
 use flow_executor::{RenderedTask, render_task};
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 fn bash_command(rendered: RenderedTask) -> String {
     match rendered {
@@ -45,10 +45,10 @@ fn context_variables() {
         ("{{ ts }}", "2025-01-01T00:00:00+00:00"),
         ("{{ ts_nodash }}", "20250101T000000"),
         ("{{ ts_nodash_with_tz }}", "20250101T000000+0000"),
-        ("{{ logical_date }}", "2025-01-01T00:00:00+00:00"),
-        ("{{ execution_date }}", "2025-01-01T00:00:00+00:00"),
-        ("{{ data_interval_start }}", "2025-01-01T00:00:00+00:00"),
-        ("{{ data_interval_end }}", "2025-01-02T00:00:00+00:00"),
+        ("{{ logical_date }}", "2025-01-01 00:00:00+00:00"),
+        ("{{ execution_date }}", "2025-01-01 00:00:00+00:00"),
+        ("{{ data_interval_start }}", "2025-01-01 00:00:00+00:00"),
+        ("{{ data_interval_end }}", "2025-01-02 00:00:00+00:00"),
         (
             "{{ yesterday_ds }} {{ tomorrow_ds_nodash }}",
             "2024-12-31 20250102",
@@ -62,10 +62,10 @@ fn context_variables() {
             "{{ dag_run.run_type }} {{ dag_run.external_trigger }}",
             "scheduled False",
         ),
-        ("{{ dag_run.logical_date }}", "2025-01-01T00:00:00+00:00"),
+        ("{{ dag_run.logical_date }}", "2025-01-01 00:00:00+00:00"),
         (
             "{{ dag_run.start_date }}",
-            "2025-01-02T00:00:05.250000+00:00",
+            "2025-01-02 00:00:05.250000+00:00",
         ),
         ("{{ dag_run.conf }}", "{}"),
         (
@@ -109,12 +109,12 @@ fn context_variables() {
         ("{{ logical_date.year }}-{{ logical_date.month }}", "2025-1"),
         (
             "{{ logical_date.add(days=1, hours=2) }}",
-            "2025-01-02T02:00:00+00:00",
+            "2025-01-02 02:00:00+00:00",
         ),
         ("{{ logical_date.subtract(months=1) | ds }}", "2024-12-01"),
         (
             "{{ logical_date.in_timezone('Europe/Berlin') }}",
-            "2025-01-01T01:00:00+01:00",
+            "2025-01-01 01:00:00+01:00",
         ),
         ("{{ data_interval_end | ts_nodash }}", "20250102T000000"),
         (
@@ -148,11 +148,27 @@ fn variables() {
     );
     assert_eq!(rendered.unwrap(), "eu-west 5 {'rows': 5, 'on': False}");
 
+    // A missing variable fails the task, as in Airflow, whatever filter follows;
+    // `.get(key, fallback)` is the way to a default.
     let err = render_bash("echo {{ var.value.nope }}", |_| {}).unwrap_err();
-    assert_eq!(err, "bash_command: variable `nope` does not exist");
-    // A handled missing variable does not take the blame for another undefined name.
-    let err = render_bash("{{ var.value.nope | default('x') }} {{ foo }}", |_| {}).unwrap_err();
-    assert_eq!(err, "bash_command: undefined value: `foo` is undefined");
+    assert_eq!(
+        err,
+        "bash_command: VARIABLE_NOT_FOUND: Variable nope not found"
+    );
+    let err = render_bash("{{ var.value.nope | default('x') }}", |_| {}).unwrap_err();
+    assert_eq!(
+        err,
+        "bash_command: VARIABLE_NOT_FOUND: Variable nope not found"
+    );
+    let err = render_bash("{{ var.json.nope.field }}", |_| {}).unwrap_err();
+    assert_eq!(
+        err,
+        "bash_command: VARIABLE_NOT_FOUND: Variable nope not found"
+    );
+    assert_eq!(
+        render_bash("{{ var.value.get('nope', 'fb') }}", |_| {}).unwrap(),
+        "fb"
+    );
     let err = render_bash("echo {{ var.json.bad }}", |ctx| {
         ctx.variables.insert("bad".into(), "{not json".into());
     })
@@ -205,7 +221,7 @@ fn xcom_pull_forms() {
         ),
         (
             "{{ ti.xcom_pull(task_ids=['missing', 'extract']) }}",
-            "['42']",
+            "[None, '42']",
         ),
     ];
     for (template, expected) in cases {
@@ -463,7 +479,7 @@ d:
     let err = render_task(dag.task("double").unwrap(), &ctx).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "expand.number: map_index 3 is out of range (3 values)"
+        "expand: map_index 3 is out of range (3 instances)"
     );
 
     let mut ctx = context(&dag, "classic", dags.path());
@@ -477,4 +493,86 @@ d:
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Several `expand` arguments make their cross product, the last one varying fastest (as
+/// Airflow 3.3.2 does); a mapping expands to its (key, value) pairs; `expand_kwargs` gives
+/// each instance a mapping of arguments.
+#[test]
+fn cross_products_mappings_and_expand_kwargs() {
+    let dags = TempDir::new();
+    let dag = load(
+        &dags,
+        r#"
+d:
+  start_date: 2025-01-01
+  tasks:
+    src:
+      operator: bash
+      bash_command: echo
+    cross:
+      decorator: airflow.decorators.task
+      python_callable: mod.f
+      expand: {a: [1, 2], b: [x, y, z]}
+    pairs:
+      decorator: airflow.decorators.task
+      python_callable: mod.f
+      expand: {kv: {k1: 1, k2: 2}}
+    kwargs:
+      operator: bash
+      expand_kwargs:
+        - {bash_command: "echo one {{ ti.map_index }}", env: {N: "1"}}
+        - {bash_command: "echo two {{ ti.map_index }}"}
+    from_xcom:
+      operator: bash
+      expand_kwargs: +src
+"#,
+    );
+    let python_kwargs = |task: &str, map_index: i64| {
+        let mut ctx = context(&dag, task, dags.path());
+        ctx.map_index = map_index;
+        match render_task(dag.task(task).unwrap(), &ctx).unwrap() {
+            RenderedTask::Python { op_kwargs, .. } => json!(op_kwargs),
+            other => panic!("{other:?}"),
+        }
+    };
+    let combos: Vec<Json> = (0..6).map(|i| python_kwargs("cross", i)).collect();
+    assert_eq!(
+        combos,
+        [
+            json!({"a": 1, "b": "x"}),
+            json!({"a": 1, "b": "y"}),
+            json!({"a": 1, "b": "z"}),
+            json!({"a": 2, "b": "x"}),
+            json!({"a": 2, "b": "y"}),
+            json!({"a": 2, "b": "z"}),
+        ]
+    );
+    assert_eq!(python_kwargs("pairs", 1), json!({"kv": ["k2", 2]}));
+
+    let bash_of = |task: &str, map_index: i64, xcom: Option<Json>| {
+        let mut ctx = context(&dag, task, dags.path());
+        ctx.map_index = map_index;
+        if let Some(x) = xcom {
+            ctx.xcoms.insert("src", "return_value", -1, x);
+        }
+        render_task(dag.task(task).unwrap(), &ctx).map(|r| match r {
+            RenderedTask::Bash { command, env, .. } => (command, env),
+            other => panic!("{other:?}"),
+        })
+    };
+    let (command, env) = bash_of("kwargs", 0, None).unwrap();
+    assert_eq!(command, "echo one 0");
+    assert_eq!(env.unwrap().get("N").map(String::as_str), Some("1"));
+    assert_eq!(bash_of("kwargs", 1, None).unwrap().0, "echo two 1");
+    // From an XCom: a list of mappings works; a mapping fails every instance with Airflow's
+    // message.
+    let listed = json!([{"bash_command": "echo a"}, {"bash_command": "echo b"}]);
+    assert_eq!(bash_of("from_xcom", 1, Some(listed)).unwrap().0, "echo b");
+    assert_eq!(
+        bash_of("from_xcom", 0, Some(json!({"bash_command": "echo a"})))
+            .unwrap_err()
+            .to_string(),
+        "expand_kwargs: expand_kwargs() expects a list[dict], not dict"
+    );
 }

@@ -70,15 +70,38 @@ fn read_pid(path: &Path) -> u32 {
         .unwrap()
 }
 
+/// Airflow's BashOperator pushes the last line of output (stdout and stderr together),
+/// right-trimmed, even when it is empty.
 #[tokio::test]
-async fn bash_success_pushes_last_stdout_line() {
+async fn bash_success_pushes_last_output_line() {
     let dags = TempDir::new();
+    let (outcome, _) = run_collect(bash(&dags, "echo first; echo '  42 rows  '")).await;
+    assert_eq!(
+        outcome,
+        Outcome::Success {
+            xcom: Some(json!("  42 rows"))
+        }
+    );
+    for (command, pushed) in [
+        ("true", ""),
+        ("printf 'x\\n\\n'", ""),
+        ("echo out; echo err >&2", "err"),
+    ] {
+        let (outcome, _) = run_collect(bash(&dags, command)).await;
+        assert_eq!(
+            outcome,
+            Outcome::Success {
+                xcom: Some(json!(pushed))
+            },
+            "{command}"
+        );
+    }
     let (outcome, lines) =
         run_collect(bash(&dags, "echo first; echo; echo '  42 rows  '; echo")).await;
     assert_eq!(
         outcome,
         Outcome::Success {
-            xcom: Some(json!("  42 rows"))
+            xcom: Some(json!(""))
         }
     );
     assert_eq!(
@@ -90,11 +113,6 @@ async fn bash_success_pushes_last_stdout_line() {
     no_push.do_xcom_push = false;
     assert_eq!(
         run_collect(no_push).await.0,
-        Outcome::Success { xcom: None }
-    );
-    // No output, no XCom.
-    assert_eq!(
-        run_collect(bash(&dags, "true")).await.0,
         Outcome::Success { xcom: None }
     );
 }
@@ -111,7 +129,7 @@ async fn exit_codes_skip_or_fail() {
     assert_eq!(
         run_collect(bash(&dags, "exit 3")).await.0,
         Outcome::Failed {
-            reason: "bash command failed: exit code 3".into()
+            reason: "Bash command failed. The command returned a non-zero exit code 3.".into()
         }
     );
     let custom = spec(
@@ -349,7 +367,12 @@ async fn leftover_background_processes_die_with_the_task() {
         &format!("sleep 300 & echo $! > {}", pidfile.display()),
     ))
     .await;
-    assert_eq!(outcome, Outcome::Success { xcom: None });
+    assert_eq!(
+        outcome,
+        Outcome::Success {
+            xcom: Some(json!(""))
+        }
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_dies(read_pid(&pidfile));
 }
@@ -639,5 +662,88 @@ async fn a_process_escaping_the_group_does_not_hang_the_task() {
         texts(&lines, Stream::System)
             .iter()
             .any(|l| l.starts_with("Stopped reading output"))
+    );
+}
+
+/// `skip_on_exit_code`: skip codes are checked before success (`[0]` skips a clean exit), and
+/// `null` means no code skips (exit 99 fails), as in Airflow.
+#[tokio::test]
+async fn skip_on_exit_code_as_airflow_reads_it() {
+    let dags = TempDir::new();
+    let run = |tasks: &'static str| {
+        let dags = &dags;
+        async move { run_collect(spec(dags, tasks, "t", |_| {})).await.0 }
+    };
+    let zero_skips =
+        "    t:\n      operator: bash\n      bash_command: exit 0\n      skip_on_exit_code: [0]\n";
+    assert!(matches!(run(zero_skips).await, Outcome::Skipped { .. }));
+    let none_skips = "    t:\n      operator: bash\n      bash_command: exit 99\n      skip_on_exit_code: null\n";
+    assert_eq!(
+        run(none_skips).await,
+        Outcome::Failed {
+            reason: "Bash command failed. The command returned a non-zero exit code 99.".into()
+        }
+    );
+    let default_skips = "    t:\n      operator: bash\n      bash_command: exit 99\n";
+    assert!(matches!(run(default_skips).await, Outcome::Skipped { .. }));
+}
+
+/// A Python callable written for Airflow imports `get_current_context` and `Context` from
+/// Airflow; without Airflow installed, flow provides them, and names the callable adds to
+/// its context reach the mapped task's `map_index_template` (dag-factory's
+/// example_map_index_template).
+#[tokio::test]
+async fn python_callables_written_for_airflow_run_and_label_their_map_index() {
+    let dags = TempDir::new();
+    dags.write(
+        "names.py",
+        r#"
+from airflow.utils.context import Context
+try:
+    from airflow.providers.standard.operators.python import get_current_context
+except ImportError:
+    from airflow.operators.python import get_current_context
+
+def extract_last_name(full_name: str):
+    name, last_name = full_name.split(" ")
+    context = get_current_context()
+    context["custom_mapping_key"] = name
+    return last_name
+"#,
+    );
+    let dag = load(
+        &dags,
+        r#"
+d:
+  start_date: 2025-01-01
+  tasks:
+    names:
+      decorator: airflow.decorators.task
+      python_callable: names.extract_last_name
+      map_index_template: "{{ custom_mapping_key }}"
+      expand:
+        full_name: [Lucy Black, Vera Santos]
+"#,
+    );
+    let task = dag.task("names").unwrap();
+    let mut ctx = context(&dag, "names", dags.path());
+    ctx.map_index = 1;
+    let rendered = render_task(task, &ctx).unwrap();
+    let spec = RunSpec::new(task, rendered, &ctx);
+    let added = spec.context_out.clone();
+    let (outcome, lines) = run_collect(spec).await;
+    assert_eq!(
+        outcome,
+        Outcome::Success {
+            xcom: Some(json!("Santos"))
+        },
+        "{lines:?}"
+    );
+    let added = added.lock().unwrap().clone();
+    assert_eq!(
+        flow_executor::render_map_index(task, &ctx, &added)
+            .unwrap()
+            .unwrap(),
+        "Vera"
     );
 }

@@ -9,12 +9,15 @@ use flow_dag::Dag;
 use flow_model::{
     DagRunState, TaskInstanceState as S, TriggerDecision, UpstreamStates, decide_dag_run_state,
 };
-use flow_store::{StateChange, TiRow};
+use flow_store::{StateChange, TiKey, TiRow};
 
 /// What the scheduler should do with one run.
 #[derive(Debug, Default)]
 pub struct RunDecision {
     pub changes: Vec<StateChange>,
+    /// Mapped tasks to expand before `changes` apply (their new instances are scheduled by
+    /// `changes`).
+    pub expansions: Vec<Expansion>,
     /// Set when the run is finished (or deadlocked).
     pub run_state: Option<DagRunState>,
     /// Why the run finished as it did, when it is worth saying (deadlock, timeout).
@@ -26,9 +29,93 @@ pub struct RunDecision {
     pub missing_tasks: Vec<String>,
 }
 
+/// A mapped task whose upstream tasks are done: it gets `length` instances (none: skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expansion {
+    pub task_id: String,
+    pub length: usize,
+}
+
 /// What `decide_run` needs to know about the run before this one, for `depends_on_past` and
-/// `wait_for_downstream`: task id -> state there. Empty when there is no previous run.
-pub type PreviousRun = HashMap<String, S>;
+/// `wait_for_downstream`: (task id, map index) -> state there. Empty when there is no
+/// previous run.
+pub type PreviousRun = HashMap<(String, i64), S>;
+
+/// How many instances each mapped task ready to expand gets, worked out by the scheduler from
+/// the DAG's literal lists and the upstream tasks' XComs: task id -> length, or why it cannot
+/// be expanded. Tasks not in it are not ready.
+pub type MapLengths = HashMap<String, Result<usize, String>>;
+
+/// How many instances a mapping makes, from its literal lists and the `return_value` XComs of
+/// the run (`(task id, map index) -> value`): the product of its `expand` lengths (a mapping's
+/// length is its number of entries), or the length of `expand_kwargs`. An upstream that is
+/// itself mapped contributes one element per instance. Airflow's messages when that cannot be.
+pub fn map_length(
+    mapping: &flow_dag::Mapping,
+    xcoms: &HashMap<(String, i64), serde_json::Value>,
+    max_map_length: usize,
+) -> Result<usize, String> {
+    use flow_dag::Arg;
+    use serde_json::Value as Json;
+    let length_of = |arg: &Arg| -> Result<usize, String> {
+        let value = match arg {
+            Arg::Value(v) => v.clone(),
+            Arg::Output(task) => {
+                let task = task.as_str();
+                match xcoms.get(&(task.to_owned(), -1)) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let mapped = xcoms.keys().filter(|(t, m)| t == task && *m >= 0).count();
+                        if mapped == 0 {
+                            return Err(format!(
+                                "XComForMappingNotPushed: task `{task}` did not push XCom for task mapping"
+                            ));
+                        }
+                        return Ok(mapped);
+                    }
+                }
+            }
+        };
+        match value {
+            Json::Array(items) => Ok(items.len()),
+            Json::Object(entries) => Ok(entries.len()),
+            Json::Null => Err("XComForMappingNotPushed: did not push XCom for task mapping".into()),
+            other => Err(format!(
+                "UnmappableXComTypePushed: unmappable return type '{}'",
+                match other {
+                    Json::Bool(_) => "bool",
+                    Json::Number(n) if n.is_f64() => "float",
+                    Json::Number(_) => "int",
+                    _ => "str",
+                }
+            )),
+        }
+    };
+    let length = match &mapping.kwargs {
+        Some(kwargs) => length_of(kwargs)?,
+        None => mapping.expand.values().try_fold(1usize, |acc, arg| {
+            Ok::<usize, String>(acc.saturating_mul(length_of(arg)?))
+        })?,
+    };
+    if length > max_map_length {
+        return Err(format!(
+            "the task would map to {length} instances, more than max_map_length ({max_map_length})"
+        ));
+    }
+    Ok(length)
+}
+
+/// A change of an instance that waits for its trigger rule: from no state, whatever it was
+/// when read (a removed task back in the DAG is without state by now, in the same pass).
+fn waiting_change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
+    StateChange {
+        key: ti.key.clone(),
+        from: vec![S::NoStatus],
+        to,
+        reason,
+        next_retry_at: None,
+    }
+}
 
 fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
     StateChange {
@@ -40,90 +127,98 @@ fn change(ti: &TiRow, to: S, reason: Option<String>) -> StateChange {
     }
 }
 
-/// Evaluates one run. `previous` gives, for `depends_on_past` tasks, the state of the same
-/// task in the previous run (None when there is no previous run).
+/// Whether a mapped task's instances are all waiting to be made or remade: the unexpanded
+/// instance, or instances all without state (or removed) after a clear.
+pub fn awaits_expansion(rows: &[&TiRow], state: impl Fn(&TiRow) -> S) -> bool {
+    !rows.is_empty()
+        && rows
+            .iter()
+            .all(|t| matches!(state(t), S::NoStatus | S::Removed))
+        && rows.iter().any(|t| state(t) == S::NoStatus)
+}
+
+/// Evaluates one run. `previous` gives, for `depends_on_past` tasks, the states in the
+/// previous run; `lengths` the sizes of mapped tasks ready to expand.
 pub fn decide_run(
     dag: &Dag,
     tis: &[TiRow],
     previous: &PreviousRun,
+    lengths: &MapLengths,
     now: DateTime<Utc>,
 ) -> RunDecision {
     let mut decision = RunDecision::default();
     let reconciled = reconcile_with_dag(dag, tis, &mut decision);
     // States after the decisions taken so far in this pass, so that a skip propagates down a
     // chain in one evaluation (as Airflow's mini-scheduler does).
-    let mut state: HashMap<&str, S> = tis
-        .iter()
-        .filter(|t| t.key.map_index == -1)
-        .map(|t| (t.key.task_id.as_str(), t.state))
-        .collect();
-    for (task_id, to) in reconciled {
-        state.insert(task_id, to);
+    let mut state: HashMap<&TiKey, S> = tis.iter().map(|t| (&t.key, t.state)).collect();
+    for (key, to) in reconciled {
+        state.insert(key, to);
     }
-    let by_id: HashMap<&str, &TiRow> = tis.iter().map(|t| (t.key.task_id.as_str(), t)).collect();
+    let mut by_task: HashMap<&str, Vec<&TiRow>> = HashMap::new();
+    for ti in tis {
+        by_task.entry(ti.key.task_id.as_str()).or_default().push(ti);
+    }
+    for rows in by_task.values_mut() {
+        rows.sort_by_key(|t| t.key.map_index);
+    }
+    // Mapped tasks expanded in this pass: the states their instances will have.
+    let mut expanded: HashMap<&str, Vec<S>> = HashMap::new();
 
     // Tasks are in topological order, so upstream decisions are known before downstream ones.
     for task in &dag.tasks {
-        let Some(ti) = by_id.get(task.task_id.as_str()) else {
+        let Some(rows) = by_task.get(task.task_id.as_str()) else {
             continue;
         };
-        match ti.state {
-            S::NoStatus => {}
-            S::UpForRetry | S::UpForReschedule => {
-                match ti.next_retry_at {
-                    Some(at) if at > now => {
-                        decision.next_wakeup = Some(
-                            decision
-                                .next_wakeup
-                                .map_or(at, |w: DateTime<Utc>| w.min(at)),
-                        );
-                    }
-                    _ => decision.changes.push(change(
-                        ti,
-                        S::Scheduled,
-                        Some(if ti.state == S::UpForRetry {
-                            "retry delay elapsed".into()
-                        } else {
-                            "reschedule date reached".into()
-                        }),
-                    )),
-                }
-                continue;
+        for ti in rows {
+            if matches!(state[&ti.key], S::UpForRetry | S::UpForReschedule) {
+                retry_if_due(ti, now, &mut decision);
             }
-            _ => continue,
         }
-        let upstream = UpstreamStates::from_states(
-            task.upstream
-                .iter()
-                .filter_map(|u| state.get(u.as_str()).copied()),
-        );
-        let verdict = task.trigger_rule.evaluate(&upstream);
-        let to = match verdict {
+        let waiting: Vec<&TiRow> = rows
+            .iter()
+            .copied()
+            .filter(|t| state[&t.key] == S::NoStatus)
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        // A mapped upstream counts with every one of its instances.
+        let upstream = UpstreamStates::from_states(task.upstream.iter().flat_map(|u| {
+            let u = u.as_str();
+            match expanded.get(u) {
+                Some(states) => states.clone(),
+                None => by_task
+                    .get(u)
+                    .map(|rows| rows.iter().map(|t| state[&t.key]).collect())
+                    .unwrap_or_default(),
+            }
+        }));
+        let to = match task.trigger_rule.evaluate(&upstream) {
             TriggerDecision::Wait => continue,
             TriggerDecision::Skip => S::Skipped,
             TriggerDecision::UpstreamFailed => S::UpstreamFailed,
-            TriggerDecision::Schedule => {
-                if task.depends_on_past
-                    && let Some(prev) = previous.get(task.task_id.as_str())
-                    && !matches!(prev, S::Success | S::Skipped)
-                {
-                    continue;
-                }
-                // wait_for_downstream: the previous run's instances of this task's direct
-                // downstream tasks must have finished well too (Airflow's prev_dagrun_dep).
-                if task.wait_for_downstream
-                    && !previous.is_empty()
-                    && task.downstream.iter().any(|d| {
-                        previous
-                            .get(d.as_str())
-                            .is_some_and(|s| !matches!(s, S::Success | S::Skipped))
-                    })
-                {
-                    continue;
-                }
-                S::Scheduled
-            }
+            TriggerDecision::Schedule => S::Scheduled,
         };
+        if to == S::Scheduled && task.is_mapped() && awaits_expansion(rows, |t| state[&t.key]) {
+            match lengths.get(task.task_id.as_str()) {
+                // Not worked out this pass: decided on the next.
+                None => {}
+                Some(Err(why)) => {
+                    for ti in &waiting {
+                        state.insert(&ti.key, S::UpstreamFailed);
+                        decision.changes.push(waiting_change(
+                            ti,
+                            S::UpstreamFailed,
+                            Some(why.clone()),
+                        ));
+                    }
+                }
+                Some(Ok(length)) => {
+                    expand(task, rows[0], *length, &mut decision, &mut expanded);
+                }
+            }
+            continue;
+        }
         let reason = match to {
             S::Skipped | S::UpstreamFailed => Some(format!(
                 "trigger rule {} with upstream {upstream:?}",
@@ -131,38 +226,139 @@ pub fn decide_run(
             )),
             _ => None,
         };
-        state.insert(task.task_id.as_str(), to);
-        decision.changes.push(change(ti, to, reason));
+        for ti in waiting {
+            if to == S::Scheduled && !past_allows(task, ti, previous) {
+                continue;
+            }
+            state.insert(&ti.key, to);
+            decision
+                .changes
+                .push(waiting_change(ti, to, reason.clone()));
+        }
     }
 
-    // The run's outcome from the states it will have after these changes.
-    let leaves: std::collections::HashSet<&str> =
-        dag.leaves().map(|t| t.task_id.as_str()).collect();
-    let after: Vec<(S, bool)> = tis
-        .iter()
-        .map(|t| {
-            let s = state
-                .get(t.key.task_id.as_str())
-                .copied()
-                .unwrap_or(t.state);
-            (s, leaves.contains(t.key.task_id.as_str()))
-        })
-        .collect();
     if !decision.missing_tasks.is_empty() {
         return decision; // decided once the new task instances exist
     }
+    // The run's outcome from the states it will have after these changes.
+    let leaves: std::collections::HashSet<&str> =
+        dag.leaves().map(|t| t.task_id.as_str()).collect();
+    let mut after: Vec<(S, bool)> = Vec::with_capacity(tis.len());
+    for ti in tis {
+        let task_id = ti.key.task_id.as_str();
+        if expanded.contains_key(task_id) {
+            continue;
+        }
+        after.push((state[&ti.key], leaves.contains(task_id)));
+    }
+    for (task_id, states) in &expanded {
+        let leaf = leaves.contains(task_id);
+        after.extend(states.iter().map(|s| (*s, leaf)));
+    }
     decision.run_state = decide_dag_run_state(&after);
     // As in Airflow, a run blocked by depends_on_past waits (for the previous run to be
-    // cleared or marked) rather than fail as deadlocked.
-    let waits_on_past = dag
-        .tasks
-        .iter()
-        .any(|t| t.depends_on_past && state.get(t.task_id.as_str()) == Some(&S::NoStatus));
-    if decision.run_state.is_none() && !waits_on_past && is_deadlocked(&after, &decision) {
+    // cleared or marked) rather than fail as deadlocked; so does a mapped task whose length
+    // is not worked out yet.
+    let waits_on_past = tis.iter().any(|t| {
+        state[&t.key] == S::NoStatus
+            && dag
+                .task(&t.key.task_id)
+                .is_some_and(|task| task.depends_on_past)
+    });
+    let waits_on_length = dag.tasks.iter().any(|t| {
+        t.is_mapped()
+            && !expanded.contains_key(t.task_id.as_str())
+            && by_task
+                .get(t.task_id.as_str())
+                .is_some_and(|rows| awaits_expansion(rows, |r| state[&r.key]))
+            && !lengths.contains_key(t.task_id.as_str())
+    });
+    if decision.run_state.is_none()
+        && !waits_on_past
+        && !waits_on_length
+        && is_deadlocked(&after, &decision)
+    {
         decision.run_state = Some(DagRunState::Failed);
         decision.reason = Some("deadlock: no task instance can make progress".into());
     }
     decision
+}
+
+/// A retry or reschedule whose time has come goes back to `scheduled`; one still waiting sets
+/// the next wake-up.
+fn retry_if_due(ti: &TiRow, now: DateTime<Utc>, decision: &mut RunDecision) {
+    match ti.next_retry_at {
+        Some(at) if at > now => {
+            decision.next_wakeup = Some(decision.next_wakeup.map_or(at, |w| w.min(at)));
+        }
+        _ => decision.changes.push(change(
+            ti,
+            S::Scheduled,
+            Some(if ti.state == S::UpForRetry {
+                "retry delay elapsed".into()
+            } else {
+                "reschedule date reached".into()
+            }),
+        )),
+    }
+}
+
+/// Expands a mapped task (Airflow's `expand_mapped_task`): `length` instances, each scheduled
+/// at once (they share the task's upstream, whose rule is met), or the task skipped when there
+/// is nothing to map over.
+fn expand<'a>(
+    task: &'a flow_dag::Task,
+    first: &TiRow,
+    length: usize,
+    decision: &mut RunDecision,
+    expanded: &mut HashMap<&'a str, Vec<S>>,
+) {
+    decision.expansions.push(Expansion {
+        task_id: task.task_id.to_string(),
+        length,
+    });
+    if length == 0 {
+        expanded.insert(task.task_id.as_str(), vec![S::Skipped]);
+        return;
+    }
+    for i in 0..length {
+        decision.changes.push(StateChange {
+            key: TiKey::new(
+                &first.key.dag_id,
+                &first.key.run_id,
+                task.task_id.as_str(),
+                i64::try_from(i).unwrap_or(i64::MAX),
+            ),
+            from: vec![S::NoStatus],
+            to: S::Scheduled,
+            reason: None,
+            next_retry_at: None,
+        });
+    }
+    expanded.insert(task.task_id.as_str(), vec![S::Scheduled; length]);
+}
+
+/// `depends_on_past` (the same task, and map index, in the previous run finished well) and
+/// `wait_for_downstream` (so did that run's instances of its direct downstream tasks).
+fn past_allows(task: &flow_dag::Task, ti: &TiRow, previous: &PreviousRun) -> bool {
+    let good = |s: &S| matches!(s, S::Success | S::Skipped);
+    if task.depends_on_past
+        && let Some(prev) = previous.get(&(task.task_id.to_string(), ti.key.map_index))
+        && !good(prev)
+    {
+        return false;
+    }
+    if task.wait_for_downstream
+        && !previous.is_empty()
+        && task.downstream.iter().any(|d| {
+            previous
+                .iter()
+                .any(|((t, _), s)| t == d.as_str() && !good(s))
+        })
+    {
+        return false;
+    }
+    true
 }
 
 /// Task instances whose task left the DAG become `removed` (unless running: a running try
@@ -172,7 +368,7 @@ fn reconcile_with_dag<'a>(
     dag: &Dag,
     tis: &'a [TiRow],
     decision: &mut RunDecision,
-) -> Vec<(&'a str, S)> {
+) -> Vec<(&'a TiKey, S)> {
     let mut reconciled = Vec::new();
     let in_dag: std::collections::HashSet<&str> =
         dag.tasks.iter().map(|t| t.task_id.as_str()).collect();
@@ -183,14 +379,14 @@ fn reconcile_with_dag<'a>(
             S::NoStatus | S::Scheduled | S::Queued | S::UpForRetry | S::UpForReschedule
         );
         if !present && removable {
-            reconciled.push((ti.key.task_id.as_str(), S::Removed));
+            reconciled.push((&ti.key, S::Removed));
             decision.changes.push(change(
                 ti,
                 S::Removed,
                 Some("task is no longer in the DAG".into()),
             ));
-        } else if present && ti.state == S::Removed {
-            reconciled.push((ti.key.task_id.as_str(), S::NoStatus));
+        } else if present && ti.state == S::Removed && restorable(dag, ti) {
+            reconciled.push((&ti.key, S::NoStatus));
             decision.changes.push(change(
                 ti,
                 S::NoStatus,
@@ -209,10 +405,19 @@ fn reconcile_with_dag<'a>(
     reconciled
 }
 
+/// A removed instance comes back with its task, except a mapped task's instance removed
+/// because the task maps over fewer elements now (those come back by expansion).
+fn restorable(dag: &Dag, ti: &TiRow) -> bool {
+    ti.key.map_index < 0 || dag.task(&ti.key.task_id).is_some_and(|t| !t.is_mapped())
+}
+
 /// A run is stuck when nothing is running or waiting to run and no decision was taken, yet
 /// some task instances are unfinished (they wait on a condition that can never hold).
 fn is_deadlocked(after: &[(S, bool)], decision: &RunDecision) -> bool {
-    if !decision.changes.is_empty() || decision.next_wakeup.is_some() {
+    if !decision.changes.is_empty()
+        || !decision.expansions.is_empty()
+        || decision.next_wakeup.is_some()
+    {
         return false;
     }
     let progressing = after.iter().any(|(s, _)| {
@@ -281,6 +486,7 @@ mod tests {
             updated_at: now(),
             next_method: None,
             next_kwargs: None,
+            rendered_map_index: None,
         }
     }
 
@@ -302,7 +508,7 @@ mod tests {
             ti("c", S::NoStatus),
             ti("z", S::NoStatus),
         ];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
         assert_eq!(changes(&decision), vec![("a".into(), S::Scheduled)]);
         assert_eq!(decision.run_state, None);
 
@@ -312,7 +518,7 @@ mod tests {
             ti("c", S::NoStatus),
             ti("z", S::NoStatus),
         ];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
         assert_eq!(changes(&decision), vec![("b".into(), S::Scheduled)]);
     }
 
@@ -325,7 +531,7 @@ mod tests {
             ti("c", S::NoStatus),
             ti("z", S::NoStatus),
         ];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
         assert_eq!(
             changes(&decision),
             vec![
@@ -342,7 +548,7 @@ mod tests {
             ti("z", S::Success),
         ];
         assert_eq!(
-            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now()).run_state,
             Some(DagRunState::Success)
         );
     }
@@ -358,7 +564,7 @@ mod tests {
             ti("c", S::NoStatus),
             ti("z", S::NoStatus),
         ];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
         assert!(decision.changes.is_empty());
         assert_eq!(decision.next_wakeup, a.next_retry_at);
         assert_eq!(
@@ -369,6 +575,7 @@ mod tests {
             &d,
             &tis,
             &HashMap::new(),
+            &MapLengths::new(),
             now() + chrono::Duration::seconds(31),
         );
         assert_eq!(changes(&decision), vec![("a".into(), S::Scheduled)]);
@@ -381,12 +588,12 @@ mod tests {
         );
         let tis = [ti("a", S::Success), ti("b", S::Success)];
         assert_eq!(
-            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now()).run_state,
             Some(DagRunState::Success)
         );
         let tis = [ti("a", S::Success), ti("b", S::Failed)];
         assert_eq!(
-            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now()).run_state,
             Some(DagRunState::Failed)
         );
     }
@@ -395,16 +602,16 @@ mod tests {
     fn depends_on_past_waits_for_the_previous_run() {
         let d = dag("d:\n  tasks:\n    a: {operator: empty, depends_on_past: true}\n");
         let tis = [ti("a", S::NoStatus)];
-        let previous = HashMap::from([("a".to_owned(), S::Failed)]);
-        let decision = decide_run(&d, &tis, &previous, now());
+        let previous = HashMap::from([(("a".to_owned(), -1), S::Failed)]);
+        let decision = decide_run(&d, &tis, &previous, &MapLengths::new(), now());
         assert!(decision.changes.is_empty());
         assert_eq!(
             decision.run_state, None,
             "the run waits for the previous one to be fixed, as in Airflow"
         );
-        let previous = HashMap::from([("a".to_owned(), S::Success)]);
+        let previous = HashMap::from([(("a".to_owned(), -1), S::Success)]);
         assert_eq!(
-            changes(&decide_run(&d, &tis, &previous, now())),
+            changes(&decide_run(&d, &tis, &previous, &MapLengths::new(), now())),
             vec![("a".into(), S::Scheduled)]
         );
     }
@@ -422,16 +629,32 @@ mod tests {
             "implied, as in Airflow"
         );
         let tis = [ti("a", S::NoStatus), ti("b", S::NoStatus)];
-        let previous = HashMap::from([("a".to_owned(), S::Success), ("b".to_owned(), S::Running)]);
-        assert!(decide_run(&d, &tis, &previous, now()).changes.is_empty());
-        let previous = HashMap::from([("a".to_owned(), S::Success), ("b".to_owned(), S::Skipped)]);
+        let previous = HashMap::from([
+            (("a".to_owned(), -1), S::Success),
+            (("b".to_owned(), -1), S::Running),
+        ]);
+        assert!(
+            decide_run(&d, &tis, &previous, &MapLengths::new(), now())
+                .changes
+                .is_empty()
+        );
+        let previous = HashMap::from([
+            (("a".to_owned(), -1), S::Success),
+            (("b".to_owned(), -1), S::Skipped),
+        ]);
         assert_eq!(
-            changes(&decide_run(&d, &tis, &previous, now())),
+            changes(&decide_run(&d, &tis, &previous, &MapLengths::new(), now())),
             vec![("a".into(), S::Scheduled)]
         );
         // The first run has no previous run and does not wait.
         assert_eq!(
-            changes(&decide_run(&d, &tis, &HashMap::new(), now())),
+            changes(&decide_run(
+                &d,
+                &tis,
+                &HashMap::new(),
+                &MapLengths::new(),
+                now()
+            )),
             vec![("a".into(), S::Scheduled)]
         );
     }
@@ -444,14 +667,19 @@ mod tests {
             ti("gone", S::NoStatus),
             ti("gone_running", S::Running),
         ];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
         assert_eq!(changes(&decision), vec![("gone".into(), S::Removed)]);
         assert_eq!(decision.missing_tasks, vec!["new".to_owned()]);
         assert_eq!(decision.run_state, None, "not before `new` has run");
 
         let tis = [ti("a", S::Success), ti("new", S::Removed)];
-        let decision = decide_run(&d, &tis, &HashMap::new(), now());
-        assert_eq!(changes(&decision), vec![("new".into(), S::NoStatus)]);
+        let decision = decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now());
+        // Restored, then scheduled in the same pass (the changes apply in this order).
+        assert_eq!(
+            changes(&decision),
+            vec![("new".into(), S::NoStatus), ("new".into(), S::Scheduled)]
+        );
+        assert_eq!(decision.changes[1].from, vec![S::NoStatus]);
         assert_eq!(decision.run_state, None);
 
         let tis = [
@@ -460,7 +688,7 @@ mod tests {
             ti("gone", S::Removed),
         ];
         assert_eq!(
-            decide_run(&d, &tis, &HashMap::new(), now()).run_state,
+            decide_run(&d, &tis, &HashMap::new(), &MapLengths::new(), now()).run_state,
             Some(DagRunState::Success)
         );
     }

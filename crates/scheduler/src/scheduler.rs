@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::SchedulerError;
-use crate::decide::decide_run;
+use crate::decide::{MapLengths, PreviousRun, decide_run};
 use crate::dir_watch::{self, DirWatch};
 use crate::processor::DagProcessor;
 
@@ -52,6 +52,8 @@ pub struct SchedulerConfig {
     pub num_stuck_in_queued_retries: i64,
     /// This host's name, recorded with the scheduler's heartbeat.
     pub hostname: String,
+    /// Airflow's `[core] max_map_length`: the most instances a mapped task may have.
+    pub max_map_length: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -67,6 +69,7 @@ impl Default for SchedulerConfig {
             task_queued_timeout: StdDuration::from_secs(600),
             num_stuck_in_queued_retries: 2,
             hostname: "localhost".to_owned(),
+            max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
         }
     }
 }
@@ -697,7 +700,19 @@ impl Scheduler {
             } else {
                 HashMap::new()
             };
-            let decision = decide_run(&dag, tis, &previous, now);
+            let lengths = self.map_lengths(&dag, run, tis).await?;
+            let decision = decide_run(&dag, tis, &previous, &lengths, now);
+            let templates = flow_store::new_task_instances(&dag);
+            for e in &decision.expansions {
+                let Some(template) = templates.iter().find(|t| t.task_id == e.task_id) else {
+                    continue;
+                };
+                let ready = self
+                    .store
+                    .ti_expand(&run.dag_id, &run.run_id, template, e.length, now)
+                    .await?;
+                debug!(dag_id = %run.dag_id, run_id = %run.run_id, task_id = %e.task_id, length = e.length, ready = ready.len(), "expanded mapped task");
+            }
             if !decision.missing_tasks.is_empty() {
                 let missing: Vec<_> = flow_store::new_task_instances(&dag)
                     .into_iter()
@@ -712,14 +727,20 @@ impl Scheduler {
             evaluation.deadline = earliest(evaluation.deadline, decision.next_wakeup);
             let index: HashMap<&TiKey, &TiRow> = tis.iter().map(|t| (&t.key, t)).collect();
             for change in &decision.changes {
-                if change.to == S::Scheduled
-                    && let Some(ti) = index.get(&change.key)
-                {
-                    let mut ti = (*ti).clone();
-                    ti.state = S::Scheduled;
-                    ti.scheduled_dttm = Some(now);
-                    evaluation.newly_scheduled.push(ti);
+                if change.to != S::Scheduled {
+                    continue;
                 }
+                // A new instance of a mapped task takes its task's settings.
+                let mut ti = match index.get(&change.key) {
+                    Some(ti) => (*ti).clone(),
+                    None => match templates.iter().find(|t| t.task_id == change.key.task_id) {
+                        Some(t) => new_row(change.key.clone(), t),
+                        None => continue,
+                    },
+                };
+                ti.state = S::Scheduled;
+                ti.scheduled_dttm = Some(now);
+                evaluation.newly_scheduled.push(ti);
             }
             evaluation.changes.extend(decision.changes);
             if let Some(state) = decision.run_state {
@@ -733,8 +754,64 @@ impl Scheduler {
         Ok(evaluation)
     }
 
+    /// How many instances each mapped task of `run` that is ready to expand gets: its literal
+    /// lists, or the upstream XComs it maps over, once those upstream tasks are done. Only
+    /// tasks whose instances all wait for expansion are looked at, so a run without mapped
+    /// tasks (or with its mapped tasks expanded) reads nothing.
+    async fn map_lengths(
+        &self,
+        dag: &Dag,
+        run: &DagRunRow,
+        tis: &[TiRow],
+    ) -> Result<MapLengths, SchedulerError> {
+        let mut lengths = MapLengths::new();
+        let rows_of = |task_id: &str| -> Vec<&TiRow> {
+            tis.iter().filter(|t| t.key.task_id == task_id).collect()
+        };
+        let ready: Vec<&flow_dag::Task> = dag
+            .tasks
+            .iter()
+            .filter(|t| t.is_mapped())
+            .filter(|t| crate::decide::awaits_expansion(&rows_of(t.task_id.as_str()), |r| r.state))
+            .filter(|t| {
+                t.upstream.iter().all(|u| {
+                    let rows = rows_of(u.as_str());
+                    !rows.is_empty() && rows.iter().all(|r| r.state.is_finished())
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(lengths);
+        }
+        let needs_xcom = ready.iter().any(|t| {
+            t.mapping
+                .as_ref()
+                .is_some_and(|m| m.sources().next().is_some())
+        });
+        let mut xcoms: HashMap<(String, i64), serde_json::Value> = HashMap::new();
+        if needs_xcom {
+            for x in self
+                .store
+                .xcom_list_for_run(&run.dag_id, &run.run_id)
+                .await?
+            {
+                if x.key == "return_value" {
+                    xcoms.insert((x.task_id, x.map_index), x.value);
+                }
+            }
+        }
+        for task in ready {
+            let Some(mapping) = &task.mapping else {
+                continue;
+            };
+            let length = crate::decide::map_length(mapping, &xcoms, self.config.max_map_length);
+            lengths.insert(task.task_id.to_string(), length);
+        }
+        Ok(lengths)
+    }
+
     /// Task states of the run before `run` (by logical date), for `depends_on_past`.
-    async fn previous_states(&self, run: &DagRunRow) -> Result<HashMap<String, S>, SchedulerError> {
+    async fn previous_states(&self, run: &DagRunRow) -> Result<PreviousRun, SchedulerError> {
         let Some(logical) = run.logical_date else {
             return Ok(HashMap::new());
         };
@@ -751,12 +828,13 @@ impl Scheduler {
             .ti_list_for_run(&prev.dag_id, &prev.run_id)
             .await?
             .into_iter()
-            .map(|t| (t.key.task_id, t.state))
+            .map(|t| ((t.key.task_id, t.key.map_index), t.state))
             .collect())
     }
 
     /// Queues scheduled task instances, highest priority first, within parallelism, pool slots,
-    /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag`.
+    /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag` and
+    /// `max_active_tis_per_dagrun`. Instances of one mapped task go in map index order.
     async fn queue_task_instances(
         &mut self,
         all: &[TiRow],
@@ -768,10 +846,19 @@ impl Scheduler {
         for (pool, slots) in &self.pools {
             usage.pools.insert(pool.clone(), (*slots, 0));
         }
+        // (dag_id, run_id, task_id) -> queued + running instances: max_active_tis_per_dagrun.
+        let mut per_run_task: HashMap<(String, String, String), i64> = HashMap::new();
         for ti in all
             .iter()
             .filter(|t| matches!(t.state, S::Queued | S::Running))
         {
+            *per_run_task
+                .entry((
+                    ti.key.dag_id.clone(),
+                    ti.key.run_id.clone(),
+                    ti.key.task_id.clone(),
+                ))
+                .or_default() += 1;
             usage.pools.entry(ti.pool.clone()).or_insert((0, 0)).1 += ti.pool_slots;
             *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
             *usage
@@ -795,6 +882,7 @@ impl Scheduler {
             b.priority_weight
                 .cmp(&a.priority_weight)
                 .then(a.scheduled_dttm.cmp(&b.scheduled_dttm))
+                .then(a.key.map_index.cmp(&b.key.map_index))
         });
         let mut changes = Vec::new();
         for ti in candidates {
@@ -819,6 +907,18 @@ impl Scheduler {
             {
                 continue;
             }
+            let run_task_key = (
+                ti.key.dag_id.clone(),
+                ti.key.run_id.clone(),
+                ti.key.task_id.clone(),
+            );
+            let run_task_n = per_run_task.get(&run_task_key).copied().unwrap_or(0);
+            if task
+                .max_active_tis_per_dagrun
+                .is_some_and(|m| run_task_n >= i64::from(m))
+            {
+                continue;
+            }
             let (slots, used) = usage.pools.get(&ti.pool).copied().unwrap_or((0, 0));
             if used + ti.pool_slots > slots {
                 if slots == 0 && !usage.pools.contains_key(&ti.pool) {
@@ -831,6 +931,7 @@ impl Scheduler {
                 .insert(ti.pool.clone(), (slots, used + ti.pool_slots));
             *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
             *usage.per_task.entry(task_key).or_default() += 1;
+            *per_run_task.entry(run_task_key).or_default() += 1;
             usage.total += 1;
             changes.push(StateChange {
                 key: ti.key.clone(),
@@ -932,6 +1033,34 @@ impl Scheduler {
             .collect();
         self.store.ti_release_stuck(&changes, cutoff, now).await?;
         Ok(())
+    }
+}
+
+/// The row a new instance of a mapped task will have, for queueing in the pass that makes it.
+fn new_row(key: TiKey, t: &flow_store::NewTaskInstance) -> TiRow {
+    TiRow {
+        key,
+        state: S::NoStatus,
+        try_number: 0,
+        max_tries: t.max_tries,
+        operator: t.operator.clone(),
+        queue: t.queue.clone(),
+        pool: t.pool.clone(),
+        pool_slots: t.pool_slots,
+        priority_weight: t.priority_weight,
+        start_date: None,
+        end_date: None,
+        duration: None,
+        scheduled_dttm: None,
+        queued_dttm: None,
+        next_retry_at: None,
+        hostname: String::new(),
+        worker_id: None,
+        last_heartbeat_at: None,
+        updated_at: DateTime::<Utc>::default(),
+        next_method: None,
+        next_kwargs: None,
+        rendered_map_index: None,
     }
 }
 

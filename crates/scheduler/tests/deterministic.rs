@@ -114,6 +114,11 @@ impl H {
     /// Reports how a claimed try ended, as the worker does (a failure is retried after the
     /// task's retry delay while tries are left).
     async fn finish(&self, ti: &ClaimedTi, done: Done) {
+        self.finish_with(ti, done, None).await;
+    }
+
+    /// [`H::finish`] with a `return_value` XCom.
+    async fn finish_with(&self, ti: &ClaimedTi, done: Done, xcom: Option<serde_json::Value>) {
         let (dag, _) = self.dag(&ti.key.dag_id).await;
         let task = dag.task(&ti.key.task_id).unwrap();
         let (state, next_retry_at) = match done {
@@ -129,8 +134,9 @@ impl H {
                     state,
                     reason: None,
                     next_retry_at,
-                    xcom: None,
+                    xcom,
                     rendered_fields: None,
+                    rendered_map_index: None,
                     logs: Vec::new(),
                 },
                 self.now,
@@ -715,6 +721,227 @@ async fn two_schedulers_interleaved_behave_as_one() {
         assert_eq!(snap.matches("twice scheduled__").count(), 4, "{snap}");
         assert_eq!(snap.matches(" success try=1").count(), 12, "{snap}");
         assert!(!snap.contains("try=2"), "{snap}");
+        h.done().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic task mapping
+
+const MAPPED: &str = "
+mapped:
+  tasks:
+    make: {operator: empty}
+    m:
+      operator: bash
+      expand: {bash_command: [\"echo a\", \"echo b\", \"echo c\"]}
+      dependencies: [make]
+    all_ok: {operator: empty, dependencies: [m]}
+    whatever: {operator: empty, trigger_rule: all_done, dependencies: [m]}
+";
+
+/// A literal list: the task gets one instance per element once its upstream is done, each
+/// with its own try; downstream rules count every instance.
+#[tokio::test]
+async fn mapping_over_a_literal_list() {
+    for db in backends().await {
+        let mut h = H::new(db, MAPPED, |_| {}).await;
+        h.pass().await;
+        h.trigger("mapped", "r1").await;
+        h.pass().await;
+        assert_eq!(h.step(|_| Done::Success).await, ["make"]);
+        h.pass().await;
+        let mut claimed = h.claim(10).await;
+        claimed.sort_by_key(|t| t.key.map_index);
+        assert_eq!(
+            claimed.iter().map(label).collect::<Vec<_>>(),
+            ["m[0]", "m[1]", "m[2]"]
+        );
+        for ti in &claimed {
+            let done = if ti.key.map_index == 1 {
+                Done::Fail
+            } else {
+                Done::Success
+            };
+            h.finish(ti, done).await;
+        }
+        h.pass().await;
+        h.step(|_| Done::Success).await;
+        h.pass().await;
+        assert_eq!(
+            h.snapshot().await,
+            dedent(
+                "
+                mapped r1 failed
+                  all_ok upstream_failed try=0
+                  m[0] success try=1
+                  m[1] failed try=1
+                  m[2] success try=1
+                  make success try=1
+                  whatever success try=1
+                "
+            )
+        );
+        // Clearing one map index reruns it alone.
+        let key = TiKey::new("mapped", "r1", "m", 1);
+        h.store.ti_clear(&[(key, 0)], h.now).await.unwrap();
+        h.pass().await;
+        assert_eq!(h.step(|_| Done::Success).await, ["m[1]"]);
+        h.pass().await;
+        let snap = h.snapshot().await;
+        assert!(snap.contains("m[1] success try=2"), "{snap}");
+        assert!(snap.contains("m[0] success try=1"), "{snap}");
+        h.done().await;
+    }
+}
+
+/// Mapping over an upstream's XCom, several arguments (cross product), and an empty list.
+#[tokio::test]
+async fn mapping_over_xcom_cross_products_and_empty_lists() {
+    const YAML: &str = "
+xmap:
+  tasks:
+    src: {operator: empty}
+    over_xcom:
+      operator: bash
+      bash_command: echo {{ ti.map_index }}
+      expand: {env: +src}
+    cross:
+      operator: bash
+      bash_command: echo
+      expand: {env: [{A: '1'}, {A: '2'}], cwd: [/a, /b, /c]}
+      dependencies: [src]
+empty:
+  tasks:
+    src: {operator: empty}
+    m:
+      operator: bash
+      expand: {bash_command: +src}
+    after: {operator: empty, dependencies: [m]}
+    after_all: {operator: empty, trigger_rule: all_done, dependencies: [m]}
+";
+    for db in backends().await {
+        let mut h = H::new(db, YAML, |_| {}).await;
+        h.pass().await;
+        h.trigger("xmap", "r1").await;
+        h.trigger("empty", "r1").await;
+        h.pass().await;
+        for ti in h.claim(10).await {
+            let xcom = if ti.key.dag_id == "xmap" {
+                serde_json::json!([{"K": "1"}, {"K": "2"}])
+            } else {
+                serde_json::json!([])
+            };
+            h.finish_with(&ti, Done::Success, Some(xcom)).await;
+        }
+        h.pass().await;
+        let mut labels = h.step(|_| Done::Success).await;
+        labels.sort();
+        // `after_all` of `empty` ran too: its mapped task was skipped in the same pass.
+        labels.retain(|l| l != "after_all");
+        assert_eq!(
+            labels,
+            [
+                "cross[0]",
+                "cross[1]",
+                "cross[2]",
+                "cross[3]",
+                "cross[4]",
+                "cross[5]",
+                "over_xcom[0]",
+                "over_xcom[1]"
+            ]
+        );
+        h.pass().await;
+        h.step(|_| Done::Success).await;
+        h.pass().await;
+        let snap = h.snapshot().await;
+        assert!(snap.contains("xmap r1 success"), "{snap}");
+        // An empty list: the mapped task is skipped (one instance, map index -1), as in
+        // Airflow; all_success below it is skipped, all_done runs, the run succeeds.
+        assert!(
+            snap.contains(
+                "empty r1 success\n  after skipped try=0\n  after_all success try=1\n  m skipped try=0\n  src success try=1\n"
+            ),
+            "{snap}"
+        );
+        h.done().await;
+    }
+}
+
+/// At most `max_active_tis_per_dagrun` instances of a mapped task run at once.
+#[tokio::test]
+async fn mapped_instances_respect_max_active_tis_per_dagrun() {
+    const YAML: &str = "
+limited:
+  tasks:
+    m:
+      operator: bash
+      max_active_tis_per_dagrun: 2
+      expand: {bash_command: [a, b, c, d, e]}
+";
+    for db in backends().await {
+        let mut h = H::new(db, YAML, |_| {}).await;
+        h.pass().await;
+        h.trigger("limited", "r1").await;
+        let mut batches = Vec::new();
+        for _ in 0..3 {
+            h.pass().await;
+            batches.push(h.step(|_| Done::Success).await);
+        }
+        assert_eq!(
+            batches,
+            [vec!["m[0]", "m[1]"], vec!["m[2]", "m[3]"], vec!["m[4]"]]
+        );
+        h.pass().await;
+        assert!(h.snapshot().await.starts_with("limited r1 success"));
+        h.done().await;
+    }
+}
+
+/// An upstream that pushed something that cannot be mapped over (here by hand; a real worker
+/// fails such a try itself) leaves the mapped task upstream_failed with the reason, instead
+/// of stuck.
+#[tokio::test]
+async fn unmappable_xcom_fails_the_mapped_task_with_the_reason() {
+    const YAML: &str = "
+bad:
+  tasks:
+    src: {operator: empty}
+    m:
+      operator: bash
+      expand: {bash_command: +src}
+";
+    for db in backends().await {
+        let mut h = H::new(db, YAML, |_| {}).await;
+        h.pass().await;
+        h.trigger("bad", "r1").await;
+        h.pass().await;
+        for ti in h.claim(10).await {
+            h.finish_with(&ti, Done::Success, Some(serde_json::json!(5)))
+                .await;
+        }
+        h.pass().await;
+        h.pass().await;
+        assert_eq!(
+            h.snapshot().await,
+            dedent(
+                "
+                bad r1 failed
+                  m upstream_failed try=0
+                  src success try=1
+                "
+            )
+        );
+        let reasons = h
+            .store
+            .ti_transitions(&TiKey::new("bad", "r1", "m", -1))
+            .await
+            .unwrap();
+        assert_eq!(
+            reasons[0].4.as_deref(),
+            Some("UnmappableXComTypePushed: unmappable return type 'int'")
+        );
         h.done().await;
     }
 }

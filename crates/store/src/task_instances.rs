@@ -74,6 +74,8 @@ pub struct TiRow {
     pub next_method: Option<String>,
     /// JSON: the reschedule's start, or the trigger's event.
     pub next_kwargs: Option<String>,
+    /// A mapped task instance's label (its `map_index_template`, rendered after the try).
+    pub rendered_map_index: Option<String>,
 }
 
 /// A task instance a worker has just claimed (now `running`, try number bumped).
@@ -102,6 +104,8 @@ pub struct TiFinish {
     /// The `return_value` XCom, if any.
     pub xcom: Option<serde_json::Value>,
     pub rendered_fields: Option<String>,
+    /// A mapped task instance's label, its `map_index_template` rendered after the try.
+    pub rendered_map_index: Option<String>,
     /// Log lines of the try not yet stored; written in the same transaction.
     pub logs: Vec<crate::LogLine>,
 }
@@ -133,7 +137,7 @@ pub struct PoolUsage {
 pub(crate) const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
     scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
-    next_method, next_kwargs";
+    next_method, next_kwargs, rendered_map_index";
 
 pub(crate) fn parse_state(s: &str) -> Result<S> {
     S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -168,6 +172,7 @@ pub(crate) fn ti_row(r: &AnyRow) -> Result<TiRow> {
         updated_at: from_micros(r.try_get("updated_at")?),
         next_method: r.try_get("next_method")?,
         next_kwargs: r.try_get("next_kwargs")?,
+        rendered_map_index: r.try_get("rendered_map_index")?,
     })
 }
 
@@ -214,6 +219,7 @@ fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
         updated_at: DateTime::<Utc>::default(),
         next_method: None,
         next_kwargs: None,
+        rendered_map_index: None,
     })
 }
 
@@ -660,7 +666,7 @@ impl Store {
         let sql = format!(
             "SELECT dag_id, run_id, task_id, map_index FROM task_instance \
              WHERE state = 'queued' AND queue IN ({}) \
-             ORDER BY priority_weight DESC, queued_dttm LIMIT $1{lock}",
+             ORDER BY priority_weight DESC, queued_dttm, map_index LIMIT $1{lock}",
             placeholders(2, queues.len())
         );
         let mut q = sqlx::query(&sql).bind(limit);
@@ -720,6 +726,134 @@ impl Store {
             .filter(|(_, a)| *a)
             .map(|(k, _)| k.clone())
             .collect())
+    }
+
+    /// Expands a mapped task of a run to `length` instances (Airflow's `expand_mapped_task`),
+    /// in one transaction. Its unexpanded instance (map index -1) becomes instance 0 and
+    /// instances 1 to `length - 1` are created, all without state; with `length` 0 it is
+    /// skipped instead. A task expanded before and cleared since (every instance without
+    /// state or removed) is revised to the new length: instances past it are removed, missing
+    /// ones created. If any instance has moved on (another scheduler expanded it and
+    /// scheduled it first), nothing changes. Returns the map indexes ready to be scheduled.
+    pub async fn ti_expand(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        template: &NewTaskInstance,
+        length: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>> {
+        let now_us = to_micros(now);
+        let task_id = template.task_id.as_str();
+        let backend = self.backend();
+        let lock = match backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT map_index, state FROM task_instance \
+             WHERE dag_id = $1 AND run_id = $2 AND task_id = $3{lock}"
+        ))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(task_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current: std::collections::BTreeMap<i64, S> = Default::default();
+        for r in &rows {
+            current.insert(
+                r.try_get("map_index")?,
+                parse_state(&r.try_get::<String, _>("state")?)?,
+            );
+        }
+        if current.is_empty()
+            || current
+                .values()
+                .any(|s| !matches!(s, S::NoStatus | S::Removed))
+        {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let key = |i: i64| TiKey::new(dag_id, run_id, task_id, i);
+        let no_effect = TiEffect::default();
+        let length = i64::try_from(length).unwrap_or(i64::MAX);
+        if length == 0 {
+            // Nothing to map over: the task is skipped, as in Airflow.
+            let waiting: Vec<TiChange> = current
+                .iter()
+                .filter(|(_, s)| **s == S::NoStatus)
+                .map(|(i, _)| {
+                    TiChange::new(key(*i))
+                        .reason(Some("mapped over an empty list: nothing to run".to_owned()))
+                })
+                .collect();
+            let how = TiMove {
+                actor: Actor::Scheduler,
+                from: &[S::NoStatus],
+                to: S::Skipped,
+                effect: &no_effect,
+            };
+            ti_transition(&mut tx, backend, how, &waiting, now_us).await?;
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        if current.contains_key(&-1) {
+            // The unexpanded instance becomes instance 0, with what was recorded of it.
+            for table in ["task_instance", "ti_transition"] {
+                // Table names are constants here, never input.
+                sqlx::query(&format!(
+                    "UPDATE {table} SET map_index = 0 \
+                     WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 AND map_index = -1"
+                ))
+                .bind(dag_id)
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let state = current.remove(&-1).unwrap_or(S::NoStatus);
+            current.insert(0, state);
+        }
+        let missing: Vec<NewTaskInstance> = (0..length)
+            .filter(|i| !current.contains_key(i))
+            .map(|i| NewTaskInstance {
+                map_index: i,
+                ..template.clone()
+            })
+            .collect();
+        insert_task_instances(&mut tx, dag_id, run_id, &missing, now_us).await?;
+        let restored: Vec<TiChange> = current
+            .iter()
+            .filter(|(i, s)| **i < length && **s == S::Removed)
+            .map(|(i, _)| {
+                TiChange::new(key(*i)).reason(Some(format!("mapped again ({length} instances)")))
+            })
+            .collect();
+        let how = TiMove {
+            actor: Actor::Scheduler,
+            from: &[S::Removed],
+            to: S::NoStatus,
+            effect: &no_effect,
+        };
+        ti_transition(&mut tx, backend, how, &restored, now_us).await?;
+        let beyond: Vec<TiChange> = current
+            .iter()
+            .filter(|(i, s)| **i >= length && **s == S::NoStatus)
+            .map(|(i, _)| {
+                TiChange::new(key(*i))
+                    .reason(Some(format!("the task maps over {length} values now")))
+            })
+            .collect();
+        let how = TiMove {
+            actor: Actor::Scheduler,
+            from: &[S::NoStatus],
+            to: S::Removed,
+            effect: &no_effect,
+        };
+        ti_transition(&mut tx, backend, how, &beyond, now_us).await?;
+        tx.commit().await?;
+        Ok((0..length).collect())
     }
 
     /// Creates task instances (no state) for tasks added to the DAG after the run was
@@ -821,6 +955,7 @@ impl Store {
                         try_number: Some(f.try_number),
                         next_retry_at: f.next_retry_at.map(to_micros),
                         rendered_fields: f.rendered_fields.clone(),
+                        rendered_map_index: f.rendered_map_index.clone(),
                         ..TiChange::new(f.key.clone()).reason(f.reason.clone())
                     }
                 })

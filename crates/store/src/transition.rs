@@ -76,6 +76,8 @@ pub(crate) struct TiChange {
     pub next_retry_at: Option<i64>,
     /// A finished try's rendered template fields.
     pub rendered_fields: Option<String>,
+    /// A finished mapped try's label (`map_index_template`).
+    pub rendered_map_index: Option<String>,
     /// A clear: the task's retries, granted anew from the current try on
     /// (`max_tries = try_number + retries`).
     pub retries: Option<i64>,
@@ -89,6 +91,7 @@ impl TiChange {
             try_number: None,
             next_retry_at: None,
             rendered_fields: None,
+            rendered_map_index: None,
             retries: None,
         }
     }
@@ -135,6 +138,7 @@ struct Shape {
     try_number: bool,
     next_retry_at: bool,
     rendered_fields: bool,
+    rendered_map_index: bool,
     retries: bool,
 }
 
@@ -144,6 +148,7 @@ impl Shape {
             try_number: changes.iter().any(|c| c.try_number.is_some()),
             next_retry_at: changes.iter().any(|c| c.next_retry_at.is_some()),
             rendered_fields: changes.iter().any(|c| c.rendered_fields.is_some()),
+            rendered_map_index: changes.iter().any(|c| c.rendered_map_index.is_some()),
             retries: changes.iter().any(|c| c.retries.is_some()),
         }
     }
@@ -152,6 +157,7 @@ impl Shape {
         4 + usize::from(self.try_number)
             + usize::from(self.next_retry_at)
             + usize::from(self.rendered_fields)
+            + usize::from(self.rendered_map_index)
             + usize::from(self.retries)
     }
 
@@ -162,6 +168,7 @@ impl Shape {
             (Extra::TryNumber, self.try_number),
             (Extra::NextRetryAt, self.next_retry_at),
             (Extra::RenderedFields, self.rendered_fields),
+            (Extra::RenderedMapIndex, self.rendered_map_index),
             (Extra::Retries, self.retries),
         ];
         let before = present
@@ -179,6 +186,7 @@ enum Extra {
     TryNumber,
     NextRetryAt,
     RenderedFields,
+    RenderedMapIndex,
     Retries,
 }
 
@@ -321,6 +329,12 @@ fn assignments(from: S, to: S, shape: Shape, effect: &TiEffect, sql: &mut Sql) -
                 set.push(format!(
                     "rendered_fields = COALESCE(CAST({} AS TEXT), rendered_fields)",
                     shape.column(Extra::RenderedFields)
+                ));
+            }
+            if shape.rendered_map_index {
+                set.push(format!(
+                    "rendered_map_index = COALESCE(CAST({} AS TEXT), rendered_map_index)",
+                    shape.column(Extra::RenderedMapIndex)
                 ));
             }
         }
@@ -478,6 +492,9 @@ async fn update_chunk(
             }
             if shape.rendered_fields {
                 cols.push(sql.text(c.rendered_fields.as_deref()));
+            }
+            if shape.rendered_map_index {
+                cols.push(sql.text(c.rendered_map_index.as_deref()));
             }
             if shape.retries {
                 cols.push(sql.int(c.retries));

@@ -451,6 +451,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
             next_retry_at: None,
             xcom: Some(serde_json::json!("42")),
             rendered_fields: None,
+            rendered_map_index: None,
             logs: vec![LogLine {
                 at: t0(),
                 stream: "stdout".into(),

@@ -108,6 +108,19 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Airflow's `[core] max_map_length`: the most instances a mapped task may have.
+fn max_map_length() -> Result<usize> {
+    let n = config::env_number(
+        "core",
+        "max_map_length",
+        i64::try_from(flow_dag::dag::DEFAULT_MAX_MAP_LENGTH).unwrap_or(1024),
+    )?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow!("FLOW__CORE__MAX_MAP_LENGTH must be at least 1, got {n}"))
+}
+
 pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
     Ok(SchedulerConfig {
         dags_folder: dags_folder.to_path_buf(),
@@ -127,6 +140,7 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
         )?
         .max(0),
         hostname: config::hostname(),
+        max_map_length: max_map_length()?,
         ..SchedulerConfig::default()
     })
 }
@@ -146,6 +160,7 @@ pub fn worker_config(
         concurrency: concurrency.unwrap_or(default_concurrency).max(1),
         dags_folder: dags_folder.to_path_buf(),
         connections: Some(config::connection_source()?),
+        max_map_length: max_map_length()?,
         ..WorkerConfig::default()
     })
 }

@@ -422,6 +422,7 @@ impl DagDraft {
             ctx.scope = scope.clone();
         }
 
+        warn_unquoted_inputs(ctx, &tasks, &params);
         let dag = Dag {
             dag_id: DagId::parse("placeholder").ok()?,
             fileloc: ctx.files.first().cloned().unwrap_or_default(),
@@ -1357,10 +1358,14 @@ fn read_task(
     let group_name = node.get("task_group_name").and_then(Node::as_str);
     let mut group_defaults: Vec<&Node> = Vec::new();
     let mut group_full_id: Option<String> = None;
+    // Airflow's `TaskGroup.child_id`: a group with `prefix_group_id: false` leaves its own
+    // tasks' ids bare.
+    let mut prefix_ids = true;
     if let Some(gname) = group_name {
         match groups.iter().find(|g| g.name == gname) {
             Some(g) => {
                 group_full_id = Some(g.full_id.clone());
+                prefix_ids = g.spec.prefix_group_id.unwrap_or(true);
                 let mut cur = Some(g);
                 let mut hops = 0;
                 while let Some(gg) = cur {
@@ -1538,8 +1543,8 @@ fn read_task(
     }
 
     let full_id = match &group_full_id {
-        Some(g) => format!("{g}.{name}"),
-        None => name.to_owned(),
+        Some(g) if prefix_ids => format!("{g}.{name}"),
+        _ => name.to_owned(),
     };
     let task_id = match TaskId::parse(full_id) {
         Ok(id) => Some(id),
@@ -1610,10 +1615,110 @@ fn read_task(
     })
 }
 
+/// `flow dags validate` warns where a shell command prints a run input unquoted: a conf value,
+/// or a param a conf can set to any text (no `enum`, `const` or `pattern`, not a number or a
+/// boolean). Params are checked against their schema when a run is created, so a constrained
+/// one cannot carry shell syntax.
+fn warn_unquoted_inputs(
+    ctx: &mut Ctx<'_>,
+    tasks: &[TaskDraft],
+    dag_params: &IndexMap<String, Param>,
+) {
+    for draft in tasks {
+        let Operator::Bash(op) = &draft.task.operator else {
+            continue;
+        };
+        let mut commands: Vec<String> = Vec::new();
+        if op.bash_command != MAPPED_PLACEHOLDER {
+            commands.push(op.bash_command.clone());
+        }
+        if let Some(m) = &draft.task.mapping {
+            for arg in m
+                .expand
+                .get("bash_command")
+                .into_iter()
+                .chain(m.partial.get("bash_command"))
+            {
+                if let Arg::Value(v) = arg {
+                    collect_strings(v, &mut commands);
+                }
+            }
+        }
+        let mut warned: Vec<String> = Vec::new();
+        for command in &commands {
+            for input in template::unquoted_inputs(command) {
+                let risky = match input.strip_prefix("params.") {
+                    Some(name) => draft
+                        .task
+                        .params
+                        .get(name)
+                        .or_else(|| dag_params.get(name))
+                        .is_none_or(|p| !is_constrained(p)),
+                    None => true,
+                };
+                if risky && !warned.contains(&input) {
+                    ctx.warn(
+                        draft.name_span,
+                        format!(
+                            "`bash_command` puts `{input}` into the shell unquoted: a run's conf \
+                             can make it any text, and the shell runs what it says; write \
+                             `{{{{ {input} | shell_quote }}}}`{}",
+                            if input.starts_with("params.") {
+                                ", or constrain the param (`enum`, `pattern`, a number type)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    warned.push(input);
+                }
+            }
+        }
+    }
+}
+
+fn collect_strings(v: &Json, out: &mut Vec<String>) {
+    match v {
+        Json::String(s) => out.push(s.clone()),
+        Json::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+/// Whether a param's schema keeps shell syntax out of it.
+fn is_constrained(p: &Param) -> bool {
+    let s = &p.schema;
+    if s.contains_key("enum") || s.contains_key("const") || s.contains_key("pattern") {
+        return true;
+    }
+    let safe = |t: &str| matches!(t, "integer" | "number" | "boolean" | "null");
+    match s.get("type") {
+        Some(Json::String(t)) => safe(t),
+        Some(Json::Array(ts)) => ts.iter().all(|t| t.as_str().is_some_and(safe)),
+        _ => false,
+    }
+}
+
 fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
-    match template::check(ctx.env, source) {
-        None => {}
-        Some(TemplateIssue::Syntax { line, message }) => {
+    for issue in template::check(ctx.env, source) {
+        report_template_issue(ctx, field, span, issue);
+    }
+}
+
+fn report_template_issue(ctx: &mut Ctx<'_>, field: &str, span: Span, issue: TemplateIssue) {
+    match issue {
+        TemplateIssue::RemovedInAirflow3(names) => {
+            for name in names {
+                ctx.warn(
+                    span,
+                    format!(
+                        "`{field}`: template uses `{name}`, which Airflow 3 removed from the \
+                         context; flow still provides it, Airflow 3 fails the task"
+                    ),
+                );
+            }
+        }
+        TemplateIssue::Syntax { line, message } => {
             ctx.error(
                 span,
                 format!(
@@ -1621,7 +1726,7 @@ fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
                 ),
             );
         }
-        Some(TemplateIssue::UnknownNames(names)) => {
+        TemplateIssue::UnknownNames(names) => {
             for name in names {
                 let hint = did_you_mean_hint(&name, template::CONTEXT_NAMES.iter().copied());
                 ctx.warn(

@@ -141,9 +141,19 @@ fn summary(bag: &DagBag) -> String {
             )
             .unwrap();
             if let Some(m) = &t.mapping {
+                let kwargs = m
+                    .kwargs
+                    .as_ref()
+                    .map(|k| format!(" expand_kwargs={}", arg_text(k)))
+                    .unwrap_or_default();
+                let label = t
+                    .map_index_template
+                    .as_ref()
+                    .map(|l| format!(" map_index_template={l:?}"))
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "    expand={{{}}} partial={{{}}}",
+                    "    expand={{{}}} partial={{{}}}{kwargs}{label} mapped={}",
                     m.expand
                         .iter()
                         .map(|(k, v)| format!("{k}: {}", arg_text(v)))
@@ -153,7 +163,8 @@ fn summary(bag: &DagBag) -> String {
                         .iter()
                         .map(|(k, v)| format!("{k}: {}", arg_text(v)))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    t.is_mapped()
                 )
                 .unwrap();
             }

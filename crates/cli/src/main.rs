@@ -192,6 +192,9 @@ enum TasksCommand {
         /// Only failed and upstream_failed task instances.
         #[arg(short = 'f', long)]
         only_failed: bool,
+        /// Only these instances of mapped tasks (repeat for several).
+        #[arg(long = "map-index")]
+        map_indexes: Vec<i64>,
         /// Do it (without this, only list what would be cleared).
         #[arg(short = 'y', long)]
         yes: bool,
@@ -213,6 +216,9 @@ enum TasksCommand {
         /// Also mark everything upstream of the matched tasks.
         #[arg(short = 'u', long)]
         upstream: bool,
+        /// Only these instances of mapped tasks (repeat for several).
+        #[arg(long = "map-index")]
+        map_indexes: Vec<i64>,
     },
     /// The task instances of a run and their states.
     States { dag_id: String, run_id: String },
@@ -221,6 +227,9 @@ enum TasksCommand {
         dag_id: String,
         run_id: String,
         task_id: String,
+        /// Which instance of a mapped task.
+        #[arg(long = "map-index", default_value_t = -1)]
+        map_index: i64,
         /// Which try (default: the latest).
         #[arg(long = "try")]
         try_number: Option<i64>,
@@ -362,6 +371,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 start_date,
                 end_date,
                 only_failed,
+                map_indexes,
                 yes,
             } => {
                 tasks::clear(
@@ -374,6 +384,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         start_date: start_date.as_deref(),
                         end_date: end_date.as_deref(),
                         only_failed,
+                        map_indexes: &map_indexes,
                         yes,
                     },
                 )
@@ -386,6 +397,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 state,
                 downstream,
                 upstream,
+                map_indexes,
             } => {
                 tasks::mark(
                     &dags_folder,
@@ -396,6 +408,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         state: &state,
                         downstream,
                         upstream,
+                        map_indexes: &map_indexes,
                     },
                 )
                 .await
@@ -405,9 +418,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 dag_id,
                 run_id,
                 task_id,
+                map_index,
                 try_number,
                 follow,
-            } => ops::task_logs(&dag_id, &run_id, &task_id, try_number, follow).await,
+            } => ops::task_logs(&dag_id, &run_id, &task_id, map_index, try_number, follow).await,
         },
         Command::Bench { command } => {
             init_tracing();

@@ -442,12 +442,13 @@ pub async fn trigger(
 
 /// Prints task state changes until the run finishes; exit status 1 if it failed.
 async fn wait_for_run(store: &Store, dag_id: &str, run_id: &str) -> Result<ExitCode> {
-    let mut last: HashMap<String, TaskInstanceState> = HashMap::new();
+    let mut last: HashMap<(String, i64), TaskInstanceState> = HashMap::new();
     loop {
         for ti in store.ti_list_for_run(dag_id, run_id).await? {
-            if last.get(&ti.key.task_id) != Some(&ti.state) {
-                println!("{}  {:<30} {}", iso(Utc::now()), ti.key.task_id, ti.state);
-                last.insert(ti.key.task_id.clone(), ti.state);
+            let key = (ti.key.task_id.clone(), ti.key.map_index);
+            if last.get(&key) != Some(&ti.state) {
+                println!("{}  {:<30} {}", iso(Utc::now()), ti_label(&ti), ti.state);
+                last.insert(key, ti.state);
             }
         }
         let run = store
@@ -506,35 +507,60 @@ pub async fn task_states(dag_id: &str, run_id: &str) -> Result<ExitCode> {
         bail!("dag run `{run_id}` of dag `{dag_id}` not found");
     }
     println!(
-        "{:<40} {:<16} {:<5} {:<21} {:<21}",
+        "{:<40} {:<16} {:<5} {:<21} {:<21} label",
         "task_id", "state", "try", "start_date", "end_date"
     );
     for ti in store.ti_list_for_run(dag_id, run_id).await? {
         println!(
-            "{:<40} {:<16} {:<5} {:<21} {:<21}",
-            ti.key.task_id,
+            "{:<40} {:<16} {:<5} {:<21} {:<21} {}",
+            ti_label(&ti),
             ti.state.as_str(),
             ti.try_number,
             opt_iso(ti.start_date),
-            opt_iso(ti.end_date)
+            opt_iso(ti.end_date),
+            ti.rendered_map_index.as_deref().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `task` or, for an instance of a mapped task, `task[map_index]`.
+fn ti_label(ti: &flow_store::TiRow) -> String {
+    if ti.key.map_index < 0 {
+        ti.key.task_id.clone()
+    } else {
+        format!("{}[{}]", ti.key.task_id, ti.key.map_index)
+    }
 }
 
 pub async fn task_logs(
     dag_id: &str,
     run_id: &str,
     task_id: &str,
+    map_index: i64,
     try_number: Option<i64>,
     follow: bool,
 ) -> Result<ExitCode> {
     let store = connect_migrated().await?;
-    let key = TiKey::new(dag_id, run_id, task_id, -1);
-    let ti = store
-        .ti_get(&key)
-        .await?
-        .ok_or_else(|| anyhow!("task instance {dag_id}/{run_id}/{task_id} not found"))?;
+    let key = TiKey::new(dag_id, run_id, task_id, map_index);
+    let ti = match store.ti_get(&key).await? {
+        Some(ti) => ti,
+        None if map_index < 0 => {
+            let mapped = store
+                .ti_list_for_run(dag_id, run_id)
+                .await?
+                .iter()
+                .filter(|t| t.key.task_id == task_id && t.key.map_index >= 0)
+                .count();
+            if mapped > 0 {
+                bail!(
+                    "{dag_id}/{run_id}/{task_id} is mapped ({mapped} instances): name one with --map-index N"
+                );
+            }
+            bail!("task instance {dag_id}/{run_id}/{task_id} not found");
+        }
+        None => bail!("task instance {dag_id}/{run_id}/{task_id}[{map_index}] not found"),
+    };
     let try_number = try_number.unwrap_or(ti.try_number.max(1));
     let mut after = 0;
     loop {

@@ -165,6 +165,8 @@ pub struct ClearArgs<'a> {
     pub start_date: Option<&'a str>,
     pub end_date: Option<&'a str>,
     pub only_failed: bool,
+    /// Only these map indexes of mapped tasks (empty: all).
+    pub map_indexes: &'a [i64],
     pub yes: bool,
 }
 
@@ -182,7 +184,7 @@ pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> 
         start.is_none_or(|s| when >= s) && end.is_none_or(|e| when <= e)
     }) {
         for ti in store.ti_list_for_run(&run.dag_id, &run.run_id).await? {
-            if !tasks.contains(&ti.key.task_id) {
+            if !tasks.contains(&ti.key.task_id) || !selected(args.map_indexes, &ti.key) {
                 continue;
             }
             if args.only_failed
@@ -205,7 +207,10 @@ pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> 
                 .map_or(0, |t| i64::from(t.retries));
             println!(
                 "{} {} {} ({})",
-                ti.key.dag_id, ti.key.run_id, ti.key.task_id, ti.state
+                ti.key.dag_id,
+                ti.key.run_id,
+                label(&ti.key),
+                ti.state
             );
             keys.push((ti.key, retries));
         }
@@ -236,6 +241,22 @@ pub struct MarkArgs<'a> {
     pub state: &'a str,
     pub downstream: bool,
     pub upstream: bool,
+    /// Only these map indexes of mapped tasks (empty: all).
+    pub map_indexes: &'a [i64],
+}
+
+/// Whether `key` is among the chosen map indexes (an unmapped instance always is).
+fn selected(map_indexes: &[i64], key: &TiKey) -> bool {
+    map_indexes.is_empty() || key.map_index < 0 || map_indexes.contains(&key.map_index)
+}
+
+/// `task` or `task[map_index]`.
+fn label(key: &TiKey) -> String {
+    if key.map_index < 0 {
+        key.task_id.clone()
+    } else {
+        format!("{}[{}]", key.task_id, key.map_index)
+    }
 }
 
 /// Marks task instances of one run by hand.
@@ -262,7 +283,7 @@ pub async fn mark(dags_folder: &Path, args: MarkArgs<'_>) -> Result<ExitCode> {
         .ti_list_for_run(args.dag_id, args.run_id)
         .await?
         .into_iter()
-        .filter(|t| tasks.contains(&t.key.task_id))
+        .filter(|t| tasks.contains(&t.key.task_id) && selected(args.map_indexes, &t.key))
         .map(|t| t.key)
         .collect();
     if keys.is_empty() {
@@ -279,7 +300,7 @@ pub async fn mark(dags_folder: &Path, args: MarkArgs<'_>) -> Result<ExitCode> {
         } else {
             format!("left alone (already {to}, or not markable from its state)")
         };
-        println!("{} {done}", key.task_id);
+        println!("{} {done}", label(key));
     }
     println!("marked {} task instance(s) {to}", marked.len());
     Ok(ExitCode::SUCCESS)

@@ -258,6 +258,77 @@ async fn examples_and_scenarios_run_end_to_end() {
         assert_eq!(s["report"], "success");
         assert_eq!(s["cleanup"], "success");
 
+        // Dynamic task mapping: one instance per partition the listing returned, each named
+        // by its map_index_template; the downstream task gets every result in order.
+        let (ok, out) = env.trigger_wait("partitioned_load", &[]);
+        assert!(ok, "partitioned_load should succeed:\n{out}");
+        let run_id = run_id_of(&out);
+        let table = env.stdout(&["tasks", "states", "partitioned_load", &run_id]);
+        for (i, name) in ["orders_eu", "orders_us", "orders_apac"].iter().enumerate() {
+            let line = table
+                .lines()
+                .find(|l| l.starts_with(&format!("load_partition[{i}] ")))
+                .unwrap_or_else(|| panic!("no load_partition[{i}] in\n{table}"));
+            assert!(
+                line.contains(" success ") && line.trim_end().ends_with(name),
+                "{table}"
+            );
+        }
+        let log = env.stdout(&["tasks", "logs", "partitioned_load", &run_id, "check_totals"]);
+        assert!(
+            log.contains("3 partitions, 245 rows: [120, 80, 45]"),
+            "{log}"
+        );
+        let log = env.stdout(&[
+            "tasks",
+            "logs",
+            "partitioned_load",
+            &run_id,
+            "announce",
+            "--map-index",
+            "0",
+        ]);
+        assert!(log.contains("245 rows loaded"), "{log}");
+        // One map index cleared runs again alone (in every run: the daily schedule made one
+        // too).
+        let out = env.stdout(&[
+            "tasks",
+            "clear",
+            "partitioned_load",
+            "-t",
+            "^load_partition$",
+            "--map-index",
+            "1",
+            "--yes",
+        ]);
+        assert!(
+            out.lines()
+                .all(|l| !l.contains("load_partition[0]") && !l.contains("load_partition[2]")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{run_id} load_partition[1] (success)")),
+            "{out}"
+        );
+        wait_for(60, "load_partition[1] to run again", || {
+            let table = env.stdout(&["tasks", "states", "partitioned_load", &run_id]);
+            table
+                .lines()
+                .any(|l| {
+                    l.starts_with("load_partition[1] ")
+                        && l.contains(" success ")
+                        && l.contains(" 2 ")
+                })
+                .then_some(())
+        });
+        let table = env.stdout(&["tasks", "states", "partitioned_load", &run_id]);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("load_partition[0] ") && l.contains(" 1 ")),
+            "only map index 1 ran again:\n{table}"
+        );
+
         let (ok, out) = env.trigger_wait("retry_then_success", &[]);
         assert!(ok, "{out}");
         assert!(

@@ -1539,7 +1539,13 @@ fn read_task(
         let span = merged
             .get("map_index_template")
             .map_or(name_span, |n| n.span);
-        check_template(ctx, "map_index_template", template, span);
+        // Rendered after the try, with the names the task added to its context: only the
+        // syntax can be checked here.
+        for issue in template::check(ctx.env, template) {
+            if let TemplateIssue::Syntax { .. } = issue {
+                report_template_issue(ctx, "map_index_template", span, issue);
+            }
+        }
     }
 
     let full_id = match &group_full_id {

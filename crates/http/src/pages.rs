@@ -464,7 +464,7 @@ async fn dag_page(
                         .remove(&run_id)
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|(t, s)| (t, s.as_str().to_owned()))
+                        .map(|(t, s)| (t, s.summary().as_str().to_owned()))
                         .collect(),
                     None => HashMap::new(),
                 };
@@ -558,15 +558,20 @@ async fn select_run(
 /// Bars for the task instances of one run that have started, in DAG order, scaled to the
 /// span from the first queued time to the last end (or now, while running).
 fn gantt(dag: &Dag, tis: &[flow_store::TiRow]) -> (Vec<views::GanttBar>, String) {
-    let by_id: HashMap<&str, &flow_store::TiRow> = tis
-        .iter()
-        .filter(|t| t.key.map_index == -1)
-        .map(|t| (t.key.task_id.as_str(), t))
-        .collect();
+    let mut by_id: HashMap<&str, Vec<&flow_store::TiRow>> = HashMap::new();
+    for t in tis {
+        by_id.entry(t.key.task_id.as_str()).or_default().push(t);
+    }
+    // In DAG order; a mapped task's instances by map index.
     let started: Vec<&flow_store::TiRow> = dag
         .tasks
         .iter()
-        .filter_map(|t| by_id.get(t.task_id.as_str()).copied())
+        .filter_map(|t| by_id.get(t.task_id.as_str()))
+        .flat_map(|rows| {
+            let mut rows = rows.clone();
+            rows.sort_by_key(|r| r.key.map_index);
+            rows
+        })
         .filter(|t| t.start_date.is_some())
         .collect();
     let now = Utc::now();
@@ -592,9 +597,17 @@ fn gantt(dag: &Dag, tis: &[flow_store::TiRow]) -> (Vec<views::GanttBar>, String)
         .filter_map(|(i, t)| {
             let start = t.start_date?;
             let stop = t.end_date.unwrap_or(now);
+            let (label, query) = if t.key.map_index >= 0 {
+                (
+                    format!("{}[{}]", t.key.task_id, t.key.map_index),
+                    format!("?map_index={}", t.key.map_index),
+                )
+            } else {
+                (t.key.task_id.clone(), String::new())
+            };
             Some(views::GanttBar {
-                task_id: t.key.task_id.clone(),
-                task_id_url: url_encode(&t.key.task_id),
+                task_id: label,
+                task_id_url: format!("{}{query}", url_encode(&t.key.task_id)),
                 state: t.state.as_str().to_owned(),
                 queued_x: t.queued_dttm.map_or(x(start), x).min(x(start)),
                 start_x: x(start),
@@ -619,7 +632,7 @@ async fn fill_grid(
     let mut by_run = store
         .ti_states_for_latest_runs(&body.dag_id, n_runs)
         .await?;
-    let states: Vec<HashMap<String, TaskInstanceState>> = runs
+    let states: Vec<HashMap<String, flow_store::TaskStates>> = runs
         .iter()
         .map(|r| by_run.remove(&r.run_id).unwrap_or_default())
         .collect();
@@ -659,15 +672,38 @@ async fn fill_grid(
             depth: t.task_id.as_str().matches('.').count().min(5),
             cells: states
                 .iter()
-                .map(|m| {
-                    m.get(t.task_id.as_str())
-                        .map_or("none", |s| s.as_str())
-                        .to_owned()
-                })
+                .map(|m| grid_cell(m.get(t.task_id.as_str())))
                 .collect(),
         })
         .collect();
     Ok(())
+}
+
+/// One task's cell in one run: its state, or for a mapped task the state that stands for its
+/// instances, how many there are, and how many are in each state.
+fn grid_cell(states: Option<&flow_store::TaskStates>) -> views::GridCell {
+    let Some(states) = states else {
+        return views::GridCell {
+            state: "none".to_owned(),
+            mapped: 0,
+            counts: String::new(),
+        };
+    };
+    let counts = states
+        .counts()
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    views::GridCell {
+        state: states.summary().as_str().to_owned(),
+        mapped: if states.mapped {
+            states.states.len()
+        } else {
+            0
+        },
+        counts,
+    }
 }
 
 #[derive(Deserialize)]
@@ -675,6 +711,8 @@ struct TryQuery {
     #[serde(rename = "try")]
     try_number: Option<i64>,
     after: Option<i64>,
+    /// Which instance of a mapped task (-1, or absent, for an unmapped one).
+    map_index: Option<i64>,
 }
 
 async fn task_page(
@@ -685,10 +723,47 @@ async fn task_page(
 ) -> Result<Response, HttpError> {
     user.require(Permission::Read)?;
     let store = state.store();
-    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
-    let ti = store.ti_get(&key).await?.ok_or_else(|| {
-        HttpError::NotFound(format!("task `{task_id}` in run `{run_id}` of `{dag_id}`"))
-    })?;
+    let map_index = q.map_index.unwrap_or(-1);
+    let key = TiKey::new(
+        dag_id.as_str(),
+        run_id.as_str(),
+        task_id.as_str(),
+        map_index,
+    );
+    let Some(ti) = store.ti_get(&key).await? else {
+        // A mapped task without a map index: the list of its instances.
+        let instances: Vec<flow_store::TiRow> = store
+            .ti_list_for_run(&dag_id, &run_id)
+            .await?
+            .into_iter()
+            .filter(|t| t.key.task_id == task_id && t.key.map_index >= 0)
+            .collect();
+        if map_index < 0 && !instances.is_empty() {
+            return Ok(page(&views::MappedPage {
+                chrome: Chrome::of(&user),
+                dag_id_url: url_encode(&dag_id),
+                run_id_url: url_encode(&run_id),
+                task_id_url: url_encode(&task_id),
+                dag_id,
+                run_id,
+                task_id,
+                instances: instances
+                    .iter()
+                    .map(|t| views::MappedInstance {
+                        map_index: t.key.map_index,
+                        label: t.rendered_map_index.clone().unwrap_or_default(),
+                        state: t.state.as_str().to_owned(),
+                        try_number: t.try_number,
+                        started: fmt_time(&t.start_date),
+                        duration: fmt_duration(t.duration),
+                    })
+                    .collect(),
+            }));
+        }
+        return Err(HttpError::NotFound(format!(
+            "task `{task_id}` in run `{run_id}` of `{dag_id}`"
+        )));
+    };
     let dag = load_dag(&state, &dag_id).await.ok();
     let task = dag.as_ref().and_then(|d| d.task(&task_id));
     let tries: Vec<i64> = (1..=ti.try_number.max(1)).collect();
@@ -710,7 +785,7 @@ async fn task_page(
         .xcom_list_for_run(&dag_id, &run_id)
         .await?
         .into_iter()
-        .filter(|x| x.task_id == task_id)
+        .filter(|x| x.task_id == task_id && x.map_index == map_index)
         .map(|x| {
             (
                 x.key,
@@ -730,7 +805,7 @@ async fn task_page(
                 .collect()
         })
         .unwrap_or_default();
-    let fields = vec![
+    let mut fields = vec![
         ("state".to_owned(), ti.state.as_str().to_owned()),
         (
             "try".to_owned(),
@@ -754,6 +829,12 @@ async fn task_page(
         ("duration".to_owned(), fmt_duration(ti.duration)),
         ("hostname".to_owned(), ti.hostname.clone()),
     ];
+    if map_index >= 0 {
+        fields.insert(0, ("map index".to_owned(), map_index.to_string()));
+        if let Some(label) = &ti.rendered_map_index {
+            fields.insert(1, ("label".to_owned(), label.clone()));
+        }
+    }
     let live = matches!(
         ti.state,
         TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
@@ -766,6 +847,7 @@ async fn task_page(
         dag_id,
         run_id,
         task_id,
+        map_index,
         state: ti.state.as_str().to_owned(),
         fields,
         tries,
@@ -787,7 +869,7 @@ async fn log_target(
     task_id: &str,
     q: &TryQuery,
 ) -> Result<(TiKey, flow_store::TiRow, i64), HttpError> {
-    let key = TiKey::new(dag_id, run_id, task_id, -1);
+    let key = TiKey::new(dag_id, run_id, task_id, q.map_index.unwrap_or(-1));
     let ti = state
         .store()
         .ti_get(&key)
@@ -1212,6 +1294,8 @@ async fn trigger(
 struct MarkForm {
     csrf_token: String,
     state: String,
+    /// One instance of a mapped task.
+    map_index: Option<i64>,
 }
 
 async fn mark_run(
@@ -1269,7 +1353,13 @@ async fn mark_task(
             )));
         }
     };
-    let key = TiKey::new(dag_id.as_str(), run_id.as_str(), task_id.as_str(), -1);
+    let map_index = form.map_index.unwrap_or(-1);
+    let key = TiKey::new(
+        dag_id.as_str(),
+        run_id.as_str(),
+        task_id.as_str(),
+        map_index,
+    );
     state.store().ti_mark(&[key], to, Utc::now()).await?;
     audit(
         &state,
@@ -1281,8 +1371,13 @@ async fn mark_task(
         None,
     )
     .await;
+    let index = if map_index >= 0 {
+        format!("?map_index={map_index}")
+    } else {
+        String::new()
+    };
     Ok(Redirect::to(&format!(
-        "/dags/{}/runs/{}/tasks/{}",
+        "/dags/{}/runs/{}/tasks/{}{index}",
         url_encode(&dag_id),
         url_encode(&run_id),
         url_encode(&task_id)

@@ -146,8 +146,41 @@ pub struct GridRow {
     pub task_id: String,
     pub task_id_url: String,
     pub depth: usize,
-    /// One cell per run in `GridRun` order: the state (`none` when no task instance).
-    pub cells: Vec<String>,
+    /// One cell per run in `GridRun` order.
+    pub cells: Vec<GridCell>,
+}
+
+/// A task in a run: its state (`none` when no task instance); for a mapped task, the state
+/// that stands for its instances, their number, and the number in each state.
+pub struct GridCell {
+    pub state: String,
+    /// Instances of a mapped task (0: not mapped).
+    pub mapped: usize,
+    /// `3 success · 1 failed`.
+    pub counts: String,
+}
+
+/// The instances of a mapped task in one run.
+#[derive(Template)]
+#[template(path = "mapped.html")]
+pub struct MappedPage {
+    pub chrome: Chrome,
+    pub dag_id: String,
+    pub dag_id_url: String,
+    pub run_id: String,
+    pub run_id_url: String,
+    pub task_id: String,
+    pub task_id_url: String,
+    pub instances: Vec<MappedInstance>,
+}
+
+pub struct MappedInstance {
+    pub map_index: i64,
+    pub label: String,
+    pub state: String,
+    pub try_number: i64,
+    pub started: String,
+    pub duration: String,
 }
 
 #[derive(Template)]
@@ -211,6 +244,8 @@ pub struct TaskPage {
     pub run_id_url: String,
     pub task_id: String,
     pub task_id_url: String,
+    /// -1 for an unmapped task.
+    pub map_index: i64,
     pub state: String,
     pub fields: Vec<(String, String)>,
     pub tries: Vec<i64>,

@@ -1294,11 +1294,13 @@ fn fill_path(path: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').unwrap() + start;
         let name = &rest[start + 1..end];
-        out.push_str(if name.contains("number") || name.ends_with("error_id") {
-            "1"
-        } else {
-            "x"
-        });
+        out.push_str(
+            if name.contains("number") || name.ends_with("error_id") || name == "map_index" {
+                "1"
+            } else {
+                "x"
+            },
+        );
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -1347,6 +1349,14 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("patch", format!("{ti}/{{task_id}}")),
             ("get", format!("{ti}/{{task_id}}/tries")),
             ("get", format!("{ti}/{{task_id}}/tries/{{task_try_number}}")),
+            ("get", format!("{ti}/{{task_id}}/{{map_index}}")),
+            ("patch", format!("{ti}/{{task_id}}/{{map_index}}")),
+            ("get", format!("{ti}/{{task_id}}/listMapped")),
+            ("get", format!("{ti}/{{task_id}}/{{map_index}}/tries")),
+            (
+                "get",
+                format!("{ti}/{{task_id}}/{{map_index}}/tries/{{task_try_number}}"),
+            ),
             ("post", "/api/v2/dags/{dag_id}/clearTaskInstances".into()),
             ("get", format!("{ti}/{{task_id}}/logs/{{try_number}}")),
             ("get", format!("{ti}/{{task_id}}/xcomEntries")),
@@ -1818,6 +1828,220 @@ async fn api_connections_mask_secrets_and_keep_them_encrypted() {
         assert_eq!(s, StatusCode::NO_CONTENT);
         let (s, _, _) = send("DELETE", "/api/v2/connections/kafka_prod", admin, None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// Mapped task instances over the API, in Airflow 3's shapes: one entry per map index in the
+/// list, `{task_id}/{map_index}` routes, `listMapped`, Airflow's 404s, marking and clearing one
+/// map index, the rendered label.
+#[tokio::test]
+async fn api_mapped_task_instances() {
+    for db in databases().await {
+        let site = site(&db).await;
+        std::fs::write(
+            site._dir.join("mapped.yaml"),
+            "fanned:\n  tasks:\n    m: {operator: bash, map_index_template: \"{{ ti.map_index }}\", expand: {bash_command: [\"echo a\", \"echo b\", \"echo c\"]}}\n    after: {operator: empty, dependencies: [m]}\n",
+        )
+        .unwrap();
+        site.processor
+            .lock()
+            .await
+            .run_once(Utc::now())
+            .await
+            .unwrap();
+        let admin = token_for(&site, "ada").await;
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/fanned/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "r1", "logical_date": null}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let (data, _) = site
+            .store
+            .serialized_dag_get("fanned")
+            .await
+            .unwrap()
+            .unwrap();
+        let dag = flow_dag::Dag::from_json(&data).unwrap();
+        let template = flow_store::new_task_instances(&dag)
+            .into_iter()
+            .find(|t| t.task_id == "m")
+            .unwrap();
+        let ready = site
+            .store
+            .ti_expand("fanned", "r1", &template, 3, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(ready, [0, 1, 2]);
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET rendered_map_index = 'second' WHERE map_index = 1",
+            )
+            .await
+            .unwrap();
+        let base = "/api/v2/dags/fanned/dagRuns/r1/taskInstances";
+
+        let (s, _, j) = api(&site, "GET", base, Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let listed: Vec<(String, i64)> = j["task_instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["task_id"].as_str().unwrap().to_owned(),
+                    t["map_index"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("after".to_owned(), -1),
+                ("m".to_owned(), 0),
+                ("m".to_owned(), 1),
+                ("m".to_owned(), 2)
+            ]
+        );
+
+        let (s, _, j) = api(&site, "GET", &format!("{base}/m"), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(
+            j["detail"],
+            "Task instance is mapped, add the map_index value to the URL"
+        );
+        let (s, _, j) = api(&site, "GET", &format!("{base}/m/1"), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["map_index"], 1);
+        assert_eq!(j["rendered_map_index"], "second");
+        let (s, _, j) = api(&site, "GET", &format!("{base}/m/7"), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(
+            j["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("The Mapped Task Instance with dag_id: `fanned`"),
+            "{j}"
+        );
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            &format!("{base}/m/listMapped?order_by=-map_index&limit=2"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 3);
+        assert_eq!(j["task_instances"][0]["map_index"], 2);
+        assert_eq!(j["task_instances"][1]["map_index"], 1);
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            &format!("{base}/after/listMapped"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(j["detail"], "Task id after is not mapped");
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            &format!("{base}/m/2/tries"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+
+        // Marking one map index changes that one alone; again is a 409.
+        let failed = Some(("application/json", r#"{"new_state": "failed"}"#));
+        let (s, _, j) = api(&site, "PATCH", &format!("{base}/m/1"), Some(&admin), failed).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 1);
+        assert_eq!(j["task_instances"][0]["map_index"], 1);
+        assert_eq!(j["task_instances"][0]["state"], "failed");
+        let (s, _, j) = api(&site, "PATCH", &format!("{base}/m/1"), Some(&admin), failed).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{j}");
+        let states = |rows: Vec<flow_store::TiRow>| -> Vec<String> {
+            rows.into_iter()
+                .filter(|t| t.key.task_id == "m")
+                .map(|t| t.state.to_string())
+                .collect()
+        };
+        assert_eq!(
+            states(site.store.ti_list_for_run("fanned", "r1").await.unwrap()),
+            ["none", "failed", "none"]
+        );
+        // Clearing `[task_id, map_index]` clears that instance alone.
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/fanned/clearTaskInstances",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dry_run": false, "only_failed": false, "dag_run_id": "r1", "task_ids": [["m", 1]]}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 1, "{j}");
+        assert_eq!(
+            states(site.store.ti_list_for_run("fanned", "r1").await.unwrap()),
+            ["none", "none", "none"]
+        );
+
+        // The web UI: the grid shows the mapped task as one cell with its count, the task
+        // page lists the instances, each has its own page and can be marked alone. (The
+        // clear forgot m[1]'s label; a try would set it again.)
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET rendered_map_index = 'second' WHERE map_index = 1",
+            )
+            .await
+            .unwrap();
+        let mut b = Browser::new(&site);
+        b.login("ada", "correct horse", "/").await;
+        let grid = b.get("/dags/fanned").await;
+        assert_eq!(grid.status, StatusCode::OK);
+        assert!(grid.body.contains(r#"data-mapped="3""#), "{}", grid.body);
+        assert!(grid.body.contains("3 none"), "{}", grid.body);
+        let list = b.get("/dags/fanned/runs/r1/tasks/m").await;
+        assert_eq!(list.status, StatusCode::OK);
+        assert!(list.body.contains("mapped: 3 instance(s)"), "{}", list.body);
+        assert!(list.body.contains("tasks/m?map_index=2"), "{}", list.body);
+        assert!(list.body.contains("<td>second</td>"), "{}", list.body);
+        let one = b.get("/dags/fanned/runs/r1/tasks/m?map_index=1").await;
+        assert_eq!(one.status, StatusCode::OK);
+        assert!(one.body.contains("m[1]"), "{}", one.body);
+        let p = b
+            .post(
+                "/dags/fanned/runs/r1/tasks/m/mark",
+                &[
+                    ("csrf_token", &one.csrf()),
+                    ("state", "success"),
+                    ("map_index", "2"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            p.location.as_deref(),
+            Some("/dags/fanned/runs/r1/tasks/m?map_index=2")
+        );
+        assert_eq!(
+            states(site.store.ti_list_for_run("fanned", "r1").await.unwrap()),
+            ["none", "none", "success"]
+        );
         db.drop_db().await.unwrap();
     }
 }

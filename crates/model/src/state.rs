@@ -55,6 +55,30 @@ impl TaskInstanceState {
         !self.is_finished()
     }
 
+    /// The one state that stands for several task instances (a mapped task's, in the grid),
+    /// by Airflow's priority: trouble first (failed, upstream_failed, retries), then work in
+    /// progress, then no state, then the calm endings. `None` for no instances.
+    pub fn summary(states: impl IntoIterator<Item = Self>) -> Option<Self> {
+        const PRIORITY: [TaskInstanceState; 14] = [
+            TaskInstanceState::Failed,
+            TaskInstanceState::UpstreamFailed,
+            TaskInstanceState::UpForRetry,
+            TaskInstanceState::UpForReschedule,
+            TaskInstanceState::Queued,
+            TaskInstanceState::Scheduled,
+            TaskInstanceState::Deferred,
+            TaskInstanceState::Running,
+            TaskInstanceState::Restarting,
+            TaskInstanceState::Shutdown,
+            TaskInstanceState::NoStatus,
+            TaskInstanceState::Success,
+            TaskInstanceState::Skipped,
+            TaskInstanceState::Removed,
+        ];
+        let present: Vec<Self> = states.into_iter().collect();
+        PRIORITY.into_iter().find(|s| present.contains(s))
+    }
+
     /// The CSS colour name Airflow's UI shows for this state (Airflow's `State.state_color`).
     pub const fn color(self) -> &'static str {
         match self {
@@ -190,6 +214,32 @@ mod tests {
                 serde_json::from_str::<TaskInstanceState>(&json).unwrap(),
                 state
             );
+        }
+    }
+
+    #[test]
+    fn summary_puts_trouble_first() {
+        use TaskInstanceState::*;
+        assert_eq!(
+            TaskInstanceState::summary([Success, Failed, Running]),
+            Some(Failed)
+        );
+        assert_eq!(
+            TaskInstanceState::summary([Success, Running]),
+            Some(Running)
+        );
+        assert_eq!(
+            TaskInstanceState::summary([Success, NoStatus]),
+            Some(NoStatus)
+        );
+        assert_eq!(
+            TaskInstanceState::summary([Success, Skipped]),
+            Some(Success)
+        );
+        assert_eq!(TaskInstanceState::summary([]), None);
+        // Every state has a place.
+        for s in TaskInstanceState::ALL {
+            assert_eq!(TaskInstanceState::summary([s]), Some(s));
         }
     }
 

@@ -45,8 +45,8 @@ pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, Trig
 pub use events::{EventCursor, EventTable, LifecycleEvent};
 pub use logs::{LogLine, LogRead};
 pub use task_instances::{
-    ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, PoolUsage, StateChange, TiFinish, TiKey,
-    TiQuery, TiRow, TiTryRow,
+    ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, PoolUsage, StateChange, TaskStates,
+    TiFinish, TiKey, TiQuery, TiRow, TiTryRow,
 };
 pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,

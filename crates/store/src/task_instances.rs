@@ -223,19 +223,55 @@ fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
     })
 }
 
-/// Rows of `(run_id, "task:state,task:state,...")` into `run_id -> task_id -> state`.
-fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, S>>> {
-    let mut out = HashMap::new();
+/// The instances of one task in one run, as the grid and the graph show them: one state for
+/// an unmapped task, one per map index for a mapped one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskStates {
+    pub mapped: bool,
+    pub states: Vec<S>,
+}
+
+impl TaskStates {
+    /// The state that stands for all of them (see [`S::summary`]).
+    pub fn summary(&self) -> S {
+        S::summary(self.states.iter().copied()).unwrap_or(S::NoStatus)
+    }
+
+    /// How many instances are in each state, most frequent first.
+    pub fn counts(&self) -> Vec<(S, usize)> {
+        let mut counts: Vec<(S, usize)> = Vec::new();
+        for s in &self.states {
+            match counts.iter_mut().find(|(c, _)| c == s) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*s, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
+        counts
+    }
+}
+
+/// `task:state:m` (mapped instance) or `task:state:-`, packed by the database.
+const PACKED_STATE: &str =
+    "task_id || ':' || state || ':' || CASE WHEN map_index >= 0 THEN 'm' ELSE '-' END";
+
+/// Rows of `(run_id, "task:state:m,...")` into `run_id -> task_id -> states`.
+fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, TaskStates>>> {
+    let mut out: HashMap<String, HashMap<String, TaskStates>> = HashMap::new();
     for row in rows {
         let run_id: String = row.try_get("run_id")?;
         let packed: Option<String> = row.try_get("states")?;
-        let states = packed
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|pair| pair.split_once(':'))
-            .map(|(t, s)| Ok((t.to_owned(), parse_state(s)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        out.insert(run_id, states);
+        let tasks = out.entry(run_id).or_default();
+        for item in packed.unwrap_or_default().split(',') {
+            let mut parts = item.splitn(3, ':');
+            let (Some(task), Some(state), Some(kind)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let entry = tasks.entry(task.to_owned()).or_default();
+            entry.mapped |= kind == "m";
+            entry.states.push(parse_state(state)?);
+        }
     }
     Ok(out)
 }
@@ -499,27 +535,27 @@ impl Store {
         row.as_ref().map(ti_row).transpose()
     }
 
-    /// `run_id -> task_id -> state` for some runs of a DAG (unmapped task instances), for
-    /// the grid. One row per run comes back, the states packed by the database, so a grid of
-    /// 100 runs x 200 tasks is one small result rather than 20,000 rows.
+    /// `run_id -> task_id -> states` for some runs of a DAG, for the grid and the graph (every
+    /// instance of a mapped task). One row per run comes back, the states packed by the
+    /// database, so a grid of 100 runs x 200 tasks is one small result rather than 20,000 rows.
     pub async fn ti_states_for_runs(
         &self,
         dag_id: &str,
         run_ids: &[String],
-    ) -> Result<HashMap<String, HashMap<String, S>>> {
+    ) -> Result<HashMap<String, HashMap<String, TaskStates>>> {
         let mut out = HashMap::new();
         if run_ids.is_empty() {
             return Ok(out);
         }
         // Task ids and states cannot contain ':' or ',' (ids are [A-Za-z0-9_.-]).
         let packed = match self.backend() {
-            Backend::Postgres => "string_agg(task_id || ':' || state, ',')",
-            Backend::Sqlite => "group_concat(task_id || ':' || state, ',')",
+            Backend::Postgres => format!("string_agg({PACKED_STATE}, ',')"),
+            Backend::Sqlite => format!("group_concat({PACKED_STATE}, ',')"),
         };
         for chunk in run_ids.chunks(500) {
             let sql = format!(
                 "SELECT run_id, {packed} AS states FROM task_instance \
-                 WHERE dag_id = $1 AND map_index = -1 AND run_id IN ({}) GROUP BY run_id",
+                 WHERE dag_id = $1 AND run_id IN ({}) GROUP BY run_id",
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(dag_id);
@@ -537,14 +573,14 @@ impl Store {
         &self,
         dag_id: &str,
         n: i64,
-    ) -> Result<HashMap<String, HashMap<String, S>>> {
+    ) -> Result<HashMap<String, HashMap<String, TaskStates>>> {
         let packed = match self.backend() {
-            Backend::Postgres => "string_agg(task_id || ':' || state, ',')",
-            Backend::Sqlite => "group_concat(task_id || ':' || state, ',')",
+            Backend::Postgres => format!("string_agg({PACKED_STATE}, ',')"),
+            Backend::Sqlite => format!("group_concat({PACKED_STATE}, ',')"),
         };
         let sql = format!(
             "SELECT run_id, {packed} AS states FROM task_instance \
-             WHERE dag_id = $1 AND map_index = -1 AND run_id IN ( \
+             WHERE dag_id = $1 AND run_id IN ( \
                SELECT run_id FROM dag_run WHERE dag_id = $1 \
                ORDER BY run_after DESC, id DESC LIMIT $2) \
              GROUP BY run_id"

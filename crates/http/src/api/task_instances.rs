@@ -25,8 +25,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(get_one, patch_one))
+        .routes(routes!(get_mapped, patch_mapped))
+        .routes(routes!(list_mapped))
         .routes(routes!(tries))
         .routes(routes!(try_one))
+        .routes(routes!(mapped_tries))
+        .routes(routes!(mapped_try_one))
         .routes(routes!(logs))
         .routes(routes!(xcom_list))
         .routes(routes!(xcom_get))
@@ -82,11 +86,11 @@ async fn logs(
             "Only application/json, application/x-ndjson or text/plain is supported",
         ));
     }
-    let (ti, _) = find(&state, &dag_id, &run_id, &task_id).await?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let (ti, _) = find(&state, &dag_id, &run_id, &task_id, map_index_query(&pairs)?).await?;
     if try_number > ti.try_number.max(1) {
         return Err(ApiError::not_found("TaskInstance not found"));
     }
-    let pairs = query_pairs(raw.as_deref())?;
     let after = match pairs.iter().find(|(k, _)| k == "token") {
         Some((_, t)) => t.parse::<i64>().map_err(|_| {
             ApiError::bad_request("Bad Signature. Please use only the tokens provided by the API.")
@@ -231,12 +235,7 @@ async fn xcom_get(
     user.require(Permission::Read)?;
     let run = run_of(&state, &dag_id, &run_id).await?;
     let pairs = query_pairs(raw.as_deref())?;
-    let map_index = match pairs.iter().find(|(k, _)| k == "map_index") {
-        None => -1,
-        Some((_, v)) => v.parse::<i64>().map_err(|_| {
-            ApiError::invalid(&["query", "map_index"], "Input should be a valid integer")
-        })?,
-    };
+    let map_index = map_index_query(&pairs)?;
     let stringify = pairs.iter().any(|(k, v)| k == "stringify" && v == "true");
     let x = state
         .store()
@@ -361,34 +360,53 @@ async fn clear(
             })
             .collect(),
     };
-    let wanted: Vec<String> = match &body.task_ids {
-        None => dag.tasks.iter().map(|t| t.task_id.to_string()).collect(),
+    let bad = || {
+        ApiError::invalid(
+            &["body", "task_ids"],
+            "expected a task id or [task_id, map_index]",
+        )
+    };
+    // Task ids, each with the map index asked for (`[task_id, map_index]`), if any.
+    let wanted: Vec<(String, Option<i64>)> = match &body.task_ids {
+        None => dag
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.to_string(), None))
+            .collect(),
         Some(ids) => ids
             .iter()
             .map(|v| match v {
-                Value::String(s) => Ok(s.clone()),
-                Value::Array(pair) => pair
-                    .first()
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            &["body", "task_ids"],
-                            "expected a task id or [task_id, map_index]",
-                        )
-                    }),
-                _ => Err(ApiError::invalid(
-                    &["body", "task_ids"],
-                    "expected a task id or [task_id, map_index]",
-                )),
+                Value::String(s) => Ok((s.clone(), None)),
+                Value::Array(pair) => match pair.as_slice() {
+                    [Value::String(t), Value::Number(i)] => {
+                        Ok((t.clone(), Some(i.as_i64().ok_or_else(bad)?)))
+                    }
+                    [Value::String(t)] => Ok((t.clone(), None)),
+                    _ => Err(bad()),
+                },
+                _ => Err(bad()),
             })
             .collect::<ApiResult<_>>()?,
     };
-    let selected = dag.with_relatives(wanted, body.include_downstream, body.include_upstream);
+    let selected = dag.with_relatives(
+        wanted.iter().map(|(t, _)| t.clone()),
+        body.include_downstream,
+        body.include_upstream,
+    );
+    // A task named with map indexes keeps only those; its relatives keep every instance.
+    let index_ok = |t: &TiRow| {
+        let asked: Vec<Option<i64>> = wanted
+            .iter()
+            .filter(|(id, _)| *id == t.key.task_id)
+            .map(|(_, i)| *i)
+            .collect();
+        asked.is_empty() || asked.iter().any(|i| i.is_none_or(|i| i == t.key.map_index))
+    };
     let mut chosen: Vec<(TiRow, DagRunRow)> = Vec::new();
     for run in &runs {
         for t in state.store().ti_list_for_run(&dag_id, &run.run_id).await? {
             let keep = selected.contains(&t.key.task_id)
+                && index_ok(&t)
                 && !matches!(
                     t.state,
                     TaskInstanceState::NoStatus | TaskInstanceState::Removed
@@ -480,7 +498,7 @@ pub(super) fn ti_response(t: &TiRow, run: &DagRunRow) -> TaskInstanceResponse {
         logical_date: time(run.logical_date),
         run_after: time(Some(run.run_after)),
         note: None,
-        rendered_map_index: None,
+        rendered_map_index: t.rendered_map_index.clone(),
         rendered_fields: Value::Object(serde_json::Map::new()),
         trigger: None,
         triggerer_job: None,
@@ -537,19 +555,7 @@ async fn list(
     let pairs = query_pairs(raw.as_deref())?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (limit, offset) = super::paging(&pairs)?;
-    let mut states: Vec<TaskInstanceState> = Vec::new();
-    for (_, v) in pairs.iter().filter(|(k, _)| k == "state") {
-        let s = match v.as_str() {
-            "none" | "no_status" => TaskInstanceState::NoStatus,
-            other => TaskInstanceState::parse(other).map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("Invalid value for state: `{other}`"),
-                )
-            })?,
-        };
-        states.push(s);
-    }
+    let states = parse_states(&pairs)?;
     let task_filter = get("task_id");
     if run_id != "~" {
         // One run: filtered, ordered and paged by the database.
@@ -644,20 +650,56 @@ async fn list(
     }))
 }
 
+/// The `map_index` query parameter (-1, an unmapped task instance, when absent).
+fn map_index_query(pairs: &[(String, String)]) -> ApiResult<i64> {
+    match pairs.iter().find(|(k, _)| k == "map_index") {
+        None => Ok(-1),
+        Some((_, v)) => v.parse::<i64>().map_err(|_| {
+            ApiError::invalid(&["query", "map_index"], "Input should be a valid integer")
+        }),
+    }
+}
+
+/// A task instance and its run, or Airflow's 404s: for a mapped task asked without a map
+/// index, "add the map_index value to the URL"; for a map index it does not have, "The
+/// Mapped Task Instance ... was not found".
 async fn find(
     state: &AppState,
     dag_id: &str,
     run_id: &str,
     task_id: &str,
+    map_index: i64,
 ) -> ApiResult<(TiRow, DagRunRow)> {
     let run = run_of(state, dag_id, run_id).await?;
-    let key = TiKey::new(dag_id, run_id, task_id, -1);
-    let ti = state.store().ti_get(&key).await?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}` and map_index: `-1` was not found"
-        ))
-    })?;
-    Ok((ti, run))
+    let key = TiKey::new(dag_id, run_id, task_id, map_index);
+    if let Some(ti) = state.store().ti_get(&key).await? {
+        return Ok((ti, run));
+    }
+    if map_index >= 0 {
+        return Err(ApiError::not_found(format!(
+            "The Mapped Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}`, and map_index: `{map_index}` was not found"
+        )));
+    }
+    let mapped = state
+        .store()
+        .ti_list_for_run(dag_id, run_id)
+        .await?
+        .iter()
+        .any(|t| t.key.task_id == task_id && t.key.map_index >= 0);
+    if mapped {
+        return Err(ApiError::not_found(
+            "Task instance is mapped, add the map_index value to the URL",
+        ));
+    }
+    Err(ApiError::not_found(format!(
+        "The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}` and map_index: `-1` was not found"
+    )))
+}
+
+/// A map index from the path.
+fn path_map_index(text: &str) -> ApiResult<i64> {
+    text.parse::<i64>()
+        .map_err(|_| ApiError::invalid(&["path", "map_index"], "Input should be a valid integer"))
 }
 
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", tag = "Task Instance", summary = "Get a task instance",
@@ -670,8 +712,99 @@ async fn get_one(
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
 ) -> ApiResult<Json<TaskInstanceResponse>> {
     user.require(Permission::Read)?;
-    let (ti, run) = find(&state, &dag_id, &run_id, &task_id).await?;
+    let (ti, run) = find(&state, &dag_id, &run_id, &task_id, -1).await?;
     Ok(Json(ti_response(&ti, &run)))
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}", tag = "Task Instance", summary = "Get one instance of a mapped task",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path), ("map_index" = i64, Path)),
+    responses((status = 200, body = TaskInstanceResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn get_mapped(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, map_index)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<TaskInstanceResponse>> {
+    user.require(Permission::Read)?;
+    let map_index = path_map_index(&map_index)?;
+    let (ti, run) = find(&state, &dag_id, &run_id, &task_id, map_index).await?;
+    Ok(Json(ti_response(&ti, &run)))
+}
+
+/// `GET .../taskInstances/{task_id}/listMapped`: the instances of a mapped task, by map index.
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/listMapped", tag = "Task Instance",
+    summary = "List the instances of a mapped task",
+    params(
+        ("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("state" = Option<Vec<String>>, Query, explode = true),
+        ("order_by" = Option<String>, Query, description = "map_index, start_date, end_date, state, try_number or duration; `-` for descending"),
+    ),
+    responses((status = 200, body = TaskInstanceCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn list_mapped(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    user.require(Permission::Read)?;
+    let run = run_of(&state, &dag_id, &run_id).await?;
+    let (dag, _) = super::load_dag(&state, &dag_id)
+        .await?
+        .ok_or_else(|| super::dag_not_found(&dag_id))?;
+    if !dag.task(&task_id).is_some_and(flow_dag::Task::is_mapped) {
+        return Err(ApiError::not_found(format!(
+            "Task id {task_id} is not mapped"
+        )));
+    }
+    let pairs = query_pairs(raw.as_deref())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (limit, offset) = super::paging(&pairs)?;
+    let states = parse_states(&pairs)?;
+    let order = get("order_by").unwrap_or("map_index");
+    let (desc, column) = order
+        .strip_prefix('-')
+        .map_or((false, order), |k| (true, k));
+    if !flow_store::TiQuery::ORDER_COLUMNS.contains(&column) {
+        return Err(ApiError::bad_request(format!(
+            "Ordering with '{column}' is disallowed or the attribute does not exist on the model"
+        )));
+    }
+    let (rows, total) = state
+        .store()
+        .ti_query(&flow_store::TiQuery {
+            dag_id: dag_id.clone(),
+            run_id: run_id.clone(),
+            states,
+            task_id: Some(task_id.clone()),
+            order_by: Some((column.to_owned(), desc)),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+        })
+        .await?;
+    Ok(Json(TaskInstanceCollection {
+        total_entries: usize::try_from(total).unwrap_or(0),
+        task_instances: rows.iter().map(|t| ti_response(t, &run)).collect(),
+    }))
+}
+
+/// `state` query values (`none` or `no_status` for no state), or 422 naming a bad one.
+fn parse_states(pairs: &[(String, String)]) -> ApiResult<Vec<TaskInstanceState>> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "state")
+        .map(|(_, v)| match v.as_str() {
+            "none" | "no_status" => Ok(TaskInstanceState::NoStatus),
+            other => TaskInstanceState::parse(other).map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("Invalid value for state: `{other}`"),
+                )
+            }),
+        })
+        .collect()
 }
 
 fn try_response(t: &TiTryRow, ti: &TiRow) -> TaskInstanceHistory {
@@ -712,8 +845,9 @@ async fn all_tries(
     dag_id: &str,
     run_id: &str,
     task_id: &str,
+    map_index: i64,
 ) -> ApiResult<Vec<TaskInstanceHistory>> {
-    let (ti, _) = find(state, dag_id, run_id, task_id).await?;
+    let (ti, _) = find(state, dag_id, run_id, task_id, map_index).await?;
     // The history is ordered by try; the current try is the last one.
     let live = ti.try_number > 0 && ti.state != TaskInstanceState::UpForRetry;
     let mut tries = state.store().ti_tries(&ti.key).await?;
@@ -734,13 +868,57 @@ async fn tries(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<TaskInstanceHistoryCollection>> {
     user.require(Permission::Read)?;
-    let items = all_tries(&state, &dag_id, &run_id, &task_id).await?;
+    let map_index = map_index_query(&query_pairs(raw.as_deref())?)?;
+    let items = all_tries(&state, &dag_id, &run_id, &task_id, map_index).await?;
     Ok(Json(TaskInstanceHistoryCollection {
         total_entries: items.len(),
         task_instances: items,
     }))
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}/tries", tag = "Task Instance",
+    summary = "Every try of one instance of a mapped task",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("map_index" = i64, Path)),
+    responses((status = 200, body = TaskInstanceHistoryCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn mapped_tries(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, map_index)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<TaskInstanceHistoryCollection>> {
+    user.require(Permission::Read)?;
+    let map_index = path_map_index(&map_index)?;
+    let items = all_tries(&state, &dag_id, &run_id, &task_id, map_index).await?;
+    Ok(Json(TaskInstanceHistoryCollection {
+        total_entries: items.len(),
+        task_instances: items,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}/tries/{task_try_number}", tag = "Task Instance",
+    summary = "One try of one instance of a mapped task",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path),
+        ("map_index" = i64, Path), ("task_try_number" = i64, Path)),
+    responses((status = 200, body = TaskInstanceHistory)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn mapped_try_one(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, map_index, try_number)): Path<(
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>,
+) -> ApiResult<Json<TaskInstanceHistory>> {
+    user.require(Permission::Read)?;
+    let map_index = path_map_index(&map_index)?;
+    one_try(&state, &dag_id, &run_id, &task_id, map_index, &try_number).await
 }
 
 #[utoipa::path(get, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/tries/{task_try_number}", tag = "Task Instance",
@@ -753,22 +931,35 @@ async fn try_one(
     State(state): State<AppState>,
     user: ApiUser,
     Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<TaskInstanceHistory>> {
     user.require(Permission::Read)?;
+    let map_index = map_index_query(&query_pairs(raw.as_deref())?)?;
+    one_try(&state, &dag_id, &run_id, &task_id, map_index, &try_number).await
+}
+
+async fn one_try(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i64,
+    try_number: &str,
+) -> ApiResult<Json<TaskInstanceHistory>> {
     let n: i64 = try_number.parse().map_err(|_| {
         ApiError::invalid(
             &["path", "task_try_number"],
             "Input should be a valid integer",
         )
     })?;
-    all_tries(&state, &dag_id, &run_id, &task_id)
+    all_tries(state, dag_id, run_id, task_id, map_index)
         .await?
         .into_iter()
         .find(|t| t.try_number == n)
         .map(Json)
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}`, try_number: `{n}` and map_index: `-1` was not found"
+                "The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: `{task_id}`, try_number: `{n}` and map_index: `{map_index}` was not found"
             ))
         })
 }
@@ -810,7 +1001,62 @@ async fn patch_one(
 ) -> ApiResult<Json<TaskInstanceCollection>> {
     user.require(Permission::EditDags)?;
     let body = read_body(body)?;
-    let (ti, run) = find(&state, &dag_id, &run_id, &task_id).await?;
+    patch(&state, &user, &dag_id, &run_id, &task_id, None, body).await
+}
+
+/// `PATCH .../taskInstances/{task_id}/{map_index}`: mark one instance of a mapped task.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}", tag = "Task Instance",
+    summary = "Mark one instance of a mapped task (and optionally its relatives) success, failed or skipped",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path), ("map_index" = i64, Path)),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The task instances changed", body = TaskInstanceCollection),
+        (status = 409, description = "Already in that state", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn patch_mapped(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, map_index)): Path<(String, String, String, String)>,
+    body: Body<PatchBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    let map_index = path_map_index(&map_index)?;
+    patch(
+        &state,
+        &user,
+        &dag_id,
+        &run_id,
+        &task_id,
+        Some(map_index),
+        body,
+    )
+    .await
+}
+
+/// Marks the task instance (one map index, or every instance of the task when none is
+/// given, as Airflow does) and its chosen relatives (every instance of theirs).
+async fn patch(
+    state: &AppState,
+    user: &ApiUser,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: Option<i64>,
+    body: PatchBody,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    let (dag_id, run_id) = (dag_id.to_owned(), run_id.to_owned());
+    let run = run_of(state, &dag_id, &run_id).await?;
+    let instances = state.store().ti_list_for_run(&dag_id, &run_id).await?;
+    let mine: Vec<&TiRow> = instances
+        .iter()
+        .filter(|t| t.key.task_id == task_id && map_index.is_none_or(|i| t.key.map_index == i))
+        .collect();
+    let Some(ti) = mine.first().copied() else {
+        find(state, &dag_id, &run_id, task_id, map_index.unwrap_or(-1)).await?;
+        return Err(ApiError::not_found("TaskInstance not found"));
+    };
     if body.note.is_some() || body.include_future || body.include_past {
         return Err(ApiError::bad_request(
             "notes and include_future/include_past are not supported yet",
@@ -832,7 +1078,7 @@ async fn patch_one(
             ));
         }
     };
-    let (dag, _) = super::load_dag(&state, &dag_id)
+    let (dag, _) = super::load_dag(state, &dag_id)
         .await?
         .ok_or_else(|| super::dag_not_found(&dag_id))?;
     let selected = dag.with_relatives(
@@ -840,9 +1086,11 @@ async fn patch_one(
         body.include_downstream,
         body.include_upstream,
     );
-    let keys: Vec<TiKey> = selected
+    let keys: Vec<TiKey> = instances
         .iter()
-        .map(|t| TiKey::new(dag_id.as_str(), run_id.as_str(), t.as_str(), -1))
+        .filter(|t| selected.contains(&t.key.task_id))
+        .filter(|t| t.key.task_id != task_id || map_index.is_none_or(|i| t.key.map_index == i))
+        .map(|t| t.key.clone())
         .collect();
     let marked = state.store().ti_mark(&keys, to, Utc::now()).await?;
     if marked.is_empty() {
@@ -852,7 +1100,7 @@ async fn patch_one(
         ));
     }
     let event = format!("mark {}", to.as_str());
-    super::audit(&state, &user, &event, Some(&dag_id), Some(&run_id)).await;
+    super::audit(state, user, &event, Some(&dag_id), Some(&run_id)).await;
     let mut out = Vec::new();
     for key in &marked {
         if let Some(t) = state.store().ti_get(key).await? {

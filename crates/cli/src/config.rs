@@ -77,15 +77,69 @@ pub fn database_url() -> Result<String> {
         return Ok(url);
     }
     let home = flow_home();
-    std::fs::create_dir_all(&home)
-        .with_context(|| format!("creating FLOW_HOME {}", home.display()))?;
+    create_private_dir(&home)?;
     Ok(home.join("flow.db").display().to_string())
+}
+
+/// Creates `dir` (and its parents) if missing, the folder itself readable by its owner only
+/// (0700): `$FLOW_HOME` holds the database, the secret key and the Fernet key.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Makes a SQLite database file, and its WAL and shared-memory files, readable by their owner
+/// only (0600), creating the database file that way if it is missing: SQLite creates its WAL
+/// files with the database file's mode, and the default umask would leave all of them
+/// readable by everyone on the machine.
+pub fn make_sqlite_private(url: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if url.contains("://") && !url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = Path::new(path.split('?').next().unwrap_or(path));
+    if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => std::fs::File::open(path),
+                _ => Err(e),
+            })
+            .with_context(|| format!("creating {}", path.display()))?;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `contents` to a new file readable by its owner only.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

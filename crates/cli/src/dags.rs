@@ -112,8 +112,11 @@ fn load(path: &Path) -> Result<DagBag> {
             path.display()
         );
     }
-    load_dags(path, &LoadOptions::default())
-        .with_context(|| format!("reading dags folder `{}`", path.display()))
+    let options = LoadOptions {
+        allow_external_links: crate::ops::allow_external_dag_links()?,
+        ..LoadOptions::default()
+    };
+    load_dags(path, &options).with_context(|| format!("reading dags folder `{}`", path.display()))
 }
 
 /// Import errors go to stderr in every command, so a broken file is never silent.

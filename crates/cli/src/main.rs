@@ -11,6 +11,7 @@ mod bench_web;
 mod config;
 mod connections;
 mod dags;
+mod log_fields;
 mod ops;
 mod tasks;
 mod web;
@@ -247,6 +248,7 @@ fn init_tracing() {
         .unwrap_or_else(|| "info".to_owned());
     use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(log_fields::EscapedFields)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -36,6 +36,7 @@ pub enum DbCommand {
 
 pub async fn connect() -> Result<Store> {
     let url = config::database_url()?;
+    config::make_sqlite_private(&url)?;
     let store = Store::connect(&url)
         .await
         .with_context(|| format!("connecting to {}", flow_store::redact_url(&url)))?;
@@ -108,6 +109,12 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Whether DAG files may be symbolic links to files outside the dags folder (off: a link
+/// could show any file the daemon can read to everyone who reads DAG sources).
+pub fn allow_external_dag_links() -> Result<bool> {
+    config::env_bool("core", "allow_external_dag_links", false)
+}
+
 /// Airflow's `[core] max_map_length`: the most instances a mapped task may have.
 fn max_map_length() -> Result<usize> {
     let n = config::env_number(
@@ -141,6 +148,7 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
         .max(0),
         hostname: config::hostname(),
         max_map_length: max_map_length()?,
+        allow_external_dag_links: allow_external_dag_links()?,
         ..SchedulerConfig::default()
     })
 }
@@ -341,6 +349,7 @@ pub async fn dag_from_store(
     if store.serialized_dag_get(dag_id).await?.is_none() && dags_folder.exists() {
         let paused = config::env_bool("core", "dags_are_paused_at_creation", true)?;
         DagProcessor::new(store.clone(), dags_folder.to_path_buf(), paused)
+            .allow_external_links(allow_external_dag_links()?)
             .run_once(Utc::now())
             .await?;
     }

@@ -25,7 +25,11 @@ pub async fn test(
     date: Option<&str>,
     conf: Option<&str>,
 ) -> Result<ExitCode> {
-    let bag = flow_dag::load_dags(dags_folder, &LoadOptions::default())
+    let options = LoadOptions {
+        allow_external_links: ops::allow_external_dag_links()?,
+        ..LoadOptions::default()
+    };
+    let bag = flow_dag::load_dags(dags_folder, &options)
         .with_context(|| format!("reading {}", dags_folder.display()))?;
     let dag = bag.dag(dag_id).cloned().ok_or_else(|| {
         let broken = bag.error_count();

@@ -475,6 +475,36 @@ async fn bad_input_gets_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("JSON object"));
 
+    // Typed params are checked when the run is made (Airflow's message), and a manual run
+    // may not take a reserved run id.
+    env.write_dag(
+        "typed.yaml",
+        "typed:\n  params:\n    n: {__type__: airflow.sdk.Param, default: 1, type: integer}\n  tasks:\n    a: {operator: empty}\n",
+    );
+    let out = env.run(&["dags", "trigger", "typed", "--conf", r#"{"n": "1; id"}"#]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Invalid input for param n: '1; id' is not of type 'integer'"),
+        "{err}"
+    );
+    let out = env.run(&[
+        "dags",
+        "trigger",
+        "typed",
+        "--run-id",
+        "scheduled__2025-01-01T00:00:00+00:00",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reserved for scheduled runs"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&env.run(&["runs", "list", "typed"]).stdout)
+            .lines()
+            .count()
+            <= 1
+    );
+
     // Paused: the run is created and the command says why it will wait.
     assert!(env.run(&["dags", "pause", "ok_dag"]).status.success());
     let out = env.run(&["dags", "trigger", "ok_dag", "--run-id", "manual_1"]);
@@ -485,6 +515,104 @@ async fn bad_input_gets_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     drop(env);
     db.drop_db().await.unwrap();
+}
+
+/// A named pipe and a link to /etc/passwd dropped into the dags folder: the scheduler does
+/// not hang on the pipe (reading one blocks forever) and does not show the file behind the
+/// link; both are import errors naming the file, and the other DAGs run.
+#[tokio::test]
+async fn stray_files_in_the_dags_folder_never_stop_the_scheduler() {
+    let db = TestDb::sqlite().await.unwrap();
+    let url = db.url.clone();
+    db.store.close().await;
+    let mut env = Env::new(&url);
+    let fifo = env.dags.join("trap.yaml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink("/etc/passwd", env.dags.join("passwd.yaml")).unwrap();
+    env.write_dag(
+        "ok.yaml",
+        "ok_dag:\n  tasks:\n    a: {operator: bash, bash_command: echo fine}\n",
+    );
+    env.start();
+    let (ok, out) = env.trigger_wait("ok_dag", &[]);
+    assert!(ok, "{out}");
+    // The scheduler recorded both as import errors...
+    let listed = env.run(&["dags", "list"]);
+    let stored = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        stored.contains("2 file(s) have import errors")
+            && stored.contains("trap.yaml")
+            && stored.contains("passwd.yaml"),
+        "{stored}"
+    );
+    // ...saying why.
+    let validated = env.run(&["dags", "validate"]);
+    assert!(!validated.status.success());
+    let errors = String::from_utf8_lossy(&validated.stderr);
+    assert!(
+        errors.contains("trap.yaml:1:1: error: not a regular file (a named pipe)"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("passwd.yaml") && errors.contains("leads outside the dags folder"),
+        "{errors}"
+    );
+    assert!(!errors.contains("root:x:0:0"), "{errors}");
+    drop(env);
+    db.drop_db().await.unwrap();
+}
+
+/// `$FLOW_HOME` is the owner's alone: the folder 0700, the SQLite database and its WAL 0600,
+/// even where the database file already existed with the umask's mode.
+#[tokio::test]
+async fn flow_home_and_the_database_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = std::env::temp_dir().join(format!("flow-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let home = root.join("home");
+    let out = Command::new(flow_bin())
+        .env("FLOW_HOME", &home)
+        .env_remove("FLOW__DATABASE__URL")
+        .args(["db", "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("flow.db")), 0o600);
+    for wal in ["flow.db-wal", "flow.db-shm"] {
+        let p = home.join(wal);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{wal}");
+        }
+    }
+    // A database file made with the umask's mode (an older flow) is made private.
+    let loose = root.join("loose.db");
+    std::fs::write(&loose, b"").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(flow_bin())
+        .env("FLOW_HOME", &home)
+        .env("FLOW__DATABASE__URL", &loose)
+        .args(["db", "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&loose), 0o600);
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 const LEDGER_DAG: &str = r#"

@@ -28,6 +28,10 @@ pub struct LoadOptions {
     pub limits: Limits,
     /// Worker threads for parsing; 0 means one per core.
     pub threads: usize,
+    /// Whether a symbolic link in the dags folder may lead to a file outside it (off by
+    /// default: anyone who can write a link there could otherwise show any readable file, such
+    /// as `/etc/passwd`, to everyone who may read DAG sources).
+    pub allow_external_links: bool,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +40,7 @@ impl Default for LoadOptions {
             now: Utc::now(),
             limits: Limits::default(),
             threads: 0,
+            allow_external_links: false,
         }
     }
 }
@@ -221,7 +226,7 @@ impl DefaultsCache {
                 };
                 // Defaults spans use file id 1.. assigned per DAG file later; parse with a
                 // placeholder id and renumber when layering.
-                let parsed = read_source(&path).and_then(|src| {
+                let parsed = read_source(&path, root, false).and_then(|src| {
                     yaml::parse(&src, 0, limits).map_err(|e| Diagnostic {
                         severity: Severity::Error,
                         file: path.clone(),
@@ -261,7 +266,12 @@ fn ancestors_within(file: &Path, root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn read_source(path: &Path) -> Result<String, Diagnostic> {
+/// Reads a DAG (or defaults) file, refusing what could hang or leak: anything but a regular
+/// file (a FIFO would block the reader forever, a device never end), a symbolic link that
+/// leads outside the dags folder (unless allowed) or nowhere, and more than
+/// [`MAX_FILE_BYTES`], counted while reading (the size a file reports is not trusted).
+fn read_source(path: &Path, root: &Path, allow_external_links: bool) -> Result<String, Diagnostic> {
+    use std::io::Read as _;
     let at_start = |message: String| Diagnostic {
         severity: Severity::Error,
         file: path.to_path_buf(),
@@ -269,21 +279,100 @@ fn read_source(path: &Path) -> Result<String, Diagnostic> {
         col: 1,
         message,
     };
+    let link = fs::symlink_metadata(path)
+        .map_err(|e| at_start(format!("cannot read file: {e}")))?
+        .file_type()
+        .is_symlink();
+    if link {
+        let target = fs::read_link(path).unwrap_or_default();
+        let Ok(resolved) = fs::canonicalize(path) else {
+            return Err(at_start(format!(
+                "dangling symbolic link: {} does not exist",
+                target.display()
+            )));
+        };
+        let inside = fs::canonicalize(root).is_ok_and(|r| resolved.starts_with(r));
+        if !inside && !allow_external_links {
+            return Err(at_start(format!(
+                "symbolic link to {} leads outside the dags folder; DAG files must be inside it \
+                 (FLOW__CORE__ALLOW_EXTERNAL_DAG_LINKS=true allows such links)",
+                resolved.display()
+            )));
+        }
+    }
     let meta = fs::metadata(path).map_err(|e| at_start(format!("cannot read file: {e}")))?;
-    if meta.len() > MAX_FILE_BYTES {
+    if !meta.is_file() {
+        let kind = file_kind(&meta);
         return Err(at_start(format!(
-            "file is {:.1} MiB; DAG files are limited to {} MiB",
-            meta.len() as f64 / 1_048_576.0,
-            MAX_FILE_BYTES / 1_048_576
+            "not a regular file ({kind}); DAG files must be regular files"
         )));
     }
-    let bytes = fs::read(path).map_err(|e| at_start(format!("cannot read file: {e}")))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(path, meta.len()));
+    }
+    let file = fs::File::open(path).map_err(|e| at_start(format!("cannot read file: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| at_start(format!("cannot read file: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(path, bytes.len() as u64));
+    }
     String::from_utf8(bytes).map_err(|e| {
         at_start(format!(
             "file is not valid UTF-8 (invalid byte at offset {})",
             e.utf8_error().valid_up_to()
         ))
     })
+}
+
+/// The bytes of a regular file of at most [`MAX_FILE_BYTES`] (none of a pipe, a device, a
+/// bigger file): what a caller outside the loader may read from the dags folder safely.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    if !fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other("file too large"));
+    }
+    Ok(bytes)
+}
+
+fn too_big(path: &Path, len: u64) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: path.to_path_buf(),
+        line: 1,
+        col: 1,
+        message: format!(
+            "file is {}{:.1} MiB; DAG files are limited to {} MiB",
+            if len > MAX_FILE_BYTES { "over " } else { "" },
+            len as f64 / 1_048_576.0,
+            MAX_FILE_BYTES / 1_048_576
+        ),
+    }
+}
+
+/// What a non-regular file is, for the import error.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a plain file"
+    }
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `DefaultHasher`.
@@ -388,7 +477,7 @@ fn load_file_with(
         dags: Vec::new(),
         diagnostics: Vec::new(),
     };
-    let source = match read_source(path) {
+    let source = match read_source(path, dags_root, options.allow_external_links) {
         Ok(s) => s,
         Err(d) => {
             file.diagnostics.push(d);

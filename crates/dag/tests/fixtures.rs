@@ -308,3 +308,86 @@ fn serialized_dags_round_trip() {
         }
     }
 }
+
+/// What could hang the scheduler or show a file it should not: a named pipe (reading one
+/// blocks forever), links out of the dags folder (to /etc/passwd, to /dev/zero), a dangling
+/// link. Each is an import error naming the file; a link inside the folder loads.
+#[test]
+fn pipes_and_links_out_of_the_folder_are_import_errors() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("flow-unsafe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    // Not itself a DAG file (no .yaml): only the link inside the folder makes it one.
+    std::fs::write(
+        dir.join("real/ok.txt"),
+        "linked_dag:\n  tasks: {t: {operator: empty}}\n",
+    )
+    .unwrap();
+    symlink(dir.join("real/ok.txt"), dir.join("inside.yaml")).unwrap();
+    symlink("/etc/passwd", dir.join("passwd.yaml")).unwrap();
+    symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+    symlink(dir.join("missing.yaml"), dir.join("gone.yaml")).unwrap();
+    let fifo = dir.join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let messages = |opts: &LoadOptions| -> Vec<String> {
+        let bag = load_dags(&dir, opts).unwrap();
+        let mut d: Vec<String> = bag
+            .diagnostics()
+            .map(|d| {
+                format!(
+                    "{}: {}",
+                    d.file.file_name().unwrap().to_string_lossy(),
+                    d.message
+                )
+            })
+            .collect();
+        d.sort();
+        let loaded: Vec<String> = bag.dags().map(|d| d.dag_id.to_string()).collect();
+        d.push(format!("loaded {loaded:?}"));
+        d
+    };
+    let d = messages(&options());
+    assert_eq!(d.len(), 5, "{d:?}");
+    assert!(
+        d[0].starts_with("gone.yaml: dangling symbolic link:"),
+        "{d:?}"
+    );
+    assert!(
+        d[1].starts_with("passwd.yaml: symbolic link to /etc/passwd leads outside the dags folder"),
+        "{d:?}"
+    );
+    assert_eq!(
+        d[2],
+        "pipe.yaml: not a regular file (a named pipe); DAG files must be regular files"
+    );
+    assert!(
+        d[3].starts_with("zero.yaml: symbolic link to /dev/zero leads outside"),
+        "{d:?}"
+    );
+    assert_eq!(d[4], r#"loaded ["linked_dag"]"#);
+
+    // Allowed out of the folder, a link to a device is still no DAG file.
+    let allowed = LoadOptions {
+        allow_external_links: true,
+        ..options()
+    };
+    let d = messages(&allowed);
+    assert!(
+        d.iter()
+            .any(|m| m
+                == "zero.yaml: not a regular file (a device); DAG files must be regular files"),
+        "{d:?}"
+    );
+    assert!(
+        !d.iter()
+            .any(|m| m.starts_with("passwd.yaml: symbolic link")),
+        "{d:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

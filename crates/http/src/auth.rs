@@ -110,59 +110,182 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Failed logins allowed per window, per client address and per username.
-const MAX_FAILURES: usize = 5;
-const WINDOW: Duration = Duration::from_secs(300);
+/// Failed logins allowed for one username from one client address before that pair has to
+/// wait; each failure beyond doubles the wait, up to [`MAX_BLOCK`].
+const FREE_FAILURES: u32 = 5;
+const FIRST_BLOCK: Duration = Duration::from_secs(30);
+const MAX_BLOCK: Duration = Duration::from_secs(900);
+/// A pair's failures are forgotten this long after its last one.
+const FORGET_AFTER: Duration = Duration::from_secs(900);
+/// Failed logins one client address may make per [`BUDGET_WINDOW`], whatever the usernames,
+/// before each of its attempts is slowed down by [`OVER_BUDGET_DELAY`] (not refused: the right
+/// password still gets in, so that nobody can lock others out by guessing from their address,
+/// which behind a proxy is everyone's).
+const ADDRESS_BUDGET: u32 = 50;
+const BUDGET_WINDOW: Duration = Duration::from_secs(300);
+const OVER_BUDGET_DELAY: Duration = Duration::from_secs(2);
+/// Entries kept; beyond it, the oldest entries that block nothing make room, never those that
+/// do, so that a flood of fresh names or addresses cannot wash a lockout away.
+const CAPACITY: usize = 100_000;
 
-/// Counts failed logins in a sliding window, in memory (a restart forgets them, which only
-/// gives an attacker a restart's worth of extra tries).
+/// What the limiter says about a login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginVerdict {
+    Allowed,
+    /// Check the password after this pause (the address is over its budget).
+    SlowDown(Duration),
+    /// Refused until this long from now (this username from this address failed too often).
+    Blocked(Duration),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PairState {
+    failures: u32,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AddressState {
+    failures: u32,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    /// (address, lowercased username) -> failures.
+    pairs: HashMap<(String, String), PairState>,
+    /// address -> failures in the current budget window.
+    addresses: HashMap<String, AddressState>,
+}
+
+/// Failed logins, in memory (a restart forgets them, which only gives an attacker a
+/// restart's worth of extra tries). A lockout is per (client address, username), so guessing
+/// someone's password from one address never locks them out of another; an address that
+/// fails a lot is slowed down, never refused the right password.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    state: Mutex<LimiterState>,
+}
+
+/// The address a client is counted under: IPv6 clients by their /64, which one host usually
+/// has in whole.
+fn address_key(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => "?".to_owned(),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 impl LoginLimiter {
-    fn keys(ip: Option<IpAddr>, username: &str) -> [String; 2] {
-        [
-            format!(
-                "ip:{}",
-                ip.map_or_else(|| "?".to_owned(), |i| i.to_string())
-            ),
-            format!("user:{}", username.to_lowercase()),
-        ]
+    /// Whether an attempt may go ahead now.
+    pub fn check(&self, ip: Option<IpAddr>, username: &str) -> LoginVerdict {
+        self.check_at(ip, username, Instant::now())
     }
 
-    /// Whether another attempt is allowed now.
-    pub fn allowed(&self, ip: Option<IpAddr>, username: &str) -> bool {
-        let Ok(mut map) = self.failures.lock() else {
-            return false;
+    fn check_at(&self, ip: Option<IpAddr>, username: &str, now: Instant) -> LoginVerdict {
+        let Ok(state) = self.state.lock() else {
+            return LoginVerdict::SlowDown(OVER_BUDGET_DELAY);
         };
-        let now = Instant::now();
-        Self::keys(ip, username).iter().all(|k| {
-            let list = map.entry(k.clone()).or_default();
-            list.retain(|t| now.duration_since(*t) < WINDOW);
-            list.len() < MAX_FAILURES
-        })
+        let addr = address_key(ip);
+        let pair = (addr.clone(), username.to_lowercase());
+        if let Some(until) = state.pairs.get(&pair).and_then(|p| p.blocked_until)
+            && until > now
+        {
+            return LoginVerdict::Blocked(until - now);
+        }
+        let over_budget = state.addresses.get(&addr).is_some_and(|a| {
+            now.duration_since(a.since) < BUDGET_WINDOW && a.failures >= ADDRESS_BUDGET
+        });
+        if over_budget {
+            LoginVerdict::SlowDown(OVER_BUDGET_DELAY)
+        } else {
+            LoginVerdict::Allowed
+        }
     }
 
     pub fn record_failure(&self, ip: Option<IpAddr>, username: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            // Bound memory under a flood of distinct names: forget the oldest state.
-            if map.len() > 10_000 {
-                map.clear();
+        self.record_failure_at(ip, username, Instant::now());
+    }
+
+    fn record_failure_at(&self, ip: Option<IpAddr>, username: &str, now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let addr = address_key(ip);
+        let pair = (addr.clone(), username.to_lowercase());
+        make_room(&mut state, now);
+        if state.pairs.len() < CAPACITY || state.pairs.contains_key(&pair) {
+            let entry = state.pairs.entry(pair).or_insert(PairState {
+                failures: 0,
+                last: now,
+                blocked_until: None,
+            });
+            if now.duration_since(entry.last) > FORGET_AFTER {
+                entry.failures = 0;
             }
-            for k in Self::keys(ip, username) {
-                map.entry(k).or_default().push(Instant::now());
+            entry.failures = entry.failures.saturating_add(1);
+            entry.last = now;
+            if entry.failures >= FREE_FAILURES {
+                let doublings = (entry.failures - FREE_FAILURES).min(10);
+                let block = (FIRST_BLOCK * 2u32.pow(doublings)).min(MAX_BLOCK);
+                entry.blocked_until = Some(now + block);
             }
+        }
+        if state.addresses.len() < CAPACITY || state.addresses.contains_key(&addr) {
+            let a = state.addresses.entry(addr).or_insert(AddressState {
+                failures: 0,
+                since: now,
+            });
+            if now.duration_since(a.since) >= BUDGET_WINDOW {
+                *a = AddressState {
+                    failures: 0,
+                    since: now,
+                };
+            }
+            a.failures = a.failures.saturating_add(1);
         }
     }
 
+    /// The right password from this address for this username: its failures are forgotten
+    /// (the address's budget is not).
     pub fn record_success(&self, ip: Option<IpAddr>, username: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            for k in Self::keys(ip, username) {
-                map.remove(&k);
-            }
+        if let Ok(mut state) = self.state.lock() {
+            state
+                .pairs
+                .remove(&(address_key(ip), username.to_lowercase()));
         }
+    }
+}
+
+/// At capacity, drops what no longer counts (old failures, past windows), then the least
+/// recently failed pairs that block nothing; a pair that blocks is never dropped.
+fn make_room(state: &mut LimiterState, now: Instant) {
+    if state.pairs.len() >= CAPACITY {
+        state.pairs.retain(|_, p| {
+            p.blocked_until.is_some_and(|u| u > now) || now.duration_since(p.last) <= FORGET_AFTER
+        });
+    }
+    if state.pairs.len() >= CAPACITY {
+        let mut idle: Vec<((String, String), Instant)> = state
+            .pairs
+            .iter()
+            .filter(|(_, p)| p.blocked_until.is_none_or(|u| u <= now))
+            .map(|(k, p)| (k.clone(), p.last))
+            .collect();
+        idle.sort_by_key(|(_, last)| *last);
+        for (k, _) in idle.into_iter().take(CAPACITY / 10) {
+            state.pairs.remove(&k);
+        }
+    }
+    if state.addresses.len() >= CAPACITY {
+        state
+            .addresses
+            .retain(|_, a| now.duration_since(a.since) < BUDGET_WINDOW);
     }
 }
 
@@ -222,21 +345,75 @@ mod tests {
     }
 
     #[test]
-    fn limiter_blocks_after_failures_and_forgets_on_success() {
+    fn limiter_blocks_a_pair_not_the_user_or_the_address() {
         let l = LoginLimiter::default();
+        let t0 = Instant::now();
         let ip = Some(IpAddr::from([127, 0, 0, 1]));
-        for _ in 0..MAX_FAILURES {
-            assert!(l.allowed(ip, "alice"));
-            l.record_failure(ip, "alice");
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(l.check_at(ip, "alice", t0), LoginVerdict::Allowed);
+            l.record_failure_at(ip, "alice", t0);
         }
-        assert!(!l.allowed(ip, "alice"));
-        assert!(!l.allowed(ip, "bob"), "same address");
-        assert!(
-            !l.allowed(Some(IpAddr::from([10, 0, 0, 1])), "alice"),
-            "same user"
+        // This address may not guess alice's password for a while...
+        assert_eq!(
+            l.check_at(ip, "Alice", t0),
+            LoginVerdict::Blocked(FIRST_BLOCK)
+        );
+        // ...but alice from elsewhere, and others from here, are not locked out.
+        assert_eq!(
+            l.check_at(Some(IpAddr::from([10, 0, 0, 1])), "alice", t0),
+            LoginVerdict::Allowed
+        );
+        assert_eq!(l.check_at(ip, "bob", t0), LoginVerdict::Allowed);
+        // The wait doubles with each further failure, up to the cap.
+        let later = t0 + FIRST_BLOCK;
+        assert_eq!(l.check_at(ip, "alice", later), LoginVerdict::Allowed);
+        l.record_failure_at(ip, "alice", later);
+        assert_eq!(
+            l.check_at(ip, "alice", later),
+            LoginVerdict::Blocked(FIRST_BLOCK * 2)
         );
         l.record_success(ip, "alice");
-        assert!(l.allowed(ip, "alice"));
+        assert_eq!(l.check_at(ip, "alice", later), LoginVerdict::Allowed);
+    }
+
+    #[test]
+    fn an_address_over_its_budget_is_slowed_not_locked_out() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        let ip = Some(IpAddr::from([192, 168, 0, 9]));
+        for i in 0..ADDRESS_BUDGET {
+            l.record_failure_at(ip, &format!("user{i}"), t0);
+        }
+        assert_eq!(
+            l.check_at(ip, "carol", t0),
+            LoginVerdict::SlowDown(OVER_BUDGET_DELAY)
+        );
+        assert_eq!(
+            l.check_at(ip, "carol", t0 + BUDGET_WINDOW),
+            LoginVerdict::Allowed
+        );
+        // IPv6 clients count by their /64.
+        let a = Some("2001:db8:1:2::1".parse().unwrap());
+        let b = Some("2001:db8:1:2:ffff::7".parse().unwrap());
+        assert_eq!(address_key(a), address_key(b));
+    }
+
+    #[test]
+    fn a_flood_of_names_cannot_wash_a_lockout_away() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        let ip = Some(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..FREE_FAILURES {
+            l.record_failure_at(ip, "alice", t0);
+        }
+        for i in 0..(CAPACITY + 10) {
+            let flood = Some(IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]));
+            l.record_failure_at(flood, &format!("n{i}"), t0);
+        }
+        assert!(matches!(
+            l.check_at(ip, "alice", t0),
+            LoginVerdict::Blocked(_)
+        ));
     }
 
     #[test]

@@ -176,9 +176,14 @@ async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Nex
 }
 
 /// Headers on every response: a strict Content-Security-Policy (no inline script or style,
-/// nothing from elsewhere), no framing, no MIME sniffing.
+/// nothing from elsewhere), no framing, no MIME sniffing, and no caching of anything but the
+/// static assets (which set their own `Cache-Control`): pages and API answers show what a
+/// signed-in user may see, and must not outlive the session in a browser or proxy cache.
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

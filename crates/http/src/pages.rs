@@ -155,8 +155,10 @@ async fn login(
         );
         Ok(response)
     };
-    if !state.inner.limiter.allowed(ip, &form.username) {
-        return Err(HttpError::TooManyAttempts);
+    match state.inner.limiter.check(ip, &form.username) {
+        auth::LoginVerdict::Allowed => {}
+        auth::LoginVerdict::SlowDown(pause) => tokio::time::sleep(pause).await,
+        auth::LoginVerdict::Blocked(_) => return Err(HttpError::TooManyAttempts),
     }
     let found = state.store().user_for_login(&form.username).await?;
     // Verify against a dummy hash for unknown users: same cost, no enumeration by timing.

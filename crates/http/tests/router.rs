@@ -278,7 +278,12 @@ async fn login_sessions_and_redirects() {
             session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Lax"),
             "{cookie}"
         );
-        assert_eq!(b.get("/dags/etl").await.status, StatusCode::OK);
+        let dag_page = b.get("/dags/etl").await;
+        assert_eq!(dag_page.status, StatusCode::OK);
+        // Signed-in pages are never cached; static assets are.
+        assert_eq!(dag_page.headers[header::CACHE_CONTROL], "no-store");
+        let css = b.get("/static/flow.css").await;
+        assert_ne!(css.headers[header::CACHE_CONTROL], "no-store");
 
         // Logging in again rotates the session id.
         b.login("ada", "correct horse", "/").await;
@@ -331,10 +336,24 @@ async fn failed_logins_are_rate_limited() {
             StatusCode::UNAUTHORIZED
         );
     }
-    // Even the right password is refused now.
+    // Even the right password is refused now, from this address...
     assert_eq!(
         b.login("uma", "correct horse", "/").await.status,
         StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...but not from another one: guessing cannot lock a user out.
+    let mut elsewhere = Browser::new(&site);
+    elsewhere.ip = [192, 168, 1, 8];
+    assert_eq!(
+        elsewhere.login("uma", "correct horse", "/").await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Nor does it lock out others behind the same address (a proxy, an office).
+    let mut colleague = Browser::new(&site);
+    colleague.ip = [192, 168, 1, 7];
+    assert_eq!(
+        colleague.login("ada", "correct horse", "/").await.status,
+        StatusCode::SEE_OTHER
     );
     db.drop_db().await.unwrap();
 }
@@ -448,6 +467,31 @@ async fn pages_roles_actions_and_escaping() {
             .unwrap();
         assert_eq!(run.conf["batch"], 7);
         assert_eq!(run.conf["region"], XSS);
+        // A raw conf the typed params refuse: the form again with Airflow's message.
+        let form = user.get("/dags/etl/trigger").await;
+        let p = user
+            .post(
+                "/dags/etl/trigger",
+                &[
+                    ("csrf_token", &form.csrf()),
+                    ("conf", r#"{"batch": "x; touch /tmp/pwned"}"#),
+                    ("run_id", "ui_bad_conf"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.body);
+        assert!(
+            p.body.contains("Invalid input for param batch:"),
+            "{}",
+            p.body
+        );
+        assert!(
+            site.store
+                .dag_run_get("etl", "ui_bad_conf")
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // The list counts the latest run's task states (two tasks, no state yet).
         let list = viewer.get("/").await;
@@ -950,6 +994,54 @@ async fn api_tokens_roles_and_dags() {
         )
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        // A conf its typed params refuse: Airflow's 400, and no run.
+        let runs_before = site.store.dag_run_count("etl").await.unwrap();
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(r#"{"dag_run_id": "bad_conf", "logical_date": null, "conf": {"batch": "5; rm -rf /"}}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        assert!(
+            j["detail"].as_str().unwrap().starts_with(
+                "Invalid input for param batch: '5; rm -rf /' is not of type 'integer'"
+            ),
+            "{j}"
+        );
+        assert_eq!(site.store.dag_run_count("etl").await.unwrap(), runs_before);
+        // Manual runs may not take a run id reserved for another kind of run.
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&user),
+            trigger(
+                r#"{"dag_run_id": "scheduled__2025-01-01T00:00:00+00:00", "logical_date": null}"#,
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        assert!(
+            j["detail"].as_str().unwrap().starts_with(
+                "A manual DAG run cannot use ID 'scheduled__2025-01-01T00:00:00+00:00' since it is reserved for scheduled runs"
+            ),
+            "{j}"
+        );
+        for bad in ["..", "."] {
+            let body = format!(r#"{{"dag_run_id": "{bad}", "logical_date": null}}"#);
+            let (s, _, j) = api(
+                &site,
+                "POST",
+                "/api/v2/dags/etl/dagRuns",
+                Some(&user),
+                Some(("application/json", &body)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {j}");
+        }
         let (s, _, _) = api(
             &site,
             "POST",

@@ -25,16 +25,29 @@ pub struct ProcessReport {
     pub dags_deactivated: u64,
 }
 
+/// Files parsed off the async threads, each with its stat at parse time, and the signature of
+/// the defaults files they were parsed with.
+type Parsed = (Vec<(LoadedFile, Option<(SystemTime, u64)>)>, String);
+
+/// How long a pass waits for its parse before going on without it: the files are still
+/// parsed, and a later pass records them, so a slow or stuck file system never holds up
+/// scheduling.
+const PARSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct DagProcessor {
     store: Store,
     root: PathBuf,
     paused_at_creation: bool,
+    /// Whether DAG files may be links to files outside the dags folder.
+    allow_external_links: bool,
     /// path -> (mtime, len) at the last parse
     seen: HashMap<PathBuf, (SystemTime, u64)>,
     /// fileloc -> content hash (file plus its defaults) the store holds
     stored: Option<HashMap<String, String>>,
     defaults_signature: Vec<(PathBuf, SystemTime, u64)>,
+    /// A parse that outlasted [`PARSE_WAIT`], picked up by a later pass.
+    pending: Option<tokio::task::JoinHandle<Parsed>>,
 }
 
 fn stat(path: &Path) -> Option<(SystemTime, u64)> {
@@ -57,7 +70,8 @@ fn defaults_files(root: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
             if name.starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
+            // Not through links: a link to a parent folder would make this walk endless.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
             } else if (name == "defaults.yml" || name == "defaults.yaml")
                 && let Some((m, l)) = stat(&path)
@@ -96,10 +110,18 @@ impl DagProcessor {
             store,
             root,
             paused_at_creation,
+            allow_external_links: false,
             seen: HashMap::new(),
             stored: None,
             defaults_signature: Vec::new(),
+            pending: None,
         }
+    }
+
+    /// Lets DAG files be symbolic links to files outside the dags folder.
+    pub fn allow_external_links(mut self, allow: bool) -> Self {
+        self.allow_external_links = allow;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -127,6 +149,19 @@ impl DagProcessor {
 
     /// One pass over the dags folder.
     pub async fn run_once(&mut self, now: DateTime<Utc>) -> Result<ProcessReport, SchedulerError> {
+        let mut report = ProcessReport::default();
+        // A parse still running from an earlier pass: wait for it, never start a second.
+        if let Some(handle) = &self.pending {
+            if !handle.is_finished() {
+                return Ok(report);
+            }
+            if let Some(handle) = self.pending.take() {
+                let parsed = handle
+                    .await
+                    .map_err(|e| SchedulerError::Internal(e.to_string()))?;
+                self.record(parsed, now, &mut report).await?;
+            }
+        }
         let root = self.root.clone();
         let files = tokio::task::spawn_blocking(move || {
             let files = flow_dag::find_dag_files(&root)?;
@@ -153,60 +188,49 @@ impl DagProcessor {
             .filter(|p| stat(p) != self.seen.get(*p).copied())
             .cloned()
             .collect();
-        let mut report = ProcessReport {
-            files_seen: files.len(),
-            files_parsed: changed.len(),
-            ..ProcessReport::default()
-        };
+        report.files_seen = files.len();
+        report.files_parsed += changed.len();
         if !changed.is_empty() {
             let root = self.root.clone();
-            let to_parse = changed.clone();
-            let defaults_sig: String = defaults
-                .iter()
-                .map(|(p, _, _)| {
-                    std::fs::read(p)
-                        .map(|b| source_hash(&b))
-                        .unwrap_or_default()
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            let loaded: Vec<(LoadedFile, Option<(SystemTime, u64)>)> =
-                tokio::task::spawn_blocking(move || {
-                    let options = LoadOptions {
-                        now,
-                        ..LoadOptions::default()
-                    };
-                    to_parse
-                        .iter()
-                        .map(|p| {
-                            let st = stat(p);
-                            (flow_dag::load_file(p, &root, &options), st)
-                        })
-                        .collect()
-                })
-                .await
-                .map_err(|e| SchedulerError::Internal(e.to_string()))?;
-            for (file, st) in loaded {
-                let fileloc = file.path.display().to_string();
-                // The stored hash covers the defaults too: a changed defaults file must
-                // rewrite the DAGs below it even though their own bytes did not change.
-                let effective_hash =
-                    source_hash(format!("{}|{defaults_sig}", file.source_hash).as_bytes());
-                let unchanged = self
-                    .stored
-                    .as_ref()
-                    .and_then(|s| s.get(&fileloc))
-                    .is_some_and(|h| *h == effective_hash);
-                if !unchanged {
-                    let sync = self.file_sync(&file, effective_hash.clone())?;
-                    self.store.dag_sync_file(&sync, now).await?;
-                    report.files_written += 1;
-                    if let Some(stored) = self.stored.as_mut() {
-                        stored.insert(fileloc, effective_hash);
-                    }
+            let allow_external_links = self.allow_external_links;
+            let mut handle = tokio::task::spawn_blocking(move || {
+                // Read here, off the async threads: a defaults file can be anything too.
+                let defaults_sig: String = defaults
+                    .iter()
+                    .map(|(p, _, _)| {
+                        flow_dag::loader::read_regular_file(p)
+                            .map(|b| source_hash(&b))
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let options = LoadOptions {
+                    now,
+                    allow_external_links,
+                    ..LoadOptions::default()
+                };
+                let loaded = changed
+                    .iter()
+                    .map(|p| {
+                        let st = stat(p);
+                        (flow_dag::load_file(p, &root, &options), st)
+                    })
+                    .collect();
+                (loaded, defaults_sig)
+            });
+            match tokio::time::timeout(PARSE_WAIT, &mut handle).await {
+                Ok(parsed) => {
+                    let parsed = parsed.map_err(|e| SchedulerError::Internal(e.to_string()))?;
+                    self.record(parsed, now, &mut report).await?;
                 }
-                if let Some(st) = st {
-                    self.seen.insert(file.path.clone(), st);
+                Err(_) => {
+                    tracing::warn!(
+                        dags_folder = %self.root.display(),
+                        "parsing DAG files takes longer than {}s (a slow or stuck file system?); scheduling goes on and the files are recorded when the parse ends",
+                        PARSE_WAIT.as_secs()
+                    );
+                    self.pending = Some(handle);
+                    return Ok(report);
                 }
             }
         }
@@ -222,6 +246,39 @@ impl DagProcessor {
             }
         }
         Ok(report)
+    }
+
+    /// Writes parsed files whose content changed to the store, and remembers their stats.
+    async fn record(
+        &mut self,
+        (loaded, defaults_sig): Parsed,
+        now: DateTime<Utc>,
+        report: &mut ProcessReport,
+    ) -> Result<(), SchedulerError> {
+        for (file, st) in loaded {
+            let fileloc = file.path.display().to_string();
+            // The stored hash covers the defaults too: a changed defaults file must rewrite
+            // the DAGs below it even though their own bytes did not change.
+            let effective_hash =
+                source_hash(format!("{}|{defaults_sig}", file.source_hash).as_bytes());
+            let unchanged = self
+                .stored
+                .as_ref()
+                .and_then(|s| s.get(&fileloc))
+                .is_some_and(|h| *h == effective_hash);
+            if !unchanged {
+                let sync = self.file_sync(&file, effective_hash.clone())?;
+                self.store.dag_sync_file(&sync, now).await?;
+                report.files_written += 1;
+                if let Some(stored) = self.stored.as_mut() {
+                    stored.insert(fileloc, effective_hash);
+                }
+            }
+            if let Some(st) = st {
+                self.seen.insert(file.path.clone(), st);
+            }
+        }
+        Ok(())
     }
 
     fn file_sync(&self, file: &LoadedFile, hash: String) -> Result<FileSync, SchedulerError> {

@@ -54,6 +54,8 @@ pub struct SchedulerConfig {
     pub hostname: String,
     /// Airflow's `[core] max_map_length`: the most instances a mapped task may have.
     pub max_map_length: usize,
+    /// Whether DAG files may be symbolic links to files outside the dags folder.
+    pub allow_external_dag_links: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -70,6 +72,7 @@ impl Default for SchedulerConfig {
             num_stuck_in_queued_retries: 2,
             hostname: "localhost".to_owned(),
             max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
+            allow_external_dag_links: false,
         }
     }
 }
@@ -139,7 +142,8 @@ impl Scheduler {
             store.clone(),
             config.dags_folder.clone(),
             config.dags_are_paused_at_creation,
-        );
+        )
+        .allow_external_links(config.allow_external_dag_links);
         let watch = if config.process_dags {
             dir_watch::start(&config.dags_folder, wakeups.scheduler.clone())
         } else {

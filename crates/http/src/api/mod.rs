@@ -466,11 +466,18 @@ async fn check_password(
     peer: Option<std::net::IpAddr>,
 ) -> ApiResult<(ApiUser, String)> {
     let limiter = state.limiter();
-    if !limiter.allowed(peer, username) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many failed logins; wait a few minutes",
-        ));
+    match limiter.check(peer, username) {
+        crate::auth::LoginVerdict::Allowed => {}
+        crate::auth::LoginVerdict::SlowDown(pause) => tokio::time::sleep(pause).await,
+        crate::auth::LoginVerdict::Blocked(wait) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed logins for this user from this address; try again in {}s",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
     }
     let found = state.store().user_for_login(username).await?;
     let hash = found

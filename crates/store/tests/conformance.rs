@@ -595,3 +595,521 @@ async fn connections_are_encrypted_at_rest_and_keys_rotate() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every state-changing method, on both backends. `each_backend` ends each with
+// `TestDb::drop_db`, which replays every recorded transition through the model's table.
+
+/// A run `r` of `d` with these tasks, the named ones claimed by worker `w1` (now running).
+async fn running(store: &Store, tasks: &[&str], claim: &[&str]) -> Vec<flow_store::ClaimedTi> {
+    store
+        .dag_run_create(&new_run("d", "r", DagRunType::Manual, 0), &tis(tasks), t0())
+        .await
+        .unwrap();
+    let keys: Vec<TiKey> = claim.iter().map(|t| key("r", t)).collect();
+    queue(store, &keys).await;
+    let claimed = store
+        .ti_claim("w1", "host", &["default".into()], 100, t0())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), claim.len());
+    claimed
+}
+
+fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>) -> TiFinish {
+    TiFinish {
+        key: k.clone(),
+        try_number,
+        state,
+        reason: None,
+        next_retry_at: None,
+        xcom,
+        rendered_fields: None,
+        rendered_map_index: None,
+        logs: Vec::new(),
+    }
+}
+
+async fn state_of(store: &Store, k: &TiKey) -> S {
+    store.ti_get(k).await.unwrap().unwrap().state
+}
+
+/// (from, to, actor) of a task instance's recorded transitions.
+async fn history(store: &Store, k: &TiKey) -> Vec<(String, String, String)> {
+    store
+        .ti_transitions(k)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.1, t.2, t.3))
+        .collect()
+}
+
+fn h(from: &str, to: &str, actor: &str) -> (String, String, String) {
+    (from.into(), to.into(), actor.into())
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_and_change_nothing() {
+    each_backend(|store| async move {
+        store
+            .dag_run_create(
+                &new_run("d", "r", DagRunType::Manual, 0),
+                &tis(&["a"]),
+                t0(),
+            )
+            .await
+            .unwrap();
+        let a = key("r", "a");
+        // The scheduler may not queue what it has not scheduled, nor a worker succeed what it
+        // has not claimed.
+        let err = store
+            .ti_set_states(
+                &[change(&a, &[S::NoStatus], S::Queued)],
+                Actor::Scheduler,
+                t0(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the scheduler may not move a task instance from `none` to `queued`"),
+            "{err}"
+        );
+        assert!(
+            store
+                .ti_set_states(
+                    &[change(&a, &[S::NoStatus], S::Success)],
+                    Actor::Worker,
+                    t0()
+                )
+                .await
+                .is_err()
+        );
+        assert_eq!(state_of(&store, &a).await, S::NoStatus);
+        assert!(history(&store, &a).await.is_empty());
+        let err = store
+            .dag_run_set_state_if(
+                "d",
+                "r",
+                &[DagRunState::Queued],
+                DagRunState::Success,
+                Actor::Scheduler,
+                None,
+                t0(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("may not move a dag run"), "{err}");
+    })
+    .await;
+}
+
+/// Clear: a running try restarts, a finished one starts over without its XCom, the run is
+/// queued again; each recorded as what really happened. A try that ends after the clear
+/// changes nothing, and its worker takes the task instance back for the next try.
+#[tokio::test]
+async fn clear_restarts_running_tries_and_resets_finished_ones() {
+    each_backend(|store| async move {
+        running(&store, &["a", "b", "c"], &["a", "b"]).await;
+        let (a, b, c) = (key("r", "a"), key("r", "b"), key("r", "c"));
+        assert!(
+            store
+                .ti_finish(
+                    &finish(&b, 1, S::Success, Some(serde_json::json!("B"))),
+                    t0()
+                )
+                .await
+                .unwrap()
+        );
+        store
+            .dag_run_mark("d", "r", DagRunState::Success, t0())
+            .await
+            .unwrap();
+        assert_eq!(
+            state_of(&store, &a).await,
+            S::Success,
+            "marked with its run"
+        );
+        // Put `a` back to running for the clear: a new try, as a worker would make it.
+        store.ti_clear(&[(a.clone(), 0)], t0()).await.unwrap();
+        queue(&store, std::slice::from_ref(&a)).await;
+        let again = store
+            .ti_claim("w1", "host", &["default".into()], 10, t0())
+            .await
+            .unwrap();
+        assert_eq!(again[0].try_number, 2);
+
+        let report = store
+            .ti_clear(&[(a.clone(), 2), (b.clone(), 2), (c.clone(), 2)], t0())
+            .await
+            .unwrap();
+        assert_eq!((report.restarting, report.cleared), (1, 2));
+        assert_eq!(state_of(&store, &a).await, S::Restarting);
+        assert_eq!(state_of(&store, &b).await, S::NoStatus);
+        let b_row = store.ti_get(&b).await.unwrap().unwrap();
+        assert_eq!(b_row.max_tries, 1 + 2, "its retries granted anew");
+        assert!(store.xcom_list_for_run("d", "r").await.unwrap().is_empty());
+        assert_eq!(
+            history(&store, &b).await.last().unwrap(),
+            &h("success", "none", "user")
+        );
+        // The try that was running reports late: nothing changes, no XCom appears.
+        assert!(
+            !store
+                .ti_finish(
+                    &finish(&a, 2, S::Success, Some(serde_json::json!("late"))),
+                    t0()
+                )
+                .await
+                .unwrap()
+        );
+        assert!(store.xcom_list_for_run("d", "r").await.unwrap().is_empty());
+        // Its worker restarts it (another worker may not).
+        assert!(store.ti_restart(&a, "w2", t0()).await.unwrap().is_none());
+        let next = store.ti_restart(&a, "w1", t0()).await.unwrap().unwrap();
+        assert_eq!((next.state, next.try_number), (S::Running, 3));
+        assert_eq!(
+            history(&store, &a).await[history(&store, &a).await.len() - 2..],
+            [
+                h("running", "restarting", "user"),
+                h("restarting", "running", "worker")
+            ]
+        );
+    })
+    .await;
+}
+
+/// Marking by hand, and a whole run in one transaction.
+#[tokio::test]
+async fn marking_task_instances_and_runs() {
+    each_backend(|store| async move {
+        running(&store, &["a", "b", "c"], &["a"]).await;
+        let (a, b, c) = (key("r", "a"), key("r", "b"), key("r", "c"));
+        let marked = store.ti_mark(std::slice::from_ref(&b), S::Success, t0()).await.unwrap();
+        assert_eq!(marked, vec![b.clone()]);
+        assert!(
+            store
+                .ti_mark(std::slice::from_ref(&b), S::Success, t0())
+                .await
+                .unwrap()
+                .is_empty(),
+            "already success"
+        );
+        assert!(
+            !store
+                .dag_run_mark("d", "nope", DagRunState::Failed, t0())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .dag_run_mark("d", "r", DagRunState::Failed, t0())
+                .await
+                .unwrap()
+        );
+        assert_eq!(state_of(&store, &a).await, S::Failed, "running: failed");
+        assert_eq!(state_of(&store, &b).await, S::Success, "finished: kept");
+        assert_eq!(state_of(&store, &c).await, S::Skipped, "waiting: skipped");
+        let run = store.dag_run_get("d", "r").await.unwrap().unwrap();
+        assert_eq!(run.state, DagRunState::Failed);
+        assert!(run.end_date.is_some());
+        assert_eq!(
+            history(&store, &a).await.last().unwrap(),
+            &h("running", "failed", "user")
+        );
+    })
+    .await;
+}
+
+/// Sensors: reschedule and defer free the slot in the same try; a trigger fires once; a
+/// deferral past its timeout resumes to fail, recorded with the actor that expired it.
+#[tokio::test]
+async fn reschedule_defer_fire_and_expire() {
+    each_backend(|store| async move {
+        running(&store, &["poke", "wait", "late"], &["poke", "wait", "late"]).await;
+        let (poke, wait, late) = (key("r", "poke"), key("r", "wait"), key("r", "late"));
+        let at = t0() + Duration::seconds(30);
+        assert!(
+            !store
+                .ti_reschedule(&poke, 1, "w2", at, t0(), t0())
+                .await
+                .unwrap(),
+            "another worker's"
+        );
+        assert!(
+            store
+                .ti_reschedule(&poke, 1, "w1", at, t0(), t0())
+                .await
+                .unwrap()
+        );
+        let row = store.ti_get(&poke).await.unwrap().unwrap();
+        assert_eq!(row.state, S::UpForReschedule);
+        assert_eq!(row.next_retry_at, Some(at));
+        assert_eq!(row.next_method.as_deref(), Some(flow_store::NEXT_POKE));
+        store
+            .ti_set_states(
+                &[
+                    change(&poke, &[S::UpForReschedule], S::Scheduled),
+                    change(&poke, &[S::Scheduled], S::Queued),
+                ],
+                Actor::Scheduler,
+                at,
+            )
+            .await
+            .unwrap();
+        let again = store
+            .ti_claim("w1", "host", &["default".into()], 10, at)
+            .await
+            .unwrap();
+        assert_eq!(again[0].try_number, 1, "the same try pokes again");
+
+        let trigger = flow_store::NewTrigger {
+            classpath: "flow.triggers.DateTimeTrigger".into(),
+            kwargs: serde_json::json!({"at": "x"}),
+            timeout_at: t0() + Duration::hours(1),
+        };
+        assert!(
+            store
+                .ti_defer(&wait, 1, "w1", &trigger, t0())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .ti_defer(&wait, 1, "w1", &trigger, t0())
+                .await
+                .unwrap(),
+            "not running"
+        );
+        let expiring = flow_store::NewTrigger {
+            timeout_at: t0() + Duration::seconds(5),
+            ..trigger.clone()
+        };
+        assert!(
+            store
+                .ti_defer(&late, 1, "w1", &expiring, t0())
+                .await
+                .unwrap()
+        );
+        let claimed = store.trigger_claim("t1", 10, t0(), t0()).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let waiting = store.ti_get(&wait).await.unwrap().unwrap();
+        let id = claimed
+            .iter()
+            .find(|t| t.timeout_at == Some(t0() + Duration::hours(1)))
+            .unwrap()
+            .id;
+        let event = serde_json::json!({"fired": true});
+        assert_eq!(store.trigger_fire(id, &event, t0()).await.unwrap(), 1);
+        assert_eq!(
+            store.trigger_fire(id, &event, t0()).await.unwrap(),
+            0,
+            "fires once"
+        );
+        let resumed = store.ti_get(&wait).await.unwrap().unwrap();
+        assert_eq!(resumed.state, S::Scheduled);
+        assert_eq!(resumed.try_number, waiting.try_number);
+        assert_eq!(
+            resumed.next_method.as_deref(),
+            Some(flow_store::NEXT_EXECUTE_COMPLETE)
+        );
+        assert_eq!(resumed.next_kwargs.as_deref(), Some(r#"{"fired":true}"#));
+
+        assert_eq!(
+            store
+                .ti_expire_deferrals(Actor::Scheduler, t0() + Duration::seconds(10))
+                .await
+                .unwrap(),
+            1
+        );
+        let expired = store.ti_get(&late).await.unwrap().unwrap();
+        assert_eq!(expired.state, S::Scheduled);
+        assert_eq!(expired.next_method.as_deref(), Some(flow_store::NEXT_FAIL));
+        assert_eq!(
+            history(&store, &late).await.last().unwrap(),
+            &h("deferred", "scheduled", "scheduler")
+        );
+        assert_eq!(
+            history(&store, &wait).await.last().unwrap(),
+            &h("deferred", "scheduled", "triggerer")
+        );
+        assert_eq!(
+            store.trigger_cleanup().await.unwrap(),
+            1,
+            "the expired one's trigger"
+        );
+    })
+    .await;
+}
+
+/// Zombie rescue and task_queued_timeout are guarded by what made them due: a heartbeat or a
+/// claim that arrives in between wins.
+#[tokio::test]
+async fn rescues_are_guarded_by_staleness() {
+    each_backend(|store| async move {
+        running(&store, &["a", "q"], &["a"]).await;
+        let (a, q) = (key("r", "a"), key("r", "q"));
+        store
+            .ti_heartbeat("w1", &[(a.clone(), 1)], t0() + Duration::seconds(50))
+            .await
+            .unwrap();
+        let rescue = StateChange {
+            next_retry_at: Some(t0() + Duration::seconds(90)),
+            ..change(&a, &[S::Running], S::UpForRetry)
+        };
+        let applied = store
+            .ti_rescue_stale(
+                std::slice::from_ref(&rescue),
+                t0() + Duration::seconds(10),
+                t0() + Duration::seconds(70),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            applied,
+            [false],
+            "heartbeat at +50s is newer than the cutoff"
+        );
+        let applied = store
+            .ti_rescue_stale(
+                &[rescue],
+                t0() + Duration::seconds(60),
+                t0() + Duration::seconds(70),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, [true]);
+        assert_eq!(state_of(&store, &a).await, S::UpForRetry);
+
+        queue(&store, std::slice::from_ref(&q)).await;
+        let stuck = store
+            .ti_list_stuck_queued(t0() + Duration::seconds(601))
+            .await
+            .unwrap();
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].1, 0, "never requeued yet");
+        let release = [change(&q, &[S::Queued], S::Scheduled)];
+        // Queued again since: not stuck any more.
+        assert_eq!(
+            store
+                .ti_release_stuck(
+                    &release,
+                    t0() - Duration::seconds(1),
+                    t0() + Duration::seconds(601)
+                )
+                .await
+                .unwrap(),
+            [false]
+        );
+        assert_eq!(
+            store
+                .ti_release_stuck(
+                    &release,
+                    t0() + Duration::seconds(1),
+                    t0() + Duration::seconds(601)
+                )
+                .await
+                .unwrap(),
+            [true]
+        );
+        assert_eq!(state_of(&store, &q).await, S::Scheduled);
+    })
+    .await;
+}
+
+/// Mapped tasks: the unexpanded instance becomes instance 0, more are made; a cleared task
+/// mapped again to fewer removes the rest; nothing to map skips it.
+#[tokio::test]
+async fn expanding_mapped_tasks() {
+    each_backend(|store| async move {
+        store
+            .dag_run_create(
+                &new_run("d", "r", DagRunType::Manual, 0),
+                &tis(&["m", "e"]),
+                t0(),
+            )
+            .await
+            .unwrap();
+        let template = &tis(&["m"])[0];
+        assert_eq!(
+            store.ti_expand("d", "r", template, 3, t0()).await.unwrap(),
+            [0, 1, 2]
+        );
+        let rows = store.ti_list_for_run("d", "r").await.unwrap();
+        let m: Vec<i64> = rows
+            .iter()
+            .filter(|t| t.key.task_id == "m")
+            .map(|t| t.key.map_index)
+            .collect();
+        assert_eq!(m, [0, 1, 2]);
+        // Again while nothing moved: the same instances.
+        assert_eq!(
+            store.ti_expand("d", "r", template, 3, t0()).await.unwrap(),
+            [0, 1, 2]
+        );
+        // Mapped again to 2 (a cleared task whose upstream now gives fewer values).
+        assert_eq!(
+            store.ti_expand("d", "r", template, 2, t0()).await.unwrap(),
+            [0, 1]
+        );
+        assert_eq!(
+            state_of(&store, &TiKey::new("d", "r", "m", 2)).await,
+            S::Removed
+        );
+        // Once one has moved on, expansion leaves everything alone.
+        queue(&store, &[TiKey::new("d", "r", "m", 0)]).await;
+        assert!(
+            store
+                .ti_expand("d", "r", template, 5, t0())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Nothing to map over: skipped.
+        let e = &tis(&["e"])[0];
+        assert!(
+            store
+                .ti_expand("d", "r", e, 0, t0())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(state_of(&store, &key("r", "e")).await, S::Skipped);
+    })
+    .await;
+}
+
+/// A row the store cannot read is reported with its run, not an error for every run.
+#[tokio::test]
+async fn corrupt_rows_are_reported_not_fatal() {
+    each_backend(|store| async move {
+        for (run, day) in [("r1", 0), ("r2", 1)] {
+            let mut r = new_run("d", run, DagRunType::Manual, day);
+            r.state = DagRunState::Queued;
+            store.dag_run_create(&r, &tis(&["a"]), t0()).await.unwrap();
+        }
+        store
+            .execute_raw("UPDATE task_instance SET state = 'exploded' WHERE run_id = 'r1'")
+            .await
+            .unwrap();
+        store
+            .execute_raw("UPDATE dag_run SET conf = 'not json' WHERE run_id = 'r2'")
+            .await
+            .unwrap();
+        let (rows, corrupt) = store.ti_list_active_runs().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].key.run_id, "r2");
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(corrupt[0].run_id, "r1");
+        assert!(corrupt[0].error.contains("exploded"), "{corrupt:?}");
+        let (runs, corrupt) = store
+            .dag_run_list_in_states(&[DagRunState::Queued])
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(corrupt[0].run_id, "r2");
+    })
+    .await;
+}

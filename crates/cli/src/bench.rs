@@ -150,6 +150,17 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// The benchmark's database, emptied: created first when it is a PostgreSQL database the
+/// server does not have yet, then every table dropped and migrated again.
+pub(crate) async fn fresh_store(url: &str) -> Result<flow_store::Store> {
+    flow_store::create_database_if_missing(url)
+        .await
+        .with_context(|| format!("creating {}", flow_store::redact_url(url)))?;
+    let store = flow_store::Store::connect(url).await?;
+    store.reset().await?;
+    Ok(store)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

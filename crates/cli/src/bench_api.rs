@@ -195,8 +195,7 @@ async fn token(addr: std::net::SocketAddr) -> Result<String> {
 
 pub async fn api(b: ApiBench) -> Result<ExitCode> {
     let dir = scratch_dir();
-    let store = Store::connect(&b.database_url).await?;
-    store.reset().await?;
+    let store = crate::bench::fresh_store(&b.database_url).await?;
     println!("backend: {:?} ({})", store.backend(), store.redacted_url());
     let run_id = seed(&store, &dir, &b).await?;
     store.analyze().await?;

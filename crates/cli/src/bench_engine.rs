@@ -49,7 +49,6 @@ const SINGLE_YAML: &str =
 struct Engine {
     store: Store,
     shutdown: watch::Sender<bool>,
-    wakeups: Wakeups,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -79,8 +78,6 @@ async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
         },
         WorkerWakeups {
             work: wakeups.workers.clone(),
-            finished: wakeups.scheduler.clone(),
-            deferred: wakeups.triggerer.clone(),
         },
     );
     let handles = vec![
@@ -90,7 +87,6 @@ async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
     Engine {
         store: store.clone(),
         shutdown,
-        wakeups,
         handles,
     }
 }
@@ -125,7 +121,7 @@ impl Engine {
                 Utc::now(),
             )
             .await?;
-        self.wakeups.scheduler.notify_one();
+        // The store wakes the scheduler, as it does for a trigger from the API.
         loop {
             let r = self
                 .store
@@ -197,8 +193,7 @@ pub async fn engine(
     std::fs::write(dags.join("fanout.yaml"), fanout_yaml(fanout))?;
     std::fs::write(dags.join("single.yaml"), SINGLE_YAML)?;
     let url = database_url.unwrap_or_else(|| dir.join("bench.db").display().to_string());
-    let store = Store::connect(&url).await?;
-    store.reset().await?;
+    let store = crate::bench::fresh_store(&url).await?;
     println!("backend: {:?} ({})", store.backend(), store.redacted_url());
 
     // (a) chain, 32 slots (only one task is ever runnable).

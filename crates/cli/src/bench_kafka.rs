@@ -60,8 +60,7 @@ pub async fn kafka(b: KafkaBench) -> Result<ExitCode> {
         .database_url
         .clone()
         .unwrap_or_else(|| dir.join("bench.db").display().to_string());
-    let store = Store::connect(&url).await?;
-    store.reset().await?;
+    let store = crate::bench::fresh_store(&url).await?;
     println!(
         "backend: {:?} ({}), broker {}",
         store.backend(),
@@ -97,7 +96,6 @@ pub async fn kafka(b: KafkaBench) -> Result<ExitCode> {
             refresh: Duration::from_secs(2),
             ..KafkaTriggerConfig::default()
         },
-        wakeups.scheduler.clone(),
     );
     let trigger_task = tokio::spawn(triggers.run(rx.clone()));
     let start = Instant::now();
@@ -156,8 +154,6 @@ pub async fn kafka(b: KafkaBench) -> Result<ExitCode> {
         },
         WorkerWakeups {
             work: wakeups.workers.clone(),
-            finished: wakeups.scheduler.clone(),
-            deferred: wakeups.triggerer.clone(),
         },
     );
     store.spawn_wake_listener(vec![

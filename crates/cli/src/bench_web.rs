@@ -119,8 +119,7 @@ pub async fn web(
     }
     std::fs::write(dags.join("big.yaml"), big_dag(n_tasks))?;
     let url = database_url.unwrap_or_else(|| dir.join("bench.db").display().to_string());
-    let store = Store::connect(&url).await?;
-    store.reset().await?;
+    let store = crate::bench::fresh_store(&url).await?;
     println!("backend: {:?} ({})", store.backend(), store.redacted_url());
     let mut processor = flow_scheduler::DagProcessor::new(store.clone(), dags.clone(), false);
     processor.run_once(Utc::now()).await?;

@@ -236,7 +236,6 @@ pub async fn serve(
             hostname: config::hostname(),
             ..KafkaTriggerConfig::default()
         },
-        wakeups.scheduler.clone(),
     );
     handles.push(tokio::spawn(kafka_triggers.run(shutdown.clone())));
     // Lifecycle events to Kafka, when `[events] kafka_conn_id` and `kafka_topic` are set.
@@ -254,8 +253,6 @@ pub async fn serve(
             config,
             WorkerWakeups {
                 work: wakeups.workers.clone(),
-                finished: wakeups.scheduler.clone(),
-                deferred: wakeups.triggerer.clone(),
             },
         );
         handles.push(tokio::spawn(worker.run(shutdown.clone())));

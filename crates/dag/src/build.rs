@@ -468,6 +468,7 @@ impl DagDraft {
                 })
                 .collect(),
             tasks: Vec::new(),
+            task_index: Default::default(),
         };
         Some(DagDraft { dag, tasks, groups })
     }

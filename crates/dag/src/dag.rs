@@ -55,6 +55,10 @@ pub struct Dag {
     pub task_groups: Vec<TaskGroup>,
     /// In topological order: every task comes after all of its upstream tasks.
     pub tasks: Vec<Task>,
+    /// task id -> position in `tasks`, built on first lookup: the scheduler looks tasks up for
+    /// every task instance of every pass, and a DAG may have thousands.
+    #[serde(skip)]
+    pub task_index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
 
 impl Dag {
@@ -63,7 +67,18 @@ impl Dag {
     }
 
     pub fn task(&self, task_id: &str) -> Option<&Task> {
-        self.tasks.iter().find(|t| t.task_id.as_str() == task_id)
+        let index = self.task_index.get_or_init(|| {
+            self.tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.task_id.to_string(), i))
+                .collect()
+        });
+        match index.get(task_id).and_then(|&i| self.tasks.get(i)) {
+            Some(t) if t.task_id.as_str() == task_id => Some(t),
+            // `tasks` changed since the index was built (only while a DAG is being built).
+            _ => self.tasks.iter().find(|t| t.task_id.as_str() == task_id),
+        }
     }
 
     /// Tasks nobody depends on: a run's outcome is decided by them.

@@ -61,8 +61,9 @@ pub struct RunContext {
     /// Folders searched for `.sh`/`.bash` template files before the dags folder; Airflow's
     /// default is the DAG file's own folder.
     pub template_searchpath: Vec<PathBuf>,
-    /// XComs of this run, fetched before rendering.
-    pub xcoms: XcomMap,
+    /// XComs of this run, fetched before rendering, or [`XcomMap::unfetched`] for a first
+    /// render that finds out whether they are needed. Shared: rendering does not copy them.
+    pub xcoms: Arc<XcomMap>,
     /// Airflow Variables (`var.value.x`, `var.json.x`).
     pub variables: HashMap<String, String>,
 }
@@ -120,7 +121,7 @@ impl RunContext {
                 .parent()
                 .map(|p| vec![p.to_path_buf()])
                 .unwrap_or_default(),
-            xcoms,
+            xcoms: Arc::new(xcoms),
             variables: HashMap::new(),
         })
     }
@@ -1141,7 +1142,7 @@ fn context_entries(
         map_index: ctx.map_index,
         try_number: ctx.try_number,
         max_tries: ctx.max_tries,
-        xcoms: Arc::new(ctx.xcoms.clone()),
+        xcoms: ctx.xcoms.clone(),
     });
     c.push(("ti", ti.clone()));
     c.push(("task_instance", ti));

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use flow_dag::{Dag, Task};
 use flow_model::TaskInstanceState as S;
 use flow_store::{ClaimedTi, DagRunRow, Store, TiFinish, TiKey};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OnceCell, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -61,15 +61,13 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Wake-up hints shared with the scheduler in the same process.
+/// Wake-up hints for the worker. What the worker's own writes mean for other loops (a try
+/// ended, a task deferred) reaches them through the store's wake-ups
+/// ([`Store::spawn_wake_listener`]), in this process or another.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerWakeups {
     /// Notified when work may have been queued.
     pub work: Arc<Notify>,
-    /// Notified when a try finished (the scheduler has downstream work to decide).
-    pub finished: Arc<Notify>,
-    /// Notified when a try deferred to a new trigger (the triggerer has a wait to run).
-    pub deferred: Arc<Notify>,
 }
 
 /// dag_id -> (serialized hash, parsed DAG), shared by the tries of one worker.
@@ -105,11 +103,7 @@ impl Worker {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (reports, reports_rx) = mpsc::channel::<TiFinish>(4096);
         self.reports = Some(reports);
-        let reporter = tokio::spawn(report_outcomes(
-            self.store.clone(),
-            self.wakeups.finished.clone(),
-            reports_rx,
-        ));
+        let reporter = tokio::spawn(report_outcomes(self.store.clone(), reports_rx));
         info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
         // Each job ends with its key and, if it was cleared while running, its next try.
         let mut tasks: JoinSet<(TiKey, Option<ClaimedTi>)> = JoinSet::new();
@@ -136,8 +130,9 @@ impl Worker {
                     Ok(claimed) => {
                         backoff = StdDuration::from_millis(100);
                         claimed_any = !claimed.is_empty();
+                        let shared = Arc::new(ClaimShared::of(&claimed));
                         for ti in claimed {
-                            self.spawn_job(ti, &mut tasks, &mut running);
+                            self.spawn_job(ti, Some(shared.clone()), &mut tasks, &mut running);
                         }
                     }
                     Err(e) => {
@@ -162,7 +157,7 @@ impl Worker {
                         if let Ok((key, restart)) = result {
                             running.remove(&key);
                             if let Some(ti) = restart {
-                                self.spawn_job(ti, &mut tasks, &mut running);
+                                self.spawn_job(ti, None, &mut tasks, &mut running);
                             }
                         }
                     }
@@ -192,6 +187,7 @@ impl Worker {
     fn spawn_job(
         &self,
         ti: ClaimedTi,
+        shared: Option<Arc<ClaimShared>>,
         tasks: &mut JoinSet<(TiKey, Option<ClaimedTi>)>,
         running: &mut HashMap<TiKey, Running>,
     ) {
@@ -204,7 +200,10 @@ impl Worker {
                 cancel,
             },
         );
-        let job = self.job();
+        let job = Job {
+            shared,
+            ..self.job()
+        };
         tasks.spawn(async move {
             let key = ti.key.clone();
             let restart = job.execute(ti, cancel_rx).await;
@@ -261,7 +260,7 @@ impl Worker {
             config: self.config.clone(),
             dags: self.dags.clone(),
             reports: self.reports.clone(),
-            deferred: self.wakeups.deferred.clone(),
+            shared: None,
         }
     }
 }
@@ -272,7 +271,31 @@ struct Job {
     config: WorkerConfig,
     dags: DagCache,
     reports: Option<mpsc::Sender<TiFinish>>,
-    deferred: Arc<Notify>,
+    shared: Option<Arc<ClaimShared>>,
+}
+
+/// What the tries of one claim read alike, read once: each DAG's serialized hash and each
+/// run's row. A claim of a wide fan-out is dozens of tries of one run; each reading both for
+/// itself made the database the bottleneck. The first try to ask reads, the others wait for
+/// its answer; a read that fails is not kept, so the next try reads again.
+#[derive(Debug, Default)]
+struct ClaimShared {
+    hashes: HashMap<String, OnceCell<Option<String>>>,
+    runs: HashMap<(String, String), OnceCell<Option<DagRunRow>>>,
+}
+
+impl ClaimShared {
+    fn of(claimed: &[ClaimedTi]) -> Self {
+        let mut shared = ClaimShared::default();
+        for ti in claimed {
+            shared.hashes.entry(ti.key.dag_id.clone()).or_default();
+            shared
+                .runs
+                .entry((ti.key.dag_id.clone(), ti.key.run_id.clone()))
+                .or_default();
+        }
+        shared
+    }
 }
 
 /// How often a running try's new log lines are written (live tail granularity). Lines of a try
@@ -314,7 +337,7 @@ async fn forward_logs(
 /// Writes finished tries to the store, as many per transaction as have piled up: under load
 /// one commit reports many tries. Retries while the database is unreachable, since an outcome
 /// must not be lost.
-async fn report_outcomes(store: Store, finished: Arc<Notify>, mut rx: mpsc::Receiver<TiFinish>) {
+async fn report_outcomes(store: Store, mut rx: mpsc::Receiver<TiFinish>) {
     let mut batch: Vec<TiFinish> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -336,7 +359,6 @@ async fn report_outcomes(store: Store, finished: Arc<Notify>, mut rx: mpsc::Rece
             }
         }
         batch.clear();
-        finished.notify_one();
     }
 }
 
@@ -359,10 +381,12 @@ fn system_line(text: impl Into<String>) -> LogLine {
 impl Job {
     /// The run's DAG from the worker's cache, re-read only when its hash changed.
     async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, ExecutorError> {
-        let hash = self
-            .store
-            .serialized_dag_hash(dag_id)
-            .await?
+        let read = || self.store.serialized_dag_hash(dag_id);
+        let hash = match self.shared.as_ref().and_then(|s| s.hashes.get(dag_id)) {
+            Some(cell) => cell.get_or_try_init(read).await?.clone(),
+            None => read().await?,
+        };
+        let hash = hash
             .ok_or_else(|| ExecutorError::task(format!("dag `{dag_id}` is not in the database")))?;
         if let Ok(cache) = self.dags.lock()
             && let Some((h, dag)) = cache.get(dag_id)
@@ -385,21 +409,27 @@ impl Job {
         Ok(dag)
     }
 
-    async fn context(
+    /// The run's XComs, for templates and Python callables that pull them.
+    async fn fetch_xcoms(&self, key: &TiKey) -> Result<Arc<XcomMap>, ExecutorError> {
+        let mut xcoms = XcomMap::new();
+        for x in self
+            .store
+            .xcom_list_for_run(&key.dag_id, &key.run_id)
+            .await?
+        {
+            xcoms.insert(x.task_id, x.key, x.map_index, x.value);
+        }
+        Ok(Arc::new(xcoms))
+    }
+
+    /// A try's context, with the run's XComs not fetched yet (see [`XcomMap::unfetched`]).
+    fn context(
         &self,
         ti: &ClaimedTi,
         dag: &Dag,
         task: &Task,
         run: &DagRunRow,
     ) -> Result<RunContext, ExecutorError> {
-        let mut xcoms = XcomMap::new();
-        for x in self
-            .store
-            .xcom_list_for_run(&ti.key.dag_id, &ti.key.run_id)
-            .await?
-        {
-            xcoms.insert(x.task_id, x.key, x.map_index, x.value);
-        }
         let run = TryOf {
             run_id: ti.key.run_id.clone(),
             run_type: run.run_type.as_str().to_owned(),
@@ -413,8 +443,14 @@ impl Job {
             try_number: u32::try_from(ti.try_number).unwrap_or(1),
             max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
         };
-        RunContext::new(dag, task, run, &self.config.dags_folder, xcoms)
-            .map_err(|e| ExecutorError::task(e.to_string()))
+        RunContext::new(
+            dag,
+            task,
+            run,
+            &self.config.dags_folder,
+            XcomMap::unfetched(),
+        )
+        .map_err(|e| ExecutorError::task(e.to_string()))
     }
 
     /// Runs one claimed try to its end and reports the outcome. Returns the next try when the
@@ -458,7 +494,7 @@ impl Job {
                 dag,
                 task,
                 spec,
-                ctx,
+                mut ctx,
             }) => {
                 let fields = rendered_fields(&spec.rendered, &spec.masker);
                 let added = spec.context_out.clone();
@@ -475,7 +511,22 @@ impl Job {
                 }
                 if ctx.map_index >= 0 {
                     let added = added.lock().map(|a| a.clone()).unwrap_or_default();
-                    match crate::render_map_index(&task, &ctx, &added) {
+                    let mut label = crate::render_map_index(&task, &ctx, &added);
+                    if ctx.xcoms.was_wanted() {
+                        match self.fetch_xcoms(&ti.key).await {
+                            Ok(xcoms) => {
+                                ctx.xcoms = xcoms;
+                                label = crate::render_map_index(&task, &ctx, &added);
+                            }
+                            Err(e) => {
+                                label = Some(Err(crate::RenderError {
+                                    field: "map_index_template".to_owned(),
+                                    message: format!("could not fetch the run's XComs: {e}"),
+                                }));
+                            }
+                        }
+                    }
+                    match label {
                         None => {}
                         Some(Ok(label)) => rendered_map_index = Some(label),
                         // As Airflow: a label that does not render fails a try that
@@ -604,7 +655,7 @@ impl Job {
             _ => return,
         };
         match done {
-            Ok(true) => self.deferred.notify_one(),
+            Ok(true) => {}
             Ok(false) => {
                 info!(task_id = %ti.key.task_id, "task instance changed meanwhile; hand-off dropped")
             }
@@ -693,14 +744,22 @@ impl Job {
                 ti.key.task_id, ti.key.dag_id
             ))
         })?;
-        let run = self
-            .store
-            .dag_run_get(&ti.key.dag_id, &ti.key.run_id)
-            .await?
-            .ok_or_else(|| ExecutorError::task(format!("dag run `{}` is gone", ti.key.run_id)))?;
-        let ctx = self.context(ti, &dag, &task, &run).await?;
-        let rendered =
-            crate::render_task(&task, &ctx).map_err(|e| ExecutorError::task(e.to_string()))?;
+        let read = || self.store.dag_run_get(&ti.key.dag_id, &ti.key.run_id);
+        let run_key = (ti.key.dag_id.clone(), ti.key.run_id.clone());
+        let run = match self.shared.as_ref().and_then(|s| s.runs.get(&run_key)) {
+            Some(cell) => cell.get_or_try_init(read).await?.clone(),
+            None => read().await?,
+        }
+        .ok_or_else(|| ExecutorError::task(format!("dag run `{}` is gone", ti.key.run_id)))?;
+        let mut ctx = self.context(ti, &dag, &task, &run)?;
+        let mut rendered = crate::render_task(&task, &ctx);
+        // Render first without the run's XComs; fetch them only when a template or an
+        // argument looked for one, or a Python callable may pull them while it runs.
+        if ctx.xcoms.was_wanted() || matches!(rendered, Ok(RenderedTask::Python { .. })) {
+            ctx.xcoms = self.fetch_xcoms(&ti.key).await?;
+            rendered = crate::render_task(&task, &ctx);
+        }
+        let rendered = rendered.map_err(|e| ExecutorError::task(e.to_string()))?;
         let conn = match rendered.conn_id() {
             Some(id) => Some(self.connection(id).await?),
             None => None,

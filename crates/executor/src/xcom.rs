@@ -3,8 +3,15 @@
 //!
 //! Templates are rendered without touching the database: the worker loads the run's XComs
 //! once and hands them over here. This module knows nothing of where they came from.
+//!
+//! Most tasks never look at an XCom, and a wide run has thousands of them, so the worker first
+//! renders with [`XcomMap::unfetched`]: any lookup marks it as wanted, and the worker then
+//! fetches the run's XComs and renders again. Loading them for every try would make a run of
+//! n tasks read O(n^2) rows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value as Json;
 
@@ -13,9 +20,18 @@ pub const RETURN_VALUE: &str = "return_value";
 
 /// XComs of one dag run: `(task_id, key, map_index) -> value`. `map_index` is -1 for an
 /// unmapped task, as in Airflow.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct XcomMap {
     entries: BTreeMap<(String, String, i64), Json>,
+    /// `Some` while the run's XComs have not been fetched: a lookup sets the flag (shared by
+    /// clones) and finds nothing.
+    unfetched: Option<Arc<AtomicBool>>,
+}
+
+impl PartialEq for XcomMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.unfetched.is_some() == other.unfetched.is_some()
+    }
 }
 
 /// Which map indexes to pull.
@@ -32,6 +48,33 @@ impl XcomMap {
         Self::default()
     }
 
+    /// A map standing for XComs not fetched yet: empty, and remembering whether anything
+    /// looked into it ([`XcomMap::was_wanted`]).
+    pub fn unfetched() -> Self {
+        XcomMap {
+            entries: BTreeMap::new(),
+            unfetched: Some(Arc::new(AtomicBool::new(false))),
+        }
+    }
+
+    /// Whether this map stands for XComs not fetched yet.
+    pub fn is_unfetched(&self) -> bool {
+        self.unfetched.is_some()
+    }
+
+    /// Whether a lookup found this map unfetched: what was rendered with it may be wrong.
+    pub fn was_wanted(&self) -> bool {
+        self.unfetched
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn note_lookup(&self) {
+        if let Some(flag) = &self.unfetched {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn insert(
         &mut self,
         task_id: impl Into<String>,
@@ -44,20 +87,24 @@ impl XcomMap {
     }
 
     pub fn get(&self, task_id: &str, key: &str, map_index: i64) -> Option<&Json> {
+        self.note_lookup();
         self.entries
             .get(&(task_id.to_owned(), key.to_owned(), map_index))
     }
 
     pub fn is_empty(&self) -> bool {
+        self.note_lookup();
         self.entries.is_empty()
     }
 
     pub fn len(&self) -> usize {
+        self.note_lookup();
         self.entries.len()
     }
 
     /// All entries, ordered by task id, key and map index.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, i64, &Json)> {
+        self.note_lookup();
         self.entries
             .iter()
             .map(|((t, k, m), v)| (t.as_str(), k.as_str(), *m, v))
@@ -162,6 +209,21 @@ mod tests {
         x.insert("mapped", RETURN_VALUE, 0, json!("a"));
         x.insert("mapped", RETURN_VALUE, 2, json!("c"));
         x
+    }
+
+    #[test]
+    fn unfetched_remembers_a_lookup() {
+        let x = XcomMap::unfetched();
+        let shared = x.clone();
+        assert!(!x.was_wanted());
+        assert_eq!(
+            shared.pull(&TaskIds::One("a".into()), RETURN_VALUE, &MapIndexes::Any),
+            None
+        );
+        assert!(x.was_wanted(), "a clone shares the flag");
+        let fetched = sample();
+        assert!(fetched.get("extract", "rows", -1).is_some());
+        assert!(!fetched.was_wanted() && !fetched.is_unfetched());
     }
 
     #[test]

@@ -182,16 +182,21 @@ fn variables() {
 #[test]
 fn xcom_pull_forms() {
     let setup = |ctx: &mut flow_executor::RunContext| {
-        ctx.xcoms.insert("extract", "return_value", -1, json!("42"));
-        ctx.xcoms.insert("extract", "rows", -1, json!(7));
-        ctx.xcoms.insert(
+        std::sync::Arc::make_mut(&mut ctx.xcoms).insert("extract", "return_value", -1, json!("42"));
+        std::sync::Arc::make_mut(&mut ctx.xcoms).insert("extract", "rows", -1, json!(7));
+        std::sync::Arc::make_mut(&mut ctx.xcoms).insert(
             "train",
             "return_value",
             -1,
             json!({"model": "m1", "accuracy": 0.9}),
         );
         for (i, v) in ["a", "b", "c"].iter().enumerate() {
-            ctx.xcoms.insert("fan", "return_value", i as i64, json!(v));
+            std::sync::Arc::make_mut(&mut ctx.xcoms).insert(
+                "fan",
+                "return_value",
+                i as i64,
+                json!(v),
+            );
         }
     };
     let cases = [
@@ -368,7 +373,7 @@ d:
 "#,
     );
     let mut ctx = context(&dag, "py", dags.path());
-    ctx.xcoms.insert("up", "return_value", -1, json!("1"));
+    std::sync::Arc::make_mut(&mut ctx.xcoms).insert("up", "return_value", -1, json!("1"));
     match render_task(dag.task("py").unwrap(), &ctx).unwrap() {
         RenderedTask::Python {
             op_args,
@@ -415,8 +420,12 @@ d:
 
     // A `+task` argument is that task's return value, passed as data (not rendered).
     let mut ctx = context(&dag, "taskflow", dags.path());
-    ctx.xcoms
-        .insert("up", "return_value", -1, json!("{{ not rendered }}"));
+    std::sync::Arc::make_mut(&mut ctx.xcoms).insert(
+        "up",
+        "return_value",
+        -1,
+        json!("{{ not rendered }}"),
+    );
     match render_task(dag.task("taskflow").unwrap(), &ctx).unwrap() {
         RenderedTask::Python { op_kwargs, .. } => {
             assert_eq!(
@@ -463,8 +472,12 @@ d:
 "#,
     );
     let mut ctx = context(&dag, "double", dags.path());
-    ctx.xcoms
-        .insert("numbers", "return_value", -1, json!([10, 20, 30]));
+    std::sync::Arc::make_mut(&mut ctx.xcoms).insert(
+        "numbers",
+        "return_value",
+        -1,
+        json!([10, 20, 30]),
+    );
     ctx.map_index = 2;
     match render_task(dag.task("double").unwrap(), &ctx).unwrap() {
         RenderedTask::Python { op_kwargs, .. } => {
@@ -554,7 +567,7 @@ d:
         let mut ctx = context(&dag, task, dags.path());
         ctx.map_index = map_index;
         if let Some(x) = xcom {
-            ctx.xcoms.insert("src", "return_value", -1, x);
+            std::sync::Arc::make_mut(&mut ctx.xcoms).insert("src", "return_value", -1, x);
         }
         render_task(dag.task(task).unwrap(), &ctx).map(|r| match r {
             RenderedTask::Bash { command, env, .. } => (command, env),

@@ -580,7 +580,7 @@ def only_named(value, run_id):
       op_args: [v]
 "#;
     let (outcome, lines) = run_collect(spec(&dags, tasks, "compute", |ctx| {
-        ctx.xcoms.insert("up", "return_value", -1, json!("1"));
+        std::sync::Arc::make_mut(&mut ctx.xcoms).insert("up", "return_value", -1, json!("1"));
     }))
     .await;
     assert_eq!(

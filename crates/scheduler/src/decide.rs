@@ -259,12 +259,16 @@ pub fn decide_run(
     // As in Airflow, a run blocked by depends_on_past waits (for the previous run to be
     // cleared or marked) rather than fail as deadlocked; so does a mapped task whose length
     // is not worked out yet.
-    let waits_on_past = tis.iter().any(|t| {
-        state[&t.key] == S::NoStatus
-            && dag
-                .task(&t.key.task_id)
-                .is_some_and(|task| task.depends_on_past)
-    });
+    let past_bound: std::collections::HashSet<&str> = dag
+        .tasks
+        .iter()
+        .filter(|t| t.depends_on_past)
+        .map(|t| t.task_id.as_str())
+        .collect();
+    let waits_on_past = !past_bound.is_empty()
+        && tis
+            .iter()
+            .any(|t| state[&t.key] == S::NoStatus && past_bound.contains(t.key.task_id.as_str()));
     let waits_on_length = dag.tasks.iter().any(|t| {
         t.is_mapped()
             && !expanded.contains_key(t.task_id.as_str())

@@ -26,7 +26,7 @@ use flow_model::DagRunType;
 use flow_store::{
     ConnectionSource, Store, TriggerError, TriggerRequest, new_dag_run, new_task_instances,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -100,7 +100,6 @@ pub struct KafkaTriggers {
     store: Store,
     connections: ConnectionSource,
     config: KafkaTriggerConfig,
-    wake_scheduler: Arc<Notify>,
     stats: Arc<KafkaTriggerStats>,
     consumers: HashMap<ConsumerKey, (watch::Sender<Vec<Subscriber>>, JoinHandle<()>)>,
     /// dag_id -> (dag_hash, parsed trigger), to re-read a DAG only when it changed.
@@ -116,17 +115,11 @@ impl std::fmt::Debug for KafkaTriggers {
 }
 
 impl KafkaTriggers {
-    pub fn new(
-        store: Store,
-        connections: ConnectionSource,
-        config: KafkaTriggerConfig,
-        wake_scheduler: Arc<Notify>,
-    ) -> Self {
+    pub fn new(store: Store, connections: ConnectionSource, config: KafkaTriggerConfig) -> Self {
         KafkaTriggers {
             store,
             connections,
             config,
-            wake_scheduler,
             stats: Arc::default(),
             consumers: HashMap::new(),
             known: HashMap::new(),
@@ -260,7 +253,6 @@ impl KafkaTriggers {
                 key.clone(),
                 rx,
                 self.config.clone(),
-                self.wake_scheduler.clone(),
                 self.stats.clone(),
             ));
             self.consumers.insert(key, (tx, handle));
@@ -276,7 +268,6 @@ async fn consume(
     key: ConsumerKey,
     subscribers: watch::Receiver<Vec<Subscriber>>,
     config: KafkaTriggerConfig,
-    wake: Arc<Notify>,
     stats: Arc<KafkaTriggerStats>,
 ) {
     let (conn_id, topics, group_id) = &key;
@@ -344,11 +335,9 @@ async fn consume(
             }
             let subs = subscribers.borrow().clone();
             match create_runs(&store, &subs, &batch, dead_letters.as_ref(), &stats).await {
-                Ok(created) => {
+                // The store wakes the scheduler for the runs it created.
+                Ok(_created) => {
                     backoff = Duration::from_millis(200);
-                    if created > 0 {
-                        wake.notify_one();
-                    }
                     // Only now: every run of the batch is in the database.
                     if let Err(e) = consumer.commit(&batch).await {
                         warn!(group_id, error = %e, "offset commit failed; the batch will be read again (no run is created twice)");

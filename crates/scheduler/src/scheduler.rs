@@ -296,10 +296,6 @@ impl Scheduler {
                 elapsed_us = write_started.elapsed().as_micros() as u64,
                 "wrote task instance changes"
             );
-            if outcome.queued > 0 {
-                // Wake the workers now, not at the end of the pass.
-                self.wakeups.workers.notify_one();
-            }
         }
         for (run, state, reason) in evaluation.finished {
             if self

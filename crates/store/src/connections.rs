@@ -162,7 +162,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -192,7 +192,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -225,7 +225,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -246,7 +246,7 @@ impl Store {
                 .await?;
             n += 1;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 }

@@ -150,8 +150,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
-        tx.commit().await?;
+        crate::wake::notify_in(self, &mut tx, crate::WAKE_SCHEDULER).await?;
+        self.commit(tx).await?;
         Ok(Some(row))
     }
 
@@ -172,9 +172,9 @@ impl Store {
             created.push(create_in(&mut tx, run, tis, now_us).await?.is_some());
         }
         if created.iter().any(|c| *c) {
-            crate::notify_in(self.backend(), &mut tx, crate::WAKE_SCHEDULER).await?;
+            crate::wake::notify_in(self, &mut tx, crate::WAKE_SCHEDULER).await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(created)
     }
 
@@ -279,17 +279,9 @@ impl Store {
             reason: reason.map(str::to_owned),
         };
         let mut tx = self.begin().await?;
-        let applied = run_transition(
-            &mut tx,
-            self.backend(),
-            actor,
-            from,
-            to,
-            &[run],
-            to_micros(now),
-        )
-        .await?;
-        tx.commit().await?;
+        let applied =
+            run_transition(&mut tx, self, actor, from, to, &[run], to_micros(now)).await?;
+        self.commit(tx).await?;
         Ok(!applied.is_empty())
     }
 
@@ -306,7 +298,6 @@ impl Store {
     ) -> Result<bool> {
         use flow_model::TaskInstanceState as S;
         let now_us = to_micros(now);
-        let backend = self.backend();
         let mut tx = self.begin().await?;
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT id FROM dag_run WHERE dag_id = $1 AND run_id = $2")
@@ -362,7 +353,7 @@ impl Store {
         };
         crate::task_instances::set_states_in(
             &mut tx,
-            backend,
+            self,
             &changes,
             Actor::User,
             &Default::default(),
@@ -375,8 +366,8 @@ impl Store {
             run_id: run_id.to_owned(),
             reason: Some(format!("marked {to} by a user")),
         };
-        run_transition(&mut tx, backend, Actor::User, &from, to, &[run], now_us).await?;
-        tx.commit().await?;
+        run_transition(&mut tx, self, Actor::User, &from, to, &[run], now_us).await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -406,7 +397,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 

@@ -208,7 +208,7 @@ impl Store {
             }
         }
         bump_dag_version(&mut tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -240,7 +240,7 @@ impl Store {
                 .await?;
         }
         bump_dag_version(&mut tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(deactivated)
     }
 
@@ -291,7 +291,7 @@ impl Store {
             .await?
             .rows_affected();
         bump_dag_version(&mut tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -308,7 +308,7 @@ impl Store {
         .bind(dag_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -431,7 +431,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         bump_dag_version(&mut tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(DagDelete::Deleted)
     }
 }

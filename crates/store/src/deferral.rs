@@ -71,7 +71,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor: Actor::Worker,
                 from: &[S::Running],
@@ -82,7 +82,7 @@ impl Store {
             to_micros(now),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(!applied.is_empty())
     }
 
@@ -121,7 +121,7 @@ impl Store {
         };
         let applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor: Actor::Worker,
                 from: &[S::Running],
@@ -136,8 +136,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        crate::notify_in(self.backend(), &mut tx, crate::WAKE_TRIGGERER).await?;
-        tx.commit().await?;
+        crate::wake::notify_in(self, &mut tx, crate::WAKE_TRIGGERER).await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -171,7 +171,7 @@ impl Store {
         .bind(triggerer_id)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|r| {
                 let kwargs: String = r.try_get("kwargs")?;
@@ -195,7 +195,7 @@ impl Store {
             .bind(triggerer_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -255,7 +255,7 @@ impl Store {
         };
         let applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor: Actor::Triggerer,
                 from: &[S::Deferred],
@@ -270,7 +270,7 @@ impl Store {
             .bind(trigger_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied.len())
     }
 
@@ -297,7 +297,7 @@ impl Store {
         };
         let applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor,
                 from: &[S::Deferred],
@@ -308,7 +308,7 @@ impl Store {
             now_us,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied.len())
     }
 
@@ -323,7 +323,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 

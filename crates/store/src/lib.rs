@@ -27,6 +27,7 @@ pub mod testing;
 mod transition;
 mod trigger;
 mod users;
+pub mod wake;
 mod xcom;
 
 use std::str::FromStr;
@@ -52,6 +53,7 @@ pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,
 };
 pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
+pub use wake::{WAKE_SCHEDULER, WAKE_TRIGGERER, WAKE_WORKERS};
 pub use xcom::XcomRow;
 
 /// Which engine a store talks to.
@@ -125,6 +127,8 @@ pub struct Store {
     url_redacted: String,
     /// Kept for LISTEN connections on PostgreSQL; never logged.
     url: String,
+    /// This store's own wake-ups (see [`wake::LocalWakes`]), shared by its clones.
+    wakes: Arc<wake::LocalWakes>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -176,6 +180,7 @@ impl Store {
                     write,
                     url_redacted: redact_url(&url),
                     url: url.clone(),
+                    wakes: Arc::default(),
                 }
             }
             Backend::Sqlite => {
@@ -208,6 +213,7 @@ impl Store {
                     write,
                     url_redacted: redact_url(&url),
                     url: url.clone(),
+                    wakes: Arc::default(),
                 }
             }
         };
@@ -228,8 +234,24 @@ impl Store {
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>> {
         Ok(match self.backend {
             Backend::Postgres => self.write.begin().await?,
-            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => {
+                let tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                // The write lock is ours: what an earlier transaction notified and did not
+                // commit was rolled back.
+                self.wakes.begun();
+                tx
+            }
         })
+    }
+
+    /// Commits `tx`, then wakes this process's loops for what it notified (SQLite; on
+    /// PostgreSQL NOTIFY does it). A commit through `tx.commit()` loses nothing: other
+    /// processes, and this one's watcher, still see its wake-ups.
+    pub(crate) async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
+        let notified = self.wakes.take_pending();
+        tx.commit().await?;
+        self.wakes.committed(notified);
+        Ok(())
     }
 
     fn migrator(&self) -> sqlx::migrate::Migrator {
@@ -284,6 +306,7 @@ impl Store {
             "slot_pool",
             "job",
             "dag_version",
+            "wake_signal",
             "_sqlx_migrations",
         ];
         for t in tables {
@@ -322,66 +345,29 @@ impl Store {
         &self.read
     }
 
-    /// Forwards PostgreSQL notifications on each channel of `wakes` ([`WAKE_SCHEDULER`],
-    /// [`WAKE_WORKERS`], [`WAKE_TRIGGERER`]) to its in-process hint, reconnecting with
-    /// backoff, until the process ends. On SQLite (one process) there is nothing to listen to
-    /// and this returns at once.
+    /// Wakes the in-process loop of each channel in `wakes` ([`WAKE_SCHEDULER`],
+    /// [`WAKE_WORKERS`], [`WAKE_TRIGGERER`]) when any process notifies that channel (see
+    /// [`wake`]), until the process ends.
     pub fn spawn_wake_listener(&self, wakes: Vec<(&'static str, Arc<Notify>)>) {
-        if self.backend != Backend::Postgres || wakes.is_empty() {
+        if wakes.is_empty() {
             return;
         }
-        let url = self.url.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            let channels: Vec<&str> = wakes.iter().map(|(c, _)| *c).collect();
-            loop {
-                match sqlx::postgres::PgListener::connect(&url).await {
-                    Ok(mut listener) => {
-                        if listener.listen_all(channels.iter().copied()).await.is_ok() {
-                            backoff = Duration::from_millis(100);
-                            // A reconnect may have missed notifications: wake everyone once.
-                            for (_, n) in &wakes {
-                                n.notify_one();
-                            }
-                            while let Ok(n) = listener.recv().await {
-                                for (channel, notify) in &wakes {
-                                    if n.channel() == *channel {
-                                        notify.notify_one();
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; retrying"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+        match self.backend {
+            Backend::Postgres => {
+                tokio::spawn(wake::listen_postgres(self.url.clone(), wakes));
             }
-        });
+            Backend::Sqlite => {
+                self.wakes.listen(&wakes);
+                if !self.url.contains(":memory:") {
+                    tokio::spawn(wake::watch_sqlite(
+                        self.url.clone(),
+                        self.wakes.clone(),
+                        wakes,
+                    ));
+                }
+            }
+        }
     }
-}
-
-/// Notified (PostgreSQL) when the scheduler has something to decide: a try finished, a run was
-/// created.
-pub const WAKE_SCHEDULER: &str = "flow_wake_scheduler";
-/// Notified (PostgreSQL) when task instances were queued.
-pub const WAKE_WORKERS: &str = "flow_wake_workers";
-/// Notified (PostgreSQL) when a task deferred to a new trigger.
-pub const WAKE_TRIGGERER: &str = "flow_wake_triggerer";
-
-/// Adds a wake-up notification to a transaction; PostgreSQL delivers it at commit.
-pub(crate) async fn notify_in(
-    backend: Backend,
-    tx: &mut Transaction<'static, Any>,
-    channel: &str,
-) -> Result<()> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(channel)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Creates the database a PostgreSQL URL names, if the server does not have it yet (through

@@ -75,7 +75,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         append_in(&mut tx, ti, try_number, lines).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

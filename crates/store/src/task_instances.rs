@@ -404,7 +404,7 @@ pub(crate) fn key_of(r: &AnyRow) -> Result<TiKey> {
 /// applied.
 pub(crate) async fn set_states_in(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
+    store: &Store,
     changes: &[StateChange],
     actor: Actor,
     effect: &TiEffect,
@@ -434,7 +434,7 @@ pub(crate) async fn set_states_in(
             .collect();
         for a in ti_transition(
             tx,
-            backend,
+            store,
             TiMove {
                 actor,
                 from,
@@ -667,16 +667,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
-        let applied = set_states_in(
-            &mut tx,
-            self.backend(),
-            changes,
-            actor,
-            effect,
-            to_micros(now),
-        )
-        .await?;
-        tx.commit().await?;
+        let applied = set_states_in(&mut tx, self, changes, actor, effect, to_micros(now)).await?;
+        self.commit(tx).await?;
         Ok(applied)
     }
 
@@ -723,7 +715,7 @@ impl Store {
         };
         let mut applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor: Actor::Worker,
                 from: &[S::Queued],
@@ -734,7 +726,7 @@ impl Store {
             to_micros(now),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         // In the order they were chosen: highest priority first.
         applied.sort_by_key(|a| a.index);
         Ok(applied.into_iter().map(|a| a.row).collect())
@@ -830,8 +822,8 @@ impl Store {
                 to: S::Skipped,
                 effect: &no_effect,
             };
-            ti_transition(&mut tx, backend, how, &waiting, now_us).await?;
-            tx.commit().await?;
+            ti_transition(&mut tx, self, how, &waiting, now_us).await?;
+            self.commit(tx).await?;
             return Ok(Vec::new());
         }
         if current.contains_key(&-1) {
@@ -872,7 +864,7 @@ impl Store {
             to: S::NoStatus,
             effect: &no_effect,
         };
-        ti_transition(&mut tx, backend, how, &restored, now_us).await?;
+        ti_transition(&mut tx, self, how, &restored, now_us).await?;
         let beyond: Vec<TiChange> = current
             .iter()
             .filter(|(i, s)| **i >= length && **s == S::NoStatus)
@@ -887,8 +879,8 @@ impl Store {
             to: S::Removed,
             effect: &no_effect,
         };
-        ti_transition(&mut tx, backend, how, &beyond, now_us).await?;
-        tx.commit().await?;
+        ti_transition(&mut tx, self, how, &beyond, now_us).await?;
+        self.commit(tx).await?;
         Ok((0..length).collect())
     }
 
@@ -906,7 +898,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         insert_task_instances(&mut tx, dag_id, run_id, tis, to_micros(now)).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -941,7 +933,7 @@ impl Store {
                 lost.push(key.clone());
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(lost)
     }
 
@@ -998,7 +990,7 @@ impl Store {
                 .collect();
             let done = ti_transition(
                 &mut tx,
-                self.backend(),
+                self,
                 TiMove {
                     actor: Actor::Worker,
                     from: &[S::Running],
@@ -1017,7 +1009,7 @@ impl Store {
                 applied[members[a.index]] = true;
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied)
     }
 
@@ -1115,11 +1107,10 @@ impl Store {
             })
             .collect();
         let mut tx = self.begin().await?;
-        let backend = self.backend();
         let effect = TiEffect::default();
         let restarting = ti_transition(
             &mut tx,
-            backend,
+            self,
             TiMove {
                 actor: Actor::User,
                 from: &[S::Running],
@@ -1133,7 +1124,7 @@ impl Store {
         let from = flow_model::transition::allowed_from(S::NoStatus, Actor::User);
         let cleared = ti_transition(
             &mut tx,
-            backend,
+            self,
             TiMove {
                 actor: Actor::User,
                 from: &from,
@@ -1161,7 +1152,7 @@ impl Store {
             .collect();
         let requeued = run_transition(
             &mut tx,
-            backend,
+            self,
             Actor::User,
             &[DagRunState::Success, DagRunState::Failed],
             DagRunState::Queued,
@@ -1170,7 +1161,7 @@ impl Store {
         )
         .await?;
         report.runs_requeued = requeued.len();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(report)
     }
 
@@ -1190,7 +1181,7 @@ impl Store {
         let change = TiChange::new(key.clone()).reason(Some("restarted after clear".to_owned()));
         let applied = ti_transition(
             &mut tx,
-            self.backend(),
+            self,
             TiMove {
                 actor: Actor::Worker,
                 from: &[S::Restarting],
@@ -1201,7 +1192,7 @@ impl Store {
             to_micros(now),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied.into_iter().next().map(|a| a.row))
     }
 
@@ -1229,7 +1220,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         crate::dags::bump_dag_version(&mut tx).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ use flow_model::{DagRunState, TaskInstanceState as S};
 use sqlx::{Any, Row, Transaction};
 
 use crate::task_instances::{TI_COLUMNS, TiKey, TiRow, insert_transitions, ti_row};
-use crate::{Backend, Result, StoreError};
+use crate::{Backend, Result, Store, StoreError};
 
 /// A bound value of a statement built at run time.
 #[derive(Debug, Clone)]
@@ -357,11 +357,12 @@ pub(crate) struct TiMove<'a> {
 /// on another try, worker or heartbeat than the guards ask for) and changed nothing.
 pub(crate) async fn ti_transition(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
+    store: &Store,
     how: TiMove<'_>,
     changes: &[TiChange],
     now_us: i64,
 ) -> Result<Vec<Applied>> {
+    let backend = store.backend();
     let TiMove {
         actor,
         from,
@@ -389,7 +390,7 @@ pub(crate) async fn ti_transition(
                 .extend(update_chunk(tx, state, to, shape, effect, changes, chunk, now_us).await?);
         }
     }
-    record(tx, backend, actor, to, changes, &applied, now_us).await?;
+    record(tx, store, actor, to, changes, &applied, now_us).await?;
     Ok(applied)
 }
 
@@ -557,7 +558,7 @@ async fn update_chunk(
 /// wake-ups.
 async fn record(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
+    store: &Store,
     actor: Actor,
     to: S,
     changes: &[TiChange],
@@ -588,12 +589,12 @@ async fn record(
         .collect();
     crate::task_instances::record_history_many(tx, &histories).await?;
     if to == S::Queued {
-        crate::notify_in(backend, tx, crate::WAKE_WORKERS).await?;
+        crate::wake::notify_in(store, tx, crate::WAKE_WORKERS).await?;
     }
     // The scheduler decides what follows anything it did not do itself (a try that ended, a
     // hand-made change, a resumed sensor).
     if actor != Actor::Scheduler && to != S::Running {
-        crate::notify_in(backend, tx, crate::WAKE_SCHEDULER).await?;
+        crate::wake::notify_in(store, tx, crate::WAKE_SCHEDULER).await?;
     }
     Ok(())
 }
@@ -611,13 +612,14 @@ pub(crate) struct RunChange {
 /// it. Returns, per applied change, its index in `runs` and the state it left.
 pub(crate) async fn run_transition(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
+    store: &Store,
     actor: Actor,
     from: &[DagRunState],
     to: DagRunState,
     runs: &[RunChange],
     now_us: i64,
 ) -> Result<Vec<(usize, DagRunState)>> {
+    let backend = store.backend();
     for &f in from {
         flow_model::check_run_transition(f, to, actor)?;
     }
@@ -674,7 +676,7 @@ pub(crate) async fn run_transition(
         applied.push((i, state));
     }
     if !applied.is_empty() && actor != Actor::Scheduler {
-        crate::notify_in(backend, tx, crate::WAKE_SCHEDULER).await?;
+        crate::wake::notify_in(store, tx, crate::WAKE_SCHEDULER).await?;
     }
     Ok(applied)
 }

@@ -103,7 +103,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -119,7 +119,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -181,7 +181,7 @@ impl Store {
             .bind(username)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -213,7 +213,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -232,7 +232,7 @@ impl Store {
         .bind(e.extra)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

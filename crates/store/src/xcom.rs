@@ -64,7 +64,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         upsert(&mut tx, ti, key, value, to_micros(now)).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

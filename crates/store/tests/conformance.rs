@@ -786,7 +786,10 @@ async fn marking_task_instances_and_runs() {
     each_backend(|store| async move {
         running(&store, &["a", "b", "c"], &["a"]).await;
         let (a, b, c) = (key("r", "a"), key("r", "b"), key("r", "c"));
-        let marked = store.ti_mark(std::slice::from_ref(&b), S::Success, t0()).await.unwrap();
+        let marked = store
+            .ti_mark(std::slice::from_ref(&b), S::Success, t0())
+            .await
+            .unwrap();
         assert_eq!(marked, vec![b.clone()]);
         assert!(
             store
@@ -1112,4 +1115,75 @@ async fn corrupt_rows_are_reported_not_fatal() {
         assert_eq!(corrupt[0].run_id, "r2");
     })
     .await;
+}
+
+/// A commit through other connections (another process, or the web server's pool) wakes the
+/// loop of the channel it notified, and only that one: LISTEN/NOTIFY on PostgreSQL, the
+/// `wake_signal` counters and the file watch on SQLite.
+#[tokio::test]
+async fn commits_elsewhere_wake_the_listening_loops() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    async fn within(n: &Notify, what: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(20), n.notified())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no wake-up"));
+    }
+    fn pending(n: &Notify) -> bool {
+        use std::future::Future;
+        let mut fut = std::pin::pin!(n.notified());
+        let waker = std::task::Waker::noop();
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    for db in TestDb::all().await.unwrap() {
+        eprintln!("backend: {:?}", db.backend());
+        let scheduler = Arc::new(Notify::new());
+        let workers = Arc::new(Notify::new());
+        db.store.spawn_wake_listener(vec![
+            (flow_store::WAKE_SCHEDULER, scheduler.clone()),
+            (flow_store::WAKE_WORKERS, workers.clone()),
+        ]);
+        // A listener that starts (or reconnects) may have missed something: it wakes everyone.
+        within(&scheduler, "start, scheduler").await;
+        within(&workers, "start, workers").await;
+
+        let other = Store::connect(&db.url).await.unwrap();
+        other
+            .dag_run_create(
+                &new_run("d", "r1", DagRunType::Manual, 0),
+                &tis(&["a"]),
+                t0(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        within(&scheduler, "a run created elsewhere").await;
+        assert!(!pending(&workers), "a new run is the scheduler's business");
+
+        queue(&other, &[key("r1", "a")]).await;
+        within(&workers, "a task instance queued elsewhere").await;
+        assert!(
+            !pending(&scheduler),
+            "the scheduler does not wake itself for what it queued"
+        );
+        other.close().await;
+
+        // This process's own commits (the web server's trigger in `flow standalone`) wake its
+        // loops too.
+        db.store
+            .dag_run_create(
+                &new_run("d", "r2", DagRunType::Manual, 1),
+                &tis(&["a"]),
+                t0(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        within(&scheduler, "a run created here").await;
+        db.drop_db().await.unwrap();
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use flow_dag::{Dag, LoadOptions};
-use flow_executor::{LogLine, Outcome, RunContext, RunSpec, Stream, XcomMap, merge_params};
+use flow_executor::{LogLine, Outcome, RunContext, RunSpec, Stream, merge_params};
 use tokio::sync::{mpsc, watch};
 
 /// A directory removed when dropped.
@@ -86,7 +86,7 @@ pub fn context(dag: &Dag, task_id: &str, dags_folder: &Path) -> RunContext {
         timezone: chrono_tz::Europe::Berlin,
         render_template_as_native_obj: dag.render_template_as_native_obj,
         template_searchpath: Vec::new(),
-        xcoms: XcomMap::new(),
+        xcoms: Default::default(),
         variables: HashMap::new(),
     }
 }

@@ -1092,3 +1092,100 @@ async fn database_connections_dropping_lose_nothing() {
     drop(env);
     db.drop_db().await.unwrap();
 }
+
+/// dag-factory's own examples that use `expand` and `partial`, unchanged, through the real
+/// daemon (SQLite: the mapping itself is covered on both backends by `partitioned_load`).
+#[tokio::test]
+async fn dag_factory_mapping_examples_run_end_to_end() {
+    let db = TestDb::sqlite().await.unwrap();
+    let url = db.url.clone();
+    db.store.close().await;
+    let mut env = Env::new(&url);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dag_factory");
+    copy_dir(&fixtures, &env.dags);
+    env.start();
+    let line_of = |table: &str, prefix: &str| -> String {
+        table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{table}"))
+            .to_owned()
+    };
+
+    // `request` returns [[1], [2], [3], [4]]; `process` runs once per element, with the
+    // partial `fixed_param`.
+    let (ok, out) = env.trigger_wait("dynamic_task_map", &[]);
+    assert!(ok, "dynamic_task_map should succeed:\n{out}");
+    let run_id = run_id_of(&out);
+    let table = env.stdout(&["tasks", "states", "dynamic_task_map", &run_id]);
+    for i in 0..4 {
+        assert!(
+            line_of(&table, &format!("process[{i}] ")).contains(" success "),
+            "{table}"
+        );
+    }
+    assert!(!table.contains("process[4]"), "{table}");
+    let log = env.stdout(&[
+        "tasks",
+        "logs",
+        "dynamic_task_map",
+        &run_id,
+        "process",
+        "--map-index",
+        "2",
+    ]);
+    assert!(log.contains("test") && log.contains("[3]"), "{log}");
+
+    // TaskFlow: literal lists, `+task` outputs, a cross product of two outputs, partial.
+    let (ok, out) = env.trigger_wait("taskflow", &[]);
+    assert!(ok, "taskflow should succeed:\n{out}");
+    let run_id = run_id_of(&out);
+    let table = env.stdout(&["tasks", "states", "taskflow", &run_id]);
+    let count = |task: &str| {
+        table
+            .lines()
+            .filter(|l| l.starts_with(&format!("{task}[")) && l.contains(" success "))
+            .count()
+    };
+    assert_eq!(
+        count("double_number_with_dynamic_task_mapping_static"),
+        3,
+        "{table}"
+    );
+    assert_eq!(
+        count("double_number_with_dynamic_task_mapping_taskflow"),
+        3,
+        "{table}"
+    );
+    assert_eq!(count("multiply_with_multiple_parameters"), 9, "{table}");
+    assert_eq!(
+        count("double_number_with_dynamic_task_and_partial"),
+        3,
+        "{table}"
+    );
+    let log = env.stdout(&[
+        "tasks",
+        "logs",
+        "taskflow",
+        &run_id,
+        "double_number_with_dynamic_task_and_partial",
+        "--map-index",
+        "1",
+    ]);
+    assert!(log.contains("8 is odd"), "{log}");
+
+    // map_index_template names each instance from what the callable put in its context.
+    let (ok, out) = env.trigger_wait("example_map_index_template", &[]);
+    assert!(ok, "example_map_index_template should succeed:\n{out}");
+    let run_id = run_id_of(&out);
+    let table = env.stdout(&["tasks", "states", "example_map_index_template", &run_id]);
+    for (i, name) in ["Lucy", "Vera", "Marks"].iter().enumerate() {
+        let line = line_of(&table, &format!("dynamic_task_with_named_mapping[{i}] "));
+        assert!(
+            line.contains(" success ") && line.trim_end().ends_with(name),
+            "{table}"
+        );
+    }
+    drop(env);
+    db.drop_db().await.unwrap();
+}

@@ -1953,11 +1953,12 @@ fn read_python(
     }))
 }
 
-/// `+task_id` (dag-factory's XComArg shorthand) or `task_id.output` become task outputs; with
-/// `allow_refs` false everything is a literal.
+/// `+task_id` (dag-factory's XComArg shorthand), `task_id.output` or `XcomArg(task_id)` become
+/// task outputs; with `allow_refs` false everything is a literal.
 fn read_arg(node: &Node, allow_refs: bool, references: &mut Vec<(String, Span)>) -> Arg {
     if allow_refs && let Value::Scalar(s) = &node.value {
-        // `+task`, `"+task"`, `+task['key']` (dag-factory) and `task.output` (Airflow).
+        // `+task`, `"+task"`, `+task['key']` (dag-factory), and unquoted `task.output`
+        // (Airflow) and `XcomArg(task)` (dag-factory's other spelling).
         let text = s.text.trim();
         let text = match (text.starts_with('+'), text.find('[')) {
             (true, Some(i)) if text.ends_with(']') => &text[..i],
@@ -1966,11 +1967,15 @@ fn read_arg(node: &Node, allow_refs: bool, references: &mut Vec<(String, Span)>)
         let target = text
             .strip_prefix('+')
             .or_else(|| {
-                if s.plain {
-                    text.strip_suffix(".output")
-                } else {
-                    None
+                if !s.plain {
+                    return None;
                 }
+                text.strip_suffix(".output").or_else(|| {
+                    text.strip_prefix("XcomArg(")
+                        .or_else(|| text.strip_prefix("XComArg("))
+                        .and_then(|t| t.strip_suffix(')'))
+                        .map(str::trim)
+                })
             })
             .filter(|t| !t.is_empty() && flow_model::ids::validate_id("task_id", t).is_ok());
         if let Some(t) = target

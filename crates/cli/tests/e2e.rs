@@ -171,6 +171,13 @@ async fn databases() -> Vec<TestDb> {
     TestDb::all().await.unwrap()
 }
 
+/// A scratch environment on `db`. The binary migrates on its own: the test's connections
+/// close, and the daemon gets the database through its URL only.
+async fn env_on(db: &TestDb) -> Env {
+    db.store.close().await;
+    Env::new(&db.url)
+}
+
 const SCENARIOS: &str = r#"
 retry_then_success:
   tasks:
@@ -225,10 +232,7 @@ timeout:
 async fn examples_and_scenarios_run_end_to_end() {
     for db in databases().await {
         eprintln!("backend: {:?}", db.backend());
-        // The binary migrates on its own; hand it the database through the URL only.
-        let url = db.url.clone();
-        db.store.close().await;
-        let mut env = Env::new(&url);
+        let mut env = env_on(&db).await;
         env.copy_examples();
         env.write_dag("scenarios.yaml", SCENARIOS);
         env.start();
@@ -456,9 +460,7 @@ async fn examples_and_scenarios_run_end_to_end() {
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
     let db = TestDb::sqlite().await.unwrap();
-    let url = db.url.clone();
-    db.store.close().await;
-    let env = Env::new(&url);
+    let env = env_on(&db).await;
     env.write_dag("ok.yaml", "ok_dag:\n  tasks:\n    a: {operator: empty}\n");
 
     let out = env.run(&["dags", "trigger", "no_such_dag"]);
@@ -523,9 +525,7 @@ async fn bad_input_gets_clear_errors() {
 #[tokio::test]
 async fn stray_files_in_the_dags_folder_never_stop_the_scheduler() {
     let db = TestDb::sqlite().await.unwrap();
-    let url = db.url.clone();
-    db.store.close().await;
-    let mut env = Env::new(&url);
+    let mut env = env_on(&db).await;
     let fifo = env.dags.join("trap.yaml");
     assert!(
         Command::new("mkfifo")
@@ -632,9 +632,7 @@ ledger:
 async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
     for db in databases().await {
         eprintln!("backend: {:?}", db.backend());
-        let url = db.url.clone();
-        db.store.close().await;
-        let mut env = Env::new(&url);
+        let mut env = env_on(&db).await;
         let ledger = env.home.join("ledger.txt");
         let mut yaml = LEDGER_DAG.to_owned();
         for i in 0..10 {
@@ -729,9 +727,7 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
 #[tokio::test]
 async fn task_process_dies_with_its_worker() {
     let db = TestDb::sqlite().await.unwrap();
-    let url = db.url.clone();
-    db.store.close().await;
-    let mut env = Env::new(&url);
+    let mut env = env_on(&db).await;
     let pidfile = env.home.join("sleeper.pid");
     env.write_dag(
         "sleeper.yaml",
@@ -1098,9 +1094,7 @@ async fn database_connections_dropping_lose_nothing() {
 #[tokio::test]
 async fn dag_factory_mapping_examples_run_end_to_end() {
     let db = TestDb::sqlite().await.unwrap();
-    let url = db.url.clone();
-    db.store.close().await;
-    let mut env = Env::new(&url);
+    let mut env = env_on(&db).await;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dag_factory");
     copy_dir(&fixtures, &env.dags);
     env.start();

@@ -479,6 +479,35 @@ pub struct Mapping {
     pub kwargs: Option<Arg>,
 }
 
+/// The Python type name of a JSON value, as Airflow's mapping errors name it.
+pub fn python_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "NoneType",
+        Json::Bool(_) => "bool",
+        Json::Number(n) if n.is_f64() => "float",
+        Json::Number(_) => "int",
+        Json::String(_) => "str",
+        Json::Array(_) => "list",
+        Json::Object(_) => "dict",
+    }
+}
+
+/// How many instances an upstream's return value makes when a task maps over it: a list's
+/// items or a mapping's entries. Anything else (nothing pushed, a scalar) gets Airflow's error.
+pub fn mapped_length(value: Option<&Json>) -> Result<usize, String> {
+    match value {
+        None | Some(Json::Null) => {
+            Err("XComForMappingNotPushed: did not push XCom for task mapping".to_owned())
+        }
+        Some(Json::Array(items)) => Ok(items.len()),
+        Some(Json::Object(entries)) => Ok(entries.len()),
+        Some(other) => Err(format!(
+            "UnmappableXComTypePushed: unmappable return type '{}'",
+            python_type(other)
+        )),
+    }
+}
+
 impl Mapping {
     /// Whether the task is mapped (`partial` alone only sets arguments).
     pub fn is_mapped(&self) -> bool {

@@ -23,7 +23,7 @@ pub use dag::{
     Arg, BashOperator, DEFAULT_KAFKA_CONN_ID, Dag, DateTimeSensor, KafkaAwaitMessageSensor,
     KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator, KafkaTrigger, Mapping, Operator,
     Param, PythonCallable, PythonOperator, Sensor, SensorMode, Task, TaskGroup, TimeDeltaSensor,
-    WeightRule,
+    WeightRule, mapped_length, python_type,
 };
 pub use diagnostic::{Diagnostic, Severity};
 pub use loader::{DagBag, LoadOptions, LoadedFile, find_dag_files, load_dags, load_file};

@@ -339,7 +339,8 @@ pub fn py_repr(v: &Json) -> String {
 }
 
 /// Python's `repr` of a string: single quotes unless the text has one and no double quote.
-fn py_str_repr(s: &str) -> String {
+/// (The template engine prints strings inside containers with it too.)
+pub fn py_str_repr(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {

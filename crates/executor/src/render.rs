@@ -692,18 +692,7 @@ pub fn cross_product_position(index: usize, lengths: &[usize]) -> Option<Vec<usi
     (rest == 0).then_some(picks)
 }
 
-/// The Python type name of a JSON value, as Airflow's mapping errors name it.
-pub fn python_type(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "NoneType",
-        Json::Bool(_) => "bool",
-        Json::Number(n) if n.is_f64() => "float",
-        Json::Number(_) => "int",
-        Json::String(_) => "str",
-        Json::Array(_) => "list",
-        Json::Object(_) => "dict",
-    }
-}
+pub use flow_dag::python_type;
 
 /// A mapped task instance's label (Airflow's `rendered_map_index`): its `map_index_template`
 /// rendered after the try with the try's context, plus the names the task itself set in its

@@ -831,18 +831,9 @@ fn mapping_source_problem(
     if !feeds_mapping {
         return None;
     }
-    let length = match xcom {
-        None | Some(serde_json::Value::Null) => {
-            return Some("XComForMappingNotPushed: did not push XCom for task mapping".to_owned());
-        }
-        Some(serde_json::Value::Array(items)) => items.len(),
-        Some(serde_json::Value::Object(entries)) => entries.len(),
-        Some(other) => {
-            return Some(format!(
-                "UnmappableXComTypePushed: unmappable return type '{}'",
-                crate::python_type(other)
-            ));
-        }
+    let length = match flow_dag::mapped_length(xcom) {
+        Ok(length) => length,
+        Err(problem) => return Some(problem),
     };
     (length > max_map_length).then(|| {
         format!(

@@ -56,39 +56,20 @@ pub fn map_length(
     max_map_length: usize,
 ) -> Result<usize, String> {
     use flow_dag::Arg;
-    use serde_json::Value as Json;
     let length_of = |arg: &Arg| -> Result<usize, String> {
-        let value = match arg {
-            Arg::Value(v) => v.clone(),
-            Arg::Output(task) => {
-                let task = task.as_str();
-                match xcoms.get(&(task.to_owned(), -1)) {
-                    Some(v) => v.clone(),
-                    None => {
-                        let mapped = xcoms.keys().filter(|(t, m)| t == task && *m >= 0).count();
-                        if mapped == 0 {
-                            return Err(format!(
-                                "XComForMappingNotPushed: task `{task}` did not push XCom for task mapping"
-                            ));
-                        }
-                        return Ok(mapped);
-                    }
-                }
-            }
+        let task = match arg {
+            Arg::Value(v) => return flow_dag::mapped_length(Some(v)),
+            Arg::Output(task) => task.as_str(),
         };
-        match value {
-            Json::Array(items) => Ok(items.len()),
-            Json::Object(entries) => Ok(entries.len()),
-            Json::Null => Err("XComForMappingNotPushed: did not push XCom for task mapping".into()),
-            other => Err(format!(
-                "UnmappableXComTypePushed: unmappable return type '{}'",
-                match other {
-                    Json::Bool(_) => "bool",
-                    Json::Number(n) if n.is_f64() => "float",
-                    Json::Number(_) => "int",
-                    _ => "str",
-                }
+        if let Some(v) = xcoms.get(&(task.to_owned(), -1)) {
+            return flow_dag::mapped_length(Some(v));
+        }
+        // A mapped upstream: one element per instance that pushed.
+        match xcoms.keys().filter(|(t, m)| t == task && *m >= 0).count() {
+            0 => Err(format!(
+                "XComForMappingNotPushed: task `{task}` did not push XCom for task mapping"
             )),
+            mapped => Ok(mapped),
         }
     };
     let length = match &mapping.kwargs {
@@ -469,28 +450,11 @@ mod tests {
 
     fn ti(task: &str, state: S) -> TiRow {
         TiRow {
-            key: TiKey::new("d", "r", task, -1),
-            state,
             try_number: 1,
-            max_tries: 0,
-            operator: String::new(),
             queue: "default".into(),
             pool: "default_pool".into(),
-            pool_slots: 1,
-            priority_weight: 1,
-            start_date: None,
-            end_date: None,
-            duration: None,
-            scheduled_dttm: None,
-            queued_dttm: None,
-            next_retry_at: None,
-            hostname: String::new(),
-            worker_id: None,
-            last_heartbeat_at: None,
             updated_at: now(),
-            next_method: None,
-            next_kwargs: None,
-            rendered_map_index: None,
+            ..TiRow::new(TiKey::new("d", "r", task, -1), state)
         }
     }
 

@@ -702,7 +702,13 @@ impl Scheduler {
             };
             let lengths = self.map_lengths(&dag, run, tis).await?;
             let decision = decide_run(&dag, tis, &previous, &lengths, now);
-            let templates = flow_store::new_task_instances(&dag);
+            // New rows are made only for expansions and tasks added to the DAG (new mapped
+            // instances are scheduled below from the same templates); most passes make none.
+            let templates = if decision.expansions.is_empty() && decision.missing_tasks.is_empty() {
+                Vec::new()
+            } else {
+                flow_store::new_task_instances(&dag)
+            };
             for e in &decision.expansions {
                 let Some(template) = templates.iter().find(|t| t.task_id == e.task_id) else {
                     continue;
@@ -714,9 +720,10 @@ impl Scheduler {
                 debug!(dag_id = %run.dag_id, run_id = %run.run_id, task_id = %e.task_id, length = e.length, ready = ready.len(), "expanded mapped task");
             }
             if !decision.missing_tasks.is_empty() {
-                let missing: Vec<_> = flow_store::new_task_instances(&dag)
-                    .into_iter()
+                let missing: Vec<_> = templates
+                    .iter()
                     .filter(|t| decision.missing_tasks.contains(&t.task_id))
+                    .cloned()
                     .collect();
                 info!(dag_id = %run.dag_id, run_id = %run.run_id, tasks = ?decision.missing_tasks, "tasks added to the DAG join the running run");
                 self.store
@@ -1039,28 +1046,13 @@ impl Scheduler {
 /// The row a new instance of a mapped task will have, for queueing in the pass that makes it.
 fn new_row(key: TiKey, t: &flow_store::NewTaskInstance) -> TiRow {
     TiRow {
-        key,
-        state: S::NoStatus,
-        try_number: 0,
         max_tries: t.max_tries,
         operator: t.operator.clone(),
         queue: t.queue.clone(),
         pool: t.pool.clone(),
         pool_slots: t.pool_slots,
         priority_weight: t.priority_weight,
-        start_date: None,
-        end_date: None,
-        duration: None,
-        scheduled_dttm: None,
-        queued_dttm: None,
-        next_retry_at: None,
-        hostname: String::new(),
-        worker_id: None,
-        last_heartbeat_at: None,
-        updated_at: DateTime::<Utc>::default(),
-        next_method: None,
-        next_kwargs: None,
-        rendered_map_index: None,
+        ..TiRow::new(key, S::NoStatus)
     }
 }
 

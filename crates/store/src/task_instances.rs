@@ -78,6 +78,37 @@ pub struct TiRow {
     pub rendered_map_index: Option<String>,
 }
 
+impl TiRow {
+    /// A row with its key and state and nothing else: every try field unset, one slot of the
+    /// default pool. Callers set what they know on top.
+    pub fn new(key: TiKey, state: S) -> TiRow {
+        TiRow {
+            key,
+            state,
+            try_number: 0,
+            max_tries: 0,
+            operator: String::new(),
+            queue: String::new(),
+            pool: String::new(),
+            pool_slots: 1,
+            priority_weight: 1,
+            start_date: None,
+            end_date: None,
+            duration: None,
+            scheduled_dttm: None,
+            queued_dttm: None,
+            next_retry_at: None,
+            hostname: String::new(),
+            worker_id: None,
+            last_heartbeat_at: None,
+            updated_at: DateTime::<Utc>::default(),
+            next_method: None,
+            next_kwargs: None,
+            rendered_map_index: None,
+        }
+    }
+}
+
 /// A task instance a worker has just claimed (now `running`, try number bumped).
 pub type ClaimedTi = TiRow;
 
@@ -198,28 +229,14 @@ impl CorruptRow {
 fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
     let state: String = r.try_get("state")?;
     Ok(TiRow {
-        key: key_of(r)?,
-        state: parse_state(&state)?,
         try_number: r.try_get("try_number")?,
         max_tries: r.try_get("max_tries")?,
-        operator: String::new(),
-        queue: String::new(),
         pool: r.try_get("pool")?,
         pool_slots: r.try_get("pool_slots")?,
         priority_weight: r.try_get("priority_weight")?,
-        start_date: None,
-        end_date: None,
-        duration: None,
         scheduled_dttm: opt_from_micros(r.try_get("scheduled_dttm")?),
-        queued_dttm: None,
         next_retry_at: opt_from_micros(r.try_get("next_retry_at")?),
-        hostname: String::new(),
-        worker_id: None,
-        last_heartbeat_at: None,
-        updated_at: DateTime::<Utc>::default(),
-        next_method: None,
-        next_kwargs: None,
-        rendered_map_index: None,
+        ..TiRow::new(key_of(r)?, parse_state(&state)?)
     })
 }
 

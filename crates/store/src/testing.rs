@@ -183,58 +183,59 @@ impl Store {
     /// tables (`flow_model::check_transition`, `check_run_transition`) and describes those
     /// it forbids, with how often each happened.
     pub async fn illegal_transitions(&self) -> Result<Vec<String>> {
-        use flow_model::{Actor, DagRunState, TaskInstanceState};
+        use flow_model::{DagRunState, TaskInstanceState};
+        let mut out = self
+            .illegal_in("ti_transition", "task instance", |f, t, a| {
+                match (TaskInstanceState::parse(f), TaskInstanceState::parse(t)) {
+                    (Ok(f), Ok(t)) => {
+                        flow_model::check_transition(f, t, a).map_err(|e| e.to_string())
+                    }
+                    _ => Err("unknown state".to_owned()),
+                }
+            })
+            .await?;
+        // A run's creation is recorded with no from-state: nothing to check.
+        out.extend(
+            self.illegal_in("dag_run_transition", "dag run", |f, t, a| {
+                match (DagRunState::parse(f), DagRunState::parse(t)) {
+                    (Ok(f), Ok(t)) => {
+                        flow_model::check_run_transition(f, t, a).map_err(|e| e.to_string())
+                    }
+                    _ => Err("unknown state".to_owned()),
+                }
+            })
+            .await?,
+        );
+        Ok(out)
+    }
+
+    /// The distinct (from, to, actor) rows of a transition table that `judge` refuses.
+    async fn illegal_in(
+        &self,
+        table: &str,
+        what: &str,
+        judge: impl Fn(&str, &str, flow_model::Actor) -> std::result::Result<(), String>,
+    ) -> Result<Vec<String>> {
         use sqlx::Row;
-        let mut out = Vec::new();
-        let rows = sqlx::query(
-            "SELECT from_state, to_state, actor, COUNT(*) AS n FROM ti_transition \
-             GROUP BY from_state, to_state, actor ORDER BY from_state, to_state, actor",
-        )
-        .fetch_all(self.read_pool())
-        .await?;
-        for r in rows {
-            let (from, to, actor): (String, String, String) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            let n: i64 = r.try_get("n")?;
-            let legal = match (
-                TaskInstanceState::parse(&from),
-                TaskInstanceState::parse(&to),
-                actor.parse::<Actor>(),
-            ) {
-                (Ok(f), Ok(t), Ok(a)) => {
-                    flow_model::check_transition(f, t, a).map_err(|e| e.to_string())
-                }
-                _ => Err("unknown state or actor".to_owned()),
-            };
-            if let Err(e) = legal {
-                out.push(format!(
-                    "task instance {from} -> {to} by {actor} ({n}x): {e}"
-                ));
-            }
-        }
-        let rows = sqlx::query(
-            "SELECT from_state, to_state, actor, COUNT(*) AS n FROM dag_run_transition \
+        // The table name is one of the two constants above, never input.
+        let rows = sqlx::query(&format!(
+            "SELECT from_state, to_state, actor, COUNT(*) AS n FROM {table} \
              WHERE from_state IS NOT NULL \
-             GROUP BY from_state, to_state, actor ORDER BY from_state, to_state, actor",
-        )
+             GROUP BY from_state, to_state, actor ORDER BY from_state, to_state, actor"
+        ))
         .fetch_all(self.read_pool())
         .await?;
+        let mut out = Vec::new();
         for r in rows {
             let (from, to, actor): (String, String, String) =
                 (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
             let n: i64 = r.try_get("n")?;
-            let legal = match (
-                DagRunState::parse(&from),
-                DagRunState::parse(&to),
-                actor.parse::<Actor>(),
-            ) {
-                (Ok(f), Ok(t), Ok(a)) => {
-                    flow_model::check_run_transition(f, t, a).map_err(|e| e.to_string())
-                }
-                _ => Err("unknown state or actor".to_owned()),
+            let legal = match actor.parse::<flow_model::Actor>() {
+                Ok(a) => judge(&from, &to, a),
+                Err(_) => Err("unknown actor".to_owned()),
             };
             if let Err(e) = legal {
-                out.push(format!("dag run {from} -> {to} by {actor} ({n}x): {e}"));
+                out.push(format!("{what} {from} -> {to} by {actor} ({n}x): {e}"));
             }
         }
         Ok(out)

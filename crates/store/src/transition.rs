@@ -204,6 +204,13 @@ fn assignments(from: S, to: S, shape: Shape, effect: &TiEffect, sql: &mut Sql) -
         "NULL".to_owned()
     };
     let mut set: Vec<String> = Vec::new();
+    // A clear grants the task's retries anew from the current try on.
+    let retries_granted = shape.retries.then(|| {
+        format!(
+            "max_tries = try_number + CAST({} AS BIGINT)",
+            shape.column(Extra::Retries)
+        )
+    });
     match to {
         S::NoStatus => {
             set.extend(
@@ -221,12 +228,7 @@ fn assignments(from: S, to: S, shape: Shape, effect: &TiEffect, sql: &mut Sql) -
                 ]
                 .map(str::to_owned),
             );
-            if shape.retries {
-                set.push(format!(
-                    "max_tries = try_number + CAST({} AS BIGINT)",
-                    shape.column(Extra::Retries)
-                ));
-            }
+            set.extend(retries_granted.clone());
         }
         S::Scheduled => {
             set.push(format!("scheduled_dttm = {now}"));
@@ -283,12 +285,7 @@ fn assignments(from: S, to: S, shape: Shape, effect: &TiEffect, sql: &mut Sql) -
                 ]
                 .map(str::to_owned),
             );
-            if shape.retries {
-                set.push(format!(
-                    "max_tries = try_number + CAST({} AS BIGINT)",
-                    shape.column(Extra::Retries)
-                ));
-            }
+            set.extend(retries_granted.clone());
         }
         S::UpForReschedule => {
             set.push(format!("next_retry_at = {next_retry_at}"));

@@ -338,14 +338,7 @@ async fn concurrent_claims_never_overlap() {
     each_backend(|store| async move {
         let ids: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        store
-            .dag_run_create(
-                &new_run("d", "r", DagRunType::Manual, 0),
-                &tis(&id_refs),
-                t0(),
-            )
-            .await
-            .unwrap();
+        manual_run(&store, &id_refs).await;
         let keys: Vec<TiKey> = ids.iter().map(|t| key("r", t)).collect();
         queue(&store, &keys).await;
 
@@ -390,14 +383,7 @@ async fn concurrent_claims_never_overlap() {
 #[tokio::test]
 async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
     each_backend(|store| async move {
-        store
-            .dag_run_create(
-                &new_run("d", "r", DagRunType::Manual, 0),
-                &tis(&["a"]),
-                t0(),
-            )
-            .await
-            .unwrap();
+        manual_run(&store, &["a"]).await;
         let a = key("r", "a");
         store
             .ti_set_states(
@@ -600,12 +586,17 @@ async fn connections_are_encrypted_at_rest_and_keys_rotate() {
 // Every state-changing method, on both backends. `each_backend` ends each with
 // `TestDb::drop_db`, which replays every recorded transition through the model's table.
 
-/// A run `r` of `d` with these tasks, the named ones claimed by worker `w1` (now running).
-async fn running(store: &Store, tasks: &[&str], claim: &[&str]) -> Vec<flow_store::ClaimedTi> {
+/// A manual run `r` of `d` with these tasks, all without a state.
+async fn manual_run(store: &Store, tasks: &[&str]) {
     store
         .dag_run_create(&new_run("d", "r", DagRunType::Manual, 0), &tis(tasks), t0())
         .await
         .unwrap();
+}
+
+/// A run `r` of `d` with these tasks, the named ones claimed by worker `w1` (now running).
+async fn running(store: &Store, tasks: &[&str], claim: &[&str]) -> Vec<flow_store::ClaimedTi> {
+    manual_run(store, tasks).await;
     let keys: Vec<TiKey> = claim.iter().map(|t| key("r", t)).collect();
     queue(store, &keys).await;
     let claimed = store
@@ -652,14 +643,7 @@ fn h(from: &str, to: &str, actor: &str) -> (String, String, String) {
 #[tokio::test]
 async fn illegal_transitions_are_refused_and_change_nothing() {
     each_backend(|store| async move {
-        store
-            .dag_run_create(
-                &new_run("d", "r", DagRunType::Manual, 0),
-                &tis(&["a"]),
-                t0(),
-            )
-            .await
-            .unwrap();
+        manual_run(&store, &["a"]).await;
         let a = key("r", "a");
         // The scheduler may not queue what it has not scheduled, nor a worker succeed what it
         // has not claimed.
@@ -1026,14 +1010,7 @@ async fn rescues_are_guarded_by_staleness() {
 #[tokio::test]
 async fn expanding_mapped_tasks() {
     each_backend(|store| async move {
-        store
-            .dag_run_create(
-                &new_run("d", "r", DagRunType::Manual, 0),
-                &tis(&["m", "e"]),
-                t0(),
-            )
-            .await
-            .unwrap();
+        manual_run(&store, &["m", "e"]).await;
         let template = &tis(&["m"])[0];
         assert_eq!(
             store.ti_expand("d", "r", template, 3, t0()).await.unwrap(),

@@ -553,48 +553,26 @@ async fn list(
 ) -> ApiResult<Json<TaskInstanceCollection>> {
     user.require(Permission::Read)?;
     let pairs = query_pairs(raw.as_deref())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let (limit, offset) = super::paging(&pairs)?;
-    let states = parse_states(&pairs)?;
-    let task_filter = get("task_id");
+    let params = ListParams::parse(&pairs)?;
+    let task_filter = pairs
+        .iter()
+        .find(|(n, _)| n == "task_id")
+        .map(|(_, v)| v.as_str());
     if run_id != "~" {
         // One run: filtered, ordered and paged by the database.
         let run = run_of(&state, &dag_id, &run_id).await?;
-        let order = get("order_by").unwrap_or("map_index");
-        let (desc, key) = order
-            .strip_prefix('-')
-            .map_or((false, order), |k| (true, k));
-        let column = if key == "id" { "map_index" } else { key };
-        if !flow_store::TiQuery::ORDER_COLUMNS.contains(&column) {
-            return Err(ApiError::bad_request(format!(
-                "Ordering with '{key}' is disallowed or the attribute does not exist on the model"
-            )));
-        }
-        let (rows, total) = state
-            .store()
-            .ti_query(&flow_store::TiQuery {
-                dag_id: dag_id.clone(),
-                run_id: run_id.clone(),
-                states,
-                task_id: task_filter.map(str::to_owned),
-                order_by: Some((column.to_owned(), desc)),
-                limit: i64::try_from(limit).unwrap_or(i64::MAX),
-                offset: i64::try_from(offset).unwrap_or(i64::MAX),
-            })
-            .await?;
-        return Ok(Json(TaskInstanceCollection {
-            total_entries: usize::try_from(total).unwrap_or(0),
-            task_instances: rows.iter().map(|t| ti_response(t, &run)).collect(),
-        }));
+        return run_page(&state, &run, &params, task_filter.map(str::to_owned)).await;
     }
-    let runs: Vec<DagRunRow> = if run_id == "~" {
-        if state.store().dag_get(&dag_id).await?.is_none() {
-            return Err(super::dag_not_found(&dag_id));
-        }
-        state.store().dag_run_list(&dag_id, 100_000).await?
-    } else {
-        vec![run_of(&state, &dag_id, &run_id).await?]
-    };
+    let ListParams {
+        limit,
+        offset,
+        states,
+        order,
+    } = params;
+    if state.store().dag_get(&dag_id).await?.is_none() {
+        return Err(super::dag_not_found(&dag_id));
+    }
+    let runs = state.store().dag_run_list(&dag_id, 100_000).await?;
     let mut rows: Vec<(TiRow, &DagRunRow)> = Vec::new();
     for run in &runs {
         for t in state
@@ -609,7 +587,6 @@ async fn list(
         (states.is_empty() || states.contains(&t.state))
             && task_filter.is_none_or(|id| t.key.task_id == id)
     });
-    let order = get("order_by").unwrap_or("map_index");
     let (desc, key) = order
         .strip_prefix('-')
         .map_or((false, order), |k| (true, k));
@@ -760,33 +737,67 @@ async fn list_mapped(
         )));
     }
     let pairs = query_pairs(raw.as_deref())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let (limit, offset) = super::paging(&pairs)?;
-    let states = parse_states(&pairs)?;
-    let order = get("order_by").unwrap_or("map_index");
-    let (desc, column) = order
+    let params = ListParams::parse(&pairs)?;
+    run_page(&state, &run, &params, Some(task_id)).await
+}
+
+/// What a list of task instances asks for: a page, states (none: all) and `order_by`.
+struct ListParams<'q> {
+    limit: usize,
+    offset: usize,
+    states: Vec<TaskInstanceState>,
+    order: &'q str,
+}
+
+impl<'q> ListParams<'q> {
+    fn parse(pairs: &'q [(String, String)]) -> ApiResult<Self> {
+        let (limit, offset) = super::paging(pairs)?;
+        Ok(ListParams {
+            limit,
+            offset,
+            states: parse_states(pairs)?,
+            order: pairs
+                .iter()
+                .find(|(n, _)| n == "order_by")
+                .map_or("map_index", |(_, v)| v.as_str()),
+        })
+    }
+}
+
+/// One run's task instances as `list` and `listMapped` serve them: filtered by `state` (and
+/// `task_id`), ordered by `order_by` (`id` is the map index; `-` for descending) and paged, all
+/// by the database.
+async fn run_page(
+    state: &AppState,
+    run: &DagRunRow,
+    params: &ListParams<'_>,
+    task_id: Option<String>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    let order = params.order;
+    let (desc, key) = order
         .strip_prefix('-')
         .map_or((false, order), |k| (true, k));
+    let column = if key == "id" { "map_index" } else { key };
     if !flow_store::TiQuery::ORDER_COLUMNS.contains(&column) {
         return Err(ApiError::bad_request(format!(
-            "Ordering with '{column}' is disallowed or the attribute does not exist on the model"
+            "Ordering with '{key}' is disallowed or the attribute does not exist on the model"
         )));
     }
     let (rows, total) = state
         .store()
         .ti_query(&flow_store::TiQuery {
-            dag_id: dag_id.clone(),
-            run_id: run_id.clone(),
-            states,
-            task_id: Some(task_id.clone()),
+            dag_id: run.dag_id.clone(),
+            run_id: run.run_id.clone(),
+            states: params.states.clone(),
+            task_id,
             order_by: Some((column.to_owned(), desc)),
-            limit: i64::try_from(limit).unwrap_or(i64::MAX),
-            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            limit: i64::try_from(params.limit).unwrap_or(i64::MAX),
+            offset: i64::try_from(params.offset).unwrap_or(i64::MAX),
         })
         .await?;
     Ok(Json(TaskInstanceCollection {
         total_entries: usize::try_from(total).unwrap_or(0),
-        task_instances: rows.iter().map(|t| ti_response(t, &run)).collect(),
+        task_instances: rows.iter().map(|t| ti_response(t, run)).collect(),
     }))
 }
 

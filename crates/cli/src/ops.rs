@@ -166,6 +166,10 @@ pub fn worker_config(
         hostname,
         queues: queues.unwrap_or_else(|| vec!["default".into()]),
         concurrency: concurrency.unwrap_or(default_concurrency).max(1),
+        heartbeat_interval: StdDuration::from_secs(
+            u64::try_from(config::env_number("worker", "heartbeat_interval", 5)?.max(1))
+                .unwrap_or(5),
+        ),
         dags_folder: dags_folder.to_path_buf(),
         connections: Some(config::connection_source()?),
         max_map_length: max_map_length()?,

@@ -19,8 +19,8 @@ use flow_dag::Dag;
 use flow_dag::schedule::{DataInterval, TimeRestriction};
 use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
 use flow_store::{
-    DagRow, DagRunRow, NextRun, PoolUsage, StateChange, Store, TiKey, TiRow, TriggerError,
-    TriggerRequest,
+    DagRow, DagRunRow, NextRun, PoolUsage, QueueRequest, Refusal, RunStart, StateChange, Store,
+    TiKey, TiRow, TriggerError, TriggerRequest,
 };
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -278,21 +278,25 @@ impl Scheduler {
 
         // Decisions and queueing go to the database in one transaction: a task instance made
         // runnable by this pass is queued by the same commit.
-        let mut changes = evaluation.changes;
-        let queue_changes = self
-            .queue_task_instances(&evaluation.all, &evaluation.newly_scheduled)
+        let candidates = self
+            .queue_candidates(&evaluation.all, &evaluation.newly_scheduled)
             .await?;
-        let queue_from = changes.len();
-        changes.extend(queue_changes);
-        if !changes.is_empty() {
+        if !evaluation.changes.is_empty() || !candidates.is_empty() {
             let write_started = std::time::Instant::now();
-            let applied = self
+            let written = self
                 .store
-                .ti_set_states(&changes, Actor::Scheduler, now)
+                .ti_schedule_and_queue(
+                    &evaluation.changes,
+                    &candidates,
+                    self.config.parallelism,
+                    now,
+                )
                 .await?;
-            outcome.queued = applied[queue_from..].iter().filter(|a| **a).count();
+            outcome.queued = written.queued.len();
             debug!(
-                changes = changes.len(),
+                changes = evaluation.changes.len(),
+                candidates = candidates.len(),
+                queued = outcome.queued,
                 elapsed_us = write_started.elapsed().as_micros() as u64,
                 "wrote task instance changes"
             );
@@ -576,17 +580,19 @@ impl Scheduler {
         Ok(next_deadline)
     }
 
-    /// Moves queued runs to running, oldest first, within each DAG's `max_active_runs`.
+    /// Moves queued runs to running, oldest first, within each DAG's `max_active_runs`
+    /// (decided again by the store under the queueing lock).
     async fn start_queued_runs(
         &mut self,
         runs: &mut [DagRunRow],
         now: DateTime<Utc>,
     ) -> Result<(), SchedulerError> {
-        let mut running: HashMap<String, i64> = HashMap::new();
+        let mut running: HashMap<&str, i64> = HashMap::new();
         for r in runs.iter().filter(|r| r.state == DagRunState::Running) {
-            *running.entry(r.dag_id.clone()).or_default() += 1;
+            *running.entry(r.dag_id.as_str()).or_default() += 1;
         }
-        for r in runs.iter_mut().filter(|r| r.state == DagRunState::Queued) {
+        let mut candidates = Vec::new();
+        for r in runs.iter().filter(|r| r.state == DagRunState::Queued) {
             let Some(row) = self.dag_rows.get(&r.dag_id) else {
                 continue;
             };
@@ -594,24 +600,28 @@ impl Scheduler {
             if row.is_paused {
                 continue;
             }
-            let n = running.entry(r.dag_id.clone()).or_default();
+            let n = running.entry(r.dag_id.as_str()).or_default();
             if *n >= row.max_active_runs {
                 continue;
             }
-            if self
-                .store
-                .dag_run_set_state_if(
-                    &r.dag_id,
-                    &r.run_id,
-                    &[DagRunState::Queued],
-                    DagRunState::Running,
-                    Actor::Scheduler,
-                    None,
-                    now,
-                )
-                .await?
-            {
-                *n += 1;
+            *n += 1;
+            candidates.push(RunStart {
+                dag_id: r.dag_id.clone(),
+                run_id: r.run_id.clone(),
+                max_active_runs: row.max_active_runs,
+            });
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let started: std::collections::HashSet<(String, String)> = self
+            .store
+            .dag_run_start_queued(&candidates, now)
+            .await?
+            .into_iter()
+            .collect();
+        for r in runs.iter_mut() {
+            if started.contains(&(r.dag_id.clone(), r.run_id.clone())) {
                 r.state = DagRunState::Running;
                 r.start_date.get_or_insert(now);
             }
@@ -839,51 +849,37 @@ impl Scheduler {
             .collect())
     }
 
-    /// Queues scheduled task instances, highest priority first, within parallelism, pool slots,
-    /// each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag` and
-    /// `max_active_tis_per_dagrun`. Instances of one mapped task go in map index order.
-    async fn queue_task_instances(
+    /// Chooses scheduled task instances to queue, highest priority first, within parallelism,
+    /// pool slots, each DAG's `max_active_tasks` and each task's `max_active_tis_per_dag` and
+    /// `max_active_tis_per_dagrun`, as this pass sees them. Instances of one mapped task go in
+    /// map index order. The store decides again under the queueing lock
+    /// ([`Store::ti_schedule_and_queue`]): another scheduler may have queued meanwhile.
+    async fn queue_candidates(
         &mut self,
         all: &[TiRow],
         newly_scheduled: &[TiRow],
-    ) -> Result<Vec<StateChange>, SchedulerError> {
+    ) -> Result<Vec<QueueRequest>, SchedulerError> {
         // Occupancy from the task instances of the running runs, read once per pass: every
         // queued or running task instance belongs to one.
         let mut usage = PoolUsage::default();
         for (pool, slots) in &self.pools {
             usage.pools.insert(pool.clone(), (*slots, 0));
         }
-        // (dag_id, run_id, task_id) -> queued + running instances: max_active_tis_per_dagrun.
-        let mut per_run_task: HashMap<(String, String, String), i64> = HashMap::new();
         for ti in all
             .iter()
             .filter(|t| matches!(t.state, S::Queued | S::Running))
         {
-            *per_run_task
-                .entry((
-                    ti.key.dag_id.clone(),
-                    ti.key.run_id.clone(),
-                    ti.key.task_id.clone(),
-                ))
-                .or_default() += 1;
-            usage.pools.entry(ti.pool.clone()).or_insert((0, 0)).1 += ti.pool_slots;
-            *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
-            *usage
-                .per_task
-                .entry((ti.key.dag_id.clone(), ti.key.task_id.clone()))
-                .or_default() += 1;
-            usage.total += 1;
+            usage.add(&ti.key, &ti.pool, ti.pool_slots);
         }
         if usage.total >= self.config.parallelism {
             return Ok(Vec::new());
         }
         // Already scheduled (waiting on a limit) plus those this pass makes runnable, highest
         // priority first.
-        let mut candidates: Vec<TiRow> = all
+        let mut candidates: Vec<&TiRow> = all
             .iter()
             .filter(|t| t.state == S::Scheduled)
             .chain(newly_scheduled)
-            .cloned()
             .collect();
         candidates.sort_by(|a, b| {
             b.priority_weight
@@ -891,7 +887,7 @@ impl Scheduler {
                 .then(a.scheduled_dttm.cmp(&b.scheduled_dttm))
                 .then(a.key.map_index.cmp(&b.key.map_index))
         });
-        let mut changes = Vec::new();
+        let mut requests = Vec::new();
         for ti in candidates {
             if usage.total >= self.config.parallelism {
                 break;
@@ -902,53 +898,23 @@ impl Scheduler {
             let Some(task) = dag.task(&ti.key.task_id) else {
                 continue;
             };
-            let dag_n = usage.per_dag.get(&ti.key.dag_id).copied().unwrap_or(0);
-            if dag_n >= i64::from(dag.max_active_tasks) {
-                continue;
-            }
-            let task_key = (ti.key.dag_id.clone(), ti.key.task_id.clone());
-            let task_n = usage.per_task.get(&task_key).copied().unwrap_or(0);
-            if task
-                .max_active_tis_per_dag
-                .is_some_and(|m| task_n >= i64::from(m))
-            {
-                continue;
-            }
-            let run_task_key = (
-                ti.key.dag_id.clone(),
-                ti.key.run_id.clone(),
-                ti.key.task_id.clone(),
-            );
-            let run_task_n = per_run_task.get(&run_task_key).copied().unwrap_or(0);
-            if task
-                .max_active_tis_per_dagrun
-                .is_some_and(|m| run_task_n >= i64::from(m))
-            {
-                continue;
-            }
-            let (slots, used) = usage.pools.get(&ti.pool).copied().unwrap_or((0, 0));
-            if used + ti.pool_slots > slots {
-                if slots == 0 && !usage.pools.contains_key(&ti.pool) {
+            let request = QueueRequest {
+                key: ti.key.clone(),
+                pool: ti.pool.clone(),
+                pool_slots: ti.pool_slots,
+                max_active_tasks: i64::from(dag.max_active_tasks),
+                max_active_tis_per_dag: task.max_active_tis_per_dag.map(i64::from),
+                max_active_tis_per_dagrun: task.max_active_tis_per_dagrun.map(i64::from),
+            };
+            match usage.admit(&request, self.config.parallelism) {
+                Ok(()) => requests.push(request),
+                Err(Refusal::Pool) if !self.pools.contains_key(&ti.pool) => {
                     debug!(pool = %ti.pool, task = %ti.key.task_id, "task waits on a pool that does not exist");
                 }
-                continue;
+                Err(_) => {}
             }
-            usage
-                .pools
-                .insert(ti.pool.clone(), (slots, used + ti.pool_slots));
-            *usage.per_dag.entry(ti.key.dag_id.clone()).or_default() += 1;
-            *usage.per_task.entry(task_key).or_default() += 1;
-            *per_run_task.entry(run_task_key).or_default() += 1;
-            usage.total += 1;
-            changes.push(StateChange {
-                key: ti.key.clone(),
-                from: vec![S::Scheduled],
-                to: S::Queued,
-                reason: None,
-                next_retry_at: None,
-            });
         }
-        Ok(changes)
+        Ok(requests)
     }
 
     /// Task instances whose worker stopped heartbeating (Airflow's zombies): a running or

@@ -22,6 +22,7 @@ mod deferral;
 mod events;
 mod jobs;
 mod logs;
+mod queueing;
 mod task_instances;
 pub mod testing;
 mod transition;
@@ -45,9 +46,10 @@ pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow,
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
 pub use events::{EventCursor, EventTable, LifecycleEvent};
 pub use logs::{LogLine, LogRead};
+pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
 pub use task_instances::{
-    ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, PoolUsage, StateChange, TaskStates,
-    TiFinish, TiKey, TiQuery, TiRow, TiTryRow,
+    ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, StateChange, TaskStates, TiFinish, TiKey,
+    TiQuery, TiRow, TiTryRow,
 };
 pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,

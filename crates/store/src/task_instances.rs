@@ -152,19 +152,6 @@ pub struct ClearReport {
     pub runs_requeued: usize,
 }
 
-/// Slots in use per pool, running/queued counts per DAG and per task, for queueing decisions.
-#[derive(Debug, Clone, Default)]
-pub struct PoolUsage {
-    /// pool -> (total slots, slots occupied by queued or running task instances)
-    pub pools: HashMap<String, (i64, i64)>,
-    /// dag_id -> queued + running task instances
-    pub per_dag: HashMap<String, i64>,
-    /// (dag_id, task_id) -> queued + running task instances
-    pub per_task: HashMap<(String, String), i64>,
-    /// all queued + running task instances
-    pub total: i64,
-}
-
 pub(crate) const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
     scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
@@ -1042,38 +1029,6 @@ impl Store {
         .fetch_all(self.read_pool())
         .await?;
         rows.iter().map(ti_row).collect()
-    }
-
-    /// Occupancy of pools, DAGs and tasks by queued and running task instances.
-    pub async fn ti_pool_usage(&self) -> Result<PoolUsage> {
-        let mut usage = PoolUsage::default();
-        for r in sqlx::query("SELECT pool, slots FROM slot_pool")
-            .fetch_all(self.read_pool())
-            .await?
-        {
-            usage
-                .pools
-                .insert(r.try_get("pool")?, (r.try_get("slots")?, 0));
-        }
-        let rows = sqlx::query(
-            "SELECT dag_id, task_id, pool, CAST(SUM(pool_slots) AS BIGINT) AS slots, COUNT(*) AS n \
-             FROM task_instance WHERE state IN ('queued', 'running') \
-             GROUP BY dag_id, task_id, pool",
-        )
-        .fetch_all(self.read_pool())
-        .await?;
-        for r in rows {
-            let dag_id: String = r.try_get("dag_id")?;
-            let task_id: String = r.try_get("task_id")?;
-            let pool: String = r.try_get("pool")?;
-            let slots: i64 = r.try_get("slots")?;
-            let n: i64 = r.try_get("n")?;
-            usage.pools.entry(pool).or_insert((0, 0)).1 += slots;
-            *usage.per_dag.entry(dag_id.clone()).or_default() += n;
-            *usage.per_task.entry((dag_id, task_id)).or_default() += n;
-            usage.total += n;
-        }
-        Ok(usage)
     }
 
     /// The recorded transitions of a task instance, oldest first: `(try, from, to, actor,

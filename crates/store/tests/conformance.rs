@@ -1164,3 +1164,209 @@ async fn commits_elsewhere_wake_the_listening_loops() {
         db.drop_db().await.unwrap();
     }
 }
+
+fn queue_request(k: &TiKey, pool: &str) -> flow_store::QueueRequest {
+    flow_store::QueueRequest {
+        key: k.clone(),
+        pool: pool.into(),
+        pool_slots: 1,
+        max_active_tasks: 100,
+        max_active_tis_per_dag: None,
+        max_active_tis_per_dagrun: None,
+    }
+}
+
+/// Two schedulers that both saw a free pool cannot both fill it: the store decides again
+/// under the queueing lock, over what is queued and running then. Sequentially (the second
+/// scheduler's view is stale) and concurrently (PostgreSQL: eight at once).
+#[tokio::test]
+async fn queueing_limits_hold_across_schedulers() {
+    each_backend(|store| async move {
+        store.pool_set("p3", 3, "three slots").await.unwrap();
+        let ids: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rows: Vec<NewTaskInstance> = tis(&id_refs)
+            .into_iter()
+            .map(|t| NewTaskInstance {
+                pool: "p3".into(),
+                ..t
+            })
+            .collect();
+        store
+            .dag_run_create(&new_run("d", "r", DagRunType::Manual, 0), &rows, t0())
+            .await
+            .unwrap();
+        let keys: Vec<TiKey> = ids.iter().map(|t| key("r", t)).collect();
+        let schedule: Vec<StateChange> = keys
+            .iter()
+            .map(|k| change(k, &[S::NoStatus], S::Scheduled))
+            .collect();
+        store
+            .ti_set_states(&schedule, Actor::Scheduler, t0())
+            .await
+            .unwrap();
+
+        // Scheduler A and then scheduler B, each having seen the pool empty.
+        let a: Vec<_> = keys[0..3].iter().map(|k| queue_request(k, "p3")).collect();
+        let b: Vec<_> = keys[3..6].iter().map(|k| queue_request(k, "p3")).collect();
+        let got_a = store
+            .ti_schedule_and_queue(&[], &a, 32, t0())
+            .await
+            .unwrap();
+        assert_eq!(got_a.queued.len(), 3);
+        let got_b = store
+            .ti_schedule_and_queue(&[], &b, 32, t0())
+            .await
+            .unwrap();
+        assert!(got_b.queued.is_empty(), "{:?}", got_b.queued);
+        // Candidates already queued by another scheduler are not queued twice.
+        let again = store
+            .ti_schedule_and_queue(&[], &a, 32, t0())
+            .await
+            .unwrap();
+        assert!(again.queued.is_empty());
+        // A claimed (running) instance still holds its slot; a finished one frees it.
+        let claimed = store
+            .ti_claim("w1", "host", &["default".into()], 1, t0())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let got_b = store
+            .ti_schedule_and_queue(&[], &b, 32, t0())
+            .await
+            .unwrap();
+        assert!(got_b.queued.is_empty());
+        assert!(
+            store
+                .ti_finish(&finish(&claimed[0].key, 1, S::Success, None), t0())
+                .await
+                .unwrap()
+        );
+        let got_b = store
+            .ti_schedule_and_queue(&[], &b, 32, t0())
+            .await
+            .unwrap();
+        assert_eq!(got_b.queued.len(), 1);
+
+        // The other limits, each against fresh occupancy, with a pool large enough not to
+        // be the reason: parallelism, max_active_tasks, max_active_tis_per_dag / per_dagrun.
+        store.pool_set("p3", 100, "roomy").await.unwrap();
+        let used = store.ti_pool_usage().await.unwrap().total;
+        assert_eq!(used, 3);
+        let rest = &keys[6..];
+        let base = queue_request(&rest[0], "p3");
+        let tight = [
+            ("parallelism", base.clone(), used),
+            (
+                "max_active_tasks",
+                flow_store::QueueRequest {
+                    max_active_tasks: used,
+                    ..base.clone()
+                },
+                32,
+            ),
+            (
+                "max_active_tis_per_dagrun",
+                flow_store::QueueRequest {
+                    max_active_tis_per_dagrun: Some(0),
+                    ..base.clone()
+                },
+                32,
+            ),
+        ];
+        for (limit, request, parallelism) in tight {
+            let got = store
+                .ti_schedule_and_queue(&[], std::slice::from_ref(&request), parallelism, t0())
+                .await
+                .unwrap();
+            assert!(got.queued.is_empty(), "{limit}");
+        }
+        let per_dag = flow_store::QueueRequest {
+            max_active_tis_per_dag: Some(1),
+            ..base.clone()
+        };
+        let got = store
+            .ti_schedule_and_queue(&[], std::slice::from_ref(&per_dag), 32, t0())
+            .await
+            .unwrap();
+        assert_eq!(got.queued.len(), 1, "within every limit");
+        store.ti_mark(&got.queued, S::Success, t0()).await.unwrap();
+        store.pool_set("p3", 3, "three slots").await.unwrap();
+        let rest = &keys[7..];
+
+        // Concurrent schedulers, each proposing two of the remaining instances for a 3-slot
+        // pool freed by marking what holds it.
+        let busy: Vec<TiKey> = store
+            .ti_list_for_run("d", "r")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| matches!(t.state, S::Queued | S::Running))
+            .map(|t| t.key)
+            .collect();
+        store.ti_mark(&busy, S::Success, t0()).await.unwrap();
+        let mut handles = Vec::new();
+        for pair in rest.chunks(2) {
+            let store = store.clone();
+            let requests: Vec<_> = pair.iter().map(|k| queue_request(k, "p3")).collect();
+            handles.push(tokio::spawn(async move {
+                store
+                    .ti_schedule_and_queue(&[], &requests, 32, t0())
+                    .await
+                    .unwrap()
+                    .queued
+                    .len()
+            }));
+        }
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        assert_eq!(total, 3, "the pool's three slots, filled once");
+        let usage = store.ti_pool_usage().await.unwrap();
+        assert_eq!(usage.pools["p3"], (3, 3));
+    })
+    .await;
+}
+
+/// `max_active_runs` holds when two schedulers start queued runs at once.
+#[tokio::test]
+async fn max_active_runs_holds_across_schedulers() {
+    each_backend(|store| async move {
+        for (i, run_id) in ["r1", "r2", "r3"].iter().enumerate() {
+            store
+                .dag_run_create(
+                    &new_run("d", run_id, DagRunType::Manual, i as i64),
+                    &tis(&["a"]),
+                    t0(),
+                )
+                .await
+                .unwrap();
+        }
+        let start = |run_id: &str| flow_store::RunStart {
+            dag_id: "d".into(),
+            run_id: run_id.into(),
+            max_active_runs: 1,
+        };
+        let mut handles = Vec::new();
+        for run_id in ["r1", "r2", "r3"] {
+            let store = store.clone();
+            let c = vec![start(run_id)];
+            handles.push(tokio::spawn(async move {
+                store.dag_run_start_queued(&c, t0()).await.unwrap().len()
+            }));
+        }
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        assert_eq!(total, 1);
+        let running = store
+            .dag_run_list_in_states(&[DagRunState::Running])
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(running.len(), 1);
+    })
+    .await;
+}

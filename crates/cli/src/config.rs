@@ -95,20 +95,30 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
+/// The file of a SQLite database URL (`sqlite:///path`, `sqlite:path` or a bare path); `None`
+/// for other databases and in-memory ones.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    if url.contains("://") && !url.starts_with("sqlite:") {
+        return None;
+    }
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
 /// Makes a SQLite database file, and its WAL and shared-memory files, readable by their owner
 /// only (0600), creating the database file that way if it is missing: SQLite creates its WAL
 /// files with the database file's mode, and the default umask would leave all of them
 /// readable by everyone on the machine.
 pub fn make_sqlite_private(url: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    if url.contains("://") && !url.starts_with("sqlite:") {
+    let Some(path) = sqlite_path(url) else {
         return Ok(());
-    }
-    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = Path::new(path.split('?').next().unwrap_or(path));
-    if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
-        return Ok(());
-    }
+    };
+    let path = path.as_path();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }

@@ -11,6 +11,7 @@ mod bench_web;
 mod config;
 mod connections;
 mod dags;
+mod jobs;
 mod log_fields;
 mod ops;
 mod tasks;
@@ -87,6 +88,9 @@ enum Command {
     },
     /// A worker: claims queued task instances and runs them (PostgreSQL only).
     Worker {
+        /// This worker's id, unique among live workers (default: host name and pid).
+        #[arg(long)]
+        worker_id: Option<String>,
         /// Comma-separated queues to take work from.
         #[arg(short, long, value_delimiter = ',')]
         queues: Option<Vec<String>>,
@@ -97,6 +101,11 @@ enum Command {
     /// The triggerer: runs the waits of deferred task instances (`flow standalone` and
     /// `flow scheduler` run one beside their embedded worker).
     Triggerer,
+    /// Jobs: the schedulers, workers, triggerers and web servers of the deployment.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
     /// Dag runs.
     Runs {
         #[command(subcommand)]
@@ -126,6 +135,10 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Internal: a worker's reaper process (kills its tasks' process groups if the worker
+    /// dies without doing so).
+    #[command(name = "__reap", hide = true)]
+    Reap,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,14 +333,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::serve(&dags_folder, !no_worker, None, None).await
         }
         Command::Worker {
+            worker_id,
             queues,
             concurrency,
         } => {
             init_tracing();
-            let config = ops::worker_config(&dags_folder, queues, concurrency)?;
+            let config = ops::worker_config(&dags_folder, worker_id, queues, concurrency)?;
             ops::worker(config).await
         }
         Command::Connections { command } => connections::run(command).await,
+        Command::Jobs { command } => jobs::run(command).await,
+        Command::Reap => {
+            flow_executor::reaper::serve();
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Triggerer => ops::triggerer().await,
         Command::RotateFernetKey => connections::rotate().await,
         Command::Pools { command } => match command {

@@ -43,11 +43,98 @@ pub async fn connect() -> Result<Store> {
     Ok(store)
 }
 
-/// Connects and applies migrations: every long-running command starts this way.
+/// Connects and applies migrations: every command that reads or writes state starts this
+/// way. A database a newer flow migrated is refused before anything is written.
 pub async fn connect_migrated() -> Result<Store> {
     let store = connect().await?;
-    store.migrate().await.context("migrating the database")?;
+    migrate_known(&store).await?;
     Ok(store)
+}
+
+/// Applies pending migrations, unless the database is newer than this binary.
+async fn migrate_known(store: &Store) -> Result<()> {
+    let unknown = store.unknown_migrations().await?;
+    if let Some(newest) = unknown.last() {
+        bail!(
+            "the database {} was migrated by a newer flow (migration {newest} is unknown to flow {}): \
+             upgrade this flow, or set FLOW__DATABASE__URL to another database",
+            store.redacted_url(),
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    store.migrate().await.context("migrating the database")?;
+    Ok(())
+}
+
+/// What a daemon (scheduler, standalone, worker, triggerer, web server) holds while it runs
+/// on SQLite: the lock that makes it the only one.
+pub struct DaemonLock {
+    _file: Option<std::fs::File>,
+}
+
+/// Connects as a long-running process: the schema checks of [`connect_migrated`]; on SQLite,
+/// `exclusive` daemons (a scheduler: SQLite is the one-process embedded mode) take a lock
+/// file beside the database and a second one is refused; every daemon's Fernet key must
+/// read the secrets already stored.
+pub async fn connect_daemon(what: &str, exclusive: bool) -> Result<(Store, DaemonLock)> {
+    let store = connect().await?;
+    let url = config::database_url()?;
+    let lock = match (store.backend(), exclusive, config::sqlite_path(&url)) {
+        (Backend::Sqlite, true, Some(path)) => Some(lock_sqlite(&path, what)?),
+        _ => None,
+    };
+    migrate_known(&store).await?;
+    let cipher = config::fernet_cipher()?;
+    if !store.fernet_check(&cipher).await? {
+        bail!(
+            "FLOW__CORE__FERNET_KEY does not decrypt the secrets stored in {}: every process of \
+             a cluster needs the same key (set FLOW__CORE__FERNET_KEY, or the file \
+             $FLOW_HOME/fernet_key, to the key the others use)",
+            store.redacted_url()
+        );
+    }
+    Ok((store, DaemonLock { _file: lock }))
+}
+
+/// Takes `<database>.daemon.lock` (an `flock`, released when the process ends however it
+/// ends) or says who holds it.
+fn lock_sqlite(db: &Path, what: &str) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = PathBuf::from(format!("{}.daemon.lock", db.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "another flow {} already runs on the SQLite database {}; SQLite is the \
+                 one-process embedded mode, so a second {what} is refused: set \
+                 FLOW__DATABASE__URL to a PostgreSQL database to run several schedulers and \
+                 workers",
+                holder.trim().split_once(' ').map_or("process", |(_, w)| w),
+                db.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(
+        file,
+        "{} {what} (pid {})",
+        std::process::id(),
+        std::process::id()
+    )?;
+    Ok(file)
 }
 
 pub async fn db(command: DbCommand) -> Result<ExitCode> {
@@ -133,9 +220,7 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
         dags_folder: dags_folder.to_path_buf(),
         parallelism: config::env_number("core", "parallelism", 32)?,
         dags_are_paused_at_creation: config::env_bool("core", "dags_are_paused_at_creation", true)?,
-        zombie_threshold: StdDuration::from_secs(
-            u64::try_from(config::env_number("scheduler", "zombie_threshold", 60)?).unwrap_or(60),
-        ),
+        zombie_threshold: zombie_threshold()?,
         task_queued_timeout: StdDuration::from_secs(
             u64::try_from(config::env_number("scheduler", "task_queued_timeout", 600)?)
                 .unwrap_or(600),
@@ -153,28 +238,114 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
     })
 }
 
+/// Airflow's `[scheduler] zombie_threshold` (here also the worker's fencing horizon).
+fn zombie_threshold() -> Result<StdDuration> {
+    Ok(StdDuration::from_secs(
+        u64::try_from(config::env_number("scheduler", "zombie_threshold", 60)?.max(1))
+            .unwrap_or(60),
+    ))
+}
+
 pub fn worker_config(
     dags_folder: &Path,
+    worker_id: Option<String>,
     queues: Option<Vec<String>>,
     concurrency: Option<usize>,
 ) -> Result<WorkerConfig> {
     let default_concurrency =
         usize::try_from(config::env_number("worker", "concurrency", 16)?).unwrap_or(16);
     let hostname = config::hostname();
+    let worker_id = match worker_id.or(config::env_value("worker", "id")?) {
+        Some(id) if id.trim().is_empty() || id.len() > 250 => {
+            bail!("the worker id (--worker-id or FLOW__WORKER__ID) must be 1 to 250 characters")
+        }
+        Some(id) => id,
+        None => format!("{hostname}-{}", std::process::id()),
+    };
+    let queues = queues.unwrap_or_else(|| vec!["default".into()]);
+    if let Some(bad) = queues.iter().find(|q| q.trim().is_empty()) {
+        bail!("--queues names an empty queue ({bad:?}): give comma-separated queue names");
+    }
     Ok(WorkerConfig {
-        worker_id: format!("{hostname}-{}", std::process::id()),
+        worker_id,
         hostname,
-        queues: queues.unwrap_or_else(|| vec!["default".into()]),
+        queues,
         concurrency: concurrency.unwrap_or(default_concurrency).max(1),
         heartbeat_interval: StdDuration::from_secs(
             u64::try_from(config::env_number("worker", "heartbeat_interval", 5)?.max(1))
                 .unwrap_or(5),
+        ),
+        heartbeat_timeout: zombie_threshold()?,
+        shutdown_timeout: StdDuration::from_secs(
+            u64::try_from(config::env_number("worker", "shutdown_timeout", 60)?.max(0))
+                .unwrap_or(60),
         ),
         dags_folder: dags_folder.to_path_buf(),
         connections: Some(config::connection_source()?),
         max_map_length: max_map_length()?,
         ..WorkerConfig::default()
     })
+}
+
+/// Keeps a job row for a process that has no loop of its own to heartbeat it (the web
+/// server): started now, heartbeated every 5 s, ended when `shutdown` turns true. A database
+/// outage delays the row, never the process.
+pub fn keep_job(
+    store: Store,
+    job: flow_store::JobStart,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut id = None;
+        loop {
+            let now = Utc::now();
+            let beat = match id {
+                None => store.job_start(&job, now).await.map(|new| id = Some(new)),
+                Some(id) => store.job_heartbeat(id, now).await,
+            };
+            if let Err(e) = beat {
+                tracing::warn!(error = %e, job_type = %job.job_type, "job heartbeat failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(StdDuration::from_secs(5)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        if let Some(id) = id
+            && let Err(e) = store.job_end(id, Utc::now()).await
+        {
+            tracing::warn!(error = %e, "could not record the job's end");
+        }
+    })
+}
+
+/// Records the worker as a live `WorkerJob`, refusing an id another live worker uses, and
+/// starts its reaper (see `flow_executor::reaper`).
+async fn register_worker(store: &Store, config: &mut WorkerConfig) -> Result<()> {
+    let job = flow_store::JobStart {
+        instance: Some(config.worker_id.clone()),
+        ..flow_store::JobStart::this_process("WorkerJob", &config.hostname)
+    };
+    let now = Utc::now();
+    let stale_before =
+        now - chrono::Duration::from_std(config.heartbeat_timeout).unwrap_or_default();
+    match store.job_start_unique(&job, stale_before, now).await? {
+        Ok(id) => {
+            config.job_id = Some(id);
+            let exe = std::env::current_exe().context("finding this program for the reaper")?;
+            flow_executor::reaper::start(&exe, &["__reap"])
+                .context("starting the worker's reaper")?;
+            Ok(())
+        }
+        Err(other) => bail!(
+            "worker id `{}` is in use by a live worker on {} (pid {}, heartbeat {} s ago): give \
+             each worker its own --worker-id (FLOW__WORKER__ID)",
+            config.worker_id,
+            other.hostname,
+            other.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            (now - other.latest_heartbeat).num_seconds().max(0)
+        ),
+    }
 }
 
 /// `flow standalone` and `flow scheduler`: the scheduler, with an embedded worker unless
@@ -185,7 +356,12 @@ pub async fn serve(
     worker: Option<WorkerConfig>,
     web_port: Option<u16>,
 ) -> Result<ExitCode> {
-    let store = connect_migrated().await?;
+    let what = if web_port.is_some() {
+        "standalone"
+    } else {
+        "scheduler"
+    };
+    let (store, _lock) = connect_daemon(what, true).await?;
     eprintln!(
         "flow: metadata database {} ({}), dags folder {}",
         store.redacted_url(),
@@ -248,10 +424,11 @@ pub async fn serve(
         handles.push(tokio::spawn(publisher.run(shutdown.clone())));
     }
     if with_worker {
-        let config = match worker {
+        let mut config = match worker {
             Some(c) => c,
-            None => worker_config(dags_folder, None, None)?,
+            None => worker_config(dags_folder, None, None, None)?,
         };
+        register_worker(&store, &mut config).await?;
         let worker = Worker::new(
             store.clone(),
             config,
@@ -313,7 +490,7 @@ fn triggerer_config() -> Result<TriggererConfig> {
 /// `flow triggerer`: runs deferred tasks' waits (more than one may run; each takes over the
 /// triggers of one that stopped heartbeating).
 pub async fn triggerer() -> Result<ExitCode> {
-    let store = connect_migrated().await?;
+    let (store, _lock) = connect_daemon("triggerer", false).await?;
     let shutdown = shutdown_signal();
     let config = triggerer_config()?;
     // New deferrals wake it at once (PostgreSQL NOTIFY), not at its next poll.
@@ -324,14 +501,17 @@ pub async fn triggerer() -> Result<ExitCode> {
 
 /// `flow worker`: a remote worker. Needs PostgreSQL: several processes claiming from one
 /// SQLite file would contend for its single writer lock.
-pub async fn worker(config: WorkerConfig) -> Result<ExitCode> {
-    let store = connect_migrated().await?;
-    if store.backend() == Backend::Sqlite {
+pub async fn worker(mut config: WorkerConfig) -> Result<ExitCode> {
+    // Refused before anything is written to the database.
+    if config::sqlite_path(&config::database_url()?).is_some() {
         bail!(
-            "`flow worker` needs PostgreSQL (set FLOW__DATABASE__URL=postgres://...); with SQLite use \
-             `flow standalone` or `flow scheduler`, which run an embedded worker"
+            "`flow worker` needs PostgreSQL (set FLOW__DATABASE__URL=postgres://...); SQLite is \
+             the one-process embedded mode: use `flow standalone` or `flow scheduler`, which run \
+             an embedded worker"
         );
     }
+    let (store, _lock) = connect_daemon("worker", false).await?;
+    register_worker(&store, &mut config).await?;
     let shutdown = shutdown_signal();
     let wakeups = WorkerWakeups::default();
     // Queued work wakes it at once (PostgreSQL NOTIFY), not at its next poll.

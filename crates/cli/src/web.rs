@@ -182,6 +182,7 @@ pub async fn run_webserver(
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .with_context(|| format!("web server address {host}:{port}"))?;
+    let job_store = store.clone();
     let state = AppState::new(
         store,
         WebConfig {
@@ -196,16 +197,23 @@ pub async fn run_webserver(
     // With -p 0 the system picks the port: say which.
     let port = listener.local_addr()?.port();
     eprintln!("flow: web UI at http://localhost:{port}");
-    flow_http::serve(listener, state, async move {
+    let job = ops::keep_job(
+        job_store,
+        flow_store::JobStart::this_process("WebserverJob", &config::hostname()),
+        shutdown.clone(),
+    );
+    let served = flow_http::serve(listener, state, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
     .await
-    .with_context(|| format!("web server on {addr}"))
+    .with_context(|| format!("web server on {addr}"));
+    let _ = job.await;
+    served
 }
 
 /// `flow webserver`.
 pub async fn webserver(port: u16) -> Result<ExitCode> {
-    let store = ops::connect_migrated().await?;
+    let (store, _lock) = ops::connect_daemon("webserver", false).await?;
     let shutdown = ops::shutdown_signal();
     run_webserver(store, port, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -392,3 +392,506 @@ async fn schedulers_and_workers_killed_mid_flight_keep_every_limit() {
     drop(cluster);
     db.drop_db().await.unwrap();
 }
+
+/// Runs `flow args` with the cluster's environment plus `extra`, expecting a refusal: a
+/// non-zero exit and one clear line on stderr naming `setting`.
+fn refused(cluster: &Cluster, home: &str, extra: &[(&str, &str)], args: &[&str], setting: &str) {
+    let mut c = cluster.command(home);
+    if args.first() == Some(&"scheduler") || args.first() == Some(&"standalone") {
+        c.env("FLOW__CORE__DAGS_FOLDER", &cluster.dags);
+    }
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    let mut child = c
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flow {args:?} was not refused: it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "flow {args:?} started: {stderr}");
+    eprintln!("refused: flow {}: {}", args.join(" "), stderr.trim());
+    assert!(
+        stderr.contains(setting),
+        "flow {args:?}: the refusal does not name {setting}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "flow {args:?} panicked: {stderr}"
+    );
+}
+
+/// Waits until `flow jobs check` finds `n` live jobs of `job_type`.
+fn wait_for_jobs(cluster: &Cluster, job_type: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cluster.run(&[
+            "jobs",
+            "check",
+            "--job-type",
+            job_type,
+            "--limit",
+            "100",
+            "--allow-multiple",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found = if text.contains("Found one alive job.") {
+            1
+        } else {
+            text.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        if out.status.success() && found >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{job_type}: {found} of {n} jobs alive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Bad starts get one clear line naming the setting, exit non-zero, and change nothing
+/// stored: a second scheduler or a worker on SQLite, two workers with one id, a worker whose
+/// Fernet key differs, any process on a database a newer flow migrated.
+#[tokio::test]
+async fn refused_starts_say_why_and_change_nothing() {
+    // SQLite: one scheduler process at a time.
+    let sqlite = TestDb::sqlite().await.unwrap();
+    sqlite.store.close().await;
+    let mut cluster = Cluster::new(&sqlite.url);
+    std::fs::write(
+        cluster.dags.join("hello.yaml"),
+        "hello:\n  tasks:\n    hi: {operator: bash, bash_command: 'echo hi'}\n",
+    )
+    .unwrap();
+    cluster.start("scheduler0", &["scheduler"]);
+    wait_for_jobs(&cluster, "SchedulerJob", 1);
+    let before = cluster.stdout(&["jobs", "list"]).lines().count();
+    for args in [&["scheduler"][..], &["standalone", "-p", "0"][..]] {
+        refused(
+            &cluster,
+            "second",
+            &[],
+            args,
+            "SQLite is the one-process embedded mode",
+        );
+    }
+    refused(&cluster, "w", &[], &["worker"], "FLOW__DATABASE__URL");
+    let jobs = cluster.stdout(&["jobs", "list"]);
+    assert_eq!(
+        jobs.lines().count(),
+        before,
+        "a refused start wrote a job row: {jobs}"
+    );
+    cluster.assert_alive();
+    drop(cluster);
+    sqlite.drop_db().await.unwrap();
+
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("w1", &["worker", "--worker-id", "w1"]);
+    wait_for_jobs(&cluster, "WorkerJob", 1);
+    let before = cluster.stdout(&["jobs", "list"]);
+    refused(
+        &cluster,
+        "w1-again",
+        &[],
+        &["worker", "--worker-id", "w1"],
+        "FLOW__WORKER__ID",
+    );
+    refused(
+        &cluster,
+        "other-key",
+        &[(
+            "FLOW__CORE__FERNET_KEY",
+            "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=",
+        )],
+        &["worker", "--worker-id", "w2"],
+        "FLOW__CORE__FERNET_KEY",
+    );
+    // The key each process would generate for itself differs too.
+    let mut no_key = cluster.command("no-key");
+    no_key.env_remove("FLOW__CORE__FERNET_KEY");
+    let out = no_key.args(["webserver", "-p", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLOW__CORE__FERNET_KEY"));
+    cluster.assert_alive();
+    assert_eq!(
+        cluster.stdout(&["jobs", "list"]).lines().count(),
+        before.lines().count(),
+        "a refused start wrote a job row"
+    );
+
+    // A database a newer flow migrated: refused before anything is migrated or written.
+    cluster.kill("w1");
+    let raw = flow_store::Store::connect(&db.url).await.unwrap();
+    raw.execute_raw(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, '\\x00'::bytea, 0)",
+    )
+    .await
+    .unwrap();
+    for args in [
+        &["scheduler", "--no-worker"][..],
+        &["worker"][..],
+        &["webserver", "-p", "0"][..],
+        &["jobs", "list"][..],
+    ] {
+        refused(&cluster, "old", &[], args, "FLOW__DATABASE__URL");
+    }
+    raw.execute_raw("DELETE FROM _sqlx_migrations WHERE version = 9999")
+        .await
+        .unwrap();
+    raw.close().await;
+    assert_eq!(
+        cluster.stdout(&["jobs", "list"]).lines().count(),
+        before.lines().count(),
+        "a refused start wrote a job row"
+    );
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}
+
+/// A TCP proxy to PostgreSQL that can cut the line: while cut, it forwards nothing either way
+/// (a partition: sends vanish, answers never come); healing closes every connection it
+/// carried, as a partition that outlived TCP's patience would, and forwards again.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: &'static str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                // Cut: the connection is accepted and then hears nothing.
+                while cut2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    conns2.lock().unwrap().push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let cut = cut2.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read as _, Write as _};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // While cut, bytes are swallowed: they never arrive.
+                            if cut.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by this proxy's.
+    fn url(&self, url: &str) -> String {
+        url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+            .replace("localhost:5432", &format!("127.0.0.1:{}", self.port))
+    }
+}
+
+/// The `start ... pid` line of a try: its pid.
+fn pid_of_try(ledger: &std::path::Path, try_number: u32) -> Option<i32> {
+    let text = std::fs::read_to_string(ledger).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&"pid") && f.get(1) == Some(&try_number.to_string().as_str()))
+            .then(|| f.get(2)?.parse().ok())
+            .flatten()
+    })
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A one-task DAG whose first try runs long (and records its pid and its background job's
+/// pid), and whose later tries are quick. No retries: a try that comes back must not cost one.
+fn long_first_try_dag(dag_id: &str, ledger: &std::path::Path, retries: u32) -> String {
+    format!(
+        "{dag_id}:\n  default_args:\n    retries: {retries}\n    retry_delay: 1s\n  tasks:\n    work:\n      operator: bash\n      bash_command: |\n        echo \"start {{{{ run_id }}}} work {{{{ ti.try_number }}}} default_pool $(date +%s%N)\" >> {ledger}\n        if [ {{{{ ti.try_number }}}} -eq 1 ]; then\n          sleep 300 &\n          echo \"pid 1 $$ $!\" >> {ledger}\n          wait\n        fi\n        echo \"end {{{{ run_id }}}} work {{{{ ti.try_number }}}} default_pool $(date +%s%N)\" >> {ledger}\n",
+        ledger = ledger.display()
+    )
+}
+
+fn ledger_spans(ledger: &std::path::Path) -> Vec<Span> {
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    let lines: String = text
+        .lines()
+        .filter(|l| !l.starts_with("pid "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    read_ledger(&lines)
+}
+
+/// The background job of try 1 (the `pid 1 BASH CHILD` line).
+fn child_of_try1(ledger: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(ledger).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&"pid") && f.get(1) == Some(&"1"))
+            .then(|| f.get(3)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// A worker cut off from PostgreSQL for longer than the heartbeat timeout: it kills its try
+/// (and the try's background job) before the scheduler rescues it, the try is retried on
+/// another worker, and when the line heals the cut-off worker writes nothing over the new try
+/// and goes back to work.
+#[tokio::test]
+async fn a_worker_cut_off_from_the_database_fences_itself() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let proxy = Proxy::start("127.0.0.1:5432");
+    let mut cluster = Cluster::new(&db.url);
+    let ledger = cluster.home.join("ledger.txt");
+    std::fs::write(
+        cluster.dags.join("fence.yaml"),
+        long_first_try_dag("fence", &ledger, 1),
+    )
+    .unwrap();
+    cluster.set("FLOW__WORKER__HEARTBEAT_INTERVAL", "1");
+    cluster.set("FLOW__SCHEDULER__ZOMBIE_THRESHOLD", "6");
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("scheduler", &["scheduler", "--no-worker"]);
+    // The worker that will be cut off reaches the database through the proxy only.
+    let mut cut_off = cluster.command("cut-off");
+    cut_off
+        .env("FLOW__DATABASE__URL", proxy.url(&db.url))
+        .env("FLOW__CORE__DAGS_FOLDER", cluster.home.join("none"))
+        .args(["worker", "--worker-id", "cut-off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cluster
+        .procs
+        .insert("cut-off".into(), cut_off.spawn().unwrap());
+    wait_for_jobs(&cluster, "WorkerJob", 1);
+    wait_for_jobs(&cluster, "SchedulerJob", 1);
+    let trigger = cluster.run(&["dags", "trigger", "fence", "--run-id", "r1"]);
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (pid, child) = loop {
+        if let (Some(p), Some(c)) = (pid_of_try(&ledger, 1), child_of_try1(&ledger)) {
+            break (p, c);
+        }
+        assert!(Instant::now() < deadline, "try 1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    cluster.start("healthy", &["worker", "--worker-id", "healthy"]);
+    proxy.cut();
+    let cut_at = Instant::now();
+    // The cut-off worker kills its try and the try's background job.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) || alive(child) {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off worker's try still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dead_at = now_ns();
+    let fenced_after = cut_at.elapsed();
+    // Try 2 runs on the healthy worker, after the first one died.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans = ledger_spans(&ledger);
+        if spans.iter().any(|s| s.try_number == 2 && s.end.is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "try 2 never finished: {spans:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spans = ledger_spans(&ledger);
+    let try2 = spans.iter().find(|s| s.try_number == 2).unwrap();
+    assert!(
+        try2.start > dead_at,
+        "try 2 started before try 1 was killed"
+    );
+    assert!(spans.iter().all(|s| s.try_number != 1 || s.end.is_none()));
+    // Heal; the cut-off worker comes back and changes nothing.
+    proxy.heal();
+    let states = cluster.stdout(&["tasks", "states", "fence", "r1"]);
+    assert!(states.contains("success"), "{states}");
+    wait_for_jobs(&cluster, "WorkerJob", 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The run finished and stays so, with try 2's outcome from the healthy worker.
+        let states = cluster.stdout(&["tasks", "states", "fence", "r1"]);
+        let runs = runs(&cluster, "fence");
+        if runs.iter().any(|(_, s)| s == "success") {
+            assert!(states.contains("success"), "{states}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{runs:?} {states}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spans = ledger_spans(&ledger);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    cluster.assert_alive();
+    eprintln!(
+        "fencing: the cut-off worker killed its try {:.1} s after the cut (heartbeat timeout 6 s); try 2 started {:.1} s after that",
+        fenced_after.as_secs_f64(),
+        (try2.start - dead_at) as f64 / 1e9
+    );
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}
+
+/// SIGTERM on a worker: no new claims, running tries get `FLOW__WORKER__SHUTDOWN_TIMEOUT`,
+/// then they are killed (with their background jobs) and handed back, and run again at
+/// once on another worker without costing a retry (the task has none).
+#[tokio::test]
+async fn a_stopped_worker_hands_back_what_it_could_not_finish() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    let ledger = cluster.home.join("ledger.txt");
+    std::fs::write(
+        cluster.dags.join("handback.yaml"),
+        long_first_try_dag("handback", &ledger, 0),
+    )
+    .unwrap();
+    cluster.set("FLOW__WORKER__SHUTDOWN_TIMEOUT", "2");
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("scheduler", &["scheduler", "--no-worker"]);
+    cluster.start("first", &["worker", "--worker-id", "first"]);
+    wait_for_jobs(&cluster, "WorkerJob", 1);
+    wait_for_jobs(&cluster, "SchedulerJob", 1);
+    assert!(
+        cluster
+            .run(&["dags", "trigger", "handback", "--run-id", "r1"])
+            .status
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (pid, child) = loop {
+        if let (Some(p), Some(c)) = (pid_of_try(&ledger, 1), child_of_try1(&ledger)) {
+            break (p, c);
+        }
+        assert!(Instant::now() < deadline, "try 1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    cluster.start("second", &["worker", "--worker-id", "second"]);
+    wait_for_jobs(&cluster, "WorkerJob", 2);
+    let mut first = cluster.procs.remove("first").unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped_at = Instant::now();
+    let status = first.wait().unwrap();
+    assert!(status.success(), "the worker's stop: {status}");
+    let stop_took = stopped_at.elapsed();
+    assert!(
+        !alive(pid) && !alive(child),
+        "the handed-back try still runs"
+    );
+    let dead_at = now_ns();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if runs(&cluster, "handback")
+            .iter()
+            .any(|(_, s)| s == "success")
+        {
+            break;
+        }
+        let spans = ledger_spans(&ledger);
+        assert!(
+            Instant::now() < deadline,
+            "the run did not succeed: {spans:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spans = ledger_spans(&ledger);
+    let try2 = spans.iter().find(|s| s.try_number == 2).expect("try 2 ran");
+    assert!(
+        try2.start > dead_at,
+        "try 2 started before try 1 was killed"
+    );
+    assert!(try2.end.is_some());
+    cluster.assert_alive();
+    eprintln!(
+        "hand-back: the worker stopped {:.1} s after SIGTERM (shutdown timeout 2 s); try 2 started {:.2} s after try 1 died",
+        stop_took.as_secs_f64(),
+        (try2.start - dead_at) as f64 / 1e9
+    );
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}

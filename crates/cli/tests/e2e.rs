@@ -723,7 +723,8 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
     }
 }
 
-/// A task's process dies with a `kill -9`ed worker instead of running on as an orphan.
+/// A task's process, and the background job it started, die with a `kill -9`ed worker
+/// instead of running on as orphans beside the try that replaces them.
 #[tokio::test]
 async fn task_process_dies_with_its_worker() {
     let db = TestDb::sqlite().await.unwrap();
@@ -732,18 +733,22 @@ async fn task_process_dies_with_its_worker() {
     env.write_dag(
         "sleeper.yaml",
         &format!(
-            "sleeper:\n  tasks:\n    sleep:\n      operator: bash\n      bash_command: echo $$ > {} && exec sleep 300\n",
+            "sleeper:\n  tasks:\n    sleep:\n      operator: bash\n      bash_command: sleep 300 & echo $$ $! > {}.tmp && mv {0}.tmp {0} && wait\n",
             pidfile.display()
         ),
     );
     env.start();
     assert!(env.run(&["dags", "trigger", "sleeper"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let pid: i32 = loop {
-        if let Ok(text) = std::fs::read_to_string(&pidfile)
-            && let Ok(pid) = text.trim().parse()
-        {
-            break pid;
+    let pids: Vec<i32> = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            let pids: Vec<i32> = text
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.len() == 2 {
+                break pids;
+            }
         }
         assert!(Instant::now() < deadline, "the task never started");
         std::thread::sleep(Duration::from_millis(50));
@@ -752,17 +757,19 @@ async fn task_process_dies_with_its_worker() {
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        if !alive {
-            break;
+    for pid in pids {
+        loop {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            if !alive {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task process {pid} outlived its worker"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            Instant::now() < deadline,
-            "task process {pid} outlived its worker"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
     drop(env);
     db.drop_db().await.unwrap();

@@ -10,6 +10,7 @@ mod io_ops;
 mod jinja;
 mod mask;
 mod process;
+pub mod reaper;
 mod render;
 mod runner;
 pub mod triggerer;

@@ -96,10 +96,25 @@ struct GroupGuard {
     armed: bool,
 }
 
+impl GroupGuard {
+    /// Guards the group `pgid`, also against the worker being killed (the reaper).
+    fn new(pgid: Pid) -> Self {
+        crate::reaper::watch(pgid);
+        GroupGuard { pgid, armed: true }
+    }
+
+    /// The group has been killed: nothing left to guard.
+    fn disarm(&mut self) {
+        self.armed = false;
+        crate::reaper::forget(self.pgid);
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
             let _ = killpg(self.pgid, Signal::SIGKILL);
+            crate::reaper::forget(self.pgid);
         }
     }
 }
@@ -122,10 +137,7 @@ pub(crate) async fn supervise(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
-    let mut guard = GroupGuard {
-        pgid: Pid::from_raw(pid),
-        armed: true,
-    };
+    let mut guard = GroupGuard::new(Pid::from_raw(pid));
     let last_stdout = Arc::new(Mutex::new(Some(String::new())));
     let stdout = child.stdout.take().map(|out| {
         let (logs, last) = (logs.clone(), last_stdout.clone());
@@ -172,7 +184,7 @@ pub(crate) async fn supervise(
     };
     // The leader is gone; anything it left behind in its group goes with it.
     let _ = killpg(guard.pgid, Signal::SIGKILL);
-    guard.armed = false;
+    guard.disarm();
 
     let mut pumps = [stdout, stderr];
     let drain = async {

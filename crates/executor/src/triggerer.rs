@@ -103,7 +103,13 @@ impl Triggerer {
         info!(triggerer_id = %self.config.triggerer_id, "triggerer started");
         let job = self
             .store
-            .job_start("TriggererJob", &self.config.hostname, Utc::now())
+            .job_start(
+                &flow_store::JobStart {
+                    instance: Some(self.config.triggerer_id.clone()),
+                    ..flow_store::JobStart::this_process("TriggererJob", &self.config.hostname)
+                },
+                Utc::now(),
+            )
             .await
             .ok();
         let mut last_cleanup = Utc::now();

@@ -40,6 +40,16 @@ pub struct WorkerConfig {
     /// Airflow's `[core] max_map_length`: the most elements a task may push to a task that
     /// maps over its output.
     pub max_map_length: usize,
+    /// This worker's row in `job` (`WorkerJob`), heartbeated with its tries and ended at a
+    /// clean stop.
+    pub job_id: Option<i64>,
+    /// How long the scheduler waits for a heartbeat before it rescues a try (its
+    /// `zombie_threshold`). A worker cut off from the database longer than this less two
+    /// heartbeats kills its tries first: they are about to run elsewhere.
+    pub heartbeat_timeout: StdDuration,
+    /// After a stop request, how long running tries may finish before they are killed and
+    /// handed back (`FLOW__WORKER__SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: StdDuration,
 }
 
 impl Default for WorkerConfig {
@@ -57,6 +67,9 @@ impl Default for WorkerConfig {
             python: "python3".into(),
             connections: None,
             max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
+            job_id: None,
+            heartbeat_timeout: StdDuration::from_secs(60),
+            shutdown_timeout: StdDuration::from_secs(60),
         }
     }
 }
@@ -88,6 +101,22 @@ struct Running {
     cancel: watch::Sender<bool>,
 }
 
+/// When the worker last reached the database, and whether it has killed its tries for
+/// having been cut off since.
+struct Contact {
+    last_ok: tokio::time::Instant,
+    fenced: bool,
+}
+
+impl Contact {
+    fn new() -> Self {
+        Contact {
+            last_ok: tokio::time::Instant::now(),
+            fenced: false,
+        }
+    }
+}
+
 impl Worker {
     pub fn new(store: Store, config: WorkerConfig, wakeups: WorkerWakeups) -> Self {
         Worker {
@@ -99,7 +128,37 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` turns true, then lets running tries finish.
+    /// How long without a successful heartbeat before this worker kills its tries (fencing):
+    /// two heartbeats before the scheduler may rescue them, at least one heartbeat.
+    fn fence_after(&self) -> StdDuration {
+        let beat = self.config.heartbeat_interval;
+        self.config
+            .heartbeat_timeout
+            .saturating_sub(beat * 2)
+            .max(beat)
+    }
+
+    /// Whether tries are running and the database has been out of reach too long for them.
+    fn must_fence(&self, running: &HashMap<TiKey, Running>, contact: &Contact) -> bool {
+        !running.is_empty() && !contact.fenced && contact.last_ok.elapsed() >= self.fence_after()
+    }
+
+    /// How long a call to the database may take: a heartbeat interval, and never past the
+    /// moment this worker must fence itself.
+    fn call_deadline(
+        &self,
+        running: &HashMap<TiKey, Running>,
+        contact: &Contact,
+    ) -> tokio::time::Instant {
+        let next = tokio::time::Instant::now() + self.config.heartbeat_interval;
+        if running.is_empty() || contact.fenced {
+            return next;
+        }
+        next.min(contact.last_ok + self.fence_after())
+    }
+
+    /// Runs until `shutdown` turns true, then stops claiming, lets running tries finish
+    /// within `shutdown_timeout`, and kills and hands back the rest.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (reports, reports_rx) = mpsc::channel::<TiFinish>(4096);
         self.reports = Some(reports);
@@ -110,24 +169,32 @@ impl Worker {
         let mut running: HashMap<TiKey, Running> = HashMap::new();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut contact = Contact::new();
         let mut backoff = StdDuration::from_millis(100);
+        let mut claim_after = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            if self.must_fence(&running, &contact) {
+                self.fence(&running, &mut contact);
+            }
             let free = self.config.concurrency.saturating_sub(running.len());
             let mut claimed_any = false;
-            if free > 0 {
+            if free > 0 && tokio::time::Instant::now() >= claim_after {
                 let started = std::time::Instant::now();
-                let claim = self.claim(free).await;
+                // Bounded, so that a database that stopped answering never holds up the
+                // heartbeat or the fence.
+                let until = self.call_deadline(&running, &contact);
+                let claim = tokio::time::timeout_at(until, self.claim(free)).await;
                 tracing::debug!(
                     free,
-                    claimed = claim.as_ref().map_or(0, Vec::len),
+                    claimed = claim.as_ref().map_or(0, |c| c.as_ref().map_or(0, Vec::len)),
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "claim"
                 );
                 match claim {
-                    Ok(claimed) => {
+                    Ok(Ok(claimed)) => {
                         backoff = StdDuration::from_millis(100);
                         claimed_any = !claimed.is_empty();
                         let shared = Arc::new(ClaimShared::of(&claimed));
@@ -135,11 +202,13 @@ impl Worker {
                             self.spawn_job(ti, Some(shared.clone()), &mut tasks, &mut running);
                         }
                     }
-                    Err(e) => {
-                        warn!(error = %e, "claim failed; retrying");
-                        tokio::time::sleep(backoff).await;
+                    failed => {
+                        match failed {
+                            Ok(Err(e)) => warn!(error = %e, "claim failed; retrying"),
+                            _ => warn!("claim timed out; retrying"),
+                        }
+                        claim_after = tokio::time::Instant::now() + backoff;
                         backoff = (backoff * 2).min(StdDuration::from_secs(30));
-                        continue;
                     }
                 }
             }
@@ -147,41 +216,137 @@ impl Worker {
                 // More may be waiting; claim again before sleeping.
                 continue;
             }
+            let fence_at = contact.last_ok + self.fence_after();
             tokio::select! {
                 () = self.wakeups.work.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    // Collect every job that has ended, so that the next claim asks for all
-                    // the free slots at once: one commit per batch, not per task.
-                    let mut done = Some(done);
-                    while let Some(result) = done.take().or_else(|| tasks.try_join_next()) {
-                        if let Ok((key, restart)) = result {
-                            running.remove(&key);
-                            if let Some(ti) = restart {
-                                self.spawn_job(ti, None, &mut tasks, &mut running);
-                            }
-                        }
-                    }
+                    self.collect(Some(done), &mut tasks, &mut running, true);
                 }
-                _ = heartbeat.tick() => self.heartbeat(&running).await,
+                _ = heartbeat.tick() => self.heartbeat(&running, &mut contact).await,
+                () = tokio::time::sleep_until(fence_at), if !running.is_empty() && !contact.fenced => {
+                    self.fence(&running, &mut contact);
+                }
                 () = tokio::time::sleep(self.config.max_sleep) => {}
                 _ = shutdown.changed() => {}
             }
         }
-        info!(
-            running = running.len(),
-            "worker stopping; waiting for running tries"
-        );
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((key, _restart)) = done {
-                // A cleared task is not restarted during shutdown; its `restarting` state
-                // is picked up as a zombie.
-                running.remove(&key);
-            }
+        self.drain(&mut tasks, &mut running, &mut heartbeat, &mut contact)
+            .await;
+        if let Some(id) = self.config.job_id
+            && let Err(e) = self.store.job_end(id, Utc::now()).await
+        {
+            warn!(error = %e, "could not record the worker's end");
         }
         // Every job has handed over its outcome; let the reporter write the last ones.
         self.reports = None;
         let _ = reporter.await;
         info!("worker stopped");
+    }
+
+    /// Removes every job that has ended (`first` and any other ready one), so that the next
+    /// claim asks for all the free slots at once: one commit per batch, not per task. A
+    /// cleared try is run again unless the worker is stopping.
+    fn collect(
+        &self,
+        first: Option<Result<(TiKey, Option<ClaimedTi>), tokio::task::JoinError>>,
+        tasks: &mut JoinSet<(TiKey, Option<ClaimedTi>)>,
+        running: &mut HashMap<TiKey, Running>,
+        restart: bool,
+    ) {
+        let mut done = first;
+        while let Some(result) = done.take().or_else(|| tasks.try_join_next()) {
+            if let Ok((key, next)) = result {
+                running.remove(&key);
+                if let Some(ti) = next.filter(|_| restart) {
+                    self.spawn_job(ti, None, tasks, running);
+                }
+            }
+        }
+    }
+
+    /// Stopping: no new claims; running tries may finish within `shutdown_timeout` (still
+    /// heartbeating), then the rest are killed and handed back so they retry at once elsewhere
+    /// without counting against their retries.
+    async fn drain(
+        &self,
+        tasks: &mut JoinSet<(TiKey, Option<ClaimedTi>)>,
+        running: &mut HashMap<TiKey, Running>,
+        heartbeat: &mut tokio::time::Interval,
+        contact: &mut Contact,
+    ) {
+        info!(
+            running = running.len(),
+            timeout_s = self.config.shutdown_timeout.as_secs(),
+            "worker stopping: no new claims; waiting for running tries"
+        );
+        let deadline = tokio::time::sleep(self.config.shutdown_timeout);
+        tokio::pin!(deadline);
+        loop {
+            if tasks.is_empty() {
+                return;
+            }
+            tokio::select! {
+                // A task cleared during shutdown is not restarted here; its `restarting`
+                // state is picked up as a zombie.
+                Some(done) = tasks.join_next() => self.collect(Some(done), tasks, running, false),
+                _ = heartbeat.tick() => self.heartbeat(running, contact).await,
+                () = &mut deadline => break,
+            }
+        }
+        // Kill first, then hand back: the next try must never meet this one.
+        let handed: Vec<(TiKey, i64)> = running
+            .values()
+            .filter(|r| !r.cancel.is_closed())
+            .map(|r| (r.key.clone(), r.try_number))
+            .collect();
+        warn!(
+            tries = handed.len(),
+            "shutdown timeout passed: killing the running tries and handing them back"
+        );
+        for r in running.values() {
+            let _ = r.cancel.send(true);
+        }
+        while let Some(done) = tasks.join_next().await {
+            self.collect(Some(done), tasks, running, false);
+        }
+        if handed.is_empty() {
+            return;
+        }
+        let mut backoff = StdDuration::from_millis(100);
+        for _ in 0..5 {
+            match self
+                .store
+                .ti_hand_back(&handed, &self.config.worker_id, Utc::now())
+                .await
+            {
+                Ok(n) => {
+                    info!(handed_back = n, "tries handed back for a retry elsewhere");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not hand back the killed tries; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        warn!("the killed tries were not handed back; the scheduler rescues them as zombies");
+    }
+
+    /// Cut off from the database for longer than is safe: the scheduler is about to rescue
+    /// every try of this worker and run it elsewhere, so kill them all now. Their outcomes
+    /// are never reported (each job sees its cancel), and any late write is refused by the
+    /// store's guards on the try number and this worker's id.
+    fn fence(&self, running: &HashMap<TiKey, Running>, contact: &mut Contact) {
+        warn!(
+            tries = running.len(),
+            cut_off_s = contact.last_ok.elapsed().as_secs(),
+            "no contact with the database for too long: killing every running try before it is rescued elsewhere"
+        );
+        for r in running.values() {
+            let _ = r.cancel.send(true);
+        }
+        contact.fenced = true;
     }
 
     fn spawn_job(
@@ -223,9 +388,25 @@ impl Worker {
             .await
     }
 
-    async fn heartbeat(&self, running: &HashMap<TiKey, Running>) {
-        if running.is_empty() {
-            return;
+    /// Heartbeats this worker's job row and its running tries, each call bounded by the
+    /// heartbeat interval. A try the store says is no longer ours (cleared, marked, rescued)
+    /// is stopped. Contact counts from when a successful heartbeat was sent.
+    async fn heartbeat(&self, running: &HashMap<TiKey, Running>, contact: &mut Contact) {
+        let sent = tokio::time::Instant::now();
+        let until = self.call_deadline(running, contact);
+        let mut ok = true;
+        if let Some(id) = self.config.job_id {
+            match tokio::time::timeout_at(until, self.store.job_heartbeat(id, Utc::now())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "worker heartbeat failed");
+                    ok = false;
+                }
+                Err(_) => {
+                    warn!("worker heartbeat timed out");
+                    ok = false;
+                }
+            }
         }
         // A job that already handed over its outcome has dropped its cancel receiver; its
         // task instance may be finished in the store by now, which is not a loss.
@@ -234,23 +415,37 @@ impl Worker {
             .filter(|r| !r.cancel.is_closed())
             .map(|r| (r.key.clone(), r.try_number))
             .collect();
-        if keys.is_empty() {
-            return;
-        }
-        match self
-            .store
-            .ti_heartbeat(&self.config.worker_id, &keys, Utc::now())
-            .await
-        {
-            Ok(lost) => {
-                for key in lost {
-                    if let Some(r) = running.get(&key) {
-                        warn!(task_id = %key.task_id, run_id = %key.run_id, "task instance is no longer ours; stopping it");
-                        let _ = r.cancel.send(true);
+        if ok && !keys.is_empty() {
+            let beat = self
+                .store
+                .ti_heartbeat(&self.config.worker_id, &keys, Utc::now());
+            match tokio::time::timeout_at(until, beat).await {
+                Ok(Ok(lost)) => {
+                    for key in lost {
+                        if let Some(r) = running.get(&key) {
+                            warn!(task_id = %key.task_id, run_id = %key.run_id, "task instance is no longer ours; stopping it");
+                            let _ = r.cancel.send(true);
+                        }
                     }
                 }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "heartbeat failed");
+                    ok = false;
+                }
+                Err(_) => {
+                    warn!("heartbeat timed out");
+                    ok = false;
+                }
             }
-            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+        if ok {
+            if contact.fenced {
+                info!("in contact with the database again");
+            }
+            contact.last_ok = sent;
+            contact.fenced = false;
+        } else if self.must_fence(running, contact) {
+            self.fence(running, contact);
         }
     }
 
@@ -604,6 +799,7 @@ impl Job {
         let finish = TiFinish {
             key: ti.key.clone(),
             try_number: ti.try_number,
+            worker_id: Some(self.config.worker_id.clone()),
             state,
             reason,
             next_retry_at,

@@ -135,7 +135,10 @@ impl KafkaTriggers {
         // A job row so that /health can tell whether the consumers reach their brokers.
         let job = self
             .store
-            .job_start(JOB_TYPE, &self.config.hostname, Utc::now())
+            .job_start(
+                &flow_store::JobStart::this_process(JOB_TYPE, &self.config.hostname),
+                Utc::now(),
+            )
             .await
             .ok();
         loop {

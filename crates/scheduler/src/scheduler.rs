@@ -380,7 +380,8 @@ impl Scheduler {
             Some(id) => self.store.job_heartbeat(id, now).await?,
             None => {
                 let host = &self.config.hostname;
-                self.job_id = Some(self.store.job_start("SchedulerJob", host, now).await?);
+                let job = flow_store::JobStart::this_process("SchedulerJob", host);
+                self.job_id = Some(self.store.job_start(&job, now).await?);
             }
         }
         Ok(())

@@ -129,6 +129,7 @@ impl H {
             .store
             .ti_finish(
                 &TiFinish {
+                    worker_id: None,
                     key: ti.key.clone(),
                     try_number: ti.try_number,
                     state,

@@ -246,7 +246,58 @@ impl Store {
                 .await?;
             n += 1;
         }
+        sqlx::query("UPDATE flow_meta SET value = $1 WHERE key = $2")
+            .bind(cipher.encrypt(FERNET_CHECK_PLAIN))
+            .bind(FERNET_CHECK_KEY)
+            .execute(&mut *tx)
+            .await?;
         self.commit(tx).await?;
         Ok(n)
     }
+
+    /// Whether `cipher` reads this database's secrets: the check token (written by the first
+    /// process that asks, with its key), or on a database from before the token, a stored
+    /// secret. A process whose Fernet key differs from its cluster's must not start: it would
+    /// fail every task that needs a connection, or write secrets nobody else can read.
+    pub async fn fernet_check(&self, cipher: &Cipher) -> Result<bool> {
+        if let Some(token) = self.fernet_check_token().await? {
+            return Ok(cipher.decrypt(&token).is_ok());
+        }
+        let secret: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT password, extra FROM connection \
+             WHERE password IS NOT NULL OR extra IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(self.read_pool())
+        .await?;
+        if let Some((password, extra)) = secret
+            && let Some(token) = password.or(extra)
+            && cipher.decrypt(&token).is_err()
+        {
+            return Ok(false);
+        }
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO flow_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(FERNET_CHECK_KEY)
+        .bind(cipher.encrypt(FERNET_CHECK_PLAIN))
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await?;
+        // Another process may have written its token first.
+        let token = self.fernet_check_token().await?.unwrap_or_default();
+        Ok(cipher.decrypt(&token).is_ok())
+    }
+
+    async fn fernet_check_token(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
+                .bind(FERNET_CHECK_KEY)
+                .fetch_optional(self.read_pool())
+                .await?,
+        )
+    }
 }
+
+const FERNET_CHECK_KEY: &str = "fernet_check";
+const FERNET_CHECK_PLAIN: &str = "flow fernet check";

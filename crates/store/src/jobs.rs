@@ -1,31 +1,189 @@
-//! Jobs: each scheduler (and later triggerer, dag processor) records that it is alive, so
-//! that `/health` can tell whether anything is scheduling.
+//! Jobs: every long-running process (scheduler, worker, triggerer, web server, dag processor,
+//! Kafka trigger consumers) keeps a row with who and where it is and a heartbeat, so that
+//! `/health`, `flow jobs check` and `GET /api/v2/jobs` can tell what is alive.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use crate::{Result, Store, opt_from_micros, to_micros};
+use crate::{Backend, Result, Store, from_micros, opt_from_micros, to_micros};
+
+/// `pg_advisory_xact_lock` key serializing job registration ("flowjobs").
+const JOB_LOCK_KEY: i64 = 0x666c_6f77_6a6f_6273;
+
+/// A process starting: what its job row says about it.
+#[derive(Debug, Clone)]
+pub struct JobStart {
+    /// Airflow's names: `SchedulerJob`, `TriggererJob`, `DagProcessorJob`; flow adds
+    /// `WorkerJob`, `WebserverJob` and `KafkaTriggerJob`.
+    pub job_type: String,
+    pub hostname: String,
+    pub unixname: Option<String>,
+    pub pid: i64,
+    pub version: String,
+    /// An id that must be unique among live jobs of this type (a worker's id).
+    pub instance: Option<String>,
+}
+
+impl JobStart {
+    /// This process, as `job_type` on `hostname`.
+    pub fn this_process(job_type: &str, hostname: &str) -> JobStart {
+        JobStart {
+            job_type: job_type.to_owned(),
+            hostname: hostname.to_owned(),
+            unixname: None,
+            pid: i64::from(std::process::id()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: None,
+        }
+    }
+}
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: i64,
+    pub job_type: String,
+    pub state: String,
+    pub hostname: String,
+    pub unixname: Option<String>,
+    pub pid: Option<i64>,
+    pub version: Option<String>,
+    pub instance: Option<String>,
+    pub start_date: DateTime<Utc>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub latest_heartbeat: DateTime<Utc>,
+}
+
+/// Filters of [`Store::job_list`].
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub job_type: Option<String>,
+    pub state: Option<String>,
+    pub hostname: Option<String>,
+    /// `(true, since)`: only running jobs whose heartbeat is newer than `since`; `(false,
+    /// since)`: only the others.
+    pub alive: Option<(bool, DateTime<Utc>)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const JOB_COLUMNS: &str = "id, job_type, state, hostname, unixname, pid, version, instance, \
+    start_date, end_date, latest_heartbeat";
+
+fn job_row(r: &sqlx::any::AnyRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        job_type: r.try_get("job_type")?,
+        state: r.try_get("state")?,
+        hostname: r.try_get("hostname")?,
+        unixname: r.try_get("unixname")?,
+        pid: r.try_get("pid")?,
+        version: r.try_get("version")?,
+        instance: r.try_get("instance")?,
+        start_date: from_micros(r.try_get("start_date")?),
+        end_date: opt_from_micros(r.try_get("end_date")?),
+        latest_heartbeat: from_micros(r.try_get("latest_heartbeat")?),
+    })
+}
 
 impl Store {
-    /// Starts a job row (`SchedulerJob`, ...) in state `running`; returns its id.
-    pub async fn job_start(
-        &self,
-        job_type: &str,
-        hostname: &str,
-        now: DateTime<Utc>,
-    ) -> Result<i64> {
+    /// Starts a job row in state `running`; returns its id.
+    pub async fn job_start(&self, job: &JobStart, now: DateTime<Utc>) -> Result<i64> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO job (job_type, hostname, state, start_date, latest_heartbeat) \
-             VALUES ($1, $2, 'running', $3, $3) RETURNING id",
-        )
-        .bind(job_type)
-        .bind(hostname)
-        .bind(to_micros(now))
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_job(&mut tx, job, now).await?;
         self.commit(tx).await?;
-        Ok(row.try_get("id")?)
+        Ok(id)
+    }
+
+    /// Starts a job whose `instance` must be unique among live jobs of its type: if a running
+    /// one with the same instance heartbeat after `stale_before`, nothing is written and that
+    /// job is returned as the conflict. Unfinished rows of the same instance that stopped
+    /// heartbeating (a killed process) are ended as `failed` first.
+    pub async fn job_start_unique(
+        &self,
+        job: &JobStart,
+        stale_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<i64, JobRow>> {
+        let mut tx = self.begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(JOB_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM job WHERE job_type = $1 AND instance = $2 \
+             AND end_date IS NULL"
+        ))
+        .bind(&job.job_type)
+        .bind(&job.instance)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let other = job_row(r)?;
+            if other.state == "running" && other.latest_heartbeat >= stale_before {
+                tx.rollback().await?;
+                return Ok(Err(other));
+            }
+        }
+        sqlx::query(
+            "UPDATE job SET state = 'failed', end_date = $1 WHERE job_type = $2 \
+             AND instance = $3 AND end_date IS NULL",
+        )
+        .bind(to_micros(now))
+        .bind(&job.job_type)
+        .bind(&job.instance)
+        .execute(&mut *tx)
+        .await?;
+        let id = insert_job(&mut tx, job, now).await?;
+        self.commit(tx).await?;
+        Ok(Ok(id))
+    }
+
+    /// Jobs, newest first, and how many match.
+    pub async fn job_list(&self, q: &JobQuery) -> Result<(Vec<JobRow>, i64)> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        let mut text = |column: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(v.clone());
+                conditions.push(format!("{column} = ${}", binds.len()));
+            }
+        };
+        text("job_type", &q.job_type);
+        text("state", &q.state);
+        text("hostname", &q.hostname);
+        if let Some((alive, since)) = q.alive {
+            let live = format!(
+                "(state = 'running' AND end_date IS NULL AND latest_heartbeat >= {})",
+                to_micros(since)
+            );
+            conditions.push(if alive { live } else { format!("NOT {live}") });
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let count_sql = format!("SELECT COUNT(*) AS n FROM job{filter}");
+        let mut count = sqlx::query(&count_sql);
+        for b in &binds {
+            count = count.bind(b);
+        }
+        let total: i64 = count.fetch_one(self.read_pool()).await?.try_get("n")?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM job{filter} ORDER BY id DESC LIMIT {} OFFSET {}",
+            q.limit.max(0),
+            q.offset.max(0)
+        );
+        let mut rows = sqlx::query(&sql);
+        for b in &binds {
+            rows = rows.bind(b);
+        }
+        let rows = rows.fetch_all(self.read_pool()).await?;
+        let jobs = rows.iter().map(job_row).collect::<Result<Vec<_>>>()?;
+        Ok((jobs, total))
     }
 
     pub async fn job_heartbeat(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
@@ -93,9 +251,30 @@ impl Store {
         row.map(|r| {
             Ok((
                 r.try_get("state")?,
-                crate::from_micros(r.try_get("latest_heartbeat")?),
+                from_micros(r.try_get("latest_heartbeat")?),
             ))
         })
         .transpose()
     }
+}
+
+async fn insert_job(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    job: &JobStart,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO job (job_type, hostname, state, start_date, latest_heartbeat, unixname, \
+         pid, version, instance) VALUES ($1, $2, 'running', $3, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(&job.job_type)
+    .bind(&job.hostname)
+    .bind(to_micros(now))
+    .bind(&job.unixname)
+    .bind(job.pid)
+    .bind(&job.version)
+    .bind(&job.instance)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.try_get("id")?)
 }

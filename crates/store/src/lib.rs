@@ -45,6 +45,7 @@ pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
 pub use events::{EventCursor, EventTable, LifecycleEvent};
+pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
 pub use task_instances::{
@@ -286,10 +287,24 @@ impl Store {
             .collect())
     }
 
+    /// Migrations applied to the database that this binary does not know: a newer flow
+    /// migrated it. Such a database must not be migrated or written by this binary.
+    pub async fn unknown_migrations(&self) -> Result<Vec<i64>> {
+        let applied: Vec<i64> = sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+        )
+        .fetch_all(&self.read)
+        .await
+        .unwrap_or_default();
+        let known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();
+        Ok(applied.into_iter().filter(|v| !known.contains(v)).collect())
+    }
+
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
             "dag_run_transition",
+            "flow_meta",
             "trigger",
             "connection",
             "audit_log",

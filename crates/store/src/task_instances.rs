@@ -128,6 +128,9 @@ pub struct StateChange {
 pub struct TiFinish {
     pub key: TiKey,
     pub try_number: i64,
+    /// Guard: the worker that ran the try still owns the row (a fenced-off worker's late
+    /// report changes nothing). `None` only where no worker ran it (tests, `tasks test`).
+    pub worker_id: Option<String>,
     /// success, failed, skipped or up_for_retry.
     pub state: S,
     pub reason: Option<String>,
@@ -970,15 +973,21 @@ impl Store {
             .collect();
         crate::logs::append_many_in(&mut tx, &lines).await?;
         let mut applied = vec![false; finishes.len()];
-        // One guarded transition per outcome state, each row guarded by its try.
-        let mut by_state: Vec<(S, Vec<usize>)> = Vec::new();
+        // One guarded transition per outcome state and worker, each row guarded by its try.
+        type Group<'f> = ((S, Option<&'f str>), Vec<usize>);
+        let mut by_state: Vec<Group<'_>> = Vec::new();
         for (i, f) in finishes.iter().enumerate() {
-            match by_state.iter_mut().find(|(s, _)| *s == f.state) {
+            let group = (f.state, f.worker_id.as_deref());
+            match by_state.iter_mut().find(|(g, _)| *g == group) {
                 Some((_, members)) => members.push(i),
-                None => by_state.push((f.state, vec![i])),
+                None => by_state.push((group, vec![i])),
             }
         }
-        for (state, members) in by_state {
+        for ((state, worker), members) in by_state {
+            let effect = TiEffect {
+                worker_is: worker.map(str::to_owned),
+                ..TiEffect::default()
+            };
             let changes: Vec<TiChange> = members
                 .iter()
                 .map(|&i| {
@@ -999,7 +1008,7 @@ impl Store {
                     actor: Actor::Worker,
                     from: &[S::Running],
                     to: state,
-                    effect: &TiEffect::default(),
+                    effect: &effect,
                 },
                 &changes,
                 now_us,
@@ -1166,6 +1175,53 @@ impl Store {
         .await?;
         self.commit(tx).await?;
         Ok(applied.into_iter().next().map(|a| a.row))
+    }
+
+    /// A stopping worker hands back tries it killed: each goes to `up_for_retry`, due at once,
+    /// with one more try granted, so it runs again elsewhere without costing a retry. Guarded
+    /// by the try number and the worker still owning the row. Returns how many were handed back.
+    pub async fn ti_hand_back(
+        &self,
+        tries: &[(TiKey, i64)],
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        if tries.is_empty() {
+            return Ok(0);
+        }
+        let now_us = to_micros(now);
+        let effect = TiEffect {
+            worker_is: Some(worker_id.to_owned()),
+            grant_try: true,
+            ..TiEffect::default()
+        };
+        let changes: Vec<TiChange> = tries
+            .iter()
+            .map(|(key, try_number)| TiChange {
+                try_number: Some(*try_number),
+                next_retry_at: Some(now_us),
+                ..TiChange::new(key.clone()).reason(Some(format!(
+                    "handed back: worker {worker_id} stopped before the try finished; it does \
+                     not count against retries"
+                )))
+            })
+            .collect();
+        let mut tx = self.begin().await?;
+        let applied = ti_transition(
+            &mut tx,
+            self,
+            TiMove {
+                actor: Actor::Worker,
+                from: &[S::Running],
+                to: S::UpForRetry,
+                effect: &effect,
+            },
+            &changes,
+            now_us,
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(applied.len())
     }
 
     /// Every pool and its slots.

@@ -121,6 +121,9 @@ pub(crate) struct TiEffect {
     pub next_kwargs: Option<String>,
     /// `deferred`: the trigger and when the wait times out (microseconds).
     pub trigger: Option<(i64, i64)>,
+    /// The try ending does not count against the task's retries (handed back by a worker
+    /// that was stopped): one more try is granted.
+    pub grant_try: bool,
 }
 
 /// A transition applied to one row: which change asked for it, the state it left, and the row
@@ -211,6 +214,9 @@ fn assignments(from: S, to: S, shape: Shape, effect: &TiEffect, sql: &mut Sql) -
             shape.column(Extra::Retries)
         )
     });
+    if effect.grant_try {
+        set.push("max_tries = max_tries + 1".to_owned());
+    }
     match to {
         S::NoStatus => {
             set.extend(

@@ -432,6 +432,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
         let mut finish = TiFinish {
             key: a.clone(),
             try_number: 2,
+            worker_id: Some("w1".into()),
             state: S::Success,
             reason: None,
             next_retry_at: None,
@@ -450,7 +451,16 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
                 .await
                 .unwrap()
         );
+        // A finish from a worker that no longer owns the row (fenced off) changes nothing.
         finish.try_number = 1;
+        finish.worker_id = Some("w2".into());
+        assert!(
+            !store
+                .ti_finish(&finish, t0() + Duration::seconds(10))
+                .await
+                .unwrap()
+        );
+        finish.worker_id = Some("w1".into());
         assert!(
             store
                 .ti_finish(&finish, t0() + Duration::seconds(10))
@@ -467,7 +477,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
         let row = store.ti_get(&a).await.unwrap().unwrap();
         assert_eq!(row.state, S::Success);
         // Each report's lines are kept, even those of reports that changed nothing.
-        assert_eq!(store.log_read(&a, 1, 0, 100).await.unwrap().lines.len(), 2);
+        assert_eq!(store.log_read(&a, 1, 0, 100).await.unwrap().lines.len(), 3);
         assert_eq!(store.log_read(&a, 2, 0, 100).await.unwrap().lines.len(), 1);
         assert_eq!(row.duration, Some(10.0));
         let xcoms = store.xcom_list_for_run("d", "r").await.unwrap();
@@ -611,6 +621,7 @@ fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>)
     TiFinish {
         key: k.clone(),
         try_number,
+        worker_id: None,
         state,
         reason: None,
         next_retry_at: None,

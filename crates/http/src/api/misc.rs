@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::dags::time;
 use super::schema::{
     DagSource, DagTagCollection, ErrorBody, EventLog, EventLogCollection, ImportError,
-    ImportErrorCollection,
+    ImportErrorCollection, Job, JobCollection,
 };
 use super::{ApiError, ApiResult, ApiUser, paging, query_pairs};
 use crate::AppState;
@@ -22,6 +22,78 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(event_logs))
         .routes(routes!(dag_source))
         .routes(routes!(dag_tags))
+        .routes(routes!(jobs))
+}
+
+/// The processes of the deployment (Airflow's jobs): schedulers, workers, triggerers, web
+/// servers, each with its host and latest heartbeat.
+#[utoipa::path(get, path = "/api/v2/jobs", tag = "Job",
+    summary = "Jobs: schedulers, workers, triggerers and web servers with their heartbeats",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 0),
+        ("offset" = Option<i64>, Query, minimum = 0),
+        ("job_state" = Option<String>, Query),
+        ("job_type" = Option<String>, Query),
+        ("hostname" = Option<String>, Query),
+        ("is_alive" = Option<bool>, Query),
+    ),
+    responses((status = 200, body = JobCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn jobs(
+    State(state): State<AppState>,
+    user: ApiUser,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<JobCollection>> {
+    user.require(Permission::Read)?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let (limit, offset) = paging(&pairs)?;
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.to_owned())
+    };
+    let alive = match get("is_alive").as_deref() {
+        None => None,
+        Some("true" | "True" | "1") => Some(true),
+        Some("false" | "False" | "0") => Some(false),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &["query", "is_alive"],
+                "Input should be a valid boolean, unable to interpret input",
+            ));
+        }
+    };
+    // Airflow's `scheduler_health_check_threshold`.
+    let since = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let query = flow_store::JobQuery {
+        job_type: get("job_type"),
+        state: get("job_state"),
+        hostname: get("hostname"),
+        alive: alive.map(|a| (a, since)),
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        offset: i64::try_from(offset).unwrap_or(0),
+    };
+    let (rows, total) = state.store().job_list(&query).await?;
+    Ok(Json(JobCollection {
+        jobs: rows
+            .into_iter()
+            .map(|j| Job {
+                id: j.id,
+                dag_id: None,
+                state: Some(j.state),
+                job_type: Some(j.job_type),
+                start_date: time(Some(j.start_date)),
+                end_date: time(j.end_date),
+                latest_heartbeat: time(Some(j.latest_heartbeat)),
+                executor_class: None,
+                hostname: Some(j.hostname),
+                unixname: j.unixname,
+                dag_display_name: None,
+            })
+            .collect(),
+        total_entries: total,
+    }))
 }
 
 fn import_error_response(e: &flow_store::ImportErrorRow) -> ImportError {

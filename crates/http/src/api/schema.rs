@@ -361,6 +361,30 @@ pub struct ImportError {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobCollectionResponse)]
+pub struct JobCollection {
+    pub jobs: Vec<Job>,
+    pub total_entries: i64,
+}
+
+/// Airflow's JobResponse: a scheduler, worker, triggerer, web server or dag processor.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobResponse)]
+pub struct Job {
+    pub id: i64,
+    pub dag_id: Option<String>,
+    pub state: Option<String>,
+    pub job_type: Option<String>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub latest_heartbeat: Option<String>,
+    pub executor_class: Option<String>,
+    pub hostname: Option<String>,
+    pub unixname: Option<String>,
+    pub dag_display_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 #[schema(as = ImportErrorCollectionResponse)]
 pub struct ImportErrorCollection {
     pub import_errors: Vec<ImportError>,

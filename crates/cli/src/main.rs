@@ -85,7 +85,13 @@ enum Command {
     Scheduler {
         #[arg(long)]
         no_worker: bool,
+        /// Leave parsing the dags folder to a `flow dag-processor`.
+        #[arg(long)]
+        no_processor: bool,
     },
+    /// The DAG processor alone (Airflow 3's `airflow dag-processor`): parses the dags folder
+    /// into the database for schedulers started with `--no-processor`.
+    DagProcessor,
     /// A worker: claims queued task instances and runs them (PostgreSQL only).
     Worker {
         /// This worker's id, unique among live workers (default: host name and pid).
@@ -321,16 +327,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db { command } => ops::db(command).await,
         Command::Standalone { port } => {
             init_tracing();
-            ops::serve(&dags_folder, true, None, Some(port)).await
+            ops::serve_with(
+                &dags_folder,
+                ops::Serve {
+                    with_worker: true,
+                    process_dags: true,
+                    worker: None,
+                    web_port: Some(port),
+                },
+            )
+            .await
         }
         Command::Webserver { port } => {
             init_tracing();
             web::webserver(port).await
         }
         Command::Users { command } => web::users(command).await,
-        Command::Scheduler { no_worker } => {
+        Command::Scheduler {
+            no_worker,
+            no_processor,
+        } => {
             init_tracing();
-            ops::serve(&dags_folder, !no_worker, None, None).await
+            ops::serve_with(
+                &dags_folder,
+                ops::Serve {
+                    with_worker: !no_worker,
+                    process_dags: !no_processor,
+                    ..ops::Serve::default()
+                },
+            )
+            .await
+        }
+        Command::DagProcessor => {
+            init_tracing();
+            ops::dag_processor(&dags_folder).await
         }
         Command::Worker {
             worker_id,

@@ -348,14 +348,25 @@ async fn register_worker(store: &Store, config: &mut WorkerConfig) -> Result<()>
     }
 }
 
-/// `flow standalone` and `flow scheduler`: the scheduler, with an embedded worker unless
-/// `with_worker` is false.
-pub async fn serve(
-    dags_folder: &Path,
-    with_worker: bool,
-    worker: Option<WorkerConfig>,
-    web_port: Option<u16>,
-) -> Result<ExitCode> {
+/// What `flow standalone` / `flow scheduler` run in this process.
+#[derive(Debug, Default)]
+pub struct Serve {
+    pub with_worker: bool,
+    /// Parse the dags folder here (off with `--no-processor`: a `flow dag-processor` does).
+    pub process_dags: bool,
+    pub worker: Option<WorkerConfig>,
+    pub web_port: Option<u16>,
+}
+
+/// `flow standalone` and `flow scheduler`: the scheduler, with an embedded worker and
+/// triggerer unless `with_worker` is false.
+pub async fn serve_with(dags_folder: &Path, serve: Serve) -> Result<ExitCode> {
+    let Serve {
+        with_worker,
+        process_dags,
+        worker,
+        web_port,
+    } = serve;
     let what = if web_port.is_some() {
         "standalone"
     } else {
@@ -391,7 +402,10 @@ pub async fn serve(
     ]);
     let scheduler = Scheduler::new(
         store.clone(),
-        scheduler_config(dags_folder)?,
+        SchedulerConfig {
+            process_dags,
+            ..scheduler_config(dags_folder)?
+        },
         wakeups.clone(),
     );
     // The web UI first: a port already in use should stop `flow standalone` before it
@@ -457,6 +471,23 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flow dag-processor`: parses the dags folder into the database, for schedulers started
+/// with `--no-processor`. Several may run (each file's rows are upserts of the same content).
+pub async fn dag_processor(dags_folder: &Path) -> Result<ExitCode> {
+    let (store, _lock) = connect_daemon("dag-processor", false).await?;
+    let shutdown = shutdown_signal();
+    let config = scheduler_config(dags_folder)?;
+    let processor = DagProcessor::new(
+        store.clone(),
+        dags_folder.to_path_buf(),
+        config.dags_are_paused_at_creation,
+    )
+    .allow_external_links(config.allow_external_dag_links);
+    processor.run(config.hostname, shutdown).await;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn events_config() -> Result<Option<EventsConfig>> {
     let conn_id = config::env_value("events", "kafka_conn_id")?;
     let topic = config::env_value("events", "kafka_topic")?;
@@ -468,6 +499,8 @@ fn events_config() -> Result<Option<EventsConfig>> {
             poll_interval: std::time::Duration::from_millis(200),
             batch: 500,
             max_backlog: config::env_number("events", "max_backlog", 100_000)?.max(1),
+            holder: format!("{}-{}", config::hostname(), std::process::id()),
+            lease_ttl: std::time::Duration::from_secs(10),
         })),
         _ => {
             bail!("set both FLOW__EVENTS__KAFKA_CONN_ID and FLOW__EVENTS__KAFKA_TOPIC, or neither")
@@ -502,6 +535,8 @@ pub async fn triggerer() -> Result<ExitCode> {
 /// `flow worker`: a remote worker. Needs PostgreSQL: several processes claiming from one
 /// SQLite file would contend for its single writer lock.
 pub async fn worker(mut config: WorkerConfig) -> Result<ExitCode> {
+    // A remote worker runs tasks against the DAG bundles in the database, not a dags folder.
+    config.bundle_dir = Some(config::flow_home().join("bundles"));
     // Refused before anything is written to the database.
     if config::sqlite_path(&config::database_url()?).is_some() {
         bail!(

@@ -895,3 +895,114 @@ async fn a_stopped_worker_hands_back_what_it_could_not_finish() {
     drop(cluster);
     db.drop_db().await.unwrap();
 }
+
+/// `flow dags trigger --wait` against the cluster, bounded.
+fn trigger_wait(cluster: &Cluster, dag_id: &str, run_id: &str) -> (bool, String) {
+    let mut child = cluster
+        .command("cli")
+        .args(["dags", "trigger", dag_id, "--run-id", run_id, "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (status.success(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{dag_id} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A remote worker needs no dags folder: the python modules beside the DAG files
+/// (`ml_steps.train`), `python_callable_file`s, and every other file of the folder come from
+/// the database as a bundle, fetched once per version; an edited helper reaches the worker.
+#[tokio::test]
+async fn remote_workers_get_the_dags_folder_from_the_database() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dags");
+    for name in [
+        "ml_pipeline.yaml",
+        "ml_steps.py",
+        "partitioned_load.yaml",
+        "partition_steps.py",
+    ] {
+        std::fs::copy(examples.join(name), cluster.dags.join(name)).unwrap();
+    }
+    std::fs::create_dir_all(cluster.dags.join("helpers")).unwrap();
+    let probe = cluster.dags.join("helpers/probe.py");
+    std::fs::write(
+        &probe,
+        "import os\n\ndef probe():\n    open(os.environ['TMPDIR'] + '/probe.txt', 'a').write('v1\\n')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cluster.dags.join("probe.yaml"),
+        "probe:\n  tasks:\n    p:\n      operator: python\n      python_callable_name: probe\n      python_callable_file: helpers/probe.py\n",
+    )
+    .unwrap();
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("scheduler", &["scheduler", "--no-worker"]);
+    cluster.start("worker", &["worker"]);
+    wait_for_jobs(&cluster, "WorkerJob", 1);
+    for (dag, run) in [
+        ("ml_train_validate_deploy", "r1"),
+        ("partitioned_load", "r1"),
+        ("probe", "r1"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (ok, out) = loop {
+            let (ok, out) = trigger_wait(&cluster, dag, run);
+            // Until the scheduler has parsed the folder, the DAG is unknown.
+            if ok || !out.contains("not found") || Instant::now() > deadline {
+                break (ok, out);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(ok, "{dag} on a worker without files: {out}");
+    }
+    let text = std::fs::read_to_string(cluster.home.join("probe.txt")).unwrap();
+    assert_eq!(text, "v1\n");
+    // An edited helper becomes a new bundle; the next try runs it.
+    std::fs::write(
+        &probe,
+        "import os\n\ndef probe():\n    open(os.environ['TMPDIR'] + '/probe.txt', 'a').write('v2\\n')\n",
+    )
+    .unwrap();
+    let bundles = cluster.home.join("worker/bundles");
+    let before = std::fs::read_dir(&bundles).unwrap().count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 2;
+    loop {
+        let (ok, out) = trigger_wait(&cluster, "probe", &format!("r{n}"));
+        assert!(ok, "{out}");
+        let text = std::fs::read_to_string(cluster.home.join("probe.txt")).unwrap();
+        if text.ends_with("v2\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit never reached the worker: {text}"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(std::fs::read_dir(&bundles).unwrap().count() > before);
+    cluster.assert_alive();
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}

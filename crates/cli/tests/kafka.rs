@@ -839,3 +839,128 @@ produce_nowhere:
     drop(standalone);
     db.drop_db().await.unwrap();
 }
+
+/// Lifecycle events with several schedulers: one publisher at a time (a lease), and a
+/// persisted cursor, so that events made while no scheduler ran, and those a killed publisher
+/// had not sent yet, are published by the next one. Every transition the database recorded
+/// reaches the topic exactly once (by `event_id`).
+#[tokio::test]
+async fn one_event_publisher_and_no_event_lost_across_restarts() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let Some(python) = common::python_with_confluent_kafka() else {
+        return;
+    };
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    let env = Env::new(&db.url, &bootstrap);
+    let topic = unique("lifecycle");
+    std::fs::write(
+        env.dags.join("ev.yaml"),
+        "ev:\n  default_args: {retries: 2, retry_delay: 1s}\n  tasks:\n    a: {operator: bash, bash_command: 'sleep 1'}\n    b: {operator: bash, bash_command: 'true', dependencies: [a]}\n",
+    )
+    .unwrap();
+    /// Killed when dropped, so that a failing test leaves no scheduler behind.
+    struct Daemon(Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = |name: &str| {
+        let home = env.home.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        env.command()
+            .env("FLOW__EVENTS__KAFKA_CONN_ID", "kafka_default")
+            .env("FLOW__EVENTS__KAFKA_TOPIC", &topic)
+            .env("FLOW__WORKER__HEARTBEAT_INTERVAL", "1")
+            .env("FLOW__SCHEDULER__ZOMBIE_THRESHOLD", "4")
+            .env(
+                "FLOW__CORE__FERNET_KEY",
+                "x9gBXvdBg5ZsmZCEiyT3JrPxGO5hNb4wVc3mKXG1rWg=",
+            )
+            .arg("scheduler")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map(Daemon)
+            .unwrap()
+    };
+    let kill = drop::<Daemon>;
+    let succeeded = |run: &str| {
+        wait_for(90, &format!("run {run} to succeed"), || {
+            env.runs("ev")
+                .iter()
+                .any(|(r, s)| r == run && s == "success")
+                .then_some(())
+        })
+    };
+    let (a, b) = (start("a"), start("b"));
+    wait_for(60, "the DAG to be parsed", || {
+        env.run(&["dags", "trigger", "ev", "--run-id", "r1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    succeeded("r1");
+    kill(a);
+    kill(b);
+    // Made while no scheduler (so no publisher) runs.
+    assert!(
+        env.run(&["dags", "trigger", "ev", "--run-id", "r2"])
+            .status
+            .success()
+    );
+    let a = start("a");
+    succeeded("r2");
+    // The publisher dies mid-run; the other scheduler takes its lease over.
+    assert!(
+        env.run(&["dags", "trigger", "ev", "--run-id", "r3"])
+            .status
+            .success()
+    );
+    wait_for(30, "r3 to start", || {
+        env.states("ev", "r3")
+            .get("a")
+            .is_some_and(|s| s[0] == "running")
+            .then_some(())
+    });
+    kill(a);
+    let b = start("b");
+    succeeded("r3");
+    // What the database recorded, against what the topic holds.
+    let store = flow_store::Store::connect(&db.url).await.unwrap();
+    let (recorded, _) = store
+        .events_after(flow_store::EventCursor::default(), 100_000)
+        .await
+        .unwrap();
+    store.close().await;
+    let want: BTreeSet<String> = recorded
+        .iter()
+        .map(|e| e.json["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got: Vec<String> = loop {
+        let got: Vec<String> = python_read_all(&python, &bootstrap, &topic, want.len())
+            .iter()
+            .map(|l| {
+                let json: serde_json::Value =
+                    serde_json::from_str(l.split(" | ").next().unwrap()).unwrap();
+                json["event_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        if got.len() >= want.len() || Instant::now() > deadline {
+            break got;
+        }
+    };
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    let missing: Vec<&String> = want.difference(&unique).collect();
+    assert!(missing.is_empty(), "events never published: {missing:?}");
+    assert_eq!(got.len(), unique.len(), "an event was published twice");
+    kill(b);
+    drop(env);
+    db.drop_db().await.unwrap();
+}

@@ -6,6 +6,7 @@
 //! log lines and returning an [`Outcome`]. Claiming, heartbeats, storing logs and outcomes
 //! belong to the worker loop that calls these; nothing here touches the database.
 
+mod bundle;
 mod io_ops;
 mod jinja;
 mod mask;
@@ -46,5 +47,22 @@ pub enum ExecutorError {
 impl ExecutorError {
     pub(crate) fn task(message: impl Into<String>) -> Self {
         ExecutorError::Task(message.into())
+    }
+}
+
+/// A path the scheduler made absolute under the dags folder it parsed from (`source_root`),
+/// moved into this worker's copy of that folder (`dags_folder`, a DAG bundle). Other paths,
+/// and every path where the two folders are the same, stay as they are.
+pub(crate) fn relocate(
+    source_root: &std::path::Path,
+    dags_folder: &std::path::Path,
+    p: &std::path::Path,
+) -> std::path::PathBuf {
+    if source_root == dags_folder {
+        return p.to_path_buf();
+    }
+    match p.strip_prefix(source_root) {
+        Ok(rel) => dags_folder.join(rel),
+        Err(_) => p.to_path_buf(),
     }
 }

@@ -53,6 +53,9 @@ pub struct RunContext {
     /// The task's owner. Airflow's `AIRFLOW_CTX_DAG_OWNER` is the task's owner too.
     pub owner: String,
     pub dags_folder: PathBuf,
+    /// The dags folder the DAG was parsed from (on the scheduler's machine): paths under it
+    /// are found under `dags_folder` here (a worker's copy of the DAG bundle).
+    pub source_root: PathBuf,
     /// The DAG's time zone, shown as `dag.timezone`. Context dates stay in UTC, as Airflow's.
     pub timezone: chrono_tz::Tz,
     /// The DAG's `render_template_as_native_obj`: Python arguments keep the rendered value's
@@ -85,6 +88,15 @@ pub struct TryOf {
     pub max_tries: u32,
 }
 
+/// The dags folder a DAG was parsed from: its file's path less its path within the folder.
+fn source_root(dag: &flow_dag::Dag) -> PathBuf {
+    let depth = Path::new(&dag.relative_fileloc).components().count();
+    dag.fileloc
+        .ancestors()
+        .nth(depth)
+        .map_or_else(|| dag.fileloc.clone(), Path::to_path_buf)
+}
+
 impl RunContext {
     /// The context of one try of `task`: params merged from the DAG, the task and the run's
     /// conf (and checked), DAG-level settings copied. The worker and `flow tasks test` both
@@ -114,12 +126,13 @@ impl RunContext {
             params,
             owner: task.owner.clone(),
             dags_folder: dags_folder.to_path_buf(),
+            source_root: source_root(dag),
             timezone: dag.timetable.timezone,
             render_template_as_native_obj: dag.render_template_as_native_obj,
             template_searchpath: dag
                 .fileloc
                 .parent()
-                .map(|p| vec![p.to_path_buf()])
+                .map(|p| vec![crate::relocate(&source_root(dag), dags_folder, p)])
                 .unwrap_or_default(),
             xcoms: Arc::new(xcoms),
             variables: HashMap::new(),

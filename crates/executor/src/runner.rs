@@ -41,6 +41,8 @@ pub struct RunSpec {
     pub context_env: Vec<(String, String)>,
     /// Put first on Python's `sys.path`; relative bash `cwd`s are resolved against it.
     pub dags_folder: PathBuf,
+    /// Where the DAG was parsed from; absolute paths under it are moved under `dags_folder`.
+    pub source_root: PathBuf,
     /// The Python interpreter, `python3` by default.
     pub python: String,
     pub do_xcom_push: bool,
@@ -97,6 +99,7 @@ impl RunSpec {
             timeout: task.execution_timeout.and_then(|d| d.to_std().ok()),
             context_env: context_env(ctx),
             dags_folder: ctx.dags_folder.clone(),
+            source_root: ctx.source_root.clone(),
             python: "python3".to_owned(),
             do_xcom_push: task.do_xcom_push,
             kill_grace: DEFAULT_KILL_GRACE,
@@ -337,8 +340,11 @@ pub async fn run(
                 "callable": match callable {
                     PythonCallable::Module { module, function } =>
                         json!({"kind": "module", "module": module, "function": function}),
-                    PythonCallable::File { path, function } =>
-                        json!({"kind": "file", "path": path, "function": function}),
+                    PythonCallable::File { path, function } => json!({
+                        "kind": "file",
+                        "path": crate::relocate(&spec.source_root, &spec.dags_folder, path),
+                        "function": function,
+                    }),
                 },
                 "op_args": op_args,
                 "op_kwargs": op_kwargs,

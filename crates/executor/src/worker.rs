@@ -50,6 +50,10 @@ pub struct WorkerConfig {
     /// After a stop request, how long running tries may finish before they are killed and
     /// handed back (`FLOW__WORKER__SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: StdDuration,
+    /// Where a remote worker keeps the DAG bundles it fetched from the database (one folder
+    /// per bundle hash); tasks run against those instead of `dags_folder`. `None` for a
+    /// worker beside its scheduler, which uses the dags folder itself.
+    pub bundle_dir: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +74,7 @@ impl Default for WorkerConfig {
             job_id: None,
             heartbeat_timeout: StdDuration::from_secs(60),
             shutdown_timeout: StdDuration::from_secs(60),
+            bundle_dir: None,
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct Worker {
     config: WorkerConfig,
     wakeups: WorkerWakeups,
     dags: DagCache,
+    /// Held while a DAG bundle is fetched and written.
+    bundles: Arc<tokio::sync::Mutex<()>>,
     reports: Option<mpsc::Sender<TiFinish>>,
 }
 
@@ -124,6 +131,7 @@ impl Worker {
             config,
             wakeups,
             dags: Arc::new(Mutex::new(HashMap::new())),
+            bundles: Arc::default(),
             reports: None,
         }
     }
@@ -454,6 +462,7 @@ impl Worker {
             store: self.store.clone(),
             config: self.config.clone(),
             dags: self.dags.clone(),
+            bundles: self.bundles.clone(),
             reports: self.reports.clone(),
             shared: None,
         }
@@ -465,6 +474,7 @@ struct Job {
     store: Store,
     config: WorkerConfig,
     dags: DagCache,
+    bundles: Arc<tokio::sync::Mutex<()>>,
     reports: Option<mpsc::Sender<TiFinish>>,
     shared: Option<Arc<ClaimShared>>,
 }
@@ -604,6 +614,42 @@ impl Job {
         Ok(dag)
     }
 
+    /// This worker's copy of the DAG's bundle (the dags folder's files as the database holds
+    /// them), fetched once per bundle hash and kept under `dir/<hash>`. A DAG without a
+    /// bundle runs against the configured dags folder.
+    async fn bundle(&self, dir: &std::path::Path, dag_id: &str) -> Result<PathBuf, ExecutorError> {
+        let Some(hash) = self.store.bundle_of_dag(dag_id).await? else {
+            return Ok(self.config.dags_folder.clone());
+        };
+        if hash.is_empty() || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ExecutorError::task(format!(
+                "dag `{dag_id}` names a malformed bundle `{hash}`"
+            )));
+        }
+        let target = dir.join(&hash);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        // One fetch per bundle at a time: the tries of a claim usually share one.
+        let _one = self.bundles.lock().await;
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let files = self.store.bundle_files(&hash).await?;
+        if files.is_empty() {
+            return Err(ExecutorError::task(format!(
+                "the bundle of dag `{dag_id}` is not in the database (replaced meanwhile?)"
+            )));
+        }
+        let written = target.clone();
+        tokio::task::spawn_blocking(move || crate::bundle::write(&written, &files))
+            .await
+            .map_err(|e| ExecutorError::task(format!("writing the DAG bundle: {e}")))?
+            .map_err(|e| ExecutorError::task(format!("writing the DAG bundle: {e}")))?;
+        info!(dag_id, bundle = %hash, "fetched the DAG bundle");
+        Ok(target)
+    }
+
     /// The run's XComs, for templates and Python callables that pull them.
     async fn fetch_xcoms(&self, key: &TiKey) -> Result<Arc<XcomMap>, ExecutorError> {
         let mut xcoms = XcomMap::new();
@@ -624,6 +670,7 @@ impl Job {
         dag: &Dag,
         task: &Task,
         run: &DagRunRow,
+        dags_folder: &std::path::Path,
     ) -> Result<RunContext, ExecutorError> {
         let run = TryOf {
             run_id: ti.key.run_id.clone(),
@@ -638,14 +685,8 @@ impl Job {
             try_number: u32::try_from(ti.try_number).unwrap_or(1),
             max_tries: u32::try_from(ti.max_tries).unwrap_or(0),
         };
-        RunContext::new(
-            dag,
-            task,
-            run,
-            &self.config.dags_folder,
-            XcomMap::unfetched(),
-        )
-        .map_err(|e| ExecutorError::task(e.to_string()))
+        RunContext::new(dag, task, run, dags_folder, XcomMap::unfetched())
+            .map_err(|e| ExecutorError::task(e.to_string()))
     }
 
     /// Runs one claimed try to its end and reports the outcome. Returns the next try when the
@@ -947,7 +988,11 @@ impl Job {
             None => read().await?,
         }
         .ok_or_else(|| ExecutorError::task(format!("dag run `{}` is gone", ti.key.run_id)))?;
-        let mut ctx = self.context(ti, &dag, &task, &run)?;
+        let dags_folder = match &self.config.bundle_dir {
+            Some(dir) => self.bundle(dir, &ti.key.dag_id).await?,
+            None => self.config.dags_folder.clone(),
+        };
+        let mut ctx = self.context(ti, &dag, &task, &run, &dags_folder)?;
         let mut rendered = crate::render_task(&task, &ctx);
         // Render first without the run's XComs; fetch them only when a template or an
         // argument looked for one, or a Python callable may pull them while it runs.

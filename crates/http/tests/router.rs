@@ -1456,6 +1456,7 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/importErrors".into()),
             ("get", "/api/v2/importErrors/{import_error_id}".into()),
             ("get", "/api/v2/eventLogs".into()),
+            ("get", "/api/v2/jobs".into()),
             ("get", "/api/v2/monitor/health".into()),
             ("get", "/api/v2/version".into()),
             ("get", "/api/v2/connections".into()),

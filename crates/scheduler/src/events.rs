@@ -25,6 +25,10 @@ pub struct EventsConfig {
     pub batch: i64,
     /// Events further behind than this are skipped (and counted) after an outage.
     pub max_backlog: i64,
+    /// This publisher's name in the lease (host and pid).
+    pub holder: String,
+    /// How long a lease lasts without renewal: a publisher that died is replaced after this.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -56,26 +60,56 @@ impl EventPublisher {
         self.stats.clone()
     }
 
+    /// Publishes while it holds the lease (one publisher per database, whatever the number of
+    /// schedulers), from the persisted cursor, so that events made while no publisher ran
+    /// are published when one starts; stands by while another holds it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
-        // Events from before this start are history, not news.
-        let mut cursor = loop {
-            match self.store.event_cursor_now().await {
-                Ok(c) => break c,
-                Err(e) => {
-                    warn!(error = %e, "events: cannot read the cursor; retrying");
-                    if sleep_or_stop(&mut shutdown, backoff).await {
-                        return;
-                    }
-                }
-            }
-        };
+        let ttl = self.config.lease_ttl;
+        let mut lease_until: Option<std::time::Instant> = None;
+        let mut cursor = EventCursor::default();
         let mut producer: Option<Producer> = None;
         let mut gaps = Gaps::default();
-        info!(topic = %self.config.topic, "publishing lifecycle events to kafka");
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            let now = std::time::Instant::now();
+            if lease_until.is_none_or(|u| u.saturating_duration_since(now) < ttl / 2) {
+                let chrono_ttl = chrono::Duration::from_std(ttl).unwrap_or_default();
+                let at = chrono::Utc::now();
+                match self
+                    .store
+                    .events_lease(&self.config.holder, at + chrono_ttl, at)
+                    .await
+                {
+                    Ok(Some(persisted)) => {
+                        if lease_until.is_none() {
+                            info!(topic = %self.config.topic, cursor = ?persisted, "events: this scheduler publishes lifecycle events");
+                            cursor = persisted;
+                            gaps = Gaps::default();
+                        }
+                        lease_until = Some(now + ttl);
+                    }
+                    Ok(None) => {
+                        if lease_until.take().is_some() {
+                            info!("events: another publisher holds the lease; standing by");
+                        }
+                        if sleep_or_stop(&mut shutdown, ttl / 3).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => warn!(error = %e, "events: cannot renew the lease"),
+                }
+            }
+            // Publish only well within the lease: past it, another publisher may have started.
+            if lease_until.is_none_or(|u| u.saturating_duration_since(now) < ttl / 4) {
+                lease_until = None;
+                if sleep_or_stop(&mut shutdown, backoff).await {
+                    break;
+                }
+                continue;
             }
             if producer.is_none() {
                 producer = match self.producer().await {
@@ -136,6 +170,16 @@ impl EventPublisher {
                     gaps.published(&events);
                     cursor = next;
                     backoff = Duration::from_millis(200);
+                    match self.store.events_advance(&self.config.holder, cursor).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!("events: the lease was taken over; standing by");
+                            lease_until = None;
+                        }
+                        // Published but not recorded: a successor may publish this batch
+                        // again (each event carries its `event_id`).
+                        Err(e) => warn!(error = %e, "events: cannot record the cursor"),
+                    }
                 }
                 Err(e) => {
                     // Not advanced: the same events go again once the broker answers.
@@ -147,6 +191,11 @@ impl EventPublisher {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+        if lease_until.is_some()
+            && let Err(e) = self.store.events_release(&self.config.holder).await
+        {
+            warn!(error = %e, "events: could not release the lease");
         }
     }
 

@@ -7,6 +7,7 @@
 //! or the webserver: everything goes through the store, so any process can die and a restarted
 //! scheduler carries on from the database.
 
+mod bundle;
 pub mod decide;
 mod dir_watch;
 pub mod events;

@@ -48,7 +48,15 @@ pub struct DagProcessor {
     defaults_signature: Vec<(PathBuf, SystemTime, u64)>,
     /// A parse that outlasted [`PARSE_WAIT`], picked up by a later pass.
     pending: Option<tokio::task::JoinHandle<Parsed>>,
+    /// The folder's files (path, mtime, length) when the bundle was last stored, and its hash.
+    bundle: Option<(FolderSignature, String)>,
+    /// Files left out of the bundle (too large), reported once.
+    bundle_skipped: Vec<String>,
 }
+
+/// Every file of the folder as (relative path, mtime, length): what decides whether the
+/// bundle must be stored again.
+type FolderSignature = Vec<(String, SystemTime, u64)>;
 
 fn stat(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
@@ -115,6 +123,8 @@ impl DagProcessor {
             stored: None,
             defaults_signature: Vec::new(),
             pending: None,
+            bundle: None,
+            bundle_skipped: Vec::new(),
         }
     }
 
@@ -302,5 +312,164 @@ impl DagProcessor {
             dags,
             import_error,
         })
+    }
+}
+
+impl DagProcessor {
+    /// Stores the dags folder as a DAG bundle when its files changed (or `dags_changed`: new
+    /// DAG rows must learn their bundle), so that remote workers need no copy of the folder.
+    /// Returns the bundle's hash when it stored anything.
+    pub async fn sync_bundle(
+        &mut self,
+        dags_changed: bool,
+    ) -> Result<Option<String>, SchedulerError> {
+        let root = self.root.clone();
+        let allow = self.allow_external_links;
+        let (entries, skipped) =
+            tokio::task::spawn_blocking(move || crate::bundle::walk(&root, allow))
+                .await
+                .map_err(|e| SchedulerError::Internal(format!("walking the dags folder: {e}")))?;
+        if skipped != self.bundle_skipped {
+            if !skipped.is_empty() {
+                tracing::warn!(files = ?skipped, "files left out of the DAG bundle (over 10 MiB each, or 256 MiB in all): remote workers will not see them");
+            }
+            self.bundle_skipped = skipped;
+        }
+        let signature: FolderSignature = entries
+            .iter()
+            .map(|e| (e.rel.clone(), e.mtime, e.len))
+            .collect();
+        if !dags_changed
+            && self
+                .bundle
+                .as_ref()
+                .is_some_and(|(sig, _)| *sig == signature)
+        {
+            return Ok(None);
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .filter_map(|e| {
+                    let content = std::fs::read(&e.abs).ok()?;
+                    let file = flow_store::BundleFile {
+                        path: e.rel,
+                        blob_hash: crate::bundle::hash(&content),
+                        executable: e.executable,
+                    };
+                    Some((file, content))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| SchedulerError::Internal(format!("reading the dags folder: {e}")))?;
+        let files: Vec<flow_store::BundleFile> = read.iter().map(|(f, _)| f.clone()).collect();
+        let bundle_hash = crate::bundle::bundle_hash(&files);
+        let prefix = format!("{}/", self.root.display());
+        if self.store.bundle_exists(&bundle_hash).await? {
+            self.store
+                .bundle_store(&bundle_hash, &[], &[], &prefix)
+                .await?;
+        } else {
+            let all: Vec<String> = files.iter().map(|f| f.blob_hash.clone()).collect();
+            let missing: std::collections::HashSet<String> = self
+                .store
+                .bundle_missing_blobs(&all)
+                .await?
+                .into_iter()
+                .collect();
+            let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+            for (f, content) in read {
+                if missing.contains(&f.blob_hash) && !blobs.iter().any(|(h, _)| *h == f.blob_hash) {
+                    blobs.push((f.blob_hash, content));
+                }
+            }
+            self.store
+                .bundle_store(&bundle_hash, &files, &blobs, &prefix)
+                .await?;
+            tracing::debug!(bundle = %bundle_hash, files = files.len(), new_blobs = blobs.len(), "stored the DAG bundle");
+        }
+        self.bundle = Some((signature, bundle_hash.clone()));
+        Ok(Some(bundle_hash))
+    }
+
+    /// `flow dag-processor` (Airflow 3's standalone DAG processor): keeps the store in step
+    /// with the dags folder until `shutdown`, parsing when the folder changes (inotify) and
+    /// every 30 s regardless, with a `DagProcessorJob` row. Schedulers started with
+    /// `--no-processor` leave this to it. Store errors are logged and retried.
+    pub async fn run(mut self, hostname: String, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use std::time::{Duration, Instant};
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watch = crate::dir_watch::start(&self.root, wake.clone());
+        let scan_every = if watch
+            .as_ref()
+            .is_some_and(crate::dir_watch::DirWatch::is_live)
+        {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        };
+        tracing::info!(dags_folder = %self.root.display(), "dag processor started");
+        let mut job: Option<i64> = None;
+        let mut last_scan: Option<Instant> = None;
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let due = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
+            let dirty = watch
+                .as_ref()
+                .is_some_and(crate::dir_watch::DirWatch::take_dirty);
+            if due || dirty {
+                let pass = async {
+                    if due {
+                        self.resync_from_store().await?;
+                    }
+                    let report = self.run_once(Utc::now()).await?;
+                    self.sync_bundle(report.files_written > 0).await?;
+                    Ok::<_, SchedulerError>(report)
+                };
+                match pass.await {
+                    Ok(report) if report.files_written > 0 || report.dags_deactivated > 0 => {
+                        tracing::info!(?report, "dags folder synced");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "dag processing failed; retrying"),
+                }
+                if due {
+                    last_scan = Some(Instant::now());
+                }
+            }
+            if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                let now = Utc::now();
+                let beat = match job {
+                    Some(id) => self.store.job_heartbeat(id, now).await,
+                    None => self
+                        .store
+                        .job_start(
+                            &flow_store::JobStart::this_process("DagProcessorJob", &hostname),
+                            now,
+                        )
+                        .await
+                        .map(|id| job = Some(id)),
+                };
+                match beat {
+                    Ok(()) => last_beat = Some(Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "dag processor heartbeat failed"),
+                }
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        if let Some(id) = job
+            && let Err(e) = self.store.job_end(id, Utc::now()).await
+        {
+            tracing::warn!(error = %e, "could not record the dag processor's end");
+        }
+        tracing::info!("dag processor stopped");
     }
 }

@@ -365,6 +365,7 @@ impl Scheduler {
             self.processor.resync_from_store().await?;
         }
         let report = self.processor.run_once(now).await?;
+        self.processor.sync_bundle(report.files_written > 0).await?;
         self.last_dir_scan = Some(now);
         if report.files_written > 0 || report.dags_deactivated > 0 {
             debug!(?report, "dags folder synced");

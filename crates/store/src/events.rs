@@ -29,7 +29,96 @@ pub struct EventCursor {
     pub dag_run: i64,
 }
 
+/// `flow_meta` keys of the publisher's lease (`holder expires_us`) and cursor (`ti run`).
+const LEASE_KEY: &str = "events_lease";
+const CURSOR_KEY: &str = "events_cursor";
+
 impl Store {
+    /// Takes or renews the event publisher's lease for `holder` until `until`, if it is free,
+    /// expired or already `holder`'s. Returns the persisted cursor when `holder` holds the
+    /// lease (the newest ids, persisted, on a database no publisher ever ran on), `None` when
+    /// another publisher does.
+    pub async fn events_lease(
+        &self,
+        holder: &str,
+        until: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<EventCursor>> {
+        let mut tx = self.begin().await?;
+        let lock = match self.backend() {
+            crate::Backend::Postgres => " FOR UPDATE",
+            crate::Backend::Sqlite => "",
+        };
+        let current: Option<String> =
+            sqlx::query_scalar(&format!("SELECT value FROM flow_meta WHERE key = $1{lock}"))
+                .bind(LEASE_KEY)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let taken_by_other = current.as_deref().is_some_and(|v| {
+            let mut parts = v.splitn(2, ' ');
+            let (who, expires) = (parts.next().unwrap_or(""), parts.next().unwrap_or("0"));
+            who != holder && expires.parse::<i64>().unwrap_or(0) > crate::to_micros(now)
+        });
+        if taken_by_other {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO flow_meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(LEASE_KEY)
+        .bind(format!("{holder} {}", crate::to_micros(until)))
+        .execute(&mut *tx)
+        .await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
+                .bind(CURSOR_KEY)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let cursor = match stored.as_deref().and_then(parse_cursor) {
+            Some(c) => c,
+            None => {
+                // The first publisher ever: what happened before it is history, not news.
+                let now_cursor = cursor_now_in(&mut tx).await?;
+                write_cursor(&mut tx, now_cursor).await?;
+                now_cursor
+            }
+        };
+        self.commit(tx).await?;
+        Ok(Some(cursor))
+    }
+
+    /// Records that events up to `cursor` are published, if `holder` still holds the lease.
+    /// Returns false when it does not (another publisher took over; this one must stop).
+    pub async fn events_advance(&self, holder: &str, cursor: EventCursor) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
+                .bind(LEASE_KEY)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.as_deref().and_then(|v| v.split(' ').next()) != Some(holder) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        write_cursor(&mut tx, cursor).await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
+    /// Gives the lease up (a clean stop), so another publisher takes over at once.
+    pub async fn events_release(&self, holder: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM flow_meta WHERE key = $1 AND value LIKE $2")
+            .bind(LEASE_KEY)
+            .bind(format!("{holder} %"))
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
     /// The newest ids: a reader starting now begins after them.
     pub async fn event_cursor_now(&self) -> Result<EventCursor> {
         let ti: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM ti_transition")
@@ -119,6 +208,9 @@ impl Store {
                     key: format!("{dag_id}/{run_id}/{task_id}"),
                     json: json!({
                         "event": "task_instance.state_changed",
+                        // Unique per event: a consumer can drop the rare repeat (a publisher
+                        // that died between the broker's ack and recording its cursor).
+                        "event_id": format!("ti-{}", r.try_get::<i64, _>("id")?),
                         "dag_id": dag_id,
                         "run_id": run_id,
                         "task_id": task_id,
@@ -155,6 +247,7 @@ impl Store {
                     key: format!("{dag_id}/{run_id}"),
                     json: json!({
                         "event": "dag_run.state_changed",
+                        "event_id": format!("run-{}", r.try_get::<i64, _>("id")?),
                         "dag_id": dag_id,
                         "run_id": run_id,
                         "run_type": r.try_get::<String, _>("run_type")?,
@@ -168,4 +261,40 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn parse_cursor(v: &str) -> Option<EventCursor> {
+    let (ti, run) = v.split_once(' ')?;
+    Some(EventCursor {
+        task_instance: ti.parse().ok()?,
+        dag_run: run.parse().ok()?,
+    })
+}
+
+async fn write_cursor(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    c: EventCursor,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flow_meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(CURSOR_KEY)
+    .bind(format!("{} {}", c.task_instance, c.dag_run))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn cursor_now_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<EventCursor> {
+    let ti: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM ti_transition")
+        .fetch_one(&mut **tx)
+        .await?;
+    let run: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM dag_run_transition")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(EventCursor {
+        task_instance: ti.unwrap_or(0),
+        dag_run: run.unwrap_or(0),
+    })
 }

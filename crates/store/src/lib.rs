@@ -15,6 +15,7 @@
 //! SQLite allows one writer at a time: writes go through a single-connection pool and start with
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
 
+mod bundles;
 mod connections;
 mod dag_runs;
 mod dags;
@@ -40,6 +41,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::Notify;
 
+pub use bundles::BundleFile;
 pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
@@ -305,6 +307,8 @@ impl Store {
         let tables = [
             "dag_run_transition",
             "flow_meta",
+            "dag_bundle_file",
+            "dag_bundle_blob",
             "trigger",
             "connection",
             "audit_log",

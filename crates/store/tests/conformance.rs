@@ -1381,3 +1381,63 @@ async fn max_active_runs_holds_across_schedulers() {
     })
     .await;
 }
+
+/// Several processors (schedulers, dag processors) syncing the same file at once store one
+/// version of each DAG, and the same bundle twice is one bundle.
+#[tokio::test]
+async fn concurrent_processors_store_one_version() {
+    each_backend(|store| async move {
+        let mut handles = Vec::new();
+        for _ in 0..6 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                store
+                    .dag_sync_file(
+                        &file("/dags/a.yaml", vec![record("a1"), record("a2")], None),
+                        t0(),
+                    )
+                    .await
+            }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let dags = store.dag_list().await.unwrap();
+        assert_eq!(dags.len(), 2);
+        assert!(dags.iter().all(|d| d.dag_hash == "h1"));
+
+        let files = vec![flow_store::BundleFile {
+            path: "helpers/x.py".into(),
+            blob_hash: "b1".into(),
+            executable: false,
+        }];
+        let blobs = vec![("b1".to_owned(), b"print(1)\n".to_vec())];
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let (store, files, blobs) = (store.clone(), files.clone(), blobs.clone());
+            handles.push(tokio::spawn(async move {
+                store.bundle_store("k1", &files, &blobs, "/dags/").await
+            }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            store.bundle_of_dag("a1").await.unwrap().as_deref(),
+            Some("k1")
+        );
+        let got = store.bundle_files("k1").await.unwrap();
+        assert_eq!(
+            got,
+            vec![("helpers/x.py".to_owned(), false, b"print(1)\n".to_vec())]
+        );
+        // A new bundle replaces the old one, whose files nobody uses any more.
+        store.bundle_store("k2", &[], &[], "/dags/").await.unwrap();
+        assert!(!store.bundle_exists("k1").await.unwrap());
+        assert_eq!(
+            store.bundle_missing_blobs(&["b1".into()]).await.unwrap(),
+            vec!["b1"]
+        );
+    })
+    .await;
+}

@@ -83,6 +83,7 @@ pub fn context(dag: &Dag, task_id: &str, dags_folder: &Path) -> RunContext {
         conf,
         owner: task.owner.clone(),
         dags_folder: dags_folder.to_path_buf(),
+        source_root: dags_folder.to_path_buf(),
         timezone: chrono_tz::Europe::Berlin,
         render_template_as_native_obj: dag.render_template_as_native_obj,
         template_searchpath: Vec::new(),

@@ -319,17 +319,36 @@ pub fn keep_job(
     })
 }
 
+/// Whether a process with this pid runs on this host.
+fn process_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Records the worker as a live `WorkerJob`, refusing an id another live worker uses, and
 /// starts its reaper (see `flow_executor::reaper`).
 async fn register_worker(store: &Store, config: &mut WorkerConfig) -> Result<()> {
     let job = flow_store::JobStart {
         instance: Some(config.worker_id.clone()),
+        queues: config.queues.clone(),
         ..flow_store::JobStart::this_process("WorkerJob", &config.hostname)
     };
     let now = Utc::now();
     let stale_before =
         now - chrono::Duration::from_std(config.heartbeat_timeout).unwrap_or_default();
-    match store.job_start_unique(&job, stale_before, now).await? {
+    let mut started = store.job_start_unique(&job, stale_before, now).await?;
+    // The same id on this host whose process is gone (a restart after a crash: a container
+    // comes back with its old host name, often as the same pid): that worker is dead, not
+    // live, whatever its last heartbeat says.
+    if let Err(other) = &started
+        && other.hostname == config.hostname
+        && other
+            .pid
+            .is_some_and(|p| p == i64::from(std::process::id()) || !process_alive(p))
+    {
+        store.job_end_failed(other.id, now).await?;
+        started = store.job_start_unique(&job, stale_before, now).await?;
+    }
+    match started {
         Ok(id) => {
             config.job_id = Some(id);
             let exe = std::env::current_exe().context("finding this program for the reaper")?;

@@ -543,8 +543,31 @@ async fn refused_starts_say_why_and_change_nothing() {
         "a refused start wrote a job row"
     );
 
+    // The same id restarted on the same host after a crash is not a second live worker.
+    cluster.kill("w1");
+    cluster.start("w1", &["worker", "--worker-id", "w1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .stdout(&["jobs", "list", "--alive"])
+        .lines()
+        .any(|l| l.contains("WorkerJob") && l.ends_with(" w1"))
+        || cluster
+            .stdout(&["jobs", "list", "--alive"])
+            .lines()
+            .filter(|l| l.contains("WorkerJob"))
+            .count()
+            != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted worker never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.assert_alive();
     // A database a newer flow migrated: refused before anything is migrated or written.
     cluster.kill("w1");
+    let before = cluster.stdout(&["jobs", "list"]);
     let raw = flow_store::Store::connect(&db.url).await.unwrap();
     raw.execute_raw(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
@@ -579,6 +602,8 @@ async fn refused_starts_say_why_and_change_nothing() {
 struct Proxy {
     port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Down: connections are refused, as by a database that is restarting.
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -588,11 +613,16 @@ impl Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let (cut2, down2, conns2) = (cut.clone(), down.clone(), conns.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                if down2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 // Cut: the connection is accepted and then hears nothing.
                 while cut2.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(20));
@@ -629,7 +659,24 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, cut, conns }
+        Proxy {
+            port,
+            cut,
+            down,
+            conns,
+        }
+    }
+
+    /// Every connection closed and new ones refused, as while PostgreSQL restarts.
+    fn go_down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn come_up(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -1002,6 +1049,262 @@ async fn remote_workers_get_the_dags_folder_from_the_database() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(std::fs::read_dir(&bundles).unwrap().count() > before);
+    cluster.assert_alive();
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}
+
+/// PostgreSQL away for 15 s (every connection closed, new ones refused) in the middle of
+/// runs with 2 schedulers and 2 workers: nothing is lost, no try overlaps another, and every
+/// component reports healthy again.
+#[tokio::test]
+async fn the_database_going_away_for_15_seconds_loses_nothing() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let proxy = Proxy::start("127.0.0.1:5432");
+    let mut cluster = Cluster::new(&db.url);
+    let ledger = cluster.home.join("ledger.txt");
+    let mut y = String::from(
+        "outage:\n  max_active_runs: 3\n  default_args: {retries: 2, retry_delay: 1s}\n  tasks:\n",
+    );
+    for i in 0..8 {
+        y.push_str(&format!(
+            "    t{i}:\n      operator: bash\n      bash_command: |\n        echo \"start {{{{ run_id }}}} t{i} {{{{ ti.try_number }}}} default_pool $(date +%s%N)\" >> {ledger}\n        sleep 0.5\n        echo \"end {{{{ run_id }}}} t{i} {{{{ ti.try_number }}}} default_pool $(date +%s%N)\" >> {ledger}\n",
+            ledger = ledger.display()
+        ));
+        if i > 0 {
+            y.push_str(&format!("      dependencies: [t{}]\n", i - 1));
+        }
+    }
+    std::fs::write(cluster.dags.join("outage.yaml"), y).unwrap();
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    // Every component reaches the database through the proxy; the test's CLI goes direct.
+    let via_proxy = proxy.url(&db.url);
+    for (name, args) in [
+        ("scheduler0", &["scheduler", "--no-worker"][..]),
+        ("scheduler1", &["scheduler", "--no-worker"][..]),
+        ("worker0", &["worker", "--worker-id", "w0"][..]),
+        ("worker1", &["worker", "--worker-id", "w1"][..]),
+    ] {
+        let mut c = cluster.command(name);
+        c.env("FLOW__DATABASE__URL", &via_proxy);
+        if name.starts_with("scheduler") {
+            c.env("FLOW__CORE__DAGS_FOLDER", &cluster.dags);
+        } else {
+            c.env("FLOW__CORE__DAGS_FOLDER", cluster.home.join("none"));
+        }
+        let child = c
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        cluster.procs.insert(name.into(), child);
+    }
+    wait_for_jobs(&cluster, "SchedulerJob", 2);
+    wait_for_jobs(&cluster, "WorkerJob", 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for r in 0..3 {
+        loop {
+            let out = cluster.run(&["dags", "trigger", "outage", "--run-id", &format!("r{r}")]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Down once some tries have ended, for 15 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger_spans(&ledger)
+        .iter()
+        .filter(|s| s.end.is_some())
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy.go_down();
+    std::thread::sleep(Duration::from_secs(15));
+    proxy.come_up();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = runs(&cluster, "outage");
+        assert!(!all.iter().any(|(_, s)| s == "failed"), "{all:?}");
+        if all.iter().filter(|(_, s)| s == "success").count() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs did not finish after the outage: {all:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let spans = ledger_spans(&ledger);
+    assert_no_overlapping_tries(&spans);
+    let finished = spans.iter().filter(|s| s.end.is_some()).count();
+    assert!(finished >= 24, "{finished} tries finished");
+    // Every component is healthy again.
+    wait_for_jobs(&cluster, "SchedulerJob", 2);
+    wait_for_jobs(&cluster, "WorkerJob", 2);
+    cluster.assert_alive();
+    eprintln!(
+        "outage: 3 runs of 8 tasks through a 15 s database outage: {} tries ({finished} finished), all runs succeeded, every component healthy again",
+        spans.len()
+    );
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}
+
+/// `queue:` (here from `default_args`, overridden by one task) routes a task to the workers
+/// started with `--queues`; while no live worker serves its queue, the transition to queued
+/// says so.
+#[tokio::test]
+async fn queues_route_tasks_to_their_workers() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    std::fs::write(
+        cluster.dags.join("routed.yaml"),
+        "routed:\n  default_args: {queue: gpu}\n  tasks:\n    train: {operator: bash, bash_command: 'echo training'}\n    fetch: {operator: bash, bash_command: 'echo fetching', queue: default}\n",
+    )
+    .unwrap();
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("cpu", &["worker", "--worker-id", "cpu"]);
+    wait_for_jobs(&cluster, "WorkerJob", 1);
+    cluster.start("scheduler", &["scheduler", "--no-worker"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .run(&["dags", "trigger", "routed", "--run-id", "r1"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the DAG was never parsed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let store = flow_store::Store::connect(&db.url).await.unwrap();
+    let fetch = flow_store::TiKey::new("routed", "r1", "fetch", -1);
+    let train = flow_store::TiKey::new("routed", "r1", "train", -1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = store.ti_get(&fetch).await.unwrap().unwrap();
+        let t = store.ti_get(&train).await.unwrap().unwrap();
+        if f.state.as_str() == "success" && t.state.as_str() == "queued" {
+            assert_eq!(f.worker_id.as_deref(), Some("cpu"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fetch {} train {}",
+            f.state,
+            t.state
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why: Vec<String> = store
+        .ti_transitions(&train)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.4)
+        .collect();
+    assert!(
+        why.iter()
+            .any(|r| r.contains("queue `gpu` has no live worker (workers serve: default)")),
+        "{why:?}"
+    );
+    cluster.start("gpu", &["worker", "--worker-id", "gpu", "--queues", "gpu"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = store.ti_get(&train).await.unwrap().unwrap();
+        if t.state.as_str() == "success" {
+            assert_eq!(t.worker_id.as_deref(), Some("gpu"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "train {}", t.state);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    store.close().await;
+    cluster.assert_alive();
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}
+
+/// A claim whose answer never reached its worker (it timed out after the commit, or the
+/// worker died and came back with the same id) leaves a try recorded as that worker's: the
+/// worker hands it back at its next heartbeat instead of leaving it to the zombie rescue,
+/// and the task runs without costing a retry (it has none).
+#[tokio::test]
+async fn a_worker_hands_back_tries_it_does_not_know() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    std::fs::write(
+        cluster.dags.join("lost.yaml"),
+        "lost:\n  tasks:\n    only: {operator: bash, bash_command: 'echo ran'}\n",
+    )
+    .unwrap();
+    cluster.set("FLOW__WORKER__HEARTBEAT_INTERVAL", "1");
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    cluster.start("scheduler", &["scheduler", "--no-worker"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .run(&["dags", "trigger", "lost", "--run-id", "r1"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the DAG was never parsed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let store = flow_store::Store::connect(&db.url).await.unwrap();
+    let key = flow_store::TiKey::new("lost", "r1", "only", -1);
+    // The claim whose answer was lost: made by worker `w` before it knew.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let claimed = store
+            .ti_claim("w", "elsewhere", &["default".into()], 1, chrono::Utc::now())
+            .await
+            .unwrap();
+        if !claimed.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never queued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.start("w", &["worker", "--worker-id", "w"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = loop {
+        let row = store.ti_get(&key).await.unwrap().unwrap();
+        if row.state.as_str() == "success" {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "state {}", row.state);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row.try_number, 2, "the lost claim was try 1");
+    let reasons: Vec<String> = store
+        .ti_transitions(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.4)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("handed back")),
+        "{reasons:?}"
+    );
+    store.close().await;
     cluster.assert_alive();
     drop(cluster);
     db.drop_db().await.unwrap();

@@ -88,6 +88,10 @@ pub struct WorkerWakeups {
     pub work: Arc<Notify>,
 }
 
+/// Tries whose outcome is on its way to the store (handed to the reporter, not yet written):
+/// still `running` there, and not orphans.
+type Unwritten = Arc<Mutex<std::collections::HashSet<(TiKey, i64)>>>;
+
 /// dag_id -> (serialized hash, parsed DAG), shared by the tries of one worker.
 type DagCache = Arc<Mutex<HashMap<String, (String, Arc<Dag>)>>>;
 
@@ -99,6 +103,7 @@ pub struct Worker {
     dags: DagCache,
     /// Held while a DAG bundle is fetched and written.
     bundles: Arc<tokio::sync::Mutex<()>>,
+    unwritten: Unwritten,
     reports: Option<mpsc::Sender<TiFinish>>,
 }
 
@@ -132,6 +137,7 @@ impl Worker {
             wakeups,
             dags: Arc::new(Mutex::new(HashMap::new())),
             bundles: Arc::default(),
+            unwritten: Arc::default(),
             reports: None,
         }
     }
@@ -144,6 +150,42 @@ impl Worker {
             .heartbeat_timeout
             .saturating_sub(beat * 2)
             .max(beat)
+    }
+
+    /// Tries the store says this worker runs and it does not: a claim whose answer was lost
+    /// (it timed out after the commit), or an earlier life of this worker id. Handed back at
+    /// once, without costing a retry, rather than left for the zombie rescue.
+    async fn hand_back_orphans(&self, running: &HashMap<TiKey, Running>) {
+        let Ok(Ok(ours)) = tokio::time::timeout(
+            self.config.heartbeat_interval,
+            self.store.ti_running_of_worker(&self.config.worker_id),
+        )
+        .await
+        else {
+            return;
+        };
+        let unwritten = self.unwritten.lock().map(|u| u.clone()).unwrap_or_default();
+        let orphans: Vec<(TiKey, i64)> = ours
+            .into_iter()
+            .filter(|(key, try_number)| {
+                running.get(key).is_none_or(|r| r.try_number != *try_number)
+                    && !unwritten.contains(&(key.clone(), *try_number))
+            })
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        warn!(
+            tries = orphans.len(),
+            "tries recorded as this worker's that it does not run: handing them back"
+        );
+        if let Err(e) = self
+            .store
+            .ti_hand_back(&orphans, &self.config.worker_id, Utc::now())
+            .await
+        {
+            warn!(error = %e, "could not hand back the orphaned tries");
+        }
     }
 
     /// Whether tries are running and the database has been out of reach too long for them.
@@ -170,7 +212,11 @@ impl Worker {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (reports, reports_rx) = mpsc::channel::<TiFinish>(4096);
         self.reports = Some(reports);
-        let reporter = tokio::spawn(report_outcomes(self.store.clone(), reports_rx));
+        let reporter = tokio::spawn(report_outcomes(
+            self.store.clone(),
+            reports_rx,
+            self.unwritten.clone(),
+        ));
         info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
         // Each job ends with its key and, if it was cleared while running, its next try.
         let mut tasks: JoinSet<(TiKey, Option<ClaimedTi>)> = JoinSet::new();
@@ -216,7 +262,8 @@ impl Worker {
                             _ => warn!("claim timed out; retrying"),
                         }
                         claim_after = tokio::time::Instant::now() + backoff;
-                        backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                        // Capped low: a database back after an outage is used within seconds.
+                        backoff = (backoff * 2).min(StdDuration::from_secs(5));
                     }
                 }
             }
@@ -452,6 +499,7 @@ impl Worker {
             }
             contact.last_ok = sent;
             contact.fenced = false;
+            self.hand_back_orphans(running).await;
         } else if self.must_fence(running, contact) {
             self.fence(running, contact);
         }
@@ -463,6 +511,7 @@ impl Worker {
             config: self.config.clone(),
             dags: self.dags.clone(),
             bundles: self.bundles.clone(),
+            unwritten: self.unwritten.clone(),
             reports: self.reports.clone(),
             shared: None,
         }
@@ -475,6 +524,7 @@ struct Job {
     config: WorkerConfig,
     dags: DagCache,
     bundles: Arc<tokio::sync::Mutex<()>>,
+    unwritten: Unwritten,
     reports: Option<mpsc::Sender<TiFinish>>,
     shared: Option<Arc<ClaimShared>>,
 }
@@ -542,7 +592,7 @@ async fn forward_logs(
 /// Writes finished tries to the store, as many per transaction as have piled up: under load
 /// one commit reports many tries. Retries while the database is unreachable, since an outcome
 /// must not be lost.
-async fn report_outcomes(store: Store, mut rx: mpsc::Receiver<TiFinish>) {
+async fn report_outcomes(store: Store, mut rx: mpsc::Receiver<TiFinish>, unwritten: Unwritten) {
     let mut batch: Vec<TiFinish> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -555,11 +605,18 @@ async fn report_outcomes(store: Store, mut rx: mpsc::Receiver<TiFinish>) {
         let mut backoff = StdDuration::from_millis(100);
         loop {
             match store.ti_finish_many(&batch, Utc::now()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    if let Ok(mut unwritten) = unwritten.lock() {
+                        for f in &batch {
+                            unwritten.remove(&(f.key.clone(), f.try_number));
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     warn!(error = %e, tries = batch.len(), "could not record outcomes; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                    backoff = (backoff * 2).min(StdDuration::from_secs(5));
                 }
             }
         }
@@ -849,6 +906,10 @@ impl Job {
             rendered_map_index,
             logs,
         };
+        let reported = (finish.key.clone(), finish.try_number);
+        if let Ok(mut unwritten) = self.unwritten.lock() {
+            unwritten.insert(reported);
+        }
         if let Some(reports) = &self.reports
             && reports.send(finish).await.is_err()
         {

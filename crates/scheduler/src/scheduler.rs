@@ -119,6 +119,8 @@ pub struct Scheduler {
     taken: HashMap<String, DataInterval>,
     /// Unreadable rows already reported, so that each is logged once.
     reported_corrupt: std::collections::HashSet<(String, String)>,
+    /// The queues live workers serve, read with the zombie check.
+    served_queues: Option<std::collections::HashSet<String>>,
 }
 
 /// What one pass found out about when to run again.
@@ -167,6 +169,7 @@ impl Scheduler {
             job_id: None,
             taken: HashMap::new(),
             reported_corrupt: std::collections::HashSet::new(),
+            served_queues: None,
         }
     }
 
@@ -199,7 +202,8 @@ impl Scheduler {
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler pass failed; retrying");
                     let wait = backoff;
-                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                    // Capped low: a database back after an outage is noticed within seconds.
+                    backoff = (backoff * 2).min(StdDuration::from_secs(5));
                     wait
                 }
             };
@@ -325,6 +329,11 @@ impl Scheduler {
         if zombie_due {
             self.rescue_zombies(now).await?;
             self.release_stuck_queued(now).await?;
+            self.served_queues = Some(
+                self.store
+                    .served_queues(now - Duration::seconds(30))
+                    .await?,
+            );
             // Deferrals past their timeout resume to fail, with or without a triggerer.
             let expired = self
                 .store
@@ -907,6 +916,8 @@ impl Scheduler {
                 max_active_tasks: i64::from(dag.max_active_tasks),
                 max_active_tis_per_dag: task.max_active_tis_per_dag.map(i64::from),
                 max_active_tis_per_dagrun: task.max_active_tis_per_dagrun.map(i64::from),
+                // The task's queue: the lean rows of a pass do not carry it.
+                reason: self.unserved_queue(&task.queue),
             };
             match usage.admit(&request, self.config.parallelism) {
                 Ok(()) => requests.push(request),
@@ -917,6 +928,21 @@ impl Scheduler {
             }
         }
         Ok(requests)
+    }
+
+    /// Why a task queued in `queue` may wait: live workers exist and none serves it (none at
+    /// all is a deployment still starting, or the tests' own worker).
+    fn unserved_queue(&self, queue: &str) -> Option<String> {
+        let served = self.served_queues.as_ref()?;
+        if served.is_empty() || served.contains(queue) {
+            return None;
+        }
+        let mut names: Vec<&str> = served.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        Some(format!(
+            "queue `{queue}` has no live worker (workers serve: {}); it waits until one starts with --queues {queue}, or task_queued_timeout",
+            names.join(", ")
+        ))
     }
 
     /// Task instances whose worker stopped heartbeating (Airflow's zombies): a running or

@@ -22,6 +22,8 @@ pub struct JobStart {
     pub version: String,
     /// An id that must be unique among live jobs of this type (a worker's id).
     pub instance: Option<String>,
+    /// A worker's queues.
+    pub queues: Vec<String>,
 }
 
 impl JobStart {
@@ -34,6 +36,7 @@ impl JobStart {
             pid: i64::from(std::process::id()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instance: None,
+            queues: Vec::new(),
         }
     }
 }
@@ -49,6 +52,7 @@ pub struct JobRow {
     pub pid: Option<i64>,
     pub version: Option<String>,
     pub instance: Option<String>,
+    pub queues: Vec<String>,
     pub start_date: DateTime<Utc>,
     pub end_date: Option<DateTime<Utc>>,
     pub latest_heartbeat: DateTime<Utc>,
@@ -68,7 +72,7 @@ pub struct JobQuery {
 }
 
 const JOB_COLUMNS: &str = "id, job_type, state, hostname, unixname, pid, version, instance, \
-    start_date, end_date, latest_heartbeat";
+    queues, start_date, end_date, latest_heartbeat";
 
 fn job_row(r: &sqlx::any::AnyRow) -> Result<JobRow> {
     Ok(JobRow {
@@ -80,6 +84,10 @@ fn job_row(r: &sqlx::any::AnyRow) -> Result<JobRow> {
         pid: r.try_get("pid")?,
         version: r.try_get("version")?,
         instance: r.try_get("instance")?,
+        queues: r
+            .try_get::<Option<String>, _>("queues")?
+            .map(|q| q.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
         start_date: from_micros(r.try_get("start_date")?),
         end_date: opt_from_micros(r.try_get("end_date")?),
         latest_heartbeat: from_micros(r.try_get("latest_heartbeat")?),
@@ -197,6 +205,20 @@ impl Store {
         Ok(())
     }
 
+    /// Ends a job that died without saying so (its process is gone).
+    pub async fn job_end_failed(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE job SET state = 'failed', end_date = $1 WHERE id = $2 AND end_date IS NULL",
+        )
+        .bind(to_micros(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
     /// Marks a job finished (a clean shutdown).
     pub async fn job_end(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.begin().await?;
@@ -239,6 +261,25 @@ impl Store {
         Ok(())
     }
 
+    /// The queues live workers serve (running `WorkerJob`s heartbeating since `since`).
+    pub async fn served_queues(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT queues FROM job WHERE job_type = 'WorkerJob' AND state = 'running' \
+             AND end_date IS NULL AND latest_heartbeat >= $1",
+        )
+        .bind(to_micros(since))
+        .fetch_all(self.read_pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .flat_map(|q| q.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .collect())
+    }
+
     /// The unfinished job of this type with the newest heartbeat: its state and heartbeat.
     pub async fn job_latest(&self, job_type: &str) -> Result<Option<(String, DateTime<Utc>)>> {
         let row = sqlx::query(
@@ -265,7 +306,8 @@ async fn insert_job(
 ) -> Result<i64> {
     let row = sqlx::query(
         "INSERT INTO job (job_type, hostname, state, start_date, latest_heartbeat, unixname, \
-         pid, version, instance) VALUES ($1, $2, 'running', $3, $3, $4, $5, $6, $7) RETURNING id",
+         pid, version, instance, queues) VALUES ($1, $2, 'running', $3, $3, $4, $5, $6, $7, $8) \
+         RETURNING id",
     )
     .bind(&job.job_type)
     .bind(&job.hostname)
@@ -274,6 +316,7 @@ async fn insert_job(
     .bind(job.pid)
     .bind(&job.version)
     .bind(&job.instance)
+    .bind((!job.queues.is_empty()).then(|| job.queues.join(",")))
     .fetch_one(&mut **tx)
     .await?;
     Ok(row.try_get("id")?)

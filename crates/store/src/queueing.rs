@@ -31,6 +31,8 @@ pub struct QueueRequest {
     pub max_active_tasks: i64,
     pub max_active_tis_per_dag: Option<i64>,
     pub max_active_tis_per_dagrun: Option<i64>,
+    /// Recorded with the transition to queued (a queue no live worker serves, say).
+    pub reason: Option<String>,
 }
 
 /// Slots in use per pool, queued + running counts per DAG, task and run's task: the
@@ -161,7 +163,7 @@ impl Store {
                     key: c.key.clone(),
                     from: vec![S::Scheduled],
                     to: S::Queued,
-                    reason: None,
+                    reason: c.reason.clone(),
                     next_retry_at: None,
                 })
                 .collect();

@@ -1177,6 +1177,20 @@ impl Store {
         Ok(applied.into_iter().next().map(|a| a.row))
     }
 
+    /// The tries the store says `worker_id` is running: (key, try number).
+    pub async fn ti_running_of_worker(&self, worker_id: &str) -> Result<Vec<(TiKey, i64)>> {
+        let rows = sqlx::query(
+            "SELECT dag_id, run_id, task_id, map_index, try_number FROM task_instance \
+             WHERE state = 'running' AND worker_id = $1",
+        )
+        .bind(worker_id)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((key_of(r)?, r.try_get("try_number")?)))
+            .collect()
+    }
+
     /// A stopping worker hands back tries it killed: each goes to `up_for_retry`, due at once,
     /// with one more try granted, so it runs again elsewhere without costing a retry. Guarded
     /// by the try number and the worker still owning the row. Returns how many were handed back.

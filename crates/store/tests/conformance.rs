@@ -1184,6 +1184,7 @@ fn queue_request(k: &TiKey, pool: &str) -> flow_store::QueueRequest {
         max_active_tasks: 100,
         max_active_tis_per_dag: None,
         max_active_tis_per_dagrun: None,
+        reason: None,
     }
 }
 

@@ -61,6 +61,10 @@ pub enum BenchCommand {
     /// Kafka-triggered runs against a real broker: a backlog turned into runs (runs/s), and
     /// message to first task running at a steady rate. The database is dropped and recreated!
     Kafka(crate::bench_kafka::KafkaBench),
+    /// The cluster mode at scale on PostgreSQL: the scheduler pass with 100 and with 10,000
+    /// active task instances, then 1,000 DAGs of 10 tasks triggered at once through 2
+    /// `flow scheduler` and 4 `flow worker` processes. The database is dropped and recreated!
+    Scale(crate::bench_scale::ScaleBench),
     /// `flow standalone` (a child process, SQLite) idle with generated DAGs: resident memory,
     /// CPU, and how soon an edited DAG file is live.
     Idle {
@@ -99,6 +103,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
         } => idle(dags, tasks, seconds).await,
         BenchCommand::Api(bench) => crate::bench_api::api(bench).await,
         BenchCommand::Kafka(bench) => crate::bench_kafka::kafka(bench).await,
+        BenchCommand::Scale(bench) => crate::bench_scale::scale(bench).await,
         BenchCommand::Parse {
             files,
             tasks,
@@ -247,7 +252,7 @@ fn parse_in(
 }
 
 /// CPU time (user + system, in clock ticks) and resident bytes of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn proc_usage(pid: u32) -> Result<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);

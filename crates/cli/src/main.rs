@@ -7,6 +7,7 @@ mod bench;
 mod bench_api;
 mod bench_engine;
 mod bench_kafka;
+mod bench_scale;
 mod bench_web;
 mod config;
 mod connections;

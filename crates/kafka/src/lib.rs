@@ -534,3 +534,60 @@ impl Consumer {
         Ok(())
     }
 }
+
+/// The values of the last `per_partition` messages of every partition of `topic` (blocking:
+/// call it from a blocking thread). A topic that does not exist yet has none. For a producer
+/// taking over from one that died: what did its predecessor already deliver?
+pub fn tail_values(
+    settings: &BTreeMap<String, String>,
+    topic: &str,
+    per_partition: i64,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    use rdkafka::consumer::BaseConsumer;
+    let mut cfg = config(settings);
+    cfg.set("group.id", "flow-tail-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cfg.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(Vec::new());
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0usize;
+    for p in meta.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+        if high <= low {
+            continue;
+        }
+        let start = (high - per_partition.max(1)).max(low);
+        assignment.add_partition_offset(topic, p.id(), Offset::Offset(start))?;
+        remaining += 1;
+    }
+    if remaining == 0 {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut values = Vec::new();
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                if let Some(v) = m.payload_view::<str>().and_then(std::result::Result::ok) {
+                    values.push(v.to_owned());
+                }
+            }
+        }
+    }
+    if remaining > 0 {
+        return Err(KafkaError::Client(format!(
+            "reading the end of `{topic}` timed out"
+        )));
+    }
+    Ok(values)
+}

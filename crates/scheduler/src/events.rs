@@ -70,6 +70,8 @@ impl EventPublisher {
         let mut cursor = EventCursor::default();
         let mut producer: Option<Producer> = None;
         let mut gaps = Gaps::default();
+        // After a takeover: events the predecessor delivered past its recorded cursor.
+        let mut delivered: Option<std::collections::HashSet<String>> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -83,11 +85,12 @@ impl EventPublisher {
                     .events_lease(&self.config.holder, at + chrono_ttl, at)
                     .await
                 {
-                    Ok(Some(persisted)) => {
+                    Ok(Some((persisted, open))) => {
                         if lease_until.is_none() {
-                            info!(topic = %self.config.topic, cursor = ?persisted, "events: this scheduler publishes lifecycle events");
+                            info!(topic = %self.config.topic, cursor = ?persisted, gaps = open.len(), "events: this scheduler publishes lifecycle events");
                             cursor = persisted;
-                            gaps = Gaps::default();
+                            gaps = Gaps::restore(&open, std::time::Instant::now());
+                            delivered = None;
                         }
                         lease_until = Some(now + ttl);
                     }
@@ -124,6 +127,20 @@ impl EventPublisher {
                     }
                 };
             }
+            if delivered.is_none() {
+                match self.delivered_at_the_end().await {
+                    Ok(ids) => delivered = Some(ids),
+                    Err(e) => {
+                        // Unknown: wait rather than risk sending an event twice.
+                        warn!(error = %e, "events: cannot read the end of the topic; retrying");
+                        if sleep_or_stop(&mut shutdown, backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
             cursor = self.skip_backlog(cursor).await;
             let (mut events, next) = match self.store.events_after(cursor, self.config.batch).await
             {
@@ -155,6 +172,10 @@ impl EventPublisher {
             }
             let messages: Vec<OutMessage> = events
                 .iter()
+                .filter(|e| {
+                    let id = e.json["event_id"].as_str().unwrap_or_default();
+                    delivered.as_ref().is_none_or(|d| !d.contains(id))
+                })
                 .map(|e| OutMessage {
                     key: Some(e.key.clone()),
                     value: Some(e.json.to_string()),
@@ -170,7 +191,11 @@ impl EventPublisher {
                     gaps.published(&events);
                     cursor = next;
                     backoff = Duration::from_millis(200);
-                    match self.store.events_advance(&self.config.holder, cursor).await {
+                    match self
+                        .store
+                        .events_advance(&self.config.holder, cursor, &gaps.open_ids())
+                        .await
+                    {
                         Ok(true) => {}
                         Ok(false) => {
                             warn!("events: the lease was taken over; standing by");
@@ -199,15 +224,38 @@ impl EventPublisher {
         }
     }
 
-    async fn producer(&self) -> Result<Producer, String> {
+    async fn settings(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
         let conn = self
             .store
             .connection_resolve(&self.config.conn_id, &self.connections)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("connection `{}` not found", self.config.conn_id))?;
-        let settings = flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?;
+        flow_kafka::client_settings(&conn).map_err(|e| e.to_string())
+    }
+
+    async fn producer(&self) -> Result<Producer, String> {
+        let settings = self.settings().await?;
         Producer::new(&settings, Duration::from_secs(10)).map_err(|e| e.to_string())
+    }
+
+    /// The `event_id`s at the end of the topic: what a predecessor that died between the
+    /// broker's ack and recording its cursor already delivered, so that it is not sent twice.
+    async fn delivered_at_the_end(&self) -> Result<std::collections::HashSet<String>, String> {
+        let settings = self.settings().await?;
+        let topic = self.config.topic.clone();
+        let per_partition = self.config.batch.max(1) * 2;
+        let values = tokio::task::spawn_blocking(move || {
+            flow_kafka::tail_values(&settings, &topic, per_partition, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(values
+            .iter()
+            .filter_map(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .filter_map(|j| j["event_id"].as_str().map(str::to_owned))
+            .collect())
     }
 
     /// After a long outage, jumps to `max_backlog` events behind the newest and counts the
@@ -258,6 +306,17 @@ struct Gaps {
 }
 
 impl Gaps {
+    /// Gaps a previous publisher was still looking for.
+    fn restore(open: &[(EventTable, i64)], now: std::time::Instant) -> Self {
+        Gaps {
+            open: open.iter().map(|k| (*k, now)).collect(),
+        }
+    }
+
+    fn open_ids(&self) -> Vec<(EventTable, i64)> {
+        self.open.keys().copied().collect()
+    }
+
     fn note(&mut self, cursor: EventCursor, events: &[LifecycleEvent], now: std::time::Instant) {
         for (table, from) in [
             (EventTable::TaskInstance, cursor.task_instance),

@@ -29,22 +29,36 @@ pub struct EventCursor {
     pub dag_run: i64,
 }
 
+/// Ids below a cursor that were not committed yet when the cursor passed them (PostgreSQL
+/// hands ids out before commit): persisted with the cursor so that a publisher taking over
+/// still looks for them.
+pub type EventGaps = Vec<(EventTable, i64)>;
+
 /// `flow_meta` keys of the publisher's lease (`holder expires_us`) and cursor (`ti run`).
 const LEASE_KEY: &str = "events_lease";
 const CURSOR_KEY: &str = "events_cursor";
+const GAPS_KEY: &str = "events_gaps";
 
 impl Store {
     /// Takes or renews the event publisher's lease for `holder` until `until`, if it is free,
-    /// expired or already `holder`'s. Returns the persisted cursor when `holder` holds the
-    /// lease (the newest ids, persisted, on a database no publisher ever ran on), `None` when
-    /// another publisher does.
+    /// expired or already `holder`'s. Returns the persisted cursor and open gaps when
+    /// `holder` holds the lease (the start, on a database no publisher ever ran on), `None`
+    /// when another publisher does.
     pub async fn events_lease(
         &self,
         holder: &str,
         until: chrono::DateTime<chrono::Utc>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<EventCursor>> {
+    ) -> Result<Option<(EventCursor, EventGaps)>> {
         let mut tx = self.begin().await?;
+        // The row exists before anyone locks it: two first publishers starting at once must
+        // not both find no row, and both take the lease.
+        sqlx::query(
+            "INSERT INTO flow_meta (key, value) VALUES ($1, ' 0') ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(LEASE_KEY)
+        .execute(&mut *tx)
+        .await?;
         let lock = match self.backend() {
             crate::Backend::Postgres => " FOR UPDATE",
             crate::Backend::Sqlite => "",
@@ -76,22 +90,32 @@ impl Store {
                 .bind(CURSOR_KEY)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let cursor = match stored.as_deref().and_then(parse_cursor) {
-            Some(c) => c,
-            None => {
-                // The first publisher ever: what happened before it is history, not news.
-                let now_cursor = cursor_now_in(&mut tx).await?;
-                write_cursor(&mut tx, now_cursor).await?;
-                now_cursor
-            }
-        };
+        // The first publisher ever starts from the beginning: events made before any
+        // publisher ran are published too (a long history is cut to `max_backlog` by the
+        // publisher, which says so).
+        let cursor = stored
+            .as_deref()
+            .and_then(parse_cursor)
+            .unwrap_or_default();
+        let gaps: Option<String> = sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
+            .bind(GAPS_KEY)
+            .fetch_optional(&mut *tx)
+            .await?;
         self.commit(tx).await?;
-        Ok(Some(cursor))
+        Ok(Some((
+            cursor,
+            gaps.as_deref().map(parse_gaps).unwrap_or_default(),
+        )))
     }
 
     /// Records that events up to `cursor` are published, if `holder` still holds the lease.
     /// Returns false when it does not (another publisher took over; this one must stop).
-    pub async fn events_advance(&self, holder: &str, cursor: EventCursor) -> Result<bool> {
+    pub async fn events_advance(
+        &self,
+        holder: &str,
+        cursor: EventCursor,
+        gaps: &[(EventTable, i64)],
+    ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let current: Option<String> =
             sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
@@ -102,7 +126,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        write_cursor(&mut tx, cursor).await?;
+        write_cursor(&mut tx, cursor, gaps).await?;
         self.commit(tx).await?;
         Ok(true)
     }
@@ -274,27 +298,42 @@ fn parse_cursor(v: &str) -> Option<EventCursor> {
 async fn write_cursor(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     c: EventCursor,
+    gaps: &[(EventTable, i64)],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO flow_meta (key, value) VALUES ($1, $2) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(CURSOR_KEY)
-    .bind(format!("{} {}", c.task_instance, c.dag_run))
-    .execute(&mut **tx)
-    .await?;
+    let gaps: Vec<String> = gaps
+        .iter()
+        .map(|(t, id)| match t {
+            EventTable::TaskInstance => format!("ti:{id}"),
+            EventTable::DagRun => format!("run:{id}"),
+        })
+        .collect();
+    for (key, value) in [
+        (CURSOR_KEY, format!("{} {}", c.task_instance, c.dag_run)),
+        (GAPS_KEY, gaps.join(",")),
+    ] {
+        sqlx::query(
+            "INSERT INTO flow_meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
-async fn cursor_now_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<EventCursor> {
-    let ti: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM ti_transition")
-        .fetch_one(&mut **tx)
-        .await?;
-    let run: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM dag_run_transition")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(EventCursor {
-        task_instance: ti.unwrap_or(0),
-        dag_run: run.unwrap_or(0),
-    })
+fn parse_gaps(v: &str) -> EventGaps {
+    v.split(',')
+        .filter_map(|g| {
+            let (t, id) = g.split_once(':')?;
+            let table = match t {
+                "ti" => EventTable::TaskInstance,
+                "run" => EventTable::DagRun,
+                _ => return None,
+            };
+            Some((table, id.parse().ok()?))
+        })
+        .collect()
 }
+

@@ -46,7 +46,7 @@ pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
-pub use events::{EventCursor, EventTable, LifecycleEvent};
+pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
 pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};

@@ -93,10 +93,7 @@ impl Store {
         // The first publisher ever starts from the beginning: events made before any
         // publisher ran are published too (a long history is cut to `max_backlog` by the
         // publisher, which says so).
-        let cursor = stored
-            .as_deref()
-            .and_then(parse_cursor)
-            .unwrap_or_default();
+        let cursor = stored.as_deref().and_then(parse_cursor).unwrap_or_default();
         let gaps: Option<String> = sqlx::query_scalar("SELECT value FROM flow_meta WHERE key = $1")
             .bind(GAPS_KEY)
             .fetch_optional(&mut *tx)
@@ -336,4 +333,3 @@ fn parse_gaps(v: &str) -> EventGaps {
         })
         .collect()
 }
-

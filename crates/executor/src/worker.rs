@@ -118,6 +118,8 @@ struct Running {
 struct Contact {
     last_ok: tokio::time::Instant,
     fenced: bool,
+    /// Tries the store said were this worker's and it did not know, at the last heartbeat.
+    suspects: std::collections::HashSet<(TiKey, i64)>,
 }
 
 impl Contact {
@@ -125,6 +127,7 @@ impl Contact {
         Contact {
             last_ok: tokio::time::Instant::now(),
             fenced: false,
+            suspects: std::collections::HashSet::new(),
         }
     }
 }
@@ -155,7 +158,18 @@ impl Worker {
     /// Tries the store says this worker runs and it does not: a claim whose answer was lost
     /// (it timed out after the commit), or an earlier life of this worker id. Handed back at
     /// once, without costing a retry, rather than left for the zombie rescue.
-    async fn hand_back_orphans(&self, running: &HashMap<TiKey, Running>) {
+    async fn hand_back_orphans(
+        &self,
+        running: &HashMap<TiKey, Running>,
+        suspects: &mut std::collections::HashSet<(TiKey, i64)>,
+    ) {
+        // What this worker runs or reports, taken before the store is asked: a try that ends
+        // (or restarts) meanwhile must not look like an orphan.
+        let known: std::collections::HashSet<(TiKey, i64)> = running
+            .values()
+            .map(|r| (r.key.clone(), r.try_number))
+            .chain(self.unwritten.lock().map(|u| u.clone()).unwrap_or_default())
+            .collect();
         let Ok(Ok(ours)) = tokio::time::timeout(
             self.config.heartbeat_interval,
             self.store.ti_running_of_worker(&self.config.worker_id),
@@ -164,14 +178,12 @@ impl Worker {
         else {
             return;
         };
-        let unwritten = self.unwritten.lock().map(|u| u.clone()).unwrap_or_default();
-        let orphans: Vec<(TiKey, i64)> = ours
-            .into_iter()
-            .filter(|(key, try_number)| {
-                running.get(key).is_none_or(|r| r.try_number != *try_number)
-                    && !unwritten.contains(&(key.clone(), *try_number))
-            })
-            .collect();
+        // An orphan is one seen at two heartbeats in a row: a try claimed or restarted around
+        // the query is known by the next heartbeat.
+        let candidates: std::collections::HashSet<(TiKey, i64)> =
+            ours.into_iter().filter(|k| !known.contains(k)).collect();
+        let orphans: Vec<(TiKey, i64)> = candidates.intersection(suspects).cloned().collect();
+        *suspects = candidates;
         if orphans.is_empty() {
             return;
         }
@@ -193,18 +205,20 @@ impl Worker {
         !running.is_empty() && !contact.fenced && contact.last_ok.elapsed() >= self.fence_after()
     }
 
-    /// How long a call to the database may take: a heartbeat interval, and never past the
-    /// moment this worker must fence itself.
+    /// How long a call to the database may take: never past the moment this worker must
+    /// fence itself.
     fn call_deadline(
         &self,
         running: &HashMap<TiKey, Running>,
         contact: &Contact,
     ) -> tokio::time::Instant {
-        let next = tokio::time::Instant::now() + self.config.heartbeat_interval;
+        // Generous while nothing is at stake: a busy database answering slowly is not a lost
+        // one (a claim given up after its commit leaves tries to hand back).
+        let patient = tokio::time::Instant::now() + StdDuration::from_secs(60);
         if running.is_empty() || contact.fenced {
-            return next;
+            return patient;
         }
-        next.min(contact.last_ok + self.fence_after())
+        patient.min(contact.last_ok + self.fence_after())
     }
 
     /// Runs until `shutdown` turns true, then stops claiming, lets running tries finish
@@ -465,11 +479,17 @@ impl Worker {
         }
         // A job that already handed over its outcome has dropped its cancel receiver; its
         // task instance may be finished in the store by now, which is not a loss.
-        let keys: Vec<(TiKey, i64)> = running
+        // Not the tries whose outcome is on its way: the reporter writes those rows, and two
+        // transactions locking the same rows in different orders deadlock. Sorted, so that
+        // every heartbeat locks in one order.
+        let unwritten = self.unwritten.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut keys: Vec<(TiKey, i64)> = running
             .values()
             .filter(|r| !r.cancel.is_closed())
             .map(|r| (r.key.clone(), r.try_number))
+            .filter(|k| !unwritten.contains(k))
             .collect();
+        keys.sort();
         if ok && !keys.is_empty() {
             let beat = self
                 .store
@@ -499,7 +519,7 @@ impl Worker {
             }
             contact.last_ok = sent;
             contact.fenced = false;
-            self.hand_back_orphans(running).await;
+            self.hand_back_orphans(running, &mut contact.suspects).await;
         } else if self.must_fence(running, contact) {
             self.fence(running, contact);
         }

@@ -235,6 +235,14 @@ impl Scheduler {
 
     async fn pass_inner(&mut self, now: DateTime<Utc>) -> Result<PassOutcome, SchedulerError> {
         let mut outcome = PassOutcome::default();
+        // Known before the first queueing decision; refreshed with the zombie check.
+        if self.served_queues.is_none() {
+            self.served_queues = Some(
+                self.store
+                    .served_queues(now - Duration::seconds(30))
+                    .await?,
+            );
+        }
         let changed = self.scan_dags_folder(now).await?;
         // Re-read DAG rows when they changed (this process's parse, a pause from the CLI,
         // another scheduler's parse), told by one tiny query: an idle scheduler with a

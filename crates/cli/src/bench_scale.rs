@@ -186,6 +186,8 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
             .env("FLOW__CORE__PARALLELISM", parallelism.to_string())
             .env("FLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false")
             .env("FLOW__LOGGING__LEVEL", "warn")
+            // 6 processes x (2 x 4 + 1) connections stay under PostgreSQL's default 100.
+            .env("FLOW__DATABASE__POOL_SIZE", "4")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?)

@@ -37,7 +37,14 @@ pub enum DbCommand {
 pub async fn connect() -> Result<Store> {
     let url = config::database_url()?;
     config::make_sqlite_private(&url)?;
-    let store = Store::connect(&url)
+    // Airflow's `sql_alchemy_pool_size`: PostgreSQL's max_connections must cover every
+    // process's 2 x pool size + 1.
+    let pool_size = config::env_number("database", "pool_size", 8)?;
+    let pool_size = u32::try_from(pool_size)
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| anyhow!("FLOW__DATABASE__POOL_SIZE must be 1 to 1000, got {pool_size}"))?;
+    let store = Store::connect_sized(&url, pool_size)
         .await
         .with_context(|| format!("connecting to {}", flow_store::redact_url(&url)))?;
     Ok(store)

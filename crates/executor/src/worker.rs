@@ -497,7 +497,10 @@ impl Worker {
             match tokio::time::timeout_at(until, beat).await {
                 Ok(Ok(lost)) => {
                     for key in lost {
-                        if let Some(r) = running.get(&key) {
+                        // A try that ended meanwhile (its outcome just written) is not lost.
+                        if let Some(r) = running.get(&key)
+                            && !r.cancel.is_closed()
+                        {
                             warn!(task_id = %key.task_id, run_id = %key.run_id, "task instance is no longer ours; stopping it");
                             let _ = r.cancel.send(true);
                         }

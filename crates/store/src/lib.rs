@@ -156,6 +156,14 @@ impl Store {
     /// Connects to `postgres://...`, `sqlite://path` or a plain file path (SQLite). SQLite
     /// files are created if missing and opened in WAL mode with durable commits.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_sized(url, 8).await
+    }
+
+    /// [`Store::connect`] with `pool_size` connections per pool on PostgreSQL (one pool for
+    /// writes, one for reads, plus one listening connection: a process opens up to
+    /// `2 x pool_size + 1`). SQLite ignores it.
+    pub async fn connect_sized(url: &str, pool_size: u32) -> Result<Store> {
+        let pool_size = pool_size.max(1);
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let (backend, url) = normalize_url(url)?;
         let opts = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Url {
@@ -164,9 +172,9 @@ impl Store {
         })?;
         let store = match backend {
             Backend::Postgres => {
-                // Two pools of 8: as many connections per process as one pool of 16 had.
+                // Two pools of 8 by default: as many connections per process as one pool of 16.
                 let write = AnyPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(pool_size)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(opts.clone())
                     .await?;
@@ -174,7 +182,7 @@ impl Store {
                 // every API request. A read on a connection that died fails once (callers
                 // retry or answer 503) and the pool drops that connection.
                 let read = AnyPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(pool_size)
                     .acquire_timeout(Duration::from_secs(30))
                     .test_before_acquire(false)
                     .connect_with(opts)

@@ -919,7 +919,8 @@ impl Store {
     ) -> Result<Vec<TiKey>> {
         let now_us = to_micros(now);
         let mut lost = Vec::new();
-        let mut tx = self.begin().await?;
+        // One statement per try, each its own transaction: a heartbeat holding the lock of one
+        // row while it waits for another deadlocked with the same worker's outcome reports.
         for (key, try_number) in running {
             let n = sqlx::query(&format!(
                 "UPDATE task_instance SET last_heartbeat_at = $1 WHERE {} \
@@ -933,14 +934,13 @@ impl Store {
             .bind(key.map_index)
             .bind(*try_number)
             .bind(worker_id)
-            .execute(&mut *tx)
+            .execute(&self.write)
             .await?
             .rows_affected();
             if n == 0 {
                 lost.push(key.clone());
             }
         }
-        self.commit(tx).await?;
         Ok(lost)
     }
 

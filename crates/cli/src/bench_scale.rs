@@ -38,6 +38,10 @@ pub struct ScaleBench {
     /// Slots per worker.
     #[arg(long, default_value_t = 16)]
     pub slots: usize,
+    /// Database connections per pool of each process (FLOW__DATABASE__POOL_SIZE): each
+    /// process opens up to 2 x this + 1, and PostgreSQL allows 100 by default.
+    #[arg(long, default_value_t = 4)]
+    pub pool_size: usize,
 }
 
 fn dag_yaml(i: usize, tasks: usize) -> String {
@@ -61,18 +65,30 @@ async fn stored_dag(store: &Store, dag_id: &str) -> Result<(Dag, String)> {
     Ok((Dag::from_json(&data)?, hash))
 }
 
+/// Triggers one run of each DAG, from 8 clients at once (as many users or an API gateway
+/// would), through the store's trigger path as the CLI and the API use it.
 async fn trigger_all(store: &Store, dag_ids: &[String]) -> Result<()> {
-    for dag_id in dag_ids {
-        let (dag, hash) = stored_dag(store, dag_id).await?;
-        store
-            .dag_run_trigger(
-                &dag,
-                &hash,
-                &TriggerRequest::manual(serde_json::json!({})),
-                Utc::now(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut clients = tokio::task::JoinSet::new();
+    for chunk in dag_ids.chunks(dag_ids.len().div_ceil(8).max(1)) {
+        let (store, chunk) = (store.clone(), chunk.to_vec());
+        clients.spawn(async move {
+            for dag_id in chunk {
+                let (dag, hash) = stored_dag(&store, &dag_id).await?;
+                store
+                    .dag_run_trigger(
+                        &dag,
+                        &hash,
+                        &TriggerRequest::manual(serde_json::json!({})),
+                        Utc::now(),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done??;
     }
     Ok(())
 }
@@ -100,6 +116,23 @@ async fn pass_ms(scheduler: &mut Scheduler, n: usize) -> Result<(f64, f64)> {
     }
     times.sort_by(f64::total_cmp);
     Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
+/// The machine's (busy, total) CPU ticks so far, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -186,8 +219,7 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
             .env("FLOW__CORE__PARALLELISM", parallelism.to_string())
             .env("FLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false")
             .env("FLOW__LOGGING__LEVEL", "warn")
-            // 6 processes x (2 x 4 + 1) connections stay under PostgreSQL's default 100.
-            .env("FLOW__DATABASE__POOL_SIZE", "4")
+            .env("FLOW__DATABASE__POOL_SIZE", b.pool_size.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?)
@@ -216,6 +248,7 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu_before: u64 = schedulers.iter().map(|c| cpu_ticks(c.id())).sum();
         let worker_cpu_before: u64 = workers.iter().map(|c| cpu_ticks(c.id())).sum();
+        let machine_before = machine_ticks();
         let started = Instant::now();
         trigger_all(&store, dag_ids).await?;
         let triggered = started.elapsed();
@@ -232,6 +265,9 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let took = started.elapsed();
+        let machine_after = machine_ticks();
+        let busy = (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64;
         let ticks = 100.0; // USER_HZ
         let cpu =
             (schedulers.iter().map(|c| cpu_ticks(c.id())).sum::<u64>() - cpu_before) as f64 / ticks;
@@ -243,7 +279,7 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
             .dag_run_list_in_states(&[DagRunState::Failed])
             .await?;
         println!(
-            "(2) {} runs x {} tasks through {} schedulers and {} workers x {} slots: {:.1} s ({:.1} s to trigger), {:.0} tasks/s; schedulers' CPU {:.2} s per 1,000 task instances, workers' {:.2} s; {} runs failed",
+            "(2) {} runs x {} tasks through {} schedulers and {} workers x {} slots: {:.1} s ({:.1} s to trigger), {:.0} tasks/s; schedulers' CPU {:.2} s per 1,000 task instances, workers' {:.2} s; machine {:.0} % busy; {} runs failed",
             b.dags,
             b.tasks,
             b.schedulers,
@@ -254,6 +290,7 @@ async fn run(b: &ScaleBench, dir: &Path, folder: &Path, dag_ids: &[String]) -> R
             tis / took.as_secs_f64(),
             cpu / (tis / 1000.0),
             worker_cpu / (tis / 1000.0),
+            busy * 100.0,
             failed.len()
         );
         Ok::<_, anyhow::Error>(())

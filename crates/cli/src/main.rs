@@ -145,7 +145,11 @@ enum Command {
     /// Internal: a worker's reaper process (kills its tasks' process groups if the worker
     /// dies without doing so).
     #[command(name = "__reap", hide = true)]
-    Reap,
+    Reap {
+        /// The tag the worker's task processes carry.
+        #[arg(default_value = "")]
+        tag: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,8 +378,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Connections { command } => connections::run(command).await,
         Command::Jobs { command } => jobs::run(command).await,
-        Command::Reap => {
-            flow_executor::reaper::serve();
+        Command::Reap { tag } => {
+            flow_executor::reaper::serve(&tag);
             Ok(ExitCode::SUCCESS)
         }
         Command::Triggerer => ops::triggerer().await,

@@ -723,8 +723,9 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
     }
 }
 
-/// A task's process, and the background job it started, die with a `kill -9`ed worker
-/// instead of running on as orphans beside the try that replaces them.
+/// A task's process, the background job it started and a child that left its process group
+/// (`setsid`) die with a `kill -9`ed worker instead of running on as orphans beside the try
+/// that replaces them.
 #[tokio::test]
 async fn task_process_dies_with_its_worker() {
     let db = TestDb::sqlite().await.unwrap();
@@ -733,7 +734,7 @@ async fn task_process_dies_with_its_worker() {
     env.write_dag(
         "sleeper.yaml",
         &format!(
-            "sleeper:\n  tasks:\n    sleep:\n      operator: bash\n      bash_command: sleep 300 & echo $$ $! > {}.tmp && mv {0}.tmp {0} && wait\n",
+            "sleeper:\n  tasks:\n    sleep:\n      operator: bash\n      bash_command: sleep 300 & a=$!; setsid sleep 301 & echo $$ $a $! > {}.tmp && mv {0}.tmp {0} && wait\n",
             pidfile.display()
         ),
     );
@@ -746,7 +747,7 @@ async fn task_process_dies_with_its_worker() {
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            if pids.len() == 2 {
+            if pids.len() == 3 {
                 break pids;
             }
         }

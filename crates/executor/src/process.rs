@@ -131,6 +131,9 @@ pub(crate) async fn supervise(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(tag) = crate::reaper::tag() {
+        cmd.env(crate::reaper::TAG_VAR, tag);
+    }
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child
@@ -313,16 +316,18 @@ fn setpriv() -> Option<&'static std::path::Path> {
 
 /// A command for a task's process that dies with the worker.
 ///
-/// The kernel SIGKILLs the task's process if the worker dies (`kill -9`, OOM), so that a
-/// rescued try does not run beside an orphan of the lost one. The parent-death signal is set
-/// by `setpriv --pdeathsig KILL`, which then execs the program: the worker itself spawns
-/// without a `pre_exec` hook, so the standard library can use `posix_spawn` (vfork) instead
-/// of `fork`. Forking a busy worker copied its page tables for every task and was most of the
-/// cost of a short task. Without `setpriv`, [`supervise`] sets the signal between fork and
-/// exec. `bash -c` with a single command execs it, so this covers the command itself; the
-/// children of a multi-command script are not covered (they are only killed with the group by
-/// a live worker).
+/// With a reaper running (every `flow worker` and `flow standalone`), the process is tagged
+/// for it (see [`crate::reaper`]) and spawned as it is, so the standard library can use
+/// `posix_spawn` (vfork): forking a busy worker copied its page tables for every task.
+/// Without one (a worker embedded in a test or a library user), the kernel SIGKILLs the
+/// task's process if the worker dies: the parent-death signal is set by
+/// `setpriv --pdeathsig KILL`, which then execs the program, or without `setpriv` by
+/// [`supervise`] between fork and exec. `bash -c` with a single command execs it, so this
+/// covers the command itself, not the children of a multi-command script.
 pub(crate) fn task_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if crate::reaper::tag().is_some() {
+        return Command::new(program); // tagged by `supervise`, after the task's own env
+    }
     match setpriv() {
         Some(setpriv) => {
             let mut cmd = Command::new(setpriv);
@@ -336,8 +341,8 @@ pub(crate) fn task_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // pre_exec is unsafe: the closure runs between fork and exec.
 fn die_with_parent(cmd: &mut Command) {
-    if setpriv().is_some() {
-        return; // set by the `setpriv` that `task_command` put in front
+    if crate::reaper::tag().is_some() || setpriv().is_some() {
+        return; // the reaper kills it, or the `setpriv` that `task_command` put in front
     }
     // SAFETY: the closure only makes the prctl(2) system call, which is async-signal-safe,
     // allocates nothing and touches no lock, as required between fork and exec.

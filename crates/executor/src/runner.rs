@@ -566,25 +566,51 @@ fn signal_name(signal: Option<i32>) -> String {
     }
 }
 
-/// A per-run temporary directory, removed after the run (or when dropped, as a fallback).
+/// A per-run temporary directory: empty when the run starts, private to it, and gone (or
+/// back in the pool, empty) when it ends.
+///
+/// Creating and deleting a directory per task was a fifth of a busy worker's CPU on ext4
+/// (inode allocation scans recently deleted inodes, under the parent directory's lock). So a
+/// directory the run left empty, with the permissions it was made with, is kept in a small
+/// pool and handed to a later run; anything else is removed as before.
 struct TempDir {
     path: PathBuf,
+    root: PathBuf,
     removed: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Empty directories ready for reuse, with the root they were made in.
+static TEMP_POOL: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+/// At most this many kept (about a worker's concurrency).
+const TEMP_POOL_MAX: usize = 64;
+/// The mode a fresh directory has before the umask; reused only when unchanged.
+const TEMP_MODE: u32 = 0o700;
+
 impl TempDir {
     fn create(root: &Path) -> Result<TempDir, String> {
+        if let Some(path) = Self::reuse(root) {
+            return Ok(TempDir {
+                path,
+                root: root.to_path_buf(),
+                removed: false,
+            });
+        }
         let pid = std::process::id();
         let nanos = Utc::now().timestamp_subsec_nanos();
         for _ in 0..100 {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = root.join(format!("flow-task-{pid}-{nanos:x}-{n}"));
-            match std::fs::create_dir(&path) {
+            let made = {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new().mode(TEMP_MODE).create(&path)
+            };
+            match made {
                 Ok(()) => {
                     return Ok(TempDir {
                         path,
+                        root: root.to_path_buf(),
                         removed: false,
                     });
                 }
@@ -603,10 +629,55 @@ impl TempDir {
         ))
     }
 
-    async fn remove(mut self) {
-        let _ = tokio::fs::remove_dir_all(&self.path).await;
-        self.removed = true;
+    /// A pooled directory of `root` that is still there, empty and private.
+    fn reuse(root: &Path) -> Option<PathBuf> {
+        loop {
+            let path = {
+                let mut pool = TEMP_POOL.lock().ok()?;
+                let at = pool.iter().position(|(r, _)| r == root)?;
+                pool.swap_remove(at).1
+            };
+            if is_clean(&path) {
+                return Some(path);
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
+
+    async fn remove(mut self) {
+        let (path, root) = (self.path.clone(), self.root.clone());
+        self.removed = true;
+        let kept = tokio::task::spawn_blocking(move || {
+            if !is_clean(&path) {
+                let _ = std::fs::remove_dir_all(&path);
+                return;
+            }
+            let rest = match TEMP_POOL.lock() {
+                Ok(mut pool) if pool.len() < TEMP_POOL_MAX => {
+                    pool.push((root, path));
+                    None
+                }
+                _ => Some(path),
+            };
+            if let Some(path) = rest {
+                let _ = std::fs::remove_dir(&path);
+            }
+        })
+        .await;
+        drop(kept);
+    }
+}
+
+/// Whether `path` is a directory (not a link to one), empty, with the mode it was made with.
+fn is_clean(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_dir() || meta.permissions().mode() & 0o7777 != TEMP_MODE {
+        return false;
+    }
+    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 impl Drop for TempDir {

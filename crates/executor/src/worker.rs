@@ -552,13 +552,18 @@ struct Job {
     shared: Option<Arc<ClaimShared>>,
 }
 
-/// What the tries of one claim read alike, read once: each DAG's serialized hash and each
-/// run's row. A claim of a wide fan-out is dozens of tries of one run; each reading both for
-/// itself made the database the bottleneck. The first try to ask reads, the others wait for
-/// its answer; a read that fails is not kept, so the next try reads again.
+/// A DAG's serialized hash and its bundle's hash.
+type DagVersion = (String, Option<String>);
+
+/// What the tries of one claim read alike, read once: each DAG's version (serialized and
+/// bundle hashes) and parsed DAG, and each run's row. A claim of a wide fan-out is dozens of
+/// tries of one run; each reading for itself made the database the bottleneck. The first
+/// try to ask reads, the others wait for its answer; a read that fails is not kept, so the
+/// next try reads again.
 #[derive(Debug, Default)]
 struct ClaimShared {
-    hashes: HashMap<String, OnceCell<Option<String>>>,
+    versions: HashMap<String, OnceCell<Option<DagVersion>>>,
+    dags: HashMap<String, OnceCell<Arc<Dag>>>,
     runs: HashMap<(String, String), OnceCell<Option<DagRunRow>>>,
 }
 
@@ -566,7 +571,8 @@ impl ClaimShared {
     fn of(claimed: &[ClaimedTi]) -> Self {
         let mut shared = ClaimShared::default();
         for ti in claimed {
-            shared.hashes.entry(ti.key.dag_id.clone()).or_default();
+            shared.versions.entry(ti.key.dag_id.clone()).or_default();
+            shared.dags.entry(ti.key.dag_id.clone()).or_default();
             shared
                 .runs
                 .entry((ti.key.dag_id.clone(), ti.key.run_id.clone()))
@@ -664,15 +670,30 @@ fn system_line(text: impl Into<String>) -> LogLine {
 }
 
 impl Job {
-    /// The run's DAG from the worker's cache, re-read only when its hash changed.
+    /// The run's DAG from the worker's cache, re-read only when its hash changed. The tries
+    /// of one claim share one read: a claim often holds several tries of one DAG.
     async fn dag(&self, dag_id: &str) -> Result<Arc<Dag>, ExecutorError> {
-        let read = || self.store.serialized_dag_hash(dag_id);
-        let hash = match self.shared.as_ref().and_then(|s| s.hashes.get(dag_id)) {
+        match self.shared.as_ref().and_then(|s| s.dags.get(dag_id)) {
+            Some(cell) => cell
+                .get_or_try_init(|| self.load_dag(dag_id))
+                .await
+                .cloned(),
+            None => self.load_dag(dag_id).await,
+        }
+    }
+
+    /// The DAG's serialized hash and bundle hash, read once per claim.
+    async fn version(&self, dag_id: &str) -> Result<DagVersion, ExecutorError> {
+        let read = || self.store.serialized_dag_version(dag_id);
+        let version = match self.shared.as_ref().and_then(|s| s.versions.get(dag_id)) {
             Some(cell) => cell.get_or_try_init(read).await?.clone(),
             None => read().await?,
         };
-        let hash = hash
-            .ok_or_else(|| ExecutorError::task(format!("dag `{dag_id}` is not in the database")))?;
+        version.ok_or_else(|| ExecutorError::task(format!("dag `{dag_id}` is not in the database")))
+    }
+
+    async fn load_dag(&self, dag_id: &str) -> Result<Arc<Dag>, ExecutorError> {
+        let (hash, _) = self.version(dag_id).await?;
         if let Ok(cache) = self.dags.lock()
             && let Some((h, dag)) = cache.get(dag_id)
             && *h == hash
@@ -698,7 +719,7 @@ impl Job {
     /// them), fetched once per bundle hash and kept under `dir/<hash>`. A DAG without a
     /// bundle runs against the configured dags folder.
     async fn bundle(&self, dir: &std::path::Path, dag_id: &str) -> Result<PathBuf, ExecutorError> {
-        let Some(hash) = self.store.bundle_of_dag(dag_id).await? else {
+        let Some(hash) = self.version(dag_id).await?.1 else {
             return Ok(self.config.dags_folder.clone());
         };
         if hash.is_empty() || !hash.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -219,6 +219,29 @@ async fn working_directory() {
     let pwd = &texts(&lines, Stream::Stdout)[0];
     assert!(pwd.starts_with(temp_root.path().to_str().unwrap()), "{pwd}");
     assert_eq!(std::fs::read_dir(temp_root.path()).unwrap().count(), 0);
+    // A run that leaves its directory empty may hand it to a later run: every later run
+    // still starts in an empty directory of its own, and nothing else is left behind.
+    for _ in 0..3 {
+        let mut clean = bash(&dags, "ls -A | wc -l; stat -c %a .; mkdir sub; rmdir sub");
+        clean.temp_root = temp_root.path().to_path_buf();
+        let (outcome, lines) = run_collect(clean).await;
+        assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+        assert_eq!(texts(&lines, Stream::Stdout), vec!["0", "700"]);
+    }
+    let mut opened = bash(&dags, "chmod 755 .");
+    opened.temp_root = temp_root.path().to_path_buf();
+    run_collect(opened).await;
+    for entry in std::fs::read_dir(temp_root.path()).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(path.is_dir(), "{} was left behind", path.display());
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o700,
+            "a directory whose mode a task changed is not kept"
+        );
+    }
 
     // `cwd`, relative to the dags folder.
     let with_cwd = spec(

@@ -14,6 +14,7 @@ pub mod events;
 pub mod kafka_triggers;
 pub mod processor;
 mod scheduler;
+mod view;
 
 pub use events::{EventPublisher, EventStats, EventsConfig};
 pub use kafka_triggers::{KafkaTriggerConfig, KafkaTriggerStats, KafkaTriggers};

@@ -1,15 +1,16 @@
 //! The scheduling loop.
 //!
-//! Each pass: sync the dags folder when due, create due scheduled runs, start queued runs
-//! within `max_active_runs`, evaluate every active run (`decide`), queue scheduled task
-//! instances within the limits, rescue zombies. Then it sleeps until the next deadline (a run
+//! Each pass: sync the dags folder when due, bring the view of active runs up to date with
+//! what changed (`view`), create due scheduled runs, start queued runs within
+//! `max_active_runs`, evaluate the runs that changed or reached a deadline (`decide`), queue
+//! scheduled task instances within the limits, rescue zombies. Then it sleeps until the next deadline (a run
 //! becoming due, a retry delay ending, the next folder check) or until woken: a worker that
 //! finishes a task wakes it at once, so no poll interval sits between two tasks.
 //!
 //! The database is the truth. The loop keeps only caches (parsed DAGs by hash, next-run
-//! maths), all rebuilt from the store after a restart.
+//! maths, the active runs), all rebuilt from the store after a restart or a failed pass.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -19,8 +20,8 @@ use flow_dag::Dag;
 use flow_dag::schedule::{DataInterval, TimeRestriction};
 use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
 use flow_store::{
-    DagRow, DagRunRow, NextRun, PoolUsage, QueueRequest, Refusal, RunStart, StateChange, Store,
-    TiKey, TiRow, TriggerError, TriggerRequest,
+    DagRow, DagRunRow, NextRun, PoolUsage, QueueRequest, Refusal, RunKey, RunStart, StateChange,
+    Store, TiKey, TiRow, TriggerError, TriggerRequest,
 };
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -29,6 +30,7 @@ use crate::SchedulerError;
 use crate::decide::{MapLengths, PreviousRun, decide_run};
 use crate::dir_watch::{self, DirWatch};
 use crate::processor::DagProcessor;
+use crate::view::ActiveView;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -118,9 +120,11 @@ pub struct Scheduler {
     /// conflicting row makes the DAG move on instead of retrying the same run forever.
     taken: HashMap<String, DataInterval>,
     /// Unreadable rows already reported, so that each is logged once.
-    reported_corrupt: std::collections::HashSet<(String, String)>,
+    reported_corrupt: HashSet<(String, String)>,
     /// The queues live workers serve, read with the zombie check.
-    served_queues: Option<std::collections::HashSet<String>>,
+    served_queues: Option<HashSet<String>>,
+    /// The active runs and their task instances, as of the last pass.
+    view: ActiveView,
 }
 
 /// What one pass found out about when to run again.
@@ -168,8 +172,9 @@ impl Scheduler {
             last_zombie_check: None,
             job_id: None,
             taken: HashMap::new(),
-            reported_corrupt: std::collections::HashSet::new(),
+            reported_corrupt: HashSet::new(),
             served_queues: None,
+            view: ActiveView::default(),
         }
     }
 
@@ -234,14 +239,9 @@ impl Scheduler {
     }
 
     async fn pass_inner(&mut self, now: DateTime<Utc>) -> Result<PassOutcome, SchedulerError> {
-        let mut outcome = PassOutcome::default();
         // Known before the first queueing decision; refreshed with the zombie check.
         if self.served_queues.is_none() {
-            self.served_queues = Some(
-                self.store
-                    .served_queues(now - Duration::seconds(30))
-                    .await?,
-            );
+            self.refresh_served_queues(now).await?;
         }
         let changed = self.scan_dags_folder(now).await?;
         // Re-read DAG rows when they changed (this process's parse, a pause from the CLI,
@@ -252,6 +252,7 @@ impl Scheduler {
         let check_due = self
             .last_dir_check
             .is_none_or(|t| now - t >= check_interval);
+        let mut dags_refreshed = false;
         if changed || check_due {
             let version = self.store.dag_version().await?;
             let refresh_due = self
@@ -261,6 +262,7 @@ impl Scheduler {
                 self.refresh_dags().await?;
                 self.last_dag_refresh = Some(now);
                 self.dag_version = Some(version);
+                dags_refreshed = true;
             }
             self.last_dir_check = Some(now);
         }
@@ -271,27 +273,81 @@ impl Scheduler {
         .into_iter()
         .flatten()
         .min();
+
+        // The view is out of `self` while the runs are scheduled; a pass that fails on the
+        // way leaves it unsure of what was written, so the next one reads everything again.
+        let mut view = std::mem::take(&mut self.view);
+        let scheduled = self.schedule(&mut view, dags_refreshed, now).await;
+        if scheduled.is_err() {
+            view.invalidate();
+        }
+        self.view = view;
+        let mut outcome = scheduled?;
         outcome.next_deadline = earliest(outcome.next_deadline, next_dir_check);
 
-        let runs = self.active_runs().await?;
-        let created_deadline = self.create_scheduled_runs(&runs, now).await?;
-        outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
+        let zombie_due = self
+            .last_zombie_check
+            .is_none_or(|t| now - t >= Duration::seconds(5));
+        if zombie_due {
+            self.rescue_zombies(now).await?;
+            self.release_stuck_queued(now).await?;
+            self.refresh_served_queues(now).await?;
+            // Deferrals past their timeout resume to fail, with or without a triggerer.
+            let expired = self
+                .store
+                .ti_expire_deferrals(Actor::Scheduler, now)
+                .await?;
+            if expired > 0 {
+                info!(expired, "deferred task instances timed out");
+            }
+            self.heartbeat(now).await?;
+            self.last_zombie_check = Some(now);
+        }
+        Ok(outcome)
+    }
 
-        let mut runs = if created_deadline == Some(now) {
+    /// The queues live workers serve (a worker is live if it heartbeat in the last 30 s).
+    async fn refresh_served_queues(&mut self, now: DateTime<Utc>) -> Result<(), SchedulerError> {
+        self.served_queues = Some(
+            self.store
+                .served_queues(now - Duration::seconds(30))
+                .await?,
+        );
+        Ok(())
+    }
+
+    /// Creates due runs, starts queued ones, evaluates the runs that changed and queues what
+    /// can run, with `view` brought up to date first.
+    async fn schedule(
+        &mut self,
+        view: &mut ActiveView,
+        dags_refreshed: bool,
+        now: DateTime<Utc>,
+    ) -> Result<PassOutcome, SchedulerError> {
+        let mut outcome = PassOutcome::default();
+        self.refresh_view(view, now).await?;
+        if dags_refreshed {
+            // A DAG's tasks may have changed: its running runs gain or lose task instances.
+            view.mark_all();
+        }
+        let mut active_per_dag: HashMap<String, i64> = HashMap::new();
+        for (dag_id, _) in view.runs.keys() {
+            *active_per_dag.entry(dag_id.clone()).or_default() += 1;
+        }
+        let created_deadline = self.create_scheduled_runs(&active_per_dag, now).await?;
+        outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
+        if created_deadline == Some(now) {
             // New runs were created: read them.
-            self.active_runs().await?
-        } else {
-            runs
-        };
-        self.start_queued_runs(&mut runs, now).await?;
-        runs.retain(|r| r.state == DagRunState::Running);
-        let evaluation = self.evaluate_runs(&runs, now).await?;
+            self.refresh_view(view, now).await?;
+        }
+        self.start_queued_runs(view, now).await?;
+        let evaluation = self.evaluate_runs(view, now).await?;
         outcome.next_deadline = earliest(outcome.next_deadline, evaluation.deadline);
 
         // Decisions and queueing go to the database in one transaction: a task instance made
         // runnable by this pass is queued by the same commit.
         let candidates = self
-            .queue_candidates(&evaluation.all, &evaluation.newly_scheduled)
+            .queue_candidates(view, &evaluation.newly_scheduled)
             .await?;
         if !evaluation.changes.is_empty() || !candidates.is_empty() {
             let write_started = std::time::Instant::now();
@@ -313,47 +369,49 @@ impl Scheduler {
                 "wrote task instance changes"
             );
         }
-        for (run, state, reason) in evaluation.finished {
-            if self
-                .store
-                .dag_run_set_state_if(
-                    &run.dag_id,
-                    &run.run_id,
-                    &[DagRunState::Running],
-                    state,
-                    Actor::Scheduler,
-                    reason.as_deref(),
-                    now,
-                )
-                .await?
-            {
-                info!(dag_id = %run.dag_id, run_id = %run.run_id, state = %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
+        let finished: Vec<(String, String, DagRunState, Option<String>)> = evaluation
+            .finished
+            .into_iter()
+            .map(|(run, state, reason)| (run.dag_id, run.run_id, state, reason))
+            .collect();
+        let moved = self.store.dag_run_finish_many(&finished, now).await?;
+        for ((dag_id, run_id, state, reason), moved) in finished.iter().zip(moved) {
+            if moved {
+                info!(%dag_id, %run_id, %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
             }
-        }
-
-        let zombie_due = self
-            .last_zombie_check
-            .is_none_or(|t| now - t >= Duration::seconds(5));
-        if zombie_due {
-            self.rescue_zombies(now).await?;
-            self.release_stuck_queued(now).await?;
-            self.served_queues = Some(
-                self.store
-                    .served_queues(now - Duration::seconds(30))
-                    .await?,
-            );
-            // Deferrals past their timeout resume to fail, with or without a triggerer.
-            let expired = self
-                .store
-                .ti_expire_deferrals(Actor::Scheduler, now)
-                .await?;
-            if expired > 0 {
-                info!(expired, "deferred task instances timed out");
-            }
-            self.heartbeat(now).await?;
-            self.last_zombie_check = Some(now);
         }
         Ok(outcome)
+    }
+
+    /// Reads what changed into `view`. A run of a DAG whose tasks depend on the previous run
+    /// is evaluated again when another run of the DAG changed.
+    async fn refresh_view(
+        &mut self,
+        view: &mut ActiveView,
+        now: DateTime<Utc>,
+    ) -> Result<(), SchedulerError> {
+        let refresh = view.refresh(&self.store, now).await?;
+        self.report_corrupt(&refresh.corrupt);
+        if refresh.full {
+            return Ok(());
+        }
+        let linked: HashSet<String> = refresh
+            .touched
+            .iter()
+            .map(|(dag_id, _)| dag_id)
+            .filter(|dag_id| {
+                self.dags.get(dag_id.as_str()).is_some_and(|(_, dag)| {
+                    dag.tasks
+                        .iter()
+                        .any(|t| t.depends_on_past || t.wait_for_downstream)
+                })
+            })
+            .cloned()
+            .collect();
+        if !linked.is_empty() {
+            view.mark_dags(&linked);
+        }
+        Ok(())
     }
 
     /// How often the dags folder is scanned: rarely while a watch reports its changes (a
@@ -403,16 +461,6 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-
-    /// Queued and running runs, leaving out (and reporting once) rows that cannot be read.
-    async fn active_runs(&mut self) -> Result<Vec<DagRunRow>, SchedulerError> {
-        let (runs, corrupt) = self
-            .store
-            .dag_run_list_in_states(&[DagRunState::Queued, DagRunState::Running])
-            .await?;
-        self.report_corrupt(&corrupt);
-        Ok(runs)
     }
 
     /// Logs each unreadable row's run once: the run is left alone until the row is fixed,
@@ -483,14 +531,10 @@ impl Scheduler {
     /// next one becomes due.
     async fn create_scheduled_runs(
         &mut self,
-        active: &[DagRunRow],
+        active_per_dag: &HashMap<String, i64>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
         let mut next_deadline = None;
-        let mut active_per_dag: HashMap<&str, i64> = HashMap::new();
-        for r in active {
-            *active_per_dag.entry(r.dag_id.as_str()).or_default() += 1;
-        }
         let candidates: Vec<DagRow> = self
             .dag_rows
             .values()
@@ -603,15 +647,24 @@ impl Scheduler {
     /// (decided again by the store under the queueing lock).
     async fn start_queued_runs(
         &mut self,
-        runs: &mut [DagRunRow],
+        view: &mut ActiveView,
         now: DateTime<Utc>,
     ) -> Result<(), SchedulerError> {
         let mut running: HashMap<&str, i64> = HashMap::new();
-        for r in runs.iter().filter(|r| r.state == DagRunState::Running) {
-            *running.entry(r.dag_id.as_str()).or_default() += 1;
+        let mut queued: Vec<&DagRunRow> = Vec::new();
+        for entry in view.runs.values() {
+            match entry.run.state {
+                DagRunState::Running => *running.entry(entry.run.dag_id.as_str()).or_default() += 1,
+                DagRunState::Queued => queued.push(&entry.run),
+                _ => {}
+            }
         }
+        if queued.is_empty() {
+            return Ok(());
+        }
+        queued.sort_by_key(|r| (r.run_after, r.id));
         let mut candidates = Vec::new();
-        for r in runs.iter().filter(|r| r.state == DagRunState::Queued) {
+        for r in queued {
             let Some(row) = self.dag_rows.get(&r.dag_id) else {
                 continue;
             };
@@ -633,92 +686,66 @@ impl Scheduler {
         if candidates.is_empty() {
             return Ok(());
         }
-        let started: std::collections::HashSet<(String, String)> = self
-            .store
-            .dag_run_start_queued(&candidates, now)
-            .await?
-            .into_iter()
-            .collect();
-        for r in runs.iter_mut() {
-            if started.contains(&(r.dag_id.clone(), r.run_id.clone())) {
-                r.state = DagRunState::Running;
-                r.start_date.get_or_insert(now);
+        let started = self.store.dag_run_start_queued(&candidates, now).await?;
+        for key in started {
+            if let Some(entry) = view.runs.get_mut(&key) {
+                entry.run.state = DagRunState::Running;
+                entry.run.start_date.get_or_insert(now);
+                entry.dirty = true;
             }
         }
         Ok(())
     }
 
-    /// Evaluates every running run: which task instances to schedule, skip or fail, which runs
-    /// are finished (including by `dagrun_timeout`). Nothing is written here.
+    /// Evaluates the running runs that changed since their last evaluation or reached a
+    /// deadline: which task instances to schedule, skip or fail, which runs are finished
+    /// (including by `dagrun_timeout`). Nothing is written here.
     async fn evaluate_runs(
         &mut self,
-        runs: &[DagRunRow],
+        view: &mut ActiveView,
         now: DateTime<Utc>,
     ) -> Result<Evaluation, SchedulerError> {
         let mut evaluation = Evaluation::default();
-        if runs.is_empty() {
-            return Ok(evaluation);
-        }
-        let read_started = std::time::Instant::now();
-        let (mut all, corrupt) = self.store.ti_list_active_runs().await?;
-        self.report_corrupt(&corrupt);
-        let held: std::collections::HashSet<(&str, &str)> = corrupt
+        let mut due: Vec<RunKey> = view
+            .runs
             .iter()
-            .map(|c| (c.dag_id.as_str(), c.run_id.as_str()))
+            .filter(|(_, e)| e.due(now))
+            .map(|(k, _)| k.clone())
             .collect();
-        debug!(
-            rows = all.len(),
-            elapsed_us = read_started.elapsed().as_micros() as u64,
-            "read task instances of active runs"
-        );
-        // Group by run without copying rows: sort, then slice per run.
-        all.sort_unstable_by(|a, b| {
-            (&a.key.dag_id, &a.key.run_id).cmp(&(&b.key.dag_id, &b.key.run_id))
-        });
-        let mut by_run: HashMap<(&str, &str), &[TiRow]> = HashMap::new();
-        let mut start = 0;
-        for i in 1..=all.len() {
-            let boundary = i == all.len()
-                || all[i].key.dag_id != all[start].key.dag_id
-                || all[i].key.run_id != all[start].key.run_id;
-            if boundary {
-                let first = &all[start];
-                by_run.insert(
-                    (first.key.dag_id.as_str(), first.key.run_id.as_str()),
-                    &all[start..i],
-                );
-                start = i;
-            }
-        }
-        for run in runs {
-            if held.contains(&(run.dag_id.as_str(), run.run_id.as_str())) {
-                continue;
-            }
-            let Some(dag) = self.dag_for(&run.dag_id).await? else {
+        due.sort_unstable();
+        for key in due {
+            let dag = self.dag_for(&key.0).await?;
+            let Some(entry) = view.runs.get_mut(&key) else {
                 continue;
             };
-            let tis: &[TiRow] = by_run
-                .get(&(run.dag_id.as_str(), run.run_id.as_str()))
-                .copied()
-                .unwrap_or_default();
-            if let (Some(timeout), Some(started)) = (dag.dagrun_timeout, run.start_date)
-                && now - started > timeout
-            {
-                for ti in tis.iter().filter(|t| !t.state.is_finished()) {
-                    evaluation.changes.push(StateChange {
-                        key: ti.key.clone(),
-                        from: vec![ti.state],
-                        to: S::Skipped,
-                        reason: Some("dagrun_timeout exceeded".into()),
-                        next_retry_at: None,
-                    });
-                }
-                evaluation.finished.push((
-                    run.clone(),
-                    DagRunState::Failed,
-                    Some("dagrun_timeout exceeded".into()),
-                ));
+            entry.dirty = false;
+            entry.wakeup = None;
+            // A DAG that is gone or does not load: its runs wait (refreshed DAGs mark every
+            // run for evaluation again).
+            let Some(dag) = dag else {
                 continue;
+            };
+            let run = &entry.run;
+            let tis: &[TiRow] = &entry.tis;
+            if let (Some(timeout), Some(started)) = (dag.dagrun_timeout, run.start_date) {
+                if now - started > timeout {
+                    for ti in tis.iter().filter(|t| !t.state.is_finished()) {
+                        evaluation.changes.push(StateChange {
+                            key: ti.key.clone(),
+                            from: vec![ti.state],
+                            to: S::Skipped,
+                            reason: Some("dagrun_timeout exceeded".into()),
+                            next_retry_at: None,
+                        });
+                    }
+                    evaluation.finished.push((
+                        run.clone(),
+                        DagRunState::Failed,
+                        Some("dagrun_timeout exceeded".into()),
+                    ));
+                    continue;
+                }
+                entry.wakeup = Some(started + timeout);
             }
             let previous = if dag
                 .tasks
@@ -748,6 +775,8 @@ impl Scheduler {
                     .await?;
                 debug!(dag_id = %run.dag_id, run_id = %run.run_id, task_id = %e.task_id, length = e.length, ready = ready.len(), "expanded mapped task");
             }
+            // Rows made without a transition: the run is read again in the next pass.
+            let mut added = !decision.expansions.is_empty();
             if !decision.missing_tasks.is_empty() {
                 let missing: Vec<_> = templates
                     .iter()
@@ -758,9 +787,10 @@ impl Scheduler {
                 self.store
                     .ti_create_missing(&run.dag_id, &run.run_id, &missing, now)
                     .await?;
+                added = true;
                 evaluation.deadline = Some(now);
             }
-            evaluation.deadline = earliest(evaluation.deadline, decision.next_wakeup);
+            let wakeup = earliest(entry.wakeup, decision.next_wakeup);
             let index: HashMap<&TiKey, &TiRow> = tis.iter().map(|t| (&t.key, t)).collect();
             for change in &decision.changes {
                 if change.to != S::Scheduled {
@@ -784,9 +814,14 @@ impl Scheduler {
                     .finished
                     .push((run.clone(), state, decision.reason));
             }
+            entry.wakeup = wakeup;
+            if added {
+                view.reread(&key);
+            }
         }
-        drop(by_run);
-        evaluation.all = all;
+        // Runs evaluated earlier wait for their own deadlines.
+        let wakeups = view.runs.values().filter_map(|e| e.wakeup).min();
+        evaluation.deadline = earliest(evaluation.deadline, wakeups);
         Ok(evaluation)
     }
 
@@ -875,19 +910,17 @@ impl Scheduler {
     /// ([`Store::ti_schedule_and_queue`]): another scheduler may have queued meanwhile.
     async fn queue_candidates(
         &mut self,
-        all: &[TiRow],
+        view: &ActiveView,
         newly_scheduled: &[TiRow],
     ) -> Result<Vec<QueueRequest>, SchedulerError> {
-        // Occupancy from the task instances of the running runs, read once per pass: every
-        // queued or running task instance belongs to one.
+        // Occupancy from the task instances of the active runs: every queued or running task
+        // instance belongs to one.
         let mut usage = PoolUsage::default();
         for (pool, slots) in &self.pools {
             usage.pools.insert(pool.clone(), (*slots, 0));
         }
-        for ti in all
-            .iter()
-            .filter(|t| matches!(t.state, S::Queued | S::Running))
-        {
+        let all = || view.runs.values().flat_map(|e| e.tis.iter());
+        for ti in all().filter(|t| matches!(t.state, S::Queued | S::Running)) {
             usage.add(&ti.key, &ti.pool, ti.pool_slots);
         }
         if usage.total >= self.config.parallelism {
@@ -895,8 +928,7 @@ impl Scheduler {
         }
         // Already scheduled (waiting on a limit) plus those this pass makes runnable, highest
         // priority first.
-        let mut candidates: Vec<&TiRow> = all
-            .iter()
+        let mut candidates: Vec<&TiRow> = all()
             .filter(|t| t.state == S::Scheduled)
             .chain(newly_scheduled)
             .collect();
@@ -1061,8 +1093,6 @@ fn new_row(key: TiKey, t: &flow_store::NewTaskInstance) -> TiRow {
 /// What evaluating the running runs decided.
 #[derive(Debug, Default)]
 struct Evaluation {
-    /// Every task instance of the running runs, as read at the start of the pass.
-    all: Vec<TiRow>,
     changes: Vec<StateChange>,
     /// Task instances `changes` moves to scheduled, as they will be.
     newly_scheduled: Vec<TiRow>,

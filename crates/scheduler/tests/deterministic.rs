@@ -674,11 +674,13 @@ async fn a_corrupt_row_holds_up_only_its_own_run() {
         assert_eq!(b.state, flow_model::DagRunState::Success);
         let a = h.store.dag_run_get("a", "r1").await.unwrap().unwrap();
         assert_eq!(a.state, flow_model::DagRunState::Running);
-        // Fixed by hand, the run goes on.
+        // Fixed by hand, the run goes on. A hand edit records no transition: the scheduler
+        // sees it at its next full read of the active runs (every 30 s).
         h.store
             .execute_raw("UPDATE task_instance SET state = 'none' WHERE dag_id = 'a'")
             .await
             .unwrap();
+        h.now += Duration::seconds(31);
         h.pass().await;
         h.step(|_| Done::Success).await;
         h.pass().await;

@@ -49,11 +49,11 @@ pub struct DagRunRow {
     pub dag_hash: String,
 }
 
-const RUN_COLUMNS: &str = "id, dag_id, run_id, run_type, state, logical_date, \
+pub(crate) const RUN_COLUMNS: &str = "id, dag_id, run_id, run_type, state, logical_date, \
     data_interval_start, data_interval_end, run_after, queued_at, start_date, end_date, conf, \
     note, triggered_by, dag_hash";
 
-fn run_row(r: &AnyRow) -> Result<DagRunRow> {
+pub(crate) fn run_row(r: &AnyRow) -> Result<DagRunRow> {
     let run_type: String = r.try_get("run_type")?;
     let state: String = r.try_get("state")?;
     let conf: String = r.try_get("conf")?;
@@ -283,6 +283,50 @@ impl Store {
             run_transition(&mut tx, self, actor, from, to, &[run], to_micros(now)).await?;
         self.commit(tx).await?;
         Ok(!applied.is_empty())
+    }
+
+    /// Ends running runs in one transaction (the scheduler's decisions of a pass): each
+    /// `(dag_id, run_id, state, reason)` moves from running to `state` unless something else
+    /// changed it first. Returns, in order, whether each moved.
+    pub async fn dag_run_finish_many(
+        &self,
+        runs: &[(String, String, DagRunState, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        let mut moved = vec![false; runs.len()];
+        if runs.is_empty() {
+            return Ok(moved);
+        }
+        let mut tx = self.begin().await?;
+        let mut states: Vec<DagRunState> = runs.iter().map(|r| r.2).collect();
+        states.sort_by_key(|s| s.as_str());
+        states.dedup();
+        for to in states {
+            let members: Vec<usize> = (0..runs.len()).filter(|i| runs[*i].2 == to).collect();
+            let changes: Vec<RunChange> = members
+                .iter()
+                .map(|i| RunChange {
+                    dag_id: runs[*i].0.clone(),
+                    run_id: runs[*i].1.clone(),
+                    reason: runs[*i].3.clone(),
+                })
+                .collect();
+            let applied = run_transition(
+                &mut tx,
+                self,
+                Actor::Scheduler,
+                &[DagRunState::Running],
+                to,
+                &changes,
+                to_micros(now),
+            )
+            .await?;
+            for (index, _) in applied {
+                moved[members[index]] = true;
+            }
+        }
+        self.commit(tx).await?;
+        Ok(moved)
     }
 
     /// Marks a run by hand, as Airflow's "mark success / mark failed" do: to success, every

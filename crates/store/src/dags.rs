@@ -323,13 +323,17 @@ impl Store {
     }
 
     /// The hash of a serialized DAG, to check a cache without reading the DAG.
-    pub async fn serialized_dag_hash(&self, dag_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT dag_hash FROM serialized_dag WHERE dag_id = $1")
-                .bind(dag_id)
-                .fetch_optional(self.read_pool())
-                .await?,
-        )
+    /// A DAG's serialized hash and the hash of its bundle (if it has one), in one read.
+    pub async fn serialized_dag_version(
+        &self,
+        dag_id: &str,
+    ) -> Result<Option<(String, Option<String>)>> {
+        let row = sqlx::query("SELECT dag_hash, bundle_hash FROM serialized_dag WHERE dag_id = $1")
+            .bind(dag_id)
+            .fetch_optional(self.read_pool())
+            .await?;
+        row.map(|r| Ok((r.try_get("dag_hash")?, r.try_get("bundle_hash")?)))
+            .transpose()
     }
 
     pub async fn import_errors(&self) -> Result<Vec<ImportErrorRow>> {

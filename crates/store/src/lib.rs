@@ -16,6 +16,7 @@
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
 
 mod bundles;
+mod changes;
 mod connections;
 mod dag_runs;
 mod dags;
@@ -42,6 +43,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::Notify;
 
 pub use bundles::BundleFile;
+pub use changes::{RunKey, RunTouch};
 pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
@@ -235,6 +237,17 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// For statements over tables that grow or churn fast (the transition tail, the queued
+    /// and running task instances): whether to keep the prepared statement. PostgreSQL plans
+    /// a kept one once per connection and may keep that plan after the table has grown, and
+    /// a plan made while `task_instance` was nearly empty scanned all of it under the
+    /// queueing lock. Not kept there, the statement is planned each time with its values and
+    /// the table's current size (a few tens of microseconds). SQLite plans from its indexes
+    /// alone and keeps its statements.
+    pub(crate) fn keep_statement(&self) -> bool {
+        self.backend == Backend::Sqlite
     }
 
     /// The URL with its password hidden.

@@ -155,7 +155,7 @@ impl Store {
             set_states_in(&mut tx, self, changes, Actor::Scheduler, &effect, now_us).await?;
         let mut queued = Vec::new();
         if !candidates.is_empty() {
-            let mut usage = usage_in(&mut tx).await?;
+            let mut usage = usage_in(&mut tx, self.keep_statement()).await?;
             let admitted: Vec<StateChange> = candidates
                 .iter()
                 .filter(|c| usage.admit(c, parallelism).is_ok())
@@ -235,7 +235,7 @@ impl Store {
     /// Occupancy of pools, DAGs and tasks by queued and running task instances.
     pub async fn ti_pool_usage(&self) -> Result<PoolUsage> {
         let mut tx = self.read_pool().begin().await?;
-        let usage = usage_in(&mut tx).await?;
+        let usage = usage_in(&mut tx, self.keep_statement()).await?;
         tx.rollback().await?;
         Ok(usage)
     }
@@ -252,7 +252,7 @@ async fn lock_queueing(tx: &mut Transaction<'static, Any>, backend: Backend) -> 
 }
 
 /// Pool slots and what queued and running task instances occupy, read in `tx`.
-async fn usage_in(tx: &mut Transaction<'static, Any>) -> Result<PoolUsage> {
+async fn usage_in(tx: &mut Transaction<'static, Any>, keep: bool) -> Result<PoolUsage> {
     let mut usage = PoolUsage::default();
     for r in sqlx::query("SELECT pool, slots FROM slot_pool")
         .fetch_all(&mut **tx)
@@ -267,6 +267,7 @@ async fn usage_in(tx: &mut Transaction<'static, Any>) -> Result<PoolUsage> {
          COUNT(*) AS n FROM task_instance WHERE state IN ('queued', 'running') \
          GROUP BY dag_id, run_id, task_id, pool",
     )
+    .persistent(keep)
     .fetch_all(&mut **tx)
     .await?;
     for r in rows {

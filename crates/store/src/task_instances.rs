@@ -206,7 +206,7 @@ pub struct CorruptRow {
 }
 
 impl CorruptRow {
-    fn of(r: &AnyRow, e: StoreError) -> Self {
+    pub(crate) fn of(r: &AnyRow, e: StoreError) -> Self {
         CorruptRow {
             dag_id: r.try_get("dag_id").unwrap_or_default(),
             run_id: r.try_get("run_id").unwrap_or_default(),
@@ -216,7 +216,7 @@ impl CorruptRow {
 }
 
 /// The lean row of [`Store::ti_list_active_runs`].
-fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
+pub(crate) fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
     let state: String = r.try_get("state")?;
     Ok(TiRow {
         try_number: r.try_get("try_number")?,
@@ -704,7 +704,9 @@ impl Store {
              ORDER BY priority_weight DESC, queued_dttm, map_index LIMIT $1{lock}",
             placeholders(2, queues.len())
         );
-        let mut q = sqlx::query(&sql).bind(limit);
+        let mut q = sqlx::query(&sql)
+            .bind(limit)
+            .persistent(self.keep_statement());
         for queue in queues {
             q = q.bind(queue);
         }
@@ -1014,13 +1016,15 @@ impl Store {
                 now_us,
             )
             .await?;
+            let mut xcoms = Vec::new();
             for a in done {
                 let f = &finishes[members[a.index]];
                 if let Some(value) = &f.xcom {
-                    crate::xcom::upsert(&mut tx, &f.key, "return_value", value, now_us).await?;
+                    xcoms.push((&f.key, "return_value", value));
                 }
                 applied[members[a.index]] = true;
             }
+            crate::xcom::upsert_many(&mut tx, &xcoms, now_us).await?;
         }
         self.commit(tx).await?;
         Ok(applied)

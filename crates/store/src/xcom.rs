@@ -40,6 +40,40 @@ pub(crate) async fn upsert(
     Ok(())
 }
 
+/// Inserts or replaces many task instances' XComs, in as few statements as the backend's
+/// parameter limit allows (a batch of finished tries writes its return values at once).
+pub(crate) async fn upsert_many(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(&TiKey, &str, &serde_json::Value)],
+    now_us: i64,
+) -> Result<()> {
+    const COLS: usize = 7;
+    for chunk in rows.chunks(crate::rows_per_statement(tx, COLS)) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", crate::placeholders(i * COLS + 1, COLS)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO xcom (dag_id, run_id, task_id, map_index, key, value, timestamp) \
+             VALUES {} ON CONFLICT (dag_id, run_id, task_id, map_index, key) DO UPDATE SET \
+             value = excluded.value, timestamp = excluded.timestamp",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (ti, key, value) in chunk {
+            q = q
+                .bind(&ti.dag_id)
+                .bind(&ti.run_id)
+                .bind(&ti.task_id)
+                .bind(ti.map_index)
+                .bind(*key)
+                .bind(value.to_string())
+                .bind(now_us);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Removes a task instance's XComs (when it is cleared to run again).
 pub(crate) async fn delete_in(tx: &mut Transaction<'static, Any>, ti: &TiKey) -> Result<()> {
     sqlx::query(

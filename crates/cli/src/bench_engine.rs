@@ -53,6 +53,12 @@ struct Engine {
 }
 
 async fn start(store: &Store, dags: &Path, slots: usize) -> Engine {
+    // Tasks run as a real worker's do: tagged for a reaper (see `flow_executor::reaper`).
+    if let Ok(exe) = std::env::current_exe()
+        && let Err(e) = flow_executor::reaper::start(&exe, &["__reap"])
+    {
+        eprintln!("no reaper ({e}): tasks get a parent-death signal instead");
+    }
     let (shutdown, rx) = watch::channel(false);
     let wakeups = Wakeups::default();
     store.spawn_wake_listener(vec![

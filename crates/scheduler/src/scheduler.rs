@@ -330,11 +330,12 @@ impl Scheduler {
             // A DAG's tasks may have changed: its running runs gain or lose task instances.
             view.mark_all();
         }
-        let mut active_per_dag: HashMap<String, i64> = HashMap::new();
+        let mut active_per_dag: HashMap<&str, i64> = HashMap::new();
         for (dag_id, _) in view.runs.keys() {
-            *active_per_dag.entry(dag_id.clone()).or_default() += 1;
+            *active_per_dag.entry(dag_id.as_str()).or_default() += 1;
         }
         let created_deadline = self.create_scheduled_runs(&active_per_dag, now).await?;
+        drop(active_per_dag);
         outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
         if created_deadline == Some(now) {
             // New runs were created: read them.
@@ -531,7 +532,7 @@ impl Scheduler {
     /// next one becomes due.
     async fn create_scheduled_runs(
         &mut self,
-        active_per_dag: &HashMap<String, i64>,
+        active_per_dag: &HashMap<&str, i64>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, SchedulerError> {
         let mut next_deadline = None;
@@ -914,13 +915,17 @@ impl Scheduler {
         newly_scheduled: &[TiRow],
     ) -> Result<Vec<QueueRequest>, SchedulerError> {
         // Occupancy from the task instances of the active runs: every queued or running task
-        // instance belongs to one.
+        // instance belongs to one. Only runs with such instances are looked at.
         let mut usage = PoolUsage::default();
         for (pool, slots) in &self.pools {
             usage.pools.insert(pool.clone(), (*slots, 0));
         }
-        let all = || view.runs.values().flat_map(|e| e.tis.iter());
-        for ti in all().filter(|t| matches!(t.state, S::Queued | S::Running)) {
+        let busy = view
+            .runs
+            .values()
+            .filter(|e| e.busy > 0)
+            .flat_map(|e| e.tis.iter());
+        for ti in busy.filter(|t| matches!(t.state, S::Queued | S::Running)) {
             usage.add(&ti.key, &ti.pool, ti.pool_slots);
         }
         if usage.total >= self.config.parallelism {
@@ -928,21 +933,43 @@ impl Scheduler {
         }
         // Already scheduled (waiting on a limit) plus those this pass makes runnable, highest
         // priority first.
-        let mut candidates: Vec<&TiRow> = all()
+        let mut candidates: Vec<&TiRow> = view
+            .runs
+            .values()
+            .filter(|e| e.waiting > 0)
+            .flat_map(|e| e.tis.iter())
             .filter(|t| t.state == S::Scheduled)
             .chain(newly_scheduled)
             .collect();
-        candidates.sort_by(|a, b| {
+        let order = |a: &&TiRow, b: &&TiRow| {
             b.priority_weight
                 .cmp(&a.priority_weight)
                 .then(a.scheduled_dttm.cmp(&b.scheduled_dttm))
                 .then(a.key.map_index.cmp(&b.key.map_index))
-        });
+        };
+        // Thousands may wait for a few free slots: order the first few only, unless limits
+        // turn those down and the rest is needed (sorted then).
+        let free = usize::try_from(self.config.parallelism - usage.total).unwrap_or(0);
+        let head = free.saturating_mul(4).saturating_add(64);
+        if candidates.len() > head {
+            candidates.select_nth_unstable_by(head, order);
+            candidates[..head].sort_by(order);
+        } else {
+            candidates.sort_by(order);
+        }
+        let mut sorted_all = candidates.len() <= head;
         let mut requests = Vec::new();
-        for ti in candidates {
+        let mut i = 0;
+        while i < candidates.len() {
             if usage.total >= self.config.parallelism {
                 break;
             }
+            if i == head && !sorted_all {
+                candidates[head..].sort_by(order);
+                sorted_all = true;
+            }
+            let ti = candidates[i];
+            i += 1;
             let Some(dag) = self.dag_for(&ti.key.dag_id).await? else {
                 continue;
             };

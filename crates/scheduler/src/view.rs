@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
-use flow_model::DagRunState;
+use flow_model::{DagRunState, TaskInstanceState};
 use flow_store::{
     CorruptRow, DagRunRow, EventCursor, EventTable, RunKey, RunTouch, Store, StoreError, TiRow,
 };
@@ -41,6 +41,10 @@ pub(crate) struct RunEntry {
     pub dirty: bool,
     /// When to evaluate it again though nothing changed (a retry delay, `dagrun_timeout`).
     pub wakeup: Option<DateTime<Utc>>,
+    /// How many of `tis` are queued or running (occupying slots), and how many scheduled
+    /// (waiting for one): a pass looks only at the runs that have some.
+    pub busy: usize,
+    pub waiting: usize,
 }
 
 impl RunEntry {
@@ -262,6 +266,11 @@ impl ActiveView {
         for (run, key) in active.into_iter().zip(keys) {
             let is_held = held.contains(&(key.0.as_str(), key.1.as_str()));
             let tis = by_run.remove(&key).unwrap_or_default();
+            let count =
+                |f: fn(TaskInstanceState) -> bool| tis.iter().filter(|t| f(t.state)).count();
+            let busy =
+                count(|s| matches!(s, TaskInstanceState::Queued | TaskInstanceState::Running));
+            let waiting = count(|s| s == TaskInstanceState::Scheduled);
             entries.push((
                 key,
                 RunEntry {
@@ -270,6 +279,8 @@ impl ActiveView {
                     held: is_held,
                     dirty: true,
                     wakeup: None,
+                    busy,
+                    waiting,
                 },
             ));
         }
@@ -322,5 +333,98 @@ impl ActiveView {
             touched,
             corrupt,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_dag::Dag;
+    use flow_store::TriggerRequest;
+    use flow_store::testing::TestDb;
+    use sqlx::Connection as _;
+
+    async fn trigger(store: &Store, run_id: &str, now: DateTime<Utc>) {
+        let (data, hash) = store.serialized_dag_get("d").await.unwrap().unwrap();
+        let dag = Dag::from_json(&data).unwrap();
+        let mut req = TriggerRequest::manual(serde_json::json!({}));
+        req.run_id = Some(run_id.to_owned());
+        store.dag_run_trigger(&dag, &hash, &req, now).await.unwrap();
+    }
+
+    /// SQL that schedules the task instance of `run_id` and records its transition, as any
+    /// process's change would.
+    fn schedule_sql(run_id: &str) -> [String; 2] {
+        [
+            format!(
+                "UPDATE task_instance SET state = 'scheduled' WHERE dag_id = 'd' AND run_id = '{run_id}'"
+            ),
+            format!(
+                "INSERT INTO ti_transition (dag_id, run_id, task_id, map_index, try_number, \
+                 from_state, to_state, actor, at) VALUES ('d', '{run_id}', 't', -1, 0, 'none', \
+                 'scheduled', 'scheduler', 0)"
+            ),
+        ]
+    }
+
+    fn state_of(view: &ActiveView, run_id: &str) -> TaskInstanceState {
+        view.runs[&("d".to_owned(), run_id.to_owned())].tis[0].state
+    }
+
+    /// A change committed after a later one (PostgreSQL hands out ids before commit) is still
+    /// seen: the view asks again for the id it skipped.
+    #[tokio::test]
+    async fn a_change_committed_out_of_id_order_is_not_missed() {
+        let Some(db) = TestDb::postgres().await.unwrap() else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("flow-view-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("d.yaml"),
+            "d:\n  tasks:\n    t: {operator: empty}\n",
+        )
+        .unwrap();
+        let now = Utc::now();
+        let mut scheduler = crate::Scheduler::new(
+            db.store.clone(),
+            crate::SchedulerConfig {
+                dags_folder: dir.clone(),
+                ..crate::SchedulerConfig::default()
+            },
+            crate::Wakeups::default(),
+        );
+        scheduler.pass(now).await.unwrap();
+        trigger(&db.store, "r1", now).await;
+        trigger(&db.store, "r2", now).await;
+
+        let mut view = ActiveView::default();
+        let first = view.refresh(&db.store, now).await.unwrap();
+        assert!(first.full);
+        assert_eq!(view.runs.len(), 2);
+
+        // r1's change takes its id first and commits last.
+        let mut slow = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+        for sql in schedule_sql("r1") {
+            sqlx::query(&sql).execute(&mut slow).await.unwrap();
+        }
+        for sql in schedule_sql("r2") {
+            db.store.execute_raw(&sql).await.unwrap();
+        }
+        let seen = view.refresh(&db.store, now).await.unwrap();
+        assert_eq!(seen.touched, vec![("d".to_owned(), "r2".to_owned())]);
+        assert_eq!(state_of(&view, "r2"), TaskInstanceState::Scheduled);
+        assert_eq!(state_of(&view, "r1"), TaskInstanceState::NoStatus);
+
+        sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+        let late = view.refresh(&db.store, now).await.unwrap();
+        assert_eq!(late.touched, vec![("d".to_owned(), "r1".to_owned())]);
+        assert_eq!(state_of(&view, "r1"), TaskInstanceState::Scheduled);
+
+        drop(slow);
+        drop(scheduler);
+        let _ = std::fs::remove_dir_all(&dir);
+        db.drop_db().await.unwrap();
     }
 }

@@ -46,10 +46,14 @@ impl Store {
             (EventTable::DagRun, cursor.dag_run),
         ] {
             let name = table_name(table);
+            // The upper bound is never reached; as a range it makes PostgreSQL estimate few
+            // rows even before the table has statistics, so it stays on the id index.
             let rows = sqlx::query(&format!(
-                "SELECT id, dag_id, run_id FROM {name} WHERE id > $1 ORDER BY id LIMIT {limit}"
+                "SELECT id, dag_id, run_id FROM {name} WHERE id > $1 AND id <= $2 \
+                 ORDER BY id LIMIT {limit}"
             ))
             .bind(after)
+            .bind(after.saturating_add(1 << 40))
             .persistent(self.keep_statement())
             .fetch_all(self.read_pool())
             .await?;

@@ -32,13 +32,27 @@ impl JobStart {
         JobStart {
             job_type: job_type.to_owned(),
             hostname: hostname.to_owned(),
-            unixname: None,
+            unixname: Some(unixname()),
             pid: i64::from(std::process::id()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instance: None,
             queues: Vec::new(),
         }
     }
+}
+
+/// Who this process runs as, as Python's `getpass.getuser` (Airflow's `unixname`) finds it:
+/// the login variables, else the numeric user id (a container's user often has no name).
+fn unixname() -> String {
+    ["LOGNAME", "USER", "LNAME", "USERNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt as _;
+            // /proc/self belongs to this process's user.
+            std::fs::metadata("/proc/self").map_or_else(|_| String::new(), |m| m.uid().to_string())
+        })
 }
 
 /// A job row.

@@ -101,4 +101,30 @@ with client.ApiClient(config) as api:
     listed_runs = runs.get_list_dag_runs_batch("~", client.DAGRunsBatchBody(dag_ids=["etl_daily"]))
     assert listed_runs.total_entries >= 1, listed_runs
 
+    # Pools: create, read (with slot counts), change, bulk, delete; default_pool stays.
+    from airflow_client.client.api import pool_api
+    pools = pool_api.PoolApi(api)
+    made = pools.post_pool(client.PoolBody(name="client_pool", slots=3, description="from the client"))
+    assert made.name == "client_pool" and made.open_slots == 3 and made.occupied_slots == 0, made
+    got = pools.get_pool("client_pool")
+    assert got.slots == 3 and got.description == "from the client", got
+    patched = pools.patch_pool("client_pool", client.PoolPatchBody(slots=5), update_mask=["slots"])
+    assert patched.slots == 5, patched
+    listed = pools.get_pools(pool_name_pattern="client")
+    assert [p.name for p in listed.pools] == ["client_pool"], listed
+    bulk = pools.bulk_pools(client.BulkBodyPoolBody(actions=[
+        client.ActionsInner3(client.BulkCreateActionPoolBody(
+            action="create", entities=[client.PoolBody(name="client_pool_2", slots=1)])),
+    ]))
+    assert bulk.create.success == ["client_pool_2"], bulk
+    pools.delete_pool("client_pool")
+    pools.delete_pool("client_pool_2")
+    try:
+        pools.delete_pool("default_pool")
+        raise AssertionError("default_pool was deleted")
+    except client.exceptions.BadRequestException:
+        pass
+    names = [p.name for p in pools.get_pools().pools]
+    assert "client_pool" not in names and "default_pool" in names, names
+
 print("airflow client check passed")

@@ -159,6 +159,8 @@ enum PoolsCommand {
     /// Create a pool or change its slots.
     Set {
         pool: String,
+        /// -1 for unlimited.
+        #[arg(allow_negative_numbers = true)]
         slots: i64,
         #[arg(default_value = "")]
         description: String,

@@ -865,8 +865,8 @@ pub async fn pools_list() -> Result<ExitCode> {
 /// `flow pools set POOL SLOTS [DESCRIPTION]`.
 pub async fn pools_set(pool: &str, slots: i64, description: &str) -> Result<ExitCode> {
     flow_model::PoolId::parse(pool).map_err(|e| anyhow!("pool name `{pool}`: {e}"))?;
-    if slots < 0 {
-        bail!("slots must be 0 or more, got {slots}");
+    if slots < -1 {
+        bail!("slots must be 0 or more (or -1 for unlimited), got {slots}");
     }
     let store = connect_migrated().await?;
     store.pool_set(pool, slots, description).await?;

@@ -67,6 +67,7 @@ pub fn routes() -> Router<AppState> {
             post(mark_task),
         )
         .route("/pools", get(pools_page).post(pools_set))
+        .route("/pools/delete", post(pools_delete))
 }
 
 // ---- health and login ----
@@ -1042,13 +1043,7 @@ async fn pools_page(
     user: CurrentUser,
 ) -> Result<Response, HttpError> {
     user.require(Permission::Read)?;
-    let usage = state.store().ti_pool_usage().await?;
-    let mut pools: Vec<(String, i64, i64)> = usage
-        .pools
-        .into_iter()
-        .map(|(name, (slots, used))| (name, slots, used))
-        .collect();
-    pools.sort();
+    let pools = state.store().pool_rows().await?;
     Ok(page(&views::PoolsPage {
         can_operate: user.role.can(Permission::Operate),
         chrome: Chrome::of(&user),
@@ -1080,8 +1075,10 @@ async fn pools_set(
         .trim()
         .parse()
         .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| HttpError::BadRequest("slots must be a whole number, 0 or more".into()))?;
+        .filter(|n| *n >= -1)
+        .ok_or_else(|| {
+            HttpError::BadRequest("slots must be a whole number, 0 or more (-1: unlimited)".into())
+        })?;
     state
         .store()
         .pool_set(name, slots, &form.description)
@@ -1094,6 +1091,40 @@ async fn pools_set(
         None,
         None,
         Some(&format!("{name}: {slots} slot(s)")),
+    )
+    .await;
+    Ok(Redirect::to("/pools").into_response())
+}
+
+#[derive(Deserialize)]
+struct PoolDeleteForm {
+    csrf_token: String,
+    pool: String,
+}
+
+async fn pools_delete(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<PoolDeleteForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::Operate)?;
+    if form.pool == flow_store::DEFAULT_POOL {
+        return Err(HttpError::BadRequest(
+            "default_pool cannot be deleted".into(),
+        ));
+    }
+    if state.store().pool_delete(&form.pool).await? == flow_store::PoolWrite::Missing {
+        return Err(HttpError::NotFound(format!("no pool `{}`", form.pool)));
+    }
+    audit(
+        &state,
+        &user.username,
+        "delete pool",
+        None,
+        None,
+        None,
+        Some(&form.pool),
     )
     .await;
     Ok(Redirect::to("/pools").into_response())

@@ -322,8 +322,7 @@ pub struct AuditPage {
 #[template(path = "pools.html")]
 pub struct PoolsPage {
     pub chrome: Chrome,
-    /// (pool, slots, slots in use)
-    pub pools: Vec<(String, i64, i64)>,
+    pub pools: Vec<flow_store::PoolRow>,
     pub can_operate: bool,
 }
 

@@ -681,6 +681,29 @@ async fn pages_roles_actions_and_escaping() {
             .await;
         assert_eq!(p.status, StatusCode::SEE_OTHER);
         assert_eq!(site.store.pool_list().await.unwrap()["gpu"], 2);
+        let listed = admin.get("/pools").await;
+        assert!(
+            listed.body.contains(r#"data-pool="gpu""#),
+            "{}",
+            listed.body
+        );
+        // Deleting: User refused, default_pool refused, gpu gone.
+        let p = user
+            .post("/pools/delete", &[("csrf_token", &csrf), ("pool", "gpu")])
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        let p = admin
+            .post(
+                "/pools/delete",
+                &[("csrf_token", &csrf_a), ("pool", "default_pool")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        let p = admin
+            .post("/pools/delete", &[("csrf_token", &csrf_a), ("pool", "gpu")])
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(!site.store.pool_list().await.unwrap().contains_key("gpu"));
 
         // The log as text, and as server-sent events that end once the try is over.
         let raw = viewer
@@ -1464,6 +1487,12 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/connections/{connection_id}".into()),
             ("patch", "/api/v2/connections/{connection_id}".into()),
             ("delete", "/api/v2/connections/{connection_id}".into()),
+            ("get", "/api/v2/pools".into()),
+            ("post", "/api/v2/pools".into()),
+            ("patch", "/api/v2/pools".into()),
+            ("get", "/api/v2/pools/{pool_name}".into()),
+            ("patch", "/api/v2/pools/{pool_name}".into()),
+            ("delete", "/api/v2/pools/{pool_name}".into()),
         ];
         for (method, path) in &required {
             assert!(
@@ -2135,6 +2164,165 @@ async fn api_mapped_task_instances() {
             states(site.store.ti_list_for_run("fanned", "r1").await.unwrap()),
             ["none", "none", "success"]
         );
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// `/api/v2/pools`: Airflow's shapes with slot counts by state, Op and above to change them,
+/// `default_pool` resized but never renamed or deleted, and the bulk route.
+#[tokio::test]
+async fn api_pools_count_slots_and_guard_the_default_pool() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let user = token_for(&site, "uma").await;
+        let viewer = token_for(&site, "vic").await;
+        let call = |method: &'static str, uri: String, token: String, body: Option<String>| {
+            let site = &site;
+            async move {
+                let body = body.as_deref().map(|b| ("application/json", b));
+                api(site, method, &uri, Some(&token), body).await
+            }
+        };
+        let etl = r#"{"name": "etl", "slots": 4, "description": "nightly loads"}"#.to_owned();
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/pools".into(),
+            user.clone(),
+            Some(etl.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a User may not manage pools: {j}");
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/pools".into(),
+            admin.clone(),
+            Some(etl.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{j}");
+        assert_eq!(
+            (j["name"].as_str(), j["slots"].as_i64()),
+            (Some("etl"), Some(4))
+        );
+        assert_eq!(j["include_deferred"], false);
+        let (s, _, _) = call("POST", "/api/v2/pools".into(), admin.clone(), Some(etl)).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/pools".into(),
+            admin.clone(),
+            Some(r#"{"name": "bad", "slots": -2}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{j}");
+
+        // Task instances in the pool, by state (pool_slots 2 for the running one).
+        for (task, state, slots) in [
+            ("r", "running", 2),
+            ("q", "queued", 1),
+            ("s", "scheduled", 1),
+            ("d", "deferred", 1),
+            ("x", "success", 1),
+        ] {
+            site.store
+                .execute_raw(&format!(
+                    "INSERT INTO task_instance (dag_id, run_id, task_id, map_index, state, \
+                     pool, pool_slots, updated_at) VALUES ('d', 'r', '{task}', -1, '{state}', \
+                     'etl', {slots}, 0)"
+                ))
+                .await
+                .unwrap();
+        }
+        let (s, _, j) = call("GET", "/api/v2/pools/etl".into(), viewer.clone(), None).await;
+        assert_eq!(s, StatusCode::OK, "a Viewer reads pools: {j}");
+        let counts = |j: &serde_json::Value| {
+            [
+                "running_slots",
+                "queued_slots",
+                "scheduled_slots",
+                "deferred_slots",
+                "occupied_slots",
+                "open_slots",
+            ]
+            .map(|k| j[k].as_i64().unwrap())
+        };
+        assert_eq!(counts(&j), [2, 1, 1, 1, 3, 1], "{j}");
+        // Deferred task instances take slots once the pool includes them.
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/pools/etl?update_mask=include_deferred".into(),
+            admin.clone(),
+            Some(r#"{"include_deferred": true, "slots": 99}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["slots"], 4, "the mask leaves slots alone: {j}");
+        assert_eq!(counts(&j), [2, 1, 1, 1, 4, 0], "{j}");
+
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/pools/default_pool".into(),
+            admin.clone(),
+            Some(r#"{"description": "renamed?"}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/pools/default_pool".into(),
+            admin.clone(),
+            Some(r#"{"slots": 64}"#.into()),
+        )
+        .await;
+        assert_eq!((s, j["slots"].as_i64()), (StatusCode::OK, Some(64)), "{j}");
+        let (s, _, j) = call(
+            "DELETE",
+            "/api/v2/pools/default_pool".into(),
+            admin.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        assert_eq!(j["detail"], "Default Pool can't be deleted");
+
+        let (s, _, j) = call(
+            "GET",
+            "/api/v2/pools?pool_name_pattern=E_L&order_by=-slots".into(),
+            viewer.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{j}"
+        );
+        assert_eq!(j["pools"][0]["name"], "etl");
+
+        let bulk = serde_json::json!({"actions": [
+            {"action": "create", "entities": [{"name": "etl", "slots": 1}, {"name": "ml", "slots": 2}]},
+            {"action": "update", "entities": [{"name": "ml", "slots": 3}]},
+            {"action": "delete", "entities": ["etl", "nope"], "action_on_non_existence": "skip"},
+        ]});
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/pools".into(),
+            admin.clone(),
+            Some(bulk.to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["create"]["success"], serde_json::json!(["ml"]), "{j}");
+        assert_eq!(j["create"]["errors"][0]["status_code"], 409, "{j}");
+        assert_eq!(j["update"]["success"], serde_json::json!(["ml"]), "{j}");
+        assert_eq!(j["delete"]["success"], serde_json::json!(["etl"]), "{j}");
+        let (s, _, _) = call("GET", "/api/v2/pools/etl".into(), viewer.clone(), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, _, j) = call("GET", "/api/v2/pools/ml".into(), viewer.clone(), None).await;
+        assert_eq!(j["slots"], 3, "{j}");
+        let (s, _, _) = call("DELETE", "/api/v2/pools/ml".into(), admin.clone(), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
         db.drop_db().await.unwrap();
     }
 }

@@ -24,6 +24,7 @@ mod deferral;
 mod events;
 mod jobs;
 mod logs;
+mod pools;
 mod queueing;
 mod task_instances;
 pub mod testing;
@@ -51,6 +52,7 @@ pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, Trig
 pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
 pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
+pub use pools::{DEFAULT_POOL, PoolRow, PoolWrite};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
 pub use task_instances::{
     ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, StateChange, TaskStates, TiFinish, TiKey,

@@ -101,8 +101,9 @@ impl PoolUsage {
         if r.max_active_tis_per_dagrun.is_some_and(|m| run_task_n >= m) {
             return Err(Refusal::MaxActiveTisPerDagrun);
         }
+        // A pool that does not exist has no slots; one of -1 slots has no limit.
         let (slots, used) = self.pools.get(&r.pool).copied().unwrap_or((0, 0));
-        if used + r.pool_slots > slots {
+        if slots >= 0 && used + r.pool_slots > slots {
             return Err(Refusal::Pool);
         }
         self.add(&r.key, &r.pool, r.pool_slots);
@@ -251,7 +252,8 @@ async fn lock_queueing(tx: &mut Transaction<'static, Any>, backend: Backend) -> 
     Ok(())
 }
 
-/// Pool slots and what queued and running task instances occupy, read in `tx`.
+/// Pool slots and what queued and running (and, where a pool says so, deferred) task
+/// instances occupy, read in `tx`.
 async fn usage_in(tx: &mut Transaction<'static, Any>, keep: bool) -> Result<PoolUsage> {
     let mut usage = PoolUsage::default();
     for r in sqlx::query("SELECT pool, slots FROM slot_pool")
@@ -288,6 +290,20 @@ async fn usage_in(tx: &mut Transaction<'static, Any>, keep: bool) -> Result<Pool
             .entry((dag_id, run_id, task_id))
             .or_default() += n;
         usage.total += n;
+    }
+    // A pool that includes deferred task instances counts their slots too (Airflow 2.7's
+    // `include_deferred`); they take no worker slot, so no other limit counts them.
+    let deferred = sqlx::query(
+        "SELECT t.pool, CAST(SUM(t.pool_slots) AS BIGINT) AS slots FROM task_instance t \
+         JOIN slot_pool p ON p.pool = t.pool AND p.include_deferred = 1 \
+         WHERE t.state = 'deferred' GROUP BY t.pool",
+    )
+    .persistent(keep)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in deferred {
+        let slots: i64 = r.try_get("slots")?;
+        usage.pools.entry(r.try_get("pool")?).or_insert((0, 0)).1 += slots;
     }
     Ok(usage)
 }

@@ -26,6 +26,7 @@ mod dags;
 mod docs;
 pub mod jwt;
 mod misc;
+mod pools;
 pub mod schema;
 mod task_instances;
 
@@ -83,6 +84,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(task_instances::routes())
         .merge(misc::routes())
         .merge(connections::routes())
+        .merge(pools::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -127,4 +127,25 @@ with client.ApiClient(config) as api:
     names = [p.name for p in pools.get_pools().pools]
     assert "client_pool" not in names and "default_pool" in names, names
 
+    # Variables: create, read, change, list by pattern, bulk, delete; a secret one is masked.
+    from airflow_client.client.api import variable_api
+    variables = variable_api.VariableApi(api)
+    made = variables.post_variable(client.VariableBody(key="client_var", value="v1", description="from the client"))
+    assert made.key == "client_var" and made.value == "v1", made
+    secret = variables.post_variable(client.VariableBody(key="client_password", value="pw-xyz-123"))
+    assert secret.value == "***" and secret.is_encrypted, secret
+    got = variables.get_variable("client_var")
+    assert got.value == "v1" and got.description == "from the client", got
+    patched = variables.patch_variable("client_var", client.VariableBody(key="client_var", value="v2"), update_mask=["value"])
+    assert patched.value == "v2" and patched.description == "from the client", patched
+    listed = variables.get_variables(variable_key_pattern="client_")
+    assert sorted(v.key for v in listed.variables) == ["client_password", "client_var"], listed
+    variables.delete_variable("client_var")
+    variables.delete_variable("client_password")
+    try:
+        variables.get_variable("client_var")
+        raise AssertionError("client_var was not deleted")
+    except client.exceptions.NotFoundException:
+        pass
+
 print("airflow client check passed")

@@ -131,13 +131,14 @@ pub async fn run(command: ConnectionsCommand) -> Result<ExitCode> {
     }
 }
 
-/// `flow rotate-fernet-key`: re-encrypts every connection with the first key of
+/// `flow rotate-fernet-key`: re-encrypts every connection and secret variable with the first key of
 /// FLOW__CORE__FERNET_KEY (`new,old`).
 pub async fn rotate() -> Result<ExitCode> {
     let cipher = config::fernet_cipher()?;
     let store = connect_migrated().await?;
     let n = store.connections_rotate(&cipher, Utc::now()).await?;
-    println!("re-encrypted {n} connection(s) with the first fernet key");
+    let v = store.variables_rotate(&cipher, Utc::now()).await?;
+    println!("re-encrypted {n} connection(s) and {v} variable(s) with the first fernet key");
     Ok(ExitCode::SUCCESS)
 }
 

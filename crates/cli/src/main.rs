@@ -16,6 +16,7 @@ mod jobs;
 mod log_fields;
 mod ops;
 mod tasks;
+mod variables;
 mod web;
 
 use std::path::PathBuf;
@@ -123,7 +124,13 @@ enum Command {
         #[command(subcommand)]
         command: connections::ConnectionsCommand,
     },
-    /// Re-encrypt connection secrets with the first key of FLOW__CORE__FERNET_KEY (`new,old`).
+    /// Variables: key/value settings for templates (`{{ var.value.key }}`); secrets encrypted.
+    Variables {
+        #[command(subcommand)]
+        command: variables::VariablesCommand,
+    },
+    /// Re-encrypt connection secrets and secret variables with the first key of
+    /// FLOW__CORE__FERNET_KEY (`new,old`).
     RotateFernetKey,
     /// Pools: named slot limits shared by tasks (`pool:` and `pool_slots:` in a task).
     Pools {
@@ -379,6 +386,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::worker(config).await
         }
         Command::Connections { command } => connections::run(command).await,
+        Command::Variables { command } => variables::run(command).await,
         Command::Jobs { command } => jobs::run(command).await,
         Command::Reap { tag } => {
             flow_executor::reaper::serve(&tag);

@@ -1191,3 +1191,97 @@ async fn dag_factory_mapping_examples_run_end_to_end() {
     drop(env);
     db.drop_db().await.unwrap();
 }
+
+/// Variables set with the CLI reach a task's templates (`var.value`, `var.value.get` with a
+/// fallback, `var.json`), the worker's `FLOW_VAR_` environment overrides them, a secret one
+/// is masked in the log, and export/import round-trips Airflow's file format.
+#[tokio::test]
+async fn variables_reach_templates_and_secrets_stay_masked() {
+    let db = TestDb::sqlite().await.unwrap();
+    let mut env = env_on(&db).await;
+    env.write_dag(
+        "vars.yaml",
+        "vars:\n  tasks:\n    show:\n      operator: bash\n      bash_command: \"echo {{ var.value.region }} {{ var.json.cfg.batch }} {{ var.value.get('missing', 'fb') }} {{ var.value.env_only }} {{ var.value.overridden }}; echo secret={{ var.value.api_token }}\"\n",
+    );
+    for args in [
+        &["variables", "set", "region", "eu-west-1"][..],
+        &[
+            "variables",
+            "set",
+            "cfg",
+            r#"{"batch": 500}"#,
+            "--serialize-json",
+        ],
+        &["variables", "set", "overridden", "from-db"],
+        &["variables", "set", "api_token", "s3cr3t-value-123"],
+    ] {
+        env.stdout(args);
+    }
+    assert!(
+        !env.run(&["variables", "set", "cfg", "{not json", "-j"])
+            .status
+            .success(),
+        "a value that is not JSON is refused with -j"
+    );
+    assert_eq!(
+        env.stdout(&["variables", "get", "region"]).trim(),
+        "eu-west-1"
+    );
+    let missing = env.run(&["variables", "get", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("Variable nope does not exist"));
+    assert_eq!(
+        env.stdout(&["variables", "get", "nope", "--default", "d"])
+            .trim(),
+        "d"
+    );
+
+    let child = env
+        .command()
+        .env("FLOW_VAR_ENV_ONLY", "from-env")
+        .env("AIRFLOW_VAR_OVERRIDDEN", "from-airflow-env")
+        .arg("standalone")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    env.standalone = Some(child);
+    let (ok, out) = env.trigger_wait("vars", &[]);
+    assert!(ok, "{out}");
+    let run_id = run_id_of(&out);
+    let log = env.stdout(&["tasks", "logs", "vars", &run_id, "show"]);
+    assert!(
+        log.contains("eu-west-1 500 fb from-env from-airflow-env"),
+        "{log}"
+    );
+    assert!(log.contains("secret=***"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-value-123"),
+        "the secret leaked: {log}"
+    );
+
+    // Export, delete, import: the same variables come back.
+    let file = env.home.join("vars.json");
+    env.stdout(&["variables", "export", file.to_str().unwrap()]);
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        exported["cfg"],
+        serde_json::json!({"batch": 500}),
+        "{exported}"
+    );
+    for key in ["region", "cfg", "overridden", "api_token"] {
+        env.stdout(&["variables", "delete", key]);
+    }
+    env.stdout(&["variables", "import", file.to_str().unwrap()]);
+    let listed = env.stdout(&["variables", "list"]);
+    for key in ["region", "cfg", "overridden", "api_token"] {
+        assert!(listed.contains(key), "{key} missing after import: {listed}");
+    }
+    assert_eq!(
+        env.stdout(&["variables", "get", "api_token"]).trim(),
+        "s3cr3t-value-123"
+    );
+    drop(env);
+    db.drop_db().await.unwrap();
+}

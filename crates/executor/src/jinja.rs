@@ -552,11 +552,21 @@ pub(crate) struct VarAccessor {
     pub(crate) variables: Arc<HashMap<String, String>>,
     pub(crate) json: bool,
     pub(crate) notes: Arc<Notes>,
+    /// Raised by any lookup while the variables are not fetched yet.
+    pub(crate) wanted: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl VarAccessor {
     fn lookup(&self, key: &str) -> Result<Option<Value>, String> {
-        let Some(text) = self.variables.get(key) else {
+        if let Some(flag) = &self.wanted {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // An environment override (`AIRFLOW_VAR_FOO`) answers for `foo` in any case.
+        let Some(text) = self
+            .variables
+            .get(key)
+            .or_else(|| self.variables.get(&key.to_uppercase()))
+        else {
             return Ok(None);
         };
         if !self.json {

@@ -15,6 +15,7 @@ pub mod reaper;
 mod render;
 mod runner;
 pub mod triggerer;
+mod variables;
 pub mod worker;
 mod xcom;
 
@@ -29,6 +30,7 @@ pub use runner::{
     DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,
     Stream, context_env, python_context, run,
 };
+pub use variables::variables_with_env;
 pub use xcom::{MapIndexes, RETURN_VALUE, TaskIds, XcomMap};
 
 /// Why a worker could not prepare a try. The distinction decides who pays: the database's

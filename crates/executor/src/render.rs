@@ -67,8 +67,12 @@ pub struct RunContext {
     /// XComs of this run, fetched before rendering, or [`XcomMap::unfetched`] for a first
     /// render that finds out whether they are needed. Shared: rendering does not copy them.
     pub xcoms: Arc<XcomMap>,
-    /// Airflow Variables (`var.value.x`, `var.json.x`).
+    /// Airflow Variables (`var.value.x`, `var.json.x`), environment overrides included (see
+    /// [`crate::variables_with_env`]).
     pub variables: HashMap<String, String>,
+    /// Set while `variables` is not fetched yet: a template that looks at `var` raises the
+    /// flag, so that a worker reads the variables only for tasks that use them.
+    pub variables_wanted: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The try a context is built for: the run as the store (or `flow tasks test`) describes it,
@@ -136,6 +140,7 @@ impl RunContext {
                 .unwrap_or_default(),
             xcoms: Arc::new(xcoms),
             variables: HashMap::new(),
+            variables_wanted: None,
         })
     }
 }
@@ -1154,6 +1159,7 @@ fn context_entries(
             variables: variables.clone(),
             json,
             notes: notes.clone(),
+            wanted: ctx.variables_wanted.clone(),
         })
     };
     c.push((

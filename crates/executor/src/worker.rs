@@ -751,6 +751,33 @@ impl Job {
         Ok(target)
     }
 
+    /// The variables templates see (the database's, overridden by this worker's environment),
+    /// and the values of the sensitive ones.
+    async fn fetch_variables(
+        &self,
+    ) -> Result<(HashMap<String, String>, Vec<String>), ExecutorError> {
+        let cipher = self.config.connections.as_ref().map(|c| &c.cipher);
+        let stored = self
+            .store
+            .variable_list(cipher)
+            .await
+            .map_err(|e| match e {
+                // A variable that cannot be decrypted is the task's problem, not an outage.
+                flow_store::StoreError::Invalid(message) => ExecutorError::task(message),
+                other => ExecutorError::from(other),
+            })?;
+        let secrets = stored
+            .iter()
+            .filter(|v| v.is_sensitive())
+            .map(|v| v.value.clone())
+            .collect();
+        let variables = crate::variables_with_env(
+            stored.into_iter().map(|v| (v.key, v.value)),
+            std::env::vars(),
+        );
+        Ok((variables, secrets))
+    }
+
     /// The run's XComs, for templates and Python callables that pull them.
     async fn fetch_xcoms(&self, key: &TiKey) -> Result<Arc<XcomMap>, ExecutorError> {
         let mut xcoms = XcomMap::new();
@@ -1098,11 +1125,26 @@ impl Job {
             None => self.config.dags_folder.clone(),
         };
         let mut ctx = self.context(ti, &dag, &task, &run, &dags_folder)?;
+        let wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        ctx.variables_wanted = Some(wanted.clone());
         let mut rendered = crate::render_task(&task, &ctx);
-        // Render first without the run's XComs; fetch them only when a template or an
-        // argument looked for one, or a Python callable may pull them while it runs.
-        if ctx.xcoms.was_wanted() || matches!(rendered, Ok(RenderedTask::Python { .. })) {
+        // Render first without the run's XComs and the variables; fetch them only when a
+        // template or an argument looked for them (or, for XComs, a Python callable may pull
+        // them while it runs), then render again.
+        let want_xcoms =
+            ctx.xcoms.was_wanted() || matches!(rendered, Ok(RenderedTask::Python { .. }));
+        let want_variables = wanted.load(std::sync::atomic::Ordering::Relaxed);
+        if want_xcoms {
             ctx.xcoms = self.fetch_xcoms(&ti.key).await?;
+        }
+        // Values of variables marked secret by their description (their keys say nothing):
+        // masked in the log like the others.
+        let mut variable_secrets = Vec::new();
+        if want_variables {
+            (ctx.variables, variable_secrets) = self.fetch_variables().await?;
+        }
+        ctx.variables_wanted = None;
+        if want_xcoms || want_variables {
             rendered = crate::render_task(&task, &ctx);
         }
         let rendered = rendered.map_err(|e| ExecutorError::task(e.to_string()))?;
@@ -1111,6 +1153,9 @@ impl Job {
             None => None,
         };
         let mut spec = RunSpec::new(&task, rendered, &ctx);
+        if !variable_secrets.is_empty() {
+            spec.masker = spec.masker.with(variable_secrets);
+        }
         spec.python = self.config.python.clone();
         spec.resume = resume(ti).map_err(ExecutorError::Task)?;
         if let Some(conn) = conn {

@@ -68,6 +68,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/pools", get(pools_page).post(pools_set))
         .route("/pools/delete", post(pools_delete))
+        .route("/variables", get(variables_page).post(variables_set))
+        .route("/variables/delete", post(variables_delete))
 }
 
 // ---- health and login ----
@@ -1541,4 +1543,112 @@ async fn clear(
     )
     .await;
     Ok(Redirect::to(&format!("/dags/{}", url_encode(&dag_id))).into_response())
+}
+
+fn variables_cipher(state: &AppState) -> Result<&flow_store::Cipher, HttpError> {
+    state
+        .cipher()
+        .ok_or_else(|| HttpError::BadRequest("this server has no fernet key for variables".into()))
+}
+
+async fn variables_page(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let variables = state
+        .store()
+        .variable_list(Some(variables_cipher(&state)?))
+        .await?
+        .into_iter()
+        .map(|v| views::VariableItem {
+            value: if v.is_sensitive() {
+                "***".to_owned()
+            } else {
+                v.value.clone()
+            },
+            description: v.description.clone().unwrap_or_default(),
+            key: v.key,
+        })
+        .collect();
+    Ok(page(&views::VariablesPage {
+        can_operate: user.role.can(Permission::Operate),
+        chrome: Chrome::of(&user),
+        variables,
+    }))
+}
+
+#[derive(Deserialize)]
+struct VariableForm {
+    csrf_token: String,
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn variables_set(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<VariableForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::Operate)?;
+    let key = form.key.trim();
+    flow_store::check_variable_key(key).map_err(HttpError::BadRequest)?;
+    let variable = flow_store::Variable {
+        key: key.to_owned(),
+        value: form.value,
+        description: (!form.description.trim().is_empty()).then(|| form.description.clone()),
+    };
+    state
+        .store()
+        .variable_set(
+            &variable,
+            Some(variables_cipher(&state)?),
+            false,
+            Utc::now(),
+        )
+        .await?;
+    audit(
+        &state,
+        &user.username,
+        "set variable",
+        None,
+        None,
+        None,
+        Some(key),
+    )
+    .await;
+    Ok(Redirect::to("/variables").into_response())
+}
+
+#[derive(Deserialize)]
+struct VariableDeleteForm {
+    csrf_token: String,
+    key: String,
+}
+
+async fn variables_delete(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<VariableDeleteForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::Operate)?;
+    if !state.store().variable_delete(&form.key).await? {
+        return Err(HttpError::NotFound(format!("no variable `{}`", form.key)));
+    }
+    audit(
+        &state,
+        &user.username,
+        "delete variable",
+        None,
+        None,
+        None,
+        Some(&form.key),
+    )
+    .await;
+    Ok(Redirect::to("/variables").into_response())
 }

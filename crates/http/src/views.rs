@@ -326,6 +326,22 @@ pub struct PoolsPage {
     pub can_operate: bool,
 }
 
+/// One variable as the Variables page shows it: a secret's value is `***`.
+#[derive(Debug)]
+pub struct VariableItem {
+    pub key: String,
+    pub value: String,
+    pub description: String,
+}
+
+#[derive(Template)]
+#[template(path = "variables.html")]
+pub struct VariablesPage {
+    pub chrome: Chrome,
+    pub variables: Vec<VariableItem>,
+    pub can_operate: bool,
+}
+
 #[derive(Template)]
 #[template(path = "import_errors.html")]
 pub struct ImportErrorsPage {

@@ -43,6 +43,8 @@ struct Site {
     store: Store,
     /// The DAG processor that loaded the dags folder, as the scheduler keeps it.
     processor: tokio::sync::Mutex<flow_scheduler::DagProcessor>,
+    /// The web server's fernet key.
+    cipher: Option<flow_store::Cipher>,
     _dir: std::path::PathBuf,
 }
 
@@ -74,18 +76,20 @@ async fn site(db: &TestDb) -> Site {
         };
         assert!(store.user_create(&user, Utc::now()).await.unwrap());
     }
+    let cipher = flow_store::Cipher::new(&flow_store::Cipher::generate_key()).unwrap();
     let state = AppState::new(
         store.clone(),
         WebConfig {
             secret_key: b"test key test key test key test key!".to_vec(),
             secure_cookies: false,
-            cipher: Some(flow_store::Cipher::new(&flow_store::Cipher::generate_key()).unwrap()),
+            cipher: Some(cipher.clone()),
         },
     );
     Site {
         router: flow_http::router(state),
         store,
         processor: tokio::sync::Mutex::new(processor),
+        cipher: Some(cipher),
         _dir: dir,
     }
 }
@@ -1487,6 +1491,12 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/connections/{connection_id}".into()),
             ("patch", "/api/v2/connections/{connection_id}".into()),
             ("delete", "/api/v2/connections/{connection_id}".into()),
+            ("get", "/api/v2/variables".into()),
+            ("post", "/api/v2/variables".into()),
+            ("patch", "/api/v2/variables".into()),
+            ("get", "/api/v2/variables/{variable_key}".into()),
+            ("patch", "/api/v2/variables/{variable_key}".into()),
+            ("delete", "/api/v2/variables/{variable_key}".into()),
             ("get", "/api/v2/pools".into()),
             ("post", "/api/v2/pools".into()),
             ("patch", "/api/v2/pools".into()),
@@ -2323,6 +2333,255 @@ async fn api_pools_count_slots_and_guard_the_default_pool() {
         assert_eq!(j["slots"], 3, "{j}");
         let (s, _, _) = call("DELETE", "/api/v2/pools/ml".into(), admin.clone(), None).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// `/api/v2/variables`: Airflow's shapes; a secret variable (by key or description) is
+/// encrypted at rest and shown as `***`, and `***` sent back keeps it; Op and above change
+/// variables, everyone reads them.
+#[tokio::test]
+async fn api_variables_mask_secrets_and_keep_them_encrypted() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let user = token_for(&site, "uma").await;
+        let viewer = token_for(&site, "vic").await;
+        let call = |method: &'static str, uri: String, token: String, body: Option<String>| {
+            let site = &site;
+            async move {
+                let body = body.as_deref().map(|b| ("application/json", b));
+                api(site, method, &uri, Some(&token), body).await
+            }
+        };
+        let region = r#"{"key": "region", "value": "eu-west-1", "description": "where"}"#;
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/variables".into(),
+            user.clone(),
+            Some(region.into()),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "a User may not manage variables: {j}"
+        );
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/variables".into(),
+            admin.clone(),
+            Some(region.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{j}");
+        assert_eq!(
+            (j["value"].as_str(), j["is_encrypted"].as_bool()),
+            (Some("eu-west-1"), Some(false))
+        );
+        let (s, _, _) = call(
+            "POST",
+            "/api/v2/variables".into(),
+            admin.clone(),
+            Some(region.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        // A JSON value is stored as its text.
+        let cfg = r#"{"key": "cfg", "value": {"batch": 500}}"#;
+        let (s, _, j) = call(
+            "POST",
+            "/api/v2/variables".into(),
+            admin.clone(),
+            Some(cfg.into()),
+        )
+        .await;
+        assert_eq!(
+            (s, j["value"].as_str()),
+            (StatusCode::CREATED, Some(r#"{"batch":500}"#)),
+            "{j}"
+        );
+        // Secret by key, and by description.
+        for body in [
+            r#"{"key": "db_password", "value": "hunter2-very-secret"}"#,
+            r#"{"key": "plain_name", "value": "tok-123456789", "description": "an API token"}"#,
+        ] {
+            let (s, _, j) = call(
+                "POST",
+                "/api/v2/variables".into(),
+                admin.clone(),
+                Some(body.into()),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{j}");
+            assert_eq!(
+                (j["value"].as_str(), j["is_encrypted"].as_bool()),
+                (Some("***"), Some(true)),
+                "{j}"
+            );
+        }
+        for (key, secret) in [("db_password", "hunter2"), ("plain_name", "tok-123")] {
+            let raw = site.store.raw_variable_value(key).await.unwrap();
+            assert!(!raw.contains(secret), "{key} is stored in clear: {raw}");
+        }
+        let (s, _, j) = call("GET", "/api/v2/variables".into(), viewer.clone(), None).await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(4)),
+            "{j}"
+        );
+        assert!(
+            !j.to_string().contains("hunter2") && !j.to_string().contains("tok-123"),
+            "{j}"
+        );
+        let (_, _, j) = call(
+            "GET",
+            "/api/v2/variables?variable_key_pattern=PASS&order_by=-key".into(),
+            viewer.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(j["variables"][0]["key"], "db_password", "{j}");
+        assert_eq!(j["total_entries"], 1, "{j}");
+
+        // `***` sent back keeps the secret; the description changes.
+        let back = r#"{"key": "db_password", "value": "***", "description": "rotated"}"#;
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/variables/db_password".into(),
+            admin.clone(),
+            Some(back.into()),
+        )
+        .await;
+        assert_eq!(
+            (s, j["description"].as_str()),
+            (StatusCode::OK, Some("rotated")),
+            "{j}"
+        );
+        let kept = site
+            .store
+            .variable_get("db_password", site.cipher.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.value, "hunter2-very-secret");
+        // With a mask only the named field changes.
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/variables/region?update_mask=value".into(),
+            admin.clone(),
+            Some(r#"{"key": "region", "value": "us-east-1", "description": "ignored"}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            (j["value"].as_str(), j["description"].as_str()),
+            (Some("us-east-1"), Some("where"))
+        );
+        let (s, _, _) = call(
+            "PATCH",
+            "/api/v2/variables/region".into(),
+            admin.clone(),
+            Some(r#"{"key": "other", "value": "x"}"#.into()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        let bulk = serde_json::json!({"actions": [
+            {"action": "create", "entities": [{"key": "region", "value": "x"}, {"key": "new_one", "value": 1}]},
+            {"action": "delete", "entities": ["cfg", "missing"], "action_on_non_existence": "skip"},
+        ]});
+        let (s, _, j) = call(
+            "PATCH",
+            "/api/v2/variables".into(),
+            admin.clone(),
+            Some(bulk.to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j["create"]["success"],
+            serde_json::json!(["new_one"]),
+            "{j}"
+        );
+        assert_eq!(j["create"]["errors"][0]["status_code"], 409, "{j}");
+        assert_eq!(j["delete"]["success"], serde_json::json!(["cfg"]), "{j}");
+        let (s, _, _) = call(
+            "DELETE",
+            "/api/v2/variables/region".into(),
+            admin.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _, j) = call(
+            "GET",
+            "/api/v2/variables/region".into(),
+            viewer.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{j}");
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// The Variables page: everyone reads (a secret's value as `***`), Op and Admin set and
+/// delete.
+#[tokio::test]
+async fn variables_page_masks_secrets_and_only_op_edits() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let mut user = Browser::new(&site);
+        user.ip = [10, 2, 2, 2];
+        user.login("uma", "correct horse", "/").await;
+        let mut admin = Browser::new(&site);
+        admin.ip = [10, 1, 1, 1];
+        admin.login("ada", "correct horse", "/").await;
+        let csrf_u = user.get("/variables").await.csrf();
+        let p = user
+            .post(
+                "/variables",
+                &[("csrf_token", &csrf_u), ("key", "region"), ("value", "eu")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "User is below Op");
+        let csrf_a = admin.get("/variables").await.csrf();
+        for (key, value) in [("region", "eu-central"), ("smtp_password", "pw-zz-998877")] {
+            let p = admin
+                .post(
+                    "/variables",
+                    &[("csrf_token", &csrf_a), ("key", key), ("value", value)],
+                )
+                .await;
+            assert_eq!(p.status, StatusCode::SEE_OTHER, "{key}");
+        }
+        let page = viewer.get("/variables").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("eu-central"), "{}", page.body);
+        assert!(page.body.contains(r#"data-key="smtp_password""#));
+        assert!(!page.body.contains("pw-zz-998877"), "the secret leaked");
+        assert!(
+            !page.body.contains("Set a variable"),
+            "a Viewer gets no form"
+        );
+        let p = admin
+            .post(
+                "/variables/delete",
+                &[("csrf_token", &csrf_a), ("key", "region")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let cipher = site.cipher.as_ref();
+        assert!(
+            site.store
+                .variable_get("region", cipher)
+                .await
+                .unwrap()
+                .is_none()
+        );
         db.drop_db().await.unwrap();
     }
 }

@@ -31,6 +31,7 @@ pub mod testing;
 mod transition;
 mod trigger;
 mod users;
+mod variables;
 pub mod wake;
 mod xcom;
 
@@ -62,6 +63,7 @@ pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,
 };
 pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
+pub use variables::{Variable, check_variable_key};
 pub use wake::{WAKE_SCHEDULER, WAKE_TRIGGERER, WAKE_WORKERS};
 pub use xcom::XcomRow;
 

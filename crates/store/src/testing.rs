@@ -243,6 +243,16 @@ impl Store {
 
     /// A connection's stored columns as the database holds them (tokens, not secrets), so
     /// tests can prove nothing readable is at rest.
+    /// A variable's value column as stored (a Fernet token for a secret one).
+    pub async fn raw_variable_value(&self, key: &str) -> Result<String> {
+        Ok(
+            sqlx::query_scalar("SELECT val FROM variable WHERE key = $1")
+                .bind(key)
+                .fetch_one(self.read_pool())
+                .await?,
+        )
+    }
+
     pub async fn raw_connection_columns(&self, conn_id: &str) -> Result<String> {
         use sqlx::Row;
         let row = sqlx::query(

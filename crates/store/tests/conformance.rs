@@ -588,6 +588,60 @@ async fn connections_are_encrypted_at_rest_and_keys_rotate() {
         assert!(store.connection_delete("kafka_default").await.unwrap());
         assert!(!store.connection_delete("kafka_default").await.unwrap());
         assert!(flow_store::Cipher::new("not-a-key").is_err());
+
+        // Variables: a secret one (by key or by description) is a token at rest, rotates
+        // with the key, and needs a key to be written; a plain one is stored as it is.
+        let old_key = flow_store::Cipher::new(&old).unwrap();
+        let secret = flow_store::Variable {
+            key: "warehouse_password".into(),
+            value: "v-secret-77".into(),
+            description: None,
+        };
+        let described = flow_store::Variable {
+            key: "plain".into(),
+            value: "tok-abc-99".into(),
+            description: Some("the API token".into()),
+        };
+        let open = flow_store::Variable {
+            key: "region".into(),
+            value: "eu".into(),
+            description: None,
+        };
+        assert!(
+            store
+                .variable_set(&secret, None, false, t0())
+                .await
+                .is_err()
+        );
+        for v in [&secret, &described, &open] {
+            assert!(
+                store
+                    .variable_set(v, Some(&old_key), true, t0())
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(
+            !store
+                .variable_set(&open, Some(&old_key), true, t0())
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.raw_variable_value("region").await.unwrap(), "eu");
+        for key in ["warehouse_password", "plain"] {
+            let raw = store.raw_variable_value(key).await.unwrap();
+            assert!(
+                !raw.contains("v-secret") && !raw.contains("tok-abc"),
+                "{raw}"
+            );
+        }
+        assert_eq!(store.variables_rotate(&both, t0()).await.unwrap(), 2);
+        assert_eq!(
+            store.variable_list(Some(&stranger)).await.unwrap(),
+            vec![described, open, secret]
+        );
+        assert!(store.variable_delete("region").await.unwrap());
+        assert!(!store.variable_delete("region").await.unwrap());
     })
     .await;
 }

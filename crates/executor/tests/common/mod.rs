@@ -89,6 +89,7 @@ pub fn context(dag: &Dag, task_id: &str, dags_folder: &Path) -> RunContext {
         template_searchpath: Vec::new(),
         xcoms: Default::default(),
         variables: HashMap::new(),
+        variables_wanted: None,
     }
 }
 

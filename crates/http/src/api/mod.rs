@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+mod bulk;
 mod connections;
 mod dag_runs;
 mod dags;
@@ -29,6 +30,7 @@ mod misc;
 mod pools;
 pub mod schema;
 mod task_instances;
+mod variables;
 
 /// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
 const TOKEN_TTL_SECS: i64 = 24 * 3600;
@@ -85,6 +87,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(misc::routes())
         .merge(connections::routes())
         .merge(pools::routes())
+        .merge(variables::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.
@@ -649,4 +652,51 @@ async fn health(State(state): State<AppState>) -> Json<schema::HealthInfo> {
             latest_dag_processor_heartbeat: None,
         },
     })
+}
+
+/// Airflow's `*_pattern` parameters: SQL `ILIKE '%pattern%'` (`%` any run, `_` one
+/// character), case-insensitive.
+pub fn like(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = format!("%{}%", pattern.to_lowercase()).chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    // matched[j]: the pattern so far matches the first j characters of the text. Linear in
+    // both lengths per step, whatever the pattern (a user's `%_%_%...` cannot blow up).
+    let mut matched = vec![false; t.len() + 1];
+    matched[0] = true;
+    for c in p {
+        let mut next = vec![false; t.len() + 1];
+        match c {
+            '%' => {
+                let mut any = false;
+                for j in 0..=t.len() {
+                    any |= matched[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                for j in 1..=t.len() {
+                    next[j] = matched[j - 1] && (c == '_' || t[j - 1] == c);
+                }
+            }
+        }
+        matched = next;
+    }
+    matched[t.len()]
+}
+
+#[cfg(test)]
+mod like_tests {
+    use super::like;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like("etl%", "etl_pool"));
+        assert!(like("POOL", "etl_pool"));
+        assert!(like("e_l%", "etl_pool"));
+        assert!(!like("x%", "etl_pool"));
+        assert!(like("tl_p", "etl_pool"), "a pattern matches anywhere");
+        assert!(!like("tl_x", "etl_pool"));
+        let long = "%_".repeat(200);
+        assert!(!like(&format!("{long}z"), &"a".repeat(250)), "no blow-up");
+    }
 }

@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiError, ApiResult, ApiUser, Body, audit, paging, query_pairs, read_body};
+use super::bulk::{BulkAction, BulkBody, BulkResponse};
+use super::{ApiError, ApiResult, ApiUser, Body, audit, like, paging, query_pairs, read_body};
 use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -73,46 +74,6 @@ pub struct PoolPatchBody {
     /// Accepted for Airflow's clients; flow has no teams.
     #[allow(dead_code)]
     pub team_name: Option<String>,
-}
-
-/// One action of a bulk request (Airflow's `BulkCreateAction` / `BulkUpdateAction` /
-/// `BulkDeleteAction`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkAction {
-    /// `create`, `update` or `delete`.
-    pub action: String,
-    /// Pools (create, update) or pool names (delete).
-    pub entities: Vec<Value>,
-    /// create: `fail` (the default), `skip` or `overwrite`.
-    pub action_on_existence: Option<String>,
-    /// update and delete: `fail` (the default) or `skip`.
-    pub action_on_non_existence: Option<String>,
-    /// update: the fields to change.
-    pub update_mask: Option<Vec<String>>,
-}
-
-/// Airflow's `BulkBody`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkBody {
-    pub actions: Vec<BulkAction>,
-}
-
-/// Airflow's `BulkActionResponse`.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct BulkActionResponse {
-    pub success: Vec<String>,
-    /// `{"error": ..., "status_code": ...}` per failed entity.
-    pub errors: Vec<Value>,
-}
-
-/// Airflow's `BulkResponse`.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct BulkResponse {
-    pub create: Option<BulkActionResponse>,
-    pub update: Option<BulkActionResponse>,
-    pub delete: Option<BulkActionResponse>,
 }
 
 fn response(p: &PoolRow) -> PoolResponse {
@@ -217,36 +178,6 @@ async fn list(
             .map(response)
             .collect(),
     }))
-}
-
-/// Airflow's `*_pattern` parameters: SQL `ILIKE '%pattern%'` (`%` any run, `_` one
-/// character), case-insensitive.
-fn like(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = format!("%{}%", pattern.to_lowercase()).chars().collect();
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    // matched[j]: the pattern so far matches the first j characters of the text. Linear in
-    // both lengths per step, whatever the pattern (a user's `%_%_%...` cannot blow up).
-    let mut matched = vec![false; t.len() + 1];
-    matched[0] = true;
-    for c in p {
-        let mut next = vec![false; t.len() + 1];
-        match c {
-            '%' => {
-                let mut any = false;
-                for j in 0..=t.len() {
-                    any |= matched[j];
-                    next[j] = any;
-                }
-            }
-            _ => {
-                for j in 1..=t.len() {
-                    next[j] = matched[j - 1] && (c == '_' || t[j - 1] == c);
-                }
-            }
-        }
-        matched = next;
-    }
-    matched[t.len()]
 }
 
 #[utoipa::path(get, path = "/api/v2/pools/{pool_name}", tag = "Pool",
@@ -446,30 +377,10 @@ async fn bulk(
     let body = read_body(body)?;
     let mut out = BulkResponse::default();
     for action in body.actions {
-        let slot = match action.action.as_str() {
-            "create" => &mut out.create,
-            "update" => &mut out.update,
-            "delete" => &mut out.delete,
-            other => {
-                return Err(ApiError::invalid(
-                    &["body", "actions", "action"],
-                    format!("`{other}` is not an action: create, update or delete"),
-                ));
-            }
-        };
-        let result = slot.get_or_insert_with(BulkActionResponse::default);
+        out.slot(&action.action)?;
         for entity in &action.entities {
-            match bulk_one(&state, &action, entity).await {
-                Ok(Some(name)) => result.success.push(name),
-                Ok(None) => {}
-                Err(e) => result.errors.push(serde_json::json!({
-                    "error": match e.detail {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    },
-                    "status_code": e.status.as_u16(),
-                })),
-            }
+            let outcome = bulk_one(&state, &action, entity).await;
+            out.slot(&action.action)?.record(outcome);
         }
     }
     audit(&state, &user, "bulk_pools", None, None).await;
@@ -528,20 +439,5 @@ async fn bulk_one(
             delete_one(state, &name).await?;
             Ok(Some(name))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::like;
-
-    #[test]
-    fn like_patterns() {
-        assert!(like("etl%", "etl_pool"));
-        assert!(like("POOL", "etl_pool"));
-        assert!(like("e_l%", "etl_pool"));
-        assert!(!like("x%", "etl_pool"));
-        assert!(like("tl_p", "etl_pool"), "a pattern matches anywhere");
-        assert!(!like("tl_x", "etl_pool"));
     }
 }

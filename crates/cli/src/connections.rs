@@ -55,6 +55,18 @@ pub enum ConnectionsCommand {
     Delete { conn_id: String },
     /// Print a new Fernet key for FLOW__CORE__FERNET_KEY.
     GenerateKey,
+    /// Import connections from Airflow's export formats: a `.json` file
+    /// (`{"conn_id": {"conn_type": ..., "host": ..., "password": ..., "extra": ...}}`) or a
+    /// `.env` file (`conn_id=URI` or `conn_id=JSON` per line).
+    Import {
+        file: std::path::PathBuf,
+        /// Replace connections that exist (else they are skipped).
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Export every connection to a `.json` file in Airflow's format (or `.env`: one
+    /// `conn_id=URI` per line). The file holds the secrets in clear, readable by you only.
+    Export { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,7 +140,123 @@ pub async fn run(command: ConnectionsCommand) -> Result<ExitCode> {
             println!("{}", flow_store::Cipher::generate_key());
             Ok(ExitCode::SUCCESS)
         }
+        ConnectionsCommand::Import { file, overwrite } => import(&file, overwrite).await,
+        ConnectionsCommand::Export { file } => export(&file).await,
     }
+}
+
+fn is_env_file(file: &std::path::Path) -> bool {
+    file.extension().is_some_and(|e| e == "env")
+}
+
+/// The connections of an export file, each checked as `flow connections add` checks it; an
+/// error names the file, the line (`.env`) and the connection.
+fn parse_export(file: &std::path::Path, text: &str) -> Result<Vec<Connection>> {
+    if is_env_file(file) {
+        return text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|(i, line)| {
+                let (id, value) = line.split_once('=').with_context(|| {
+                    format!("{}:{}: expected conn_id=URI", file.display(), i + 1)
+                })?;
+                Connection::from_env_value(id.trim(), value.trim()).with_context(|| {
+                    format!("{}:{}: connection `{}`", file.display(), i + 1, id.trim())
+                })
+            })
+            .collect();
+    }
+    let json: Json =
+        serde_json::from_str(text).with_context(|| format!("{}: not JSON", file.display()))?;
+    let Json::Object(map) = json else {
+        bail!(
+            "{}: expected a JSON object of conn_id -> connection",
+            file.display()
+        );
+    };
+    map.iter()
+        .map(|(id, value)| {
+            Connection::from_json(id, &value.to_string())
+                .with_context(|| format!("{}: connection `{id}`", file.display()))
+        })
+        .collect()
+}
+
+async fn import(file: &std::path::Path, overwrite: bool) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let conns = parse_export(file, &text)?;
+    let cipher = config::fernet_cipher()?;
+    let store = connect_migrated().await?;
+    let (mut added, mut replaced, mut skipped) = (0, 0, 0);
+    for conn in &conns {
+        if store.connection_add(conn, &cipher, Utc::now()).await? {
+            added += 1;
+        } else if overwrite {
+            store.connection_update(conn, &cipher, Utc::now()).await?;
+            replaced += 1;
+        } else {
+            println!(
+                "Could not import connection {}: connection already exists.",
+                conn.conn_id
+            );
+            skipped += 1;
+        }
+    }
+    println!("Imported {added} connection(s), replaced {replaced}, skipped {skipped}.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(file: &std::path::Path) -> Result<ExitCode> {
+    let cipher = config::fernet_cipher()?;
+    let store = connect_migrated().await?;
+    let conns = store.connection_list(&cipher).await?;
+    let text = if is_env_file(file) {
+        conns
+            .iter()
+            .map(|c| format!("{}={}\n", c.conn_id, c.to_uri()))
+            .collect::<String>()
+    } else {
+        let mut out = serde_json::Map::new();
+        for c in &conns {
+            out.insert(
+                c.conn_id.clone(),
+                json!({
+                    "conn_type": c.conn_type,
+                    "description": c.description,
+                    "host": c.host,
+                    "login": c.login,
+                    "password": c.password,
+                    "schema": c.schema,
+                    "port": c.port,
+                    "extra": c.extra,
+                }),
+            );
+        }
+        serde_json::to_string_pretty(&Json::Object(out))? + "\n"
+    };
+    // Secrets in clear: the file is created readable by its owner only.
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(file)
+            .with_context(|| format!("writing {}", file.display()))?
+    };
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .with_context(|| format!("writing {}", file.display()))?;
+    // A file that existed keeps its old mode through `open`: narrow it too.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", file.display()))?;
+    }
+    println!("Connections successfully exported to {}", file.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `flow rotate-fernet-key`: re-encrypts every connection and secret variable with the first key of

@@ -1201,8 +1201,19 @@ async fn variables_reach_templates_and_secrets_stay_masked() {
     let mut env = env_on(&db).await;
     env.write_dag(
         "vars.yaml",
-        "vars:\n  tasks:\n    show:\n      operator: bash\n      bash_command: \"echo {{ var.value.region }} {{ var.json.cfg.batch }} {{ var.value.get('missing', 'fb') }} {{ var.value.env_only }} {{ var.value.overridden }}; echo secret={{ var.value.api_token }}\"\n",
+        "vars:\n  tasks:\n    show:\n      operator: bash\n      bash_command: \"echo {{ var.value.region }} {{ var.json.cfg.batch }} {{ var.value.get('missing', 'fb') }} {{ var.value.env_only }} {{ var.value.overridden }}; echo secret={{ var.value.api_token }}\"\n    db:\n      operator: bash\n      bash_command: \"echo {{ conn.my_db.host }} {{ conn.my_db.port }} {{ conn.my_db.schema }} {{ conn.my_db.login }} {{ conn.my_db.extra_dejson.sslmode }} {{ conn.get('my_db').conn_type }} pw={{ conn.my_db.password }}\"\n    py:\n      operator: python\n      python_callable_file: $CONFIG_ROOT_DIR/vars_steps.py\n      python_callable_name: show\nno_conn:\n  tasks:\n    t:\n      operator: bash\n      bash_command: \"echo {{ conn.nope.host }}\"\n",
     );
+    env.write_dag(
+        "vars_steps.py",
+        "from airflow.sdk import Variable\nfrom airflow.models import Variable as Old\n\ndef show():\n    print('py', Variable.get('region'), Old.get('cfg', deserialize_json=True)['batch'], Variable.get('nope', default='dflt'), Old.get('nope', default_var='dv'), Variable.get('env_only'))\n    print('pysecret=' + Variable.get('api_token'))\n",
+    );
+    env.stdout(&[
+        "connections",
+        "add",
+        "my_db",
+        "--conn-uri",
+        "postgres://svc:pw-conn-secret-55@dbhost:5433/analytics?sslmode=require",
+    ]);
     for args in [
         &["variables", "set", "region", "eu-west-1"][..],
         &[
@@ -1259,6 +1270,29 @@ async fn variables_reach_templates_and_secrets_stay_masked() {
         !log.contains("s3cr3t-value-123"),
         "the secret leaked: {log}"
     );
+    // The same variables through `Variable.get` in a Python callable.
+    let log = env.stdout(&["tasks", "logs", "vars", &run_id, "py"]);
+    assert!(log.contains("py eu-west-1 500 dflt dv from-env"), "{log}");
+    assert!(log.contains("pysecret=***"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-value-123"),
+        "the secret leaked: {log}"
+    );
+    // Connections in templates, their password masked; an unknown one fails the try and says
+    // which.
+    let log = env.stdout(&["tasks", "logs", "vars", &run_id, "db"]);
+    assert!(
+        log.contains("dbhost 5433 analytics svc require postgres pw=***"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("pw-conn-secret-55"),
+        "the password leaked: {log}"
+    );
+    let (ok, out) = env.trigger_wait("no_conn", &[]);
+    assert!(!ok, "a template naming an unknown connection fails: {out}");
+    let log = env.stdout(&["tasks", "logs", "no_conn", &run_id_of(&out), "t"]);
+    assert!(log.contains("connection `nope` not found"), "{log}");
 
     // Export, delete, import: the same variables come back.
     let file = env.home.join("vars.json");
@@ -1281,6 +1315,38 @@ async fn variables_reach_templates_and_secrets_stay_masked() {
     assert_eq!(
         env.stdout(&["variables", "get", "api_token"]).trim(),
         "s3cr3t-value-123"
+    );
+
+    // Connections: exported in Airflow's JSON and .env forms (owner-only files), deleted,
+    // imported back.
+    for name in ["conns.json", "conns.env"] {
+        let file = env.home.join(name);
+        let path = file.to_str().unwrap();
+        env.stdout(&["connections", "export", path]);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+        env.stdout(&["connections", "delete", "my_db"]);
+        env.stdout(&["connections", "import", path]);
+        let got = env.stdout(&["connections", "get", "my_db", "-o", "json"]);
+        assert!(
+            got.contains("dbhost") && got.contains("5433"),
+            "{name}: {got}"
+        );
+        // Importing again skips it, unless told to overwrite.
+        let again = env.stdout(&["connections", "import", path]);
+        assert!(again.contains("skipped 1"), "{again}");
+        let forced = env.stdout(&["connections", "import", path, "--overwrite"]);
+        assert!(forced.contains("replaced 1"), "{forced}");
+    }
+    let bad = env.home.join("bad.env");
+    std::fs::write(&bad, "ok_one=postgres://h/db\nbroken line\n").unwrap();
+    let out = env.run(&["connections", "import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.env:2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     drop(env);
     db.drop_db().await.unwrap();

@@ -39,6 +39,32 @@ def get_current_context():
     return _CURRENT_CONTEXT[-1]
 
 
+_VARIABLES = {}
+_NOTSET = object()
+
+
+class _Variable:
+    """Airflow's `Variable.get`, over the variables the worker read for this task (its
+    FLOW_VAR_/AIRFLOW_VAR_ environment overrides included)."""
+
+    @staticmethod
+    def get(key, default_var=_NOTSET, deserialize_json=False, default=_NOTSET):
+        if default is _NOTSET:
+            default = default_var
+        value = _VARIABLES.get(key, _VARIABLES.get(str(key).upper(), _NOTSET))
+        if value is _NOTSET:
+            if default is _NOTSET:
+                raise KeyError(f"Variable {key} does not exist")
+            return default
+        return json.loads(value) if deserialize_json else value
+
+    @staticmethod
+    def set(*_args, **_kwargs):
+        raise _AirflowException(
+            "flow: a task cannot set variables; use `flow variables set` or the REST API"
+        )
+
+
 def _install_airflow_shim():
     """Callables written for Airflow import a few of its names (get_current_context, Context,
     the exceptions). Where Airflow itself is not installed, flow provides just those, so the
@@ -65,7 +91,9 @@ def _install_airflow_shim():
         "airflow.providers.standard": {},
         "airflow.providers.standard.operators": {},
         "airflow.providers.standard.operators.python": current,
-        "airflow.sdk": {"Context": dict, **current, **exceptions},
+        "airflow.models": {"Variable": _Variable},
+        "airflow.models.variable": {"Variable": _Variable},
+        "airflow.sdk": {"Context": dict, "Variable": _Variable, **current, **exceptions},
         "airflow.sdk.exceptions": exceptions,
     }
     for name, attrs in modules.items():
@@ -136,6 +164,7 @@ def _flow_main():
         fail(exc)
 
     ctx = spec["context"]
+    _VARIABLES.update(ctx.get("variables") or {})
 
     def dt(s):
         return None if s is None else datetime.datetime.fromisoformat(s)

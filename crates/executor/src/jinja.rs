@@ -73,6 +73,9 @@ fn format_value(out: &mut Output, _state: &mut State, value: &Value) -> Result<(
     if let Some(missing) = value.downcast_object_ref::<MissingVariable>() {
         return Err(missing.error());
     }
+    if let Some(missing) = value.downcast_object_ref::<MissingConnection>() {
+        return Err(missing.error());
+    }
     let text = py_str(value);
     out.write_str(&text)
         .map_err(|_| Error::new(ErrorKind::WriteFailure, "failed to write template output"))
@@ -659,6 +662,115 @@ impl Object for MissingVariable {
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "<missing variable {}>", self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// conn
+
+/// `conn`: `{{ conn.my_db.host }}`, `{{ conn.get('my_db').login }}`, with `port`, `schema`,
+/// `password`, `conn_type`, `description`, `extra` and `extra_dejson`, as Airflow's
+/// `ConnectionAccessor`.
+#[derive(Debug)]
+pub(crate) struct ConnAccessor {
+    pub(crate) connections: Arc<HashMap<String, flow_model::Connection>>,
+    /// While the connections are not resolved yet: the ids templates asked for.
+    pub(crate) wanted: Option<Arc<Mutex<std::collections::BTreeSet<String>>>>,
+}
+
+impl ConnAccessor {
+    fn lookup(&self, conn_id: &str) -> Value {
+        if let Some(wanted) = &self.wanted
+            && let Ok(mut w) = wanted.lock()
+        {
+            w.insert(conn_id.to_owned());
+        }
+        match self.connections.get(conn_id) {
+            Some(c) => connection_value(c),
+            None => Value::from_object(MissingConnection(conn_id.to_owned())),
+        }
+    }
+}
+
+fn connection_value(c: &flow_model::Connection) -> Value {
+    let text = |v: &Option<String>| v.as_deref().map_or(Value::from(()), Value::from);
+    map(vec![
+        ("conn_id", Value::from(c.conn_id.as_str())),
+        ("conn_type", Value::from(c.conn_type.as_str())),
+        ("description", text(&c.description)),
+        ("host", text(&c.host)),
+        ("login", text(&c.login)),
+        ("password", text(&c.password)),
+        ("schema", text(&c.schema)),
+        ("port", c.port.map_or(Value::from(()), Value::from)),
+        ("extra", text(&c.extra)),
+        ("extra_dejson", json_value(&Json::Object(c.extra_json()))),
+    ])
+}
+
+impl Object for ConnAccessor {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(self.lookup(key.as_str()?))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        if method != "get" {
+            return Err(Error::from(ErrorKind::UnknownMethod));
+        }
+        let (conn_id,): (&str,) = from_args(args)?;
+        Ok(self.lookup(conn_id))
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<conn>")
+    }
+}
+
+/// A connection that does not exist: using it fails the template with Airflow's message.
+#[derive(Debug)]
+pub(crate) struct MissingConnection(String);
+
+impl MissingConnection {
+    fn error(&self) -> Error {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "CONNECTION_NOT_FOUND: The conn_id `{}` isn't defined",
+                self.0
+            ),
+        )
+    }
+}
+
+impl Object for MissingConnection {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, _key: &Value) -> Option<Value> {
+        Some(Value::from_dyn_object(self.clone()))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        _method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        Err(self.error())
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<missing connection {}>", self.0)
     }
 }
 

@@ -73,6 +73,10 @@ pub struct RunContext {
     /// Set while `variables` is not fetched yet: a template that looks at `var` raises the
     /// flag, so that a worker reads the variables only for tasks that use them.
     pub variables_wanted: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Connections templates read (`conn.my_db.host`), by conn_id.
+    pub connections: HashMap<String, flow_model::Connection>,
+    /// Set while `connections` is not resolved yet: collects the conn_ids templates ask for.
+    pub connections_wanted: Option<Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>>,
 }
 
 /// The try a context is built for: the run as the store (or `flow tasks test`) describes it,
@@ -141,6 +145,8 @@ impl RunContext {
             xcoms: Arc::new(xcoms),
             variables: HashMap::new(),
             variables_wanted: None,
+            connections: HashMap::new(),
+            connections_wanted: None,
         })
     }
 }
@@ -1165,6 +1171,13 @@ fn context_entries(
     c.push((
         "var",
         map(vec![("value", accessor(false)), ("json", accessor(true))]),
+    ));
+    c.push((
+        "conn",
+        Value::from_object(jinja::ConnAccessor {
+            connections: Arc::new(ctx.connections.clone()),
+            wanted: ctx.connections_wanted.clone(),
+        }),
     ));
     c.push(("macros", Value::from_object(Macros)));
     c.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

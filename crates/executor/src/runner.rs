@@ -217,6 +217,8 @@ pub fn python_context(ctx: &RunContext) -> Json {
         "conf": ctx.conf,
         "params": ctx.params,
         "xcoms": ctx.xcoms.iter().map(|(t, k, m, v)| json!([t, k, m, v])).collect::<Vec<_>>(),
+        // For `Variable.get` in the callable (read by the worker for every Python task).
+        "variables": ctx.variables,
     });
     if let (Some(ld), Json::Object(map)) = (ctx.logical_date, &mut c) {
         let ld = PyDateTime::utc(ld);

@@ -1127,13 +1127,17 @@ impl Job {
         let mut ctx = self.context(ti, &dag, &task, &run, &dags_folder)?;
         let wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         ctx.variables_wanted = Some(wanted.clone());
+        let conns_wanted = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        ctx.connections_wanted = Some(conns_wanted.clone());
         let mut rendered = crate::render_task(&task, &ctx);
         // Render first without the run's XComs and the variables; fetch them only when a
-        // template or an argument looked for them (or, for XComs, a Python callable may pull
-        // them while it runs), then render again.
+        // template or an argument looked for them or a Python callable may read them while it
+        // runs, then render again.
         let want_xcoms =
             ctx.xcoms.was_wanted() || matches!(rendered, Ok(RenderedTask::Python { .. }));
-        let want_variables = wanted.load(std::sync::atomic::Ordering::Relaxed);
+        // A Python callable may call `Variable.get` while it runs.
+        let want_variables = wanted.load(std::sync::atomic::Ordering::Relaxed)
+            || matches!(rendered, Ok(RenderedTask::Python { .. }));
         if want_xcoms {
             ctx.xcoms = self.fetch_xcoms(&ti.key).await?;
         }
@@ -1143,8 +1147,21 @@ impl Job {
         if want_variables {
             (ctx.variables, variable_secrets) = self.fetch_variables().await?;
         }
+        // Connections templates name (`conn.my_db.host`): resolved as the operators' own are,
+        // environment overrides first; their secrets are masked in the log.
+        let conn_ids: Vec<String> = conns_wanted
+            .lock()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut conn_secrets = Vec::new();
+        for conn_id in &conn_ids {
+            let conn = self.connection(conn_id).await?;
+            conn_secrets.extend(conn.secrets());
+            ctx.connections.insert(conn_id.clone(), conn);
+        }
         ctx.variables_wanted = None;
-        if want_xcoms || want_variables {
+        ctx.connections_wanted = None;
+        if want_xcoms || want_variables || !conn_ids.is_empty() {
             rendered = crate::render_task(&task, &ctx);
         }
         let rendered = rendered.map_err(|e| ExecutorError::task(e.to_string()))?;
@@ -1153,8 +1170,10 @@ impl Job {
             None => None,
         };
         let mut spec = RunSpec::new(&task, rendered, &ctx);
-        if !variable_secrets.is_empty() {
-            spec.masker = spec.masker.with(variable_secrets);
+        if !variable_secrets.is_empty() || !conn_secrets.is_empty() {
+            spec.masker = spec
+                .masker
+                .with(variable_secrets.into_iter().chain(conn_secrets));
         }
         spec.python = self.config.python.clone();
         spec.resume = resume(ti).map_err(ExecutorError::Task)?;

@@ -1555,7 +1555,8 @@ async fn variables_page(
     State(state): State<AppState>,
     user: CurrentUser,
 ) -> Result<Response, HttpError> {
-    user.require(Permission::Read)?;
+    // As in Airflow, variables (configuration) are for Op and Admin.
+    user.require(Permission::Operate)?;
     let variables = state
         .store()
         .variable_list(Some(variables_cipher(&state)?))

@@ -2338,8 +2338,8 @@ async fn api_pools_count_slots_and_guard_the_default_pool() {
 }
 
 /// `/api/v2/variables`: Airflow's shapes; a secret variable (by key or description) is
-/// encrypted at rest and shown as `***`, and `***` sent back keeps it; Op and above change
-/// variables, everyone reads them.
+/// encrypted at rest and shown as `***`, and `***` sent back keeps it; as in Airflow, only Op
+/// and Admin read or change variables.
 #[tokio::test]
 async fn api_variables_mask_secrets_and_keep_them_encrypted() {
     for db in databases().await {
@@ -2426,6 +2426,12 @@ async fn api_variables_mask_secrets_and_keep_them_encrypted() {
         }
         let (s, _, j) = call("GET", "/api/v2/variables".into(), viewer.clone(), None).await;
         assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "as in Airflow, Viewers do not read variables: {j}"
+        );
+        let (s, _, j) = call("GET", "/api/v2/variables".into(), admin.clone(), None).await;
+        assert_eq!(
             (s, j["total_entries"].as_u64()),
             (StatusCode::OK, Some(4)),
             "{j}"
@@ -2437,7 +2443,7 @@ async fn api_variables_mask_secrets_and_keep_them_encrypted() {
         let (_, _, j) = call(
             "GET",
             "/api/v2/variables?variable_key_pattern=PASS&order_by=-key".into(),
-            viewer.clone(),
+            admin.clone(),
             None,
         )
         .await;
@@ -2517,7 +2523,7 @@ async fn api_variables_mask_secrets_and_keep_them_encrypted() {
         let (s, _, j) = call(
             "GET",
             "/api/v2/variables/region".into(),
-            viewer.clone(),
+            admin.clone(),
             None,
         )
         .await;
@@ -2526,8 +2532,8 @@ async fn api_variables_mask_secrets_and_keep_them_encrypted() {
     }
 }
 
-/// The Variables page: everyone reads (a secret's value as `***`), Op and Admin set and
-/// delete.
+/// The Variables page: Op and Admin read (a secret's value as `***`), set and delete; a
+/// Viewer and a User get nothing.
 #[tokio::test]
 async fn variables_page_masks_secrets_and_only_op_edits() {
     for db in databases().await {
@@ -2540,7 +2546,7 @@ async fn variables_page_masks_secrets_and_only_op_edits() {
         let mut admin = Browser::new(&site);
         admin.ip = [10, 1, 1, 1];
         admin.login("ada", "correct horse", "/").await;
-        let csrf_u = user.get("/variables").await.csrf();
+        let csrf_u = user.get("/").await.csrf();
         let p = user
             .post(
                 "/variables",
@@ -2558,15 +2564,17 @@ async fn variables_page_masks_secrets_and_only_op_edits() {
                 .await;
             assert_eq!(p.status, StatusCode::SEE_OTHER, "{key}");
         }
-        let page = viewer.get("/variables").await;
+        assert_eq!(
+            viewer.get("/variables").await.status,
+            StatusCode::FORBIDDEN,
+            "as in Airflow, variables are for Op and Admin"
+        );
+        let page = admin.get("/variables").await;
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.body.contains("eu-central"), "{}", page.body);
         assert!(page.body.contains(r#"data-key="smtp_password""#));
         assert!(!page.body.contains("pw-zz-998877"), "the secret leaked");
-        assert!(
-            !page.body.contains("Set a variable"),
-            "a Viewer gets no form"
-        );
+        assert!(page.body.contains("Set a variable"));
         let p = admin
             .post(
                 "/variables/delete",

@@ -330,6 +330,7 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "variable",
             "dag_run_transition",
             "flow_meta",
             "dag_bundle_file",

@@ -90,6 +90,8 @@ pub fn context(dag: &Dag, task_id: &str, dags_folder: &Path) -> RunContext {
         xcoms: Default::default(),
         variables: HashMap::new(),
         variables_wanted: None,
+        connections: HashMap::new(),
+        connections_wanted: None,
     }
 }
 

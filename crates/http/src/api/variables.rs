@@ -1,6 +1,6 @@
 //! `/api/v2/variables`: Airflow's variable routes (list, get, create, patch, delete, bulk).
 //! A variable whose key or description names a secret is encrypted at rest and its value is
-//! shown as `***`.
+//! shown as `***`. As in Airflow, Op and Admin read and change variables.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -136,7 +136,8 @@ async fn list(
     user: ApiUser,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<VariableCollection>> {
-    user.require(Permission::Read)?;
+    // Airflow shows variables to Op and Admin only (values are configuration).
+    user.require(Permission::Operate)?;
     let pairs = query_pairs(raw.as_deref())?;
     let (limit, offset) = paging(&pairs)?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -181,7 +182,8 @@ async fn get_one(
     user: ApiUser,
     Path(key): Path<String>,
 ) -> ApiResult<Json<VariableResponse>> {
-    user.require(Permission::Read)?;
+    // Airflow shows variables to Op and Admin only (values are configuration).
+    user.require(Permission::Operate)?;
     Ok(Json(response(&find(&state, &key).await?)))
 }
 

@@ -101,6 +101,11 @@ with client.ApiClient(config) as api:
     listed_runs = runs.get_list_dag_runs_batch("~", client.DAGRunsBatchBody(dag_ids=["etl_daily"]))
     assert listed_runs.total_entries >= 1, listed_runs
 
+    # Task instances across DAGs and runs, filtered by a body.
+    batch = ti_api.get_task_instances_batch(
+        "~", "~", client.TaskInstancesBatchBody(dag_ids=["etl_daily"], task_ids=["load"], state=["success"]))
+    assert batch.total_entries >= 1 and all(t.task_id == "load" for t in batch.task_instances), batch
+
     # Pools: create, read (with slot counts), change, bulk, delete; default_pool stays.
     from airflow_client.client.api import pool_api
     pools = pool_api.PoolApi(api)

@@ -1491,6 +1491,10 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/connections/{connection_id}".into()),
             ("patch", "/api/v2/connections/{connection_id}".into()),
             ("delete", "/api/v2/connections/{connection_id}".into()),
+            (
+                "post",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/list".into(),
+            ),
             ("get", "/api/v2/variables".into()),
             ("post", "/api/v2/variables".into()),
             ("patch", "/api/v2/variables".into()),
@@ -1544,7 +1548,9 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
                 assert_eq!(j["detail"], "Not authenticated", "{method} {uri}");
                 assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
                 anonymous += 1;
-                let is_read = method == "get" || path.ends_with("/dagRuns/list");
+                let is_read = method == "get"
+                    || path.ends_with("/dagRuns/list")
+                    || path.ends_with("/taskInstances/list");
                 if !is_read {
                     let (s, _, j) = api(&site, &upper, &uri, Some(&viewer), body).await;
                     assert_eq!(s, StatusCode::FORBIDDEN, "{method} {uri} as a Viewer: {j}");
@@ -2590,6 +2596,86 @@ async fn variables_page_masks_secrets_and_only_op_edits() {
                 .unwrap()
                 .is_none()
         );
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// `POST .../dags/~/dagRuns/~/taskInstances/list`: task instances across DAGs and runs,
+/// filtered by the body (DAGs, runs, tasks, states with `null` for no state), paged.
+#[tokio::test]
+async fn api_task_instance_batch_list_filters_across_dags() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let viewer = token_for(&site, "vic").await;
+        let post = |uri: &'static str, token: String, body: String| {
+            let site = &site;
+            async move {
+                api(
+                    site,
+                    "POST",
+                    uri,
+                    Some(&token),
+                    Some(("application/json", &body)),
+                )
+                .await
+            }
+        };
+        for (dag, run) in [("etl", "r1"), ("etl", "r2"), ("other", "o1")] {
+            let uri: &'static str =
+                Box::leak(format!("/api/v2/dags/{dag}/dagRuns").into_boxed_str());
+            let (s, _, j) = post(
+                uri,
+                admin.clone(),
+                format!(r#"{{"dag_run_id": "{run}", "logical_date": null}}"#),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+        }
+        let list = "/api/v2/dags/~/dagRuns/~/taskInstances/list";
+        let (s, _, j) = post(list, viewer.clone(), "{}".into()).await;
+        assert_eq!(
+            (s, j["total_entries"].as_u64()),
+            (StatusCode::OK, Some(5)),
+            "{j}"
+        );
+        let (_, _, j) = post(
+            list,
+            viewer.clone(),
+            r#"{"dag_ids": ["etl"], "task_ids": ["load"], "state": [null], "order_by": "-run_id"}"#
+                .into(),
+        )
+        .await;
+        assert_eq!(j["total_entries"], 2, "{j}");
+        assert!(
+            j["task_instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["task_id"] == "load")
+        );
+        let (_, _, j) = post(
+            "/api/v2/dags/etl/dagRuns/r2/taskInstances/list",
+            viewer.clone(),
+            r#"{"page_limit": 1, "page_offset": 1}"#.into(),
+        )
+        .await;
+        assert_eq!(j["total_entries"], 2, "{j}");
+        assert_eq!(j["task_instances"].as_array().unwrap().len(), 1, "{j}");
+        assert_eq!(j["task_instances"][0]["dag_run_id"], "r2", "{j}");
+        let (_, _, j) = post(list, viewer.clone(), r#"{"state": ["success"]}"#.into()).await;
+        assert_eq!(j["total_entries"], 0, "nothing ran: {j}");
+        let (s, _, j) = post(list, viewer.clone(), r#"{"state": ["bogus"]}"#.into()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{j}");
+        let (s, _, j) = post(list, viewer.clone(), r#"{"unknown_field": 1}"#.into()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{j}");
+        let (s, _, _) = post(
+            "/api/v2/dags/nope/dagRuns/~/taskInstances/list",
+            viewer.clone(),
+            "{}".into(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
         db.drop_db().await.unwrap();
     }
 }

@@ -24,6 +24,7 @@ use crate::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
+        .routes(routes!(list_batch))
         .routes(routes!(get_one, patch_one))
         .routes(routes!(get_mapped, patch_mapped))
         .routes(routes!(list_mapped))
@@ -587,10 +588,28 @@ async fn list(
         (states.is_empty() || states.contains(&t.state))
             && task_filter.is_none_or(|id| t.key.task_id == id)
     });
+    sort_rows(&mut rows, order)?;
+    Ok(Json(TaskInstanceCollection {
+        total_entries: rows.len(),
+        task_instances: rows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(t, r)| ti_response(t, r))
+            .collect(),
+    }))
+}
+
+/// Orders task instances (with their runs) by `order` (`-` for descending), as the list
+/// routes do for more than one run.
+fn sort_rows(rows: &mut [(TiRow, &DagRunRow)], order: &str) -> ApiResult<()> {
     let (desc, key) = order
         .strip_prefix('-')
         .map_or((false, order), |k| (true, k));
     match key {
+        "dag_id" => rows.sort_by(|a, b| a.0.key.dag_id.cmp(&b.0.key.dag_id)),
+        "run_id" | "dag_run_id" => rows.sort_by(|a, b| a.0.key.run_id.cmp(&b.0.key.run_id)),
+        "task_id" => rows.sort_by(|a, b| a.0.key.task_id.cmp(&b.0.key.task_id)),
         "map_index" | "id" => rows.sort_by(|a, b| {
             (&a.0.key.run_id, a.0.key.map_index, &a.0.key.task_id).cmp(&(
                 &b.0.key.run_id,
@@ -616,6 +635,201 @@ async fn list(
     if desc {
         rows.reverse();
     }
+    Ok(())
+}
+
+/// Airflow's `TaskInstancesBatchBody`: every filter optional; `state` may hold `null` (no
+/// state).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskInstancesBatchBody {
+    pub dag_ids: Option<Vec<String>>,
+    pub dag_run_ids: Option<Vec<String>>,
+    pub task_ids: Option<Vec<String>>,
+    pub state: Option<Vec<Option<String>>>,
+    pub pool: Option<Vec<String>>,
+    pub queue: Option<Vec<String>>,
+    /// Accepted; flow has one executor.
+    pub executor: Option<Vec<String>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub logical_date_gt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub logical_date_gte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub logical_date_lt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub logical_date_lte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_after_gt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_after_gte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_after_lt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_after_lte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_date_gt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_date_gte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_date_lt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_date_lte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date_gt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date_gte: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date_lt: Option<chrono::DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date_lte: Option<chrono::DateTime<Utc>>,
+    pub duration_gt: Option<f64>,
+    pub duration_gte: Option<f64>,
+    pub duration_lt: Option<f64>,
+    pub duration_lte: Option<f64>,
+    pub page_offset: Option<usize>,
+    pub page_limit: Option<usize>,
+    pub order_by: Option<String>,
+}
+
+/// Whether `v` lies within the bounds (an absent value is outside any bound).
+fn within<T: PartialOrd + Copy>(
+    v: Option<T>,
+    gt: Option<T>,
+    gte: Option<T>,
+    lt: Option<T>,
+    lte: Option<T>,
+) -> bool {
+    if gt.is_none() && gte.is_none() && lt.is_none() && lte.is_none() {
+        return true;
+    }
+    let Some(v) = v else { return false };
+    gt.is_none_or(|b| v > b)
+        && gte.is_none_or(|b| v >= b)
+        && lt.is_none_or(|b| v < b)
+        && lte.is_none_or(|b| v <= b)
+}
+
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/list", tag = "Task Instance",
+    summary = "Task instances across DAGs and runs, filtered by a body (`~` for any DAG or run)",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path)),
+    request_body = TaskInstancesBatchBody,
+    responses((status = 200, body = TaskInstanceCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn list_batch(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    body: Body<TaskInstancesBatchBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    user.require(Permission::Read)?;
+    let b = read_body(body)?;
+    let states: Option<Vec<TaskInstanceState>> = b
+        .state
+        .as_ref()
+        .map(|list| {
+            list.iter()
+                .map(|s| match s.as_deref() {
+                    None | Some("none") | Some("no_status") => Ok(TaskInstanceState::NoStatus),
+                    Some(other) => TaskInstanceState::parse(other).map_err(|_| {
+                        ApiError::invalid(
+                            &["body", "state"],
+                            format!("Invalid value for state: `{other}`"),
+                        )
+                    }),
+                })
+                .collect()
+        })
+        .transpose()?;
+    let dag_ids: Vec<String> = if dag_id != "~" {
+        if state.store().dag_get(&dag_id).await?.is_none() {
+            return Err(super::dag_not_found(&dag_id));
+        }
+        vec![dag_id.clone()]
+    } else if let Some(ids) = &b.dag_ids {
+        ids.clone()
+    } else {
+        state
+            .store()
+            .dag_list()
+            .await?
+            .into_iter()
+            .map(|d| d.dag_id)
+            .collect()
+    };
+    let mut runs: Vec<DagRunRow> = Vec::new();
+    for d in &dag_ids {
+        for r in state.store().dag_run_list(d, 100_000).await? {
+            let wanted_run = if run_id != "~" {
+                r.run_id == run_id
+            } else {
+                b.dag_run_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&r.run_id))
+            };
+            if wanted_run
+                && within(
+                    r.logical_date,
+                    b.logical_date_gt,
+                    b.logical_date_gte,
+                    b.logical_date_lt,
+                    b.logical_date_lte,
+                )
+                && within(
+                    Some(r.run_after),
+                    b.run_after_gt,
+                    b.run_after_gte,
+                    b.run_after_lt,
+                    b.run_after_lte,
+                )
+            {
+                runs.push(r);
+            }
+        }
+    }
+    let mut rows: Vec<(TiRow, &DagRunRow)> = Vec::new();
+    for run in &runs {
+        for t in state
+            .store()
+            .ti_list_for_run(&run.dag_id, &run.run_id)
+            .await?
+        {
+            let keep = b
+                .task_ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&t.key.task_id))
+                && states.as_ref().is_none_or(|s| s.contains(&t.state))
+                && b.pool.as_ref().is_none_or(|p| p.contains(&t.pool))
+                && b.queue.as_ref().is_none_or(|q| q.contains(&t.queue))
+                && within(
+                    t.start_date,
+                    b.start_date_gt,
+                    b.start_date_gte,
+                    b.start_date_lt,
+                    b.start_date_lte,
+                )
+                && within(
+                    t.end_date,
+                    b.end_date_gt,
+                    b.end_date_gte,
+                    b.end_date_lt,
+                    b.end_date_lte,
+                )
+                && within(
+                    t.duration,
+                    b.duration_gt,
+                    b.duration_gte,
+                    b.duration_lt,
+                    b.duration_lte,
+                );
+            if keep {
+                rows.push((t, run));
+            }
+        }
+    }
+    sort_rows(&mut rows, b.order_by.as_deref().unwrap_or("map_index"))?;
+    let limit = b.page_limit.unwrap_or(100);
+    let offset = b.page_offset.unwrap_or(0);
     Ok(Json(TaskInstanceCollection {
         total_entries: rows.len(),
         task_instances: rows

@@ -70,10 +70,7 @@ fn date_filter(value: Value, f: impl Fn(&PyDateTime) -> String) -> Result<Value,
 // Printing values as Python's str() does.
 
 fn format_value(out: &mut Output, _state: &mut State, value: &Value) -> Result<(), Error> {
-    if let Some(missing) = value.downcast_object_ref::<MissingVariable>() {
-        return Err(missing.error());
-    }
-    if let Some(missing) = value.downcast_object_ref::<MissingConnection>() {
+    if let Some(missing) = value.downcast_object_ref::<Missing>() {
         return Err(missing.error());
     }
     let text = py_str(value);
@@ -593,7 +590,7 @@ impl Object for VarAccessor {
             Ok(Some(v)) => Some(v),
             // Not undefined, which `default` would paper over: a value that fails the
             // template wherever it is printed, as Airflow's lookup fails at once.
-            Ok(None) => Some(Value::from_object(MissingVariable(key.to_owned()))),
+            Ok(None) => Some(Missing::variable(key)),
             Err(message) => {
                 self.notes.push(expression, message);
                 None
@@ -627,26 +624,42 @@ impl Object for VarAccessor {
     }
 }
 
-/// A variable that does not exist. Printing it (directly, or through `default` or any other
-/// filter that passes it on) fails the template with Airflow's message.
+/// A variable or connection that does not exist. Printing it (directly, or through `default`
+/// or any other filter that passes it on) or calling it fails the template with Airflow's
+/// message; `var.json.missing.field` is as missing as `var.json.missing`.
 #[derive(Debug)]
-pub(crate) struct MissingVariable(String);
+pub(crate) struct Missing {
+    /// What it is, for the template's repr (`variable x`).
+    what: String,
+    /// Airflow's error.
+    message: String,
+}
 
-impl MissingVariable {
+impl Missing {
+    fn variable(key: &str) -> Value {
+        Value::from_object(Missing {
+            what: format!("variable {key}"),
+            message: format!("VARIABLE_NOT_FOUND: Variable {key} not found"),
+        })
+    }
+
+    fn connection(conn_id: &str) -> Value {
+        Value::from_object(Missing {
+            what: format!("connection {conn_id}"),
+            message: format!("CONNECTION_NOT_FOUND: The conn_id `{conn_id}` isn't defined"),
+        })
+    }
+
     fn error(&self) -> Error {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!("VARIABLE_NOT_FOUND: Variable {} not found", self.0),
-        )
+        Error::new(ErrorKind::InvalidOperation, self.message.clone())
     }
 }
 
-impl Object for MissingVariable {
+impl Object for Missing {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
         ObjectRepr::Plain
     }
 
-    /// `var.json.missing.field` is as missing as `var.json.missing`.
     fn get_value(self: &Arc<Self>, _key: &Value) -> Option<Value> {
         Some(Value::from_dyn_object(self.clone()))
     }
@@ -661,7 +674,7 @@ impl Object for MissingVariable {
     }
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<missing variable {}>", self.0)
+        write!(f, "<missing {}>", self.what)
     }
 }
 
@@ -687,7 +700,7 @@ impl ConnAccessor {
         }
         match self.connections.get(conn_id) {
             Some(c) => connection_value(c),
-            None => Value::from_object(MissingConnection(conn_id.to_owned())),
+            None => Missing::connection(conn_id),
         }
     }
 }
@@ -732,45 +745,6 @@ impl Object for ConnAccessor {
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<conn>")
-    }
-}
-
-/// A connection that does not exist: using it fails the template with Airflow's message.
-#[derive(Debug)]
-pub(crate) struct MissingConnection(String);
-
-impl MissingConnection {
-    fn error(&self) -> Error {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!(
-                "CONNECTION_NOT_FOUND: The conn_id `{}` isn't defined",
-                self.0
-            ),
-        )
-    }
-}
-
-impl Object for MissingConnection {
-    fn repr(self: &Arc<Self>) -> ObjectRepr {
-        ObjectRepr::Plain
-    }
-
-    fn get_value(self: &Arc<Self>, _key: &Value) -> Option<Value> {
-        Some(Value::from_dyn_object(self.clone()))
-    }
-
-    fn call_method(
-        self: &Arc<Self>,
-        _state: &mut State<'_, '_>,
-        _method: &str,
-        _args: &[Value],
-    ) -> Result<Value, Error> {
-        Err(self.error())
-    }
-
-    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<missing connection {}>", self.0)
     }
 }
 

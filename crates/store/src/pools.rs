@@ -118,13 +118,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(PoolWrite::Exists);
-        }
-        crate::dags::bump_dag_version(&mut tx).await?;
-        self.commit(tx).await?;
-        Ok(PoolWrite::Done)
+        self.finish_write(tx, n, PoolWrite::Exists).await
     }
 
     /// Changes a pool (its name too, when `new_name` differs; task instances keep the pool
@@ -161,13 +155,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(PoolWrite::Missing);
-        }
-        crate::dags::bump_dag_version(&mut tx).await?;
-        self.commit(tx).await?;
-        Ok(PoolWrite::Done)
+        self.finish_write(tx, n, PoolWrite::Missing).await
     }
 
     /// Deletes a pool (never [`DEFAULT_POOL`]: the caller refuses it).
@@ -179,9 +167,20 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if n == 0 {
+        self.finish_write(tx, n, PoolWrite::Missing).await
+    }
+
+    /// Ends a pool write: when no row changed it rolls back and answers `unchanged`; else
+    /// the DAG version moves (schedulers re-read pools with the DAG rows) and it commits.
+    async fn finish_write(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        changed: u64,
+        unchanged: PoolWrite,
+    ) -> Result<PoolWrite> {
+        if changed == 0 {
             tx.rollback().await?;
-            return Ok(PoolWrite::Missing);
+            return Ok(unchanged);
         }
         crate::dags::bump_dag_version(&mut tx).await?;
         self.commit(tx).await?;

@@ -67,6 +67,16 @@ impl BulkActionResponse {
 }
 
 impl BulkResponse {
+    /// An empty response for `actions`, or Airflow's 422 for an unknown action, before any
+    /// entity is touched.
+    pub fn for_actions(actions: &[BulkAction]) -> Result<BulkResponse, ApiError> {
+        let mut out = BulkResponse::default();
+        for action in actions {
+            out.slot(&action.action)?;
+        }
+        Ok(out)
+    }
+
     /// Where the results of `action` go, or Airflow's 422 for an unknown action.
     pub fn slot(&mut self, action: &str) -> Result<&mut BulkActionResponse, ApiError> {
         let slot = match action {

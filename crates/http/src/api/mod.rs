@@ -654,6 +654,20 @@ async fn health(State(state): State<AppState>) -> Json<schema::HealthInfo> {
     })
 }
 
+/// The fields an `update_mask` query parameter names (repeated, or comma-separated).
+pub fn update_mask(raw: Option<&str>) -> ApiResult<Vec<String>> {
+    Ok(query_pairs(raw)?
+        .into_iter()
+        .filter(|(k, _)| k == "update_mask")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|f| f.trim().to_owned())
+                .filter(|f| !f.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
 /// Airflow's `*_pattern` parameters: SQL `ILIKE '%pattern%'` (`%` any run, `_` one
 /// character), case-insensitive.
 pub fn like(pattern: &str, text: &str) -> bool {

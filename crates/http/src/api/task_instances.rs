@@ -589,7 +589,12 @@ async fn list(
             && task_filter.is_none_or(|id| t.key.task_id == id)
     });
     sort_rows(&mut rows, order)?;
-    Ok(Json(TaskInstanceCollection {
+    Ok(Json(page_of(&rows, offset, limit)))
+}
+
+/// One page of task instances (with their runs), and how many there are in all.
+fn page_of(rows: &[(TiRow, &DagRunRow)], offset: usize, limit: usize) -> TaskInstanceCollection {
+    TaskInstanceCollection {
         total_entries: rows.len(),
         task_instances: rows
             .iter()
@@ -597,7 +602,7 @@ async fn list(
             .take(limit)
             .map(|(t, r)| ti_response(t, r))
             .collect(),
-    }))
+    }
 }
 
 /// Orders task instances (with their runs) by `order` (`-` for descending), as the list
@@ -828,17 +833,8 @@ async fn list_batch(
         }
     }
     sort_rows(&mut rows, b.order_by.as_deref().unwrap_or("map_index"))?;
-    let limit = b.page_limit.unwrap_or(100);
-    let offset = b.page_offset.unwrap_or(0);
-    Ok(Json(TaskInstanceCollection {
-        total_entries: rows.len(),
-        task_instances: rows
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(t, r)| ti_response(t, r))
-            .collect(),
-    }))
+    let (offset, limit) = (b.page_offset.unwrap_or(0), b.page_limit.unwrap_or(100));
+    Ok(Json(page_of(&rows, offset, limit)))
 }
 
 /// The `map_index` query parameter (-1, an unmapped task instance, when absent).

@@ -15,7 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::bulk::{BulkAction, BulkBody, BulkResponse};
-use super::{ApiError, ApiResult, ApiUser, Body, audit, like, paging, query_pairs, read_body};
+use super::{
+    ApiError, ApiResult, ApiUser, Body, audit, like, paging, query_pairs, read_body, update_mask,
+};
 use crate::AppState;
 
 /// What the API shows instead of a secret.
@@ -241,16 +243,7 @@ async fn patch(
             "Invalid body, key from request body doesn't match uri parameter",
         ));
     }
-    let mask: Vec<String> = query_pairs(raw.as_deref())?
-        .into_iter()
-        .filter(|(k, _)| k == "update_mask")
-        .flat_map(|(_, v)| {
-            v.split(',')
-                .map(|f| f.trim().to_owned())
-                .filter(|f| !f.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mask = update_mask(raw.as_deref())?;
     let v = patch_one(&state, &body, &mask).await?;
     audit(&state, &user, "patch_variable", None, None).await;
     Ok(Json(response(&v)))
@@ -314,11 +307,10 @@ async fn bulk(
 ) -> ApiResult<Json<BulkResponse>> {
     user.require(Permission::Operate)?;
     let body = read_body(body)?;
-    let mut out = BulkResponse::default();
-    for action in body.actions {
-        out.slot(&action.action)?;
+    let mut out = BulkResponse::for_actions(&body.actions)?;
+    for action in &body.actions {
         for entity in &action.entities {
-            let outcome = bulk_one(&state, &action, entity).await;
+            let outcome = bulk_one(&state, action, entity).await;
             out.slot(&action.action)?.record(outcome);
         }
     }

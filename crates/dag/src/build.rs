@@ -16,22 +16,20 @@ use minijinja::Environment;
 use serde_json::Value as Json;
 
 use crate::dag::{
-    Arg, BashOperator, DEFAULT_KAFKA_CONN_ID, DEFAULT_POOL, DEFAULT_QUEUE, Dag, DateTimeSensor,
-    KafkaAwaitMessageSensor, KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator,
-    KafkaTrigger, Mapping, Operator, Param, PythonCallable, PythonOperator, Sensor, SensorMode,
-    Task, TaskGroup, TimeDeltaSensor, WeightRule,
+    Arg, DEFAULT_KAFKA_CONN_ID, DEFAULT_POOL, DEFAULT_QUEUE, Dag, KafkaTrigger, Mapping, Param,
+    Task, TaskGroup, WeightRule,
 };
 use crate::de::{
     DeError, did_you_mean, did_you_mean_hint, from_node, to_json, unknown_key_message,
 };
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::duration::{date_from_node, duration_from_node};
-use crate::operators;
+use crate::operators::kafka::{check_filter, check_topic, read_topics};
+use crate::operators::{self, ReadOp};
 use crate::schedule::{Schedule, Timetable, TimetableKind, parse_schedule};
 use crate::spec::{
-    BashSpec, DAG_UNSUPPORTED_KEYS, DagSpec, DateTimeSensorSpec, EmptySpec, KafkaAwaitMessageSpec,
-    KafkaConsumeSpec, KafkaProduceSpec, ParamObjectSpec, PythonSpec, TASK_UNSUPPORTED_KEYS,
-    TaskCommonSpec, TaskGroupSpec, TimeDeltaSensorSpec, field_names,
+    DAG_UNSUPPORTED_KEYS, DagSpec, ParamObjectSpec, TASK_UNSUPPORTED_KEYS, TaskCommonSpec,
+    TaskGroupSpec, field_names,
 };
 use crate::template::{self, TemplateIssue};
 use crate::yaml::{Node, Span, Value};
@@ -88,7 +86,7 @@ impl<'a> Ctx<'a> {
         self.push(Severity::Error, span, message);
     }
 
-    fn warn(&mut self, span: Span, message: impl AsRef<str>) {
+    pub fn warn(&mut self, span: Span, message: impl AsRef<str>) {
         self.push(Severity::Warning, span, message);
     }
 
@@ -174,7 +172,7 @@ pub(crate) fn build_dag(ctx: &mut Ctx<'_>, key: &Node, node: &Node) -> Option<Da
 /// read fails, each key is read on its own to find all the culprits, and the struct is read
 /// again without them so that validation of the other fields can go on. The errors reported
 /// keep the DAG from loading either way.
-fn read_spec<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_spec<T: serde::de::DeserializeOwned>(
     ctx: &mut Ctx<'_>,
     node: &Node,
     fallback: Span,
@@ -745,8 +743,8 @@ fn check_default_args(ctx: &mut Ctx<'_>, node: &Node) {
         return;
     };
     let mut allowed: Vec<&str> = field_names::<TaskCommonSpec>().to_vec();
-    for fields in operator_fields_all() {
-        allowed.extend_from_slice(fields);
+    for def in operators::registry() {
+        allowed.extend_from_slice(&def.fields);
     }
     let dag_fields = field_names::<DagSpec>();
     for (k, _) in entries {
@@ -768,32 +766,6 @@ fn check_default_args(ctx: &mut Ctx<'_>, node: &Node) {
         );
     }
     warn_unsupported(ctx, node, TASK_UNSUPPORTED_KEYS);
-}
-
-fn operator_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "bash" => field_names::<BashSpec>(),
-        "python" => field_names::<PythonSpec>(),
-        "kafka_produce" => field_names::<KafkaProduceSpec>(),
-        "kafka_consume" => field_names::<KafkaConsumeSpec>(),
-        "kafka_await_message" => field_names::<KafkaAwaitMessageSpec>(),
-        "time_delta" => field_names::<TimeDeltaSensorSpec>(),
-        "date_time" => field_names::<DateTimeSensorSpec>(),
-        _ => field_names::<EmptySpec>(),
-    }
-}
-
-fn operator_fields_all() -> [&'static [&'static str]; 8] {
-    [
-        field_names::<BashSpec>(),
-        field_names::<PythonSpec>(),
-        field_names::<EmptySpec>(),
-        field_names::<KafkaProduceSpec>(),
-        field_names::<KafkaConsumeSpec>(),
-        field_names::<KafkaAwaitMessageSpec>(),
-        field_names::<TimeDeltaSensorSpec>(),
-        field_names::<DateTimeSensorSpec>(),
-    ]
 }
 
 /// Keys of `default_args` that configure the DAG rather than its tasks.
@@ -823,7 +795,7 @@ fn read_date(ctx: &mut Ctx<'_>, node: &Node, tz: Tz, field: &str) -> Option<Date
     }
 }
 
-fn read_duration(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Duration> {
+pub(crate) fn read_duration(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Duration> {
     match duration_from_node(node) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -1278,7 +1250,7 @@ fn apply_defaults(task: &Node, defaults: &[&Node], accepts: &dyn Fn(&str) -> boo
     Node::new(task.span, Value::Map(entries))
 }
 
-fn split_keys(node: &Node, first: &[&str]) -> (Node, Node) {
+pub(crate) fn split_keys(node: &Node, first: &[&str]) -> (Node, Node) {
     let mut a = Vec::new();
     let mut b = Vec::new();
     for (k, v) in node.as_map().unwrap_or_default() {
@@ -1309,13 +1281,13 @@ fn read_task(
     let common_fields = field_names::<TaskCommonSpec>();
     let operator_name = node.get("operator").and_then(Node::as_str);
     let decorator_name = node.get("decorator").and_then(Node::as_str);
-    let kind: &'static str = match (operator_name, decorator_name) {
+    let def = match (operator_name, decorator_name) {
         (Some(_), Some(_)) => {
             ctx.error(name_span, "set either `operator` or `decorator`, not both");
             return None;
         }
-        (Some(op), None) => match operators::resolve(op) {
-            Some(kind) => kind,
+        (Some(op), None) => match operators::resolve(op).and_then(operators::get) {
+            Some(def) => def,
             None => {
                 let span = node.get("operator").map_or(name_span, |n| n.span);
                 ctx.error(
@@ -1337,7 +1309,7 @@ fn read_task(
                 );
                 return None;
             }
-            "python"
+            operators::get("python")?
         }
         (None, None) => {
             ctx.error(
@@ -1353,7 +1325,8 @@ fn read_task(
     let decorated = decorator_name.is_some();
     // Airflow's `...Async` sensor classes are the deferrable ones.
     let async_alias = operator_name.is_some_and(|n| n.trim().ends_with("Async"));
-    let op_fields = operator_fields(kind);
+    let kind = def.name;
+    let op_fields: &[&str] = &def.fields;
 
     // The group chain, innermost first, for default_args layering and the id prefix.
     let group_name = node.get("task_group_name").and_then(Node::as_str);
@@ -1416,29 +1389,20 @@ fn read_task(
     let op_node = if mapped.is_empty() {
         op_node
     } else {
-        let required: &[&str] = match kind {
-            "bash" => &["bash_command"],
-            _ => &[],
-        };
-        with_mapped_placeholders(&op_node, &mapped, required)
+        with_mapped_placeholders(&op_node, &mapped, def.mappable)
     };
-    let operator = match kind {
-        "bash" => read_bash(ctx, &op_node, name_span),
-        "python" => read_python(
-            ctx,
-            &op_node,
-            &kwargs_node,
+    let operator = def.read(
+        ctx,
+        &mut ReadOp {
+            node: &op_node,
+            fallback: name_span,
+            kwargs: &kwargs_node,
             decorated,
-            name_span,
-            &mut references,
-        ),
-        "kafka_produce" => read_kafka_produce(ctx, &op_node, name_span),
-        "kafka_consume" => read_kafka_consume(ctx, &op_node, name_span),
-        "kafka_await_message" => read_kafka_await(ctx, &op_node, name_span, async_alias),
-        "time_delta" => read_time_delta(ctx, &op_node, name_span, async_alias),
-        "date_time" => read_date_time(ctx, &op_node, name_span, async_alias),
-        _ => read_spec::<EmptySpec>(ctx, &op_node, name_span).map(|_| Operator::Empty),
-    };
+            async_alias,
+            references: &mut references,
+            sensor_keys: None,
+        },
+    );
 
     let trigger_rule = match &common.trigger_rule {
         None => TriggerRule::AllSuccess,
@@ -1632,7 +1596,7 @@ fn warn_unquoted_inputs(
     dag_params: &IndexMap<String, Param>,
 ) {
     for draft in tasks {
-        let Operator::Bash(op) = &draft.task.operator else {
+        let crate::dag::Operator::Bash(op) = &draft.task.operator else {
             continue;
         };
         let mut commands: Vec<String> = Vec::new();
@@ -1706,7 +1670,7 @@ fn is_constrained(p: &Param) -> bool {
     }
 }
 
-fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
+pub(crate) fn check_template(ctx: &mut Ctx<'_>, field: &str, source: &str, span: Span) {
     for issue in template::check(ctx.env, source) {
         report_template_issue(ctx, field, span, issue);
     }
@@ -1746,7 +1710,7 @@ fn report_template_issue(ctx: &mut Ctx<'_>, field: &str, span: Span, issue: Temp
 }
 
 /// Checks every string inside a JSON-like node as a template.
-fn check_templates_in(ctx: &mut Ctx<'_>, field: &str, node: &Node) {
+pub(crate) fn check_templates_in(ctx: &mut Ctx<'_>, field: &str, node: &Node) {
     match &node.value {
         Value::Scalar(s) => check_template(ctx, field, &s.text, node.span),
         Value::Seq(items) => items.iter().for_each(|i| check_templates_in(ctx, field, i)),
@@ -1757,205 +1721,9 @@ fn check_templates_in(ctx: &mut Ctx<'_>, field: &str, node: &Node) {
     }
 }
 
-fn read_bash(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
-    let spec: BashSpec = read_spec(ctx, node, fallback)?;
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    // A mapped command is checked where it is written (`expand` or `partial`).
-    if spec.bash_command != MAPPED_PLACEHOLDER {
-        if spec.bash_command.trim().is_empty() {
-            ctx.error(span_of("bash_command"), "`bash_command` is empty");
-        }
-        check_template(
-            ctx,
-            "bash_command",
-            &spec.bash_command,
-            span_of("bash_command"),
-        );
-    }
-    if let Some(env) = node.get("env") {
-        check_templates_in(ctx, "env", env);
-    }
-    if let Some(cwd) = &spec.cwd {
-        check_template(ctx, "cwd", cwd, span_of("cwd"));
-    }
-    // Absent: Airflow's default, 99. `null`: no exit code means skipped.
-    let explicit_null = node
-        .get("skip_on_exit_code")
-        .is_some_and(|n| matches!(n.value, Value::Null));
-    let skip_on_exit_code = match &spec.skip_on_exit_code {
-        _ if explicit_null => Vec::new(),
-        None => vec![99],
-        Some(raw) => match to_json(&raw.node) {
-            Json::Null => Vec::new(),
-            Json::Number(n) => n
-                .as_i64()
-                .and_then(|n| i32::try_from(n).ok())
-                .into_iter()
-                .collect(),
-            Json::Array(items) => items
-                .iter()
-                .filter_map(|i| i.as_i64().and_then(|n| i32::try_from(n).ok()))
-                .collect(),
-            _ => {
-                ctx.error(
-                    raw.node.span,
-                    "`skip_on_exit_code` must be an exit code or a list of exit codes",
-                );
-                Vec::new()
-            }
-        },
-    };
-    Some(Operator::Bash(BashOperator {
-        bash_command: spec.bash_command,
-        env: spec.env,
-        append_env: spec.append_env.unwrap_or(false),
-        cwd: spec.cwd,
-        skip_on_exit_code,
-        output_encoding: spec.output_encoding.unwrap_or_else(|| "utf-8".to_owned()),
-    }))
-}
-
-fn read_python(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    kwargs_node: &Node,
-    decorated: bool,
-    fallback: Span,
-    references: &mut Vec<(String, Span)>,
-) -> Option<Operator> {
-    let spec: PythonSpec = read_spec(ctx, node, fallback)?;
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    let callable = match (
-        &spec.python_callable,
-        &spec.python_callable_name,
-        &spec.python_callable_file,
-    ) {
-        (Some(path), None, None) => match path.rsplit_once('.') {
-            Some((module, function)) if is_dotted_identifier(module) && is_identifier(function) => {
-                PythonCallable::Module {
-                    module: module.to_owned(),
-                    function: function.to_owned(),
-                }
-            }
-            _ => {
-                ctx.error(
-                    span_of("python_callable"),
-                    format!("`python_callable`: `{path}` is not of the form `module.function`"),
-                );
-                return None;
-            }
-        },
-        (None, Some(function), Some(file)) => {
-            if !is_identifier(function) {
-                ctx.error(
-                    span_of("python_callable_name"),
-                    format!("`python_callable_name`: `{function}` is not a Python identifier"),
-                );
-                return None;
-            }
-            let root = ctx.dags_root.to_string_lossy();
-            let expanded = file
-                .replace("$CONFIG_ROOT_DIR", &root)
-                .replace("${CONFIG_ROOT_DIR}", &root);
-            let mut path = PathBuf::from(expanded);
-            if path.is_relative() {
-                let dir = ctx
-                    .files
-                    .first()
-                    .and_then(|f| f.parent())
-                    .unwrap_or(ctx.dags_root);
-                path = dir.join(path);
-            }
-            PythonCallable::File {
-                path,
-                function: function.to_owned(),
-            }
-        }
-        (None, Some(_), None) | (None, None, Some(_)) => {
-            ctx.error(
-                fallback,
-                "`python_callable_name` and `python_callable_file` go together",
-            );
-            return None;
-        }
-        (Some(_), _, _) => {
-            ctx.error(span_of("python_callable"), "set `python_callable` or `python_callable_name` + `python_callable_file`, not both");
-            return None;
-        }
-        (None, None, None) => {
-            ctx.error(fallback, "no `python_callable`: set `module.function`, or `python_callable_name` + `python_callable_file`");
-            return None;
-        }
-    };
-    let op_args = match &spec.op_args {
-        None => Vec::new(),
-        Some(raw) => match raw.node.as_seq() {
-            Some(items) => items
-                .iter()
-                .map(|i| read_arg(i, decorated, references))
-                .collect(),
-            None => {
-                ctx.error(
-                    raw.node.span,
-                    format!("`op_args`: expected a list, found {}", raw.node.kind()),
-                );
-                Vec::new()
-            }
-        },
-    };
-    let mut op_kwargs = IndexMap::new();
-    if let Some(raw) = &spec.op_kwargs {
-        match raw.node.as_map() {
-            Some(entries) => {
-                for (k, v) in entries {
-                    op_kwargs.insert(
-                        k.as_str().unwrap_or("null").to_owned(),
-                        read_arg(v, decorated, references),
-                    );
-                }
-            }
-            None if raw.node.is_null() => {}
-            None => ctx.error(
-                raw.node.span,
-                format!("`op_kwargs`: expected a mapping, found {}", raw.node.kind()),
-            ),
-        }
-    }
-    for (k, v) in kwargs_node.as_map().unwrap_or_default() {
-        op_kwargs.insert(
-            k.as_str().unwrap_or("null").to_owned(),
-            read_arg(v, true, references),
-        );
-    }
-    for field in ["op_args", "op_kwargs", "templates_dict"] {
-        if let Some(n) = node.get(field) {
-            check_templates_in(ctx, field, n);
-        }
-    }
-    let templates_dict = match &spec.templates_dict {
-        None => IndexMap::new(),
-        Some(raw) => match to_json(&raw.node) {
-            Json::Object(m) => m.into_iter().collect(),
-            Json::Null => IndexMap::new(),
-            _ => {
-                ctx.error(raw.node.span, "`templates_dict`: expected a mapping");
-                IndexMap::new()
-            }
-        },
-    };
-    Some(Operator::Python(PythonOperator {
-        callable,
-        op_args,
-        op_kwargs,
-        templates_dict,
-        show_return_value_in_logs: spec.show_return_value_in_logs.unwrap_or(true),
-        decorated,
-    }))
-}
-
 /// `+task_id` (dag-factory's XComArg shorthand), `task_id.output` or `XcomArg(task_id)` become
 /// task outputs; with `allow_refs` false everything is a literal.
-fn read_arg(node: &Node, allow_refs: bool, references: &mut Vec<(String, Span)>) -> Arg {
+pub(crate) fn read_arg(node: &Node, allow_refs: bool, references: &mut Vec<(String, Span)>) -> Arg {
     if allow_refs && let Value::Scalar(s) = &node.value {
         // `+task`, `"+task"`, `+task['key']` (dag-factory), and unquoted `task.output`
         // (Airflow) and `XcomArg(task)` (dag-factory's other spelling).
@@ -2147,326 +1915,14 @@ fn with_mapped_placeholders(op_node: &Node, mapped: &[String], required: &[&str]
 /// What a required argument holds until mapping fills it in at run time.
 pub const MAPPED_PLACEHOLDER: &str = "{{ mapped }}";
 
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
-fn is_dotted_identifier(s: &str) -> bool {
+pub(crate) fn is_dotted_identifier(s: &str) -> bool {
     s.split('.').all(is_identifier)
-}
-
-/// `kafka_conn_id`, or the provider's `kafka_config_id`, or `kafka_default`.
-fn kafka_conn_id(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    fallback: Span,
-    conn_id: Option<String>,
-    config_id: Option<String>,
-) -> String {
-    if conn_id.is_some() && config_id.is_some() {
-        let span = node.get("kafka_config_id").map_or(fallback, |n| n.span);
-        ctx.error(span, "set `kafka_conn_id` or `kafka_config_id`, not both");
-    }
-    let id = conn_id
-        .or(config_id)
-        .unwrap_or_else(|| DEFAULT_KAFKA_CONN_ID.to_owned());
-    if let Err(e) = flow_model::ids::validate_id("conn_id", &id) {
-        let span = node
-            .get("kafka_conn_id")
-            .or_else(|| node.get("kafka_config_id"))
-            .map_or(fallback, |n| n.span);
-        ctx.error(span, e.to_string());
-    }
-    id
-}
-
-/// A topic name as Kafka allows it: 1 to 249 of `[A-Za-z0-9._-]`.
-fn check_topic(ctx: &mut Ctx<'_>, field: &str, topic: &str, span: Span) {
-    let ok = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !ok {
-        ctx.error(
-            span,
-            format!(
-                "`{field}`: `{topic}` is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)"
-            ),
-        );
-    }
-}
-
-/// `topics`: one topic or a list of them.
-fn read_topics(ctx: &mut Ctx<'_>, node: &Node) -> Vec<String> {
-    let topics: Vec<(String, Span)> = match &node.value {
-        Value::Scalar(s) => vec![(s.text.clone(), node.span)],
-        Value::Seq(items) => items
-            .iter()
-            .filter_map(|i| match i.as_str() {
-                Some(t) => Some((t.to_owned(), i.span)),
-                None => {
-                    ctx.error(i.span, "`topics`: each topic must be a string");
-                    None
-                }
-            })
-            .collect(),
-        _ => {
-            ctx.error(node.span, "`topics`: expected a topic or a list of topics");
-            Vec::new()
-        }
-    };
-    if topics.is_empty() && matches!(node.value, Value::Seq(_)) {
-        ctx.error(node.span, "`topics`: the list is empty");
-    }
-    for (t, span) in &topics {
-        check_topic(ctx, "topics", t, *span);
-    }
-    topics.into_iter().map(|(t, _)| t).collect()
-}
-
-/// A filter expression, checked for syntax now so a typo is reported with its line.
-fn check_filter(ctx: &mut Ctx<'_>, source: &str, span: Span) {
-    let env = Environment::new();
-    if let Err(e) = env.compile_expression(source) {
-        ctx.error(span, format!("`filter`: not a valid expression: {e}"));
-    }
-}
-
-fn read_kafka_produce(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
-    let spec: KafkaProduceSpec = read_spec(ctx, node, fallback)?;
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    let conn_id = kafka_conn_id(
-        ctx,
-        node,
-        fallback,
-        spec.kafka_conn_id,
-        spec.kafka_config_id,
-    );
-    check_template(ctx, "topic", &spec.topic, span_of("topic"));
-    if !template::has_markup(&spec.topic) {
-        check_topic(ctx, "topic", &spec.topic, span_of("topic"));
-    }
-    let messages = match (&spec.messages, &spec.command) {
-        (Some(_), Some(_)) => {
-            ctx.error(span_of("command"), "set `messages` or `command`, not both");
-            return None;
-        }
-        (None, None) => {
-            ctx.error(
-                fallback,
-                "`kafka_produce` needs `messages` (a list or a template) or `command`",
-            );
-            return None;
-        }
-        (None, Some(cmd)) => {
-            check_template(ctx, "command", cmd, span_of("command"));
-            KafkaMessages::Command(cmd.clone())
-        }
-        (Some(raw), None) => match &raw.node.value {
-            Value::Seq(_) => {
-                check_templates_in(ctx, "messages", &raw.node);
-                match to_json(&raw.node) {
-                    Json::Array(items) => KafkaMessages::List(items),
-                    _ => KafkaMessages::List(Vec::new()),
-                }
-            }
-            Value::Scalar(s) => {
-                check_template(ctx, "messages", &s.text, raw.node.span);
-                KafkaMessages::Template(s.text.clone())
-            }
-            _ => {
-                ctx.error(
-                    raw.node.span,
-                    "`messages`: expected a list of {key, value, headers} or a template that renders to one",
-                );
-                return None;
-            }
-        },
-    };
-    let delivery_timeout = match &spec.delivery_timeout {
-        Some(raw) => read_duration(ctx, &raw.node, "delivery_timeout")?,
-        None => Duration::seconds(30),
-    };
-    Some(Operator::KafkaProduce(KafkaProduceOperator {
-        conn_id,
-        topic: spec.topic,
-        messages,
-        delivery_timeout,
-    }))
-}
-
-fn read_kafka_consume(ctx: &mut Ctx<'_>, node: &Node, fallback: Span) -> Option<Operator> {
-    let spec: KafkaConsumeSpec = read_spec(ctx, node, fallback)?;
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    let conn_id = kafka_conn_id(
-        ctx,
-        node,
-        fallback,
-        spec.kafka_conn_id,
-        spec.kafka_config_id,
-    );
-    let topics = read_topics(ctx, &spec.topics.node);
-    if let Some(g) = &spec.group_id {
-        check_template(ctx, "group_id", g, span_of("group_id"));
-    }
-    if let Some(a) = &spec.apply {
-        check_template(ctx, "apply", a, span_of("apply"));
-    }
-    let mut count = |key: &str, value: Option<u64>, default: u64| -> u64 {
-        match value {
-            Some(0) => {
-                ctx.error(span_of(key), format!("`{key}` must be at least 1"));
-                default
-            }
-            Some(n) => n,
-            None => default,
-        }
-    };
-    let max_messages = count("max_messages", spec.max_messages, 1000);
-    let max_batch_size = count("max_batch_size", spec.max_batch_size, 100);
-    let xcom_max_messages = count("xcom_max_messages", spec.xcom_max_messages, 1000);
-    let poll_timeout = match &spec.poll_timeout {
-        Some(raw) => read_duration(ctx, &raw.node, "poll_timeout")?,
-        None => Duration::seconds(60),
-    };
-    let push_to_xcom = spec.push_to_xcom.unwrap_or(spec.apply.is_none());
-    Some(Operator::KafkaConsume(KafkaConsumeOperator {
-        conn_id,
-        topics,
-        group_id: spec.group_id,
-        max_messages,
-        max_batch_size,
-        poll_timeout,
-        apply: spec.apply,
-        push_to_xcom,
-        xcom_max_messages,
-    }))
-}
-
-/// The settings every sensor shares: `mode` (or `deferrable: true`), `poke_interval`,
-/// `timeout`, `soft_fail`. Airflow's defaults: poke every 60 s, time out after 7 days. Read from
-/// the node, whose types the sensor's spec has already checked.
-fn read_sensor(ctx: &mut Ctx<'_>, node: &Node, fallback: Span, async_alias: bool) -> Sensor {
-    let flag = |key: &str| node.get(key).and_then(|n| to_json(n).as_bool());
-    let (mode, deferrable, soft_fail) = (
-        node.get("mode").and_then(Node::as_str),
-        flag("deferrable"),
-        flag("soft_fail"),
-    );
-    let (poke_interval, timeout) = (node.get("poke_interval"), node.get("timeout"));
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    let mode = match (mode, deferrable) {
-        (Some(m), Some(true)) if m != "deferrable" => {
-            ctx.error(
-                span_of("deferrable"),
-                format!("`deferrable: true` contradicts `mode: {m}`"),
-            );
-            SensorMode::Deferrable
-        }
-        (_, Some(true)) => SensorMode::Deferrable,
-        (Some(m), _) => SensorMode::parse(m).unwrap_or_else(|| {
-            ctx.error(
-                span_of("mode"),
-                format!("`mode`: unknown mode `{m}`; valid modes: poke, reschedule, deferrable"),
-            );
-            SensorMode::Poke
-        }),
-        (None, _) if async_alias => SensorMode::Deferrable,
-        (None, _) => SensorMode::Poke,
-    };
-    let poke_interval = poke_interval
-        .and_then(|n| read_duration(ctx, n, "poke_interval"))
-        .unwrap_or_else(|| Duration::seconds(60));
-    if poke_interval <= Duration::zero() {
-        ctx.error(
-            span_of("poke_interval"),
-            "`poke_interval` must be longer than zero",
-        );
-    }
-    let timeout = timeout
-        .and_then(|n| read_duration(ctx, n, "timeout"))
-        .unwrap_or_else(|| Duration::days(7));
-    Sensor {
-        mode,
-        poke_interval,
-        timeout,
-        soft_fail: soft_fail.unwrap_or(false),
-    }
-}
-
-fn read_kafka_await(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    fallback: Span,
-    async_alias: bool,
-) -> Option<Operator> {
-    let spec: KafkaAwaitMessageSpec = read_spec(ctx, node, fallback)?;
-    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
-    let conn_id = kafka_conn_id(
-        ctx,
-        node,
-        fallback,
-        spec.kafka_conn_id,
-        spec.kafka_config_id,
-    );
-    let topics = read_topics(ctx, &spec.topics.node);
-    if let Some(g) = &spec.group_id {
-        check_template(ctx, "group_id", g, span_of("group_id"));
-    }
-    let filter = spec.filter.unwrap_or_else(|| "true".to_owned());
-    check_filter(ctx, &filter, span_of("filter"));
-    let sensor = read_sensor(ctx, node, fallback, async_alias);
-    Some(Operator::KafkaAwaitMessage(KafkaAwaitMessageSensor {
-        conn_id,
-        topics,
-        group_id: spec.group_id,
-        filter,
-        sensor,
-    }))
-}
-
-fn read_time_delta(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    fallback: Span,
-    async_alias: bool,
-) -> Option<Operator> {
-    let spec: TimeDeltaSensorSpec = read_spec(ctx, node, fallback)?;
-    let delta = read_duration(ctx, &spec.delta.node, "delta")?;
-    let sensor = read_sensor(ctx, node, fallback, async_alias);
-    Some(Operator::TimeDelta(TimeDeltaSensor { delta, sensor }))
-}
-
-fn read_date_time(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    fallback: Span,
-    async_alias: bool,
-) -> Option<Operator> {
-    let spec: DateTimeSensorSpec = read_spec(ctx, node, fallback)?;
-    let span = node.get("target_time").map_or(fallback, |n| n.span);
-    check_template(ctx, "target_time", &spec.target_time, span);
-    if !template::has_markup(&spec.target_time)
-        && DateTime::parse_from_rfc3339(spec.target_time.trim()).is_err()
-        && chrono::NaiveDateTime::parse_from_str(spec.target_time.trim(), "%Y-%m-%dT%H:%M:%S")
-            .is_err()
-    {
-        ctx.error(
-            span,
-            format!(
-                "`target_time`: `{}` is not an ISO 8601 date-time",
-                spec.target_time
-            ),
-        );
-    }
-    let sensor = read_sensor(ctx, node, fallback, async_alias);
-    Some(Operator::DateTime(DateTimeSensor {
-        target_time: spec.target_time,
-        sensor,
-    }))
 }
 
 /// `schedule: {kafka: {conn_id, topics, filter, group_id, dead_letter_topic}}`, optionally with

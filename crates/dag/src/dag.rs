@@ -254,7 +254,16 @@ impl WeightRule {
     }
 }
 
-/// What a task does.
+pub use crate::operators::bash::BashOperator;
+pub use crate::operators::date_time::DateTimeSensor;
+pub use crate::operators::kafka_await_message::KafkaAwaitMessageSensor;
+pub use crate::operators::kafka_consume::KafkaConsumeOperator;
+pub use crate::operators::kafka_produce::{KafkaMessages, KafkaProduceOperator};
+pub use crate::operators::python::{PythonCallable, PythonOperator};
+pub use crate::operators::time_delta::TimeDeltaSensor;
+
+/// What a task does: one variant per operator module (`crate::operators`), serialized with
+/// the operator's short name as `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Operator {
@@ -269,7 +278,7 @@ pub enum Operator {
 }
 
 impl Operator {
-    /// The short name (`bash`, `python`, `empty`).
+    /// The short name (`bash`, `python`, `empty`), the operator's name in the registry.
     pub fn kind(&self) -> &'static str {
         match self {
             Operator::Bash(_) => "bash",
@@ -281,6 +290,12 @@ impl Operator {
             Operator::TimeDelta(_) => "time_delta",
             Operator::DateTime(_) => "date_time",
         }
+    }
+
+    /// The operator's registry entry: Airflow's class, template fields, UI colour.
+    pub fn def(&self) -> &'static crate::operators::OperatorDef {
+        crate::operators::get(self.kind())
+            .unwrap_or_else(|| unreachable!("every operator is registered"))
     }
 
     /// The sensor settings, for sensors.
@@ -296,142 +311,16 @@ impl Operator {
     /// Airflow's class name, as the UI shows it.
     pub fn class_name(&self) -> &'static str {
         match self {
-            Operator::Bash(_) => "BashOperator",
             Operator::Python(p) if p.decorated => "@task",
-            Operator::Python(_) => "PythonOperator",
-            Operator::Empty => "EmptyOperator",
-            Operator::KafkaProduce(_) => "ProduceToTopicOperator",
-            Operator::KafkaConsume(_) => "ConsumeFromTopicOperator",
-            Operator::KafkaAwaitMessage(_) => "AwaitMessageSensor",
-            Operator::TimeDelta(_) => "TimeDeltaSensor",
-            Operator::DateTime(_) => "DateTimeSensor",
+            _ => self.def().class,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BashOperator {
-    /// A Jinja template, rendered at run time.
-    pub bash_command: String,
-    pub env: Option<IndexMap<String, String>>,
-    pub append_env: bool,
-    pub cwd: Option<String>,
-    /// Exit codes meaning "skipped" (Airflow's default: 99).
-    pub skip_on_exit_code: Vec<i32>,
-    pub output_encoding: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PythonOperator {
-    pub callable: PythonCallable,
-    pub op_args: Vec<Arg>,
-    pub op_kwargs: IndexMap<String, Arg>,
-    pub templates_dict: IndexMap<String, Json>,
-    pub show_return_value_in_logs: bool,
-    /// A TaskFlow (`decorator:`) task: extra keys are the function's keyword arguments.
-    pub decorated: bool,
 }
 
 /// The default connection of Kafka operators and triggers (the provider's `kafka_default`).
 pub const DEFAULT_KAFKA_CONN_ID: &str = "kafka_default";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KafkaProduceOperator {
-    pub conn_id: String,
-    /// Templated.
-    pub topic: String,
-    pub messages: KafkaMessages,
-    #[serde(with = "millis")]
-    pub delivery_timeout: Duration,
-}
-
-/// Where a produce task's messages come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "source", rename_all = "snake_case")]
-pub enum KafkaMessages {
-    /// Items of a YAML list, every string in them templated.
-    List(Vec<Json>),
-    /// One template that renders to a JSON list.
-    Template(String),
-    /// A bash command; each stdout line is a message value.
-    Command(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KafkaConsumeOperator {
-    pub conn_id: String,
-    pub topics: Vec<String>,
-    /// Templated; `None` means `flow-<dag_id>-<task_id>`.
-    pub group_id: Option<String>,
-    pub max_messages: u64,
-    pub max_batch_size: u64,
-    #[serde(with = "millis")]
-    pub poll_timeout: Duration,
-    /// A templated bash command fed each batch as JSON lines.
-    pub apply: Option<String>,
-    pub push_to_xcom: bool,
-    pub xcom_max_messages: u64,
-}
-
-/// How a sensor waits (Airflow's `mode`, with `deferrable` as a third mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SensorMode {
-    /// Holds its worker slot for the whole wait.
-    Poke,
-    /// Frees the slot between pokes (state `up_for_reschedule`).
-    Reschedule,
-    /// Hands the wait to the triggerer (state `deferred`); no slot, no process.
-    Deferrable,
-}
-
-impl SensorMode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "poke" => Some(Self::Poke),
-            "reschedule" => Some(Self::Reschedule),
-            "deferrable" | "defer" => Some(Self::Deferrable),
-            _ => None,
-        }
-    }
-}
-
-/// Settings every sensor has.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sensor {
-    pub mode: SensorMode,
-    #[serde(with = "millis")]
-    pub poke_interval: Duration,
-    #[serde(with = "millis")]
-    pub timeout: Duration,
-    /// On timeout: skipped instead of failed.
-    pub soft_fail: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KafkaAwaitMessageSensor {
-    pub conn_id: String,
-    pub topics: Vec<String>,
-    /// Templated; `None` means `flow-<dag_id>-<task_id>`.
-    pub group_id: Option<String>,
-    /// A minijinja expression over the message and the run's `params`, `conf`, `run_id`.
-    pub filter: String,
-    pub sensor: Sensor,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimeDeltaSensor {
-    #[serde(with = "millis")]
-    pub delta: Duration,
-    pub sensor: Sensor,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DateTimeSensor {
-    /// Templated; an ISO 8601 date-time after rendering.
-    pub target_time: String,
-    pub sensor: Sensor,
-}
+pub use crate::operators::sensor::{Sensor, SensorMode};
 
 /// `schedule: {kafka: ...}`: every matching message creates one run of type `event`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,16 +333,6 @@ pub struct KafkaTrigger {
     pub group_id: String,
     /// Messages the filter cannot evaluate are copied here when set.
     pub dead_letter_topic: Option<String>,
-}
-
-/// Where the Python function lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PythonCallable {
-    /// `module.function`, importable with the dags folder on `sys.path`.
-    Module { module: String, function: String },
-    /// A function in a file (dag-factory's `python_callable_file` + `python_callable_name`).
-    File { path: PathBuf, function: String },
 }
 
 /// An argument value: a literal, or another task's output (`+task_id`, Airflow's XComArg).
@@ -551,7 +430,7 @@ impl Param {
 }
 
 /// Durations are stored as milliseconds in the serialized DAG.
-mod millis {
+pub(crate) mod millis {
     use chrono::Duration;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -564,7 +443,7 @@ mod millis {
     }
 }
 
-mod millis_opt {
+pub(crate) mod millis_opt {
     use chrono::Duration;
     use serde::{Deserialize, Deserializer, Serializer};
 

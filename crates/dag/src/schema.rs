@@ -7,10 +7,7 @@
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use crate::spec::{
-    BashSpec, DagSpec, DateTimeSensorSpec, EmptySpec, KafkaAwaitMessageSpec, KafkaConsumeSpec,
-    KafkaProduceSpec, PythonSpec, TaskCommonSpec, TimeDeltaSensorSpec,
-};
+use crate::spec::{DagSpec, TaskCommonSpec};
 
 /// The schema of a whole DAG file: `dag_id -> DAG`, plus an optional `default:` block.
 pub fn dag_file_schema() -> Value {
@@ -37,8 +34,12 @@ pub fn dag_file_schema() -> Value {
 fn object_parts<T: JsonSchema>(
     generator: &mut SchemaGenerator,
 ) -> (Map<String, Value>, Vec<Value>) {
-    let schema: Schema = T::json_schema(generator);
-    let value = schema.to_value();
+    schema_parts(&T::json_schema(generator))
+}
+
+/// Properties and required keys of an object schema.
+fn schema_parts(schema: &Schema) -> (Map<String, Value>, Vec<Value>) {
+    let value = schema.clone().to_value();
     let props = value
         .get("properties")
         .and_then(Value::as_object)
@@ -57,42 +58,16 @@ pub(crate) fn task_schema(generator: &mut SchemaGenerator) -> Schema {
     let (common, _) = object_parts::<TaskCommonSpec>(generator);
     let mut props = common.clone();
     let mut variants = Vec::new();
-    for (names, (op_props, required)) in [
-        (
-            crate::operators::OPERATORS[0],
-            object_parts::<BashSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[1],
-            object_parts::<PythonSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[2],
-            object_parts::<EmptySpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[3],
-            object_parts::<KafkaProduceSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[4],
-            object_parts::<KafkaConsumeSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[5],
-            object_parts::<KafkaAwaitMessageSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[6],
-            object_parts::<TimeDeltaSensorSpec>(generator),
-        ),
-        (
-            crate::operators::OPERATORS[7],
-            object_parts::<DateTimeSensorSpec>(generator),
-        ),
-    ] {
-        let mut accepted: Vec<&str> = vec![names.0];
-        accepted.extend_from_slice(names.1);
+    for def in crate::operators::registry() {
+        let mut op_props = Map::new();
+        let mut required = Vec::new();
+        for schema in def.schemas(generator) {
+            let (p, r) = schema_parts(&schema);
+            op_props.extend(p);
+            required.extend(r);
+        }
+        let mut accepted: Vec<&str> = vec![def.name];
+        accepted.extend_from_slice(def.aliases);
         for (k, v) in &op_props {
             props.insert(k.clone(), v.clone());
         }
@@ -101,9 +76,9 @@ pub(crate) fn task_schema(generator: &mut SchemaGenerator) -> Schema {
             "then": {"required": required}
         }));
     }
-    let operator_names: Vec<&str> = crate::operators::OPERATORS
+    let operator_names: Vec<&str> = crate::operators::registry()
         .iter()
-        .flat_map(|(short, aliases)| std::iter::once(*short).chain(aliases.iter().copied()))
+        .flat_map(|d| std::iter::once(d.name).chain(d.aliases.iter().copied()))
         .collect();
     props.insert(
         "operator".into(),

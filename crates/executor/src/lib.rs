@@ -10,6 +10,7 @@ mod bundle;
 mod io_ops;
 mod jinja;
 mod mask;
+mod operators;
 mod process;
 pub mod reaper;
 mod render;
@@ -22,9 +23,10 @@ mod xcom;
 pub use flow_dag::params::{ParamError, merge_params};
 pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};
+pub use operators::render_task;
 pub use render::{
     RenderError, RenderedTask, RunContext, SensorWait, TryOf, cross_product_position, python_type,
-    render_map_index, render_task,
+    render_map_index,
 };
 pub use runner::{
     DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,

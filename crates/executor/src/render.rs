@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Days, Utc};
-use flow_dag::{Arg, KafkaMessages, Operator, PythonCallable, Task};
+use flow_dag::{Arg, PythonCallable, Task};
 use indexmap::IndexMap;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, Value};
@@ -302,7 +302,7 @@ impl RenderedTask {
     }
 }
 
-fn object(m: &IndexMap<String, Json>) -> Json {
+pub(crate) fn object(m: &IndexMap<String, Json>) -> Json {
     Json::Object(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
@@ -316,7 +316,7 @@ pub struct RenderError {
 }
 
 impl RenderError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         RenderError {
             field: field.into(),
             message: message.into(),
@@ -324,228 +324,15 @@ impl RenderError {
     }
 }
 
-/// Renders the task's templated fields: `bash_command`, `env` values and `cwd` for bash;
-/// `op_args`, `op_kwargs` and `templates_dict` (every string, recursively) for python. A mapped
-/// task (`expand`) gets the element at `ctx.map_index` of each expanded argument, and its
-/// `partial` arguments.
-pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, RenderError> {
-    match &task.operator {
-        Operator::Empty => Ok(RenderedTask::Empty),
-        Operator::KafkaProduce(op) => {
-            let r = Renderer::new(task, ctx);
-            let messages = match &op.messages {
-                KafkaMessages::List(items) => Ok(items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| r.json(&format!("messages[{i}]"), v))
-                    .collect::<Result<Vec<_>, _>>()?),
-                KafkaMessages::Template(source) => Ok(r.list("messages", source)?),
-                KafkaMessages::Command(cmd) => Err(r.string("command", cmd)?),
-            };
-            Ok(RenderedTask::KafkaProduce {
-                conn_id: op.conn_id.clone(),
-                topic: r.string("topic", &op.topic)?,
-                messages,
-                delivery_timeout: op.delivery_timeout.to_std().unwrap_or_default(),
-            })
-        }
-        Operator::KafkaConsume(op) => {
-            let r = Renderer::new(task, ctx);
-            Ok(RenderedTask::KafkaConsume {
-                conn_id: op.conn_id.clone(),
-                topics: op.topics.clone(),
-                group_id: match &op.group_id {
-                    Some(g) => r.string("group_id", g)?,
-                    None => default_group(ctx),
-                },
-                max_messages: op.max_messages,
-                max_batch_size: op.max_batch_size,
-                poll_timeout: op.poll_timeout.to_std().unwrap_or_default(),
-                apply: op
-                    .apply
-                    .as_deref()
-                    .map(|a| r.string("apply", a))
-                    .transpose()?,
-                push_to_xcom: op.push_to_xcom,
-                xcom_max_messages: op.xcom_max_messages,
-            })
-        }
-        Operator::KafkaAwaitMessage(op) => {
-            let r = Renderer::new(task, ctx);
-            let context = serde_json::json!({
-                "params": ctx.params,
-                "conf": ctx.conf,
-                "run_id": ctx.run_id,
-            });
-            Ok(RenderedTask::Sensor {
-                wait: SensorWait::KafkaMessage {
-                    conn_id: op.conn_id.clone(),
-                    topics: op.topics.clone(),
-                    group_id: match &op.group_id {
-                        Some(g) => r.string("group_id", g)?,
-                        None => default_group(ctx),
-                    },
-                    filter: op.filter.clone(),
-                    context,
-                },
-                sensor: op.sensor.clone(),
-            })
-        }
-        Operator::TimeDelta(op) => {
-            // Airflow's TimeDeltaSensor: the data interval's end plus delta (the run's time
-            // for runs without an interval).
-            let base = ctx.data_interval_end.unwrap_or(ctx.run_after);
-            Ok(RenderedTask::Sensor {
-                wait: SensorWait::Until(base + op.delta),
-                sensor: op.sensor.clone(),
-            })
-        }
-        Operator::DateTime(op) => {
-            let r = Renderer::new(task, ctx);
-            let text = r.string("target_time", &op.target_time)?;
-            let at = parse_datetime(text.trim()).ok_or_else(|| {
-                RenderError::new(
-                    "target_time",
-                    format!("`{text}` is not an ISO 8601 date-time"),
-                )
-            })?;
-            Ok(RenderedTask::Sensor {
-                wait: SensorWait::Until(at),
-                sensor: op.sensor.clone(),
-            })
-        }
-        Operator::Bash(op) => {
-            let mut fields: IndexMap<String, Field> = IndexMap::new();
-            fields.insert(
-                "bash_command".into(),
-                Field::literal(Json::from(op.bash_command.as_str())),
-            );
-            fields.insert(
-                "env".into(),
-                Field::literal(op.env.as_ref().map_or(Json::Null, |e| {
-                    Json::Object(
-                        e.iter()
-                            .map(|(k, v)| (k.clone(), Json::from(v.as_str())))
-                            .collect(),
-                    )
-                })),
-            );
-            fields.insert(
-                "append_env".into(),
-                Field::literal(Json::Bool(op.append_env)),
-            );
-            fields.insert(
-                "cwd".into(),
-                Field::literal(op.cwd.as_deref().map_or(Json::Null, Json::from)),
-            );
-            fields.insert(
-                "skip_on_exit_code".into(),
-                Field::literal(Json::from(op.skip_on_exit_code.clone())),
-            );
-            apply_mapping(task, ctx, |key, field| {
-                if fields.contains_key(key) {
-                    fields.insert(key.to_owned(), field);
-                    Ok(())
-                } else {
-                    Err(format!("`{key}` is not an argument of the bash operator"))
-                }
-            })?;
-            let renderer = Renderer::new(task, ctx);
-            render_bash(&renderer, ctx, fields)
-        }
-        Operator::Python(op) => {
-            let mut op_args = Vec::new();
-            for (i, a) in op.op_args.iter().enumerate() {
-                op_args.push(Field::from_arg(&format!("op_args[{i}]"), a, &ctx.xcoms)?);
-            }
-            let mut op_kwargs = IndexMap::new();
-            for (k, a) in &op.op_kwargs {
-                op_kwargs.insert(
-                    k.clone(),
-                    Field::from_arg(&format!("op_kwargs.{k}"), a, &ctx.xcoms)?,
-                );
-            }
-            let mut templates_dict = Field::literal(object(&op.templates_dict));
-            apply_mapping(task, ctx, |key, field| {
-                match key {
-                    "op_args" => match field.value {
-                        Json::Array(items) => {
-                            op_args = items
-                                .into_iter()
-                                .map(|value| Field {
-                                    value,
-                                    templated: field.templated,
-                                })
-                                .collect();
-                        }
-                        other => return Err(format!("`op_args` must be a list, got {other}")),
-                    },
-                    "op_kwargs" => match field.value {
-                        Json::Object(items) => {
-                            for (k, value) in items {
-                                op_kwargs.insert(
-                                    k,
-                                    Field {
-                                        value,
-                                        templated: field.templated,
-                                    },
-                                );
-                            }
-                        }
-                        other => return Err(format!("`op_kwargs` must be a mapping, got {other}")),
-                    },
-                    "templates_dict" => templates_dict = field,
-                    _ if op.decorated => {
-                        op_kwargs.insert(key.to_owned(), field);
-                    }
-                    _ => {
-                        return Err(format!(
-                            "`{key}` is not an argument of the python operator (op_args, op_kwargs, templates_dict)"
-                        ));
-                    }
-                }
-                Ok(())
-            })?;
-            let renderer = Renderer::new(task, ctx);
-            let op_args = op_args
-                .iter()
-                .enumerate()
-                .map(|(i, f)| renderer.field(&format!("op_args[{i}]"), f))
-                .collect::<Result<_, _>>()?;
-            let op_kwargs = op_kwargs
-                .iter()
-                .map(|(k, f)| Ok((k.clone(), renderer.field(&format!("op_kwargs.{k}"), f)?)))
-                .collect::<Result<_, RenderError>>()?;
-            let templates_dict = match renderer.field("templates_dict", &templates_dict)? {
-                Json::Object(m) => m.into_iter().collect(),
-                Json::Null => IndexMap::new(),
-                other => {
-                    return Err(RenderError::new(
-                        "templates_dict",
-                        format!("expected a mapping, got {other}"),
-                    ));
-                }
-            };
-            Ok(RenderedTask::Python {
-                callable: op.callable.clone(),
-                op_args,
-                op_kwargs,
-                templates_dict,
-                show_return_value_in_logs: op.show_return_value_in_logs,
-            })
-        }
-    }
-}
-
 /// A consumer group per task unless the DAG names one: a retry resumes where the last try
 /// committed.
-fn default_group(ctx: &RunContext) -> String {
+pub(crate) fn default_group(ctx: &RunContext) -> String {
     format!("flow-{}-{}", ctx.dag_id, ctx.task_id)
 }
 
 /// ISO 8601 with an offset, or without one (read as UTC, as Airflow reads naive dates in
 /// the default time zone UTC).
-fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
@@ -567,20 +354,20 @@ fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
 /// A field's value before rendering. Values that came from another task's XCom are data, not
 /// templates, and are passed through as they are (Airflow does not render them either).
 #[derive(Debug, Clone)]
-struct Field {
-    value: Json,
-    templated: bool,
+pub(crate) struct Field {
+    pub(crate) value: Json,
+    pub(crate) templated: bool,
 }
 
 impl Field {
-    fn literal(value: Json) -> Self {
+    pub(crate) fn literal(value: Json) -> Self {
         Field {
             value,
             templated: true,
         }
     }
 
-    fn from_arg(field: &str, arg: &Arg, xcoms: &XcomMap) -> Result<Self, RenderError> {
+    pub(crate) fn from_arg(field: &str, arg: &Arg, xcoms: &XcomMap) -> Result<Self, RenderError> {
         match arg {
             Arg::Value(v) => Ok(Field::literal(v.clone())),
             Arg::Output(task_id) => Ok(Field {
@@ -603,7 +390,7 @@ fn output(field: &str, task_id: &str, xcoms: &XcomMap) -> Result<Json, RenderErr
 /// Applies `partial` arguments, then this map index's arguments: its element of the cross
 /// product of the `expand` arguments (the last one varying fastest, as in Airflow), or its
 /// mapping of `expand_kwargs`.
-fn apply_mapping(
+pub(crate) fn apply_mapping(
     task: &Task,
     ctx: &RunContext,
     mut set: impl FnMut(&str, Field) -> Result<(), String>,
@@ -741,7 +528,7 @@ pub fn render_map_index(
     Some(renderer.string("map_index_template", template))
 }
 
-fn render_bash(
+pub(crate) fn render_bash(
     renderer: &Renderer,
     ctx: &RunContext,
     mut fields: IndexMap<String, Field>,
@@ -848,7 +635,7 @@ fn render_bash(
 /// Airflow treats a `bash_command` ending in `.sh` or `.bash` as the path of a template file,
 /// looked up in the template search path and then the dags folder. Like Airflow, a command
 /// such as `bash run.sh` is looked up as a file too; a trailing space opts out.
-fn bash_template_source(command: &str, ctx: &RunContext) -> Result<String, RenderError> {
+pub(crate) fn bash_template_source(command: &str, ctx: &RunContext) -> Result<String, RenderError> {
     if !(command.ends_with(".sh") || command.ends_with(".bash")) {
         return Ok(command.to_owned());
     }
@@ -882,7 +669,7 @@ fn bash_template_source(command: &str, ctx: &RunContext) -> Result<String, Rende
 
 /// One task's rendering session: the environment, the context, and where notes about
 /// undefined variables are collected.
-struct Renderer {
+pub(crate) struct Renderer {
     env: Environment<'static>,
     context: Value,
     notes: Arc<Notes>,
@@ -890,7 +677,7 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn new(task: &Task, ctx: &RunContext) -> Self {
+    pub(crate) fn new(task: &Task, ctx: &RunContext) -> Self {
         let notes = Arc::new(Notes::default());
         Renderer {
             env: jinja::environment(),
@@ -900,7 +687,7 @@ impl Renderer {
         }
     }
 
-    fn string(&self, field: &str, source: &str) -> Result<String, RenderError> {
+    pub(crate) fn string(&self, field: &str, source: &str) -> Result<String, RenderError> {
         if !has_markup(source) {
             // Jinja drops one trailing newline from every rendered template.
             let trimmed = source.strip_suffix('\n').unwrap_or(source);
@@ -917,14 +704,14 @@ impl Renderer {
     /// exactly one `{{ expression }}` becomes the expression's value, and a rendered string
     /// that reads as a JSON literal (`5`, `[1, 2]`, `true`, and Python's `True`/`None`) becomes
     /// that value, approximating Airflow's `NativeEnvironment`.
-    fn field(&self, field: &str, f: &Field) -> Result<Json, RenderError> {
+    pub(crate) fn field(&self, field: &str, f: &Field) -> Result<Json, RenderError> {
         if !f.templated {
             return Ok(f.value.clone());
         }
         self.json(field, &f.value)
     }
 
-    fn json(&self, field: &str, value: &Json) -> Result<Json, RenderError> {
+    pub(crate) fn json(&self, field: &str, value: &Json) -> Result<Json, RenderError> {
         Ok(match value {
             Json::String(s) if self.native => self.native(field, s)?,
             Json::String(s) => Json::String(self.string(field, s)?),
@@ -945,7 +732,7 @@ impl Renderer {
         })
     }
 
-    fn native(&self, field: &str, source: &str) -> Result<Json, RenderError> {
+    pub(crate) fn native(&self, field: &str, source: &str) -> Result<Json, RenderError> {
         if let Some(expr) = single_expression(source) {
             self.notes.clear();
             let value = self
@@ -969,7 +756,7 @@ impl Renderer {
 
     /// A template that must give a list: rendered natively, and a string result read as JSON
     /// (an XCom pulled as text).
-    fn list(&self, field: &str, source: &str) -> Result<Vec<Json>, RenderError> {
+    pub(crate) fn list(&self, field: &str, source: &str) -> Result<Vec<Json>, RenderError> {
         let value = match single_expression(source) {
             Some(_) => Renderer {
                 env: self.env.clone(),

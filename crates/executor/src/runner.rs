@@ -249,53 +249,7 @@ pub async fn run(
         return Outcome::Cancelled;
     }
     let timeout = spec.timeout;
-    let io = async {
-        match &spec.rendered {
-            RenderedTask::KafkaProduce {
-                topic,
-                messages,
-                delivery_timeout,
-                ..
-            } => Some(
-                crate::io_ops::produce(
-                    &spec,
-                    topic,
-                    messages,
-                    *delivery_timeout,
-                    &sink,
-                    &mut cancel,
-                )
-                .await,
-            ),
-            RenderedTask::KafkaConsume {
-                topics,
-                group_id,
-                max_messages,
-                max_batch_size,
-                poll_timeout,
-                apply,
-                push_to_xcom,
-                xcom_max_messages,
-                ..
-            } => {
-                let args = crate::io_ops::ConsumeArgs {
-                    topics,
-                    group_id,
-                    max_messages: *max_messages,
-                    max_batch_size: *max_batch_size,
-                    poll_timeout: *poll_timeout,
-                    apply: apply.as_deref(),
-                    push_to_xcom: *push_to_xcom,
-                    xcom_max_messages: *xcom_max_messages,
-                };
-                Some(crate::io_ops::consume(&spec, args, &sink, &mut cancel).await)
-            }
-            RenderedTask::Sensor { wait, sensor } => {
-                Some(crate::io_ops::sense(&spec, wait, sensor, &sink, &mut cancel).await)
-            }
-            _ => None,
-        }
-    };
+    let io = crate::operators::execute(&spec, &sink, &mut cancel);
     // I/O operators are async tasks: their execution_timeout drops the future (and with it
     // any bash process it started, killed on drop).
     let io_outcome = match timeout {
@@ -309,11 +263,6 @@ pub async fn run(
         return outcome;
     }
     match &spec.rendered {
-        RenderedTask::KafkaProduce { .. }
-        | RenderedTask::KafkaConsume { .. }
-        | RenderedTask::Sensor { .. } => Outcome::Failed {
-            reason: "unreachable: I/O operator".into(),
-        },
         RenderedTask::Empty => Outcome::Success { xcom: None },
         RenderedTask::Bash {
             command,
@@ -361,6 +310,9 @@ pub async fn run(
             }
             outcome
         }
+        other => Outcome::Failed {
+            reason: format!("flow bug: {other:?} is neither a process nor an I/O operator"),
+        },
     }
 }
 

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use flow_dag::{Dag, Operator, Task};
+use flow_dag::{Dag, Task};
 use flow_model::{DagRunState, Permission};
 use flow_store::{DagDelete, DagRow, RunQuery};
 use serde::Deserialize;
@@ -669,69 +669,10 @@ async fn details(
     }))
 }
 
-/// Airflow's module path and class for an operator, and its templated fields.
-fn operator_class(
-    op: &Operator,
-) -> (
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    &'static str,
-) {
-    match op {
-        Operator::Bash(_) => (
-            "airflow.providers.standard.operators.bash",
-            "BashOperator",
-            &["bash_command", "env", "cwd"],
-            "#f0ede4",
-        ),
-        Operator::Python(_) => (
-            "airflow.providers.standard.operators.python",
-            "PythonOperator",
-            &["templates_dict", "op_args", "op_kwargs"],
-            "#ffefeb",
-        ),
-        Operator::Empty => (
-            "airflow.providers.standard.operators.empty",
-            "EmptyOperator",
-            &[],
-            "#e8f7e4",
-        ),
-        Operator::KafkaProduce(_) => (
-            "airflow.providers.apache.kafka.operators.produce",
-            "ProduceToTopicOperator",
-            &["topic", "messages", "command"],
-            "#ffefeb",
-        ),
-        Operator::KafkaConsume(_) => (
-            "airflow.providers.apache.kafka.operators.consume",
-            "ConsumeFromTopicOperator",
-            &["topics", "group_id", "apply"],
-            "#ffefeb",
-        ),
-        Operator::KafkaAwaitMessage(_) => (
-            "airflow.providers.apache.kafka.sensors.kafka",
-            "AwaitMessageSensor",
-            &["topics", "group_id"],
-            "#e6f1f2",
-        ),
-        Operator::TimeDelta(_) => (
-            "airflow.providers.standard.sensors.time_delta",
-            "TimeDeltaSensor",
-            &[],
-            "#e6f1f2",
-        ),
-        Operator::DateTime(_) => (
-            "airflow.providers.standard.sensors.date_time",
-            "DateTimeSensor",
-            &["target_time"],
-            "#e6f1f2",
-        ),
-    }
-}
-
 fn task_response(dag: &Dag, t: &Task) -> TaskResponse {
-    let (module_path, class_name, template_fields, ui_color) = operator_class(&t.operator);
+    let def = t.operator.def();
+    let (module_path, class_name, template_fields, ui_color) =
+        (def.module, def.class, def.template_fields, def.ui_color);
     TaskResponse {
         task_id: t.task_id.to_string(),
         task_display_name: t

@@ -1,0 +1,138 @@
+//! What every sensor shares: how it waits (`mode`, `deferrable`), how often it looks
+//! (`poke_interval`) and how long it may take (`timeout`, `soft_fail`). A sensor's own spec
+//! holds only its own keys; the registry adds these.
+
+use chrono::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::build::{Ctx, read_duration, read_spec};
+use crate::dag::millis;
+use crate::spec::{DurationSpec, Raw};
+use crate::yaml::{Node, Span};
+
+/// The keys every sensor takes besides its own.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorSpec {
+    /// `poke` (hold a worker slot), `reschedule` (free it between pokes) or `deferrable`.
+    pub mode: Option<String>,
+    /// Airflow's switch for deferrable mode.
+    pub deferrable: Option<bool>,
+    /// How often to look (default 60s).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub poke_interval: Option<Raw<DurationSpec>>,
+    /// Fail (or skip, with `soft_fail`) when the condition is not met after this long
+    /// (default 7 days).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub timeout: Option<Raw<DurationSpec>>,
+    pub soft_fail: Option<bool>,
+}
+
+/// The names of [`SensorSpec`]'s keys.
+pub(crate) static FIELDS: &[&str] = &[
+    "mode",
+    "deferrable",
+    "poke_interval",
+    "timeout",
+    "soft_fail",
+];
+
+/// How a sensor waits (Airflow's `mode`, with `deferrable` as a third mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorMode {
+    /// Holds its worker slot for the whole wait.
+    Poke,
+    /// Frees the slot between pokes (state `up_for_reschedule`).
+    Reschedule,
+    /// Hands the wait to the triggerer (state `deferred`); no slot, no process.
+    Deferrable,
+}
+
+impl SensorMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "poke" => Some(Self::Poke),
+            "reschedule" => Some(Self::Reschedule),
+            "deferrable" | "defer" => Some(Self::Deferrable),
+            _ => None,
+        }
+    }
+}
+
+/// Settings every sensor has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sensor {
+    pub mode: SensorMode,
+    #[serde(with = "millis")]
+    pub poke_interval: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// On timeout: skipped instead of failed.
+    pub soft_fail: bool,
+}
+
+/// The settings every sensor shares: `mode` (or `deferrable: true`), `poke_interval`,
+/// `timeout`, `soft_fail`. Airflow's defaults: poke every 60 s, time out after 7 days. Read from
+/// the sensor keys of a task, type-checked by [`SensorSpec`] first.
+pub(crate) fn read(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    fallback: Span,
+    async_alias: bool,
+) -> Option<Sensor> {
+    let spec: SensorSpec = read_spec(ctx, node, fallback)?;
+    let (mode, deferrable) = (spec.mode.as_deref(), spec.deferrable);
+    let span_of = |key: &str| node.get(key).map_or(fallback, |n| n.span);
+    let mode = match (mode, deferrable) {
+        (Some(m), Some(true)) if m != "deferrable" => {
+            ctx.error(
+                span_of("deferrable"),
+                format!("`deferrable: true` contradicts `mode: {m}`"),
+            );
+            SensorMode::Deferrable
+        }
+        (_, Some(true)) => SensorMode::Deferrable,
+        (Some(m), _) => SensorMode::parse(m).unwrap_or_else(|| {
+            ctx.error(
+                span_of("mode"),
+                format!("`mode`: unknown mode `{m}`; valid modes: poke, reschedule, deferrable"),
+            );
+            SensorMode::Poke
+        }),
+        (None, _) if async_alias => SensorMode::Deferrable,
+        (None, _) => SensorMode::Poke,
+    };
+    let poke_interval = spec
+        .poke_interval
+        .and_then(|r| read_duration(ctx, &r.node, "poke_interval"))
+        .unwrap_or_else(|| Duration::seconds(60));
+    if poke_interval <= Duration::zero() {
+        ctx.error(
+            span_of("poke_interval"),
+            "`poke_interval` must be longer than zero",
+        );
+    }
+    let timeout = spec
+        .timeout
+        .and_then(|r| read_duration(ctx, &r.node, "timeout"))
+        .unwrap_or_else(|| Duration::days(7));
+    Some(Sensor {
+        mode,
+        poke_interval,
+        timeout,
+        soft_fail: spec.soft_fail.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::field_names;
+
+    #[test]
+    fn fields_match_the_spec() {
+        assert_eq!(field_names::<SensorSpec>(), FIELDS);
+    }
+}

@@ -1,0 +1,82 @@
+//! Each operator's run-time half, one module per operator (the YAML half is flow-dag's
+//! `operators` module of the same name): rendering its templated fields into a
+//! [`RenderedTask`] and, for operators that are not processes, running it. Processes (bash,
+//! python, and the commands other operators start) share `runner.rs`.
+
+mod bash;
+mod date_time;
+mod kafka_await_message;
+mod kafka_consume;
+mod kafka_produce;
+mod python;
+mod time_delta;
+
+use flow_dag::{Operator, Task};
+use tokio::sync::watch;
+
+use crate::process::LogSink;
+use crate::render::{RenderError, RenderedTask, RunContext};
+use crate::runner::{Outcome, RunSpec};
+
+/// Renders the task's templated fields: `bash_command`, `env` values and `cwd` for bash;
+/// `op_args`, `op_kwargs` and `templates_dict` (every string, recursively) for python; each
+/// operator's `template_fields`. A mapped task (`expand`) gets the element at `ctx.map_index`
+/// of each expanded argument, and its `partial` arguments.
+pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, RenderError> {
+    match &task.operator {
+        Operator::Empty => Ok(RenderedTask::Empty),
+        Operator::Bash(op) => bash::render(task, op, ctx),
+        Operator::Python(op) => python::render(task, op, ctx),
+        Operator::KafkaProduce(op) => kafka_produce::render(task, op, ctx),
+        Operator::KafkaConsume(op) => kafka_consume::render(task, op, ctx),
+        Operator::KafkaAwaitMessage(op) => kafka_await_message::render(task, op, ctx),
+        Operator::TimeDelta(op) => time_delta::render(task, op, ctx),
+        Operator::DateTime(op) => date_time::render(task, op, ctx),
+    }
+}
+
+/// Runs the operators that are async tasks rather than processes (Kafka, sensors); `None`
+/// for processes, which `runner::run` starts.
+pub(crate) async fn execute(
+    spec: &RunSpec,
+    sink: &LogSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> Option<Outcome> {
+    match &spec.rendered {
+        RenderedTask::KafkaProduce {
+            topic,
+            messages,
+            delivery_timeout,
+            ..
+        } => Some(
+            crate::io_ops::produce(spec, topic, messages, *delivery_timeout, sink, cancel).await,
+        ),
+        RenderedTask::KafkaConsume {
+            topics,
+            group_id,
+            max_messages,
+            max_batch_size,
+            poll_timeout,
+            apply,
+            push_to_xcom,
+            xcom_max_messages,
+            ..
+        } => {
+            let args = crate::io_ops::ConsumeArgs {
+                topics,
+                group_id,
+                max_messages: *max_messages,
+                max_batch_size: *max_batch_size,
+                poll_timeout: *poll_timeout,
+                apply: apply.as_deref(),
+                push_to_xcom: *push_to_xcom,
+                xcom_max_messages: *xcom_max_messages,
+            };
+            Some(crate::io_ops::consume(spec, args, sink, cancel).await)
+        }
+        RenderedTask::Sensor { wait, sensor } => {
+            Some(crate::io_ops::sense(spec, wait, sensor, sink, cancel).await)
+        }
+        _ => None,
+    }
+}

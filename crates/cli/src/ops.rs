@@ -222,6 +222,16 @@ fn max_map_length() -> Result<usize> {
         .ok_or_else(|| anyhow!("FLOW__CORE__MAX_MAP_LENGTH must be at least 1, got {n}"))
 }
 
+/// `[core] max_xcom_size`: the largest XCom an operator may push, in bytes of JSON.
+pub fn max_xcom_size() -> Result<usize> {
+    let default = i64::try_from(flow_executor::DEFAULT_MAX_XCOM_SIZE).unwrap_or(1 << 20);
+    let n = config::env_number("core", "max_xcom_size", default)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow!("FLOW__CORE__MAX_XCOM_SIZE must be at least 1, got {n}"))
+}
+
 pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
     Ok(SchedulerConfig {
         dags_folder: dags_folder.to_path_buf(),
@@ -290,6 +300,7 @@ pub fn worker_config(
         dags_folder: dags_folder.to_path_buf(),
         connections: Some(config::connection_source()?),
         max_map_length: max_map_length()?,
+        max_xcom_size: max_xcom_size()?,
         ..WorkerConfig::default()
     })
 }

@@ -90,11 +90,9 @@ pub async fn test(
         None => None,
     };
     let mut spec = RunSpec::new(&task, rendered, &ctx);
+    spec.max_xcom_size = ops::max_xcom_size()?;
     if let Some(conn) = conn {
-        spec.masker = spec.masker.with(conn.secrets());
-        spec.kafka = Some(flow_executor::KafkaSettings(flow_kafka::client_settings(
-            &conn,
-        )?));
+        spec = spec.with_connection(conn).map_err(|e| anyhow!(e))?;
     }
     let (tx, mut rx) = mpsc::channel(256);
     let (_cancel_tx, cancel_rx) = watch::channel(false);

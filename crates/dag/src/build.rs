@@ -1398,6 +1398,7 @@ fn read_task(
             fallback: name_span,
             kwargs: &kwargs_node,
             decorated,
+            alias: operator_name.unwrap_or("python").trim(),
             async_alias,
             references: &mut references,
             sensor_keys: None,

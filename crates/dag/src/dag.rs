@@ -256,10 +256,14 @@ impl WeightRule {
 
 pub use crate::operators::bash::BashOperator;
 pub use crate::operators::date_time::DateTimeSensor;
+pub use crate::operators::http::{HttpOperator, HttpOptions, HttpRequest};
+pub use crate::operators::http_sensor::HttpSensor;
 pub use crate::operators::kafka_await_message::KafkaAwaitMessageSensor;
 pub use crate::operators::kafka_consume::KafkaConsumeOperator;
 pub use crate::operators::kafka_produce::{KafkaMessages, KafkaProduceOperator};
 pub use crate::operators::python::{PythonCallable, PythonOperator};
+pub use crate::operators::sql::{SqlOperator, SqlStatements, is_sql_file};
+pub use crate::operators::sql_sensor::SqlSensor;
 pub use crate::operators::time_delta::TimeDeltaSensor;
 
 /// What a task does: one variant per operator module (`crate::operators`), serialized with
@@ -275,6 +279,10 @@ pub enum Operator {
     KafkaAwaitMessage(KafkaAwaitMessageSensor),
     TimeDelta(TimeDeltaSensor),
     DateTime(DateTimeSensor),
+    Sql(SqlOperator),
+    SqlSensor(SqlSensor),
+    Http(HttpOperator),
+    HttpSensor(HttpSensor),
 }
 
 impl Operator {
@@ -289,6 +297,10 @@ impl Operator {
             Operator::KafkaAwaitMessage(_) => "kafka_await_message",
             Operator::TimeDelta(_) => "time_delta",
             Operator::DateTime(_) => "date_time",
+            Operator::Sql(_) => "sql",
+            Operator::SqlSensor(_) => "sql_sensor",
+            Operator::Http(_) => "http",
+            Operator::HttpSensor(_) => "http_sensor",
         }
     }
 
@@ -304,6 +316,8 @@ impl Operator {
             Operator::KafkaAwaitMessage(s) => Some(&s.sensor),
             Operator::TimeDelta(s) => Some(&s.sensor),
             Operator::DateTime(s) => Some(&s.sensor),
+            Operator::SqlSensor(s) => Some(&s.sensor),
+            Operator::HttpSensor(s) => Some(&s.sensor),
             _ => None,
         }
     }

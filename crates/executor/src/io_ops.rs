@@ -3,6 +3,7 @@
 //! process; only `apply` and `command` start a bash process.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ use crate::runner::{Outcome, Resume, RunSpec, Stream};
 /// The kind of a trigger that waits for a moment.
 pub const TRIGGER_TIME: &str = "flow.triggers.DateTimeTrigger";
 /// The kind of a trigger that waits for a Kafka message.
+/// The trigger of a deferred HTTP sensor: pokes the endpoint from the triggerer.
+pub const TRIGGER_HTTP: &str = "airflow.providers.http.triggers.http.HttpSensorTrigger";
 pub const TRIGGER_KAFKA: &str = "flow.triggers.KafkaMessageTrigger";
 
 fn settings(spec: &RunSpec) -> Result<&BTreeMap<String, String>, Outcome> {
@@ -351,6 +354,15 @@ pub(crate) async fn sense(
                 json!({"conn_id": conn_id, "topics": topics, "group_id": group_id,
                        "filter": filter, "context": context}),
             ),
+            SensorWait::Http(check) => (
+                TRIGGER_HTTP,
+                crate::operators::http::trigger_kwargs(check, sensor),
+            ),
+            SensorWait::Sql(_) => {
+                return Outcome::Failed {
+                    reason: "a SQL sensor cannot be deferred; use mode poke or reschedule".into(),
+                };
+            }
         };
         logs.system(&format!(
             "Deferring to the triggerer ({kind}); times out at {}",
@@ -368,7 +380,28 @@ pub(crate) async fn sense(
         .poke_interval
         .to_std()
         .unwrap_or(Duration::from_secs(60));
+    let pokes = Pokes {
+        sensor,
+        started,
+        deadline,
+        reschedule: once,
+        interval: poke_interval,
+    };
     match wait {
+        SensorWait::Http(check) => {
+            pokes
+                .run(logs, cancel, || {
+                    crate::operators::http::poke(spec.connection.as_ref(), check, logs)
+                })
+                .await
+        }
+        SensorWait::Sql(check) => {
+            pokes
+                .run(logs, cancel, || {
+                    crate::operators::sql::poke(spec, check, logs)
+                })
+                .await
+        }
         SensorWait::Until(at) => {
             let target = *at;
             if target <= now {
@@ -539,6 +572,77 @@ fn sensor_timeout(sensor: &Sensor) -> Duration {
         .timeout
         .to_std()
         .unwrap_or(Duration::from_secs(7 * 86_400))
+}
+
+/// What a poke found.
+pub(crate) enum Poked {
+    NotYet,
+    /// Done, with the XCom to push (a `PokeReturnValue`'s `xcom_value`).
+    Done(Option<Json>),
+}
+
+impl From<bool> for Poked {
+    fn from(done: bool) -> Self {
+        if done {
+            Poked::Done(None)
+        } else {
+            Poked::NotYet
+        }
+    }
+}
+
+/// The waiting every poking sensor shares (Airflow's `BaseSensorOperator.execute`): poke; when
+/// not yet, time out past the deadline, else hand the slot back (reschedule) or sleep
+/// `poke_interval` and poke again.
+struct Pokes<'a> {
+    sensor: &'a Sensor,
+    started: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    reschedule: bool,
+    interval: Duration,
+}
+
+impl Pokes<'_> {
+    async fn run<F, Fut, P>(
+        &self,
+        logs: &LogSink,
+        cancel: &mut watch::Receiver<bool>,
+        mut poke: F,
+    ) -> Outcome
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<P, String>>,
+        P: Into<Poked>,
+    {
+        loop {
+            let poked = tokio::select! {
+                r = poke() => r,
+                () = cancelled(cancel) => return Outcome::Cancelled,
+            };
+            match poked.map(Into::into) {
+                Ok(Poked::Done(xcom)) => return Outcome::Success { xcom },
+                Ok(Poked::NotYet) => {}
+                Err(reason) => {
+                    logs.system(&reason).await;
+                    return Outcome::Failed { reason };
+                }
+            }
+            let now = Utc::now();
+            if now >= self.deadline {
+                return timed_out(self.sensor, "sensor timeout reached", logs).await;
+            }
+            let next = (now + chrono::Duration::from_std(self.interval).unwrap_or_default())
+                .min(self.deadline);
+            if self.reschedule {
+                return reschedule(next, self.started, logs).await;
+            }
+            let sleep = (next - now).to_std().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = cancelled(cancel) => return Outcome::Cancelled,
+            }
+        }
+    }
 }
 
 async fn reschedule(at: DateTime<Utc>, started_at: DateTime<Utc>, logs: &LogSink) -> Outcome {

@@ -29,8 +29,8 @@ pub use render::{
     render_map_index,
 };
 pub use runner::{
-    DEFAULT_KILL_GRACE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine, Outcome, Resume, RunSpec,
-    Stream, context_env, python_context, run,
+    DEFAULT_KILL_GRACE, DEFAULT_MAX_XCOM_SIZE, DEFAULT_SKIP_EXIT_CODE, KafkaSettings, LogLine,
+    Outcome, Resume, RunSpec, Stream, context_env, python_context, run,
 };
 pub use variables::variables_with_env;
 pub use xcom::{MapIndexes, RETURN_VALUE, TaskIds, XcomMap};

@@ -187,6 +187,8 @@ pub enum RenderedTask {
         push_to_xcom: bool,
         xcom_max_messages: u64,
     },
+    Sql(crate::operators::sql::SqlRun),
+    Http(crate::operators::http::HttpRun),
     /// A sensor, with what it waits for.
     Sensor {
         wait: SensorWait,
@@ -208,6 +210,10 @@ pub enum SensorWait {
         filter: String,
         context: Json,
     },
+    /// A query whose first row says when (`sql_sensor`).
+    Sql(crate::operators::sql::SqlPoke),
+    /// An endpoint that answers as `response_check` wants (`http_sensor`).
+    Http(crate::operators::http::HttpPoke),
 }
 
 impl RenderedTask {
@@ -220,8 +226,31 @@ impl RenderedTask {
                 wait: SensorWait::KafkaMessage { conn_id, .. },
                 ..
             } => Some(conn_id),
+            RenderedTask::Sql(run) => Some(&run.conn_id),
+            RenderedTask::Http(run) => Some(&run.call.conn_id),
+            RenderedTask::Sensor {
+                wait: SensorWait::Http(check),
+                ..
+            } => Some(&check.call.conn_id),
+            RenderedTask::Sensor {
+                wait: SensorWait::Sql(check),
+                ..
+            } => Some(&check.conn_id),
             _ => None,
         }
+    }
+
+    /// Whether the task talks to Kafka (and needs librdkafka settings from its connection).
+    pub fn is_kafka(&self) -> bool {
+        matches!(
+            self,
+            RenderedTask::KafkaProduce { .. }
+                | RenderedTask::KafkaConsume { .. }
+                | RenderedTask::Sensor {
+                    wait: SensorWait::KafkaMessage { .. },
+                    ..
+                }
+        )
     }
 
     /// Rendered template fields for display (Airflow's "Rendered Template" tab): field name ->
@@ -297,9 +326,36 @@ impl RenderedTask {
                     ("group_id".to_owned(), group_id.clone()),
                     ("filter".to_owned(), filter.clone()),
                 ],
+                SensorWait::Http(check) => http_fields(&check.call),
+                SensorWait::Sql(check) => vec![
+                    ("sql".to_owned(), check.statement.clone()),
+                    ("parameters".to_owned(), json(&check.parameters)),
+                ],
             },
+            RenderedTask::Http(run) => http_fields(&run.call),
+            RenderedTask::Sql(run) => vec![
+                ("sql".to_owned(), run.statements.join(";\n")),
+                ("parameters".to_owned(), json(&run.parameters)),
+            ],
         }
     }
+}
+
+fn http_fields(call: &crate::operators::http::HttpCall) -> Vec<(String, String)> {
+    vec![
+        ("endpoint".to_owned(), call.endpoint.clone()),
+        ("data".to_owned(), call.data.to_string()),
+        (
+            "headers".to_owned(),
+            Json::Object(
+                call.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Json::from(v.as_str())))
+                    .collect(),
+            )
+            .to_string(),
+        ),
+    ]
 }
 
 pub(crate) fn object(m: &IndexMap<String, Json>) -> Json {

@@ -56,11 +56,33 @@ pub struct RunSpec {
     pub masker: Masker,
     /// librdkafka settings from the task's connection, resolved by the worker.
     pub kafka: Option<KafkaSettings>,
+    /// The connection the operator names (`RenderedTask::conn_id`), resolved by the worker.
+    pub connection: Option<flow_model::Connection>,
+    /// The largest XCom an operator may push, in bytes of JSON (`FLOW__CORE__MAX_XCOM_SIZE`).
+    pub max_xcom_size: usize,
     /// Set when the try continues a rescheduled or deferred sensor.
     pub resume: Option<Resume>,
     /// Names a Python callable added to its context (`get_current_context()[k] = v`), as
     /// JSON, filled in when the try ends: a mapped task's `map_index_template` may use them.
     pub context_out: Arc<Mutex<serde_json::Map<String, Json>>>,
+}
+
+/// The default of `FLOW__CORE__MAX_XCOM_SIZE`: 1 MiB of JSON.
+pub const DEFAULT_MAX_XCOM_SIZE: usize = 1 << 20;
+
+impl RunSpec {
+    /// Gives the try the connection its operator names: its secrets are masked in the log,
+    /// and a Kafka operator gets its librdkafka settings from it.
+    pub fn with_connection(mut self, conn: flow_model::Connection) -> Result<Self, String> {
+        self.masker = self.masker.with(conn.secrets());
+        if self.rendered.is_kafka() {
+            self.kafka = Some(KafkaSettings(
+                flow_kafka::client_settings(&conn).map_err(|e| e.to_string())?,
+            ));
+        }
+        self.connection = Some(conn);
+        Ok(self)
+    }
 }
 
 /// librdkafka settings; they may hold secrets, so Debug shows the keys only.
@@ -107,6 +129,8 @@ impl RunSpec {
             python_context,
             masker,
             kafka: None,
+            connection: None,
+            max_xcom_size: DEFAULT_MAX_XCOM_SIZE,
             resume: None,
             context_out: Arc::default(),
         }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
+use crate::io_ops::{TRIGGER_HTTP, TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 
 #[derive(Debug, Clone)]
 pub struct TriggererConfig {
@@ -237,6 +237,19 @@ impl Triggerer {
                     fail(&store, id, &e).await;
                 }
             }
+            TRIGGER_HTTP => {
+                let source = self.config.connections.clone();
+                let kwargs = trigger.kwargs.clone();
+                let handle = tokio::spawn(async move {
+                    match poke_http(&store, source, &kwargs).await {
+                        Ok(()) => {
+                            fire(&store, id, json!({"status": "success"})).await;
+                        }
+                        Err(e) => fail(&store, id, &e).await,
+                    }
+                });
+                self.tasks.insert(id, handle);
+            }
             other => fail(&store, id, &format!("unknown trigger kind `{other}`")).await,
         }
     }
@@ -288,6 +301,34 @@ impl Triggerer {
             watch_topic(store, source, k, waiters, member).await;
         });
         self.consumers.insert(key, handle);
+    }
+}
+
+/// Pokes a deferred HTTP sensor's endpoint every `poke_interval` until it answers as its
+/// check wants; the trigger's timeout (the sensor's) is the store's to enforce.
+async fn poke_http(
+    store: &Store,
+    source: Option<ConnectionSource>,
+    kwargs: &Json,
+) -> Result<(), String> {
+    let (check, interval) = crate::operators::http::from_trigger_kwargs(kwargs)?;
+    let source = source.ok_or("this triggerer has no connection source")?;
+    let conn = store
+        .connection_resolve(&check.call.conn_id, &source)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("connection `{}` not found", check.call.conn_id))?;
+    // Lines go nowhere: the task's log shows the deferral and its outcome.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    let sink = crate::process::LogSink::new(tx, crate::Masker::default());
+    loop {
+        if let crate::io_ops::Poked::Done(_) =
+            crate::operators::http::poke(Some(&conn), &check, &sink).await?
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     /// Airflow's `[core] max_map_length`: the most elements a task may push to a task that
     /// maps over its output.
     pub max_map_length: usize,
+    /// The largest XCom an operator may push (`FLOW__CORE__MAX_XCOM_SIZE`).
+    pub max_xcom_size: usize,
     /// This worker's row in `job` (`WorkerJob`), heartbeated with its tries and ended at a
     /// clean stop.
     pub job_id: Option<i64>,
@@ -71,6 +73,7 @@ impl Default for WorkerConfig {
             python: "python3".into(),
             connections: None,
             max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
+            max_xcom_size: crate::runner::DEFAULT_MAX_XCOM_SIZE,
             job_id: None,
             heartbeat_timeout: StdDuration::from_secs(60),
             shutdown_timeout: StdDuration::from_secs(60),
@@ -1176,13 +1179,10 @@ impl Job {
                 .with(variable_secrets.into_iter().chain(conn_secrets));
         }
         spec.python = self.config.python.clone();
+        spec.max_xcom_size = self.config.max_xcom_size;
         spec.resume = resume(ti).map_err(ExecutorError::Task)?;
         if let Some(conn) = conn {
-            spec.masker = spec.masker.with(conn.secrets());
-            spec.kafka = Some(crate::KafkaSettings(
-                flow_kafka::client_settings(&conn)
-                    .map_err(|e| ExecutorError::task(e.to_string()))?,
-            ));
+            spec = spec.with_connection(conn).map_err(ExecutorError::task)?;
         }
         Ok(Prepared {
             dag,

@@ -20,12 +20,16 @@ use crate::yaml::{Node, Span};
 pub(crate) mod bash;
 pub(crate) mod date_time;
 pub(crate) mod empty;
+pub(crate) mod http;
+pub(crate) mod http_sensor;
 pub(crate) mod kafka;
 pub(crate) mod kafka_await_message;
 pub(crate) mod kafka_consume;
 pub(crate) mod kafka_produce;
 pub(crate) mod python;
 pub(crate) mod sensor;
+pub(crate) mod sql;
+pub(crate) mod sql_sensor;
 pub(crate) mod time_delta;
 
 /// One operator: what it is called, what Airflow calls it, and how its keys are read.
@@ -43,6 +47,8 @@ pub(crate) trait OperatorKind {
     const UI_COLOR: &'static str = "#fff";
     /// Sensors also take the shared sensor keys ([`sensor::SensorSpec`]).
     const SENSOR: bool = false;
+    /// Whether a sensor may hand its wait to the triggerer (`mode: deferrable`).
+    const DEFERRABLE: bool = true;
     /// Required keys that `expand` or `partial` may supply instead of the task itself.
     const MAPPABLE: &'static [&'static str] = &[];
     /// The keys the operator takes, as written in YAML; also its JSON Schema.
@@ -60,6 +66,9 @@ pub(crate) struct ReadOp<'a> {
     /// A TaskFlow (`decorator:`) task's extra keys: the function's keyword arguments.
     pub kwargs: &'a Node,
     pub decorated: bool,
+    /// The operator's name as written (`PostgresOperator`, a class path), or `python` for a
+    /// decorated task.
+    pub alias: &'a str,
     /// Named by an Airflow `...Async` class: deferrable unless `mode` says otherwise.
     pub async_alias: bool,
     /// Other tasks' outputs the arguments use (`+task`), to become dependencies.
@@ -156,11 +165,31 @@ fn read_with<K: OperatorKind>(ctx: &mut Ctx<'_>, read: &mut ReadOp<'_>) -> Optio
         fallback: read.fallback,
         kwargs: read.kwargs,
         decorated: read.decorated,
+        alias: read.alias,
         async_alias: read.async_alias,
         references: &mut *read.references,
         sensor_keys: Some(&shared),
     };
-    K::build(ctx, spec, &mut own_read)
+    let operator = K::build(ctx, spec, &mut own_read)?;
+    if !K::DEFERRABLE
+        && let Some(sensor) = operator.sensor()
+        && sensor.mode == crate::dag::SensorMode::Deferrable
+    {
+        let span = shared
+            .get("deferrable")
+            .or_else(|| shared.get("mode"))
+            .map_or(read.fallback, |n| n.span);
+        ctx.error(
+            span,
+            format!(
+                "`{}` cannot be deferrable (Airflow's {} has no trigger); use mode poke or reschedule",
+                K::NAME,
+                K::CLASS
+            ),
+        );
+        return None;
+    }
+    Some(operator)
 }
 
 /// Every operator, in the order the README lists them.
@@ -175,6 +204,10 @@ pub fn registry() -> &'static [OperatorDef] {
             OperatorDef::of::<kafka_await_message::KafkaAwaitMessage>(),
             OperatorDef::of::<time_delta::TimeDelta>(),
             OperatorDef::of::<date_time::DateTime>(),
+            OperatorDef::of::<sql::Sql>(),
+            OperatorDef::of::<sql_sensor::SqlSensorKind>(),
+            OperatorDef::of::<http::Http>(),
+            OperatorDef::of::<http_sensor::HttpSensorKind>(),
         ]
     });
     &REGISTRY

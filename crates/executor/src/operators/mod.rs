@@ -5,10 +5,12 @@
 
 mod bash;
 mod date_time;
+pub(crate) mod http;
 mod kafka_await_message;
 mod kafka_consume;
 mod kafka_produce;
 mod python;
+pub(crate) mod sql;
 mod time_delta;
 
 use flow_dag::{Operator, Task};
@@ -32,6 +34,10 @@ pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, Render
         Operator::KafkaAwaitMessage(op) => kafka_await_message::render(task, op, ctx),
         Operator::TimeDelta(op) => time_delta::render(task, op, ctx),
         Operator::DateTime(op) => date_time::render(task, op, ctx),
+        Operator::Sql(op) => sql::render(task, op, ctx),
+        Operator::SqlSensor(op) => sql::render_sensor(task, op, ctx),
+        Operator::Http(op) => http::render(task, op, ctx),
+        Operator::HttpSensor(op) => http::render_sensor(task, op, ctx),
     }
 }
 
@@ -77,6 +83,8 @@ pub(crate) async fn execute(
         RenderedTask::Sensor { wait, sensor } => {
             Some(crate::io_ops::sense(spec, wait, sensor, sink, cancel).await)
         }
+        RenderedTask::Sql(run) => Some(sql::run(spec, run, sink).await),
+        RenderedTask::Http(run) => Some(http::run(spec, run, sink).await),
         _ => None,
     }
 }

@@ -109,6 +109,12 @@ pub async fn test(
     });
     let outcome = flow_executor::run(spec, tx, cancel_rx).await;
     let _ = printer.await;
+    // A branch's decision, reported but not applied: a test changes no other task.
+    let branched = flow_executor::branch::after_run(&dag, &task, &ctx, outcome, Utc::now());
+    if let Some(message) = &branched.message {
+        eprintln!("task {task_id}: {message}");
+    }
+    let outcome = branched.outcome;
     match outcome {
         Outcome::Success { xcom } => {
             if let Some(x) = xcom {
@@ -220,6 +226,17 @@ pub async fn clear(dags_folder: &Path, args: ClearArgs<'_>) -> Result<ExitCode> 
     if keys.is_empty() {
         println!("nothing to clear");
         return Ok(ExitCode::SUCCESS);
+    }
+    // ExternalTaskMarkers reach into other DAGs, as Airflow's clear follows them.
+    let own = keys.len();
+    let keys = store.clear_across_markers(&dag, keys).await?;
+    for (key, _) in &keys[own..] {
+        println!(
+            "{} {} {} (through an ExternalTaskMarker)",
+            key.dag_id,
+            key.run_id,
+            label(key)
+        );
     }
     if !args.yes {
         eprintln!(

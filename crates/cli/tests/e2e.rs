@@ -1796,3 +1796,344 @@ fn base64_encode(s: &str) -> String {
     }
     out
 }
+
+/// Branching as Airflow does it, on both backends: BranchPythonOperator (conf picks the
+/// branch), `@task.branch`, branch_bash, ShortCircuitOperator with and without
+/// `ignore_downstream_trigger_rules`, BranchDayOfWeekOperator, BranchDateTimeOperator and
+/// LatestOnlyOperator; unfollowed tasks skipped, the skip carried by trigger rules, a join
+/// with `none_failed_min_one_success`; a branch naming a task that is not downstream fails.
+#[tokio::test]
+async fn branching_and_short_circuits_skip_as_airflow() {
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        env.write_dag(
+            "branch_steps.py",
+            "def pick(which):\n    return which\n\ndef never():\n    return False\n\ndef group_pick():\n    return ['g1']\n\ndef elsewhere():\n    return 'not_downstream'\n",
+        );
+        env.write_dag(
+            "branches.yaml",
+            r#"branch_ops:
+  params:
+    which: left
+  tasks:
+    pick:
+      operator: BranchPythonOperator
+      python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
+      python_callable_name: pick
+      op_kwargs: {which: "{{ params.which }}"}
+    left: {operator: bash, bash_command: "echo left", dependencies: [pick]}
+    right: {operator: bash, bash_command: "echo right", dependencies: [pick]}
+    after_right: {operator: bash, bash_command: "echo after", dependencies: [right]}
+    join: {operator: empty, trigger_rule: none_failed_min_one_success, dependencies: [left, after_right]}
+    deco:
+      decorator: airflow.sdk.task.branch
+      python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
+      python_callable_name: group_pick
+    g1: {operator: empty, dependencies: [deco]}
+    g2: {operator: empty, dependencies: [deco]}
+    pick_bash:
+      operator: branch_bash
+      bash_command: "echo thinking; echo b1"
+    b1: {operator: empty, dependencies: [pick_bash]}
+    b2: {operator: empty, dependencies: [pick_bash]}
+    short:
+      operator: airflow.operators.python.ShortCircuitOperator
+      python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
+      python_callable_name: never
+    s1: {operator: empty, dependencies: [short]}
+    s2: {operator: empty, trigger_rule: all_done, dependencies: [s1]}
+    short_keep:
+      operator: short_circuit
+      bash_command: "echo false"
+      ignore_downstream_trigger_rules: false
+    k1: {operator: empty, dependencies: [short_keep]}
+    k2: {operator: empty, trigger_rule: all_done, dependencies: [k1]}
+    weekday:
+      operator: BranchDayOfWeekOperator
+      week_day: [Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday]
+      follow_task_ids_if_true: wd_yes
+      follow_task_ids_if_false: [wd_no]
+    wd_yes: {operator: empty, dependencies: [weekday]}
+    wd_no: {operator: empty, dependencies: [weekday]}
+    window:
+      operator: airflow.providers.standard.operators.datetime.BranchDateTimeOperator
+      target_lower: "2000-01-01T00:00:00"
+      target_upper: "2999-01-01T00:00:00"
+      follow_task_ids_if_true: dt_in
+      follow_task_ids_if_false: dt_out
+    dt_in: {operator: empty, dependencies: [window]}
+    dt_out: {operator: empty, dependencies: [window]}
+    latest:
+      operator: LatestOnlyOperator
+    after_latest: {operator: empty, dependencies: [latest]}
+branch_bad:
+  tasks:
+    pick:
+      operator: branch_python
+      python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
+      python_callable_name: elsewhere
+    x: {operator: empty, dependencies: [pick]}
+"#,
+        );
+        env.start();
+        let (ok, out) = env.trigger_wait("branch_ops", &[]);
+        let run_id = run_id_of(&out);
+        let got = states(&env, "branch_ops", &run_id);
+        assert!(ok, "{out}\n{got:?}");
+        let expect = [
+            ("pick", "success"),
+            ("left", "success"),
+            ("right", "skipped"),
+            ("after_right", "skipped"),
+            ("join", "success"),
+            ("deco", "success"),
+            ("g1", "success"),
+            ("g2", "skipped"),
+            ("pick_bash", "success"),
+            ("b1", "success"),
+            ("b2", "skipped"),
+            ("short", "success"),
+            ("s1", "skipped"),
+            ("s2", "skipped"),
+            ("short_keep", "success"),
+            ("k1", "skipped"),
+            ("k2", "success"),
+            ("wd_yes", "success"),
+            ("wd_no", "skipped"),
+            ("dt_in", "success"),
+            ("dt_out", "skipped"),
+            ("after_latest", "success"),
+        ];
+        for (task, state) in expect {
+            assert_eq!(
+                got.get(task).map(String::as_str),
+                Some(state),
+                "{task}: {got:?}"
+            );
+        }
+        let log = env.stdout(&["tasks", "logs", "branch_ops", &run_id, "pick"]);
+        assert!(
+            log.contains("Following branch [left]; skipping [right]"),
+            "{log}"
+        );
+
+        // The other branch, chosen by conf.
+        let (ok, out) = env.trigger_wait("branch_ops", &["--conf", r#"{"which": "right"}"#]);
+        let run_id = run_id_of(&out);
+        let got = states(&env, "branch_ops", &run_id);
+        assert!(ok, "{out}\n{got:?}");
+        for (task, state) in [
+            ("left", "skipped"),
+            ("right", "success"),
+            ("after_right", "success"),
+            ("join", "success"),
+        ] {
+            assert_eq!(
+                got.get(task).map(String::as_str),
+                Some(state),
+                "{task}: {got:?}"
+            );
+        }
+
+        let (ok, out) = env.trigger_wait("branch_bad", &[]);
+        assert!(!ok, "{out}");
+        let log = env.stdout(&["tasks", "logs", "branch_bad", &run_id_of(&out), "pick"]);
+        assert!(
+            log.contains("the branch returned `not_downstream`, which is not a task directly downstream of `pick` (downstream: x)"),
+            "{log}"
+        );
+    }
+}
+
+/// Cross-DAG dependencies on both backends: TriggerDagRunOperator with templated conf and run
+/// id, waiting for completion in a worker and in the triggerer (deferrable), failing when the
+/// triggered run fails or the DAG does not exist; ExternalTaskSensor in poke, reschedule and
+/// deferrable modes, with `execution_delta`, dag-factory's `execution_date_fn`,
+/// `failed_states` and `soft_fail`; dag-factory's `external_task_sensor.yml` unchanged; an
+/// ExternalTaskMarker whose clear reaches into the other DAG.
+#[tokio::test]
+async fn cross_dag_triggers_sensors_and_markers() {
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dag_factory_cross_dag");
+        copy_dir(&fixtures, &env.dags);
+        env.write_dag(
+            "cross.yaml",
+            r#"parent:
+  params: {n: 7}
+  tasks:
+    kick:
+      operator: TriggerDagRunOperator
+      trigger_dag_id: child
+      trigger_run_id: "from_parent__{{ run_id }}"
+      conf: {n: "{{ params.n }}", src: "{{ dag_run.run_id }}"}
+      wait_for_completion: true
+      poke_interval: 1
+    kick_deferred:
+      operator: trigger_dagrun
+      trigger_dag_id: child
+      trigger_run_id: "deferred__{{ run_id }}"
+      wait_for_completion: true
+      deferrable: true
+      poke_interval: 1
+    after:
+      operator: bash
+      bash_command: "echo got {{ ti.xcom_pull('kick') }}"
+      dependencies: [kick, kick_deferred]
+child:
+  tasks:
+    work: {operator: bash, bash_command: "echo n={{ dag_run.conf.get('n') }}"}
+parent_fail:
+  tasks:
+    kick: {operator: trigger_dagrun, trigger_dag_id: failing_child, wait_for_completion: true, poke_interval: 1}
+    missing: {operator: trigger_dagrun, trigger_dag_id: nope_dag}
+failing_child:
+  tasks:
+    boom: {operator: bash, bash_command: "exit 1"}
+example_external_task_sensor_dag_factory_producer:
+  tasks:
+    producer_task: {operator: bash, bash_command: "echo produced"}
+    mark:
+      operator: ExternalTaskMarker
+      external_dag_id: watcher
+      external_task_id: wait_poke
+      dependencies: [producer_task]
+watcher:
+  tasks:
+    wait_poke:
+      operator: ExternalTaskSensor
+      external_dag_id: example_external_task_sensor_dag_factory_producer
+      external_task_id: producer_task
+      poke_interval: 1
+    wait_resched:
+      operator: external_task_sensor
+      external_dag_id: example_external_task_sensor_dag_factory_producer
+      external_task_ids: [producer_task, mark]
+      mode: reschedule
+      poke_interval: 1
+    wait_deferred:
+      operator: ExternalTaskSensorAsync
+      external_dag_id: example_external_task_sensor_dag_factory_producer
+      poke_interval: 1
+    wait_missing_day:
+      operator: external_task_sensor
+      external_dag_id: example_external_task_sensor_dag_factory_producer
+      external_task_id: producer_task
+      execution_delta: 1d
+      poke_interval: 1
+      timeout: 3
+      soft_fail: true
+    after_wait: {operator: bash, bash_command: "echo watched", dependencies: [wait_poke]}
+watcher_failed:
+  tasks:
+    wait:
+      operator: external_task_sensor
+      external_dag_id: failing_child
+      external_task_id: boom
+      failed_states: [failed, upstream_failed]
+      poke_interval: 1
+"#,
+        );
+        env.start();
+        // The DAG with a task id Airflow refuses (`wait_for_producer_task:`) is reported; the
+        // file's other DAGs load.
+        let errors = env.run(&["dags", "validate"]);
+        let text = String::from_utf8_lossy(&errors.stdout).into_owned()
+            + &String::from_utf8_lossy(&errors.stderr);
+        assert!(text.contains("external_task_sensor.yml"), "{text}");
+        assert!(text.contains("wait_for_producer_task:"), "{text}");
+
+        // Trigger, twice, and wait: once in a worker, once in the triggerer.
+        let (ok, out) = env.trigger_wait("parent", &[]);
+        let run_id = run_id_of(&out);
+        let got = states(&env, "parent", &run_id);
+        let why = env.stdout(&["tasks", "logs", "parent", &run_id, "kick_deferred"]);
+        assert!(ok, "{out}\n{got:?}\n{why}");
+        let child_run = format!("from_parent__{run_id}");
+        let log = env.stdout(&["tasks", "logs", "child", &child_run, "work"]);
+        assert!(log.contains("n=7"), "{log}");
+        let log = env.stdout(&["tasks", "logs", "parent", &run_id, "after"]);
+        assert!(log.contains(&format!("got {child_run}")), "{log}");
+        let log = env.stdout(&["tasks", "logs", "parent", &run_id, "kick_deferred"]);
+        assert!(log.contains("Deferring"), "{log}");
+        let runs = env.stdout(&["runs", "list", "child"]);
+        assert!(runs.contains(&format!("deferred__{run_id}")), "{runs}");
+
+        let (ok, out) = env.trigger_wait("parent_fail", &[]);
+        assert!(!ok, "{out}");
+        let bad = run_id_of(&out);
+        let log = env.stdout(&["tasks", "logs", "parent_fail", &bad, "kick"]);
+        assert!(log.contains("ended failed"), "{log}");
+        let log = env.stdout(&["tasks", "logs", "parent_fail", &bad, "missing"]);
+        assert!(
+            log.contains("`trigger_dag_id`: DAG `nope_dag` does not exist"),
+            "{log}"
+        );
+
+        // External task sensors: the producer ran at a logical date, the watcher runs at the
+        // same one.
+        let day = "2024-03-05T00:00:00+00:00";
+        let (ok, out) = env.trigger_wait(
+            "example_external_task_sensor_dag_factory_producer",
+            &["--logical-date", day],
+        );
+        assert!(ok, "{out}");
+        let producer_run = run_id_of(&out);
+        let (ok, out) = env.trigger_wait("watcher", &["--logical-date", day]);
+        let watcher_run = run_id_of(&out);
+        let got = states(&env, "watcher", &watcher_run);
+        assert!(ok, "{out}\n{got:?}");
+        for (task, state) in [
+            ("wait_poke", "success"),
+            ("wait_resched", "success"),
+            ("wait_deferred", "success"),
+            ("wait_missing_day", "skipped"),
+            ("after_wait", "success"),
+        ] {
+            assert_eq!(
+                got.get(task).map(String::as_str),
+                Some(state),
+                "{task}: {got:?}"
+            );
+        }
+        // dag-factory's consumers: the same day, and the next day with one_day_ago.
+        let (ok, out) = env.trigger_wait(
+            "example_external_task_sensor_dag_factory_consumer",
+            &["--logical-date", day],
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = env.trigger_wait(
+            "example_external_task_sensor_dag_factory_consumer2",
+            &["--logical-date", "2024-03-06T00:00:00+00:00"],
+        );
+        assert!(ok, "{out}");
+        // A failed external task fails the sensor.
+        let (_, out) = env.trigger_wait("failing_child", &["--logical-date", day]);
+        assert!(out.contains("failed"), "{out}");
+        let (ok, out) = env.trigger_wait("watcher_failed", &["--logical-date", day]);
+        assert!(!ok, "{out}");
+        let log = env.stdout(&["tasks", "logs", "watcher_failed", &run_id_of(&out), "wait"]);
+        assert!(log.contains("is failed (failed_states)"), "{log}");
+
+        // Clearing the marker clears the watcher's sensor too (and its downstream).
+        let cleared = env.stdout(&[
+            "tasks",
+            "clear",
+            "example_external_task_sensor_dag_factory_producer",
+            "-t",
+            "^mark$",
+            "--start-date",
+            day,
+            "--end-date",
+            day,
+            "--yes",
+        ]);
+        assert!(
+            cleared.contains("through an ExternalTaskMarker"),
+            "{cleared}"
+        );
+        assert!(cleared.contains("after_wait"), "{cleared}");
+        let _ = producer_run;
+    }
+}

@@ -1297,20 +1297,21 @@ fn read_task(
                 return None;
             }
         },
-        (None, Some(dec)) => {
-            if !operators::is_decorator(dec) {
+        (None, Some(dec)) => match operators::decorator_operator(dec).and_then(operators::get) {
+            Some(def) => def,
+            None => {
                 let span = node.get("decorator").map_or(name_span, |n| n.span);
+                let known: Vec<&str> = operators::DECORATORS.iter().map(|(d, _)| *d).collect();
                 ctx.error(
                     span,
                     format!(
                         "unknown decorator `{dec}`; known decorators: {}",
-                        operators::DECORATORS.join(", ")
+                        known.join(", ")
                     ),
                 );
                 return None;
             }
-            operators::get("python")?
-        }
+        },
         (None, None) => {
             ctx.error(
                 name_span,
@@ -1398,7 +1399,7 @@ fn read_task(
             fallback: name_span,
             kwargs: &kwargs_node,
             decorated,
-            alias: operator_name.unwrap_or("python").trim(),
+            alias: operator_name.or(decorator_name).unwrap_or_default().trim(),
             async_alias,
             references: &mut references,
             sensor_keys: None,

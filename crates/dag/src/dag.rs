@@ -255,6 +255,12 @@ impl WeightRule {
 }
 
 pub use crate::operators::bash::BashOperator;
+pub use crate::operators::branch::{
+    BranchDateTimeOperator, BranchDayOfWeekOperator, Condition, DateTimeBound, ShortCircuitOperator,
+};
+pub use crate::operators::cross_dag::{
+    ExternalTarget, ExternalTaskMarker, ExternalTaskSensor, TriggerDagRunOperator,
+};
 pub use crate::operators::date_time::DateTimeSensor;
 pub use crate::operators::http::{HttpOperator, HttpOptions, HttpRequest};
 pub use crate::operators::http_sensor::HttpSensor;
@@ -283,6 +289,15 @@ pub enum Operator {
     SqlSensor(SqlSensor),
     Http(HttpOperator),
     HttpSensor(HttpSensor),
+    BranchPython(PythonOperator),
+    BranchBash(BashOperator),
+    ShortCircuit(ShortCircuitOperator),
+    BranchDayOfWeek(BranchDayOfWeekOperator),
+    BranchDateTime(BranchDateTimeOperator),
+    LatestOnly,
+    TriggerDagRun(TriggerDagRunOperator),
+    ExternalTaskSensor(ExternalTaskSensor),
+    ExternalTaskMarker(ExternalTaskMarker),
 }
 
 impl Operator {
@@ -301,6 +316,15 @@ impl Operator {
             Operator::SqlSensor(_) => "sql_sensor",
             Operator::Http(_) => "http",
             Operator::HttpSensor(_) => "http_sensor",
+            Operator::BranchPython(_) => "branch_python",
+            Operator::BranchBash(_) => "branch_bash",
+            Operator::ShortCircuit(_) => "short_circuit",
+            Operator::BranchDayOfWeek(_) => "branch_day_of_week",
+            Operator::BranchDateTime(_) => "branch_datetime",
+            Operator::LatestOnly => "latest_only",
+            Operator::TriggerDagRun(_) => "trigger_dagrun",
+            Operator::ExternalTaskSensor(_) => "external_task_sensor",
+            Operator::ExternalTaskMarker(_) => "external_task_marker",
         }
     }
 
@@ -318,6 +342,7 @@ impl Operator {
             Operator::DateTime(s) => Some(&s.sensor),
             Operator::SqlSensor(s) => Some(&s.sensor),
             Operator::HttpSensor(s) => Some(&s.sensor),
+            Operator::ExternalTaskSensor(s) => Some(&s.sensor),
             _ => None,
         }
     }
@@ -326,6 +351,11 @@ impl Operator {
     pub fn class_name(&self) -> &'static str {
         match self {
             Operator::Python(p) if p.decorated => "@task",
+            Operator::BranchPython(p) if p.decorated => "@task.branch",
+            Operator::ShortCircuit(ShortCircuitOperator {
+                condition: Condition::Python(p),
+                ..
+            }) if p.decorated => "@task.short_circuit",
             _ => self.def().class,
         }
     }

@@ -23,6 +23,12 @@ pub const TRIGGER_TIME: &str = "flow.triggers.DateTimeTrigger";
 /// The kind of a trigger that waits for a Kafka message.
 /// The trigger of a deferred HTTP sensor: pokes the endpoint from the triggerer.
 pub const TRIGGER_HTTP: &str = "airflow.providers.http.triggers.http.HttpSensorTrigger";
+/// A deferred TriggerDagRunOperator waiting for its run to end.
+pub const TRIGGER_DAG_RUN: &str =
+    "airflow.providers.standard.triggers.external_task.DagStateTrigger";
+/// A deferred ExternalTaskSensor.
+pub const TRIGGER_EXTERNAL: &str =
+    "airflow.providers.standard.triggers.external_task.WorkflowTrigger";
 pub const TRIGGER_KAFKA: &str = "flow.triggers.KafkaMessageTrigger";
 
 fn settings(spec: &RunSpec) -> Result<&BTreeMap<String, String>, Outcome> {
@@ -310,6 +316,17 @@ pub(crate) async fn sense(
 ) -> Outcome {
     let now = Utc::now();
     match &spec.resume {
+        Some(Resume::Event(event))
+            if event.get("status").and_then(Json::as_str) == Some("skipped") =>
+        {
+            let reason = event
+                .get("reason")
+                .and_then(Json::as_str)
+                .unwrap_or("skipped by the trigger")
+                .to_owned();
+            logs.system(&reason).await;
+            return Outcome::Skipped { reason };
+        }
         Some(Resume::Event(event)) => {
             logs.system("Resumed after the trigger fired").await;
             return Outcome::Success {
@@ -358,6 +375,12 @@ pub(crate) async fn sense(
                 TRIGGER_HTTP,
                 crate::operators::http::trigger_kwargs(check, sensor),
             ),
+            SensorWait::External(check) => {
+                match crate::operators::cross_dag::defer_kwargs(spec, check, sensor).await {
+                    Ok(kwargs) => (TRIGGER_EXTERNAL, kwargs),
+                    Err(reason) => return Outcome::Failed { reason },
+                }
+            }
             SensorWait::Sql(_) => {
                 return Outcome::Failed {
                     reason: "a SQL sensor cannot be deferred; use mode poke or reschedule".into(),
@@ -392,6 +415,13 @@ pub(crate) async fn sense(
             pokes
                 .run(logs, cancel, || {
                     crate::operators::http::poke(spec.connection.as_ref(), check, logs)
+                })
+                .await
+        }
+        SensorWait::External(check) => {
+            pokes
+                .run(logs, cancel, || {
+                    crate::operators::cross_dag::poke(spec, spec.store.as_ref(), check, logs)
                 })
                 .await
         }
@@ -577,6 +607,8 @@ fn sensor_timeout(sensor: &Sensor) -> Duration {
 /// What a poke found.
 pub(crate) enum Poked {
     NotYet,
+    /// The task is to be skipped (an external task in `skipped_states`).
+    Skip(String),
     /// Done, with the XCom to push (a `PokeReturnValue`'s `xcom_value`).
     Done(Option<Json>),
 }
@@ -621,6 +653,10 @@ impl Pokes<'_> {
             };
             match poked.map(Into::into) {
                 Ok(Poked::Done(xcom)) => return Outcome::Success { xcom },
+                Ok(Poked::Skip(reason)) => {
+                    logs.system(&reason).await;
+                    return Outcome::Skipped { reason };
+                }
                 Ok(Poked::NotYet) => {}
                 Err(reason) => {
                     logs.system(&reason).await;

@@ -189,6 +189,7 @@ pub enum RenderedTask {
     },
     Sql(crate::operators::sql::SqlRun),
     Http(crate::operators::http::HttpRun),
+    TriggerDagRun(crate::operators::cross_dag::TriggerRun),
     /// A sensor, with what it waits for.
     Sensor {
         wait: SensorWait,
@@ -214,6 +215,8 @@ pub enum SensorWait {
     Sql(crate::operators::sql::SqlPoke),
     /// An endpoint that answers as `response_check` wants (`http_sensor`).
     Http(crate::operators::http::HttpPoke),
+    /// Another DAG's tasks or run (`external_task_sensor`).
+    External(crate::operators::cross_dag::ExternalPoke),
 }
 
 impl RenderedTask {
@@ -327,12 +330,29 @@ impl RenderedTask {
                     ("filter".to_owned(), filter.clone()),
                 ],
                 SensorWait::Http(check) => http_fields(&check.call),
+                SensorWait::External(check) => vec![
+                    ("external_dag_id".to_owned(), check.dag_id.clone()),
+                    (
+                        "logical_date".to_owned(),
+                        check
+                            .logical_date
+                            .map_or_else(|| "execution_date_fn".to_owned(), |d| d.to_rfc3339()),
+                    ),
+                ],
                 SensorWait::Sql(check) => vec![
                     ("sql".to_owned(), check.statement.clone()),
                     ("parameters".to_owned(), json(&check.parameters)),
                 ],
             },
             RenderedTask::Http(run) => http_fields(&run.call),
+            RenderedTask::TriggerDagRun(t) => vec![
+                ("trigger_dag_id".to_owned(), t.dag_id.clone()),
+                (
+                    "trigger_run_id".to_owned(),
+                    t.run_id.clone().unwrap_or_else(|| "None".to_owned()),
+                ),
+                ("conf".to_owned(), json(&t.conf)),
+            ],
             RenderedTask::Sql(run) => vec![
                 ("sql".to_owned(), run.statements.join(";\n")),
                 ("parameters".to_owned(), json(&run.parameters)),

@@ -30,6 +30,15 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// The Python task bootstrap (see `bootstrap.py`).
 const PYTHON_BOOTSTRAP: &str = include_str!("bootstrap.py");
 
+/// The bootstrap's definitions without its entry point: a prelude for other small Python
+/// programs that import DAG-folder modules written for Airflow (`_install_airflow_shim()`).
+pub(crate) fn python_prelude() -> &'static str {
+    PYTHON_BOOTSTRAP
+        .trim_end()
+        .strip_suffix("_flow_main()")
+        .unwrap_or("")
+}
+
 /// Everything needed to run one try of a task.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -58,6 +67,8 @@ pub struct RunSpec {
     pub kafka: Option<KafkaSettings>,
     /// The connection the operator names (`RenderedTask::conn_id`), resolved by the worker.
     pub connection: Option<flow_model::Connection>,
+    /// The metadata database, for operators that read or start other DAGs' runs.
+    pub store: Option<flow_store::Store>,
     /// The largest XCom an operator may push, in bytes of JSON (`FLOW__CORE__MAX_XCOM_SIZE`).
     pub max_xcom_size: usize,
     /// Set when the try continues a rescheduled or deferred sensor.
@@ -123,13 +134,16 @@ impl RunSpec {
             dags_folder: ctx.dags_folder.clone(),
             source_root: ctx.source_root.clone(),
             python: "python3".to_owned(),
-            do_xcom_push: task.do_xcom_push,
+            // A branch reads its own result, so it is pushed whatever the task says.
+            do_xcom_push: task.do_xcom_push
+                || crate::operators::branch::is_branching(&task.operator),
             kill_grace: DEFAULT_KILL_GRACE,
             temp_root: std::env::temp_dir(),
             python_context,
             masker,
             kafka: None,
             connection: None,
+            store: None,
             max_xcom_size: DEFAULT_MAX_XCOM_SIZE,
             resume: None,
             context_out: Arc::default(),

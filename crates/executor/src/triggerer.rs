@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::io_ops::{TRIGGER_HTTP, TRIGGER_KAFKA, TRIGGER_TIME, with_context};
+use crate::io_ops::{
+    TRIGGER_DAG_RUN, TRIGGER_EXTERNAL, TRIGGER_HTTP, TRIGGER_KAFKA, TRIGGER_TIME, with_context,
+};
 
 #[derive(Debug, Clone)]
 pub struct TriggererConfig {
@@ -250,6 +252,14 @@ impl Triggerer {
                 });
                 self.tasks.insert(id, handle);
             }
+            kind @ (TRIGGER_DAG_RUN | TRIGGER_EXTERNAL) => {
+                let kwargs = trigger.kwargs.clone();
+                let external = kind == TRIGGER_EXTERNAL;
+                let handle = tokio::spawn(async move {
+                    poll_store(&store, id, &kwargs, external).await;
+                });
+                self.tasks.insert(id, handle);
+            }
             other => fail(&store, id, &format!("unknown trigger kind `{other}`")).await,
         }
     }
@@ -301,6 +311,38 @@ impl Triggerer {
             watch_topic(store, source, k, waiters, member).await;
         });
         self.consumers.insert(key, handle);
+    }
+}
+
+/// Polls the database every `poke_interval_ms` for another DAG's run (TriggerDagRunOperator)
+/// or tasks (ExternalTaskSensor) until they are where the trigger waits for them.
+async fn poll_store(store: &Store, id: i64, kwargs: &Json, external: bool) {
+    let interval = Duration::from_millis(
+        kwargs
+            .get("poke_interval_ms")
+            .and_then(Json::as_u64)
+            .unwrap_or(60_000)
+            .max(100),
+    );
+    loop {
+        let polled = if external {
+            crate::operators::cross_dag::external_poll(store, kwargs).await
+        } else {
+            crate::operators::cross_dag::trigger_poll(store, kwargs).await
+        };
+        match polled {
+            Ok(Some(event)) => {
+                if fire(store, id, event).await {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                fail(store, id, &e).await;
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -850,6 +850,7 @@ impl Job {
             return None;
         };
         let mut rendered_map_index = None;
+        let mut skip = Vec::new();
         let (outcome, task, rendered_fields) = match prepared {
             Err(reason) => {
                 let _ = log_tx
@@ -865,7 +866,14 @@ impl Job {
             }) => {
                 let fields = rendered_fields(&spec.rendered, &spec.masker);
                 let added = spec.context_out.clone();
-                let mut outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
+                let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
+                let branched =
+                    crate::operators::branch::after_run(&dag, &task, &ctx, outcome, Utc::now());
+                if let Some(message) = branched.message {
+                    let _ = log_tx.send(system_line(message)).await;
+                }
+                let mut outcome = branched.outcome;
+                skip = branched.skip;
                 if let Outcome::Success { xcom } = &outcome
                     && let Some(reason) = mapping_source_problem(
                         &dag,
@@ -979,6 +987,11 @@ impl Job {
             rendered_fields,
             rendered_map_index,
             logs,
+            skip: if state == S::Success {
+                skip
+            } else {
+                Vec::new()
+            },
         };
         let reported = (finish.key.clone(), finish.try_number);
         if let Ok(mut unwritten) = self.unwritten.lock() {
@@ -1180,6 +1193,7 @@ impl Job {
         }
         spec.python = self.config.python.clone();
         spec.max_xcom_size = self.config.max_xcom_size;
+        spec.store = Some(self.store.clone());
         spec.resume = resume(ti).map_err(ExecutorError::Task)?;
         if let Some(conn) = conn {
             spec = spec.with_connection(conn).map_err(ExecutorError::task)?;

@@ -125,6 +125,9 @@ fn worker_may(from: TaskInstanceState, to: TaskInstanceState) -> bool {
         (Running, Success | Failed | Skipped | UpForRetry | UpForReschedule | Deferred) => true,
         // A cleared running task has been killed; the worker runs it again.
         (Restarting, Running) => true,
+        // A branch (or short-circuit) task that succeeded skips the downstream tasks it did
+        // not follow, in the same transaction (Airflow's SkipMixin); they have not started.
+        (NoStatus | Scheduled, Skipped) => true,
         // A stop request has been carried out: the process group was killed.
         (Shutdown, Failed | UpForRetry) => true,
         _ => false,
@@ -224,8 +227,8 @@ mod tests {
     #[rustfmt::skip]
     const TABLE: [(TaskInstanceState, [&str; 14]); 14] = [
         //                   none    sched   queue   run     succ    restrt  fail    retry   resch   upfail  skip    defer   remove  shutdn
-        (NoStatus,        ["----", "S---", "----", "----", "---U", "----", "---U", "----", "----", "S---", "S--U", "----", "S---", "----"]),
-        (Scheduled,       ["S--U", "----", "S---", "----", "---U", "----", "---U", "----", "----", "----", "S--U", "----", "S---", "----"]),
+        (NoStatus,        ["----", "S---", "----", "----", "---U", "----", "---U", "----", "----", "S---", "SW-U", "----", "S---", "----"]),
+        (Scheduled,       ["S--U", "----", "S---", "----", "---U", "----", "---U", "----", "----", "----", "SW-U", "----", "S---", "----"]),
         (Queued,          ["S--U", "S---", "----", "-W--", "---U", "----", "S--U", "----", "----", "----", "S--U", "----", "S---", "----"]),
         (Running,         ["----", "----", "----", "----", "-W-U", "---U", "SW-U", "SW--", "-W--", "----", "SW-U", "-W--", "----", "---U"]),
         (Success,         ["---U", "----", "----", "----", "----", "----", "---U", "----", "----", "----", "---U", "----", "----", "----"]),

@@ -139,6 +139,7 @@ impl H {
                     rendered_fields: None,
                     rendered_map_index: None,
                     logs: Vec::new(),
+                    skip: Vec::new(),
                 },
                 self.now,
             )

@@ -189,7 +189,22 @@ impl Store {
         row.as_ref().map(run_row).transpose()
     }
 
-    /// The most recent runs of a DAG, newest first.
+    /// A DAG's run at a logical date (what ExternalTaskSensor looks for).
+    pub async fn dag_run_at(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<DagRunRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 AND logical_date = $2"
+        ))
+        .bind(dag_id)
+        .bind(to_micros(logical_date))
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
     /// How many runs a DAG has.
     pub async fn dag_run_count(&self, dag_id: &str) -> Result<i64> {
         Ok(

@@ -24,6 +24,7 @@ mod deferral;
 mod events;
 mod jobs;
 mod logs;
+mod markers;
 mod pools;
 mod queueing;
 mod task_instances;

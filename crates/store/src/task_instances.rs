@@ -142,6 +142,10 @@ pub struct TiFinish {
     pub rendered_map_index: Option<String>,
     /// Log lines of the try not yet stored; written in the same transaction.
     pub logs: Vec<crate::LogLine>,
+    /// Task ids of the run skipped with a successful try, in the same transaction: the
+    /// downstream tasks a branch did not follow. Only task instances that have not started
+    /// (no status or scheduled) are skipped.
+    pub skip: Vec<String>,
 }
 
 /// What a clear did.
@@ -1017,14 +1021,21 @@ impl Store {
             )
             .await?;
             let mut xcoms = Vec::new();
+            let mut skips = Vec::new();
             for a in done {
                 let f = &finishes[members[a.index]];
                 if let Some(value) = &f.xcom {
                     xcoms.push((&f.key, "return_value", value));
                 }
+                if !f.skip.is_empty() {
+                    skips.push(f);
+                }
                 applied[members[a.index]] = true;
             }
             crate::xcom::upsert_many(&mut tx, &xcoms, now_us).await?;
+            for f in skips {
+                skip_in_run(&mut tx, self, f, now_us).await?;
+            }
         }
         self.commit(tx).await?;
         Ok(applied)
@@ -1408,4 +1419,52 @@ fn bind_ti_filters<'q>(
         query = query.bind(t.as_str());
     }
     query
+}
+
+/// Skips the task instances of `f.skip` in `f`'s run that have not started: the branches a
+/// successful branch try did not follow.
+async fn skip_in_run(
+    tx: &mut Transaction<'static, Any>,
+    store: &Store,
+    f: &TiFinish,
+    now_us: i64,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT task_id, map_index FROM task_instance WHERE dag_id = $1 AND run_id = $2 \
+         AND task_id IN ({}) AND state IN ('none', 'scheduled')",
+        placeholders(3, f.skip.len())
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(f.key.dag_id.as_str())
+        .bind(f.key.run_id.as_str());
+    for task_id in &f.skip {
+        query = query.bind(task_id.as_str());
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    let reason = format!("skipped by `{}`, which did not follow it", f.key.task_id);
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let task_id: String = row.try_get("task_id")?;
+        let map_index: i64 = row.try_get("map_index")?;
+        let key = TiKey {
+            task_id,
+            map_index,
+            ..f.key.clone()
+        };
+        changes.push(TiChange::new(key).reason(Some(reason.clone())));
+    }
+    ti_transition(
+        tx,
+        store,
+        TiMove {
+            actor: Actor::Worker,
+            from: &[S::NoStatus, S::Scheduled],
+            to: S::Skipped,
+            effect: &TiEffect::default(),
+        },
+        &changes,
+        now_us,
+    )
+    .await?;
+    Ok(())
 }

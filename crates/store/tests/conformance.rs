@@ -444,6 +444,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
                 stream: "stdout".into(),
                 line: "42".into(),
             }],
+            skip: Vec::new(),
         };
         assert!(
             !store
@@ -683,6 +684,7 @@ fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>)
         rendered_fields: None,
         rendered_map_index: None,
         logs: Vec::new(),
+        skip: Vec::new(),
     }
 }
 

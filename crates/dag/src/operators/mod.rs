@@ -18,6 +18,8 @@ use crate::spec::field_names;
 use crate::yaml::{Node, Span};
 
 pub(crate) mod bash;
+pub(crate) mod branch;
+pub(crate) mod cross_dag;
 pub(crate) mod date_time;
 pub(crate) mod empty;
 pub(crate) mod http;
@@ -81,6 +83,20 @@ impl ReadOp<'_> {
     /// The position of `key`, or the fallback.
     pub fn span_of(&self, key: &str) -> Span {
         self.node.get(key).map_or(self.fallback, |n| n.span)
+    }
+
+    /// The same read over other keys (an operator reading part of its keys as another's).
+    pub fn with_node<'b>(&'b mut self, node: &'b Node) -> ReadOp<'b> {
+        ReadOp {
+            node,
+            fallback: self.fallback,
+            kwargs: self.kwargs,
+            decorated: self.decorated,
+            alias: self.alias,
+            async_alias: self.async_alias,
+            references: &mut *self.references,
+            sensor_keys: self.sensor_keys,
+        }
     }
 
     /// A sensor's shared settings (`mode`, `poke_interval`, `timeout`, `soft_fail`), checked.
@@ -208,6 +224,15 @@ pub fn registry() -> &'static [OperatorDef] {
             OperatorDef::of::<sql_sensor::SqlSensorKind>(),
             OperatorDef::of::<http::Http>(),
             OperatorDef::of::<http_sensor::HttpSensorKind>(),
+            OperatorDef::of::<branch::BranchPython>(),
+            OperatorDef::of::<branch::BranchBash>(),
+            OperatorDef::of::<branch::ShortCircuit>(),
+            OperatorDef::of::<branch::BranchDayOfWeek>(),
+            OperatorDef::of::<branch::BranchDateTime>(),
+            OperatorDef::of::<branch::LatestOnly>(),
+            OperatorDef::of::<cross_dag::TriggerDagRun>(),
+            OperatorDef::of::<cross_dag::ExternalTaskSensorKind>(),
+            OperatorDef::of::<cross_dag::ExternalTaskMarkerKind>(),
         ]
     });
     &REGISTRY
@@ -218,15 +243,43 @@ pub fn get(name: &str) -> Option<&'static OperatorDef> {
     registry().iter().find(|d| d.name == name)
 }
 
-/// TaskFlow decorators that make a Python task out of `python_callable`.
-pub const DECORATORS: &[&str] = &[
-    "task",
-    "airflow.decorators.task",
-    "airflow.decorators.python_task",
-    "airflow.sdk.task",
-    "airflow.sdk.definitions.decorators.task",
-    "airflow.providers.standard.decorators.python.python_task",
+/// TaskFlow decorators, and the operator each makes out of `python_callable`.
+pub const DECORATORS: &[(&str, &str)] = &[
+    ("task", "python"),
+    ("airflow.decorators.task", "python"),
+    ("airflow.decorators.python_task", "python"),
+    ("airflow.sdk.task", "python"),
+    ("airflow.sdk.definitions.decorators.task", "python"),
+    (
+        "airflow.providers.standard.decorators.python.python_task",
+        "python",
+    ),
+    ("task.branch", "branch_python"),
+    ("airflow.decorators.task.branch", "branch_python"),
+    ("airflow.decorators.branch_task", "branch_python"),
+    ("airflow.sdk.task.branch", "branch_python"),
+    (
+        "airflow.providers.standard.decorators.branch_python.branch_task",
+        "branch_python",
+    ),
+    ("task.short_circuit", "short_circuit"),
+    ("airflow.decorators.task.short_circuit", "short_circuit"),
+    ("airflow.decorators.short_circuit_task", "short_circuit"),
+    ("airflow.sdk.task.short_circuit", "short_circuit"),
+    (
+        "airflow.providers.standard.decorators.short_circuit.short_circuit_task",
+        "short_circuit",
+    ),
 ];
+
+/// The operator a TaskFlow decorator makes.
+pub fn decorator_operator(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    DECORATORS
+        .iter()
+        .find(|(d, _)| *d == name)
+        .map(|(_, op)| *op)
+}
 
 /// Resolves an operator name or class path to its short name.
 pub fn resolve(name: &str) -> Option<&'static str> {
@@ -247,7 +300,7 @@ pub fn known_list() -> String {
 }
 
 pub fn is_decorator(name: &str) -> bool {
-    DECORATORS.contains(&name.trim())
+    decorator_operator(name).is_some()
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! python, and the commands other operators start) share `runner.rs`.
 
 mod bash;
+pub mod branch;
+pub(crate) mod cross_dag;
 mod date_time;
 pub(crate) mod http;
 mod kafka_await_message;
@@ -38,6 +40,19 @@ pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, Render
         Operator::SqlSensor(op) => sql::render_sensor(task, op, ctx),
         Operator::Http(op) => http::render(task, op, ctx),
         Operator::HttpSensor(op) => http::render_sensor(task, op, ctx),
+        Operator::BranchPython(op) => python::render(task, op, ctx),
+        Operator::BranchBash(op) => bash::render(task, op, ctx),
+        Operator::ShortCircuit(op) => match &op.condition {
+            flow_dag::Condition::Python(p) => python::render(task, p, ctx),
+            flow_dag::Condition::Bash(b) => bash::render(task, b, ctx),
+        },
+        Operator::TriggerDagRun(op) => cross_dag::render_trigger(task, op, ctx),
+        Operator::ExternalTaskSensor(op) => cross_dag::render_sensor(task, op, ctx),
+        // A marker runs as an empty task; clears follow it to the external task.
+        Operator::ExternalTaskMarker(_) => Ok(RenderedTask::Empty),
+        Operator::BranchDayOfWeek(_) | Operator::BranchDateTime(_) | Operator::LatestOnly => {
+            branch::render_calendar(task)
+        }
     }
 }
 
@@ -85,6 +100,7 @@ pub(crate) async fn execute(
         }
         RenderedTask::Sql(run) => Some(sql::run(spec, run, sink).await),
         RenderedTask::Http(run) => Some(http::run(spec, run, sink).await),
+        RenderedTask::TriggerDagRun(t) => Some(cross_dag::trigger(spec, t, sink).await),
         _ => None,
     }
 }

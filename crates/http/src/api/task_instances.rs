@@ -443,6 +443,7 @@ async fn clear(
                 (t.key.clone(), retries)
             })
             .collect();
+        let keys = state.store().clear_across_markers(&dag, keys).await?;
         state.store().ti_clear(&keys, Utc::now()).await?;
         super::audit(
             &state,

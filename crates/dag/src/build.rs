@@ -1290,9 +1290,13 @@ fn read_task(
             Some(def) => def,
             None => {
                 let span = node.get("operator").map_or(name_span, |n| n.span);
+                let names = operators::registry()
+                    .iter()
+                    .flat_map(|d| std::iter::once(d.name).chain(d.aliases.iter().copied()));
+                let hint = did_you_mean_hint(op, names);
                 ctx.error(
                     span,
-                    format!("unknown operator `{op}`; known operators: {} (or their Airflow class paths)", operators::known_list()),
+                    format!("unknown operator `{op}`{hint}; known operators: {} (or their Airflow class paths)", operators::known_list()),
                 );
                 return None;
             }

@@ -232,6 +232,26 @@ pub fn max_xcom_size() -> Result<usize> {
         .ok_or_else(|| anyhow!("FLOW__CORE__MAX_XCOM_SIZE must be at least 1, got {n}"))
 }
 
+/// Airflow's `[smtp]` section from `FLOW__SMTP__*` (smtp_host, smtp_port, smtp_user,
+/// smtp_password, smtp_starttls, smtp_ssl, smtp_mail_from, smtp_timeout).
+pub fn smtp_settings() -> Result<flow_executor::email::SmtpSettings> {
+    let d = flow_executor::email::SmtpSettings::default();
+    let port = config::env_number("smtp", "smtp_port", i64::from(d.port))?;
+    Ok(flow_executor::email::SmtpSettings {
+        host: config::env_value("smtp", "smtp_host")?.unwrap_or(d.host),
+        port: u16::try_from(port)
+            .map_err(|_| anyhow!("FLOW__SMTP__SMTP_PORT must be a port number, got {port}"))?,
+        user: config::env_value("smtp", "smtp_user")?.filter(|u| !u.is_empty()),
+        password: config::env_value("smtp", "smtp_password")?,
+        starttls: config::env_bool("smtp", "smtp_starttls", d.starttls)?,
+        ssl: config::env_bool("smtp", "smtp_ssl", d.ssl)?,
+        mail_from: config::env_value("smtp", "smtp_mail_from")?,
+        timeout: StdDuration::from_secs(
+            u64::try_from(config::env_number("smtp", "smtp_timeout", 30)?.max(1)).unwrap_or(30),
+        ),
+    })
+}
+
 pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
     Ok(SchedulerConfig {
         dags_folder: dags_folder.to_path_buf(),
@@ -301,6 +321,7 @@ pub fn worker_config(
         connections: Some(config::connection_source()?),
         max_map_length: max_map_length()?,
         max_xcom_size: max_xcom_size()?,
+        smtp: Some(smtp_settings()?),
         ..WorkerConfig::default()
     })
 }

@@ -91,6 +91,7 @@ pub async fn test(
     };
     let mut spec = RunSpec::new(&task, rendered, &ctx);
     spec.max_xcom_size = ops::max_xcom_size()?;
+    spec.smtp = Some(ops::smtp_settings()?);
     if let Some(conn) = conn {
         spec = spec.with_connection(conn).map_err(|e| anyhow!(e))?;
     }

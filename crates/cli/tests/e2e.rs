@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use flow_store::testing::TestDb;
 
+mod common;
+
 fn flow_bin() -> &'static str {
     env!("CARGO_BIN_EXE_flow")
 }
@@ -1775,6 +1777,45 @@ http_bad:
         }
         let log = env.stdout(&["tasks", "logs", "http_bad", &bad_run, "refused"]);
         assert!(log.contains("retrying in 1 s"), "{log}");
+
+        // The example in dags/: HTTP into SQLite, a branch on volume, two variables.
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dags/warehouse_sync.yaml");
+        std::fs::copy(&example, env.dags.join("warehouse_sync.yaml")).unwrap();
+        let warehouse = env.home.join("warehouse.db");
+        env.stdout(&["connections", "add", "orders_api", "--conn-uri", &base]);
+        env.stdout(&[
+            "connections",
+            "add",
+            "warehouse",
+            "--conn-type",
+            "sqlite",
+            "--conn-host",
+            warehouse.to_str().unwrap(),
+        ]);
+        env.stdout(&["variables", "set", "orders_region", "apac"]);
+        let (ok, out) = env.trigger_wait("warehouse_sync", &[]);
+        let run_id = run_id_of(&out);
+        let got = states(&env, "warehouse_sync", &run_id);
+        assert!(ok, "{out}\n{got:?}");
+        assert_eq!(got["refresh_summary"], "success", "{got:?}");
+        assert_eq!(got["log_quiet_day"], "skipped", "{got:?}");
+        let requests = server.requests();
+        assert!(
+            requests.iter().any(|r| r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/orders?") && p.contains("region=apac"))),
+            "{requests:?}"
+        );
+        // A threshold above the day's three orders takes the other branch.
+        env.stdout(&["variables", "set", "busy_threshold", "10"]);
+        let (ok, out) = env.trigger_wait("warehouse_sync", &[]);
+        let second = run_id_of(&out);
+        let got = states(&env, "warehouse_sync", &second);
+        let why = env.stdout(&["tasks", "logs", "warehouse_sync", &second, "busy_or_quiet"]);
+        assert!(ok, "{out}\n{got:?}\n{why}");
+        assert!(why.contains("Following branch [log_quiet_day]"), "{why}");
+        assert_eq!(got["refresh_summary"], "skipped", "{got:?}");
+        assert_eq!(got["log_quiet_day"], "success", "{got:?}");
     }
 }
 
@@ -2135,5 +2176,321 @@ watcher_failed:
         );
         assert!(cleared.contains("after_wait"), "{cleared}");
         let _ = producer_run;
+    }
+}
+
+/// FileSensor, PythonSensor and BashSensor on both backends, in poke, reschedule and (for
+/// files) deferrable modes, with `exponential_backoff`/`max_wait`, a `PokeReturnValue` XCom,
+/// an `fs` connection's base path, and the endings: a soft-failed timeout is skipped, a bash
+/// exit code other than `retry_exit_code` fails at once, a Python sensor that never holds
+/// times out.
+#[tokio::test]
+async fn file_python_and_bash_sensors() {
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        let landing = env.home.join("landing");
+        let dir = landing.to_string_lossy().into_owned();
+        env.write_dag(
+            "sense.py",
+            "import os\nfrom airflow.sdk import PokeReturnValue\n\ndef exists(path):\n    return os.path.isdir(path) and len(os.listdir(path)) > 0\n\ndef with_value(path):\n    if not os.path.isdir(path):\n        return PokeReturnValue(is_done=False)\n    return PokeReturnValue(is_done=True, xcom_value=sorted(os.listdir(path)))\n\ndef never():\n    return False\n",
+        );
+        env.write_dag(
+            "sensors.yaml",
+            &format!(
+                r#"sensors_ops:
+  params:
+    dir: {dir}
+  tasks:
+    make_file:
+      operator: bash
+      bash_command: "sleep 2; mkdir -p {{{{ params.dir }}}}/sub; touch {{{{ params.dir }}}}/sub/data_{{{{ ds_nodash }}}}.csv"
+    file_poke:
+      operator: FileSensor
+      filepath: "{{{{ params.dir }}}}/sub/data_*.csv"
+      poke_interval: 1
+      timeout: 60
+    file_resched:
+      operator: file_sensor
+      fs_conn_id: fs_dir
+      filepath: "**/*.csv"
+      recursive: true
+      mode: reschedule
+      poke_interval: 1
+      exponential_backoff: true
+      max_wait: 2
+      timeout: 60
+    file_deferred:
+      operator: airflow.providers.standard.sensors.filesystem.FileSensor
+      filepath: "{{{{ params.dir }}}}/sub"
+      deferrable: true
+      poke_interval: 1
+    py_bool:
+      operator: PythonSensor
+      python_callable_file: $CONFIG_ROOT_DIR/sense.py
+      python_callable_name: exists
+      op_kwargs: {{path: "{{{{ params.dir }}}}/sub"}}
+      poke_interval: 1
+    py_value:
+      operator: python_sensor
+      python_callable_file: $CONFIG_ROOT_DIR/sense.py
+      python_callable_name: with_value
+      op_kwargs: {{path: "{{{{ params.dir }}}}/sub"}}
+      mode: reschedule
+      poke_interval: 1
+    bash_sense:
+      operator: BashSensor
+      bash_command: "ls {{{{ params.dir }}}}/sub/*.csv"
+      poke_interval: 1
+    show:
+      operator: bash
+      bash_command: "echo value={{{{ ti.xcom_pull('py_value') | tojson }}}}"
+      dependencies: [py_value]
+sensors_bad:
+  tasks:
+    never:
+      operator: bash_sensor
+      bash_command: "exit 1"
+      poke_interval: 1
+      timeout: 2
+      soft_fail: true
+    broken:
+      operator: bash_sensor
+      bash_command: "exit 3"
+      retry_exit_code: 1
+      poke_interval: 1
+    py_timeout:
+      operator: python_sensor
+      python_callable_file: $CONFIG_ROOT_DIR/sense.py
+      python_callable_name: never
+      poke_interval: 1
+      timeout: 2
+"#
+            ),
+        );
+        let extra = serde_json::json!({"path": dir}).to_string();
+        env.stdout(&[
+            "connections",
+            "add",
+            "fs_dir",
+            "--conn-type",
+            "fs",
+            "--conn-extra",
+            &extra,
+        ]);
+        env.start();
+        let (ok, out) = env.trigger_wait("sensors_ops", &[]);
+        let run_id = run_id_of(&out);
+        let got = states(&env, "sensors_ops", &run_id);
+        let why = env.stdout(&["tasks", "logs", "sensors_ops", &run_id, "py_bool"]);
+        assert!(ok, "{out}\n{got:?}\n{why}");
+        assert!(got.values().all(|s| s == "success"), "{got:?}");
+        let log = env.stdout(&["tasks", "logs", "sensors_ops", &run_id, "show"]);
+        assert!(log.contains("value=[\""), "{log}");
+        for (task, seen) in [
+            ("file_poke", "Poking for file"),
+            ("file_resched", "Not yet: rescheduled"),
+            ("file_deferred", "Deferring to the triggerer"),
+        ] {
+            let log = env.stdout(&["tasks", "logs", "sensors_ops", &run_id, task]);
+            assert!(log.contains(seen), "{task}: {log}");
+        }
+
+        let (ok, out) = env.trigger_wait("sensors_bad", &[]);
+        assert!(!ok, "{out}");
+        let bad = run_id_of(&out);
+        let got = states(&env, "sensors_bad", &bad);
+        assert_eq!(
+            got.get("never").map(String::as_str),
+            Some("skipped"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.get("broken").map(String::as_str),
+            Some("failed"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.get("py_timeout").map(String::as_str),
+            Some("failed"),
+            "{got:?}"
+        );
+        let log = env.stdout(&["tasks", "logs", "sensors_bad", &bad, "broken"]);
+        assert!(log.contains("non-zero exit code 3"), "{log}");
+        let log = env.stdout(&["tasks", "logs", "sensors_bad", &bad, "py_timeout"]);
+        assert!(log.contains("Sensor timed out"), "{log}");
+    }
+}
+
+/// EmailOperator against a real SMTP server (aiosmtpd): through an `smtp` connection with a
+/// login (recipients split as Airflow splits them, cc and bcc, an attachment, the password
+/// never logged) and through the `FLOW__SMTP__*` settings; a refused server and a wrong
+/// password fail the try naming the connection.
+#[tokio::test]
+async fn email_over_a_real_smtp_server() {
+    let Some(python) = common::python_with("aiosmtpd", "aiosmtpd") else {
+        return;
+    };
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_server.py");
+        let port_file = env.home.join("smtp.port");
+        let log_file = env.home.join("smtp.messages");
+        let _server = KillOnDrop(
+            Command::new(&python)
+                .arg(&script)
+                .arg(&port_file)
+                .arg(&log_file)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port: u16 = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the SMTP server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = env.home.to_string_lossy().into_owned();
+        env.write_dag(
+            "mail.yaml",
+            &format!(
+                r#"mail_ops:
+  params:
+    dir: {dir}
+  tasks:
+    report:
+      operator: bash
+      bash_command: "echo 'a,b' > {{{{ params.dir }}}}/report.csv"
+    send_conn:
+      operator: EmailOperator
+      conn_id: smtp_test
+      to: "ops@example.com; lead@example.com"
+      cc: [cc@example.com]
+      bcc: hidden@example.com
+      subject: "Run {{{{ run_id }}}} done"
+      html_content: "<h1>Loaded {{{{ ds }}}}</h1>"
+      files: ["{{{{ params.dir }}}}/report.csv"]
+      from_email: flow@example.com
+      dependencies: [report]
+    send_settings:
+      operator: airflow.providers.smtp.operators.smtp.EmailOperator
+      to: ops@example.com
+      subject: from settings
+      html_content: hello
+mail_bad:
+  tasks:
+    refused:
+      operator: email
+      conn_id: smtp_dead
+      to: x@example.com
+      subject: s
+      html_content: c
+      from_email: f@example.com
+    bad_login:
+      operator: email
+      conn_id: smtp_wrong
+      to: x@example.com
+      subject: s
+      html_content: c
+      from_email: f@example.com
+"#
+            ),
+        );
+        for (id, login, password, p) in [
+            ("smtp_test", "mailer", "pw-smtp-secret-99", port),
+            ("smtp_wrong", "mailer", "not-the-password", port),
+            ("smtp_dead", "mailer", "x", dead_port),
+        ] {
+            let conn = serde_json::json!({
+                "conn_type": "smtp", "host": "127.0.0.1", "port": p, "login": login,
+                "password": password, "extra": {"disable_tls": true, "disable_ssl": true}
+            });
+            env.stdout(&["connections", "add", id, "--conn-json", &conn.to_string()]);
+        }
+        let child = env
+            .command()
+            .env("FLOW__SMTP__SMTP_HOST", "127.0.0.1")
+            .env("FLOW__SMTP__SMTP_PORT", port.to_string())
+            .env("FLOW__SMTP__SMTP_STARTTLS", "false")
+            .env("FLOW__SMTP__SMTP_MAIL_FROM", "settings@example.com")
+            .arg("standalone")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        env.standalone = Some(child);
+        let (ok, out) = env.trigger_wait("mail_ops", &[]);
+        let run_id = run_id_of(&out);
+        let log = env.stdout(&["tasks", "logs", "mail_ops", &run_id, "send_conn"]);
+        assert!(ok, "{out}\n{log}");
+        assert!(!log.contains("pw-smtp-secret-99"), "{log}");
+        let messages: Vec<serde_json::Value> = std::fs::read_to_string(&log_file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let with_conn = messages
+            .iter()
+            .find(|m| {
+                m["data"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("Run {run_id} done"))
+            })
+            .expect("the connection's message arrived");
+        assert_eq!(with_conn["login"], "mailer", "{with_conn}");
+        assert_eq!(with_conn["from"], "flow@example.com");
+        let mut rcpt: Vec<&str> = with_conn["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        rcpt.sort_unstable();
+        assert_eq!(
+            rcpt,
+            [
+                "cc@example.com",
+                "hidden@example.com",
+                "lead@example.com",
+                "ops@example.com"
+            ]
+        );
+        let data = with_conn["data"].as_str().unwrap();
+        assert!(data.contains("report.csv"), "the attachment: {data}");
+        assert!(
+            !data.to_ascii_lowercase().contains("bcc:"),
+            "bcc stays hidden: {data}"
+        );
+        let via_settings = messages
+            .iter()
+            .find(|m| m["data"].as_str().unwrap().contains("from settings"))
+            .expect("the settings' message arrived");
+        assert_eq!(via_settings["from"], "settings@example.com");
+
+        let (ok, out) = env.trigger_wait("mail_bad", &[]);
+        assert!(!ok, "{out}");
+        let bad = run_id_of(&out);
+        let log = env.stdout(&["tasks", "logs", "mail_bad", &bad, "refused"]);
+        assert!(log.contains("SMTP (connection `smtp_dead`"), "{log}");
+        let log = env.stdout(&["tasks", "logs", "mail_bad", &bad, "bad_login"]);
+        assert!(log.contains("SMTP (connection `smtp_wrong`"), "{log}");
+        assert!(!log.contains("not-the-password"), "{log}");
+    }
+}
+
+/// A helper process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

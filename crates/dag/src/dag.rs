@@ -262,12 +262,14 @@ pub use crate::operators::cross_dag::{
     ExternalTarget, ExternalTaskMarker, ExternalTaskSensor, TriggerDagRunOperator,
 };
 pub use crate::operators::date_time::DateTimeSensor;
+pub use crate::operators::email::EmailOperator;
 pub use crate::operators::http::{HttpOperator, HttpOptions, HttpRequest};
 pub use crate::operators::http_sensor::HttpSensor;
 pub use crate::operators::kafka_await_message::KafkaAwaitMessageSensor;
 pub use crate::operators::kafka_consume::KafkaConsumeOperator;
 pub use crate::operators::kafka_produce::{KafkaMessages, KafkaProduceOperator};
 pub use crate::operators::python::{PythonCallable, PythonOperator};
+pub use crate::operators::sensors::{BashSensor, DEFAULT_FS_CONN_ID, FileSensor, PythonSensor};
 pub use crate::operators::sql::{SqlOperator, SqlStatements, is_sql_file};
 pub use crate::operators::sql_sensor::SqlSensor;
 pub use crate::operators::time_delta::TimeDeltaSensor;
@@ -298,6 +300,10 @@ pub enum Operator {
     TriggerDagRun(TriggerDagRunOperator),
     ExternalTaskSensor(ExternalTaskSensor),
     ExternalTaskMarker(ExternalTaskMarker),
+    FileSensor(FileSensor),
+    PythonSensor(PythonSensor),
+    BashSensor(BashSensor),
+    Email(EmailOperator),
 }
 
 impl Operator {
@@ -325,6 +331,10 @@ impl Operator {
             Operator::TriggerDagRun(_) => "trigger_dagrun",
             Operator::ExternalTaskSensor(_) => "external_task_sensor",
             Operator::ExternalTaskMarker(_) => "external_task_marker",
+            Operator::FileSensor(_) => "file_sensor",
+            Operator::PythonSensor(_) => "python_sensor",
+            Operator::BashSensor(_) => "bash_sensor",
+            Operator::Email(_) => "email",
         }
     }
 
@@ -343,6 +353,9 @@ impl Operator {
             Operator::SqlSensor(s) => Some(&s.sensor),
             Operator::HttpSensor(s) => Some(&s.sensor),
             Operator::ExternalTaskSensor(s) => Some(&s.sensor),
+            Operator::FileSensor(s) => Some(&s.sensor),
+            Operator::PythonSensor(s) => Some(&s.sensor),
+            Operator::BashSensor(s) => Some(&s.sensor),
             _ => None,
         }
     }

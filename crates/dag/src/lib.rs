@@ -20,13 +20,13 @@ pub mod template;
 pub mod yaml;
 
 pub use dag::{
-    Arg, BashOperator, BranchDateTimeOperator, BranchDayOfWeekOperator, Condition,
-    DEFAULT_KAFKA_CONN_ID, Dag, DateTimeBound, DateTimeSensor, ExternalTarget, ExternalTaskMarker,
-    ExternalTaskSensor, HttpOperator, HttpOptions, HttpRequest, HttpSensor,
-    KafkaAwaitMessageSensor, KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator,
-    KafkaTrigger, Mapping, Operator, Param, PythonCallable, PythonOperator, Sensor, SensorMode,
-    ShortCircuitOperator, SqlOperator, SqlSensor, SqlStatements, Task, TaskGroup, TimeDeltaSensor,
-    TriggerDagRunOperator, WeightRule, is_sql_file, mapped_length, python_type,
+    Arg, BashOperator, BashSensor, BranchDateTimeOperator, BranchDayOfWeekOperator, Condition,
+    DEFAULT_KAFKA_CONN_ID, Dag, DateTimeBound, DateTimeSensor, EmailOperator, ExternalTarget,
+    ExternalTaskMarker, ExternalTaskSensor, FileSensor, HttpOperator, HttpOptions, HttpRequest,
+    HttpSensor, KafkaAwaitMessageSensor, KafkaConsumeOperator, KafkaMessages, KafkaProduceOperator,
+    KafkaTrigger, Mapping, Operator, Param, PythonCallable, PythonOperator, PythonSensor, Sensor,
+    SensorMode, ShortCircuitOperator, SqlOperator, SqlSensor, SqlStatements, Task, TaskGroup,
+    TimeDeltaSensor, TriggerDagRunOperator, WeightRule, is_sql_file, mapped_length, python_type,
 };
 pub use diagnostic::{Diagnostic, Severity};
 pub use loader::{DagBag, LoadOptions, LoadedFile, find_dag_files, load_dags, load_file};

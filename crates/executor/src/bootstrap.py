@@ -30,6 +30,18 @@ class _AirflowException(Exception):
     """Airflow's base exception."""
 
 
+class PokeReturnValue:
+    """What a sensor's poke may return (Airflow's PokeReturnValue): done or not, and the
+    XCom to push when done."""
+
+    def __init__(self, is_done, xcom_value=None):
+        self.is_done = is_done
+        self.xcom_value = xcom_value
+
+    def __bool__(self):
+        return bool(self.is_done)
+
+
 def get_current_context():
     if not _CURRENT_CONTEXT:
         raise RuntimeError(
@@ -93,7 +105,14 @@ def _install_airflow_shim():
         "airflow.providers.standard.operators.python": current,
         "airflow.models": {"Variable": _Variable},
         "airflow.models.variable": {"Variable": _Variable},
-        "airflow.sdk": {"Context": dict, "Variable": _Variable, **current, **exceptions},
+        "airflow.sdk": {"Context": dict, "Variable": _Variable, "PokeReturnValue": PokeReturnValue,
+                        **current, **exceptions},
+        "airflow.sensors": {},
+        "airflow.sensors.base": {"PokeReturnValue": PokeReturnValue},
+        "airflow.providers.standard.sensors": {},
+        "airflow.providers.standard.sensors.python": {"PokeReturnValue": PokeReturnValue},
+        "airflow.sdk.bases": {},
+        "airflow.sdk.bases.sensor": {"PokeReturnValue": PokeReturnValue},
         "airflow.sdk.exceptions": exceptions,
     }
     for name, attrs in modules.items():
@@ -300,6 +319,9 @@ def _flow_main():
         result = None
 
     def encode(value):
+        # A sensor's answer; also Airflow's own class where Airflow is installed.
+        if type(value).__name__ == "PokeReturnValue" and hasattr(value, "is_done"):
+            return {"__flow_poke__": bool(value.is_done), "xcom_value": value.xcom_value}
         if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
             return value.isoformat()
         if isinstance(value, (set, frozenset)):

@@ -29,6 +29,8 @@ pub const TRIGGER_DAG_RUN: &str =
 /// A deferred ExternalTaskSensor.
 pub const TRIGGER_EXTERNAL: &str =
     "airflow.providers.standard.triggers.external_task.WorkflowTrigger";
+/// A deferred FileSensor.
+pub const TRIGGER_FILE: &str = "airflow.providers.standard.triggers.file.FileTrigger";
 pub const TRIGGER_KAFKA: &str = "flow.triggers.KafkaMessageTrigger";
 
 fn settings(spec: &RunSpec) -> Result<&BTreeMap<String, String>, Outcome> {
@@ -375,6 +377,21 @@ pub(crate) async fn sense(
                 TRIGGER_HTTP,
                 crate::operators::http::trigger_kwargs(check, sensor),
             ),
+            SensorWait::File(check) => (
+                TRIGGER_FILE,
+                crate::operators::sensors::file_trigger_kwargs(
+                    spec.connection.as_ref(),
+                    check,
+                    sensor,
+                ),
+            ),
+            SensorWait::Process(_) => {
+                return Outcome::Failed {
+                    reason:
+                        "a Python or bash sensor cannot be deferred; use mode poke or reschedule"
+                            .into(),
+                };
+            }
             SensorWait::External(check) => {
                 match crate::operators::cross_dag::defer_kwargs(spec, check, sensor).await {
                     Ok(kwargs) => (TRIGGER_EXTERNAL, kwargs),
@@ -408,13 +425,28 @@ pub(crate) async fn sense(
         started,
         deadline,
         reschedule: once,
-        interval: poke_interval,
+        seed: jitter_seed(spec),
     };
     match wait {
         SensorWait::Http(check) => {
             pokes
                 .run(logs, cancel, || {
                     crate::operators::http::poke(spec.connection.as_ref(), check, logs)
+                })
+                .await
+        }
+        SensorWait::File(check) => {
+            pokes
+                .run(logs, cancel, || {
+                    crate::operators::sensors::poke_file(spec.connection.as_ref(), check, logs)
+                })
+                .await
+        }
+        SensorWait::Process(check) => {
+            let poke_cancel = cancel.clone();
+            pokes
+                .run(logs, cancel, || {
+                    crate::operators::sensors::poke_process(spec, check, logs, poke_cancel.clone())
                 })
                 .await
         }
@@ -631,7 +663,20 @@ struct Pokes<'a> {
     started: DateTime<Utc>,
     deadline: DateTime<Utc>,
     reschedule: bool,
-    interval: Duration,
+    /// Spreads the backoff of different task instances apart (Airflow hashes the same ids).
+    seed: u64,
+}
+
+/// A seed from the task instance's identity, stable across its pokes and reschedules.
+fn jitter_seed(spec: &RunSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, v) in &spec.context_env {
+        if k.starts_with("AIRFLOW_CTX_") {
+            (k, v).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 impl Pokes<'_> {
@@ -646,7 +691,9 @@ impl Pokes<'_> {
         Fut: Future<Output = Result<P, String>>,
         P: Into<Poked>,
     {
+        let mut pokes: u32 = 0;
         loop {
+            pokes += 1;
             let poked = tokio::select! {
                 r = poke() => r,
                 () = cancelled(cancel) => return Outcome::Cancelled,
@@ -667,8 +714,16 @@ impl Pokes<'_> {
             if now >= self.deadline {
                 return timed_out(self.sensor, "sensor timeout reached", logs).await;
             }
-            let next = (now + chrono::Duration::from_std(self.interval).unwrap_or_default())
-                .min(self.deadline);
+            // A rescheduled sensor starts each try afresh: how many pokes came before is read
+            // from the time since the first one.
+            let count = if self.reschedule {
+                let elapsed = (now - self.started).num_milliseconds().max(0);
+                let base = self.sensor.poke_interval.num_milliseconds().max(1);
+                1 + (elapsed / base + 1).ilog2()
+            } else {
+                pokes
+            };
+            let next = (now + self.sensor.next_interval(count, self.seed)).min(self.deadline);
             if self.reschedule {
                 return reschedule(next, self.started, logs).await;
             }

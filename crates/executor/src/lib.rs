@@ -23,7 +23,7 @@ mod xcom;
 pub use flow_dag::params::{ParamError, merge_params};
 pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};
-pub use operators::{branch, render_task};
+pub use operators::{branch, email, render_task};
 pub use render::{
     RenderError, RenderedTask, RunContext, SensorWait, TryOf, cross_product_position, python_type,
     render_map_index,

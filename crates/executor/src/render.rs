@@ -190,6 +190,7 @@ pub enum RenderedTask {
     Sql(crate::operators::sql::SqlRun),
     Http(crate::operators::http::HttpRun),
     TriggerDagRun(crate::operators::cross_dag::TriggerRun),
+    Email(crate::operators::email::EmailRun),
     /// A sensor, with what it waits for.
     Sensor {
         wait: SensorWait,
@@ -217,6 +218,10 @@ pub enum SensorWait {
     Http(crate::operators::http::HttpPoke),
     /// Another DAG's tasks or run (`external_task_sensor`).
     External(crate::operators::cross_dag::ExternalPoke),
+    /// A path or glob (`file_sensor`).
+    File(crate::operators::sensors::FilePoke),
+    /// A callable or a command asked each poke (`python_sensor`, `bash_sensor`).
+    Process(crate::operators::sensors::ProcessPoke),
 }
 
 impl RenderedTask {
@@ -231,6 +236,11 @@ impl RenderedTask {
             } => Some(conn_id),
             RenderedTask::Sql(run) => Some(&run.conn_id),
             RenderedTask::Http(run) => Some(&run.call.conn_id),
+            RenderedTask::Email(email) => email.conn_id.as_deref(),
+            RenderedTask::Sensor {
+                wait: SensorWait::File(check),
+                ..
+            } => crate::operators::sensors::file_conn_id(check),
             RenderedTask::Sensor {
                 wait: SensorWait::Http(check),
                 ..
@@ -240,6 +250,19 @@ impl RenderedTask {
                 ..
             } => Some(&check.conn_id),
             _ => None,
+        }
+    }
+
+    /// Whether the task calls a Python callable (itself, or as a sensor's poke): it gets the
+    /// Python context and the variables.
+    pub fn runs_python(&self) -> bool {
+        match self {
+            RenderedTask::Python { .. } => true,
+            RenderedTask::Sensor {
+                wait: SensorWait::Process(check),
+                ..
+            } => check.run.runs_python(),
+            _ => false,
         }
     }
 
@@ -330,6 +353,8 @@ impl RenderedTask {
                     ("filter".to_owned(), filter.clone()),
                 ],
                 SensorWait::Http(check) => http_fields(&check.call),
+                SensorWait::File(check) => vec![("filepath".to_owned(), check.filepath.clone())],
+                SensorWait::Process(check) => check.run.fields(),
                 SensorWait::External(check) => vec![
                     ("external_dag_id".to_owned(), check.dag_id.clone()),
                     (
@@ -345,6 +370,12 @@ impl RenderedTask {
                 ],
             },
             RenderedTask::Http(run) => http_fields(&run.call),
+            RenderedTask::Email(e) => vec![
+                ("to".to_owned(), e.to.join(", ")),
+                ("subject".to_owned(), e.subject.clone()),
+                ("html_content".to_owned(), e.html_content.clone()),
+                ("files".to_owned(), e.files.join(", ")),
+            ],
             RenderedTask::TriggerDagRun(t) => vec![
                 ("trigger_dag_id".to_owned(), t.dag_id.clone()),
                 (

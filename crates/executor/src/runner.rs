@@ -67,6 +67,8 @@ pub struct RunSpec {
     pub kafka: Option<KafkaSettings>,
     /// The connection the operator names (`RenderedTask::conn_id`), resolved by the worker.
     pub connection: Option<flow_model::Connection>,
+    /// Airflow's `[smtp]` settings, for email without a connection.
+    pub smtp: Option<crate::operators::email::SmtpSettings>,
     /// The metadata database, for operators that read or start other DAGs' runs.
     pub store: Option<flow_store::Store>,
     /// The largest XCom an operator may push, in bytes of JSON (`FLOW__CORE__MAX_XCOM_SIZE`).
@@ -123,9 +125,10 @@ impl RunSpec {
     /// A spec with the task's timeout and XCom setting and the run's context.
     pub fn new(task: &Task, rendered: RenderedTask, ctx: &RunContext) -> Self {
         let masker = Masker::for_run(ctx, &rendered);
-        let python_context = match rendered {
-            RenderedTask::Python { .. } => python_context(ctx),
-            _ => Json::Null,
+        let python_context = if rendered.runs_python() {
+            python_context(ctx)
+        } else {
+            Json::Null
         };
         RunSpec {
             rendered,
@@ -136,7 +139,8 @@ impl RunSpec {
             python: "python3".to_owned(),
             // A branch reads its own result, so it is pushed whatever the task says.
             do_xcom_push: task.do_xcom_push
-                || crate::operators::branch::is_branching(&task.operator),
+                || crate::operators::branch::is_branching(&task.operator)
+                || matches!(task.operator, flow_dag::Operator::PythonSensor(_)),
             kill_grace: DEFAULT_KILL_GRACE,
             temp_root: std::env::temp_dir(),
             python_context,
@@ -144,6 +148,7 @@ impl RunSpec {
             kafka: None,
             connection: None,
             store: None,
+            smtp: None,
             max_xcom_size: DEFAULT_MAX_XCOM_SIZE,
             resume: None,
             context_out: Arc::default(),
@@ -300,8 +305,21 @@ pub async fn run(
     if let Some(outcome) = io_outcome {
         return outcome;
     }
-    match &spec.rendered {
-        RenderedTask::Empty => Outcome::Success { xcom: None },
+    run_process(&spec, &spec.rendered, &sink, &mut cancel)
+        .await
+        .0
+}
+
+/// Runs a process task (`bash` or `python`, or the callable or command of a branch or a
+/// sensor) as `rendered` describes; for bash also the exit code.
+pub(crate) async fn run_process(
+    spec: &RunSpec,
+    rendered: &RenderedTask,
+    sink: &LogSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> (Outcome, Option<i32>) {
+    match rendered {
+        RenderedTask::Empty => (Outcome::Success { xcom: None }, None),
         RenderedTask::Bash {
             command,
             env,
@@ -316,7 +334,7 @@ pub async fn run(
                 cwd: cwd.as_deref(),
                 skip_on_exit_code,
             };
-            run_bash(&spec, bash, &sink, &mut cancel).await
+            run_bash(spec, bash, sink, cancel).await
         }
         RenderedTask::Python {
             callable,
@@ -342,15 +360,18 @@ pub async fn run(
                 "dags_folder": spec.dags_folder,
                 "do_xcom_push": spec.do_xcom_push,
             });
-            let outcome = run_python(&spec, input, &sink, &mut cancel).await;
+            let outcome = run_python(spec, input, sink, cancel).await;
             if *show_return_value_in_logs && let Outcome::Success { xcom: Some(v) } = &outcome {
                 sink.system(&format!("Done. Returned value was: {v}")).await;
             }
-            outcome
+            (outcome, None)
         }
-        other => Outcome::Failed {
-            reason: format!("flow bug: {other:?} is neither a process nor an I/O operator"),
-        },
+        other => (
+            Outcome::Failed {
+                reason: format!("flow bug: {other:?} is neither a process nor an I/O operator"),
+            },
+            None,
+        ),
     }
 }
 
@@ -367,21 +388,20 @@ async fn run_bash(
     bash: BashRun<'_>,
     logs: &LogSink,
     cancel: &mut watch::Receiver<bool>,
-) -> Outcome {
+) -> (Outcome, Option<i32>) {
     // Airflow runs in a fresh temporary directory unless `cwd` is given.
     let (dir, temp) = match bash.cwd {
         Some(cwd) => {
             let dir = spec.dags_folder.join(cwd);
             if !dir.is_dir() {
-                return Outcome::Failed {
-                    reason: format!("cwd `{}` is not a directory", dir.display()),
-                };
+                let reason = format!("cwd `{}` is not a directory", dir.display());
+                return (Outcome::Failed { reason }, None);
             }
             (dir, None)
         }
         None => match TempDir::create(&spec.temp_root) {
             Ok(t) => (t.path.clone(), Some(t)),
-            Err(e) => return Outcome::Failed { reason: e },
+            Err(e) => return (Outcome::Failed { reason: e }, None),
         },
     };
     let mut cmd = crate::process::task_command("bash");
@@ -410,17 +430,16 @@ async fn run_bash(
     let supervised = match supervised {
         Ok(s) => s,
         Err(e) => {
-            return Outcome::Failed {
-                reason: format!("cannot start bash: {e}"),
-            };
+            let reason = format!("cannot start bash: {e}");
+            return (Outcome::Failed { reason }, None);
         }
     };
     match supervised.ended {
-        Ended::TimedOut => Outcome::TimedOut,
-        Ended::Cancelled => Outcome::Cancelled,
+        Ended::TimedOut => (Outcome::TimedOut, None),
+        Ended::Cancelled => (Outcome::Cancelled, None),
         Ended::Exited(status) => {
             use std::os::unix::process::ExitStatusExt;
-            match (status.code(), status.signal()) {
+            let outcome = match (status.code(), status.signal()) {
                 // Skip codes come first, as in Airflow: `skip_on_exit_code: [0]` skips.
                 (Some(code), _) if bash.skip_on_exit_code.contains(&code) => {
                     logs.system(&format!("Command exited with return code {code}: skipping"))
@@ -450,7 +469,8 @@ async fn run_bash(
                 (None, signal) => Outcome::Failed {
                     reason: format!("bash command was killed by {}", signal_name(signal)),
                 },
-            }
+            };
+            (outcome, status.code())
         }
     }
 }

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::io_ops::{
-    TRIGGER_DAG_RUN, TRIGGER_EXTERNAL, TRIGGER_HTTP, TRIGGER_KAFKA, TRIGGER_TIME, with_context,
+    TRIGGER_DAG_RUN, TRIGGER_EXTERNAL, TRIGGER_FILE, TRIGGER_HTTP, TRIGGER_KAFKA, TRIGGER_TIME,
+    with_context,
 };
 
 #[derive(Debug, Clone)]
@@ -248,6 +249,34 @@ impl Triggerer {
                             fire(&store, id, json!({"status": "success"})).await;
                         }
                         Err(e) => fail(&store, id, &e).await,
+                    }
+                });
+                self.tasks.insert(id, handle);
+            }
+            TRIGGER_FILE => {
+                let kwargs = trigger.kwargs.clone();
+                let handle = tokio::spawn(async move {
+                    let interval = Duration::from_millis(
+                        kwargs
+                            .get("poke_interval_ms")
+                            .and_then(Json::as_u64)
+                            .unwrap_or(60_000)
+                            .max(100),
+                    );
+                    loop {
+                        match crate::operators::sensors::file_trigger_poll(&kwargs) {
+                            Ok(true) => {
+                                if fire(&store, id, json!({"status": "success"})).await {
+                                    return;
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                fail(&store, id, &e).await;
+                                return;
+                            }
+                        }
+                        tokio::time::sleep(interval).await;
                     }
                 });
                 self.tasks.insert(id, handle);

@@ -42,6 +42,8 @@ pub struct WorkerConfig {
     pub max_map_length: usize,
     /// The largest XCom an operator may push (`FLOW__CORE__MAX_XCOM_SIZE`).
     pub max_xcom_size: usize,
+    /// `FLOW__SMTP__*`, for email tasks without a connection.
+    pub smtp: Option<crate::operators::email::SmtpSettings>,
     /// This worker's row in `job` (`WorkerJob`), heartbeated with its tries and ended at a
     /// clean stop.
     pub job_id: Option<i64>,
@@ -74,6 +76,7 @@ impl Default for WorkerConfig {
             connections: None,
             max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
             max_xcom_size: crate::runner::DEFAULT_MAX_XCOM_SIZE,
+            smtp: None,
             job_id: None,
             heartbeat_timeout: StdDuration::from_secs(60),
             shutdown_timeout: StdDuration::from_secs(60),
@@ -1145,39 +1148,51 @@ impl Job {
         ctx.variables_wanted = Some(wanted.clone());
         let conns_wanted = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
         ctx.connections_wanted = Some(conns_wanted.clone());
+        // Render first without the run's XComs, variables and connections; fetch what a
+        // template or an argument looked for (everything, when a render failed: an error
+        // early in a template hides what the rest would have asked for) or what a Python
+        // callable may read while it runs, then render again, until nothing new is wanted.
         let mut rendered = crate::render_task(&task, &ctx);
-        // Render first without the run's XComs and the variables; fetch them only when a
-        // template or an argument looked for them or a Python callable may read them while it
-        // runs, then render again.
-        let want_xcoms =
-            ctx.xcoms.was_wanted() || matches!(rendered, Ok(RenderedTask::Python { .. }));
-        // A Python callable may call `Variable.get` while it runs.
-        let want_variables = wanted.load(std::sync::atomic::Ordering::Relaxed)
-            || matches!(rendered, Ok(RenderedTask::Python { .. }));
-        if want_xcoms {
-            ctx.xcoms = self.fetch_xcoms(&ti.key).await?;
-        }
-        // Values of variables marked secret by their description (their keys say nothing):
-        // masked in the log like the others.
+        let (mut have_xcoms, mut have_variables) = (false, false);
+        let mut have_conns = std::collections::BTreeSet::new();
+        // Values of variables marked secret by their description (their keys say nothing)
+        // and connections' secrets: masked in the log like the others.
         let mut variable_secrets = Vec::new();
-        if want_variables {
-            (ctx.variables, variable_secrets) = self.fetch_variables().await?;
-        }
-        // Connections templates name (`conn.my_db.host`): resolved as the operators' own are,
-        // environment overrides first; their secrets are masked in the log.
-        let conn_ids: Vec<String> = conns_wanted
-            .lock()
-            .map(|w| w.iter().cloned().collect())
-            .unwrap_or_default();
         let mut conn_secrets = Vec::new();
-        for conn_id in &conn_ids {
-            let conn = self.connection(conn_id).await?;
-            conn_secrets.extend(conn.secrets());
-            ctx.connections.insert(conn_id.clone(), conn);
+        for _ in 0..3 {
+            let failed = rendered.is_err();
+            let python = rendered.as_ref().is_ok_and(RenderedTask::runs_python);
+            let want_xcoms = !have_xcoms && (ctx.xcoms.was_wanted() || python || failed);
+            let want_variables = !have_variables
+                && (wanted.load(std::sync::atomic::Ordering::Relaxed) || python || failed);
+            let new_conns: Vec<String> = conns_wanted
+                .lock()
+                .map(|w| w.iter().filter(|c| !have_conns.contains(*c)).cloned().collect())
+                .unwrap_or_default();
+            if !want_xcoms && !want_variables && new_conns.is_empty() {
+                break;
+            }
+            if want_xcoms {
+                ctx.xcoms = self.fetch_xcoms(&ti.key).await?;
+                have_xcoms = true;
+            }
+            if want_variables {
+                (ctx.variables, variable_secrets) = self.fetch_variables().await?;
+                have_variables = true;
+            }
+            // Connections templates name (`conn.my_db.host`): resolved as the operators' own
+            // are, environment overrides first.
+            for conn_id in new_conns {
+                let conn = self.connection(&conn_id).await?;
+                conn_secrets.extend(conn.secrets());
+                ctx.connections.insert(conn_id.clone(), conn);
+                have_conns.insert(conn_id);
+            }
+            rendered = crate::render_task(&task, &ctx);
         }
         ctx.variables_wanted = None;
         ctx.connections_wanted = None;
-        if want_xcoms || want_variables || !conn_ids.is_empty() {
+        if have_xcoms || have_variables || !have_conns.is_empty() {
             rendered = crate::render_task(&task, &ctx);
         }
         let rendered = rendered.map_err(|e| ExecutorError::task(e.to_string()))?;
@@ -1194,6 +1209,7 @@ impl Job {
         spec.python = self.config.python.clone();
         spec.max_xcom_size = self.config.max_xcom_size;
         spec.store = Some(self.store.clone());
+        spec.smtp = self.config.smtp.clone();
         spec.resume = resume(ti).map_err(ExecutorError::Task)?;
         if let Some(conn) = conn {
             spec = spec.with_connection(conn).map_err(ExecutorError::task)?;

@@ -115,10 +115,19 @@ pub fn kafka_bootstrap() -> Option<String> {
 /// A python with `confluent_kafka` (the independent client of the Kafka tests): the
 /// virtualenv `.ci/run` makes, if it has the package.
 pub fn python_with_confluent_kafka() -> Option<PathBuf> {
-    let python = repo_root().join("target/airflow-client-venv/bin/python");
+    python_with("confluent_kafka", "confluent-kafka")
+}
+
+/// A python that imports `module`: `FLOW_TEST_PYTHON` if set, else the virtualenv `.ci/run`
+/// makes. Under `CI=true` a missing module fails the test; elsewhere the test is skipped with
+/// a line saying what to install.
+pub fn python_with(module: &str, package: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("FLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/airflow-client-venv/bin/python"));
     let ok = python.exists()
         && Command::new(&python)
-            .args(["-c", "import confluent_kafka"])
+            .args(["-c", &format!("import {module}")])
             .status()
             .is_ok_and(|s| s.success());
     if ok {
@@ -126,11 +135,11 @@ pub fn python_with_confluent_kafka() -> Option<PathBuf> {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} cannot import confluent_kafka",
+        "CI=true but {} cannot import {module}",
         python.display()
     );
     eprintln!(
-        "SKIPPED: no confluent_kafka in {} (pip install confluent-kafka)",
+        "SKIPPED: no {module} in {} (pip install {package}, or set FLOW_TEST_PYTHON)",
         python.display()
     );
     None

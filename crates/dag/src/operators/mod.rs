@@ -21,6 +21,7 @@ pub(crate) mod bash;
 pub(crate) mod branch;
 pub(crate) mod cross_dag;
 pub(crate) mod date_time;
+pub(crate) mod email;
 pub(crate) mod empty;
 pub(crate) mod http;
 pub(crate) mod http_sensor;
@@ -30,6 +31,7 @@ pub(crate) mod kafka_consume;
 pub(crate) mod kafka_produce;
 pub(crate) mod python;
 pub(crate) mod sensor;
+pub(crate) mod sensors;
 pub(crate) mod sql;
 pub(crate) mod sql_sensor;
 pub(crate) mod time_delta;
@@ -233,6 +235,10 @@ pub fn registry() -> &'static [OperatorDef] {
             OperatorDef::of::<cross_dag::TriggerDagRun>(),
             OperatorDef::of::<cross_dag::ExternalTaskSensorKind>(),
             OperatorDef::of::<cross_dag::ExternalTaskMarkerKind>(),
+            OperatorDef::of::<sensors::FileSensorKind>(),
+            OperatorDef::of::<sensors::PythonSensorKind>(),
+            OperatorDef::of::<sensors::BashSensorKind>(),
+            OperatorDef::of::<email::Email>(),
         ]
     });
     &REGISTRY

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{Ctx, read_duration, read_spec};
-use crate::dag::millis;
+use crate::dag::{millis, millis_opt};
 use crate::spec::{DurationSpec, Raw};
 use crate::yaml::{Node, Span};
 
@@ -27,6 +27,11 @@ pub struct SensorSpec {
     #[schemars(with = "Option<serde_json::Value>")]
     pub timeout: Option<Raw<DurationSpec>>,
     pub soft_fail: Option<bool>,
+    /// Double the wait after each poke that is not yet, with jitter (default false).
+    pub exponential_backoff: Option<bool>,
+    /// The longest wait between pokes with `exponential_backoff`.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub max_wait: Option<Raw<DurationSpec>>,
 }
 
 /// The names of [`SensorSpec`]'s keys.
@@ -36,6 +41,8 @@ pub(crate) static FIELDS: &[&str] = &[
     "poke_interval",
     "timeout",
     "soft_fail",
+    "exponential_backoff",
+    "max_wait",
 ];
 
 /// How a sensor waits (Airflow's `mode`, with `deferrable` as a third mode).
@@ -71,6 +78,33 @@ pub struct Sensor {
     pub timeout: Duration,
     /// On timeout: skipped instead of failed.
     pub soft_fail: bool,
+    /// Poke intervals grow exponentially (Airflow's `exponential_backoff`).
+    #[serde(default)]
+    pub exponential_backoff: bool,
+    /// Caps the grown interval.
+    #[serde(default, with = "millis_opt")]
+    pub max_wait: Option<Duration>,
+}
+
+impl Sensor {
+    /// The wait after the `poke`-th poke that was not yet done (1-based): `poke_interval`, or
+    /// with `exponential_backoff` Airflow's doubling with a deterministic jitter
+    /// (`min + seed % min` for `min = poke_interval * 2^(poke-1)`), capped by `max_wait`.
+    pub fn next_interval(&self, poke: u32, seed: u64) -> Duration {
+        if !self.exponential_backoff {
+            return self.poke_interval;
+        }
+        let base = self.poke_interval.num_milliseconds().max(1000);
+        let factor = 1i64 << poke.saturating_sub(1).min(20);
+        let min = base.saturating_mul(factor);
+        let jittered =
+            min.saturating_add(i64::try_from(seed % u64::try_from(min).unwrap_or(1)).unwrap_or(0));
+        let wait = Duration::milliseconds(jittered);
+        match self.max_wait {
+            Some(max) => wait.min(max),
+            None => wait,
+        }
+    }
 }
 
 /// The settings every sensor shares: `mode` (or `deferrable: true`), `poke_interval`,
@@ -118,11 +152,21 @@ pub(crate) fn read(
         .timeout
         .and_then(|r| read_duration(ctx, &r.node, "timeout"))
         .unwrap_or_else(|| Duration::days(7));
+    let max_wait = spec
+        .max_wait
+        .and_then(|r| read_duration(ctx, &r.node, "max_wait"));
+    if let Some(m) = max_wait
+        && m <= Duration::zero()
+    {
+        ctx.error(span_of("max_wait"), "`max_wait` must be longer than zero");
+    }
     Some(Sensor {
         mode,
         poke_interval,
         timeout,
         soft_fail: spec.soft_fail.unwrap_or(false),
+        exponential_backoff: spec.exponential_backoff.unwrap_or(false),
+        max_wait,
     })
 }
 
@@ -134,5 +178,25 @@ mod tests {
     #[test]
     fn fields_match_the_spec() {
         assert_eq!(field_names::<SensorSpec>(), FIELDS);
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_with_jitter_and_caps() {
+        let mut s = Sensor {
+            mode: SensorMode::Poke,
+            poke_interval: Duration::seconds(2),
+            timeout: Duration::days(1),
+            soft_fail: false,
+            exponential_backoff: false,
+            max_wait: None,
+        };
+        assert_eq!(s.next_interval(5, 123), Duration::seconds(2));
+        s.exponential_backoff = true;
+        let first = s.next_interval(1, 500);
+        assert_eq!(first, Duration::milliseconds(2500));
+        let fourth = s.next_interval(4, 0);
+        assert_eq!(fourth, Duration::seconds(16));
+        s.max_wait = Some(Duration::seconds(10));
+        assert_eq!(s.next_interval(4, 0), Duration::seconds(10));
     }
 }

@@ -7,11 +7,13 @@ mod bash;
 pub mod branch;
 pub(crate) mod cross_dag;
 mod date_time;
+pub mod email;
 pub(crate) mod http;
 mod kafka_await_message;
 mod kafka_consume;
 mod kafka_produce;
 mod python;
+pub(crate) mod sensors;
 pub(crate) mod sql;
 mod time_delta;
 
@@ -48,6 +50,10 @@ pub fn render_task(task: &Task, ctx: &RunContext) -> Result<RenderedTask, Render
         },
         Operator::TriggerDagRun(op) => cross_dag::render_trigger(task, op, ctx),
         Operator::ExternalTaskSensor(op) => cross_dag::render_sensor(task, op, ctx),
+        Operator::Email(op) => email::render(task, op, ctx),
+        Operator::FileSensor(op) => sensors::render_file(task, op, ctx),
+        Operator::PythonSensor(op) => sensors::render_python(task, op, ctx),
+        Operator::BashSensor(op) => sensors::render_bash(task, op, ctx),
         // A marker runs as an empty task; clears follow it to the external task.
         Operator::ExternalTaskMarker(_) => Ok(RenderedTask::Empty),
         Operator::BranchDayOfWeek(_) | Operator::BranchDateTime(_) | Operator::LatestOnly => {
@@ -101,6 +107,7 @@ pub(crate) async fn execute(
         RenderedTask::Sql(run) => Some(sql::run(spec, run, sink).await),
         RenderedTask::Http(run) => Some(http::run(spec, run, sink).await),
         RenderedTask::TriggerDagRun(t) => Some(cross_dag::trigger(spec, t, sink).await),
+        RenderedTask::Email(e) => Some(email::send(spec, e, sink).await),
         _ => None,
     }
 }

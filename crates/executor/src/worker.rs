@@ -1167,7 +1167,12 @@ impl Job {
                 && (wanted.load(std::sync::atomic::Ordering::Relaxed) || python || failed);
             let new_conns: Vec<String> = conns_wanted
                 .lock()
-                .map(|w| w.iter().filter(|c| !have_conns.contains(*c)).cloned().collect())
+                .map(|w| {
+                    w.iter()
+                        .filter(|c| !have_conns.contains(*c))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             if !want_xcoms && !want_variables && new_conns.is_empty() {
                 break;

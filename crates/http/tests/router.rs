@@ -1507,6 +1507,16 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/pools/{pool_name}".into()),
             ("patch", "/api/v2/pools/{pool_name}".into()),
             ("delete", "/api/v2/pools/{pool_name}".into()),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/dependencies"
+                    .into(),
+            ),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}/dependencies"
+                    .into(),
+            ),
         ];
         for (method, path) in &required {
             assert!(
@@ -2677,5 +2687,107 @@ async fn api_task_instance_batch_list_filters_across_dags() {
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         db.drop_db().await.unwrap();
+    }
+}
+
+/// `GET .../taskInstances/{task_id}/dependencies` says why a task instance is not running, in
+/// Airflow's shape: the queued run, the paused DAG, the trigger rule with its upstream counts,
+/// a full pool; nothing for a task instance that already ran.
+#[tokio::test]
+async fn api_task_instance_dependencies_say_why_it_waits() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "d1", "logical_date": null}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/load/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let deps = j["dependencies"].as_array().unwrap();
+        let names: Vec<&str> = deps.iter().map(|d| d["name"].as_str().unwrap()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "sorted by name: {j}");
+        assert!(names.contains(&"Dagrun Running"), "{j}");
+        let rule = deps
+            .iter()
+            .find(|d| d["name"] == "Trigger Rule")
+            .expect("trigger rule");
+        let reason = rule["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("'all_success'") && reason.contains("upstream_task_ids={extract}"),
+            "{reason}"
+        );
+
+        // A full pool: the default pool with no slots left for the first task.
+        site.store
+            .pool_update("default_pool", "default_pool", 0, "", false)
+            .await
+            .unwrap();
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/extract/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        let pool = j["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "Pool Slots Available")
+            .unwrap_or_else(|| panic!("no pool dependency: {j}"));
+        assert!(
+            pool["reason"]
+                .as_str()
+                .unwrap()
+                .contains("0 open slots in pool default_pool"),
+            "{j}"
+        );
+        assert!(
+            !j["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == "Trigger Rule"),
+            "extract has no upstream: {j}"
+        );
+
+        // Unknown task instance: 404; a mapped path with a bad index: 422.
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/nope/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/load/x/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -1041,6 +1041,21 @@ impl Store {
         Ok(applied)
     }
 
+    /// How many task instances of a DAG, and of one of its tasks, are queued or running now
+    /// (what `max_active_tasks` and `max_active_tis_per_dag` count).
+    pub async fn ti_count_active(&self, dag_id: &str, task_id: &str) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS dag_count, \
+             COALESCE(SUM(CASE WHEN task_id = $2 THEN 1 ELSE 0 END), 0) AS task_count \
+             FROM task_instance WHERE dag_id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(dag_id)
+        .bind(task_id)
+        .fetch_one(self.read_pool())
+        .await?;
+        Ok((row.try_get("dag_count")?, row.try_get("task_count")?))
+    }
+
     /// Task instances a worker owns (running, or being restarted or stopped by it) whose last
     /// heartbeat is older than `cutoff`: zombies, whose worker is gone.
     pub async fn ti_list_stale_running(&self, cutoff: DateTime<Utc>) -> Result<Vec<TiRow>> {

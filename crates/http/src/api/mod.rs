@@ -30,6 +30,7 @@ mod misc;
 mod pools;
 pub mod schema;
 mod task_instances;
+mod ti_dependencies;
 mod variables;
 
 /// How long an API token lives (Airflow's `[api_auth] jwt_expiration_time` default: a day).
@@ -84,6 +85,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(dags::routes())
         .merge(dag_runs::routes())
         .merge(task_instances::routes())
+        .merge(ti_dependencies::routes())
         .merge(misc::routes())
         .merge(connections::routes())
         .merge(pools::routes())

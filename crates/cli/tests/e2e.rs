@@ -1465,6 +1465,22 @@ sql_bad:
       operator: sql
       conn_id: pg_data
       sql: select * from missing_table
+    atomic:
+      operator: sql
+      conn_id: pg_data
+      sql: "insert into t (id, name) values (100, 'kept?'); insert into missing_table values (1)"
+    committed_each:
+      operator: sql
+      conn_id: pg_data
+      autocommit: true
+      sql: "insert into t (id, name) values (101, 'kept'); insert into missing_table values (1)"
+sql_check:
+  tasks:
+    late_rows:
+      operator: sql
+      conn_id: pg_data
+      sql: select id from t where id >= 100 order by id
+      show_return_value_in_logs: true
 "#
             ),
         );
@@ -1558,6 +1574,12 @@ sql_bad:
         }
         let bad_states = states(&env, "sql_bad", &bad_run);
         assert!(bad_states.values().all(|s| s == "failed"), "{bad_states:?}");
+        // Without autocommit the statements are one transaction: the failed second one takes
+        // the first with it; with autocommit the first stays.
+        let (ok, out) = env.trigger_wait("sql_check", &[]);
+        assert!(ok, "{out}");
+        let log = env.stdout(&["tasks", "logs", "sql_check", &run_id_of(&out), "late_rows"]);
+        assert!(log.contains("Done. Returned value was: [[101]]"), "{log}");
     }
 }
 

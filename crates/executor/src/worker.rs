@@ -1159,6 +1159,9 @@ impl Job {
         // and connections' secrets: masked in the log like the others.
         let mut variable_secrets = Vec::new();
         let mut conn_secrets = Vec::new();
+        // Whether the last render asked for nothing it did not have: then it is the answer
+        // (lookups of what was fetched give the same result with or without the tracking).
+        let mut settled = false;
         for _ in 0..3 {
             let failed = rendered.is_err();
             let python = rendered.as_ref().is_ok_and(RenderedTask::runs_python);
@@ -1175,6 +1178,7 @@ impl Job {
                 })
                 .unwrap_or_default();
             if !want_xcoms && !want_variables && new_conns.is_empty() {
+                settled = true;
                 break;
             }
             if want_xcoms {
@@ -1197,7 +1201,9 @@ impl Job {
         }
         ctx.variables_wanted = None;
         ctx.connections_wanted = None;
-        if have_xcoms || have_variables || !have_conns.is_empty() {
+        if !settled {
+            // Still wanting after three rounds: render once more without the tracking, so
+            // that whatever is missing fails with its own message.
             rendered = crate::render_task(&task, &ctx);
         }
         let rendered = rendered.map_err(|e| ExecutorError::task(e.to_string()))?;

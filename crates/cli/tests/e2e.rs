@@ -1468,10 +1468,12 @@ sql_bad:
     atomic:
       operator: sql
       conn_id: pg_data
+      split_statements: true
       sql: "insert into t (id, name) values (100, 'kept?'); insert into missing_table values (1)"
     committed_each:
       operator: sql
       conn_id: pg_data
+      split_statements: true
       autocommit: true
       sql: "insert into t (id, name) values (101, 'kept'); insert into missing_table values (1)"
 sql_check:
@@ -1574,8 +1576,8 @@ sql_check:
         }
         let bad_states = states(&env, "sql_bad", &bad_run);
         assert!(bad_states.values().all(|s| s == "failed"), "{bad_states:?}");
-        // Without autocommit the statements are one transaction: the failed second one takes
-        // the first with it; with autocommit the first stays.
+        // Without autocommit the split statements are one transaction: the failed second one
+        // takes the first with it; with autocommit the first stays.
         let (ok, out) = env.trigger_wait("sql_check", &[]);
         assert!(ok, "{out}");
         let log = env.stdout(&["tasks", "logs", "sql_check", &run_id_of(&out), "late_rows"]);
@@ -1899,6 +1901,11 @@ async fn branching_and_short_circuits_skip_as_airflow() {
       bash_command: "echo thinking; echo b1"
     b1: {operator: empty, dependencies: [pick_bash]}
     b2: {operator: empty, dependencies: [pick_bash]}
+    pick_join:
+      operator: branch_bash
+      bash_command: "echo a2"
+    a2: {operator: empty, dependencies: [pick_join]}
+    join2: {operator: empty, dependencies: [pick_join, a2]}
     short:
       operator: airflow.operators.python.ShortCircuitOperator
       python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
@@ -1955,6 +1962,9 @@ branch_bad:
             ("pick_bash", "success"),
             ("b1", "success"),
             ("b2", "skipped"),
+            // Directly downstream of the branch but also of the followed task: not skipped.
+            ("a2", "success"),
+            ("join2", "success"),
             ("short", "success"),
             ("s1", "skipped"),
             ("s2", "skipped"),
@@ -2002,7 +2012,7 @@ branch_bad:
         assert!(!ok, "{out}");
         let log = env.stdout(&["tasks", "logs", "branch_bad", &run_id_of(&out), "pick"]);
         assert!(
-            log.contains("the branch returned `not_downstream`, which is not a task directly downstream of `pick` (downstream: x)"),
+            log.contains("the branch returned `not_downstream`, which is not a task downstream of `pick` (directly downstream: x)"),
             "{log}"
         );
     }

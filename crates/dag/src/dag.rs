@@ -66,6 +66,26 @@ impl Dag {
         &self.timetable.schedule
     }
 
+    /// Every task downstream of `task_id`, however far, sorted (the task itself excluded).
+    pub fn all_downstream(&self, task_id: &str) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut stack: Vec<String> = self
+            .task(task_id)
+            .map(|t| t.downstream.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        while let Some(id) = stack.pop() {
+            if seen.contains(&id) {
+                continue;
+            }
+            if let Some(t) = self.task(&id) {
+                stack.extend(t.downstream.iter().map(ToString::to_string));
+            }
+            seen.push(id);
+        }
+        seen.sort();
+        seen
+    }
+
     pub fn task(&self, task_id: &str) -> Option<&Task> {
         let index = self.task_index.get_or_init(|| {
             self.tasks

@@ -874,6 +874,28 @@ pub(crate) fn map(entries: Vec<(&'static str, Value)>) -> Value {
     Value::from(entries.into_iter().collect::<BTreeMap<&str, Value>>())
 }
 
+/// Evaluates a Jinja expression (a check such as `response_check` or a SQL sensor's `success`)
+/// with `vars` as its names.
+pub(crate) fn eval_expression(expression: &str, vars: &Json) -> Result<Value, String> {
+    let env = Environment::new();
+    let expr = env
+        .compile_expression(expression)
+        .map_err(|e| format!("not a valid expression: {e}"))?;
+    expr.eval(json_value(vars)).map_err(|e| e.to_string())
+}
+
+/// Python's `bool()` of a JSON value: what a returned condition means.
+pub(crate) fn py_truthy(v: &Json) -> bool {
+    match v {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(o) => !o.is_empty(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -264,7 +264,7 @@ impl Triggerer {
                             .max(100),
                     );
                     loop {
-                        match crate::operators::sensors::file_trigger_poll(&kwargs) {
+                        match crate::operators::sensors::file_trigger_poll(&kwargs).await {
                             Ok(true) => {
                                 if fire(&store, id, json!({"status": "success"})).await {
                                     return;

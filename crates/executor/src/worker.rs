@@ -446,7 +446,17 @@ impl Worker {
         };
         tasks.spawn(async move {
             let key = ti.key.clone();
-            let restart = job.execute(ti, cancel_rx).await;
+            // A panic in a try (a bug) must not cost the worker its slot: the job runs in a
+            // task of its own, and its key comes back either way. The try, no longer
+            // heartbeated, is rescued by the scheduler as a zombie.
+            let restart = match tokio::spawn(async move { job.execute(ti, cancel_rx).await }).await
+            {
+                Ok(restart) => restart,
+                Err(e) => {
+                    warn!(task_id = %key.task_id, error = %e, "a try panicked; the scheduler will rescue it");
+                    None
+                }
+            };
             (key, restart)
         });
     }

@@ -1526,6 +1526,8 @@ async fn clear(
             (t.key, retries)
         })
         .collect();
+    // ExternalTaskMarkers reach into other DAGs, as Airflow's clear follows them.
+    let keys = state.store().clear_across_markers(&dag, keys).await?;
     let report = state.store().ti_clear(&keys, Utc::now()).await?;
     audit(
         &state,

@@ -55,7 +55,8 @@ impl Store {
                 let Some(ext_run) = self.dag_run_at(&marker.external_dag_id, at).await? else {
                     continue;
                 };
-                let reach = downstream_of(&external, &marker.external_task_id);
+                let mut reach = external.all_downstream(&marker.external_task_id);
+                reach.push(marker.external_task_id.clone());
                 let mut found = Vec::new();
                 for ti in self
                     .ti_list_for_run(&marker.external_dag_id, &ext_run.run_id)
@@ -78,20 +79,4 @@ impl Store {
         }
         Ok(out)
     }
-}
-
-/// A task and every task downstream of it.
-fn downstream_of(dag: &Dag, task_id: &str) -> Vec<String> {
-    let mut seen: Vec<String> = Vec::new();
-    let mut stack = vec![task_id.to_owned()];
-    while let Some(id) = stack.pop() {
-        if seen.contains(&id) {
-            continue;
-        }
-        if let Some(t) = dag.task(&id) {
-            stack.extend(t.downstream.iter().map(ToString::to_string));
-        }
-        seen.push(id);
-    }
-    seen
 }

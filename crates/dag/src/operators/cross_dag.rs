@@ -154,6 +154,12 @@ impl OperatorKind for TriggerDagRun {
             Some(raw) => read_duration(ctx, &raw.node, "poke_interval")?,
             None => Duration::seconds(60),
         };
+        if poke_interval <= Duration::zero() {
+            ctx.error(
+                read.span_of("poke_interval"),
+                "`poke_interval` must be longer than zero",
+            );
+        }
         let allowed_states = run_states(
             ctx,
             read,

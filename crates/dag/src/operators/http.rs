@@ -225,11 +225,12 @@ fn read_options(ctx: &mut Ctx<'_>, raw: Option<&Raw<AnyValue>>) -> Option<HttpOp
             }
         };
         match key.as_str() {
-            "timeout" => match value.as_f64().filter(|t| *t > 0.0) {
+            // At most a day: a request is not a wait (sensors have their own timeout).
+            "timeout" => match value.as_f64().filter(|t| *t > 0.0 && *t <= 86_400.0) {
                 Some(t) => options.timeout = Some(t),
                 None => ctx.error(
                     span,
-                    "`extra_options.timeout`: expected a number of seconds above zero",
+                    "`extra_options.timeout`: expected a number of seconds above zero, at most a day",
                 ),
             },
             "verify" => options.verify = flag(ctx, &value)?,

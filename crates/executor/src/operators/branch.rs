@@ -74,7 +74,7 @@ pub fn after_run(
         Operator::ShortCircuit(op) => {
             let value = xcom.clone().unwrap_or(Json::Null);
             let holds = match &op.condition {
-                Condition::Python(_) => truthy(&value),
+                Condition::Python(_) => crate::jinja::py_truthy(&value),
                 Condition::Bash(_) => line_truthy(&value),
             };
             if holds {
@@ -85,7 +85,7 @@ pub fn after_run(
                 };
             }
             let skip = if op.ignore_downstream_trigger_rules {
-                all_downstream(dag, task)
+                dag.all_downstream(task.task_id.as_str())
             } else {
                 task.downstream.iter().map(ToString::to_string).collect()
             };
@@ -111,34 +111,40 @@ pub fn after_run(
         }
         _ => return Branched::unchanged(outcome),
     };
-    follow(task, followed)
+    follow(dag, task, followed)
 }
 
-/// Skips the direct downstream tasks not followed. A followed task group stands for its tasks
-/// among the direct downstream ones.
-fn follow(task: &Task, followed: Vec<String>) -> Branched {
-    let downstream: Vec<String> = task.downstream.iter().map(ToString::to_string).collect();
+/// Skips the direct downstream tasks not followed, as Airflow's `skip_all_except`: a
+/// followed task group stands for its tasks, and a direct downstream task that is also
+/// downstream of a followed one (a join) is left to its trigger rule. A followed id must be
+/// downstream of the branch.
+fn follow(dag: &Dag, task: &Task, followed: Vec<String>) -> Branched {
+    let direct: Vec<String> = task.downstream.iter().map(ToString::to_string).collect();
+    let reach = dag.all_downstream(task.task_id.as_str());
     let mut kept: Vec<String> = Vec::new();
     for id in &followed {
-        let members: Vec<&String> = downstream
+        let members: Vec<&String> = reach
             .iter()
             .filter(|d| *d == id || d.starts_with(&format!("{id}.")))
             .collect();
         if members.is_empty() {
             return Branched::failed(format!(
-                "the branch returned `{id}`, which is not a task directly downstream of `{}` \
-                 (downstream: {})",
+                "the branch returned `{id}`, which is not a task downstream of `{}` \
+                 (directly downstream: {})",
                 task.task_id,
-                if downstream.is_empty() {
+                if direct.is_empty() {
                     "none".to_owned()
                 } else {
-                    downstream.join(", ")
+                    direct.join(", ")
                 }
             ));
         }
-        kept.extend(members.into_iter().cloned());
+        for m in members {
+            kept.push(m.clone());
+            kept.extend(dag.all_downstream(m));
+        }
     }
-    let skip: Vec<String> = downstream
+    let skip: Vec<String> = direct
         .iter()
         .filter(|d| !kept.contains(d))
         .cloned()
@@ -202,18 +208,6 @@ fn ids_from_line(value: Option<&Json>) -> Vec<String> {
         .collect()
 }
 
-/// Python's `bool()` of a JSON value.
-fn truthy(v: &Json) -> bool {
-    match v {
-        Json::Null => false,
-        Json::Bool(b) => *b,
-        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Json::String(s) => !s.is_empty(),
-        Json::Array(a) => !a.is_empty(),
-        Json::Object(o) => !o.is_empty(),
-    }
-}
-
 /// A command's last line as a condition: empty, `0`, `false`, `no`, `none` are false.
 fn line_truthy(v: &Json) -> bool {
     match v {
@@ -221,25 +215,8 @@ fn line_truthy(v: &Json) -> bool {
             s.trim().to_ascii_lowercase().as_str(),
             "" | "0" | "false" | "no" | "none" | "null"
         ),
-        other => truthy(other),
+        other => crate::jinja::py_truthy(other),
     }
-}
-
-/// Every task downstream of `task`, however far.
-fn all_downstream(dag: &Dag, task: &Task) -> Vec<String> {
-    let mut seen: Vec<String> = Vec::new();
-    let mut stack: Vec<String> = task.downstream.iter().map(ToString::to_string).collect();
-    while let Some(id) = stack.pop() {
-        if seen.contains(&id) {
-            continue;
-        }
-        if let Some(t) = dag.tasks.iter().find(|t| t.task_id.as_str() == id) {
-            stack.extend(t.downstream.iter().map(ToString::to_string));
-        }
-        seen.push(id);
-    }
-    seen.sort();
-    seen
 }
 
 /// The moment a calendar branch compares: the run's logical date, or now, in the DAG's time

@@ -39,6 +39,8 @@ pub struct ExternalPoke {
     pub failed_states: Vec<String>,
     pub skipped_states: Vec<String>,
     pub check_existence: bool,
+    /// A failed external task skips this one instead (Airflow's `soft_fail`).
+    pub soft_fail: bool,
 }
 
 pub(crate) fn render_trigger(
@@ -126,6 +128,7 @@ pub(crate) fn render_sensor(
             failed_states: op.failed_states.clone(),
             skipped_states: op.skipped_states.clone(),
             check_existence: op.check_existence,
+            soft_fail: op.sensor.soft_fail,
         }),
         sensor: op.sensor.clone(),
     })
@@ -144,17 +147,26 @@ pub(crate) async fn trigger(spec: &RunSpec, t: &TriggerRun, logs: &LogSink) -> O
         Ok(s) => s,
         Err(reason) => return Outcome::Failed { reason },
     };
-    // Resumed after the triggerer saw the run end.
-    if let Some(Resume::Event(event)) = &spec.resume {
-        let run_id = event
-            .get("run_id")
-            .and_then(Json::as_str)
-            .unwrap_or_default();
-        let state = event
-            .get("state")
-            .and_then(Json::as_str)
-            .unwrap_or_default();
-        return ended(t, run_id, state, logs).await;
+    // Resumed from the triggerer: the run ended, the wait timed out, or the trigger failed.
+    // Never trigger again on resume.
+    match &spec.resume {
+        Some(Resume::Event(event)) => {
+            let run_id = event
+                .get("run_id")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
+            let state = event
+                .get("state")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
+            return ended(t, run_id, state, logs).await;
+        }
+        Some(Resume::TimedOut(reason) | Resume::Failed(reason)) => {
+            return Outcome::Failed {
+                reason: format!("waiting for the triggered run: {reason}"),
+            };
+        }
+        Some(Resume::Poke { .. }) | None => {}
     }
     match trigger_once(store, t, logs).await {
         Ok(Some(run_id)) if t.op.wait_for_completion => wait(store, spec, t, &run_id, logs).await,
@@ -215,7 +227,8 @@ async fn trigger_once(
             Ok(Some(run.run_id))
         }
         Err(TriggerError::Duplicate { run_id, .. }) => {
-            if t.op.skip_when_already_exists {
+            // Airflow's order: reset wins over skip.
+            if t.op.skip_when_already_exists && !t.op.reset_dag_run {
                 logs.system(&format!(
                     "Run `{run_id}` of `{}` already exists; skipping",
                     t.dag_id
@@ -425,6 +438,7 @@ pub(crate) async fn poke(
                 ))
                 .await;
             }
+            Verdict::Failed(why) if check.soft_fail => return Ok(Poked::Skip(why)),
             Verdict::Failed(why) => return Err(why),
             Verdict::Skipped(why) => return Ok(Poked::Skip(why)),
         }
@@ -587,6 +601,9 @@ pub(crate) async fn external_poll(store: &Store, kwargs: &Json) -> Result<Option
         match poke_one(store, &check, *at).await? {
             Verdict::Done => done += 1,
             Verdict::Waiting(_) => {}
+            Verdict::Failed(why) if check.soft_fail => {
+                return Ok(Some(json!({"status": "skipped", "reason": why})));
+            }
             Verdict::Failed(why) => return Err(why),
             Verdict::Skipped(why) => return Ok(Some(json!({"status": "skipped", "reason": why}))),
         }

@@ -157,8 +157,9 @@ fn settings_for(conn: Option<&Connection>, base: &SmtpSettings) -> Result<SmtpSe
         timeout: extra
             .get("timeout")
             .and_then(Json::as_f64)
-            .filter(|t| *t > 0.0)
-            .map_or(base.timeout, Duration::from_secs_f64),
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(base.timeout),
     })
 }
 

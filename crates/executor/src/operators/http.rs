@@ -334,7 +334,7 @@ pub(crate) async fn poke(
     logs: &LogSink,
 ) -> Result<Poked, String> {
     let response = Arc::new(send(connection, &check.call, logs).await?);
-    if !response.ok() {
+    if !response.ok() && check.call.options.check_response {
         if check.allowlist.contains(&response.status_code) {
             logs.system(&format!(
                 "{} {}: not yet",
@@ -449,7 +449,9 @@ pub(crate) async fn send(
         builder = builder.redirect(reqwest::redirect::Policy::none());
     }
     if let Some(t) = call.options.timeout {
-        builder = builder.timeout(Duration::from_secs_f64(t));
+        let t = Duration::try_from_secs_f64(t)
+            .map_err(|_| format!("`extra_options.timeout`: {t} is not a number of seconds"))?;
+        builder = builder.timeout(t);
     }
     let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
     let method = reqwest::Method::from_bytes(call.method.as_bytes())
@@ -461,19 +463,34 @@ pub(crate) async fn send(
     ))
     .await;
     let attempts = call.retry_attempts.max(1);
+    // Later headers replace earlier ones of the same name (the task's over the connection's).
+    let mut header_map = reqwest::header::HeaderMap::new();
+    for (k, v) in &headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("`headers`: `{k}` is not a header name"))?;
+        let value = reqwest::header::HeaderValue::from_str(v)
+            .map_err(|_| format!("`headers`: the value of `{k}` is not a valid header value"))?;
+        header_map.insert(name, value);
+    }
+    // A timed-out request may have been handled: only idempotent methods are sent again.
+    let idempotent = matches!(call.method.as_str(), "GET" | "HEAD" | "OPTIONS");
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=attempts {
-        let mut request = client.request(method.clone(), parsed.clone());
-        for (k, v) in &headers {
-            request = request.header(k.as_str(), v.as_str());
-        }
-        if let Some(login) = conn.login.as_deref().filter(|l| !l.is_empty()) {
+        let mut request = client
+            .request(method.clone(), parsed.clone())
+            .headers(header_map.clone());
+        // The task's own Authorization header wins over the connection's login.
+        if let Some(login) = conn
+            .login
+            .as_deref()
+            .filter(|l| !l.is_empty() && !header_map.contains_key(reqwest::header::AUTHORIZATION))
+        {
             request = request.basic_auth(login, conn.password.as_deref());
         }
         request = with_data(request, &call.method, &call.data, &headers);
         match request.send().await {
-            Ok(resp) => return Ok(read_response(resp).await),
-            Err(e) if (e.is_connect() || e.is_timeout()) && attempt < attempts => {
+            Ok(resp) => return read_response(resp).await,
+            Err(e) if (e.is_connect() || (e.is_timeout() && idempotent)) && attempt < attempts => {
                 logs.system(&format!(
                     "{}; retrying in {} s (attempt {attempt} of {attempts})",
                     describe(&e),
@@ -562,7 +579,11 @@ fn form_encode(s: &str) -> String {
     out
 }
 
-async fn read_response(resp: reqwest::Response) -> Response {
+/// The most of a response body flow reads (64 MiB): a bigger one fails the try rather than
+/// the worker's memory.
+const MAX_BODY: usize = 64 << 20;
+
+async fn read_response(mut resp: reqwest::Response) -> Result<Response, String> {
     let status = resp.status();
     let url = resp.url().to_string();
     let headers = resp
@@ -575,14 +596,29 @@ async fn read_response(resp: reqwest::Response) -> Response {
             )
         })
         .collect();
-    let text = resp.text().await.unwrap_or_default();
-    Response {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(format!(
+                        "the response from {url} is larger than {} MiB",
+                        MAX_BODY >> 20
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("reading the response from {url}: {}", describe(&e))),
+        }
+    }
+    Ok(Response {
         status_code: status.as_u16(),
         reason: status.canonical_reason().unwrap_or("").to_owned(),
         url,
         headers,
-        text,
-    }
+        text: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// A URL without its password, for the log.

@@ -17,6 +17,8 @@ pub(crate) mod sensors;
 pub(crate) mod sql;
 mod time_delta;
 
+use std::future::Future;
+
 use flow_dag::{Operator, Task};
 use tokio::sync::watch;
 
@@ -104,10 +106,24 @@ pub(crate) async fn execute(
         RenderedTask::Sensor { wait, sensor } => {
             Some(crate::io_ops::sense(spec, wait, sensor, sink, cancel).await)
         }
-        RenderedTask::Sql(run) => Some(sql::run(spec, run, sink).await),
-        RenderedTask::Http(run) => Some(http::run(spec, run, sink).await),
-        RenderedTask::TriggerDagRun(t) => Some(cross_dag::trigger(spec, t, sink).await),
-        RenderedTask::Email(e) => Some(email::send(spec, e, sink).await),
+        RenderedTask::Sql(run) => Some(stoppable(sql::run(spec, run, sink), cancel).await),
+        RenderedTask::Http(run) => Some(stoppable(http::run(spec, run, sink), cancel).await),
+        RenderedTask::TriggerDagRun(t) => {
+            Some(stoppable(cross_dag::trigger(spec, t, sink), cancel).await)
+        }
+        RenderedTask::Email(e) => Some(stoppable(email::send(spec, e, sink), cancel).await),
         _ => None,
+    }
+}
+
+/// Runs `work` until it ends or the try is stopped (marked, cleared, fenced, shut down):
+/// dropping it closes its connection, and the try reports nothing.
+async fn stoppable(
+    work: impl Future<Output = Outcome>,
+    cancel: &mut watch::Receiver<bool>,
+) -> Outcome {
+    tokio::select! {
+        outcome = work => outcome,
+        () = crate::process::cancelled(cancel) => Outcome::Cancelled,
     }
 }

@@ -97,30 +97,47 @@ fn full_pattern(check: &FilePoke, conn: Option<&Connection>) -> String {
         .into_owned()
 }
 
-/// The files matching: a matching file counts; a matching directory counts when it holds a
-/// file somewhere below (as Airflow's FileSensor walks it).
-fn matches(pattern: &str, recursive: bool) -> Result<Vec<PathBuf>, String> {
+/// Whether a file matches: a matching file counts, and a matching directory when it holds a
+/// file somewhere below (as Airflow's FileSensor walks it). Python's glob rules: `*` stops at
+/// `/` and skips dotfiles; `**` crosses directories only with `recursive`. Links are not
+/// followed below a match, and the search stops at the first hit. Blocking: call it from
+/// `spawn_blocking`.
+fn any_match(pattern: &str, recursive: bool) -> Result<Option<PathBuf>, String> {
     let options = glob::MatchOptions {
         case_sensitive: true,
-        require_literal_separator: !recursive,
-        require_literal_leading_dot: false,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
     };
-    let paths = glob::glob_with(pattern, options)
+    let pattern = if recursive {
+        pattern.to_owned()
+    } else {
+        pattern.replace("**", "*")
+    };
+    let paths = glob::glob_with(&pattern, options)
         .map_err(|e| format!("`filepath`: `{pattern}` is not a valid glob: {e}"))?;
     Ok(paths
         .filter_map(Result::ok)
-        .filter(|p| p.is_file() || (p.is_dir() && has_file_below(p)))
-        .collect())
+        .find(|p| p.is_file() || (p.is_dir() && has_file_below(p, 0))))
 }
 
-fn has_file_below(dir: &Path) -> bool {
+fn has_file_below(dir: &Path, depth: usize) -> bool {
+    if depth > 64 {
+        return false;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        p.is_file() || (p.is_dir() && has_file_below(&p))
+    entries.flatten().any(|e| match e.file_type() {
+        Ok(t) if t.is_file() => true,
+        Ok(t) if t.is_dir() => has_file_below(&e.path(), depth + 1),
+        _ => false,
     })
+}
+
+async fn matching(pattern: String, recursive: bool) -> Result<Option<PathBuf>, String> {
+    tokio::task::spawn_blocking(move || any_match(&pattern, recursive))
+        .await
+        .map_err(|e| format!("looking for files: {e}"))?
 }
 
 pub(crate) async fn poke_file(
@@ -129,15 +146,9 @@ pub(crate) async fn poke_file(
     logs: &LogSink,
 ) -> Result<Poked, String> {
     let pattern = full_pattern(check, conn);
-    let found = matches(&pattern, check.recursive)?;
-    match found.first() {
-        Some(first) => {
-            logs.system(&format!(
-                "Found {} (and {} more)",
-                first.display(),
-                found.len() - 1
-            ))
-            .await;
+    match matching(pattern.clone(), check.recursive).await? {
+        Some(found) => {
+            logs.system(&format!("Found {}", found.display())).await;
             Ok(Poked::Done(None))
         }
         None => {
@@ -161,7 +172,7 @@ pub(crate) fn file_trigger_kwargs(
 }
 
 /// One poll of a deferred file sensor.
-pub(crate) fn file_trigger_poll(kwargs: &Json) -> Result<bool, String> {
+pub(crate) async fn file_trigger_poll(kwargs: &Json) -> Result<bool, String> {
     let pattern = kwargs
         .get("filepath")
         .and_then(Json::as_str)
@@ -170,7 +181,7 @@ pub(crate) fn file_trigger_poll(kwargs: &Json) -> Result<bool, String> {
         .get("recursive")
         .and_then(Json::as_bool)
         .unwrap_or(false);
-    Ok(!matches(pattern, recursive)?.is_empty())
+    Ok(matching(pattern.to_owned(), recursive).await?.is_some())
 }
 
 /// One poke of a Python or bash sensor: runs the callable or command in a process of its own.
@@ -211,14 +222,7 @@ fn poked_from_value(value: Json) -> Poked {
             Poked::NotYet
         };
     }
-    let done = match &value {
-        Json::Null => false,
-        Json::Bool(b) => *b,
-        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Json::String(s) => !s.is_empty(),
-        Json::Array(a) => !a.is_empty(),
-        Json::Object(o) => !o.is_empty(),
-    };
+    let done = crate::jinja::py_truthy(&value);
     if done {
         Poked::Done(None)
     } else {

@@ -24,7 +24,10 @@ use crate::runner::{Outcome, RunSpec};
 pub struct SqlRun {
     pub conn_id: String,
     pub database: Option<String>,
+    /// The sources: one string, or one per list item (split at run time).
     pub statements: Vec<String>,
+    /// `split_statements`: each statement of a string is run and answers on its own.
+    pub split: bool,
     /// `null`, a list or a mapping.
     pub parameters: Json,
     /// The XCom is one statement's rows (the last), not a list per statement.
@@ -61,6 +64,7 @@ pub(crate) fn render(
             .map(|d| r.string("database", d))
             .transpose()?,
         statements,
+        split: op.split_statements,
         parameters: r.json("parameters", &op.parameters)?,
         single,
         autocommit: op.autocommit,
@@ -78,7 +82,7 @@ pub(crate) fn render_sensor(
     let statement = statements
         .pop()
         .ok_or_else(|| RenderError::new("sql", "no statement to run"))?;
-    if !statements.is_empty() {
+    if !statements.is_empty() || split_statements(&statement, Dialect::Postgres).len() > 1 {
         return Err(RenderError::new(
             "sql",
             "a SQL sensor runs one query; this renders to several statements",
@@ -97,7 +101,8 @@ pub(crate) fn render_sensor(
     })
 }
 
-/// Each statement rendered; a `.sql` file is read first, a string split on `;`.
+/// Each source rendered (a `.sql` file read first); split into statements at run time, when
+/// the connection's dialect is known.
 fn render_statements(
     r: &Renderer,
     ctx: &RunContext,
@@ -108,17 +113,17 @@ fn render_statements(
         SqlStatements::Text(text) => vec![text.clone()],
         SqlStatements::List(items) => items.clone(),
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(sources.len());
     for (i, source) in sources.iter().enumerate() {
         let field = match sql {
             SqlStatements::List(_) => format!("sql[{i}]"),
             SqlStatements::Text(_) => "sql".to_owned(),
         };
         let rendered = r.string(&field, source)?;
-        out.extend(split_statements(&rendered));
-    }
-    if out.is_empty() {
-        return Err(RenderError::new("sql", "renders to no statement"));
+        if split_statements(&rendered, Dialect::Postgres).is_empty() {
+            return Err(RenderError::new(&field, "renders to no statement"));
+        }
+        out.push(rendered);
     }
     Ok(out)
 }
@@ -150,7 +155,8 @@ fn template_file(name: &str, ctx: &RunContext) -> Result<String, RenderError> {
 }
 
 /// Splits SQL on `;` outside quotes, dollar quotes and comments; drops empty statements.
-pub(crate) fn split_statements(sql: &str) -> Vec<String> {
+pub(crate) fn split_statements(sql: &str, dialect: Dialect) -> Vec<String> {
+    let backslash = dialect == Dialect::MySql;
     let mut out = Vec::new();
     let mut current = String::new();
     let chars: Vec<char> = sql.chars().collect();
@@ -159,7 +165,7 @@ pub(crate) fn split_statements(sql: &str) -> Vec<String> {
         let c = chars[i];
         match c {
             '\'' | '"' | '`' => {
-                let end = find_closing(&chars, i + 1, c);
+                let end = find_closing(&chars, i + 1, c, backslash);
                 current.extend(&chars[i..end]);
                 i = end;
                 continue;
@@ -213,11 +219,12 @@ fn push_statement(out: &mut Vec<String>, text: &str) {
     }
 }
 
-/// The index after the quote closing one opened before `from` (a doubled quote escapes it).
-fn find_closing(chars: &[char], from: usize, quote: char) -> usize {
+/// The index after the quote closing one opened before `from`: a doubled quote escapes it,
+/// and with `backslash` (MySQL's strings) so does a backslash.
+fn find_closing(chars: &[char], from: usize, quote: char, backslash: bool) -> usize {
     let mut j = from;
     while j < chars.len() {
-        if chars[j] == '\\' && quote == '\'' {
+        if backslash && chars[j] == '\\' {
             j += 2;
             continue;
         }
@@ -250,7 +257,7 @@ fn dollar_quote_end(chars: &[char], start: usize) -> Option<usize> {
 
 /// The SQL dialect of a connection, from its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+pub(crate) enum Dialect {
     Postgres,
     MySql,
     Sqlite,
@@ -274,20 +281,27 @@ pub(crate) async fn run(spec: &RunSpec, run: &SqlRun, logs: &LogSink) -> Outcome
     let Some(conn) = &spec.connection else {
         return failed(format!("connection `{}` was not resolved", run.conn_id));
     };
-    let mut results = Vec::with_capacity(run.statements.len());
-    let outcome = execute(
-        conn,
-        run.database.as_deref(),
-        &run.statements,
-        &run.parameters,
-        run.autocommit,
-        logs,
-        &mut results,
-    )
-    .await;
-    if let Err(e) = outcome {
-        return failed(e);
-    }
+    // Without an XCom to push (or rows to show) nothing is fetched, as Airflow passes no
+    // handler then; with one, rows stop at the XCom size limit instead of filling memory.
+    let rows = if spec.do_xcom_push || run.show_return_value_in_logs {
+        Rows::All {
+            cap: spec.max_xcom_size,
+        }
+    } else {
+        Rows::Ignore
+    };
+    let job = Job {
+        database: run.database.as_deref(),
+        sources: &run.statements,
+        split: run.split,
+        parameters: &run.parameters,
+        autocommit: run.autocommit,
+        rows,
+    };
+    let mut results = match execute(conn, &job, logs).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
     let xcom = if run.single {
         results.pop().unwrap_or(Json::Null)
     } else {
@@ -302,13 +316,16 @@ pub(crate) async fn run(spec: &RunSpec, run: &SqlRun, logs: &LogSink) -> Outcome
     }
     let size = xcom.to_string().len();
     if size > spec.max_xcom_size {
-        return failed(format!(
-            "the result is {size} bytes of JSON, more than FLOW__CORE__MAX_XCOM_SIZE ({} bytes): \
-             select fewer rows or columns, or set do_xcom_push: false",
-            spec.max_xcom_size
-        ));
+        return failed(too_large(size, spec.max_xcom_size));
     }
     Outcome::Success { xcom: Some(xcom) }
+}
+
+fn too_large(size: usize, cap: usize) -> String {
+    format!(
+        "the result is over {size} bytes of JSON, more than FLOW__CORE__MAX_XCOM_SIZE ({cap} \
+         bytes): select fewer rows or columns, or set do_xcom_push: false"
+    )
 }
 
 fn failed(reason: String) -> Outcome {
@@ -320,19 +337,16 @@ pub(crate) async fn poke(spec: &RunSpec, check: &SqlPoke, logs: &LogSink) -> Res
     let Some(conn) = &spec.connection else {
         return Err(format!("connection `{}` was not resolved", check.conn_id));
     };
-    let mut results = Vec::new();
-    let statements = [check.statement.clone()];
-    execute(
-        conn,
-        None,
-        &statements,
-        &check.parameters,
-        true,
-        logs,
-        &mut results,
-    )
-    .await?;
-    let rows = match results.pop() {
+    let sources = [check.statement.clone()];
+    let job = Job {
+        database: None,
+        sources: &sources,
+        split: false,
+        parameters: &check.parameters,
+        autocommit: true,
+        rows: Rows::First,
+    };
+    let rows = match execute(conn, &job, logs).await?.pop() {
         Some(Json::Array(rows)) => rows,
         _ => Vec::new(),
     };
@@ -346,15 +360,19 @@ pub(crate) async fn poke(spec: &RunSpec, check: &SqlPoke, logs: &LogSink) -> Res
     let first_cell = row.first().cloned().unwrap_or(Json::Null);
     let vars = serde_json::json!({"first_cell": first_cell, "row": row});
     if let Some(failure) = &check.failure
-        && eval(failure, &vars).map_err(|e| format!("failure: {e}"))?
+        && crate::jinja::eval_expression(failure, &vars)
+            .map_err(|e| format!("failure: {e}"))?
+            .is_true()
     {
         return Err(format!(
             "Failure criteria met: `{failure}` is true for first_cell = {first_cell}"
         ));
     }
     let done = match &check.success {
-        Some(success) => eval(success, &vars).map_err(|e| format!("success: {e}"))?,
-        None => truthy(&first_cell),
+        Some(success) => crate::jinja::eval_expression(success, &vars)
+            .map_err(|e| format!("success: {e}"))?
+            .is_true(),
+        None => crate::jinja::py_truthy(&first_cell),
     };
     logs.system(&format!(
         "first_cell = {first_cell}: {}",
@@ -364,150 +382,399 @@ pub(crate) async fn poke(spec: &RunSpec, check: &SqlPoke, logs: &LogSink) -> Res
     Ok(done)
 }
 
-fn eval(expression: &str, vars: &Json) -> Result<bool, String> {
-    let env = minijinja::Environment::new();
-    let expr = env
-        .compile_expression(expression)
-        .map_err(|e| format!("not a valid expression: {e}"))?;
-    expr.eval(crate::jinja::json_value(vars))
-        .map(|v| v.is_true())
-        .map_err(|e| e.to_string())
-}
-
-/// Python's `bool()` of a JSON value.
-fn truthy(v: &Json) -> bool {
-    match v {
-        Json::Null => false,
-        Json::Bool(b) => *b,
-        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Json::String(s) => !s.is_empty(),
-        Json::Array(a) => !a.is_empty(),
-        Json::Object(o) => !o.is_empty(),
-    }
-}
-
 /// How long connecting may take before the try fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the statements; each one's result (rows as lists, or `null` for a statement that
-/// returns none) is pushed to `results`.
-async fn execute(
-    conn: &Connection,
-    database: Option<&str>,
-    statements: &[String],
-    parameters: &Json,
+/// Which rows of a statement are wanted.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    /// Every row, failing past `cap` bytes of JSON.
+    All { cap: usize },
+    /// The first row (a sensor's).
+    First,
+    /// None: the statement is executed only.
+    Ignore,
+}
+
+/// What to run.
+struct Job<'a> {
+    database: Option<&'a str>,
+    sources: &'a [String],
+    split: bool,
+    parameters: &'a Json,
     autocommit: bool,
-    logs: &LogSink,
-    results: &mut Vec<Json>,
-) -> Result<(), String> {
-    let dialect = dialect(conn)?;
-    let context = |e: sqlx::Error| format!("connection `{}`: {}", conn.conn_id, describe(&e));
-    match dialect {
-        Dialect::Postgres => {
-            let mut options = sqlx::postgres::PgConnectOptions::new_without_pgpass()
-                .host(conn.host.as_deref().unwrap_or("localhost"))
-                .port(conn.port.unwrap_or(5432))
-                .username(conn.login.as_deref().unwrap_or("postgres"))
-                .application_name("flow");
-            if let Some(p) = &conn.password {
-                options = options.password(p);
-            }
-            if let Some(db) = database
-                .or(conn.schema.as_deref())
-                .filter(|d| !d.is_empty())
-            {
-                options = options.database(db);
-            }
-            if let Some(mode) = extra_str(conn, "sslmode") {
-                options = options.ssl_mode(mode.parse().map_err(|_| {
-                    format!(
-                        "connection `{}`: extra.sslmode `{mode}` is not an SSL mode",
-                        conn.conn_id
-                    )
-                })?);
-            }
-            let mut c = connect(sqlx::PgConnection::connect_with(&options), conn).await?;
-            if !autocommit {
-                c.execute("BEGIN").await.map_err(context)?;
-            }
-            for statement in statements {
-                let sql = interpolate(statement, parameters, Dialect::Postgres)?;
-                logs.system(&format!("Running statement: {sql}")).await;
-                let result = run_pg(&mut c, &sql, logs).await;
-                results.push(result.map_err(|e| e.for_conn(&conn.conn_id))?);
-            }
-            if !autocommit {
-                c.execute("COMMIT").await.map_err(context)?;
-            }
-            let _ = c.close().await;
-        }
-        Dialect::MySql => {
-            let mut options = sqlx::mysql::MySqlConnectOptions::new()
-                .host(conn.host.as_deref().unwrap_or("localhost"))
-                .port(conn.port.unwrap_or(3306))
-                .username(conn.login.as_deref().unwrap_or("root"));
-            if let Some(p) = &conn.password {
-                options = options.password(p);
-            }
-            if let Some(db) = database
-                .or(conn.schema.as_deref())
-                .filter(|d| !d.is_empty())
-            {
-                options = options.database(db);
-            }
-            let mut c = connect(sqlx::MySqlConnection::connect_with(&options), conn).await?;
-            if !autocommit {
-                c.execute("BEGIN").await.map_err(context)?;
-            }
-            for statement in statements {
-                let sql = interpolate(statement, parameters, Dialect::MySql)?;
-                logs.system(&format!("Running statement: {sql}")).await;
-                let result = run_mysql(&mut c, &sql, logs).await;
-                results.push(result.map_err(|e| e.for_conn(&conn.conn_id))?);
-            }
-            if !autocommit {
-                c.execute("COMMIT").await.map_err(context)?;
-            }
-            let _ = c.close().await;
-        }
-        Dialect::Sqlite => {
-            let Some(path) = conn
-                .host
-                .as_deref()
-                .or(conn.schema.as_deref())
-                .filter(|p| !p.is_empty())
-            else {
-                return Err(format!(
-                    "connection `{}`: a sqlite connection needs the database file as its host",
-                    conn.conn_id
-                ));
-            };
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .busy_timeout(Duration::from_secs(30));
-            let mut c = connect(sqlx::SqliteConnection::connect_with(&options), conn).await?;
-            if !autocommit {
-                c.execute("BEGIN").await.map_err(context)?;
-            }
-            for statement in statements {
-                let (sql, args) = sqlite_arguments(statement, parameters)?;
-                logs.system(&format!("Running statement: {statement}"))
-                    .await;
-                if !args.is_empty() {
-                    logs.system(&format!("parameters: {}", Json::Array(args.clone())))
-                        .await;
-                }
-                let result = run_sqlite(&mut c, &sql, &args, logs).await;
-                results.push(result.map_err(|e| e.for_conn(&conn.conn_id))?);
-            }
-            if !autocommit {
-                c.execute("COMMIT").await.map_err(context)?;
-            }
-            let _ = c.close().await;
+    rows: Rows,
+}
+
+/// One unit of work: a statement run on its own (prepared), or a string of several run as
+/// one script, as psycopg2 and mysqlclient run a string without `split_statements`.
+enum Unit {
+    Statement(String),
+    Script(String),
+}
+
+/// The sources as units: split when asked (always on SQLite, whose driver runs one statement
+/// at a time), a script when a string holds several statements and splitting was not asked.
+fn units(job: &Job<'_>, dialect: Dialect) -> Vec<Unit> {
+    let mut out = Vec::new();
+    for source in job.sources {
+        let parts = split_statements(source, dialect);
+        if job.split || dialect == Dialect::Sqlite || parts.len() <= 1 {
+            out.extend(parts.into_iter().map(Unit::Statement));
+        } else {
+            out.push(Unit::Script(source.trim().to_owned()));
         }
     }
-    Ok(())
+    out
+}
+
+/// Runs the job; one result per unit (rows as lists, or `null` for a statement that returns
+/// none). Statements are logged as written, before parameters go in, and the parameters
+/// apart, so that the masker finds a secret among them as it was given.
+async fn execute(conn: &Connection, job: &Job<'_>, logs: &LogSink) -> Result<Vec<Json>, String> {
+    let dialect = dialect(conn)?;
+    let named = |e: StatementError| e.for_conn(&conn.conn_id);
+    let mut db = Db::open(conn, job.database, dialect).await?;
+    if !job.autocommit {
+        db.raw("BEGIN").await.map_err(named)?;
+    }
+    let mut results = Vec::new();
+    for unit in units(job, dialect) {
+        let (Unit::Statement(text) | Unit::Script(text)) = &unit;
+        logs.system(&format!("Running statement: {text}")).await;
+        if !job.parameters.is_null() {
+            logs.system(&format!("parameters: {}", job.parameters))
+                .await;
+        }
+        let result = match (&unit, dialect) {
+            (Unit::Statement(sql), Dialect::Sqlite) => {
+                let (sql, args) = sqlite_arguments(sql, job.parameters)?;
+                db.statement(&sql, &args, job.rows, logs).await
+            }
+            (Unit::Statement(sql), _) => {
+                let sql = interpolate(sql, job.parameters, dialect)?;
+                db.statement(&sql, &[], job.rows, logs).await
+            }
+            (Unit::Script(sql), _) => {
+                let sql = interpolate(sql, job.parameters, dialect)?;
+                db.script(&sql, job.rows, logs).await
+            }
+        };
+        results.push(result.map_err(named)?);
+    }
+    if !job.autocommit {
+        db.raw("COMMIT").await.map_err(named)?;
+    }
+    db.close().await;
+    Ok(results)
+}
+
+/// A connection to one of the three databases.
+enum Db {
+    Pg(sqlx::PgConnection),
+    My(sqlx::MySqlConnection),
+    Lite(sqlx::SqliteConnection),
+}
+
+impl Db {
+    async fn open(
+        conn: &Connection,
+        database: Option<&str>,
+        dialect: Dialect,
+    ) -> Result<Db, String> {
+        let db_name = database
+            .or(conn.schema.as_deref())
+            .filter(|d| !d.is_empty());
+        match dialect {
+            Dialect::Postgres => {
+                let mut o = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+                    .host(conn.host.as_deref().unwrap_or("localhost"))
+                    .port(conn.port.unwrap_or(5432))
+                    .username(conn.login.as_deref().unwrap_or("postgres"))
+                    .application_name("flow");
+                if let Some(p) = &conn.password {
+                    o = o.password(p);
+                }
+                if let Some(db) = db_name {
+                    o = o.database(db);
+                }
+                if let Some(mode) = extra_str(conn, "sslmode") {
+                    o = o.ssl_mode(mode.parse().map_err(|_| {
+                        format!(
+                            "connection `{}`: extra.sslmode `{mode}` is not an SSL mode",
+                            conn.conn_id
+                        )
+                    })?);
+                }
+                connect(sqlx::PgConnection::connect_with(&o), conn)
+                    .await
+                    .map(Db::Pg)
+            }
+            Dialect::MySql => {
+                let mut o = sqlx::mysql::MySqlConnectOptions::new()
+                    .host(conn.host.as_deref().unwrap_or("localhost"))
+                    .port(conn.port.unwrap_or(3306))
+                    .username(conn.login.as_deref().unwrap_or("root"));
+                if let Some(p) = &conn.password {
+                    o = o.password(p);
+                }
+                if let Some(db) = db_name {
+                    o = o.database(db);
+                }
+                connect(sqlx::MySqlConnection::connect_with(&o), conn)
+                    .await
+                    .map(Db::My)
+            }
+            Dialect::Sqlite => {
+                let Some(path) = conn
+                    .host
+                    .as_deref()
+                    .or(conn.schema.as_deref())
+                    .filter(|p| !p.is_empty())
+                else {
+                    return Err(format!(
+                        "connection `{}`: a sqlite connection needs the database file as its host",
+                        conn.conn_id
+                    ));
+                };
+                let o = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .busy_timeout(Duration::from_secs(30));
+                connect(sqlx::SqliteConnection::connect_with(&o), conn)
+                    .await
+                    .map(Db::Lite)
+            }
+        }
+    }
+
+    /// A statement run as text (`BEGIN`, `COMMIT`).
+    async fn raw(&mut self, sql: &str) -> Result<(), StatementError> {
+        let q = sqlx::raw_sql(sql);
+        match self {
+            Db::Pg(c) => {
+                c.execute(q).await?;
+            }
+            Db::My(c) => {
+                c.execute(q).await?;
+            }
+            Db::Lite(c) => {
+                c.execute(q).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = match self {
+            Db::Pg(c) => c.close().await,
+            Db::My(c) => c.close().await,
+            Db::Lite(c) => c.close().await,
+        };
+    }
+
+    /// One statement, prepared (its parameters bound on SQLite).
+    async fn statement(
+        &mut self,
+        sql: &str,
+        args: &[Json],
+        rows: Rows,
+        logs: &LogSink,
+    ) -> Result<Json, StatementError> {
+        match self {
+            Db::Pg(c) => {
+                let st = c.prepare(sql).await?;
+                if st.columns().is_empty() || matches!(rows, Rows::Ignore) {
+                    let done = st.query().execute(&mut *c).await?;
+                    log_affected(logs, done.rows_affected()).await;
+                    return Ok(Json::Null);
+                }
+                collect(st.query().fetch(&mut *c), pg_row, rows, logs).await
+            }
+            Db::My(c) => {
+                // Not every MySQL statement can be prepared (`LOCK TABLES`, some DDL):
+                // those run as text.
+                let st = match c.prepare(sql).await {
+                    Ok(st) => st,
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("HY000") => {
+                        let done = c.execute(sqlx::raw_sql(sql)).await?;
+                        log_affected(logs, done.rows_affected()).await;
+                        return Ok(Json::Null);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if st.columns().is_empty() || matches!(rows, Rows::Ignore) {
+                    let done = st.query().execute(&mut *c).await?;
+                    log_affected(logs, done.rows_affected()).await;
+                    return Ok(Json::Null);
+                }
+                collect(st.query().fetch(&mut *c), mysql_row, rows, logs).await
+            }
+            Db::Lite(c) => {
+                let st = c.prepare(sql).await?;
+                let has_columns = !st.columns().is_empty();
+                let mut query = st.query();
+                for arg in args {
+                    query = match arg {
+                        Json::Null => query.bind(None::<String>),
+                        Json::Bool(b) => query.bind(*b),
+                        Json::Number(n) => match n.as_i64() {
+                            Some(i) => query.bind(i),
+                            None => query.bind(n.as_f64().unwrap_or(f64::NAN)),
+                        },
+                        Json::String(s) => query.bind(s.clone()),
+                        other => query.bind(other.to_string()),
+                    };
+                }
+                if !has_columns || matches!(rows, Rows::Ignore) {
+                    let done = query.execute(&mut *c).await?;
+                    log_affected(logs, done.rows_affected()).await;
+                    return Ok(Json::Null);
+                }
+                collect(query.fetch(&mut *c), sqlite_row, rows, logs).await
+            }
+        }
+    }
+
+    /// Several statements as one text (PostgreSQL's simple protocol, MySQL's text protocol):
+    /// the last result set's rows, as the drivers Airflow uses return them.
+    async fn script(
+        &mut self,
+        sql: &str,
+        rows: Rows,
+        logs: &LogSink,
+    ) -> Result<Json, StatementError> {
+        let mut sets = ResultSets::new(rows);
+        match self {
+            Db::Pg(c) => sets.drain(c.fetch_many(sqlx::raw_sql(sql)), pg_row).await?,
+            Db::My(c) => {
+                sets.drain(c.fetch_many(sqlx::raw_sql(sql)), mysql_row)
+                    .await?
+            }
+            Db::Lite(c) => {
+                sets.drain(c.fetch_many(sqlx::raw_sql(sql)), sqlite_row)
+                    .await?
+            }
+        }
+        log_affected(logs, sets.affected).await;
+        Ok(sets.last())
+    }
+}
+
+/// The result sets of a script, keeping the last.
+struct ResultSets {
+    rows: Rows,
+    last: Vec<Json>,
+    current: Vec<Json>,
+    size: usize,
+    affected: u64,
+}
+
+impl ResultSets {
+    fn new(rows: Rows) -> Self {
+        ResultSets {
+            rows,
+            last: Vec::new(),
+            current: Vec::new(),
+            size: 0,
+            affected: 0,
+        }
+    }
+
+    async fn drain<R, Q>(
+        &mut self,
+        mut stream: futures_util::stream::BoxStream<'_, Result<sqlx::Either<Q, R>, sqlx::Error>>,
+        decode: fn(&R) -> Result<Json, StatementError>,
+    ) -> Result<(), StatementError>
+    where
+        Q: Affected,
+    {
+        use futures_util::TryStreamExt as _;
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                sqlx::Either::Left(done) => {
+                    self.affected += done.affected();
+                    self.last = std::mem::take(&mut self.current);
+                    self.size = 0;
+                }
+                sqlx::Either::Right(row) => {
+                    if matches!(self.rows, Rows::Ignore) {
+                        continue;
+                    }
+                    let json = decode(&row)?;
+                    self.size += json.to_string().len() + 1;
+                    if let Rows::All { cap } = self.rows
+                        && self.size > cap
+                    {
+                        return Err(StatementError(too_large(self.size, cap)));
+                    }
+                    self.current.push(json);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn last(mut self) -> Json {
+        if !self.current.is_empty() {
+            self.last = std::mem::take(&mut self.current);
+        }
+        if self.last.is_empty() {
+            Json::Null
+        } else {
+            Json::Array(self.last)
+        }
+    }
+}
+
+/// The rows a statement of a script changed, whatever the driver.
+trait Affected {
+    fn affected(&self) -> u64;
+}
+
+impl Affected for sqlx::postgres::PgQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Affected for sqlx::mysql::MySqlQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Affected for sqlx::sqlite::SqliteQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// Rows from a stream, decoded, within `rows`' limits.
+async fn collect<R>(
+    mut stream: futures_util::stream::BoxStream<'_, Result<R, sqlx::Error>>,
+    decode: fn(&R) -> Result<Json, StatementError>,
+    rows: Rows,
+    logs: &LogSink,
+) -> Result<Json, StatementError> {
+    use futures_util::TryStreamExt as _;
+    let mut out = Vec::new();
+    let mut size = 0usize;
+    while let Some(row) = stream.try_next().await? {
+        let json = decode(&row)?;
+        size += json.to_string().len() + 1;
+        if let Rows::All { cap } = rows
+            && size > cap
+        {
+            return Err(StatementError(too_large(size, cap)));
+        }
+        out.push(json);
+        if matches!(rows, Rows::First) {
+            break;
+        }
+    }
+    log_affected(logs, out.len() as u64).await;
+    Ok(Json::Array(out))
 }
 
 async fn connect<C>(
@@ -560,87 +827,6 @@ impl From<sqlx::Error> for StatementError {
 /// Rows affected, logged as Airflow's hook does.
 async fn log_affected(logs: &LogSink, n: u64) {
     logs.system(&format!("Rows affected: {n}")).await;
-}
-
-async fn run_pg(
-    c: &mut sqlx::PgConnection,
-    sql: &str,
-    logs: &LogSink,
-) -> Result<Json, StatementError> {
-    let statement = c.prepare(sql).await?;
-    if statement.columns().is_empty() {
-        let done = statement.query().execute(&mut *c).await?;
-        log_affected(logs, done.rows_affected()).await;
-        return Ok(Json::Null);
-    }
-    let rows = statement.query().fetch_all(&mut *c).await?;
-    log_affected(logs, rows.len() as u64).await;
-    rows.iter()
-        .map(pg_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Json::Array)
-}
-
-async fn run_mysql(
-    c: &mut sqlx::MySqlConnection,
-    sql: &str,
-    logs: &LogSink,
-) -> Result<Json, StatementError> {
-    // Not every MySQL statement can be prepared (`LOCK TABLES`, some DDL): those run as text.
-    let statement = match c.prepare(sql).await {
-        Ok(s) => s,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("HY000") => {
-            let done = c.execute(sqlx::raw_sql(sql)).await?;
-            log_affected(logs, done.rows_affected()).await;
-            return Ok(Json::Null);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if statement.columns().is_empty() {
-        let done = statement.query().execute(&mut *c).await?;
-        log_affected(logs, done.rows_affected()).await;
-        return Ok(Json::Null);
-    }
-    let rows = statement.query().fetch_all(&mut *c).await?;
-    log_affected(logs, rows.len() as u64).await;
-    rows.iter()
-        .map(mysql_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Json::Array)
-}
-
-async fn run_sqlite(
-    c: &mut sqlx::SqliteConnection,
-    sql: &str,
-    args: &[Json],
-    logs: &LogSink,
-) -> Result<Json, StatementError> {
-    let statement = c.prepare(sql).await?;
-    let has_columns = !statement.columns().is_empty();
-    let mut query = statement.query();
-    for arg in args {
-        query = match arg {
-            Json::Null => query.bind(None::<String>),
-            Json::Bool(b) => query.bind(*b),
-            Json::Number(n) => match n.as_i64() {
-                Some(i) => query.bind(i),
-                None => query.bind(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Json::String(s) => query.bind(s.clone()),
-            other => query.bind(other.to_string()),
-        };
-    }
-    if !has_columns {
-        let done = query.execute(&mut *c).await?;
-        log_affected(logs, done.rows_affected()).await;
-        return Ok(Json::Null);
-    }
-    let rows = query.fetch_all(&mut *c).await?;
-    log_affected(logs, rows.len() as u64).await;
-    rows.iter()
-        .map(sqlite_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Json::Array)
 }
 
 /// Python's `%` formatting as psycopg2 and mysqlclient apply it: `%s` takes the next item of
@@ -709,7 +895,15 @@ fn literal(value: &Json, dialect: Dialect) -> Result<String, String> {
             Dialect::Postgres => b.to_string(),
             _ => u8::from(*b).to_string(),
         },
-        Json::Number(n) => n.to_string(),
+        // A leading space, as psycopg2 adds: `0-%s` with -5 must not become the comment `0--5`.
+        Json::Number(n) => {
+            let text = n.to_string();
+            if text.starts_with('-') {
+                format!(" {text}")
+            } else {
+                text
+            }
+        }
         Json::String(s) => quote(s, dialect)?,
         Json::Array(items) => {
             let parts = items
@@ -775,7 +969,7 @@ fn number_named_parameters(sql: &str) -> (String, Vec<String>) {
     while i < chars.len() {
         let c = chars[i];
         let skip_to = match c {
-            '\'' | '"' | '`' => Some(find_closing(&chars, i + 1, c)),
+            '\'' | '"' | '`' => Some(find_closing(&chars, i + 1, c, false)),
             '-' if chars.get(i + 1) == Some(&'-') => Some(
                 chars[i..]
                     .iter()
@@ -829,6 +1023,13 @@ fn pg_row(row: &sqlx::postgres::PgRow) -> Result<Json, StatementError> {
             continue;
         }
         let type_name = raw.type_info().name().to_owned();
+        // A script's rows come as text (the simple query protocol): numbers and JSON are
+        // parsed back, the rest stays text, as psycopg2 would give most of it.
+        if raw.format() == sqlx::postgres::PgValueFormat::Text {
+            let text = raw.as_str().map_err(sqlx::Error::Decode)?;
+            cells.push(pg_text_cell(&type_name, text));
+            continue;
+        }
         let v = match type_name.as_str() {
             "BOOL" => Json::from(row.try_get::<bool, _>(i)?),
             "INT2" => Json::from(row.try_get::<i16, _>(i)?),
@@ -883,6 +1084,21 @@ fn pg_row(row: &sqlx::postgres::PgRow) -> Result<Json, StatementError> {
     Ok(Json::Array(cells))
 }
 
+/// A value in PostgreSQL's text format, typed by its column's type.
+fn pg_text_cell(type_name: &str, text: &str) -> Json {
+    let number = || {
+        serde_json::from_str::<serde_json::Number>(text)
+            .map(Json::Number)
+            .unwrap_or_else(|_| Json::from(text))
+    };
+    match type_name {
+        "BOOL" => Json::Bool(text == "t"),
+        "INT2" | "INT4" | "INT8" | "FLOAT4" | "FLOAT8" | "NUMERIC" | "OID" => number(),
+        "JSON" | "JSONB" => serde_json::from_str(text).unwrap_or_else(|_| Json::from(text)),
+        _ => Json::from(text),
+    }
+}
+
 /// A user-defined enum's value (binary format: its label's bytes). Built-in types whose binary
 /// form is not text are refused by name.
 fn pg_enum_text(bytes: &[u8], type_name: &str) -> Option<String> {
@@ -922,31 +1138,68 @@ fn pg_enum_text(bytes: &[u8], type_name: &str) -> Option<String> {
         .filter(|s| !s.chars().any(char::is_control))
 }
 
-/// PostgreSQL's binary NUMERIC (base-10000 digits) as a JSON number.
+/// PostgreSQL's binary NUMERIC (base-10000 digits), exactly, as [`decimal_json`] gives it.
 fn pg_numeric(b: &[u8]) -> Option<Json> {
     let word = |i: usize| -> Option<i16> {
         Some(i16::from_be_bytes([*b.get(2 * i)?, *b.get(2 * i + 1)?]))
     };
     let ndigits = usize::try_from(word(0)?).ok()?;
-    let weight = i32::from(word(1)?);
+    let weight = i64::from(word(1)?);
     let sign = u16::from_be_bytes([*b.get(4)?, *b.get(5)?]);
     if sign == 0xC000 {
         return Some(Json::Null); // NaN
     }
-    let mut value = 0f64;
-    for d in 0..ndigits {
-        let digit = f64::from(word(4 + d)?);
-        value += digit * 10000f64.powi(weight - i32::try_from(d).ok()?);
-    }
-    if sign == 0x4000 {
-        value = -value;
-    }
-    // Through text, so that 0.1 stays 0.1 rather than 0.1000000000000000055.
     let dscale = usize::from(u16::from_be_bytes([*b.get(6)?, *b.get(7)?]));
-    let text = format!("{value:.dscale$}");
-    serde_json::from_str::<serde_json::Number>(&text)
-        .ok()
-        .map(Json::Number)
+    let digits: Vec<i16> = (0..ndigits).map(|d| word(4 + d)).collect::<Option<_>>()?;
+    let digit = |k: i64| -> i16 {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| digits.get(k).copied())
+            .unwrap_or(0)
+    };
+    let mut text = String::new();
+    if sign == 0x4000 {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    }
+    for k in 0..=weight {
+        if k == 0 {
+            text.push_str(&digit(k).to_string());
+        } else {
+            text.push_str(&format!("{:04}", digit(k)));
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut k = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit(k)));
+            k += 1;
+        }
+        frac.truncate(dscale);
+        text.push('.');
+        text.push_str(&frac);
+    }
+    Some(decimal_json(&text))
+}
+
+/// A decimal as a JSON number when a double holds it exactly (15 significant digits), else
+/// as its text, so that a large total is never silently rounded.
+fn decimal_json(text: &str) -> Json {
+    let significant = text
+        .trim_start_matches('-')
+        .trim_start_matches(['0', '.'])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    if significant <= 15
+        && let Ok(n) = serde_json::from_str::<serde_json::Number>(text)
+    {
+        return Json::Number(n);
+    }
+    Json::from(text)
 }
 
 fn uuid_text(b: &[u8]) -> String {
@@ -981,12 +1234,7 @@ fn mysql_row(row: &sqlx::mysql::MySqlRow) -> Result<Json, StatementError> {
             | "BIGINT UNSIGNED" | "BIT" => Json::from(row.try_get_unchecked::<u64, _>(i)?),
             "FLOAT" => Json::from(row.try_get::<f32, _>(i)?),
             "DOUBLE" => Json::from(row.try_get::<f64, _>(i)?),
-            "DECIMAL" => {
-                let text = row.try_get_unchecked::<String, _>(i)?;
-                serde_json::from_str::<serde_json::Number>(&text)
-                    .map(Json::Number)
-                    .unwrap_or(Json::String(text))
-            }
+            "DECIMAL" => decimal_json(&row.try_get_unchecked::<String, _>(i)?),
             "DATE" => Json::from(row.try_get::<chrono::NaiveDate, _>(i)?.to_string()),
             "DATETIME" => Json::from(
                 row.try_get::<chrono::NaiveDateTime, _>(i)?
@@ -1059,13 +1307,22 @@ mod tests {
     fn splits_outside_quotes_and_comments() {
         let sql = "create table t (a text default ';'); -- a; comment\ninsert into t values ('x;y');\n\
                    do $$ begin perform 1; end $$; /* ; */ select 1;";
-        let parts = split_statements(sql);
+        let parts = split_statements(sql, Dialect::Postgres);
         assert_eq!(parts.len(), 4, "{parts:?}");
         assert!(parts[0].ends_with("default ';')"));
         assert!(parts[1].contains("'x;y'"));
         assert!(parts[2].starts_with("do $$"));
         assert!(parts[3].ends_with("select 1"));
-        assert!(split_statements("  ;; -- nothing\n").is_empty());
+        assert!(split_statements("  ;; -- nothing\n", Dialect::Postgres).is_empty());
+        // A backslash ends nothing in a PostgreSQL string; in MySQL it escapes the quote.
+        assert_eq!(
+            split_statements(r"select 'a\'; select 2", Dialect::Postgres).len(),
+            2
+        );
+        assert_eq!(
+            split_statements(r"select 'a\'; select 2'", Dialect::MySql).len(),
+            1
+        );
     }
 
     #[test]
@@ -1113,5 +1370,16 @@ mod tests {
             b.extend_from_slice(&w.to_be_bytes());
         }
         assert_eq!(pg_numeric(&b), Some(serde_json::json!(12345.678)));
+        // 0.10 (weight -1, dscale 2) and a sum beyond a double's precision, kept as text.
+        let mut b = Vec::new();
+        for w in [1i16, -1, 0, 2, 1000] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(pg_numeric(&b), Some(serde_json::json!(0.1)));
+        assert_eq!(
+            decimal_json("123456789012345678"),
+            serde_json::json!("123456789012345678")
+        );
+        assert_eq!(decimal_json("-12.50"), serde_json::json!(-12.5));
     }
 }

@@ -137,7 +137,7 @@ pub async fn test(
             eprintln!("task {task_id}: failed: execution_timeout exceeded");
             Ok(ExitCode::FAILURE)
         }
-        Outcome::SensorTimeout { reason } => {
+        Outcome::FailedNoRetry { reason } => {
             eprintln!("task {task_id}: failed: {reason}");
             Ok(ExitCode::FAILURE)
         }

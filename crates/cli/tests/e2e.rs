@@ -2224,7 +2224,7 @@ async fn file_python_and_bash_sensors() {
         let dir = landing.to_string_lossy().into_owned();
         env.write_dag(
             "sense.py",
-            "import os\nfrom airflow.sdk import PokeReturnValue\n\ndef exists(path):\n    return os.path.isdir(path) and len(os.listdir(path)) > 0\n\ndef with_value(path):\n    if not os.path.isdir(path):\n        return PokeReturnValue(is_done=False)\n    return PokeReturnValue(is_done=True, xcom_value=sorted(os.listdir(path)))\n\ndef never():\n    return False\n",
+            "import os\nfrom airflow.sdk import PokeReturnValue\n\ndef exists(path):\n    return os.path.isdir(path) and len(os.listdir(path)) > 0\n\ndef with_value(path):\n    if not os.path.isdir(path):\n        return PokeReturnValue(is_done=False)\n    return PokeReturnValue(is_done=True, xcom_value=sorted(os.listdir(path)))\n\ndef never():\n    return False\n\ndef give_up():\n    from airflow.exceptions import AirflowFailException\n    raise AirflowFailException('no point retrying')\n",
         );
         env.write_dag(
             "sensors.yaml",
@@ -2290,6 +2290,14 @@ sensors_bad:
       bash_command: "exit 3"
       retry_exit_code: 1
       poke_interval: 1
+      retries: 1
+      retry_delay: 1h
+    give_up:
+      operator: python
+      python_callable_file: $CONFIG_ROOT_DIR/sense.py
+      python_callable_name: give_up
+      retries: 1
+      retry_delay: 1h
     py_timeout:
       operator: python_sensor
       python_callable_file: $CONFIG_ROOT_DIR/sense.py
@@ -2343,6 +2351,13 @@ sensors_bad:
         );
         assert_eq!(
             got.get("py_timeout").map(String::as_str),
+            Some("failed"),
+            "{got:?}"
+        );
+        // Failed for good despite `retries: 1` (a retry would wait an hour, and this run would
+        // not have ended).
+        assert_eq!(
+            got.get("give_up").map(String::as_str),
             Some("failed"),
             "{got:?}"
         );

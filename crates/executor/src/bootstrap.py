@@ -42,6 +42,12 @@ class PokeReturnValue:
         return bool(self.is_done)
 
 
+def _is_a(exc, name):
+    """Whether `exc` is Airflow's exception `name` (or a subclass), from the stand-in here or
+    from an installed Airflow."""
+    return any(c.__name__.lstrip("_") == name for c in type(exc).__mro__)
+
+
 def get_current_context():
     if not _CURRENT_CONTEXT:
         raise RuntimeError(
@@ -308,10 +314,16 @@ def _flow_main():
         result = None
     except BaseException as exc:  # noqa: BLE001 - the task's exception fails the task
         collect_added(context, before)
-        if type(exc).__name__ == "AirflowSkipException":
+        if _is_a(exc, "AirflowSkipException"):
             print(f"Skipping: {exc}", file=sys.stderr)
             finish(json.dumps({"skip": str(exc) or "AirflowSkipException"}))
             return
+        if _is_a(exc, "AirflowFailException"):
+            traceback.print_exc()
+            finish(json.dumps({"fail": str(exc) or "AirflowFailException"}))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         fail(exc)
     collect_added(context, before)
 

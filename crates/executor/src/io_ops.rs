@@ -659,6 +659,9 @@ pub(crate) enum Poked {
     NotYet,
     /// The task is to be skipped (an external task in `skipped_states`).
     Skip(String),
+    /// The task fails without retries (a bash sensor's exit code other than
+    /// `retry_exit_code`, a callable's AirflowFailException).
+    Fail(String),
     /// Done, with the XCom to push (a `PokeReturnValue`'s `xcom_value`).
     Done(Option<Json>),
 }
@@ -722,6 +725,10 @@ impl Pokes<'_> {
                     logs.system(&reason).await;
                     return Outcome::Skipped { reason };
                 }
+                Ok(Poked::Fail(reason)) => {
+                    logs.system(&reason).await;
+                    return Outcome::FailedNoRetry { reason };
+                }
                 Ok(Poked::NotYet) => {}
                 Err(reason) => {
                     logs.system(&reason).await;
@@ -760,7 +767,7 @@ async fn reschedule(at: DateTime<Utc>, started_at: DateTime<Utc>, logs: &LogSink
     Outcome::Reschedule { at, started_at }
 }
 
-/// Airflow's AirflowSensorTimeout: failed without retries, or skipped with `soft_fail`.
+/// Airflow's AirflowFailedNoRetry: failed without retries, or skipped with `soft_fail`.
 async fn timed_out(sensor: &Sensor, reason: &str, logs: &LogSink) -> Outcome {
     logs.system(&format!("Sensor timed out: {reason}")).await;
     if sensor.soft_fail {
@@ -768,7 +775,7 @@ async fn timed_out(sensor: &Sensor, reason: &str, logs: &LogSink) -> Outcome {
             reason: format!("sensor timed out ({reason}); soft_fail"),
         }
     } else {
-        Outcome::SensorTimeout {
+        Outcome::FailedNoRetry {
             reason: format!("sensor timed out: {reason}"),
         }
     }

@@ -197,8 +197,8 @@ pub enum Outcome {
     },
     TimedOut,
     Cancelled,
-    /// A sensor's timeout: failed without retries (Airflow's AirflowSensorTimeout).
-    SensorTimeout {
+    /// A sensor's timeout: failed without retries (Airflow's AirflowFailedNoRetry).
+    FailedNoRetry {
         reason: String,
     },
     /// Reschedule mode: poke again at `at`, freeing the slot meanwhile.
@@ -545,6 +545,8 @@ async fn run_python_in(
                 Outcome::Failed { reason: error }
             } else if let Some(Json::String(reason)) = r.remove("skip") {
                 Outcome::Skipped { reason }
+            } else if let Some(Json::String(reason)) = r.remove("fail") {
+                Outcome::FailedNoRetry { reason }
             } else if status.success() {
                 let value = r.remove("value").unwrap_or(Json::Null);
                 Outcome::Success {

@@ -942,7 +942,7 @@ impl Job {
             Outcome::Cancelled => {
                 "stopped: the task instance was cleared, marked or rescued elsewhere".to_owned()
             }
-            Outcome::SensorTimeout { reason } => format!("failed: {reason}"),
+            Outcome::FailedNoRetry { reason } => format!("failed: {reason}"),
             Outcome::Reschedule { at, .. } => {
                 format!("up_for_reschedule until {}", at.to_rfc3339())
             }
@@ -980,7 +980,7 @@ impl Job {
         }
         let (state, xcom, reason, next_retry_at) = match outcome {
             Outcome::Success { xcom } => (S::Success, xcom, None, None),
-            Outcome::SensorTimeout { reason } => (S::Failed, None, Some(reason), None),
+            Outcome::FailedNoRetry { reason } => (S::Failed, None, Some(reason), None),
             Outcome::Reschedule { .. } | Outcome::Defer { .. } => return None,
             Outcome::Skipped { reason } => (S::Skipped, None, Some(reason), None),
             Outcome::Failed { reason } => self.failure(&ti, task.as_ref(), reason, now),

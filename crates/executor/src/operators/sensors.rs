@@ -197,13 +197,16 @@ pub(crate) async fn poke_process(
             (Outcome::Success { .. }, _) => Ok(Poked::Done(None)),
             (Outcome::Skipped { reason }, _) => Ok(Poked::Skip(reason)),
             (_, Some(c)) if check.retry_exit_code.is_none_or(|r| r == c) => Ok(Poked::NotYet),
-            (Outcome::Failed { reason }, _) => Err(reason),
+            // With `retry_exit_code`, any other code fails for good (AirflowFailException).
+            (Outcome::Failed { reason }, Some(_)) => Ok(Poked::Fail(reason)),
+            (Outcome::Failed { reason }, None) => Err(reason),
             (other, _) => Err(format!("the command ended: {other:?}")),
         };
     }
     match outcome {
         Outcome::Success { xcom } => Ok(poked_from_value(xcom.unwrap_or(Json::Null))),
         Outcome::Skipped { reason } => Ok(Poked::Skip(reason)),
+        Outcome::FailedNoRetry { reason } => Ok(Poked::Fail(reason)),
         Outcome::Failed { reason } => Err(reason),
         Outcome::TimedOut => Err("the callable timed out".into()),
         other => Err(format!("the callable ended: {other:?}")),

@@ -1873,7 +1873,7 @@ async fn branching_and_short_circuits_skip_as_airflow() {
         let mut env = env_on(&db).await;
         env.write_dag(
             "branch_steps.py",
-            "def pick(which):\n    return which\n\ndef never():\n    return False\n\ndef group_pick():\n    return ['g1']\n\ndef elsewhere():\n    return 'not_downstream'\n",
+            "def pick(which):\n    return which\n\ndef never():\n    return False\n\ndef group_pick():\n    return ['g1']\n\ndef elsewhere():\n    return 'not_downstream'\n\ndef push(ti):\n    ti.xcom_push(key='picked', value={'n': 3})\n    return 'done'\n",
         );
         env.write_dag(
             "branches.yaml",
@@ -1933,6 +1933,14 @@ async fn branching_and_short_circuits_skip_as_airflow() {
       follow_task_ids_if_false: dt_out
     dt_in: {operator: empty, dependencies: [window]}
     dt_out: {operator: empty, dependencies: [window]}
+    pusher:
+      operator: python
+      python_callable_file: $CONFIG_ROOT_DIR/branch_steps.py
+      python_callable_name: push
+    read_push:
+      operator: bash
+      bash_command: "echo picked={{ ti.xcom_pull(task_ids='pusher', key='picked')['n'] }}"
+      dependencies: [pusher]
     latest:
       operator: LatestOnlyOperator
     after_latest: {operator: empty, dependencies: [latest]}
@@ -1949,7 +1957,8 @@ branch_bad:
         let (ok, out) = env.trigger_wait("branch_ops", &[]);
         let run_id = run_id_of(&out);
         let got = states(&env, "branch_ops", &run_id);
-        assert!(ok, "{out}\n{got:?}");
+        let why = env.stdout(&["tasks", "logs", "branch_ops", &run_id, "pusher"]);
+        assert!(ok, "{out}\n{got:?}\n{why}");
         let expect = [
             ("pick", "success"),
             ("left", "success"),
@@ -1989,6 +1998,9 @@ branch_bad:
             log.contains("Following branch [left]; skipping [right]"),
             "{log}"
         );
+        // `ti.xcom_push` from a Python callable, pulled by key downstream.
+        let log = env.stdout(&["tasks", "logs", "branch_ops", &run_id, "read_push"]);
+        assert!(log.contains("picked=3"), "{log}");
 
         // The other branch, chosen by conf.
         let (ok, out) = env.trigger_wait("branch_ops", &["--conf", r#"{"which": "right"}"#]);
@@ -2052,7 +2064,7 @@ async fn cross_dag_triggers_sensors_and_markers() {
       poke_interval: 1
     after:
       operator: bash
-      bash_command: "echo got {{ ti.xcom_pull('kick') }}"
+      bash_command: "echo got {{ ti.xcom_pull('kick') }} key={{ ti.xcom_pull(task_ids='kick', key='trigger_run_id') }}"
       dependencies: [kick, kick_deferred]
 child:
   tasks:
@@ -2127,7 +2139,10 @@ watcher_failed:
         let log = env.stdout(&["tasks", "logs", "child", &child_run, "work"]);
         assert!(log.contains("n=7"), "{log}");
         let log = env.stdout(&["tasks", "logs", "parent", &run_id, "after"]);
-        assert!(log.contains(&format!("got {child_run}")), "{log}");
+        assert!(
+            log.contains(&format!("got {child_run} key={child_run}")),
+            "{log}"
+        );
         let log = env.stdout(&["tasks", "logs", "parent", &run_id, "kick_deferred"]);
         assert!(log.contains("Deferring"), "{log}");
         let runs = env.stdout(&["runs", "list", "child"]);

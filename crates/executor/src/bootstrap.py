@@ -138,12 +138,15 @@ def _flow_main():
         spec = json.load(f)
 
     added = {}
+    pushed = {}
 
     def finish(text):
-        # Names the callable added to its context (for a mapped task's map_index_template),
-        # merged into the result object.
+        # Names the callable added to its context (for a mapped task's map_index_template)
+        # and the XComs it pushed by key, merged into the result object.
         if added and text.endswith("}"):
             text = text[:-1] + ', "context": ' + json.dumps(added) + "}"
+        if pushed and text.endswith("}"):
+            text = text[:-1] + ', "xcoms": ' + json.dumps(pushed, default=str) + "}"
         tmp = result_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -205,6 +208,17 @@ def _flow_main():
         max_tries = ctx["max_tries"]
         state = "running"
 
+        def xcom_push(self, key, value, **_kwargs):
+            """Airflow's `ti.xcom_push`: stored with the try's outcome, under `key`."""
+            if key == "return_value":
+                raise ValueError("flow: return the value instead of pushing `return_value`")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"XCom `{key}` cannot be stored: {exc}") from None
+            pushed[str(key)] = value
+            xcoms[(self.task_id, str(key), self.map_index)] = value
+
         def xcom_pull(self, task_ids=None, dag_id=None, key="return_value",
                       include_prior_dates=False, session=None, map_indexes=None,
                       default=None, run_id=None):
@@ -248,10 +262,6 @@ def _flow_main():
                     out.append(value if found else None)
             return out
 
-        def xcom_push(self, key, value, **_kwargs):
-            raise NotImplementedError(
-                "flow: xcom_push from a Python task is not supported; return the value instead"
-            )
 
         def __repr__(self):
             return f"<TaskInstance: {self.dag_id}.{self.task_id} {self.run_id} [running]>"

@@ -69,6 +69,9 @@ pub struct RunSpec {
     pub connection: Option<flow_model::Connection>,
     /// Airflow's `[smtp]` settings, for email without a connection.
     pub smtp: Option<crate::operators::email::SmtpSettings>,
+    /// XComs pushed under their own keys during the try (`ti.xcom_push`, TriggerDagRun's
+    /// `trigger_run_id`), stored with its outcome.
+    pub xcom_out: Arc<Mutex<Vec<(String, Json)>>>,
     /// The metadata database, for operators that read or start other DAGs' runs.
     pub store: Option<flow_store::Store>,
     /// The largest XCom an operator may push, in bytes of JSON (`FLOW__CORE__MAX_XCOM_SIZE`).
@@ -84,6 +87,14 @@ pub struct RunSpec {
 pub const DEFAULT_MAX_XCOM_SIZE: usize = 1 << 20;
 
 impl RunSpec {
+    /// Pushes an XCom under `key` (a later push of the same key wins).
+    pub(crate) fn push_xcom(&self, key: &str, value: Json) {
+        if let Ok(mut out) = self.xcom_out.lock() {
+            out.retain(|(k, _)| k != key);
+            out.push((key.to_owned(), value));
+        }
+    }
+
     /// Gives the try the connection its operator names: its secrets are masked in the log,
     /// and a Kafka operator gets its librdkafka settings from it.
     pub fn with_connection(mut self, conn: flow_model::Connection) -> Result<Self, String> {
@@ -148,6 +159,7 @@ impl RunSpec {
             kafka: None,
             connection: None,
             store: None,
+            xcom_out: Arc::default(),
             smtp: None,
             max_xcom_size: DEFAULT_MAX_XCOM_SIZE,
             resume: None,
@@ -538,6 +550,13 @@ async fn run_python_in(
         && let Ok(mut out) = spec.context_out.lock()
     {
         out.extend(added.clone());
+    }
+    if let Some(Json::Object(r)) = &result
+        && let Some(Json::Object(pushed)) = r.get("xcoms")
+    {
+        for (key, value) in pushed {
+            spec.push_xcom(key, value.clone());
+        }
     }
     match result {
         Some(Json::Object(mut r)) => {

@@ -864,6 +864,7 @@ impl Job {
         };
         let mut rendered_map_index = None;
         let mut skip = Vec::new();
+        let mut pushed: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
         let (outcome, task, rendered_fields) = match prepared {
             Err(reason) => {
                 let _ = log_tx
@@ -879,6 +880,7 @@ impl Job {
             }) => {
                 let fields = rendered_fields(&spec.rendered, &spec.masker);
                 let added = spec.context_out.clone();
+                pushed = spec.xcom_out.clone();
                 let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
                 let branched =
                     crate::operators::branch::after_run(&dag, &task, &ctx, outcome, Utc::now());
@@ -1005,6 +1007,7 @@ impl Job {
             } else {
                 Vec::new()
             },
+            xcoms: pushed.lock().map(|p| p.clone()).unwrap_or_default(),
         };
         let reported = (finish.key.clone(), finish.try_number);
         if let Ok(mut unwritten) = self.unwritten.lock() {

@@ -140,6 +140,7 @@ impl H {
                     rendered_map_index: None,
                     logs: Vec::new(),
                     skip: Vec::new(),
+                    xcoms: Vec::new(),
                 },
                 self.now,
             )

@@ -146,6 +146,8 @@ pub struct TiFinish {
     /// downstream tasks a branch did not follow. Only task instances that have not started
     /// (no status or scheduled) are skipped.
     pub skip: Vec<String>,
+    /// XComs the try pushed under their own keys (`ti.xcom_push`), stored with its outcome.
+    pub xcoms: Vec<(String, serde_json::Value)>,
 }
 
 /// What a clear did.
@@ -1026,6 +1028,9 @@ impl Store {
                 let f = &finishes[members[a.index]];
                 if let Some(value) = &f.xcom {
                     xcoms.push((&f.key, "return_value", value));
+                }
+                for (key, value) in &f.xcoms {
+                    xcoms.push((&f.key, key.as_str(), value));
                 }
                 if !f.skip.is_empty() {
                     skips.push(f);

@@ -445,6 +445,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
                 line: "42".into(),
             }],
             skip: Vec::new(),
+            xcoms: Vec::new(),
         };
         assert!(
             !store
@@ -685,6 +686,7 @@ fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>)
         rendered_map_index: None,
         logs: Vec::new(),
         skip: Vec::new(),
+        xcoms: Vec::new(),
     }
 }
 

@@ -168,15 +168,27 @@ pub(crate) async fn trigger(spec: &RunSpec, t: &TriggerRun, logs: &LogSink) -> O
         }
         Some(Resume::Poke { .. }) | None => {}
     }
-    match trigger_once(store, t, logs).await {
-        Ok(Some(run_id)) if t.op.wait_for_completion => wait(store, spec, t, &run_id, logs).await,
-        Ok(Some(run_id)) => Outcome::Success {
-            xcom: Some(Json::from(run_id)),
-        },
-        Ok(None) => Outcome::Skipped {
-            reason: "the run already exists (skip_when_already_exists)".into(),
-        },
-        Err(reason) => Outcome::Failed { reason },
+    let run_id = match trigger_once(store, t, logs).await {
+        Ok(Some(run_id)) => run_id,
+        Ok(None) => {
+            return Outcome::Skipped {
+                reason: "the run already exists (skip_when_already_exists)".into(),
+            };
+        }
+        Err(reason) => return Outcome::Failed { reason },
+    };
+    // Airflow's keys, for `ti.xcom_pull(task_ids=..., key='trigger_run_id')`.
+    spec.push_xcom("trigger_run_id", Json::from(run_id.clone()));
+    if let Ok(Some(run)) = store.dag_run_get(&t.dag_id, &run_id).await
+        && let Some(at) = run.logical_date
+    {
+        spec.push_xcom("trigger_logical_date", Json::from(at.to_rfc3339()));
+    }
+    if t.op.wait_for_completion {
+        return wait(store, spec, t, &run_id, logs).await;
+    }
+    Outcome::Success {
+        xcom: Some(Json::from(run_id)),
     }
 }
 

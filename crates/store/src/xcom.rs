@@ -102,6 +102,25 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes one XCom; whether it existed.
+    pub async fn xcom_delete(&self, ti: &TiKey, key: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "DELETE FROM xcom WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 \
+             AND map_index = $4 AND key = $5",
+        )
+        .bind(ti.dag_id.as_str())
+        .bind(ti.run_id.as_str())
+        .bind(ti.task_id.as_str())
+        .bind(ti.map_index)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        self.commit(tx).await?;
+        Ok(n > 0)
+    }
+
     /// Every XCom of a run (templates pull from upstream tasks of the same run).
     pub async fn xcom_list_for_run(&self, dag_id: &str, run_id: &str) -> Result<Vec<XcomRow>> {
         let rows = sqlx::query(

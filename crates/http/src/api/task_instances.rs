@@ -33,8 +33,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mapped_tries))
         .routes(routes!(mapped_try_one))
         .routes(routes!(logs))
-        .routes(routes!(xcom_list))
-        .routes(routes!(xcom_get))
+        .routes(routes!(xcom_get, xcom_patch, xcom_delete))
+        .routes(routes!(xcom_list, xcom_create))
         .routes(routes!(clear))
 }
 
@@ -257,6 +257,182 @@ async fn xcom_get(
         entry: xcom_entry(&x, &dag_id, &run),
         value,
     }))
+}
+
+/// Airflow's `XComCreateBody`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = XComCreateBody)]
+#[serde(deny_unknown_fields)]
+struct XcomCreateBody {
+    key: String,
+    #[schema(value_type = Object)]
+    value: Value,
+    #[serde(default = "unmapped")]
+    map_index: i64,
+}
+
+/// Airflow's `XComUpdateBody`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = XComUpdateBody)]
+#[serde(deny_unknown_fields)]
+struct XcomUpdateBody {
+    #[schema(value_type = Object)]
+    value: Value,
+    #[serde(default = "unmapped")]
+    map_index: i64,
+}
+
+fn unmapped() -> i64 {
+    -1
+}
+
+/// The task instance an XCom write names, or Airflow's 404.
+async fn xcom_owner(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i64,
+) -> ApiResult<(TiKey, DagRunRow)> {
+    let run = run_of(state, dag_id, run_id).await?;
+    let exists = state
+        .store()
+        .ti_list_for_run(dag_id, run_id)
+        .await?
+        .iter()
+        .any(|t| t.key.task_id == task_id && t.key.map_index == map_index);
+    if !exists {
+        return Err(ApiError::not_found(format!(
+            "Task Instance not found for dag_id={dag_id}, run_id={run_id}, task_id={task_id}, map_index={map_index}"
+        )));
+    }
+    Ok((TiKey::new(dag_id, run_id, task_id, map_index), run))
+}
+
+/// The stored XCom, read back for the response.
+async fn xcom_read_back(
+    state: &AppState,
+    ti: &TiKey,
+    key: &str,
+    run: &DagRunRow,
+) -> ApiResult<XcomValue> {
+    let x = state
+        .store()
+        .xcom_list_for_run(&ti.dag_id, &ti.run_id)
+        .await?
+        .into_iter()
+        .find(|x| x.task_id == ti.task_id && x.key == key && x.map_index == ti.map_index)
+        .ok_or_else(|| ApiError::not_found(format!("XCom entry with key: `{key}` not found")))?;
+    Ok(XcomValue {
+        entry: xcom_entry(&x, &ti.dag_id, run),
+        value: x.value.clone(),
+    })
+}
+
+/// Whether an XCom exists.
+async fn xcom_exists(state: &AppState, ti: &TiKey, key: &str) -> ApiResult<bool> {
+    Ok(state
+        .store()
+        .xcom_list_for_run(&ti.dag_id, &ti.run_id)
+        .await?
+        .iter()
+        .any(|x| x.task_id == ti.task_id && x.key == key && x.map_index == ti.map_index))
+}
+
+/// `POST .../xcomEntries`: a new XCom on a task instance (409 if the key exists).
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", tag = "XCom",
+    summary = "Create an XCom",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path)),
+    request_body = XcomCreateBody,
+    responses((status = 201, body = XcomValue)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn xcom_create(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    body: Body<XcomCreateBody>,
+) -> ApiResult<(StatusCode, Json<XcomValue>)> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    if body.key.trim().is_empty() || body.key.len() > 512 {
+        return Err(ApiError::invalid(&["body", "key"], "1 to 512 characters"));
+    }
+    let (ti, run) = xcom_owner(&state, &dag_id, &run_id, &task_id, body.map_index).await?;
+    if xcom_exists(&state, &ti, &body.key).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "The XCom with key: `{}` with mapped index: {} already exist.",
+                body.key, body.map_index
+            ),
+        ));
+    }
+    state
+        .store()
+        .xcom_push(&ti, &body.key, &body.value, Utc::now())
+        .await?;
+    super::audit(&state, &user, "xcom_create", Some(&dag_id), Some(&run_id)).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(xcom_read_back(&state, &ti, &body.key, &run).await?),
+    ))
+}
+
+/// `PATCH .../xcomEntries/{xcom_key}`: a new value for an existing XCom.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", tag = "XCom",
+    summary = "Update an XCom",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path), ("xcom_key" = String, Path)),
+    request_body = XcomUpdateBody,
+    responses((status = 200, body = XcomValue)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn xcom_patch(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, key)): Path<(String, String, String, String)>,
+    body: Body<XcomUpdateBody>,
+) -> ApiResult<Json<XcomValue>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    let (ti, run) = xcom_owner(&state, &dag_id, &run_id, &task_id, body.map_index).await?;
+    if !xcom_exists(&state, &ti, &key).await? {
+        return Err(ApiError::not_found(format!(
+            "The XCom with key: `{key}` with mapped index: {} not found.",
+            body.map_index
+        )));
+    }
+    state
+        .store()
+        .xcom_push(&ti, &key, &body.value, Utc::now())
+        .await?;
+    super::audit(&state, &user, "xcom_update", Some(&dag_id), Some(&run_id)).await;
+    Ok(Json(xcom_read_back(&state, &ti, &key, &run).await?))
+}
+
+/// `DELETE .../xcomEntries/{xcom_key}?map_index=`: removes an XCom.
+#[utoipa::path(delete, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", tag = "XCom",
+    summary = "Delete an XCom",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("task_id" = String, Path), ("xcom_key" = String, Path),
+        ("map_index" = Option<i64>, Query)),
+    responses((status = 204)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn xcom_delete(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, task_id, key)): Path<(String, String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::EditDags)?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let map_index = map_index_query(&pairs)?;
+    run_of(&state, &dag_id, &run_id).await?;
+    let ti = TiKey::new(&dag_id, &run_id, &task_id, map_index);
+    if !state.store().xcom_delete(&ti, &key).await? {
+        return Err(ApiError::not_found(format!(
+            "The XCom with key: `{key}` with mapped index: {map_index} not found."
+        )));
+    }
+    super::audit(&state, &user, "xcom_delete", Some(&dag_id), Some(&run_id)).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

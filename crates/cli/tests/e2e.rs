@@ -1603,17 +1603,7 @@ impl HttpServer {
             .arg(&log)
             .spawn()
             .expect("python3 runs the test HTTP server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                break text.trim().parse().expect("a port number");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the test HTTP server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let port = port_from(&port_file, "the test HTTP server");
         HttpServer { child, port, log }
     }
 
@@ -2405,14 +2395,7 @@ async fn email_over_a_real_smtp_server() {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port: u16 = loop {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                break text.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "the SMTP server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let port = port_from(&port_file, "the SMTP server");
         let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -2544,6 +2527,19 @@ mail_bad:
         let log = env.stdout(&["tasks", "logs", "mail_bad", &bad, "bad_login"]);
         assert!(log.contains("SMTP (connection `smtp_wrong`"), "{log}");
         assert!(!log.contains("not-the-password"), "{log}");
+    }
+}
+
+/// The port a helper server wrote to `file` once listening (it renames the file into place,
+/// so a read never sees half a number).
+fn port_from(file: &Path, what: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            return text.trim().parse().expect("a port number");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

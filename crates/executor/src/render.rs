@@ -746,7 +746,26 @@ pub(crate) fn bash_template_source(command: &str, ctx: &RunContext) -> Result<St
     if !(command.ends_with(".sh") || command.ends_with(".bash")) {
         return Ok(command.to_owned());
     }
-    let relative = Path::new(command);
+    if let Some(source) = read_template_file("bash_command", command, ctx)? {
+        return Ok(source);
+    }
+    Err(RenderError::new(
+        "bash_command",
+        format!(
+            "template file `{command}` not found (a command ending in .sh or .bash is read as a template file, as in Airflow; add a space at the end to run it as a command)"
+        ),
+    ))
+}
+
+/// A template file (a `.sh` command, a `.sql` file) where Airflow looks: an absolute path,
+/// else the template search path (the DAG's folder), then the dags folder. `None` when it is
+/// in none of them.
+pub(crate) fn read_template_file(
+    field: &str,
+    name: &str,
+    ctx: &RunContext,
+) -> Result<Option<String>, RenderError> {
+    let relative = Path::new(name);
     let candidates: Vec<PathBuf> = if relative.is_absolute() {
         vec![relative.to_path_buf()]
     } else {
@@ -756,22 +775,15 @@ pub(crate) fn bash_template_source(command: &str, ctx: &RunContext) -> Result<St
             .map(|dir| dir.join(relative))
             .collect()
     };
-    for path in &candidates {
-        if path.is_file() {
-            return std::fs::read_to_string(path).map_err(|e| {
-                RenderError::new(
-                    "bash_command",
-                    format!("cannot read template file {}: {e}", path.display()),
-                )
-            });
-        }
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(path) => std::fs::read_to_string(path).map(Some).map_err(|e| {
+            RenderError::new(
+                field,
+                format!("cannot read template file {}: {e}", path.display()),
+            )
+        }),
+        None => Ok(None),
     }
-    Err(RenderError::new(
-        "bash_command",
-        format!(
-            "template file `{command}` not found (a command ending in .sh or .bash is read as a template file, as in Airflow; add a space at the end to run it as a command)"
-        ),
-    ))
 }
 
 /// One task's rendering session: the environment, the context, and where notes about

@@ -256,13 +256,7 @@ impl Triggerer {
             TRIGGER_FILE => {
                 let kwargs = trigger.kwargs.clone();
                 let handle = tokio::spawn(async move {
-                    let interval = Duration::from_millis(
-                        kwargs
-                            .get("poke_interval_ms")
-                            .and_then(Json::as_u64)
-                            .unwrap_or(60_000)
-                            .max(100),
-                    );
+                    let interval = poke_interval(&kwargs);
                     loop {
                         match crate::operators::sensors::file_trigger_poll(&kwargs).await {
                             Ok(true) => {
@@ -343,16 +337,21 @@ impl Triggerer {
     }
 }
 
-/// Polls the database every `poke_interval_ms` for another DAG's run (TriggerDagRunOperator)
-/// or tasks (ExternalTaskSensor) until they are where the trigger waits for them.
-async fn poll_store(store: &Store, id: i64, kwargs: &Json, external: bool) {
-    let interval = Duration::from_millis(
+/// A polling trigger's `poke_interval_ms` (a minute by default, at least 100 ms).
+fn poke_interval(kwargs: &Json) -> Duration {
+    Duration::from_millis(
         kwargs
             .get("poke_interval_ms")
             .and_then(Json::as_u64)
             .unwrap_or(60_000)
             .max(100),
-    );
+    )
+}
+
+/// Polls the database every `poke_interval_ms` for another DAG's run (TriggerDagRunOperator)
+/// or tasks (ExternalTaskSensor) until they are where the trigger waits for them.
+async fn poll_store(store: &Store, id: i64, kwargs: &Json, external: bool) {
+    let interval = poke_interval(kwargs);
     loop {
         let polled = if external {
             crate::operators::cross_dag::external_poll(store, kwargs).await

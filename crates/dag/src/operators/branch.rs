@@ -200,6 +200,19 @@ fn read_ids(ctx: &mut Ctx<'_>, read: &ReadOp<'_>, key: &str, raw: &Raw<AnyValue>
     }
 }
 
+/// `follow_task_ids_if_true` and `follow_task_ids_if_false`, the calendar branches' keys.
+fn read_follow(
+    ctx: &mut Ctx<'_>,
+    read: &ReadOp<'_>,
+    if_true: &Raw<AnyValue>,
+    if_false: &Raw<AnyValue>,
+) -> (Vec<String>, Vec<String>) {
+    (
+        read_ids(ctx, read, "follow_task_ids_if_true", if_true),
+        read_ids(ctx, read, "follow_task_ids_if_false", if_false),
+    )
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchDayOfWeekSpec {
@@ -265,16 +278,10 @@ impl OperatorKind for BranchDayOfWeek {
                 "`week_day`: expected a day or a list of days",
             );
         }
-        let follow_if_true = read_ids(
+        let (follow_if_true, follow_if_false) = read_follow(
             ctx,
             read,
-            "follow_task_ids_if_true",
             &spec.follow_task_ids_if_true,
-        );
-        let follow_if_false = read_ids(
-            ctx,
-            read,
-            "follow_task_ids_if_false",
             &spec.follow_task_ids_if_false,
         );
         Some(Operator::BranchDayOfWeek(BranchDayOfWeekOperator {
@@ -377,16 +384,10 @@ impl OperatorKind for BranchDateTime {
             Some(t) => Some(read_bound(ctx, read, "target_upper", t)?),
             None => None,
         };
-        let follow_if_true = read_ids(
+        let (follow_if_true, follow_if_false) = read_follow(
             ctx,
             read,
-            "follow_task_ids_if_true",
             &spec.follow_task_ids_if_true,
-        );
-        let follow_if_false = read_ids(
-            ctx,
-            read,
-            "follow_task_ids_if_false",
             &spec.follow_task_ids_if_false,
         );
         Some(Operator::BranchDateTime(BranchDateTimeOperator {

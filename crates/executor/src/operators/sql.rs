@@ -7,7 +7,6 @@
 //! Airflow's operator pushes.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flow_dag::{SqlOperator, SqlSensor, SqlStatements, Task, is_sql_file};
@@ -16,7 +15,9 @@ use serde_json::{Map, Value as Json};
 use sqlx::{Column, Connection as _, Executor, Row, Statement, TypeInfo, ValueRef};
 
 use crate::process::LogSink;
-use crate::render::{RenderError, RenderedTask, Renderer, RunContext, SensorWait};
+use crate::render::{
+    RenderError, RenderedTask, Renderer, RunContext, SensorWait, read_template_file,
+};
 use crate::runner::{Outcome, RunSpec};
 
 /// What a sql task runs, rendered.
@@ -131,27 +132,12 @@ fn render_statements(
 /// A template file named by `sql`, looked up where Airflow looks: the DAG's folder, then the
 /// dags folder.
 fn template_file(name: &str, ctx: &RunContext) -> Result<String, RenderError> {
-    let relative = Path::new(name);
-    let candidates: Vec<PathBuf> = if relative.is_absolute() {
-        vec![relative.to_path_buf()]
-    } else {
-        ctx.template_searchpath
-            .iter()
-            .chain(std::iter::once(&ctx.dags_folder))
-            .map(|dir| dir.join(relative))
-            .collect()
-    };
-    for path in &candidates {
-        if path.is_file() {
-            return std::fs::read_to_string(path).map_err(|e| {
-                RenderError::new("sql", format!("cannot read {}: {e}", path.display()))
-            });
-        }
-    }
-    Err(RenderError::new(
-        "sql",
-        format!("template file `{name}` not found beside the DAG or in the dags folder"),
-    ))
+    read_template_file("sql", name, ctx)?.ok_or_else(|| {
+        RenderError::new(
+            "sql",
+            format!("template file `{name}` not found beside the DAG or in the dags folder"),
+        )
+    })
 }
 
 /// Splits SQL on `;` outside quotes, dollar quotes and comments; drops empty statements.

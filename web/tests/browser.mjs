@@ -62,6 +62,10 @@ try {
   await row.locator("button[data-action=pause-toggle]").click();
   await admin.waitForSelector('tr[data-dag-id="etl_daily"] button.toggle.on');
 
+  // orders_report runs on the asset etl_daily's load updates: unpause it too.
+  await admin.locator('tr[data-dag-id="orders_report"] button[data-action=pause-toggle]').click();
+  await admin.waitForSelector('tr[data-dag-id="orders_report"] button.toggle.on');
+
   // Trigger it with a param from the generated form.
   await admin.goto(base + "/dags/etl_daily/trigger");
   await admin.fill('input[name="param.region"]', "us");
@@ -91,6 +95,24 @@ try {
   assert.match(await admin.textContent("#to-clear"), /extract/);
   await admin.click("#confirm-clear");
   await admin.waitForURL(/\/dags\/etl_daily$/);
+
+  // Assets: the orders table lists its producer and consumer and the load's event, and the
+  // event triggered orders_report.
+  await waitFor(admin, base + "/assets", "the load's asset event", () => {
+    const row = document.querySelector('tr[data-asset="warehouse://orders"]');
+    return row !== null && /etl_daily/.test(row.textContent) && /orders_report/.test(row.textContent)
+      && /\d{4}-\d{2}-\d{2}/.test(row.textContent);
+  });
+  await admin.click('tr[data-asset="warehouse://orders"] a[href^="/assets/"]');
+  await admin.waitForSelector("#asset-events");
+  assert.match(await admin.textContent("#asset-events"), /etl_daily\.load/);
+  await waitFor(admin, admin.url(), "orders_report to be triggered", () =>
+    /orders_report/.test(document.querySelector("#asset-events tbody tr").textContent));
+  // An operator records an event by hand: it is listed, with its extra.
+  await admin.fill('#asset-event-form input[name=extra]', '{"rows": 7}');
+  await admin.click("#asset-event-form button[type=submit]");
+  await admin.waitForSelector("#asset-events");
+  assert.match(await admin.textContent("#asset-events tbody tr"), /"rows":7/);
 
   // The audit log saw all of it.
   await admin.goto(base + "/audit");
@@ -136,6 +158,10 @@ try {
   await cell.click();
   await viewer.waitForSelector("#log");
   assert.doesNotMatch(await viewer.textContent("main"), /Mark success|Clear…/);
+  await viewer.goto(base + "/assets");
+  await viewer.click('tr[data-asset="warehouse://orders"] a[href^="/assets/"]');
+  await viewer.waitForSelector("#asset-events");
+  assert.equal(await viewer.locator("#asset-event-form").count(), 0, "a Viewer may not record events");
   const refused = await viewer.goto(base + "/dags/etl_daily/trigger");
   assert.equal(refused.status(), 403);
 

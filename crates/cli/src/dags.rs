@@ -88,7 +88,7 @@ pub enum Output {
 pub fn run(command: DagsCommand, dags_folder: &Path) -> Result<ExitCode> {
     match command {
         DagsCommand::Validate { path, strict } => {
-            validate(path.as_deref().unwrap_or(dags_folder), strict)
+            validate(path.as_deref().unwrap_or(dags_folder), dags_folder, strict)
         }
         DagsCommand::List { output } => list(dags_folder, output),
         DagsCommand::Show { dag_id, dot } => show(dags_folder, &dag_id, dot),
@@ -119,6 +119,27 @@ fn load(path: &Path) -> Result<DagBag> {
     load_dags(path, &options).with_context(|| format!("reading dags folder `{}`", path.display()))
 }
 
+/// Loads `path`; a single file inside the dags folder is read as the processor reads it, with
+/// the folder's defaults files and `$CONFIG_ROOT_DIR` pointing at the folder.
+fn load_within(path: &Path, dags_folder: &Path) -> Result<DagBag> {
+    let inside = path.is_file()
+        && matches!(
+            (std::fs::canonicalize(path), std::fs::canonicalize(dags_folder)),
+            (Ok(p), Ok(root)) if p.starts_with(&root)
+        );
+    if !inside {
+        return load(path);
+    }
+    let options = LoadOptions {
+        allow_external_links: crate::ops::allow_external_dag_links()?,
+        ..LoadOptions::default()
+    };
+    Ok(DagBag {
+        root: dags_folder.to_path_buf(),
+        files: vec![flow_dag::load_file(path, dags_folder, &options)],
+    })
+}
+
 /// Import errors go to stderr in every command, so a broken file is never silent.
 fn report_import_errors(bag: &DagBag) {
     let broken: Vec<_> = bag.files.iter().filter(|f| f.has_errors()).collect();
@@ -134,8 +155,8 @@ fn report_import_errors(bag: &DagBag) {
     }
 }
 
-fn validate(path: &Path, strict: bool) -> Result<ExitCode> {
-    let bag = load(path)?;
+fn validate(path: &Path, dags_folder: &Path, strict: bool) -> Result<ExitCode> {
+    let bag = load_within(path, dags_folder)?;
     for d in bag.diagnostics() {
         eprintln!("{d}");
     }
@@ -262,6 +283,22 @@ fn show(dags_folder: &Path, dag_id: &str, dot: bool) -> Result<ExitCode> {
         dag.timetable.timezone.name(),
         dag.relative_fileloc
     );
+    if let Some(condition) = &dag.asset_schedule {
+        println!("  triggered by assets: {}", condition.expression());
+        for asset in condition.assets() {
+            for t in &dag.tasks {
+                let loops = t.outlets.iter().any(|o| {
+                    matches!(o, flow_dag::assets::Outlet::Asset { asset: a, .. } if a.uri == asset.uri)
+                });
+                if loops {
+                    println!(
+                        "  note: asset {} is also an outlet of this DAG's task {}: each success of {} triggers another run (a self-loop, allowed as in Airflow)",
+                        asset.uri, t.task_id, t.task_id
+                    );
+                }
+            }
+        }
+    }
     let mut printed = HashSet::new();
     let mut out = String::new();
     for root in dag.roots() {
@@ -306,9 +343,22 @@ fn print_tree(
     } else {
         format!(" trigger_rule={}", task.trigger_rule.as_str())
     };
+    let outlets: Vec<String> = task
+        .outlets
+        .iter()
+        .map(|o| match o {
+            flow_dag::assets::Outlet::Asset { asset, .. } => asset.uri.clone(),
+            flow_dag::assets::Outlet::Alias { name } => format!("alias:{name}"),
+        })
+        .collect();
+    let outlets = if outlets.is_empty() || seen {
+        String::new()
+    } else {
+        format!(" -> {}", outlets.join(", "))
+    };
     let _ = writeln!(
         out,
-        "{prefix}{branch}{task_id} [{}]{rule}{}",
+        "{prefix}{branch}{task_id} [{}]{rule}{outlets}{}",
         task.operator.kind(),
         if seen { " (see above)" } else { "" }
     );

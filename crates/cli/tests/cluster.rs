@@ -1309,3 +1309,93 @@ async fn a_worker_hands_back_tries_it_does_not_know() {
     drop(cluster);
     db.drop_db().await.unwrap();
 }
+
+/// Three schedulers on one PostgreSQL database race for every asset event: 40 mapped tries
+/// of one task each record an event of the asset a consumer DAG is scheduled on. Every event
+/// is consumed by exactly one consumer run, whichever scheduler made it.
+#[tokio::test]
+async fn three_schedulers_consume_each_asset_event_once() {
+    let Some(db) = TestDb::postgres().await.unwrap() else {
+        return;
+    };
+    db.store.close().await;
+    let mut cluster = Cluster::new(&db.url);
+    std::fs::write(
+        cluster.dags.join("assets.yaml"),
+        r#"
+race_producer:
+  tasks:
+    write:
+      operator: bash
+      expand: {bash_command: ["echo 0", "echo 1", "echo 2", "echo 3", "echo 4", "echo 5", "echo 6", "echo 7", "echo 8", "echo 9", "echo 10", "echo 11", "echo 12", "echo 13", "echo 14", "echo 15", "echo 16", "echo 17", "echo 18", "echo 19", "echo 20", "echo 21", "echo 22", "echo 23", "echo 24", "echo 25", "echo 26", "echo 27", "echo 28", "echo 29", "echo 30", "echo 31", "echo 32", "echo 33", "echo 34", "echo 35", "echo 36", "echo 37", "echo 38", "echo 39"]}
+      outlets: ["s3://race/x"]
+race_consumer:
+  schedule: ["s3://race/x"]
+  tasks:
+    read: {operator: bash, bash_command: "echo read"}
+"#,
+    )
+    .unwrap();
+    assert!(cluster.run(&["db", "migrate"]).status.success());
+    for s in 0..3 {
+        cluster.start(&format!("scheduler{s}"), &["scheduler", "--no-worker"]);
+    }
+    cluster.start("worker0", &["worker", "--concurrency", "8"]);
+    let store = flow_store::Store::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while store.dag_get("race_consumer").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "race_consumer never parsed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cluster.stdout(&["dags", "trigger", "race_producer"]);
+    let run_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("created dag run "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    // Done when the producer succeeded, nothing waits, and every consumer run finished.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let producer = store.dag_run_get("race_producer", &run_id).await.unwrap();
+        let producer_done = producer.is_some_and(|r| r.state == flow_model::DagRunState::Success);
+        let waiting = store.asset_queue().await.unwrap();
+        let consumers = runs(&cluster, "race_consumer");
+        if producer_done
+            && waiting.is_empty()
+            && !consumers.is_empty()
+            && consumers.iter().all(|(_, s)| s == "success")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "producer done: {producer_done}, waiting: {waiting:?}, consumer runs: {consumers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.assert_alive();
+    let (events, total) = store
+        .asset_event_query(&flow_store::AssetEventQuery {
+            source_dag_id: Some("race_producer".into()),
+            limit: 100,
+            ..flow_store::AssetEventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 40, "one event per successful mapped try");
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let triggered = store.asset_event_runs(&ids).await.unwrap();
+    for id in &ids {
+        let runs = triggered.get(id).map(Vec::len).unwrap_or(0);
+        assert_eq!(runs, 1, "event {id} was consumed by {runs} runs");
+    }
+    let consumer_runs = runs(&cluster, "race_consumer");
+    eprintln!(
+        "assets race: 40 events consumed once each by {} consumer runs made by 3 schedulers",
+        consumer_runs.len()
+    );
+    store.close().await;
+    drop(cluster);
+    db.drop_db().await.unwrap();
+}

@@ -248,6 +248,13 @@ async fn examples_and_scenarios_run_end_to_end() {
             let (ok, out) = env.trigger_wait(dag, &[]);
             assert!(ok, "{dag} should succeed:\n{out}");
         }
+        // etl_daily's load updated `warehouse://orders`: orders_report ran on it.
+        let report = wait_asset_run(&env, "orders_report");
+        let log = env.stdout(&["tasks", "logs", "orders_report", &report, "report"]);
+        assert!(
+            log.contains("warehouse://orders updated at") && log.contains("by etl_daily.load"),
+            "{log}"
+        );
         // fan-out: exit 99 skipped a partition, the failure branch was skipped.
         let runs = env.stdout(&["runs", "list", "fan_out_fan_in"]);
         let run_id = runs
@@ -2550,5 +2557,359 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A REST call with the standalone admin's basic credentials; the JSON answer (or `null`).
+fn api(
+    port: &str,
+    password: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> serde_json::Value {
+    let mut args = vec![
+        "-s".to_owned(),
+        "-X".to_owned(),
+        method.to_owned(),
+        "-u".to_owned(),
+        format!("admin:{password}"),
+        "-H".to_owned(),
+        "Content-Type: application/json".to_owned(),
+    ];
+    if let Some(b) = body {
+        args.push("-d".to_owned());
+        args.push(b.to_owned());
+    }
+    args.push(format!("http://127.0.0.1:{port}{path}"));
+    let out = Command::new("curl").args(&args).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The asset-triggered runs of a DAG: (run_id, state).
+fn asset_runs(env: &Env, dag_id: &str) -> Vec<(String, String)> {
+    env.stdout(&["runs", "list", dag_id])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (run_id, run_type, state) = (parts.next()?, parts.next()?, parts.next()?);
+            (run_type == "asset_triggered").then(|| (run_id.to_owned(), state.to_owned()))
+        })
+        .collect()
+}
+
+/// Waits for a successful asset-triggered run of `dag_id` and returns its run id.
+fn wait_asset_run(env: &Env, dag_id: &str) -> String {
+    wait_for(90, &format!("an asset-triggered run of {dag_id}"), || {
+        asset_runs(env, dag_id)
+            .into_iter()
+            .find(|(_, s)| s == "success")
+            .map(|(r, _)| r)
+    })
+}
+
+/// The events a run consumed, through the REST API: (uri, source_dag_id).
+fn upstream_events(
+    port: &str,
+    password: &str,
+    dag_id: &str,
+    run_id: &str,
+) -> Vec<(String, String)> {
+    let path = format!(
+        "/api/v2/dags/{dag_id}/dagRuns/{}/upstreamAssetEvents",
+        run_id.replace('+', "%2B")
+    );
+    api(port, password, "GET", &path, None)["asset_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e["uri"].as_str().unwrap_or("").to_owned(),
+                e["source_dag_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn asset_id(port: &str, password: &str, uri: &str) -> i64 {
+    let answer = api(
+        port,
+        password,
+        "GET",
+        &format!("/api/v2/assets?uri_pattern={uri}&limit=100"),
+        None,
+    );
+    answer["assets"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["uri"] == uri))
+        .and_then(|x| x["id"].as_i64())
+        .unwrap_or_else(|| panic!("no asset {uri} in {answer}"))
+}
+
+const ASSET_DAGS: &str = r#"
+x_producer:
+  tasks:
+    write:
+      operator: bash
+      bash_command: 'echo "{\"rows\": 3}"'
+      outlets: [{uri: "s3://flow-test/x", extra_from_xcom: true}]
+both_consumer:
+  schedule: ["s3://flow-test/x", "s3://flow-test/y"]
+  tasks:
+    show:
+      operator: bash
+      bash_command: >-
+        test "{{ triggering_asset_events['s3://flow-test/x'][-1].extra.rows }}" = 3 &&
+        test "{{ triggering_asset_events['s3://flow-test/y'][-1].extra.from_rest_api }}" = True
+    show_py:
+      operator: python
+      python_callable_name: show
+      python_callable_file: assets_cb.py
+beacon:
+  schedule: {datasets: "s3://flow-test/beacon"}
+  tasks:
+    t: {operator: empty}
+"#;
+
+const ASSET_CALLABLES: &str = r#"
+from airflow.sdk import Asset
+
+def show(triggering_asset_events):
+    events = triggering_asset_events[Asset("s3://flow-test/x")]
+    assert events[-1].source_dag_id == "x_producer", events
+    assert events[-1].extra == {"rows": 3}, events
+    print("PY-EVENTS", sorted(triggering_asset_events))
+"#;
+
+/// Assets end to end through `flow standalone`: dag-factory's asset examples (producer ->
+/// event -> consumer, names from a dataset file, `&`/`|` conditions as strings and as YAML,
+/// cron-or-assets), an external event posted through the REST API triggering a run, an `&`
+/// condition that waits for both assets, and the events each run consumed, in its templates,
+/// its Python context and the API.
+#[tokio::test]
+async fn assets_trigger_runs_end_to_end() {
+    for db in databases().await {
+        let env = env_on(&db).await;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        copy_dir(&fixtures.join("dag_factory_assets"), &env.dags);
+        env.write_dag("assets.yaml", ASSET_DAGS);
+        std::fs::write(env.dags.join("assets_cb.py"), ASSET_CALLABLES).unwrap();
+        // The dataset definitions file is not a broken DAG file; the others load whole.
+        let validate = env.run(&["dags", "validate"]);
+        let text = String::from_utf8_lossy(&validate.stdout).into_owned()
+            + &String::from_utf8_lossy(&validate.stderr);
+        assert!(validate.status.success(), "{text}");
+        let mut cmd = env.command();
+        cmd.env("AIRFLOW_HONE", &env.home);
+        let standalone = common::Standalone::start(cmd);
+        let port = standalone.port.clone();
+        let password = std::fs::read_to_string(env.home.join("standalone_admin_password.txt"))
+            .unwrap()
+            .trim()
+            .to_owned();
+
+        // asset_triggered_dags.yml: the producer's PythonOperator writes the file and its
+        // outlet triggers the consumer.
+        let (ok, out) = env.trigger_wait("producer_dag", &[]);
+        assert!(ok, "{out}");
+        assert!(env.home.join("data.csv").exists());
+        let run = wait_asset_run(&env, "consumer_dag");
+        let events = upstream_events(&port, &password, "consumer_dag", &run);
+        assert!(
+            events
+                .iter()
+                .any(|(u, s)| u == "file:///$AIRFLOW_HONE/data.csv" && s == "producer_dag"),
+            "{events:?}"
+        );
+
+        // example_dag_datasets.yml: plain URIs, names from example_config_datasets.yml, and
+        // conditions as a string and as `__or__`/`__and__`.
+        for producer in [
+            "example_simple_dataset_producer_dag",
+            "example_custom_config_dataset_producer_dag",
+            "example_simple_dataset_alias_dag",
+        ] {
+            let (ok, out) = env.trigger_wait(producer, &[]);
+            assert!(ok, "{producer}: {out}");
+        }
+        for consumer in [
+            "example_simple_dataset_consumer_dag",
+            "example_custom_config_dataset_consumer_dag",
+            "example_custom_config_condition_dataset_consumer_dag",
+            "example_without_custom_config_condition_dataset_consumer_dag",
+        ] {
+            let run = wait_asset_run(&env, consumer);
+            assert!(!upstream_events(&port, &password, consumer, &run).is_empty());
+        }
+
+        // An `&` condition waits for both assets: x alone queues, y through the API
+        // completes it. `beacon` (triggered after x's event was queued) proves the scheduler
+        // has looked at the queue in between.
+        let (ok, out) = env.trigger_wait("x_producer", &[]);
+        assert!(ok, "{out}");
+        let beacon = asset_id(&port, &password, "s3://flow-test/beacon");
+        let posted = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/assets/events",
+            Some(&format!(r#"{{"asset_id": {beacon}}}"#)),
+        );
+        assert_eq!(posted["extra"]["from_rest_api"], true, "{posted}");
+        wait_asset_run(&env, "beacon");
+        assert!(asset_runs(&env, "both_consumer").is_empty());
+        let queued = api(
+            &port,
+            &password,
+            "GET",
+            "/api/v2/dags/both_consumer/assets/queuedEvents",
+            None,
+        );
+        assert_eq!(queued["total_entries"], 1, "{queued}");
+        let y = asset_id(&port, &password, "s3://flow-test/y");
+        let posted = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/assets/events",
+            Some(&format!(r#"{{"asset_id": {y}, "extra": {{"k": "v"}}}}"#)),
+        );
+        assert_eq!(posted["uri"], "s3://flow-test/y", "{posted}");
+        let run = wait_asset_run(&env, "both_consumer");
+        let mut events = upstream_events(&port, &password, "both_consumer", &run);
+        events.sort();
+        assert_eq!(
+            events,
+            vec![
+                ("s3://flow-test/x".to_owned(), "x_producer".to_owned()),
+                ("s3://flow-test/y".to_owned(), String::new()),
+            ]
+        );
+        let log = env.stdout(&["tasks", "logs", "both_consumer", &run, "show_py"]);
+        assert!(
+            log.contains("PY-EVENTS ['s3://flow-test/x', 's3://flow-test/y']"),
+            "{log}"
+        );
+        // Consumed: nothing waits any more, and the event lists the run it triggered.
+        let queued = api(
+            &port,
+            &password,
+            "GET",
+            "/api/v2/dags/both_consumer/assets/queuedEvents",
+            None,
+        );
+        assert_eq!(queued["total_entries"], 0, "{queued}");
+        let listed = api(
+            &port,
+            &password,
+            "GET",
+            &format!("/api/v2/assets/events?asset_id={y}"),
+            None,
+        );
+        assert_eq!(
+            listed["asset_events"][0]["created_dagruns"][0]["run_id"], run,
+            "{listed}"
+        );
+        // An unknown asset and an extra that is not an object are refused.
+        let missing = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/assets/events",
+            Some(r#"{"asset_id": 999999}"#),
+        );
+        assert!(
+            missing["detail"].as_str().unwrap_or("").contains("999999"),
+            "{missing}"
+        );
+        let bad = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/assets/events",
+            Some(&format!(r#"{{"asset_id": {y}, "extra": [1]}}"#)),
+        );
+        assert!(bad["detail"].to_string().contains("extra"), "{bad}");
+
+        // example_dataset_or_timetable_schedule.yml: cron or assets; an external event on
+        // dataset_uri_3 alone satisfies `(1 & 2) | 3`.
+        let third = asset_id(&port, &password, "dataset_uri_3");
+        api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/assets/events",
+            Some(&format!(r#"{{"asset_id": {third}}}"#)),
+        );
+        wait_asset_run(&env, "consumer_time_schedule_dag");
+
+        // The files whose DAG ids clash with asset_triggered_dags.yml's, one deployment at a
+        // time.
+        let phases = fixtures.join("dag_factory_assets_phases");
+        std::fs::remove_file(env.dags.join("asset_triggered_dags.yml")).unwrap();
+        let mut previous: Option<PathBuf> = None;
+        for (file, producer, trigger_uri) in [
+            (
+                "example_dag_datasets_outlet_inlet.yml",
+                Some("producer_dag"),
+                None,
+            ),
+            (
+                "example_dataset_condition_string.yml",
+                None,
+                Some("s3://bucket-cjmm/raw/dataset_custom_3"),
+            ),
+            (
+                "example_dataset_yaml_syntax.yml",
+                None,
+                Some("s3://bucket-cjmm/raw/dataset_custom_3"),
+            ),
+        ] {
+            if let Some(p) = previous.take() {
+                std::fs::remove_file(p).unwrap();
+            }
+            let target = env.dags.join("datasets").join(file);
+            std::fs::copy(phases.join(file), &target).unwrap();
+            previous = Some(target);
+            let before = asset_runs(&env, "consumer_dag").len();
+            // The new file's consumer_dag is in place once the store says it comes from it.
+            wait_for(
+                60,
+                &format!("consumer_dag from {file} in the store"),
+                || {
+                    let dag = api(&port, &password, "GET", "/api/v2/dags/consumer_dag", None);
+                    (dag["fileloc"].as_str().is_some_and(|f| f.ends_with(file))
+                        && dag["is_active"] != false)
+                        .then_some(())
+                },
+            );
+            match (producer, trigger_uri) {
+                (Some(p), _) => {
+                    let (ok, out) = env.trigger_wait(p, &[]);
+                    assert!(ok, "{file}: {out}");
+                }
+                (None, Some(uri)) => {
+                    let id = asset_id(&port, &password, uri);
+                    api(
+                        &port,
+                        &password,
+                        "POST",
+                        "/api/v2/assets/events",
+                        Some(&format!(r#"{{"asset_id": {id}}}"#)),
+                    );
+                }
+                (None, None) => unreachable!(),
+            }
+            wait_for(90, &format!("consumer_dag of {file} runs"), || {
+                let runs = asset_runs(&env, "consumer_dag");
+                (runs.len() > before && runs.iter().all(|(_, s)| s == "success")).then_some(())
+            });
+        }
+        drop(standalone);
+        drop(env);
+        db.drop_db().await.unwrap();
     }
 }

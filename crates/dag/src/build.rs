@@ -322,10 +322,31 @@ impl DagDraft {
             }
             other => other,
         };
+        // Assets: alone, or with a timetable beside them (`AssetOrTimeSchedule`).
+        let mut asset_schedule = None;
+        let schedule_node = match schedule_node {
+            Some(n) if crate::assets::is_asset_schedule(n) => {
+                match crate::assets::read_asset_schedule(ctx, n) {
+                    Some(a) => {
+                        asset_schedule = Some((a.condition, n.span));
+                        a.timetable
+                    }
+                    None => None,
+                }
+            }
+            other => other,
+        };
         let (schedule, mut schedule_text, kind, schedule_tz) = match schedule_node {
             Some(n) => read_schedule(ctx, n, kind),
             None => (Schedule::None, "None".to_owned(), kind, None),
         };
+        if asset_schedule.is_some() {
+            schedule_text = if matches!(schedule, Schedule::None) {
+                "Asset".to_owned()
+            } else {
+                format!("Asset or {schedule_text}")
+            };
+        }
         if let Some(k) = &kafka_trigger {
             let topics = format!("kafka:{}", k.topics.join(","));
             schedule_text = if matches!(schedule, Schedule::None) {
@@ -421,6 +442,10 @@ impl DagDraft {
         }
 
         warn_unquoted_inputs(ctx, &tasks, &params);
+        if let Some((condition, span)) = &asset_schedule {
+            warn_asset_loops(ctx, condition, *span, &tasks);
+        }
+        let asset_schedule = asset_schedule.map(|(c, _)| c);
         let dag = Dag {
             dag_id: DagId::parse("placeholder").ok()?,
             fileloc: ctx.files.first().cloned().unwrap_or_default(),
@@ -437,6 +462,7 @@ impl DagDraft {
                 kind,
             },
             kafka_trigger,
+            asset_schedule,
             start_date,
             end_date,
             catchup: spec.catchup.unwrap_or(false),
@@ -839,8 +865,6 @@ fn read_timetable_kind(ctx: &mut Ctx<'_>, node: Option<&Node>) -> TimetableKind 
 /// timetable object names for itself.
 type ScheduleParts = (Schedule, String, TimetableKind, Option<Tz>);
 
-const ASSET_SCHEDULES: &str = "`schedule`: asset (dataset) schedules are not supported yet; use a cron, a preset, an interval or null";
-
 fn read_schedule(ctx: &mut Ctx<'_>, node: &Node, kind: TimetableKind) -> ScheduleParts {
     match &node.value {
         Value::Null => (Schedule::None, "None".to_owned(), kind, None),
@@ -875,13 +899,18 @@ fn read_schedule(ctx: &mut Ctx<'_>, node: &Node, kind: TimetableKind) -> Schedul
             }
         }
         Value::Map(_) if node.get("__type__").is_none() => {
-            // dag-factory's `{datasets: ...}`, `{file: ..., datasets: ...}`, `{assets: ...}`.
-            ctx.error(node.span, ASSET_SCHEDULES);
+            ctx.error(
+                node.span,
+                "`schedule`: expected a cron, a preset, an interval, null, a timetable object or assets (a list, `{datasets: ...}`, `__and__`/`__or__`)",
+            );
             (Schedule::None, "None".to_owned(), kind, None)
         }
         Value::Map(_) => read_timetable_object(ctx, node, kind),
         Value::Seq(_) => {
-            ctx.error(node.span, ASSET_SCHEDULES);
+            ctx.error(
+                node.span,
+                "`schedule`: a list of assets cannot be a timetable",
+            );
             (Schedule::None, "None".to_owned(), kind, None)
         }
     }
@@ -1266,6 +1295,16 @@ pub(crate) fn split_keys(node: &Node, first: &[&str]) -> (Node, Node) {
     )
 }
 
+/// The operator a task without one can only mean: `bash_command` is bash's, `python_callable`
+/// (or its `_name`/`_file` forms) is python's.
+fn implied_operator(node: &Node) -> Option<(&'static str, &'static operators::OperatorDef)> {
+    let pick =
+        |key: &'static str, op: &str| node.get(key).and(operators::get(op)).map(|d| (key, d));
+    pick("bash_command", "bash")
+        .or_else(|| pick("python_callable", "python"))
+        .or_else(|| pick("python_callable_name", "python"))
+}
+
 fn read_task(
     ctx: &mut Ctx<'_>,
     name: &str,
@@ -1316,16 +1355,30 @@ fn read_task(
                 return None;
             }
         },
-        (None, None) => {
-            ctx.error(
-                name_span,
-                format!(
-                    "no `operator`: set one of {} (or an Airflow class path), or a `decorator`",
-                    operators::known_list()
-                ),
-            );
-            return None;
-        }
+        (None, None) => match implied_operator(node) {
+            // dag-factory's own example (`example_dag_datasets_outlet_inlet.yml`) leaves the
+            // operator out of a task whose `bash_command` says what it is.
+            Some((key, def)) => {
+                ctx.warn(
+                    name_span,
+                    format!(
+                        "no `operator`: `{key}` makes this a `{}` task; write `operator: {}` (Airflow and dag-factory refuse a task without one)",
+                        def.name, def.name
+                    ),
+                );
+                def
+            }
+            None => {
+                ctx.error(
+                    name_span,
+                    format!(
+                        "no `operator`: set one of {} (or an Airflow class path), or a `decorator`",
+                        operators::known_list()
+                    ),
+                );
+                return None;
+            }
+        },
     };
     let decorated = decorator_name.is_some();
     // Airflow's `...Async` sensor classes are the deferrable ones.
@@ -1505,6 +1558,11 @@ fn read_task(
         .map(|r| read_params(ctx, &r.node))
         .unwrap_or_default();
     let mapping = read_mapping(ctx, &common, &mut references);
+    if let Some(m) = &mapping
+        && !decorated
+    {
+        check_mapped_arguments(ctx, m, &merged, def);
+    }
 
     if let Some(template) = &common.map_index_template {
         let span = merged
@@ -1541,6 +1599,16 @@ fn read_task(
             .collect(),
         None => Vec::new(),
     };
+    let outlets = common
+        .outlets
+        .as_ref()
+        .map(|r| crate::assets::read_outlets(ctx, &r.node))
+        .unwrap_or_default();
+    let inlets = common
+        .inlets
+        .as_ref()
+        .map(|r| crate::assets::read_inlets(ctx, &r.node))
+        .unwrap_or_default();
     let operator = operator?;
     if ctx.errors() > errors_before {
         return None;
@@ -1583,6 +1651,8 @@ fn read_task(
             display_name: common.task_display_name.clone(),
             mapping,
             map_index_template: common.map_index_template.clone(),
+            outlets,
+            inlets,
             line: name_span.line,
         },
         name: name.to_owned(),
@@ -1590,6 +1660,32 @@ fn read_task(
         dependencies,
         references,
     })
+}
+
+/// An asset in the DAG's schedule that one of its own tasks updates: every run triggers the
+/// next. Airflow allows it (a deliberate loop); `flow dags validate` and `dags show` say so.
+fn warn_asset_loops(
+    ctx: &mut Ctx<'_>,
+    condition: &crate::assets::AssetCondition,
+    span: Span,
+    tasks: &[TaskDraft],
+) {
+    for asset in condition.assets() {
+        for t in tasks {
+            let updates = t.task.outlets.iter().any(|o| {
+                matches!(o, crate::assets::Outlet::Asset { asset: a, .. } if a.uri == asset.uri)
+            });
+            if updates {
+                ctx.warn(
+                    span,
+                    format!(
+                        "asset `{}` schedules this DAG and is an outlet of its own task `{}`: each success of that task triggers another run (a loop, allowed as in Airflow)",
+                        asset.uri, t.name
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// `flow dags validate` warns where a shell command prints a run input unquoted: a conf value,
@@ -1852,6 +1948,36 @@ fn read_mapping(
         }
     }
     Some(mapping)
+}
+
+/// `expand` and `partial` name arguments of the operator; a task-level key (`params`,
+/// `retries`) cannot be mapped, as in Airflow, and would otherwise fail every try.
+fn check_mapped_arguments(
+    ctx: &mut Ctx<'_>,
+    mapping: &Mapping,
+    node: &Node,
+    def: &operators::OperatorDef,
+) {
+    for (field, keys) in [("expand", &mapping.expand), ("partial", &mapping.partial)] {
+        for key in keys.keys() {
+            if def.fields.contains(&key.as_str()) {
+                continue;
+            }
+            let span = node
+                .get(field)
+                .and_then(|n| n.as_map())
+                .and_then(|e| e.iter().find(|(k, _)| k.as_str() == Some(key.as_str())))
+                .map_or(node.span, |(k, _)| k.span);
+            let hint = did_you_mean_hint(key, def.fields.iter().copied());
+            ctx.error(
+                span,
+                format!(
+                    "`{field}.{key}`: `{key}` is not an argument of the {} operator{hint}; only its own arguments can be mapped",
+                    def.name
+                ),
+            );
+        }
+    }
 }
 
 /// A literal list longer than Airflow's `max_map_length` could never be expanded.

@@ -39,6 +39,10 @@ pub struct Dag {
     /// Runs created by Kafka messages, beside (or instead of) the timetable.
     #[serde(default)]
     pub kafka_trigger: Option<KafkaTrigger>,
+    /// Runs created when assets are updated (`asset_triggered`), beside (Airflow's
+    /// `AssetOrTimeSchedule`) or instead of the timetable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_schedule: Option<crate::assets::AssetCondition>,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
     pub catchup: bool,
@@ -197,6 +201,12 @@ pub struct Task {
     /// Dynamic task mapping, if the task is mapped.
     pub mapping: Option<Mapping>,
     pub map_index_template: Option<String>,
+    /// Assets a success updates: one event each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlets: Vec<crate::assets::Outlet>,
+    /// Assets the task reads (shown, and in its context).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inlets: Vec<crate::assets::Asset>,
     /// 1-based line of the task in its file.
     pub line: u32,
 }

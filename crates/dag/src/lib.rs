@@ -5,6 +5,7 @@
 //! column. Also owns schedules and timetables (when runs are due) and the JSON Schema of the
 //! format. It does no database or network I/O; the only I/O is reading the dags folder.
 
+pub mod assets;
 mod build;
 pub mod dag;
 pub mod de;

@@ -500,6 +500,20 @@ fn load_file_with(
         }
     };
     file.source = source;
+    // dag-factory's dataset definitions (`datasets: [{name, uri}]`), which DAG files refer to
+    // with `file:`: not a DAG file, and not a broken one.
+    if crate::assets::is_dataset_file(&root) {
+        if let Err((span, message)) = crate::assets::dataset_definitions(&root) {
+            file.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: span.line,
+                col: span.col,
+                message,
+            });
+        }
+        return file;
+    }
 
     // File table: 0 is this file, then its defaults files.
     let mut table: Vec<PathBuf> = vec![path.to_path_buf()];

@@ -391,6 +391,13 @@ pub struct TaskCommonSpec {
     #[schemars(with = "Option<serde_json::Value>")]
     pub expand_kwargs: Option<Raw<AnyValue>>,
     pub map_index_template: Option<String>,
+    /// Assets the task's success updates: URIs, `airflow.sdk.Asset` objects, asset aliases, or
+    /// dag-factory's `{file: ..., datasets: [names]}`.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub outlets: Option<Raw<AnyValue>>,
+    /// Assets the task reads, in the same forms.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub inlets: Option<Raw<AnyValue>>,
     // Keys of features flow does not implement yet: accepted, kept and reported as warnings.
     pub email: Option<Raw<AnyValue>>,
     pub email_on_failure: Option<Raw<AnyValue>>,
@@ -407,8 +414,6 @@ pub struct TaskCommonSpec {
     pub on_success_callback_name: Option<Raw<AnyValue>>,
     pub on_success_callback_file: Option<Raw<AnyValue>>,
     pub executor_config: Option<Raw<AnyValue>>,
-    pub inlets: Option<Raw<AnyValue>>,
-    pub outlets: Option<Raw<AnyValue>>,
     pub resources: Option<Raw<AnyValue>>,
     pub run_as_user: Option<Raw<AnyValue>>,
     pub task_concurrency: Option<Raw<AnyValue>>,
@@ -437,8 +442,6 @@ pub const TASK_UNSUPPORTED_KEYS: &[&str] = &[
     "on_success_callback_name",
     "on_success_callback_file",
     "executor_config",
-    "inlets",
-    "outlets",
     "resources",
     "run_as_user",
     "task_concurrency",

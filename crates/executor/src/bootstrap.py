@@ -42,6 +42,100 @@ class PokeReturnValue:
         return bool(self.is_done)
 
 
+class Asset:
+    """Airflow's Asset (Dataset in Airflow 2): a URI and a name, either giving the other."""
+
+    def __init__(self, name=None, uri=None, group="asset", extra=None, **_kwargs):
+        if name is None and uri is None:
+            raise TypeError("Asset() needs a name or a uri")
+        self.uri = uri if uri is not None else name
+        self.name = name if name is not None else uri
+        self.group = group
+        self.extra = extra or {}
+
+    def __repr__(self):
+        return f"Asset(name={self.name!r}, uri={self.uri!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Asset) and other.uri == self.uri
+
+    def __hash__(self):
+        return hash(self.uri)
+
+
+class AssetAlias:
+    """Airflow's AssetAlias: the task names the assets it updated at run time."""
+
+    def __init__(self, name, group=""):
+        self.name = name
+        self.group = group
+
+    def __repr__(self):
+        return f"AssetAlias(name={self.name!r})"
+
+
+def _asset_key(key):
+    if isinstance(key, str):
+        return key
+    if type(key).__name__ in ("AssetAlias", "DatasetAlias"):
+        return "alias:" + key.name
+    uri = getattr(key, "uri", None)
+    if uri is not None:
+        return uri
+    raise KeyError(f"not an asset: {key!r}")
+
+
+class _OutletEvent:
+    def __init__(self, key):
+        self.key = key
+        self.extra = {}
+        self.added = []
+
+    def add(self, asset, extra=None):
+        """For an alias outlet: record an event of `asset` (Airflow's
+        `outlet_events[AssetAlias(...)].add(Asset(...), extra=...)`)."""
+        if not self.key.startswith("alias:"):
+            raise TypeError("add() is for asset alias outlets; set .extra for an asset")
+        uri = getattr(asset, "uri", asset)
+        name = getattr(asset, "name", uri)
+        self.added.append({"alias": self.key[len("alias:"):], "uri": str(uri),
+                           "name": str(name), "extra": dict(extra or {})})
+
+
+class _OutletEvents:
+    """`outlet_events` in a task's context: the extra of each outlet's event."""
+
+    def __init__(self):
+        self._events = {}
+
+    def __getitem__(self, key):
+        k = _asset_key(key)
+        if k not in self._events:
+            self._events[k] = _OutletEvent(k)
+        return self._events[k]
+
+    def export(self):
+        extras = {k: e.extra for k, e in self._events.items()
+                  if e.extra and not k.startswith("alias:")}
+        added = [a for e in self._events.values() for a in e.added]
+        if not extras and not added:
+            return None
+        return {"extras": extras, "added": added}
+
+
+class _TriggeringAssetEvents(dict):
+    """`triggering_asset_events`: events by asset, looked up by URI or by Asset."""
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, _asset_key(key))
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 def _is_a(exc, name):
     """Whether `exc` is Airflow's exception `name` (or a subclass), from the stand-in here or
     from an installed Airflow."""
@@ -112,7 +206,10 @@ def _install_airflow_shim():
         "airflow.models": {"Variable": _Variable},
         "airflow.models.variable": {"Variable": _Variable},
         "airflow.sdk": {"Context": dict, "Variable": _Variable, "PokeReturnValue": PokeReturnValue,
+                        "Asset": Asset, "AssetAlias": AssetAlias, "Dataset": Asset,
                         **current, **exceptions},
+        "airflow.datasets": {"Dataset": Asset, "DatasetAlias": AssetAlias},
+        "airflow.assets": {"Asset": Asset, "AssetAlias": AssetAlias},
         "airflow.sensors": {},
         "airflow.sensors.base": {"PokeReturnValue": PokeReturnValue},
         "airflow.providers.standard.sensors": {},
@@ -139,6 +236,7 @@ def _flow_main():
 
     added = {}
     pushed = {}
+    outlet_events = _OutletEvents()
 
     def finish(text):
         # Names the callable added to its context (for a mapped task's map_index_template)
@@ -147,6 +245,9 @@ def _flow_main():
             text = text[:-1] + ', "context": ' + json.dumps(added) + "}"
         if pushed and text.endswith("}"):
             text = text[:-1] + ', "xcoms": ' + json.dumps(pushed, default=str) + "}"
+        events = outlet_events.export()
+        if events and text.endswith("}"):
+            text = text[:-1] + ', "outlet_events": ' + json.dumps(events, default=str) + "}"
         tmp = result_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -288,7 +389,14 @@ def _flow_main():
         "data_interval_start": dt(ctx["data_interval_start"]),
         "data_interval_end": dt(ctx["data_interval_end"]),
         "templates_dict": spec["templates_dict"] or None,
+        "outlet_events": outlet_events,
+        "triggering_asset_events": _TriggeringAssetEvents(
+            {uri: [types.SimpleNamespace(**{**e, "asset": types.SimpleNamespace(**e["asset"]),
+                                            "timestamp": dt(e["timestamp"])})
+                   for e in events]
+             for uri, events in (ctx.get("triggering_asset_events") or {}).items()}),
     }
+    context["triggering_dataset_events"] = context["triggering_asset_events"]
     for name in ("ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz",
                  "task_instance_key_str"):
         if name in ctx:

@@ -6,6 +6,7 @@
 //! log lines and returning an [`Outcome`]. Claiming, heartbeats, storing logs and outcomes
 //! belong to the worker loop that calls these; nothing here touches the database.
 
+mod assets;
 mod bundle;
 mod io_ops;
 mod jinja;

@@ -75,6 +75,9 @@ pub struct RunContext {
     pub variables_wanted: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Connections templates read (`conn.my_db.host`), by conn_id.
     pub connections: HashMap<String, flow_model::Connection>,
+    /// The asset events an asset-triggered run consumed, by asset URI (an empty mapping for
+    /// other runs): `{{ triggering_asset_events }}`.
+    pub triggering_asset_events: Json,
     /// Set while `connections` is not resolved yet: collects the conn_ids templates ask for.
     pub connections_wanted: Option<Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>>,
 }
@@ -147,6 +150,7 @@ impl RunContext {
             variables_wanted: None,
             connections: HashMap::new(),
             connections_wanted: None,
+            triggering_asset_events: Json::Object(serde_json::Map::new()),
         })
     }
 }
@@ -1013,8 +1017,11 @@ fn context_entries(
     c.push(("run_id", Value::from(ctx.run_id.as_str())));
     c.push(("try_number", Value::from(ctx.try_number)));
     c.push(("test_mode", Value::from(false)));
-    c.push(("inlets", Value::from(Vec::<Value>::new())));
-    c.push(("outlets", Value::from(Vec::<Value>::new())));
+    c.push(("inlets", json_value(&crate::assets::inlets_json(task))));
+    c.push(("outlets", json_value(&crate::assets::outlets_json(task))));
+    let triggering = json_value(&ctx.triggering_asset_events);
+    c.push(("triggering_asset_events", triggering.clone()));
+    c.push(("triggering_dataset_events", triggering));
     c.push(("params", json_value(&Json::Object(ctx.params.clone()))));
     c.push((
         "dag_run",

@@ -81,6 +81,9 @@ pub struct RunSpec {
     /// Names a Python callable added to its context (`get_current_context()[k] = v`), as
     /// JSON, filled in when the try ends: a mapped task's `map_index_template` may use them.
     pub context_out: Arc<Mutex<serde_json::Map<String, Json>>>,
+    /// What a Python callable wrote to `outlet_events` (extras by asset, assets added to
+    /// aliases), filled in when the try ends.
+    pub outlet_events: Arc<Mutex<Option<Json>>>,
 }
 
 /// The default of `FLOW__CORE__MAX_XCOM_SIZE`: 1 MiB of JSON.
@@ -164,6 +167,7 @@ impl RunSpec {
             max_xcom_size: DEFAULT_MAX_XCOM_SIZE,
             resume: None,
             context_out: Arc::default(),
+            outlet_events: Arc::default(),
         }
     }
 }
@@ -274,6 +278,7 @@ pub fn python_context(ctx: &RunContext) -> Json {
         "xcoms": ctx.xcoms.iter().map(|(t, k, m, v)| json!([t, k, m, v])).collect::<Vec<_>>(),
         // For `Variable.get` in the callable (read by the worker for every Python task).
         "variables": ctx.variables,
+        "triggering_asset_events": ctx.triggering_asset_events,
     });
     if let (Some(ld), Json::Object(map)) = (ctx.logical_date, &mut c) {
         let ld = PyDateTime::utc(ld);
@@ -550,6 +555,12 @@ async fn run_python_in(
         && let Ok(mut out) = spec.context_out.lock()
     {
         out.extend(added.clone());
+    }
+    if let Some(Json::Object(r)) = &result
+        && let Some(events) = r.get("outlet_events")
+        && let Ok(mut out) = spec.outlet_events.lock()
+    {
+        *out = Some(events.clone());
     }
     if let Some(Json::Object(r)) = &result
         && let Some(Json::Object(pushed)) = r.get("xcoms")

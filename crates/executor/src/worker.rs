@@ -865,6 +865,7 @@ impl Job {
         let mut rendered_map_index = None;
         let mut skip = Vec::new();
         let mut pushed: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let mut python_outlets: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
         let (outcome, task, rendered_fields) = match prepared {
             Err(reason) => {
                 let _ = log_tx
@@ -881,6 +882,7 @@ impl Job {
                 let fields = rendered_fields(&spec.rendered, &spec.masker);
                 let added = spec.context_out.clone();
                 pushed = spec.xcom_out.clone();
+                python_outlets = spec.outlet_events.clone();
                 let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
                 let branched =
                     crate::operators::branch::after_run(&dag, &task, &ctx, outcome, Utc::now());
@@ -991,6 +993,14 @@ impl Job {
             }
             Outcome::Cancelled => return None,
         };
+        let pushed = pushed.lock().map(|p| p.clone()).unwrap_or_default();
+        let asset_events = match (&task, state) {
+            (Some(task), S::Success) if !task.outlets.is_empty() => {
+                let python = python_outlets.lock().ok().and_then(|p| p.clone());
+                crate::assets::outlet_events(task, xcom.as_ref(), &pushed, python.as_ref())
+            }
+            _ => Vec::new(),
+        };
         let finish = TiFinish {
             key: ti.key.clone(),
             try_number: ti.try_number,
@@ -1007,7 +1017,8 @@ impl Job {
             } else {
                 Vec::new()
             },
-            xcoms: pushed.lock().map(|p| p.clone()).unwrap_or_default(),
+            xcoms: pushed,
+            asset_events,
         };
         let reported = (finish.key.clone(), finish.try_number);
         if let Ok(mut unwritten) = self.unwritten.lock() {
@@ -1157,6 +1168,13 @@ impl Job {
             None => self.config.dags_folder.clone(),
         };
         let mut ctx = self.context(ti, &dag, &task, &run, &dags_folder)?;
+        if run.run_type == flow_model::DagRunType::AssetTriggered {
+            let events = self
+                .store
+                .asset_events_for_run(&ti.key.dag_id, &ti.key.run_id)
+                .await?;
+            ctx.triggering_asset_events = crate::assets::triggering_events_json(&events);
+        }
         let wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         ctx.variables_wanted = Some(wanted.clone());
         let conns_wanted = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
@@ -1422,6 +1440,7 @@ mod tests {
                         paused_on_creation: false,
                         data,
                         dag_hash: "h".into(),
+                        assets: Vec::new(),
                     }],
                     import_error: None,
                 },

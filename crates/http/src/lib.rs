@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use flow_store::Store;
 
 pub mod api;
+mod asset_pages;
 mod assets;
 pub mod auth;
 mod graph;
@@ -116,6 +117,7 @@ pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     pages::routes()
         .merge(assets::routes())
+        .merge(asset_pages::routes())
         .merge(api::routes())
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -428,3 +428,58 @@ mod tests {
         assert_eq!(fmt_duration(None), "");
     }
 }
+
+/// One asset as the Assets page lists it.
+#[derive(Debug)]
+pub struct AssetItem {
+    pub id: i64,
+    pub uri: String,
+    pub name: String,
+    pub group: String,
+    /// (dag_id, task_id) of the tasks that update it.
+    pub producers: Vec<(String, String)>,
+    /// The DAGs scheduled on it.
+    pub consumers: Vec<String>,
+    /// (dag_id, task_id) of the tasks that read it (`inlets`).
+    pub readers: Vec<(String, String)>,
+    pub last_event: String,
+    /// (dag_id, events) waiting for a DAG.
+    pub queued: Vec<(String, i64)>,
+}
+
+#[derive(Template)]
+#[template(path = "assets.html")]
+pub struct AssetsPage {
+    pub chrome: Chrome,
+    pub items: Vec<AssetItem>,
+    pub total: i64,
+}
+
+/// One event as an asset's page shows it.
+#[derive(Debug)]
+pub struct AssetEventItem {
+    pub id: i64,
+    pub timestamp: String,
+    /// (dag_id, run_id, run_id URL-encoded, task_id) of the task that made it, if a task did.
+    pub source: Option<(String, String, String, String)>,
+    pub extra: String,
+    /// (dag_id, run_id, run_id URL-encoded) of the runs it triggered.
+    pub runs: Vec<(String, String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "asset.html")]
+pub struct AssetPage {
+    pub chrome: Chrome,
+    pub can_operate: bool,
+    pub id: i64,
+    pub uri: String,
+    pub name: String,
+    pub group: String,
+    pub producers: Vec<(String, String)>,
+    pub consumers: Vec<String>,
+    pub readers: Vec<(String, String)>,
+    pub queued: Vec<(String, i64)>,
+    pub events: Vec<AssetEventItem>,
+    pub total_events: i64,
+}

@@ -1414,7 +1414,11 @@ fn fill_path(path: &str) -> String {
         let end = rest[start..].find('}').unwrap() + start;
         let name = &rest[start + 1..end];
         out.push_str(
-            if name.contains("number") || name.ends_with("error_id") || name == "map_index" {
+            if name.contains("number")
+                || name.ends_with("error_id")
+                || name == "map_index"
+                || name == "asset_id"
+            {
                 "1"
             } else {
                 "x"
@@ -1531,6 +1535,26 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
                 "get",
                 "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}/dependencies"
                     .into(),
+            ),
+            ("get", "/api/v2/assets".into()),
+            ("get", "/api/v2/assets/{asset_id}".into()),
+            ("get", "/api/v2/assets/events".into()),
+            ("post", "/api/v2/assets/events".into()),
+            ("get", "/api/v2/dags/{dag_id}/assets/queuedEvents".into()),
+            ("delete", "/api/v2/dags/{dag_id}/assets/queuedEvents".into()),
+            ("get", "/api/v2/assets/{asset_id}/queuedEvents".into()),
+            ("delete", "/api/v2/assets/{asset_id}/queuedEvents".into()),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/assets/{asset_id}/queuedEvents".into(),
+            ),
+            (
+                "delete",
+                "/api/v2/dags/{dag_id}/assets/{asset_id}/queuedEvents".into(),
+            ),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/upstreamAssetEvents".into(),
             ),
         ];
         for (method, path) in &required {

@@ -146,6 +146,8 @@ string_enum! {
         /// Triggered by an event such as a Kafka message (Airflow's `asset_triggered` plays
         /// this part).
         Event => "event",
+        /// Created by the scheduler when the assets a DAG is scheduled on were updated.
+        AssetTriggered => "asset_triggered",
     }
 }
 
@@ -158,6 +160,7 @@ impl DagRunType {
             Self::Manual => "manual__",
             Self::Backfill => "backfill__",
             Self::Event => "event__",
+            Self::AssetTriggered => "asset_triggered__",
         }
     }
 
@@ -316,6 +319,7 @@ mod tests {
             (Manual, "manual"),
             (Backfill, "backfill"),
             (Event, "event"),
+            (AssetTriggered, "asset_triggered"),
         ];
         assert_eq!(DagRunType::ALL.len(), expected.len());
         for ((run_type, string), listed) in expected.into_iter().zip(DagRunType::ALL) {
@@ -338,7 +342,7 @@ mod tests {
         // A run id the user chose is a manual run, as in Airflow.
         assert_eq!(DagRunType::from_run_id("my_rerun"), Manual);
         assert_eq!(DagRunType::from_run_id("scheduled_2025"), Manual);
-        assert!(DagRunType::parse("asset_triggered").is_err());
+        assert!(DagRunType::parse("dataset_triggered").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use flow_dag::loader::source_hash;
 use flow_dag::{Dag, LoadOptions, LoadedFile};
-use flow_store::{DagRecord, FileSync, Store};
+use flow_store::{AssetUse, DagRecord, FileSync, Store};
 
 use crate::SchedulerError;
 
@@ -102,14 +102,51 @@ pub fn dag_record(dag: &Dag, paused_at_creation: bool) -> Result<DagRecord, Sche
         owners: dag.owner.clone(),
         description: dag.description.clone(),
         schedule: dag.schedule_text.clone(),
-        timetable_summary: dag.timetable.summary(),
+        // Airflow's summary of an asset schedule: `Asset`, or `Asset or <timetable>`.
+        timetable_summary: if dag.asset_schedule.is_some() {
+            dag.schedule_text.clone()
+        } else {
+            dag.timetable.summary()
+        },
         tags: dag.tags.clone(),
         max_active_runs: i64::from(dag.max_active_runs),
         max_active_tasks: i64::from(dag.max_active_tasks),
         paused_on_creation: dag.is_paused_upon_creation.unwrap_or(paused_at_creation),
         dag_hash: source_hash(data.as_bytes()),
         data,
+        assets: asset_uses(dag),
     })
+}
+
+/// The DAG's references to assets, for the asset pages and for queueing events.
+fn asset_uses(dag: &Dag) -> Vec<AssetUse> {
+    use flow_dag::assets::{Asset, Outlet};
+    let one = |a: &Asset, kind: &'static str, task_id: &str| AssetUse {
+        uri: a.uri.clone(),
+        name: a.name.clone(),
+        group: a.group.clone(),
+        extra: serde_json::Value::Object(a.extra.clone()),
+        kind,
+        task_id: task_id.to_owned(),
+    };
+    let mut uses = Vec::new();
+    if let Some(condition) = &dag.asset_schedule {
+        uses.extend(
+            condition
+                .assets()
+                .into_iter()
+                .map(|a| one(a, "schedule", "")),
+        );
+    }
+    for t in &dag.tasks {
+        for o in &t.outlets {
+            if let Outlet::Asset { asset, .. } = o {
+                uses.push(one(asset, "outlet", t.task_id.as_str()));
+            }
+        }
+        uses.extend(t.inlets.iter().map(|a| one(a, "inlet", t.task_id.as_str())));
+    }
+    uses
 }
 
 impl DagProcessor {

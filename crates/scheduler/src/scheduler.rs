@@ -337,7 +337,8 @@ impl Scheduler {
         let created_deadline = self.create_scheduled_runs(&active_per_dag, now).await?;
         drop(active_per_dag);
         outcome.next_deadline = earliest(outcome.next_deadline, created_deadline);
-        if created_deadline == Some(now) {
+        let asset_runs = self.create_asset_runs(now).await?;
+        if created_deadline == Some(now) || asset_runs {
             // New runs were created: read them.
             self.refresh_view(view, now).await?;
         }
@@ -642,6 +643,63 @@ impl Scheduler {
             next_deadline = Some(now);
         }
         Ok(next_deadline)
+    }
+
+    /// Creates a run (`asset_triggered`) for each active DAG scheduled on assets whose queued
+    /// events meet its condition; the store consumes the events with the run's creation, so
+    /// that another scheduler cannot use them again. Costs one query of the (small) queue per
+    /// pass, and only while some DAG is scheduled on assets. Returns whether a run was made.
+    async fn create_asset_runs(&mut self, now: DateTime<Utc>) -> Result<bool, SchedulerError> {
+        let any = self.dags.values().any(|(_, d)| d.asset_schedule.is_some());
+        if !any {
+            return Ok(false);
+        }
+        let queue = self.store.asset_queue().await?;
+        let mut created = false;
+        for (dag_id, updated) in queue {
+            let Some(row) = self.dag_rows.get(&dag_id).cloned() else {
+                continue;
+            };
+            if row.is_paused || !row.is_active {
+                continue;
+            }
+            let Some(dag) = self.dag_for(&dag_id).await? else {
+                continue;
+            };
+            let Some(condition) = &dag.asset_schedule else {
+                continue;
+            };
+            if !condition.is_met(&|uri| updated.contains(uri)) {
+                continue;
+            }
+            let req = TriggerRequest {
+                run_id: None,
+                run_type: DagRunType::AssetTriggered,
+                logical_date: Some(now),
+                data_interval: Some((now, now)),
+                run_after: Some(now),
+                conf: serde_json::json!({}),
+                note: None,
+                triggered_by: Some("asset".into()),
+            };
+            let run = match flow_store::new_dag_run(&dag, &row.dag_hash, &req, now) {
+                Ok(run) => run,
+                Err(e) => {
+                    warn!(%dag_id, error = %e, "could not create an asset-triggered run; its events stay queued");
+                    continue;
+                }
+            };
+            let tis = flow_store::new_task_instances(&dag);
+            if let Some(run) = self
+                .store
+                .asset_run_create(&run, &tis, condition, now)
+                .await?
+            {
+                info!(dag_id = %run.dag_id, run_id = %run.run_id, "created asset-triggered run");
+                created = true;
+            }
+        }
+        Ok(created)
     }
 
     /// Moves queued runs to running, oldest first, within each DAG's `max_active_runs`

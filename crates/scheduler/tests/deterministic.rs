@@ -141,6 +141,7 @@ impl H {
                     logs: Vec::new(),
                     skip: Vec::new(),
                     xcoms: Vec::new(),
+                    asset_events: Vec::new(),
                 },
                 self.now,
             )

@@ -81,13 +81,13 @@ pub(crate) fn run_row(r: &AnyRow) -> Result<DagRunRow> {
 /// backfills).
 fn creator(run_type: DagRunType) -> Actor {
     match run_type {
-        DagRunType::Scheduled | DagRunType::Event => Actor::Scheduler,
+        DagRunType::Scheduled | DagRunType::Event | DagRunType::AssetTriggered => Actor::Scheduler,
         DagRunType::Manual | DagRunType::Backfill => Actor::User,
     }
 }
 
 /// Inserts a run (nothing if it exists), its task instances and its first transition.
-async fn create_in(
+pub(crate) async fn create_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     run: &NewDagRun,
     task_instances: &[NewTaskInstance],
@@ -440,6 +440,7 @@ impl Store {
             "ti_transition",
             "task_instance_history",
             "task_instance",
+            "dag_run_asset_event",
         ] {
             // Table names are constants above, never input.
             sqlx::query(&format!(

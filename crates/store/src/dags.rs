@@ -25,6 +25,8 @@ pub struct DagRecord {
     /// The serialized DAG (JSON) and a hash of it.
     pub data: String,
     pub dag_hash: String,
+    /// The assets it schedules on, and its tasks' outlets and inlets.
+    pub assets: Vec<crate::AssetUse>,
 }
 
 /// The result of parsing one file.
@@ -161,6 +163,7 @@ impl Store {
             .bind(now_us)
             .execute(&mut *tx)
             .await?;
+            crate::assets::sync_references_in(&mut tx, &d.dag_id, &d.assets, now_us).await?;
         }
         sqlx::query(
             "INSERT INTO dag_code (fileloc, source, source_hash, updated_at) VALUES ($1, $2, $3, $4) \
@@ -421,6 +424,8 @@ impl Store {
             "dag_run",
             "serialized_dag",
             "dag",
+            "dag_run_asset_event",
+            "asset_reference",
         ] {
             // Table names are constants above, never input.
             sqlx::query(&format!("DELETE FROM {table} WHERE dag_id = $1"))
@@ -428,6 +433,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("DELETE FROM asset_dag_run_queue WHERE target_dag_id = $1")
+            .bind(dag_id)
+            .execute(&mut *tx)
+            .await?;
         // Invalidate the file's hash (keeping its source), so the DAG processor parses the
         // file again at its next full scan and the DAG comes back, as Airflow's does.
         sqlx::query("UPDATE dag_code SET source_hash = '' WHERE fileloc = $1")

@@ -15,6 +15,7 @@
 //! SQLite allows one writer at a time: writes go through a single-connection pool and start with
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
 
+mod assets;
 mod bundles;
 mod changes;
 mod connections;
@@ -45,6 +46,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::Notify;
 
+pub use assets::{
+    AssetEventQuery, AssetEventRow, AssetQuery, AssetReference, AssetRow, AssetUse, NewAssetEvent,
+    QueuedEvent,
+};
 pub use bundles::BundleFile;
 pub use changes::{RunKey, RunTouch};
 pub use connections::{Cipher, ConnectionSource};
@@ -331,6 +336,11 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "dag_run_asset_event",
+            "asset_dag_run_queue",
+            "asset_event",
+            "asset_reference",
+            "asset",
             "variable",
             "dag_run_transition",
             "flow_meta",

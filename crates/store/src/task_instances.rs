@@ -148,6 +148,8 @@ pub struct TiFinish {
     pub skip: Vec<String>,
     /// XComs the try pushed under their own keys (`ti.xcom_push`), stored with its outcome.
     pub xcoms: Vec<(String, serde_json::Value)>,
+    /// Asset events a success records (its outlets), in the same transaction.
+    pub asset_events: Vec<crate::NewAssetEvent>,
 }
 
 /// What a clear did.
@@ -1024,8 +1026,18 @@ impl Store {
             .await?;
             let mut xcoms = Vec::new();
             let mut skips = Vec::new();
+            let mut events = Vec::new();
             for a in done {
                 let f = &finishes[members[a.index]];
+                if state == S::Success {
+                    let source = crate::assets::EventSource {
+                        dag_id: &f.key.dag_id,
+                        task_id: &f.key.task_id,
+                        run_id: &f.key.run_id,
+                        map_index: f.key.map_index,
+                    };
+                    events.extend(f.asset_events.iter().map(|e| (e, Some(source))));
+                }
                 if let Some(value) = &f.xcom {
                     xcoms.push((&f.key, "return_value", value));
                 }
@@ -1038,6 +1050,9 @@ impl Store {
                 applied[members[a.index]] = true;
             }
             crate::xcom::upsert_many(&mut tx, &xcoms, now_us).await?;
+            if !events.is_empty() {
+                crate::assets::record_events_in(self, &mut tx, &events, now_us).await?;
+            }
             for f in skips {
                 skip_in_run(&mut tx, self, f, now_us).await?;
             }

@@ -43,6 +43,7 @@ fn record(dag_id: &str) -> DagRecord {
         paused_on_creation: true,
         data: "{}".into(),
         dag_hash: "h1".into(),
+        assets: Vec::new(),
     }
 }
 
@@ -446,6 +447,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
             }],
             skip: Vec::new(),
             xcoms: Vec::new(),
+            asset_events: Vec::new(),
         };
         assert!(
             !store
@@ -687,6 +689,7 @@ fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>)
         logs: Vec::new(),
         skip: Vec::new(),
         xcoms: Vec::new(),
+        asset_events: Vec::new(),
     }
 }
 
@@ -1497,6 +1500,129 @@ async fn concurrent_processors_store_one_version() {
             store.bundle_missing_blobs(&["b1".into()]).await.unwrap(),
             vec!["b1"]
         );
+    })
+    .await;
+}
+
+fn asset(uri: &str) -> flow_dag::assets::Asset {
+    flow_dag::assets::Asset {
+        uri: uri.into(),
+        name: uri.into(),
+        group: "asset".into(),
+        extra: serde_json::Map::new(),
+    }
+}
+
+fn schedule_use(uri: &str) -> flow_store::AssetUse {
+    flow_store::AssetUse {
+        uri: uri.into(),
+        name: uri.into(),
+        group: "asset".into(),
+        extra: serde_json::json!({}),
+        kind: "schedule",
+        task_id: String::new(),
+    }
+}
+
+async fn asset_id_of(store: &Store, uri: &str) -> i64 {
+    let (assets, _) = store
+        .asset_query(&flow_store::AssetQuery {
+            uri_pattern: Some(uri.into()),
+            limit: 10,
+            ..flow_store::AssetQuery::default()
+        })
+        .await
+        .unwrap();
+    assets.iter().find(|a| a.uri == uri).unwrap().id
+}
+
+/// Events queue for the active, unpaused DAGs scheduled on their asset; a run is made only
+/// when the queued events meet the condition, and the events are consumed by exactly one of
+/// many schedulers racing to make it.
+#[tokio::test]
+async fn asset_events_are_consumed_once() {
+    use flow_dag::assets::AssetCondition;
+    each_backend(|store| async move {
+        let mut consumer = record("consumer");
+        consumer.assets = vec![schedule_use("s3://x"), schedule_use("s3://y")];
+        let mut paused = record("paused_consumer");
+        paused.assets = vec![schedule_use("s3://x")];
+        store
+            .dag_sync_file(&file("/dags/a.yaml", vec![consumer, paused], None), t0())
+            .await
+            .unwrap();
+        store.dag_set_paused("consumer", false).await.unwrap();
+        let (x, y) = (
+            asset_id_of(&store, "s3://x").await,
+            asset_id_of(&store, "s3://y").await,
+        );
+        let both = AssetCondition::All(vec![
+            AssetCondition::Asset(asset("s3://x")),
+            AssetCondition::Asset(asset("s3://y")),
+        ]);
+        let event = store
+            .asset_event_create(x, &serde_json::json!({"n": 1}), t0())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.uri, "s3://x");
+        assert!(
+            store
+                .asset_event_create(999_999, &serde_json::json!({}), t0())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let queue = store.asset_queue().await.unwrap();
+        assert_eq!(queue.len(), 1, "a paused DAG gets nothing: {queue:?}");
+        assert_eq!(queue["consumer"].len(), 1);
+        let mut run = new_run(
+            "consumer",
+            "asset_triggered__1",
+            DagRunType::AssetTriggered,
+            0,
+        );
+        // `x` alone does not meet `x & y`: nothing is made and nothing consumed.
+        let made = store
+            .asset_run_create(&run, &tis(&["t"]), &both, t0())
+            .await
+            .unwrap();
+        assert!(made.is_none());
+        assert_eq!(store.asset_queue().await.unwrap()["consumer"].len(), 1);
+        store
+            .asset_event_create(y, &serde_json::json!({}), t0() + Duration::seconds(5))
+            .await
+            .unwrap();
+        let mut racers = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            run.run_id = format!("asset_triggered__race{i}");
+            let (run, both) = (run.clone(), both.clone());
+            racers.push(tokio::spawn(async move {
+                store
+                    .asset_run_create(&run, &tis(&["t"]), &both, t0())
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut made = Vec::new();
+        for r in racers {
+            made.extend(r.await.unwrap());
+        }
+        assert_eq!(made.len(), 1, "exactly one scheduler makes the run");
+        let won = &made[0];
+        assert!(store.asset_queue().await.unwrap().is_empty());
+        let consumed = store
+            .asset_events_for_run("consumer", &won.run_id)
+            .await
+            .unwrap();
+        let uris: Vec<&str> = consumed.iter().map(|e| e.uri.as_str()).collect();
+        assert_eq!(uris, ["s3://x", "s3://y"]);
+        // The run's data interval spans its events.
+        assert_eq!(won.data_interval_start, Some(t0()));
+        assert_eq!(won.data_interval_end, Some(t0() + Duration::seconds(5)));
+        let runs = store.asset_event_runs(&[event.id]).await.unwrap();
+        assert_eq!(runs[&event.id].len(), 1);
     })
     .await;
 }

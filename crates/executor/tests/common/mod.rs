@@ -92,6 +92,7 @@ pub fn context(dag: &Dag, task_id: &str, dags_folder: &Path) -> RunContext {
         variables_wanted: None,
         connections: HashMap::new(),
         connections_wanted: None,
+        triggering_asset_events: serde_json::json!({}),
     }
 }
 

@@ -50,6 +50,7 @@ pub fn run_response(r: &DagRunRow) -> DagRunResponse {
         (Some(s), Some(e)) => Some((e - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
         _ => None,
     };
+    // Airflow has no type for Kafka-triggered runs; its event-driven runs are asset-triggered.
     let run_type = match r.run_type {
         DagRunType::Event => "asset_triggered",
         other => other.as_str(),

@@ -649,7 +649,10 @@ async fn details(
     Ok(Json(DagDetails {
         catchup: dag.catchup,
         dag_run_timeout: dag.dagrun_timeout.map(iso_duration),
-        asset_expression: None,
+        asset_expression: dag
+            .asset_schedule
+            .as_ref()
+            .map(flow_dag::assets::AssetCondition::airflow_expression),
         doc_md: dag.doc_md.clone(),
         start_date: time(dag.start_date),
         end_date: time(dag.end_date),

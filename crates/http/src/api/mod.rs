@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+mod assets;
 mod bulk;
 mod connections;
 mod dag_runs;
@@ -90,6 +91,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(connections::routes())
         .merge(pools::routes())
         .merge(variables::routes())
+        .merge(assets::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

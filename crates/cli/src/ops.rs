@@ -322,6 +322,10 @@ pub fn worker_config(
         max_map_length: max_map_length()?,
         max_xcom_size: max_xcom_size()?,
         smtp: Some(smtp_settings()?),
+        // Airflow's `[api] base_url`: where the log links of callbacks point.
+        base_url: config::env_value("webserver", "base_url")?
+            .or(config::env_value("api", "base_url")?)
+            .unwrap_or_else(|| "http://localhost:8080".to_owned()),
         ..WorkerConfig::default()
     })
 }

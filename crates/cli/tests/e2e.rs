@@ -1608,6 +1608,8 @@ impl HttpServer {
             .arg(script)
             .arg(&port_file)
             .arg(&log)
+            // The slow webhook outlives the run it reports on.
+            .env("HOOK_SLOW_SECS", "20")
             .spawn()
             .expect("python3 runs the test HTTP server");
         let port = port_from(&port_file, "the test HTTP server");
@@ -2908,6 +2910,243 @@ async fn assets_trigger_runs_end_to_end() {
                 (runs.len() > before && runs.iter().all(|(_, s)| s == "success")).then_some(())
             });
         }
+        drop(standalone);
+        drop(env);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// The callback requests of a run, through the store: (task_id, event, status, attempts).
+async fn callback_rows(
+    url: &str,
+    dag_id: &str,
+    run_id: &str,
+) -> Vec<(String, String, String, i64)> {
+    let store = flow_store::Store::connect(url).await.unwrap();
+    let rows = store
+        .callback_list_for_run(dag_id, run_id, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            (
+                c.target.task_id.unwrap_or_default(),
+                c.event,
+                c.status,
+                c.attempts,
+            )
+        })
+        .collect();
+    store.close().await;
+    rows
+}
+
+async fn wait_callbacks(
+    url: &str,
+    dag_id: &str,
+    run_id: &str,
+    what: &str,
+    done: impl Fn(&[(String, String, String, i64)]) -> bool,
+) -> Vec<(String, String, String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = callback_rows(url, dag_id, run_id).await;
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Callbacks and notifiers through `flow standalone`: dag-factory's `example_callbacks.yml`
+/// unchanged (callables by path and by file, with parameters, from task groups' and the DAG's
+/// settings), and a failing task that fires its webhooks (received by a test server: one
+/// answering 500 retried and recorded, one failing once then succeeding), its DAG's webhook
+/// once per run, and Airflow's `email_on_failure` / `email_on_retry` (received by aiosmtpd).
+/// A webhook that takes 20 s never holds up the run, and no callback changes a state.
+#[tokio::test]
+async fn callbacks_and_notifiers_fire_without_touching_states() {
+    let Some(python) = common::python_with("aiosmtpd", "aiosmtpd") else {
+        return;
+    };
+    for db in databases().await {
+        let env = env_on(&db).await;
+        let url = db.url.clone();
+        let http = HttpServer::start(&env.home);
+        let smtp_script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_server.py");
+        let smtp_port_file = env.home.join("smtp.port");
+        let smtp_log = env.home.join("smtp.messages");
+        let _smtp = KillOnDrop(
+            Command::new(&python)
+                .arg(&smtp_script)
+                .arg(&smtp_port_file)
+                .arg(&smtp_log)
+                .spawn()
+                .unwrap(),
+        );
+        let smtp_port = port_from(&smtp_port_file, "the SMTP server");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dag_factory_callbacks");
+        copy_dir(&fixtures, &env.dags);
+        let hook = format!("http://127.0.0.1:{}", http.port);
+        env.write_dag(
+            "alerts.yaml",
+            &format!(
+                r#"alerts:
+  on_failure_callback:
+    callback: webhook
+    url: {hook}/hook
+    text: "run {{{{ run_id }}}} of {{{{ dag.dag_id }}}} failed"
+  default_args:
+    email: oncall@example.com
+    retries: 1
+    retry_delay: 1s
+    on_failure_callback:
+      - {{callback: webhook, url: "{hook}/hook", text: "{{{{ ti.task_id }}}} failed in {{{{ dag.dag_id }}}}"}}
+      - {{callback: webhook, url: "{hook}/hook_500"}}
+      - {{bash_command: "echo bash-callback {{{{ ti.task_id }}}}"}}
+    on_retry_callback: {{callback: webhook, url: "{hook}/hook_flaky/retry"}}
+  tasks:
+    boom: {{operator: bash, bash_command: "exit 3"}}
+    slow_hook:
+      operator: bash
+      bash_command: echo ok
+      email_on_failure: false
+      on_success_callback: {{callback: webhook, url: "{hook}/hook_slow", timeout: 40}}
+    after_slow: {{operator: bash, bash_command: "echo after", dependencies: [slow_hook]}}
+"#
+            ),
+        );
+        let slack = serde_json::json!({
+            "conn_type": "slackwebhook", "host": hook, "password": "hook"
+        });
+        let mut cmd = env.command();
+        cmd.env("FLOW__SMTP__SMTP_HOST", "127.0.0.1")
+            .env("FLOW__SMTP__SMTP_PORT", smtp_port.to_string())
+            .env("FLOW__SMTP__SMTP_STARTTLS", "false")
+            .env("FLOW__SMTP__SMTP_MAIL_FROM", "flow@example.com")
+            .env("FLOW_CONN_SLACK_CONN_ID", slack.to_string());
+        let standalone = common::Standalone::start(cmd);
+
+        // dag-factory's example: every success callback ran, with its parameters.
+        let (ok, out) = env.trigger_wait("callbacks", &[]);
+        assert!(ok, "{out}");
+        let run = run_id_of(&out);
+        let rows = wait_callbacks(&url, "callbacks", &run, "the example's callbacks", |rows| {
+            rows.len() >= 5 && rows.iter().all(|r| r.2 == "success")
+        })
+        .await;
+        let with_callbacks: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        for task in ["start", "task_1", "task_2", "task_group_1.task_3", ""] {
+            assert!(with_callbacks.contains(&task), "{task}: {rows:?}");
+        }
+        let log = env.stdout(&["tasks", "logs", "callbacks", &run, "task_1"]);
+        assert!(log.contains("param1 ---------- param2"), "{log}");
+        let log = env.stdout(&["tasks", "logs", "callbacks", &run, "task_group_1.task_3"]);
+        assert!(log.contains("hello from callback"), "{log}");
+
+        // A failing task: a retry, then the failure; the slow webhook did not hold the run.
+        let started = Instant::now();
+        let (ok, out) = env.trigger_wait("alerts", &[]);
+        assert!(!ok, "{out}");
+        let run = run_id_of(&out);
+        let s = states(&env, "alerts", &run);
+        assert_eq!(s["boom"], "failed");
+        assert_eq!(s["after_slow"], "success");
+        let slow_pending = callback_rows(&url, "alerts", &run)
+            .await
+            .into_iter()
+            .any(|r| r.0 == "slow_hook" && r.2 != "success");
+        assert!(
+            slow_pending && started.elapsed() < Duration::from_secs(20),
+            "the run waited for the slow webhook ({:?})",
+            started.elapsed()
+        );
+        let rows = wait_callbacks(&url, "alerts", &run, "the alerts' callbacks", |rows| {
+            let done = |task: &str, event: &str| {
+                rows.iter()
+                    .filter(|r| r.0 == task && r.1 == event)
+                    .all(|r| r.2 == "success" || r.2 == "failed" || r.3 >= 1)
+            };
+            rows.iter()
+                .any(|r| r.1 == "on_retry_callback" && r.2 == "success" && r.3 == 2)
+                && done("boom", "on_failure_callback")
+                && rows.iter().any(|r| r.0.is_empty() && r.2 == "success")
+                && rows.iter().any(|r| r.0 == "slow_hook" && r.2 == "success")
+        })
+        .await;
+        // The webhook answering 500 was tried and recorded, and is retried; states stay.
+        let failing = rows.iter().find(|r| {
+            r.0 == "boom" && r.1 == "on_failure_callback" && r.3 >= 1 && r.2 != "success"
+        });
+        assert!(failing.is_some(), "{rows:?}");
+        let s = states(&env, "alerts", &run);
+        assert_eq!(
+            (s["boom"].as_str(), s["after_slow"].as_str()),
+            ("failed", "success")
+        );
+        let log = env.stdout(&["tasks", "logs", "alerts", &run, "boom", "--try", "2"]);
+        assert!(log.contains("answered 500 Internal Server Error"), "{log}");
+        assert!(log.contains("bash-callback boom"), "{log}");
+        let requests = http.requests();
+        let texts: Vec<String> = requests
+            .iter()
+            .filter(|r| r["path"] == "/hook")
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r["body"].as_str()?).ok())
+            .map(|b| b["text"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            texts.contains(&"boom failed in alerts".to_owned()),
+            "{texts:?}"
+        );
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| **t == format!("run {run} of alerts failed"))
+                .count(),
+            1,
+            "the DAG's callback fires once per run: {texts:?}"
+        );
+        let body: serde_json::Value = requests
+            .iter()
+            .find(|r| r["path"] == "/hook_500")
+            .and_then(|r| serde_json::from_str(r["body"].as_str()?).ok())
+            .unwrap();
+        assert_eq!(body["task_id"], "boom");
+        assert_eq!(body["state"], "failed");
+        assert_eq!(body["try_number"], 2);
+        assert!(
+            body["log_url"].as_str().unwrap().contains("/tasks/boom"),
+            "{body}"
+        );
+        // email_on_retry and email_on_failure (Airflow's defaults once `email` is set).
+        let mails = wait_for(60, "two emails", || {
+            let text = std::fs::read_to_string(&smtp_log).unwrap_or_default();
+            let subjects: Vec<String> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|m| m["to"][0] == "oncall@example.com")
+                .map(|m| m["data"].as_str().unwrap_or("").to_owned())
+                .collect();
+            (subjects.len() >= 2).then_some(subjects)
+        });
+        assert!(
+            mails
+                .iter()
+                .any(|m| m.contains("alerts.boom up for retry (try 1)")),
+            "{mails:?}"
+        );
+        assert!(
+            mails
+                .iter()
+                .any(|m| m.contains("alerts.boom failed (try 2)")),
+            "{mails:?}"
+        );
         drop(standalone);
         drop(env);
         db.drop_db().await.unwrap();

@@ -171,7 +171,7 @@ fn is_or_time_type(t: &str) -> bool {
 }
 
 /// Checks a URI as Airflow 3 does before it accepts an asset.
-fn check_uri(uri: &str) -> Result<(), String> {
+pub fn check_uri(uri: &str) -> Result<(), String> {
     if uri.trim().is_empty() {
         return Err("an asset URI must not be empty".into());
     }
@@ -529,6 +529,10 @@ fn read_dataset_file(ctx: &mut Ctx<'_>, file: &Node) -> Option<DatasetFile> {
             return None;
         }
     };
+    let hash = crate::loader::source_hash(source.as_bytes());
+    if !ctx.dependencies.iter().any(|(p, _)| *p == path) {
+        ctx.dependencies.push((path.clone(), hash));
+    }
     let root = match crate::yaml::parse(&source, 0, crate::yaml::Limits::default()) {
         Ok(r) => r,
         Err(e) => {
@@ -818,7 +822,7 @@ pub fn parse_condition(text: &str) -> Result<Parsed, String> {
         return Err("the asset condition is empty".into());
     }
     let mut pos = 0;
-    let parsed = parse_or(&tokens, &mut pos)?;
+    let parsed = parse_or(&tokens, &mut pos, 0)?;
     if pos < tokens.len() {
         return Err(format!(
             "asset condition `{text}`: unexpected `{}` at token {}",
@@ -887,11 +891,20 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
-fn parse_or(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
-    let mut items = vec![parse_and(tokens, pos)?];
+/// Parentheses nest at most this deep: deeper would overflow the parser's stack and the
+/// serialized DAG's nesting.
+const MAX_CONDITION_DEPTH: usize = 16;
+
+fn parse_or(tokens: &[Token], pos: &mut usize, depth: usize) -> Result<Parsed, String> {
+    if depth > MAX_CONDITION_DEPTH {
+        return Err(format!(
+            "asset condition: parentheses nest deeper than {MAX_CONDITION_DEPTH} levels"
+        ));
+    }
+    let mut items = vec![parse_and(tokens, pos, depth)?];
     while tokens.get(*pos) == Some(&Token::Or) {
         *pos += 1;
-        items.push(parse_and(tokens, pos)?);
+        items.push(parse_and(tokens, pos, depth)?);
     }
     Ok(if items.len() == 1 {
         items.remove(0)
@@ -900,11 +913,11 @@ fn parse_or(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
     })
 }
 
-fn parse_and(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
-    let mut items = vec![parse_atom(tokens, pos)?];
+fn parse_and(tokens: &[Token], pos: &mut usize, depth: usize) -> Result<Parsed, String> {
+    let mut items = vec![parse_atom(tokens, pos, depth)?];
     while tokens.get(*pos) == Some(&Token::And) {
         *pos += 1;
-        items.push(parse_atom(tokens, pos)?);
+        items.push(parse_atom(tokens, pos, depth)?);
     }
     Ok(if items.len() == 1 {
         items.remove(0)
@@ -913,7 +926,7 @@ fn parse_and(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
     })
 }
 
-fn parse_atom(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
+fn parse_atom(tokens: &[Token], pos: &mut usize, depth: usize) -> Result<Parsed, String> {
     match tokens.get(*pos) {
         Some(Token::Atom(a)) => {
             *pos += 1;
@@ -921,7 +934,7 @@ fn parse_atom(tokens: &[Token], pos: &mut usize) -> Result<Parsed, String> {
         }
         Some(Token::Open) => {
             *pos += 1;
-            let inner = parse_or(tokens, pos)?;
+            let inner = parse_or(tokens, pos, depth + 1)?;
             if tokens.get(*pos) != Some(&Token::Close) {
                 return Err("asset condition: a `(` is never closed".into());
             }
@@ -957,7 +970,8 @@ mod tests {
             parse_condition("a | b & c").unwrap(),
             Parsed::Any(vec![atom("a"), Parsed::All(vec![atom("b"), atom("c")])])
         );
-        for bad in ["", "a &", "(a | b", "a b", "a & | b", ")"] {
+        let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
+        for bad in ["", "a &", "(a | b", "a b", "a & | b", ")", deep.as_str()] {
             assert!(parse_condition(bad).is_err(), "{bad:?} parsed");
         }
     }

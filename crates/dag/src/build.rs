@@ -43,6 +43,9 @@ pub(crate) struct Ctx<'a> {
     pub env: &'a Environment<'static>,
     pub now: DateTime<Utc>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Other files the DAGs were read from (dataset files named by `file:`), with the hash
+    /// of what was read: a change to one must re-read the DAGs.
+    pub dependencies: Vec<(PathBuf, String)>,
     /// Prefix for messages: "dag `x`: " or "dag `x`, task `y`: ".
     scope: String,
 }
@@ -62,6 +65,7 @@ impl<'a> Ctx<'a> {
             env,
             now,
             diagnostics: Vec::new(),
+            dependencies: Vec::new(),
             scope: String::new(),
         }
     }
@@ -446,6 +450,7 @@ impl DagDraft {
             warn_asset_loops(ctx, condition, *span, &tasks);
         }
         let asset_schedule = asset_schedule.map(|(c, _)| c);
+        let callbacks = read_dag_callbacks(ctx, node);
         let dag = Dag {
             dag_id: DagId::parse("placeholder").ok()?,
             fileloc: ctx.files.first().cloned().unwrap_or_default(),
@@ -463,6 +468,7 @@ impl DagDraft {
             },
             kafka_trigger,
             asset_schedule,
+            callbacks,
             start_date,
             end_date,
             catchup: spec.catchup.unwrap_or(false),
@@ -1609,6 +1615,8 @@ fn read_task(
         .as_ref()
         .map(|r| crate::assets::read_inlets(ctx, &r.node))
         .unwrap_or_default();
+    let mut callbacks = crate::callbacks::read(ctx, &merged, &crate::callbacks::CallbackEvent::ALL);
+    crate::callbacks::read_email(ctx, &merged, &mut callbacks);
     let operator = operator?;
     if ctx.errors() > errors_before {
         return None;
@@ -1653,6 +1661,7 @@ fn read_task(
             map_index_template: common.map_index_template.clone(),
             outlets,
             inlets,
+            callbacks,
             line: name_span.line,
         },
         name: name.to_owned(),
@@ -1660,6 +1669,25 @@ fn read_task(
         dependencies,
         references,
     })
+}
+
+/// A DAG's own callbacks: `on_success_callback` and `on_failure_callback` (once per run). The
+/// task events are no DAG argument in Airflow: said so, and ignored (dag-factory's example
+/// sets `on_execute_callback` on its DAG).
+fn read_dag_callbacks(ctx: &mut Ctx<'_>, node: &Node) -> crate::callbacks::Callbacks {
+    use crate::callbacks::CallbackEvent as E;
+    for event in [E::OnExecute, E::OnRetry, E::OnSkipped] {
+        let key = event.key();
+        for k in [key.to_owned(), format!("{key}_name"), format!("{key}_file")] {
+            if let Some(n) = node.get(&k) {
+                ctx.warn(
+                    n.span,
+                    format!("`{k}` has no effect on a DAG (Airflow's DAG takes on_success_callback and on_failure_callback); set it in `default_args` for every task"),
+                );
+            }
+        }
+    }
+    crate::callbacks::read(ctx, node, &[E::OnSuccess, E::OnFailure])
 }
 
 /// An asset in the DAG's schedule that one of its own tasks updates: every run triggers the

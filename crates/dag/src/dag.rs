@@ -43,6 +43,9 @@ pub struct Dag {
     /// `AssetOrTimeSchedule`) or instead of the timetable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset_schedule: Option<crate::assets::AssetCondition>,
+    /// `on_success_callback` / `on_failure_callback` of the DAG: once per run.
+    #[serde(default, skip_serializing_if = "crate::callbacks::Callbacks::is_empty")]
+    pub callbacks: crate::callbacks::Callbacks,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
     pub catchup: bool,
@@ -207,6 +210,10 @@ pub struct Task {
     /// Assets the task reads (shown, and in its context).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inlets: Vec<crate::assets::Asset>,
+    /// What runs when a try starts, succeeds, fails, is retried or skips itself (with
+    /// `email` / `email_on_failure` / `email_on_retry` as email notifiers).
+    #[serde(default, skip_serializing_if = "crate::callbacks::Callbacks::is_empty")]
+    pub callbacks: crate::callbacks::Callbacks,
     /// 1-based line of the task in its file.
     pub line: u32,
 }

@@ -7,6 +7,7 @@
 
 pub mod assets;
 mod build;
+pub mod callbacks;
 pub mod dag;
 pub mod de;
 pub mod diagnostic;

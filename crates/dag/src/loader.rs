@@ -56,6 +56,10 @@ pub struct LoadedFile {
     pub source: String,
     pub dags: Vec<Dag>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Other files its DAGs were read from (dag-factory dataset files), with their hashes.
+    pub dependencies: Vec<(PathBuf, String)>,
+    /// dag-factory's dataset definitions (`datasets: [{name, uri}]`), not a DAG file.
+    pub dataset_file: bool,
 }
 
 impl LoadedFile {
@@ -476,6 +480,8 @@ fn load_file_with(
         source: String::new(),
         dags: Vec::new(),
         diagnostics: Vec::new(),
+        dependencies: Vec::new(),
+        dataset_file: false,
     };
     let source = match read_source(path, dags_root, options.allow_external_links) {
         Ok(s) => s,
@@ -503,6 +509,7 @@ fn load_file_with(
     // dag-factory's dataset definitions (`datasets: [{name, uri}]`), which DAG files refer to
     // with `file:`: not a DAG file, and not a broken one.
     if crate::assets::is_dataset_file(&root) {
+        file.dataset_file = true;
         if let Err((span, message)) = crate::assets::dataset_definitions(&root) {
             file.diagnostics.push(Diagnostic {
                 severity: Severity::Error,
@@ -600,6 +607,7 @@ fn load_file_with(
         }
     }
     file.diagnostics.append(&mut ctx.diagnostics);
+    file.dependencies = std::mem::take(&mut ctx.dependencies);
     cap_diagnostics(&mut file);
     file
 }

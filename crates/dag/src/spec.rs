@@ -229,12 +229,6 @@ pub struct DagSpec {
 
 /// DAG-level keys of features not built yet.
 pub const DAG_UNSUPPORTED_KEYS: &[&str] = &[
-    "on_success_callback",
-    "on_failure_callback",
-    "on_success_callback_name",
-    "on_success_callback_file",
-    "on_failure_callback_name",
-    "on_failure_callback_file",
     "sla_miss_callback",
     "user_defined_macros",
     "user_defined_filters",
@@ -247,15 +241,6 @@ pub const DAG_UNSUPPORTED_KEYS: &[&str] = &[
     "doc_md_python_arguments",
     "fail_fast",
     "fail_stop",
-    "on_execute_callback",
-    "on_execute_callback_name",
-    "on_execute_callback_file",
-    "on_retry_callback",
-    "on_retry_callback_name",
-    "on_retry_callback_file",
-    "on_skipped_callback",
-    "on_skipped_callback_name",
-    "on_skipped_callback_file",
 ];
 
 /// A run parameter.
@@ -427,30 +412,12 @@ pub struct TaskCommonSpec {
 
 /// Task-level keys of features not built yet.
 pub const TASK_UNSUPPORTED_KEYS: &[&str] = &[
-    "email",
-    "email_on_failure",
-    "email_on_retry",
     "sla",
     "sla_secs",
-    "on_execute_callback",
-    "on_failure_callback",
-    "on_success_callback",
-    "on_retry_callback",
-    "on_skipped_callback",
-    "on_failure_callback_name",
-    "on_failure_callback_file",
-    "on_success_callback_name",
-    "on_success_callback_file",
     "executor_config",
     "resources",
     "run_as_user",
     "task_concurrency",
-    "on_execute_callback_name",
-    "on_execute_callback_file",
-    "on_retry_callback_name",
-    "on_retry_callback_file",
-    "on_skipped_callback_name",
-    "on_skipped_callback_file",
 ];
 
 /// `default_args`: any task key; operator keys apply to tasks whose operator takes them.

@@ -135,16 +135,18 @@ pub(crate) fn outlet_events(
                         continue;
                     };
                     let uri = uri.trim();
-                    if uri.is_empty() || uri.len() > 1500 || !uri.is_ascii() {
+                    // What a callable adds is checked as a DAG file's URIs are.
+                    if flow_dag::assets::check_uri(uri).is_err() {
                         continue;
                     }
+                    let name = a
+                        .get("name")
+                        .and_then(Json::as_str)
+                        .filter(|n| !n.trim().is_empty() && n.len() <= 1500)
+                        .unwrap_or(uri);
                     out.push(NewAssetEvent {
                         uri: uri.to_owned(),
-                        name: a
-                            .get("name")
-                            .and_then(Json::as_str)
-                            .unwrap_or(uri)
-                            .to_owned(),
+                        name: name.to_owned(),
                         extra: Json::Object(as_extra(a.get("extra").unwrap_or(&Json::Null))),
                     });
                 }

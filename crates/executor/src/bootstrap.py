@@ -402,6 +402,26 @@ def _flow_main():
         if name in ctx:
             context[name] = ctx[name]
 
+    callback = ctx.get("callback")
+    if callback is not None:
+        # A callback (on_failure_callback, ...): called with the context, as Airflow calls
+        # it; a class (a notifier) is made with the keyword arguments, then called.
+        ti.state = callback.get("state")
+        context["exception"] = callback.get("reason")
+        context["reason"] = callback.get("reason")
+        context["log_url"] = callback.get("log_url")
+        _CURRENT_CONTEXT.append(context)
+        try:
+            kwargs = dict(spec["op_kwargs"])
+            if inspect.isclass(fn):
+                fn(**kwargs)(context)
+            else:
+                fn(context, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported as the callback's failure
+            fail(exc)
+        finish('{"value": null}')
+        return
+
     args = spec["op_args"]
     kwargs = dict(spec["op_kwargs"])
     # As Airflow: the context goes in whole if the callable takes **kwargs, otherwise only the

@@ -7,6 +7,7 @@
 //! and nothing is reported, so a try never runs twice at the same time and a stale report
 //! never overwrites a newer state. Outcomes are reported with the try number as a guard.
 
+mod callbacks;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,8 @@ pub struct WorkerConfig {
     /// per bundle hash); tasks run against those instead of `dags_folder`. `None` for a
     /// worker beside its scheduler, which uses the dags folder itself.
     pub bundle_dir: Option<PathBuf>,
+    /// The web UI's address, for the log links callbacks send (`FLOW__WEBSERVER__BASE_URL`).
+    pub base_url: String,
 }
 
 impl Default for WorkerConfig {
@@ -81,6 +84,7 @@ impl Default for WorkerConfig {
             heartbeat_timeout: StdDuration::from_secs(60),
             shutdown_timeout: StdDuration::from_secs(60),
             bundle_dir: None,
+            base_url: "http://localhost:8080".into(),
         }
     }
 }
@@ -238,6 +242,14 @@ impl Worker {
             self.unwritten.clone(),
         ));
         info!(worker_id = %self.config.worker_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "worker started");
+        // The callback runner reports nothing through the outcome channel: it must not keep
+        // the reporter alive at shutdown.
+        let callback_job = Job {
+            reports: None,
+            ..self.job()
+        };
+        let callback_runner =
+            tokio::spawn(callbacks::run(Arc::new(callback_job), shutdown.clone()));
         // Each job ends with its key and, if it was cleared while running, its next try.
         let mut tasks: JoinSet<(TiKey, Option<ClaimedTi>)> = JoinSet::new();
         let mut running: HashMap<TiKey, Running> = HashMap::new();
@@ -315,6 +327,7 @@ impl Worker {
         // Every job has handed over its outcome; let the reporter write the last ones.
         self.reports = None;
         let _ = reporter.await;
+        let _ = callback_runner.await;
         info!("worker stopped");
     }
 
@@ -883,6 +896,28 @@ impl Job {
                 let added = spec.context_out.clone();
                 pushed = spec.xcom_out.clone();
                 python_outlets = spec.outlet_events.clone();
+                let on_execute = flow_store::new_callbacks(
+                    &task.callbacks,
+                    flow_dag::callbacks::CallbackEvent::OnExecute,
+                    "running",
+                    None,
+                );
+                if !on_execute.is_empty() {
+                    let target = flow_store::CallbackTarget {
+                        dag_id: ti.key.dag_id.clone(),
+                        run_id: ti.key.run_id.clone(),
+                        task_id: Some(ti.key.task_id.clone()),
+                        map_index: ti.key.map_index,
+                        try_number: ti.try_number,
+                    };
+                    if let Err(e) = self
+                        .store
+                        .callback_enqueue(&target, &on_execute, Utc::now())
+                        .await
+                    {
+                        warn!(error = %e, "could not record the on_execute_callback");
+                    }
+                }
                 let outcome = crate::run(spec, log_tx.clone(), cancel.clone()).await;
                 let branched =
                     crate::operators::branch::after_run(&dag, &task, &ctx, outcome, Utc::now());
@@ -1001,6 +1036,12 @@ impl Job {
             }
             _ => Vec::new(),
         };
+        let callbacks = match (&task, flow_store::event_for_outcome(state)) {
+            (Some(task), Some(event)) => {
+                flow_store::new_callbacks(&task.callbacks, event, state.as_str(), reason.as_deref())
+            }
+            _ => Vec::new(),
+        };
         let finish = TiFinish {
             key: ti.key.clone(),
             try_number: ti.try_number,
@@ -1019,6 +1060,7 @@ impl Job {
             },
             xcoms: pushed,
             asset_events,
+            callbacks,
         };
         let reported = (finish.key.clone(), finish.try_number);
         if let Ok(mut unwritten) = self.unwritten.lock() {

@@ -180,6 +180,11 @@ async fn create_event(
             Err(e) => return Err(HttpError::BadRequest(format!("extra is not JSON: {e}"))),
         },
     };
+    if form.extra.len() > 64 * 1024 {
+        return Err(HttpError::BadRequest(
+            "extra is at most 64 KiB of JSON".into(),
+        ));
+    }
     extra.insert("from_ui".into(), serde_json::Value::Bool(true));
     let event = state
         .store()

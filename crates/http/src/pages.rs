@@ -844,6 +844,25 @@ async fn task_page(
         ti.state,
         TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
     ) && shown_try == ti.try_number;
+    let callbacks = store
+        .callback_list_for_ti(&dag_id, &run_id, &task_id, map_index)
+        .await?
+        .into_iter()
+        .map(|c| views::CallbackItem {
+            try_number: c.target.try_number,
+            event: c.event,
+            description: c.description,
+            status: c.status,
+            attempts: c.attempts,
+            last: c
+                .log
+                .lines()
+                .rev()
+                .find(|l| l.contains("attempt"))
+                .unwrap_or("")
+                .to_owned(),
+        })
+        .collect();
     Ok(page(&views::TaskPage {
         chrome: Chrome::of(&user),
         dag_id_url: url_encode(&dag_id),
@@ -863,6 +882,7 @@ async fn task_page(
         live,
         xcoms,
         rendered,
+        callbacks,
     }))
 }
 

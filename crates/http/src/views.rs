@@ -257,6 +257,19 @@ pub struct TaskPage {
     pub truncated: bool,
     pub xcoms: Vec<(String, String)>,
     pub rendered: Vec<(String, String)>,
+    pub callbacks: Vec<CallbackItem>,
+}
+
+/// A callback of the task instance, as its page lists it.
+pub struct CallbackItem {
+    pub try_number: i64,
+    pub event: String,
+    pub description: String,
+    /// pending, running, success or failed.
+    pub status: String,
+    pub attempts: i64,
+    /// The latest attempt's summary line.
+    pub last: String,
 }
 
 pub struct LogLineView {

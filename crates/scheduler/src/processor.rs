@@ -304,10 +304,17 @@ impl DagProcessor {
     ) -> Result<(), SchedulerError> {
         for (file, st) in loaded {
             let fileloc = file.path.display().to_string();
-            // The stored hash covers the defaults too: a changed defaults file must rewrite
-            // the DAGs below it even though their own bytes did not change.
-            let effective_hash =
-                source_hash(format!("{}|{defaults_sig}", file.source_hash).as_bytes());
+            // The stored hash covers the defaults and the dataset files it read too: a change
+            // to one must rewrite the DAGs even though their own bytes did not change.
+            let deps: Vec<&str> = file.dependencies.iter().map(|(_, h)| h.as_str()).collect();
+            let effective_hash = source_hash(
+                format!("{}|{defaults_sig}|{}", file.source_hash, deps.join(",")).as_bytes(),
+            );
+            if file.dataset_file && !self.seen.is_empty() {
+                // A dataset file changed or appeared: the files naming its datasets are read
+                // again at the next pass (and rewritten only if what they read changed).
+                self.seen.clear();
+            }
             let unchanged = self
                 .stored
                 .as_ref()

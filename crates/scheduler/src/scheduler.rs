@@ -17,6 +17,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use flow_dag::Dag;
+use flow_dag::callbacks::CallbackEvent;
 use flow_dag::schedule::{DataInterval, TimeRestriction};
 use flow_model::{Actor, DagRunState, DagRunType, TaskInstanceState as S};
 use flow_store::{
@@ -125,6 +126,9 @@ pub struct Scheduler {
     served_queues: Option<HashSet<String>>,
     /// The active runs and their task instances, as of the last pass.
     view: ActiveView,
+    /// dag_id -> (dag hash, not before): DAGs whose asset-triggered run could not be made,
+    /// left alone for a while so that a bad DAG is not retried (and logged) every pass.
+    asset_retry: HashMap<String, (String, DateTime<Utc>)>,
 }
 
 /// What one pass found out about when to run again.
@@ -175,6 +179,7 @@ impl Scheduler {
             reported_corrupt: HashSet::new(),
             served_queues: None,
             view: ActiveView::default(),
+            asset_retry: HashMap::new(),
         }
     }
 
@@ -371,15 +376,31 @@ impl Scheduler {
                 "wrote task instance changes"
             );
         }
-        let finished: Vec<(String, String, DagRunState, Option<String>)> = evaluation
-            .finished
-            .into_iter()
-            .map(|(run, state, reason)| (run.dag_id, run.run_id, state, reason))
-            .collect();
+        let mut finished: Vec<flow_store::RunFinish> = Vec::new();
+        for (run, state, reason) in evaluation.finished {
+            let event = match state {
+                DagRunState::Success => Some(CallbackEvent::OnSuccess),
+                DagRunState::Failed => Some(CallbackEvent::OnFailure),
+                _ => None,
+            };
+            let callbacks = match (event, self.dags.get(&run.dag_id)) {
+                (Some(e), Some((_, dag))) => {
+                    flow_store::new_callbacks(&dag.callbacks, e, state.as_str(), reason.as_deref())
+                }
+                _ => Vec::new(),
+            };
+            finished.push(flow_store::RunFinish {
+                dag_id: run.dag_id,
+                run_id: run.run_id,
+                state,
+                reason,
+                callbacks,
+            });
+        }
         let moved = self.store.dag_run_finish_many(&finished, now).await?;
-        for ((dag_id, run_id, state, reason), moved) in finished.iter().zip(moved) {
+        for (r, moved) in finished.iter().zip(moved) {
             if moved {
-                info!(%dag_id, %run_id, %state, reason = reason.as_deref().unwrap_or(""), "dag run finished");
+                info!(dag_id = %r.dag_id, run_id = %r.run_id, state = %r.state, reason = r.reason.as_deref().unwrap_or(""), "dag run finished");
             }
         }
         Ok(outcome)
@@ -554,6 +575,17 @@ impl Scheduler {
             let Some(dag) = self.dag_for(&row.dag_id).await? else {
                 continue;
             };
+            if matches!(dag.timetable.schedule, flow_dag::schedule::Schedule::None) {
+                // Only assets (or Kafka) make its runs: nothing is ever due on the clock.
+                if row.next_dagrun.is_some() {
+                    self.store.dag_set_next_run(&row.dag_id, None).await?;
+                }
+                self.next_due.insert(
+                    row.dag_id.clone(),
+                    (row.dag_hash.clone(), now + Duration::days(1)),
+                );
+                continue;
+            }
             let restriction = TimeRestriction {
                 earliest: dag.start_date,
                 latest: dag.end_date,
@@ -663,6 +695,12 @@ impl Scheduler {
             if row.is_paused || !row.is_active {
                 continue;
             }
+            if let Some((hash, after)) = self.asset_retry.get(&dag_id)
+                && *hash == row.dag_hash
+                && *after > now
+            {
+                continue;
+            }
             let Some(dag) = self.dag_for(&dag_id).await? else {
                 continue;
             };
@@ -685,18 +723,35 @@ impl Scheduler {
             let run = match flow_store::new_dag_run(&dag, &row.dag_hash, &req, now) {
                 Ok(run) => run,
                 Err(e) => {
+                    // Said once a minute, not every pass: the DAG must change first.
                     warn!(%dag_id, error = %e, "could not create an asset-triggered run; its events stay queued");
+                    self.asset_retry.insert(
+                        dag_id.clone(),
+                        (row.dag_hash.clone(), now + Duration::seconds(60)),
+                    );
                     continue;
                 }
             };
             let tis = flow_store::new_task_instances(&dag);
-            if let Some(run) = self
+            // One DAG's failure (a run id taken, a database error on its rows) must not hold
+            // up the others, nor the rest of the pass.
+            match self
                 .store
                 .asset_run_create(&run, &tis, condition, now)
-                .await?
+                .await
             {
-                info!(dag_id = %run.dag_id, run_id = %run.run_id, "created asset-triggered run");
-                created = true;
+                Ok(Some(run)) => {
+                    info!(dag_id = %run.dag_id, run_id = %run.run_id, "created asset-triggered run");
+                    created = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%dag_id, error = %e, "could not create an asset-triggered run; retrying in 5 s");
+                    self.asset_retry.insert(
+                        dag_id.clone(),
+                        (row.dag_hash.clone(), now + Duration::seconds(5)),
+                    );
+                }
             }
         }
         Ok(created)
@@ -1116,7 +1171,45 @@ impl Scheduler {
                 next_retry_at: retry.then(|| now + delay),
             });
         }
-        self.store.ti_rescue_stale(&changes, cutoff, now).await?;
+        let applied = self.store.ti_rescue_stale(&changes, cutoff, now).await?;
+        // A try failed (or up for retry) by the rescue fires its task's callbacks, as
+        // Airflow's zombie handling does. Recorded after the rescue: a scheduler that dies in
+        // between loses these callbacks, never the rescue.
+        for (change, applied) in changes.iter().zip(applied) {
+            let Some(event) = flow_store::event_for_outcome(change.to).filter(|_| applied) else {
+                continue;
+            };
+            let Some(dag) = self.dag_for(&change.key.dag_id).await? else {
+                continue;
+            };
+            let Some(task) = dag.task(&change.key.task_id) else {
+                continue;
+            };
+            let callbacks = flow_store::new_callbacks(
+                &task.callbacks,
+                event,
+                change.to.as_str(),
+                change.reason.as_deref(),
+            );
+            if callbacks.is_empty() {
+                continue;
+            }
+            let try_number = self
+                .store
+                .ti_get(&change.key)
+                .await?
+                .map_or(0, |t| t.try_number);
+            let target = flow_store::CallbackTarget {
+                dag_id: change.key.dag_id.clone(),
+                run_id: change.key.run_id.clone(),
+                task_id: Some(change.key.task_id.clone()),
+                map_index: change.key.map_index,
+                try_number,
+            };
+            self.store
+                .callback_enqueue(&target, &callbacks, now)
+                .await?;
+        }
         Ok(())
     }
 }

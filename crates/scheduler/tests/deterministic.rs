@@ -142,6 +142,7 @@ impl H {
                     skip: Vec::new(),
                     xcoms: Vec::new(),
                     asset_events: Vec::new(),
+                    callbacks: Vec::new(),
                 },
                 self.now,
             )

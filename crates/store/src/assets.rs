@@ -240,9 +240,22 @@ pub(crate) async fn sync_references_in(
         .bind(dag_id)
         .execute(&mut **tx)
         .await?;
+    // In URI order: two processors writing files that share assets lock the rows in the same
+    // order, so they cannot deadlock.
+    let mut uses: Vec<&AssetUse> = uses.iter().collect();
+    uses.sort_by(|a, b| a.uri.cmp(&b.uri));
     let mut seen = HashSet::new();
     for u in uses {
-        let id = upsert_asset(tx, &u.uri, &u.name, &u.group, &u.extra, now_us).await?;
+        let declared = u.name != u.uri
+            || u.group != flow_dag::assets::DEFAULT_GROUP
+            || u.extra.as_object().is_some_and(|m| !m.is_empty());
+        let id = if declared {
+            upsert_asset(tx, &u.uri, &u.name, &u.group, &u.extra, now_us).await?
+        } else {
+            // A bare URI names the asset without describing it: what another DAG declared
+            // (its name, group, extra) stays.
+            ensure_asset(tx, &u.uri, now_us).await?
+        };
         if !seen.insert((id, u.task_id.as_str(), u.kind)) {
             continue;
         }
@@ -258,7 +271,38 @@ pub(crate) async fn sync_references_in(
         .execute(&mut **tx)
         .await?;
     }
+    // Events queued for assets the DAG is no longer scheduled on (or for a DAG no longer
+    // scheduled on assets) would trigger it with stale events: dropped.
+    sqlx::query(
+        "DELETE FROM asset_dag_run_queue WHERE target_dag_id = $1 AND asset_id NOT IN \
+         (SELECT asset_id FROM asset_reference WHERE dag_id = $1 AND kind = 'schedule')",
+    )
+    .bind(dag_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
+}
+
+/// The asset's id, made (named by its URI) if it is new; an existing one is left as is.
+async fn ensure_asset(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    uri: &str,
+    now_us: i64,
+) -> Result<i64> {
+    sqlx::query(
+        "INSERT INTO asset (uri, name, asset_group, extra, created_at, updated_at) \
+         VALUES ($1, $1, $2, '{}', $3, $3) ON CONFLICT (uri) DO NOTHING",
+    )
+    .bind(uri)
+    .bind(flow_dag::assets::DEFAULT_GROUP)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query("SELECT id FROM asset WHERE uri = $1")
+        .bind(uri)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(row.try_get("id")?)
 }
 
 /// Records events and queues each for the active, unpaused DAGs scheduled on its asset.
@@ -280,17 +324,7 @@ pub(crate) async fn record_events_in(
             .await?
         {
             Some(r) => r.try_get("id")?,
-            None => {
-                upsert_asset(
-                    tx,
-                    &event.uri,
-                    &event.name,
-                    flow_dag::assets::DEFAULT_GROUP,
-                    &Json::Object(serde_json::Map::new()),
-                    now_us,
-                )
-                .await?
-            }
+            None => ensure_asset(tx, &event.uri, now_us).await?,
         };
         let extra = match &event.extra {
             Json::Null => "{}".to_owned(),
@@ -406,7 +440,8 @@ impl Store {
         let now_us = to_micros(now);
         let mut tx = self.begin().await?;
         let consumed = sqlx::query(
-            "DELETE FROM asset_dag_run_queue WHERE target_dag_id = $1 RETURNING event_id, asset_id",
+            "DELETE FROM asset_dag_run_queue WHERE target_dag_id = $1 \
+             RETURNING event_id, asset_id, created_at",
         )
         .bind(&run.dag_id)
         .fetch_all(&mut *tx)
@@ -417,9 +452,14 @@ impl Store {
         }
         let mut event_ids = Vec::with_capacity(consumed.len());
         let mut asset_ids = HashSet::new();
+        // A queue row is made with its event: its time is the event's.
+        let (mut first, mut last): (Option<i64>, Option<i64>) = (None, None);
         for r in &consumed {
             event_ids.push(r.try_get::<i64, _>("event_id")?);
             asset_ids.insert(r.try_get::<i64, _>("asset_id")?);
+            let at: i64 = r.try_get("created_at")?;
+            first = Some(first.map_or(at, |f| f.min(at)));
+            last = Some(last.map_or(at, |l| l.max(at)));
         }
         let asset_ids: Vec<i64> = asset_ids.into_iter().collect();
         let sql = format!(
@@ -440,18 +480,6 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let sql = format!(
-            "SELECT MIN(timestamp) AS first, MAX(timestamp) AS last FROM asset_event \
-             WHERE id IN ({})",
-            placeholders(1, event_ids.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for id in &event_ids {
-            q = q.bind(*id);
-        }
-        let span = q.fetch_one(&mut *tx).await?;
-        let first: Option<i64> = span.try_get("first")?;
-        let last: Option<i64> = span.try_get("last")?;
         let mut run = run.clone();
         run.data_interval_start = first.map(from_micros).or(run.data_interval_start);
         run.data_interval_end = last.map(from_micros).or(run.data_interval_end);
@@ -591,9 +619,11 @@ impl Store {
         if asset_ids.is_empty() {
             return Ok(out);
         }
+        // Only active DAGs: a deleted file's DAGs no longer produce or consume anything.
         let sql = format!(
-            "SELECT asset_id, dag_id, task_id, kind, created_at FROM asset_reference \
-             WHERE asset_id IN ({}) ORDER BY dag_id, task_id",
+            "SELECT r.asset_id, r.dag_id, r.task_id, r.kind, r.created_at FROM asset_reference r \
+             JOIN dag d ON d.dag_id = r.dag_id AND d.is_active = 1 \
+             WHERE r.asset_id IN ({}) ORDER BY r.dag_id, r.task_id",
             placeholders(1, asset_ids.len())
         );
         let mut q = sqlx::query(&sql);

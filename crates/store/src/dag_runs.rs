@@ -29,6 +29,16 @@ pub struct NewDagRun {
     pub dag_hash: String,
 }
 
+/// A run the scheduler ends, with the DAG callbacks its end fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFinish {
+    pub dag_id: String,
+    pub run_id: String,
+    pub state: DagRunState,
+    pub reason: Option<String>,
+    pub callbacks: Vec<crate::NewCallback>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DagRunRow {
     pub id: i64,
@@ -300,12 +310,13 @@ impl Store {
         Ok(!applied.is_empty())
     }
 
-    /// Ends running runs in one transaction (the scheduler's decisions of a pass): each
-    /// `(dag_id, run_id, state, reason)` moves from running to `state` unless something else
-    /// changed it first. Returns, in order, whether each moved.
+    /// Ends running runs in one transaction (the scheduler's decisions of a pass): each moves
+    /// from running to its `state` unless something else changed it first, and the DAG
+    /// callbacks of those that moved are recorded with them. Returns, in order, whether each
+    /// moved.
     pub async fn dag_run_finish_many(
         &self,
-        runs: &[(String, String, DagRunState, Option<String>)],
+        runs: &[RunFinish],
         now: DateTime<Utc>,
     ) -> Result<Vec<bool>> {
         let mut moved = vec![false; runs.len()];
@@ -313,17 +324,17 @@ impl Store {
             return Ok(moved);
         }
         let mut tx = self.begin().await?;
-        let mut states: Vec<DagRunState> = runs.iter().map(|r| r.2).collect();
+        let mut states: Vec<DagRunState> = runs.iter().map(|r| r.state).collect();
         states.sort_by_key(|s| s.as_str());
         states.dedup();
         for to in states {
-            let members: Vec<usize> = (0..runs.len()).filter(|i| runs[*i].2 == to).collect();
+            let members: Vec<usize> = (0..runs.len()).filter(|i| runs[*i].state == to).collect();
             let changes: Vec<RunChange> = members
                 .iter()
                 .map(|i| RunChange {
-                    dag_id: runs[*i].0.clone(),
-                    run_id: runs[*i].1.clone(),
-                    reason: runs[*i].3.clone(),
+                    dag_id: runs[*i].dag_id.clone(),
+                    run_id: runs[*i].run_id.clone(),
+                    reason: runs[*i].reason.clone(),
                 })
                 .collect();
             let applied = run_transition(
@@ -337,7 +348,19 @@ impl Store {
             )
             .await?;
             for (index, _) in applied {
+                let r = &runs[members[index]];
                 moved[members[index]] = true;
+                if !r.callbacks.is_empty() {
+                    let target = crate::CallbackTarget {
+                        dag_id: r.dag_id.clone(),
+                        run_id: r.run_id.clone(),
+                        task_id: None,
+                        map_index: -1,
+                        try_number: 0,
+                    };
+                    crate::callbacks::insert_in(&mut tx, &target, &r.callbacks, to_micros(now))
+                        .await?;
+                }
             }
         }
         self.commit(tx).await?;
@@ -441,6 +464,7 @@ impl Store {
             "task_instance_history",
             "task_instance",
             "dag_run_asset_event",
+            "callback_request",
         ] {
             // Table names are constants above, never input.
             sqlx::query(&format!(

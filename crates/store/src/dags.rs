@@ -210,6 +210,7 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
         }
+        drop_queues_of_inactive(&mut tx).await?;
         bump_dag_version(&mut tx).await?;
         self.commit(tx).await?;
         Ok(())
@@ -241,6 +242,9 @@ impl Store {
                 .bind(fileloc)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if deactivated > 0 {
+            drop_queues_of_inactive(&mut tx).await?;
         }
         bump_dag_version(&mut tx).await?;
         self.commit(tx).await?;
@@ -426,6 +430,7 @@ impl Store {
             "dag",
             "dag_run_asset_event",
             "asset_reference",
+            "callback_request",
         ] {
             // Table names are constants above, never input.
             sqlx::query(&format!("DELETE FROM {table} WHERE dag_id = $1"))
@@ -521,4 +526,16 @@ fn bind_dag_filters<'q>(
         query = query.bind(i64::from(p));
     }
     query
+}
+
+/// Asset events waiting for DAGs that are gone (deactivated) are dropped: a DAG that comes
+/// back starts from the events made while it is active, as a paused one does.
+async fn drop_queues_of_inactive(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM asset_dag_run_queue WHERE target_dag_id IN \
+         (SELECT dag_id FROM dag WHERE is_active = 0)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -17,6 +17,7 @@
 
 mod assets;
 mod bundles;
+mod callbacks;
 mod changes;
 mod connections;
 mod dag_runs;
@@ -51,9 +52,13 @@ pub use assets::{
     QueuedEvent,
 };
 pub use bundles::BundleFile;
+pub use callbacks::{
+    CALLBACK_LEASE, CALLBACK_MAX_ATTEMPTS, CallbackRow, CallbackTarget, NewCallback,
+    event_for_outcome, new_callbacks,
+};
 pub use changes::{RunKey, RunTouch};
 pub use connections::{Cipher, ConnectionSource};
-pub use dag_runs::{DagRunRow, NewDagRun, RunQuery};
+pub use dag_runs::{DagRunRow, NewDagRun, RunFinish, RunQuery};
 pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
 pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
@@ -336,6 +341,7 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "callback_request",
             "dag_run_asset_event",
             "asset_dag_run_queue",
             "asset_event",

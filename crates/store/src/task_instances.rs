@@ -150,6 +150,8 @@ pub struct TiFinish {
     pub xcoms: Vec<(String, serde_json::Value)>,
     /// Asset events a success records (its outlets), in the same transaction.
     pub asset_events: Vec<crate::NewAssetEvent>,
+    /// Callbacks the outcome fires (`on_failure_callback`, ...), recorded if it is applied.
+    pub callbacks: Vec<crate::NewCallback>,
 }
 
 /// What a clear did.
@@ -1029,6 +1031,16 @@ impl Store {
             let mut events = Vec::new();
             for a in done {
                 let f = &finishes[members[a.index]];
+                if !f.callbacks.is_empty() {
+                    let target = crate::CallbackTarget {
+                        dag_id: f.key.dag_id.clone(),
+                        run_id: f.key.run_id.clone(),
+                        task_id: Some(f.key.task_id.clone()),
+                        map_index: f.key.map_index,
+                        try_number: f.try_number,
+                    };
+                    crate::callbacks::insert_in(&mut tx, &target, &f.callbacks, now_us).await?;
+                }
                 if state == S::Success {
                     let source = crate::assets::EventSource {
                         dag_id: &f.key.dag_id,

@@ -448,6 +448,7 @@ async fn finish_is_guarded_by_try_and_records_history_and_xcom() {
             skip: Vec::new(),
             xcoms: Vec::new(),
             asset_events: Vec::new(),
+            callbacks: Vec::new(),
         };
         assert!(
             !store
@@ -690,6 +691,7 @@ fn finish(k: &TiKey, try_number: i64, state: S, xcom: Option<serde_json::Value>)
         skip: Vec::new(),
         xcoms: Vec::new(),
         asset_events: Vec::new(),
+        callbacks: Vec::new(),
     }
 }
 
@@ -1623,6 +1625,85 @@ async fn asset_events_are_consumed_once() {
         assert_eq!(won.data_interval_end, Some(t0() + Duration::seconds(5)));
         let runs = store.asset_event_runs(&[event.id]).await.unwrap();
         assert_eq!(runs[&event.id].len(), 1);
+    })
+    .await;
+}
+
+/// Callback requests: claimed by one runner at a time, retried after a backoff up to the
+/// last attempt, taken over when a runner's lease runs out, and every attempt's log kept.
+#[tokio::test]
+async fn callbacks_are_claimed_once_and_retried() {
+    each_backend(|store| async move {
+        let target = flow_store::CallbackTarget {
+            dag_id: "d".into(),
+            run_id: "r".into(),
+            task_id: Some("t".into()),
+            map_index: -1,
+            try_number: 1,
+        };
+        let callback = flow_store::NewCallback {
+            event: "on_failure_callback".into(),
+            index: 0,
+            description: "webhook".into(),
+            state: "failed".into(),
+            reason: Some("boom".into()),
+        };
+        store
+            .callback_enqueue(&target, &[callback.clone(), callback], t0())
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            store.callback_claim("a", 10, t0()),
+            store.callback_claim("b", 10, t0())
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.len() + b.len(), 2, "each claimed once: {a:?} {b:?}");
+        let mine = if a.is_empty() { ("b", b) } else { ("a", a) };
+        let (runner, rows) = (mine.0, mine.1);
+        assert!(
+            rows.iter()
+                .all(|r| r.attempts == 1 && r.status == "running")
+        );
+        // Another runner's report is refused; the owner's failure is retried later.
+        let other = if runner == "a" { "b" } else { "a" };
+        assert_eq!(
+            store
+                .callback_attempt_done(rows[0].id, other, true, "x", t0())
+                .await
+                .unwrap(),
+            None
+        );
+        let status = store
+            .callback_attempt_done(rows[0].id, runner, false, "attempt 1 failed\n", t0())
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("pending"));
+        assert!(
+            store
+                .callback_claim("c", 10, t0())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let later = t0() + Duration::seconds(6);
+        let again = store.callback_claim("c", 10, later).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 2);
+        store
+            .callback_attempt_done(again[0].id, "c", true, "attempt 2 done\n", later)
+            .await
+            .unwrap();
+        // The second row's runner died: its lease runs out and another takes it over.
+        let taken = store
+            .callback_claim("d", 10, t0() + Duration::minutes(6))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].id, rows[1].id);
+        let listed = store.callback_list_for_ti("d", "r", "t", -1).await.unwrap();
+        let first = listed.iter().find(|r| r.id == rows[0].id).unwrap();
+        assert_eq!(first.status, "success");
+        assert_eq!(first.log, "attempt 1 failed\nattempt 2 done\n");
     })
     .await;
 }

@@ -38,6 +38,7 @@ fn triggered_by(recorded: Option<&str>) -> (Option<String>, Option<String>) {
         "api" | "rest_api" => "rest_api",
         "scheduler" => "timetable",
         "backfill" => "backfill",
+        "asset" => "asset",
         _ => "operator",
     };
     let user = (!user.is_empty()).then(|| user.to_owned());

@@ -43,10 +43,12 @@ fn dag_response(d: &DagRow, has_import_errors: bool) -> DagResponse {
         .filter(|o| !o.is_empty())
         .map(str::to_owned)
         .collect();
+    // Runs made by assets or messages alone are not on a clock (Airflow's asset timetable
+    // is not periodic either).
     let periodic = !matches!(
         d.schedule.as_str(),
-        "None" | "none" | "" | "@once" | "@continuous"
-    );
+        "None" | "none" | "" | "@once" | "@continuous" | "Asset"
+    ) && !d.schedule.starts_with("kafka:");
     DagResponse {
         dag_id: d.dag_id.clone(),
         dag_display_name: d.dag_id.clone(),

@@ -64,9 +64,19 @@ pub enum DagsCommand {
         start_date: String,
         #[arg(short = 'e', long)]
         end_date: String,
-        /// Clear existing runs in the range so that they run again.
+        /// Clear existing runs in the range so that they run again (as
+        /// `--reprocess-behavior completed`).
         #[arg(long)]
         reset_dagruns: bool,
+        /// Which existing runs run again: none (default), failed or completed.
+        #[arg(long)]
+        reprocess_behavior: Option<String>,
+        /// How many of the backfill's runs may run at once (10).
+        #[arg(long)]
+        max_active_runs: Option<i64>,
+        /// Run the latest logical dates first.
+        #[arg(long)]
+        run_backwards: bool,
         /// Only list the runs.
         #[arg(long)]
         dry_run: bool,

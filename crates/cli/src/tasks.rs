@@ -1,17 +1,17 @@
 //! `flow tasks test` (run one task here, record nothing), `flow tasks clear`, and
 //! `flow dags backfill`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration as StdDuration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use flow_dag::{Dag, LoadOptions};
 use flow_executor::{Outcome, RunContext, RunSpec, TryOf, XcomMap, render_task};
-use flow_model::{DagRunState, DagRunType};
-use flow_store::{Store, TiKey, TriggerError, TriggerRequest};
+use flow_model::DagRunState;
+use flow_store::{Store, TiKey};
 use tokio::sync::{mpsc, watch};
 
 use crate::ops;
@@ -347,88 +347,79 @@ pub struct BackfillArgs<'a> {
     pub start_date: &'a str,
     pub end_date: &'a str,
     pub reset_dagruns: bool,
+    pub reprocess_behavior: Option<&'a str>,
+    pub max_active_runs: Option<i64>,
+    pub run_backwards: bool,
     pub dry_run: bool,
     pub conf: Option<&'a str>,
 }
 
-/// Creates a backfill run for every logical date the timetable gives in the range and follows
-/// them to the end with a progress bar; the scheduler runs them (within `max_active_runs`).
+/// Creates a backfill (Airflow 3's: the store makes its runs, the scheduler starts them within
+/// its `max_active_runs`; the REST API and the web UI make the same) and follows its runs to
+/// the end with a progress bar.
 pub async fn backfill(dags_folder: &Path, args: BackfillArgs<'_>) -> Result<ExitCode> {
     let start = ops::parse_when(Some(args.start_date), "--start-date")?.context("--start-date")?;
     let end = ops::parse_when(Some(args.end_date), "--end-date")?.context("--end-date")?;
     if end < start {
         bail!("--end-date is before --start-date");
     }
+    let reprocess = match (args.reprocess_behavior, args.reset_dagruns) {
+        (Some(r), _) => flow_store::ReprocessBehavior::parse(r)
+            .context("--reprocess-behavior is none, failed or completed")?,
+        (None, true) => flow_store::ReprocessBehavior::Completed,
+        (None, false) => flow_store::ReprocessBehavior::None,
+    };
+    let max_active_runs = args.max_active_runs.unwrap_or(10);
+    if !(1..=1000).contains(&max_active_runs) {
+        bail!("--max-active-runs is 1 to 1000");
+    }
     let conf = ops::parse_conf(args.conf)?;
     let store = ops::connect_migrated().await?;
     let (dag, hash) = ops::dag_from_store(&store, dags_folder, args.dag_id).await?;
     let infos = dag.timetable.runs_in_range(start, end, 100_000);
-    if infos.is_empty() {
-        println!(
-            "the schedule of `{}` has no runs between {start} and {end}",
-            args.dag_id
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let existing: HashMap<Option<DateTime<Utc>>, flow_store::DagRunRow> = store
-        .dag_run_list(args.dag_id, 100_000)
-        .await?
-        .into_iter()
-        .map(|r| (r.logical_date, r))
-        .collect();
     if args.dry_run {
-        for info in &infos {
-            let note = if existing.contains_key(&Some(info.logical_date)) {
-                if args.reset_dagruns {
-                    " (exists: would be cleared)"
-                } else {
-                    " (exists: kept)"
-                }
-            } else {
-                ""
+        let plan = store
+            .backfill_plan(args.dag_id, &infos, reprocess, args.run_backwards)
+            .await?;
+        let mut runs = 0;
+        for (info, planned) in &plan {
+            let what = match planned {
+                flow_store::Planned::Create => "create".to_owned(),
+                flow_store::Planned::Reprocess(r) => format!("clear {r} and run it again"),
+                flow_store::Planned::Skip(why) => format!("skip: {why}"),
             };
+            if !matches!(planned, flow_store::Planned::Skip(_)) {
+                runs += 1;
+            }
             println!(
-                "{} {}..{}{note}",
+                "{} {}..{}  {what}",
                 info.logical_date, info.data_interval.start, info.data_interval.end
             );
         }
-        println!("{} run(s); dry run, nothing created", infos.len());
+        println!("{runs} run(s); dry run, nothing created");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut run_ids: Vec<String> = Vec::new();
-    for info in &infos {
-        if let Some(run) = existing.get(&Some(info.logical_date)) {
-            if args.reset_dagruns {
-                let keys: Vec<(TiKey, i64)> = store
-                    .ti_list_for_run(&run.dag_id, &run.run_id)
-                    .await?
-                    .into_iter()
-                    .map(|t| {
-                        let retries = dag.task(&t.key.task_id).map_or(0, |x| i64::from(x.retries));
-                        (t.key, retries)
-                    })
-                    .collect();
-                store.ti_clear(&keys, Utc::now()).await?;
-            }
-            run_ids.push(run.run_id.clone());
-            continue;
-        }
-        let req = TriggerRequest {
-            run_id: None,
-            run_type: DagRunType::Backfill,
-            logical_date: Some(info.logical_date),
-            data_interval: Some((info.data_interval.start, info.data_interval.end)),
-            run_after: Some(info.run_after),
-            conf: conf.clone(),
-            note: None,
-            triggered_by: Some("backfill".into()),
-        };
-        match store.dag_run_trigger(&dag, &hash, &req, Utc::now()).await {
-            Ok(run) => run_ids.push(run.run_id),
-            Err(TriggerError::Duplicate { run_id, .. }) => run_ids.push(run_id),
-            Err(e) => bail!("{e}"),
-        }
-    }
+    let new = flow_store::NewBackfill {
+        dag_id: args.dag_id.to_owned(),
+        from_date: start,
+        to_date: end,
+        conf,
+        reprocess,
+        max_active_runs,
+        run_backwards: args.run_backwards,
+        triggering_user: Some(format!("cli:{}", whoami())),
+    };
+    let (backfill, run_ids) = store
+        .backfill_create(&dag, &hash, &new, &infos, Utc::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "backfill {} of {}: {} run(s), at most {} at a time",
+        backfill.id,
+        args.dag_id,
+        run_ids.len(),
+        backfill.max_active_runs
+    );
     let paused = store
         .dag_get(args.dag_id)
         .await?
@@ -440,6 +431,13 @@ pub async fn backfill(dags_folder: &Path, args: BackfillArgs<'_>) -> Result<Exit
         );
     }
     follow(&store, args.dag_id, &run_ids).await
+}
+
+/// Who runs the CLI, for the backfill's `triggering_user_name`.
+fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// A progress bar over the runs until all have finished.

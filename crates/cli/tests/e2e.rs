@@ -3152,3 +3152,207 @@ async fn callbacks_and_notifiers_fire_without_touching_states() {
         db.drop_db().await.unwrap();
     }
 }
+
+/// Backfills through the REST API as Airflow 3's: a dry run lists the due dates, the backfill
+/// makes exactly those runs (existing ones kept or reprocessed as asked), runs them within
+/// its own `max_active_runs`, refuses a second one while it runs, completes; another is
+/// paused (its runs wait), then cancelled (its queued runs fail). `flow dags backfill` makes
+/// the same kind of backfill.
+#[tokio::test]
+async fn backfills_through_the_api_create_exactly_the_due_runs() {
+    for db in databases().await {
+        let env = env_on(&db).await;
+        let ledger = env.home.join("ledger.txt");
+        env.write_dag(
+            "bf.yaml",
+            &format!(
+                r#"daily:
+  schedule: "@daily"
+  start_date: 2025-01-01
+  catchup: false
+  max_active_runs: 1
+  is_paused_upon_creation: true
+  tasks:
+    work:
+      operator: bash
+      bash_command: 'echo "start {{{{ ds }}}} $(date +%s%N)" >> {ledger}; sleep 0.3; echo "end {{{{ ds }}}} $(date +%s%N)" >> {ledger}'
+"#,
+                ledger = ledger.display()
+            ),
+        );
+        let standalone = common::Standalone::start(env.command());
+        let port = standalone.port.clone();
+        let password = std::fs::read_to_string(env.home.join("standalone_admin_password.txt"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        wait_for(60, "daily parsed", || {
+            let d = api(&port, &password, "GET", "/api/v2/dags/daily", None);
+            (d["dag_id"] == "daily").then_some(())
+        });
+        env.stdout(&["dags", "unpause", "daily"]);
+        // A run the backfill finds in place (2025-01-02): kept with reprocess_behavior none.
+        let (ok, out) = env.trigger_wait("daily", &["--logical-date", "2025-01-02T00:00:00Z"]);
+        assert!(ok, "{out}");
+        env.stdout(&["dags", "pause", "daily"]);
+        let body = r#"{"dag_id": "daily", "from_date": "2025-01-01T00:00:00Z", "to_date": "2025-01-05T00:00:00Z", "max_active_runs": 2, "dag_run_conf": {"k": 1}}"#;
+        let dry = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/backfills/dry_run",
+            Some(body),
+        );
+        let dates: Vec<String> = dry["backfills"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["logical_date"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(dates.len(), 4, "{dry}");
+        assert!(!dates.iter().any(|d| d.starts_with("2025-01-02")), "{dry}");
+        let created = api(&port, &password, "POST", "/api/v2/backfills", Some(body));
+        let id = created["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{created}"));
+        assert_eq!(created["max_active_runs"], 2);
+        assert_eq!(created["reprocess_behavior"], "none");
+        // The DAG is paused: the backfill's runs wait, so it is still running here.
+        let again = api(&port, &password, "POST", "/api/v2/backfills", Some(body));
+        assert!(
+            again["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("backfill running already"),
+            "{again}"
+        );
+        env.stdout(&["dags", "unpause", "daily"]);
+        let done = wait_for(120, "the backfill to complete", || {
+            let b = api(
+                &port,
+                &password,
+                "GET",
+                &format!("/api/v2/backfills/{id}"),
+                None,
+            );
+            (!b["completed_at"].is_null()).then_some(b)
+        });
+        assert_eq!(done["dag_id"], "daily");
+        let runs = env.stdout(&["runs", "list", "daily"]);
+        let backfill_runs: Vec<&str> = runs
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("backfill"))
+            .collect();
+        assert_eq!(backfill_runs.len(), 4, "{runs}");
+        assert!(
+            backfill_runs.iter().all(|l| l.contains(" success ")),
+            "{runs}"
+        );
+        // Two at a time: the backfill's limit, not the DAG's max_active_runs of 1.
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        let mut events: Vec<(u128, i32)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut p = l.split_whitespace();
+                let kind = p.next()?;
+                let _ds = p.next()?;
+                let at: u128 = p.next()?.parse().ok()?;
+                Some((at, if kind == "start" { 1 } else { -1 }))
+            })
+            .collect();
+        events.sort();
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in events {
+            now += d;
+            most = most.max(now);
+        }
+        assert!(most <= 2, "{most} backfill tries at once");
+        // Reprocess failed ones: none failed, so nothing to do (Airflow's 422-style refusal).
+        let none = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/backfills",
+            Some(
+                r#"{"dag_id": "daily", "from_date": "2025-01-01T00:00:00Z", "to_date": "2025-01-05T00:00:00Z", "reprocess_behavior": "failed"}"#,
+            ),
+        );
+        assert!(
+            none["detail"].to_string().contains("no run to create"),
+            "{none}"
+        );
+        // Pause holds a backfill's runs; cancel fails its queued ones and completes it.
+        env.stdout(&["dags", "pause", "daily"]);
+        let later = api(
+            &port,
+            &password,
+            "POST",
+            "/api/v2/backfills",
+            Some(
+                r#"{"dag_id": "daily", "from_date": "2025-02-01T00:00:00Z", "to_date": "2025-02-03T00:00:00Z", "run_backwards": true}"#,
+            ),
+        );
+        let later_id = later["id"].as_i64().unwrap_or_else(|| panic!("{later}"));
+        let paused = api(
+            &port,
+            &password,
+            "PUT",
+            &format!("/api/v2/backfills/{later_id}/pause"),
+            None,
+        );
+        assert_eq!(paused["is_paused"], true, "{paused}");
+        env.stdout(&["dags", "unpause", "daily"]);
+        let cancelled = api(
+            &port,
+            &password,
+            "PUT",
+            &format!("/api/v2/backfills/{later_id}/cancel"),
+            None,
+        );
+        assert!(!cancelled["completed_at"].is_null(), "{cancelled}");
+        let runs = env.stdout(&["runs", "list", "daily"]);
+        let february: Vec<&str> = runs.lines().filter(|l| l.contains("2025-02-0")).collect();
+        assert_eq!(february.len(), 3, "{runs}");
+        assert!(february.iter().all(|l| l.contains(" failed ")), "{runs}");
+        let listed = api(
+            &port,
+            &password,
+            "GET",
+            "/api/v2/backfills?dag_id=daily",
+            None,
+        );
+        assert_eq!(listed["total_entries"], 2, "{listed}");
+        // The CLI makes a backfill too, and follows it.
+        let out = env.run(&[
+            "dags",
+            "backfill",
+            "daily",
+            "-s",
+            "2025-03-01",
+            "-e",
+            "2025-03-02",
+            "--max-active-runs",
+            "1",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("2 run(s)"), "{text}");
+        let listed = api(
+            &port,
+            &password,
+            "GET",
+            "/api/v2/backfills?dag_id=daily",
+            None,
+        );
+        assert_eq!(listed["total_entries"], 3, "{listed}");
+        drop(standalone);
+        drop(env);
+        db.drop_db().await.unwrap();
+    }
+}

@@ -1615,7 +1615,12 @@ fn read_task(
         .as_ref()
         .map(|r| crate::assets::read_inlets(ctx, &r.node))
         .unwrap_or_default();
-    let mut callbacks = crate::callbacks::read(ctx, &merged, &crate::callbacks::CallbackEvent::ALL);
+    let mut callbacks = crate::callbacks::read(
+        ctx,
+        &merged,
+        Some(node),
+        &crate::callbacks::CallbackEvent::ALL,
+    );
     crate::callbacks::read_email(ctx, &merged, &mut callbacks);
     let operator = operator?;
     if ctx.errors() > errors_before {
@@ -1687,7 +1692,7 @@ fn read_dag_callbacks(ctx: &mut Ctx<'_>, node: &Node) -> crate::callbacks::Callb
             }
         }
     }
-    crate::callbacks::read(ctx, node, &[E::OnSuccess, E::OnFailure])
+    crate::callbacks::read(ctx, node, None, &[E::OnSuccess, E::OnFailure])
 }
 
 /// An asset in the DAG's schedule that one of its own tasks updates: every run triggers the

@@ -153,23 +153,25 @@ impl Callbacks {
 
 /// Airflow's Slack notifiers: flow posts their `text` to the connection's webhook.
 fn is_slack(path: &str) -> bool {
-    matches!(
-        path.rsplit('.').next(),
-        Some(
-            "send_slack_notification"
-                | "SlackNotifier"
-                | "send_slack_webhook_notification"
-                | "SlackWebhookNotifier"
+    path.starts_with("airflow.providers.slack.")
+        && matches!(
+            path.rsplit('.').next(),
+            Some(
+                "send_slack_notification"
+                    | "SlackNotifier"
+                    | "send_slack_webhook_notification"
+                    | "SlackWebhookNotifier"
+            )
         )
-    )
 }
 
 /// Airflow's SMTP notifier.
 fn is_smtp(path: &str) -> bool {
-    matches!(
-        path.rsplit('.').next(),
-        Some("send_smtp_notification" | "SmtpNotifier")
-    )
+    path.starts_with("airflow.providers.smtp.")
+        && matches!(
+            path.rsplit('.').next(),
+            Some("send_smtp_notification" | "SmtpNotifier")
+        )
 }
 
 fn strings(node: &Node) -> Vec<String> {
@@ -404,11 +406,27 @@ fn read_name_file(ctx: &mut Ctx<'_>, name: &Node, file: &Node, key: &str) -> Opt
 }
 
 /// Reads the callbacks of a task (the merged node: its own keys over its groups' and the
-/// DAG's `default_args`) or of a DAG, for `events`.
-pub(crate) fn read(ctx: &mut Ctx<'_>, node: &Node, events: &[CallbackEvent]) -> Callbacks {
+/// DAG's `default_args`) or of a DAG, for `events`. A task that sets any of an event's keys
+/// (`on_failure_callback`, `_name`, `_file`) replaces the inherited callback whole: pass its
+/// own keys as `own`.
+pub(crate) fn read(
+    ctx: &mut Ctx<'_>,
+    merged: &Node,
+    own: Option<&Node>,
+    events: &[CallbackEvent],
+) -> Callbacks {
     let mut out = Callbacks::default();
     for event in events {
         let key = event.key();
+        let sets = |n: &Node| {
+            [key.to_owned(), format!("{key}_name"), format!("{key}_file")]
+                .iter()
+                .any(|k| n.get(k).is_some())
+        };
+        let node = match own {
+            Some(o) if sets(o) => o,
+            _ => merged,
+        };
         let mut list = match node.get(key) {
             Some(n) => read_callbacks(ctx, n, key),
             None => Vec::new(),

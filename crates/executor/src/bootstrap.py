@@ -74,6 +74,19 @@ class AssetAlias:
         return f"AssetAlias(name={self.name!r})"
 
 
+class BaseNotifier:
+    """Airflow's BaseNotifier: a notifier is called with the context and notifies."""
+
+    template_fields = ()
+
+    def notify(self, context):
+        raise NotImplementedError
+
+    def __call__(self, *args):
+        context = args[-1] if args else {}
+        self.notify(context)
+
+
 def _asset_key(key):
     if isinstance(key, str):
         return key
@@ -207,8 +220,11 @@ def _install_airflow_shim():
         "airflow.models.variable": {"Variable": _Variable},
         "airflow.sdk": {"Context": dict, "Variable": _Variable, "PokeReturnValue": PokeReturnValue,
                         "Asset": Asset, "AssetAlias": AssetAlias, "Dataset": Asset,
+                        "BaseNotifier": BaseNotifier,
                         **current, **exceptions},
         "airflow.datasets": {"Dataset": Asset, "DatasetAlias": AssetAlias},
+        "airflow.notifications": {},
+        "airflow.notifications.basenotifier": {"BaseNotifier": BaseNotifier},
         "airflow.assets": {"Asset": Asset, "AssetAlias": AssetAlias},
         "airflow.sensors": {},
         "airflow.sensors.base": {"PokeReturnValue": PokeReturnValue},
@@ -417,6 +433,9 @@ def _flow_main():
                 fn(**kwargs)(context)
             else:
                 fn(context, **kwargs)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                fail(exc)
         except BaseException as exc:  # noqa: BLE001 - reported as the callback's failure
             fail(exc)
         finish('{"value": null}')

@@ -1036,6 +1036,16 @@ impl Job {
             }
             _ => Vec::new(),
         };
+        // A try that could not start (a template, a missing connection) still fires the
+        // task's callbacks: look the task up again.
+        let task = match task {
+            Some(t) => Some(t),
+            None => self
+                .dag(&ti.key.dag_id)
+                .await
+                .ok()
+                .and_then(|d| d.task(&ti.key.task_id).cloned()),
+        };
         let callbacks = match (&task, flow_store::event_for_outcome(state)) {
             (Some(task), Some(event)) => {
                 flow_store::new_callbacks(&task.callbacks, event, state.as_str(), reason.as_deref())

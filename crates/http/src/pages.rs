@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/dags/{dag_id}", get(dag_page))
         .route("/dags/{dag_id}/pause", post(pause))
         .route("/dags/{dag_id}/trigger", get(trigger_form).post(trigger))
+        .route("/dags/{dag_id}/backfill", post(backfill))
         .route("/dags/{dag_id}/runs/{run_id}/mark", post(mark_run))
         .route("/dags/{dag_id}/runs/{run_id}/delete", post(delete_run))
         .route(
@@ -1343,6 +1344,74 @@ async fn trigger(
     )
     .await;
     Ok(Redirect::to(&format!("/dags/{}", url_encode(&dag_id))).into_response())
+}
+
+/// The trigger page's backfill form: Airflow 3's backfill, as `POST /api/v2/backfills`.
+async fn backfill(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(form.get("csrf_token").map_or("", String::as_str))?;
+    user.require(Permission::EditDags)?;
+    let (data, hash) = state
+        .store()
+        .serialized_dag_get(&dag_id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
+    let dag = Dag::from_json(&data).map_err(|e| HttpError::Internal(e.to_string()))?;
+    let field = |k: &str| form.get(k).map_or("", |v| v.trim());
+    let when = |k: &str| {
+        crate::api::backfills::parse_form_time(field(k))
+            .ok_or_else(|| HttpError::BadRequest(format!("`{k}`: a date such as 2025-01-31")))
+    };
+    let (from, to) = (when("from_date")?, when("to_date")?);
+    if to < from {
+        return Err(HttpError::BadRequest("the end is before the start".into()));
+    }
+    let reprocess = flow_store::ReprocessBehavior::parse(field("reprocess_behavior"))
+        .unwrap_or(flow_store::ReprocessBehavior::None);
+    let max_active_runs: i64 = field("max_active_runs").parse().unwrap_or(10);
+    if !(1..=1000).contains(&max_active_runs) {
+        return Err(HttpError::BadRequest("max active runs is 1 to 1000".into()));
+    }
+    let conf = conf_from_form(&dag, &form).map_err(HttpError::BadRequest)?;
+    let infos = dag.timetable.runs_in_range(from, to, 10_001);
+    if infos.len() > 10_000 {
+        return Err(HttpError::BadRequest(
+            "the range holds more than 10000 runs; backfill it in parts".into(),
+        ));
+    }
+    let new = flow_store::NewBackfill {
+        dag_id: dag_id.clone(),
+        from_date: from,
+        to_date: to,
+        conf,
+        reprocess,
+        max_active_runs,
+        run_backwards: form.contains_key("run_backwards"),
+        triggering_user: Some(user.username.clone()),
+    };
+    let (backfill, runs) = state
+        .store()
+        .backfill_create(&dag, &hash, &new, &infos, Utc::now())
+        .await
+        .map_err(|e| match e {
+            flow_store::BackfillError::Store(s) => HttpError::from(s),
+            other => HttpError::BadRequest(other.to_string()),
+        })?;
+    audit(
+        &state,
+        &user.username,
+        "backfill",
+        Some(&dag_id),
+        None,
+        None,
+        Some(&format!("backfill {}: {} run(s)", backfill.id, runs.len())),
+    )
+    .await;
+    Ok(Redirect::to(&format!("/dags/{}?tab=runs", url_encode(&dag_id))).into_response())
 }
 
 #[derive(Deserialize)]

@@ -1418,6 +1418,7 @@ fn fill_path(path: &str) -> String {
                 || name.ends_with("error_id")
                 || name == "map_index"
                 || name == "asset_id"
+                || name == "backfill_id"
             {
                 "1"
             } else {
@@ -1544,6 +1545,13 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("delete", "/api/v2/dags/{dag_id}/assets/queuedEvents".into()),
             ("get", "/api/v2/assets/{asset_id}/queuedEvents".into()),
             ("delete", "/api/v2/assets/{asset_id}/queuedEvents".into()),
+            ("get", "/api/v2/backfills".into()),
+            ("post", "/api/v2/backfills".into()),
+            ("post", "/api/v2/backfills/dry_run".into()),
+            ("get", "/api/v2/backfills/{backfill_id}".into()),
+            ("put", "/api/v2/backfills/{backfill_id}/pause".into()),
+            ("put", "/api/v2/backfills/{backfill_id}/unpause".into()),
+            ("put", "/api/v2/backfills/{backfill_id}/cancel".into()),
             (
                 "get",
                 "/api/v2/dags/{dag_id}/assets/{asset_id}/queuedEvents".into(),

@@ -377,7 +377,13 @@ impl Scheduler {
             );
         }
         let mut finished: Vec<flow_store::RunFinish> = Vec::new();
+        let mut backfills_touched: Vec<i64> = Vec::new();
         for (run, state, reason) in evaluation.finished {
+            if let Some(b) = run.backfill_id
+                && !backfills_touched.contains(&b)
+            {
+                backfills_touched.push(b);
+            }
             let event = match state {
                 DagRunState::Success => Some(CallbackEvent::OnSuccess),
                 DagRunState::Failed => Some(CallbackEvent::OnFailure),
@@ -398,6 +404,11 @@ impl Scheduler {
             });
         }
         let moved = self.store.dag_run_finish_many(&finished, now).await?;
+        if !backfills_touched.is_empty() {
+            self.store
+                .backfill_complete_if_done(&backfills_touched, now)
+                .await?;
+        }
         for (r, moved) in finished.iter().zip(moved) {
             if moved {
                 info!(dag_id = %r.dag_id, run_id = %r.run_id, state = %r.state, reason = r.reason.as_deref().unwrap_or(""), "dag run finished");
@@ -764,11 +775,17 @@ impl Scheduler {
         view: &mut ActiveView,
         now: DateTime<Utc>,
     ) -> Result<(), SchedulerError> {
-        let mut running: HashMap<&str, i64> = HashMap::new();
+        // A backfill's runs count toward its own `max_active_runs`, the others toward the
+        // DAG's.
+        let mut running: HashMap<(&str, Option<i64>), i64> = HashMap::new();
         let mut queued: Vec<&DagRunRow> = Vec::new();
         for entry in view.runs.values() {
             match entry.run.state {
-                DagRunState::Running => *running.entry(entry.run.dag_id.as_str()).or_default() += 1,
+                DagRunState::Running => {
+                    *running
+                        .entry((entry.run.dag_id.as_str(), entry.run.backfill_id))
+                        .or_default() += 1;
+                }
                 DagRunState::Queued => queued.push(&entry.run),
                 _ => {}
             }
@@ -776,7 +793,17 @@ impl Scheduler {
         if queued.is_empty() {
             return Ok(());
         }
-        queued.sort_by_key(|r| (r.run_after, r.id));
+        // A backfill's runs start in the order it made them (backwards when it runs
+        // backwards); the others oldest first.
+        queued.sort_by_key(|r| match r.backfill_id {
+            Some(b) => (1, DateTime::<Utc>::MIN_UTC, b, r.id),
+            None => (0, r.run_after, 0, r.id),
+        });
+        let backfills = if queued.iter().any(|r| r.backfill_id.is_some()) {
+            self.store.backfill_active().await?
+        } else {
+            HashMap::new()
+        };
         let mut candidates = Vec::new();
         for r in queued {
             let Some(row) = self.dag_rows.get(&r.dag_id) else {
@@ -786,15 +813,27 @@ impl Scheduler {
             if row.is_paused {
                 continue;
             }
-            let n = running.entry(r.dag_id.as_str()).or_default();
-            if *n >= row.max_active_runs {
+            let max_active_runs = match r.backfill_id {
+                None => row.max_active_runs,
+                Some(b) => match backfills.get(&b) {
+                    // A paused backfill holds its runs; a completed (cancelled) one has none
+                    // left to start.
+                    Some(bf) if !bf.is_paused => bf.max_active_runs,
+                    _ => continue,
+                },
+            };
+            let n = running
+                .entry((r.dag_id.as_str(), r.backfill_id))
+                .or_default();
+            if *n >= max_active_runs {
                 continue;
             }
             *n += 1;
             candidates.push(RunStart {
                 dag_id: r.dag_id.clone(),
                 run_id: r.run_id.clone(),
-                max_active_runs: row.max_active_runs,
+                max_active_runs,
+                backfill_id: r.backfill_id,
             });
         }
         if candidates.is_empty() {
@@ -1138,7 +1177,9 @@ impl Scheduler {
             return Ok(());
         }
         let mut changes = Vec::new();
+        let mut tries: HashMap<TiKey, i64> = HashMap::new();
         for z in zombies {
+            tries.insert(z.key.clone(), z.try_number);
             let worker = z.worker_id.as_deref().unwrap_or("?");
             warn!(dag_id = %z.key.dag_id, run_id = %z.key.run_id, task_id = %z.key.task_id, map_index = z.key.map_index, try_number = z.try_number, state = %z.state, "zombie task instance: no heartbeat");
             if z.state == S::Restarting {
@@ -1194,21 +1235,18 @@ impl Scheduler {
             if callbacks.is_empty() {
                 continue;
             }
-            let try_number = self
-                .store
-                .ti_get(&change.key)
-                .await?
-                .map_or(0, |t| t.try_number);
             let target = flow_store::CallbackTarget {
                 dag_id: change.key.dag_id.clone(),
                 run_id: change.key.run_id.clone(),
                 task_id: Some(change.key.task_id.clone()),
                 map_index: change.key.map_index,
-                try_number,
+                try_number: tries.get(&change.key).copied().unwrap_or(0),
             };
-            self.store
-                .callback_enqueue(&target, &callbacks, now)
-                .await?;
+            // The rescue is done; a callback that cannot be recorded is said, and must not
+            // cost the rest of the pass.
+            if let Err(e) = self.store.callback_enqueue(&target, &callbacks, now).await {
+                warn!(dag_id = %change.key.dag_id, task_id = %change.key.task_id, error = %e, "could not record a rescued try's callbacks");
+            }
         }
         Ok(())
     }

@@ -158,7 +158,32 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // A cheap read first: an idle runner takes no write lock (SQLite) every poll.
+        let due = sqlx::query(
+            "SELECT id FROM callback_request WHERE (status = 'pending' AND next_attempt_at <= $1) \
+             OR (status = 'running' AND claimed_at < $2) LIMIT 1",
+        )
+        .bind(now_us)
+        .bind(stale_us)
+        .fetch_optional(self.read_pool())
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
+        // A callback whose runner died mid-attempt on its last attempt is given up, not run
+        // again forever.
+        sqlx::query(
+            "UPDATE callback_request SET status = 'failed', claimed_by = NULL, claimed_at = NULL, \
+             log = log || $1, updated_at = $2 WHERE status = 'running' AND claimed_at < $3 \
+             AND attempts >= $4",
+        )
+        .bind("its runner stopped during the last attempt; given up\n")
+        .bind(now_us)
+        .bind(stale_us)
+        .bind(CALLBACK_MAX_ATTEMPTS)
+        .execute(&mut *tx)
+        .await?;
         let ids: Vec<i64> = sqlx::query(&format!(
             "SELECT id FROM callback_request WHERE (status = 'pending' AND next_attempt_at <= $1) \
              OR (status = 'running' AND claimed_at < $2) ORDER BY id LIMIT $3{lock}"
@@ -193,20 +218,24 @@ impl Store {
     /// claim was lost (another runner took the callback over).
     pub async fn callback_attempt_done(
         &self,
-        id: i64,
+        claimed: &CallbackRow,
         runner: &str,
         ok: bool,
         log: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>> {
         let now_us = to_micros(now);
+        let id = claimed.id;
         let mut tx = self.begin().await?;
+        // Guarded by the claim itself (runner and attempt): a later claim of the same row,
+        // even by the same runner after its lease ran out, is not this attempt's.
         let Some(current) = sqlx::query(
             "SELECT attempts FROM callback_request WHERE id = $1 AND status = 'running' \
-             AND claimed_by = $2",
+             AND claimed_by = $2 AND attempts = $3",
         )
         .bind(id)
         .bind(runner)
+        .bind(claimed.attempts)
         .fetch_optional(&mut *tx)
         .await?
         else {

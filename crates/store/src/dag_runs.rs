@@ -57,11 +57,13 @@ pub struct DagRunRow {
     pub note: Option<String>,
     pub triggered_by: Option<String>,
     pub dag_hash: String,
+    /// The backfill that made the run, whose `max_active_runs` it counts toward.
+    pub backfill_id: Option<i64>,
 }
 
 pub(crate) const RUN_COLUMNS: &str = "id, dag_id, run_id, run_type, state, logical_date, \
     data_interval_start, data_interval_end, run_after, queued_at, start_date, end_date, conf, \
-    note, triggered_by, dag_hash";
+    note, triggered_by, dag_hash, backfill_id";
 
 pub(crate) fn run_row(r: &AnyRow) -> Result<DagRunRow> {
     let run_type: String = r.try_get("run_type")?;
@@ -84,6 +86,7 @@ pub(crate) fn run_row(r: &AnyRow) -> Result<DagRunRow> {
         note: r.try_get("note")?,
         triggered_by: r.try_get("triggered_by")?,
         dag_hash: r.try_get("dag_hash")?,
+        backfill_id: r.try_get("backfill_id")?,
     })
 }
 

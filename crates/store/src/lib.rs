@@ -16,6 +16,7 @@
 //! `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database is locked".
 
 mod assets;
+mod backfills;
 mod bundles;
 mod callbacks;
 mod changes;
@@ -51,6 +52,7 @@ pub use assets::{
     AssetEventQuery, AssetEventRow, AssetQuery, AssetReference, AssetRow, AssetUse, NewAssetEvent,
     QueuedEvent,
 };
+pub use backfills::{BackfillError, BackfillRow, NewBackfill, Planned, ReprocessBehavior};
 pub use bundles::BundleFile;
 pub use callbacks::{
     CALLBACK_LEASE, CALLBACK_MAX_ATTEMPTS, CallbackRow, CallbackTarget, NewCallback,
@@ -341,6 +343,7 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "backfill",
             "callback_request",
             "dag_run_asset_event",
             "asset_dag_run_queue",

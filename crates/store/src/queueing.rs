@@ -116,7 +116,10 @@ impl PoolUsage {
 pub struct RunStart {
     pub dag_id: String,
     pub run_id: String,
+    /// The DAG's, or for a backfill's run the backfill's.
     pub max_active_runs: i64,
+    /// A backfill's runs count toward its own limit only; the others toward the DAG's.
+    pub backfill_id: Option<i64>,
 }
 
 /// What [`Store::ti_schedule_and_queue`] did.
@@ -194,18 +197,24 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         lock_queueing(&mut tx, self.backend()).await?;
-        let mut running: HashMap<String, i64> = HashMap::new();
+        let mut running: HashMap<(String, Option<i64>), i64> = HashMap::new();
         for r in sqlx::query(
-            "SELECT dag_id, COUNT(*) AS n FROM dag_run WHERE state = 'running' GROUP BY dag_id",
+            "SELECT dag_id, backfill_id, COUNT(*) AS n FROM dag_run WHERE state = 'running' \
+             GROUP BY dag_id, backfill_id",
         )
         .fetch_all(&mut *tx)
         .await?
         {
-            running.insert(r.try_get("dag_id")?, r.try_get("n")?);
+            running.insert(
+                (r.try_get("dag_id")?, r.try_get("backfill_id")?),
+                r.try_get("n")?,
+            );
         }
         let mut admitted = Vec::new();
         for c in candidates {
-            let n = running.entry(c.dag_id.clone()).or_default();
+            let n = running
+                .entry((c.dag_id.clone(), c.backfill_id))
+                .or_default();
             if *n >= c.max_active_runs {
                 continue;
             }
@@ -242,7 +251,10 @@ impl Store {
     }
 }
 
-async fn lock_queueing(tx: &mut Transaction<'static, Any>, backend: Backend) -> Result<()> {
+pub(crate) async fn lock_queueing(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+) -> Result<()> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(QUEUE_LOCK_KEY)

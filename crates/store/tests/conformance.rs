@@ -1422,6 +1422,7 @@ async fn max_active_runs_holds_across_schedulers() {
             dag_id: "d".into(),
             run_id: run_id.into(),
             max_active_runs: 1,
+            backfill_id: None,
         };
         let mut handles = Vec::new();
         for run_id in ["r1", "r2", "r3"] {
@@ -1668,13 +1669,13 @@ async fn callbacks_are_claimed_once_and_retried() {
         let other = if runner == "a" { "b" } else { "a" };
         assert_eq!(
             store
-                .callback_attempt_done(rows[0].id, other, true, "x", t0())
+                .callback_attempt_done(&rows[0], other, true, "x", t0())
                 .await
                 .unwrap(),
             None
         );
         let status = store
-            .callback_attempt_done(rows[0].id, runner, false, "attempt 1 failed\n", t0())
+            .callback_attempt_done(&rows[0], runner, false, "attempt 1 failed\n", t0())
             .await
             .unwrap();
         assert_eq!(status.as_deref(), Some("pending"));
@@ -1690,7 +1691,7 @@ async fn callbacks_are_claimed_once_and_retried() {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempts, 2);
         store
-            .callback_attempt_done(again[0].id, "c", true, "attempt 2 done\n", later)
+            .callback_attempt_done(&again[0], "c", true, "attempt 2 done\n", later)
             .await
             .unwrap();
         // The second row's runner died: its lease runs out and another takes it over.

@@ -28,6 +28,9 @@ const CALLBACK_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 const WEBHOOK_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 /// How often an idle runner looks for callbacks.
 const POLL: StdDuration = StdDuration::from_secs(1);
+/// The most one attempt may take, preparation (reading the DAG, the run, a bundle) included:
+/// well inside the store's lease, so that an attempt never overlaps its own retry.
+const ATTEMPT_BUDGET: StdDuration = StdDuration::from_secs(90);
 
 /// Runs until `shutdown` turns true.
 pub(super) async fn run(job: Arc<Job>, mut shutdown: watch::Receiver<bool>) {
@@ -68,9 +71,9 @@ pub(super) async fn run(job: Arc<Job>, mut shutdown: watch::Receiver<bool>) {
             Err(e) => debug!(error = %e, "could not claim callbacks"),
         }
     }
-    // Callbacks under way get their timeout to finish; the rest are taken over by another
-    // runner when their lease ends.
-    let _ = tokio::time::timeout(CALLBACK_TIMEOUT, async {
+    // Callbacks under way get their whole budget to finish and be recorded; any still
+    // running after it are taken over by another runner when their lease ends.
+    let _ = tokio::time::timeout(ATTEMPT_BUDGET + StdDuration::from_secs(10), async {
         while running.join_next().await.is_some() {}
     })
     .await;
@@ -79,7 +82,10 @@ pub(super) async fn run(job: Arc<Job>, mut shutdown: watch::Receiver<bool>) {
 /// Runs one claimed callback and records the attempt.
 async fn run_one(job: &Job, runner: &str, row: CallbackRow) {
     let started = std::time::Instant::now();
-    let (ok, mut lines) = match attempt(job, &row).await {
+    let result = tokio::time::timeout(ATTEMPT_BUDGET, attempt(job, &row))
+        .await
+        .unwrap_or_else(|_| Err(fail(format!("gave up after {}s", ATTEMPT_BUDGET.as_secs()))));
+    let (ok, mut lines) = match result {
         Ok(lines) => (true, lines),
         Err((reason, mut lines)) => {
             lines.push(system_line(format!("failed: {reason}")));
@@ -127,7 +133,7 @@ async fn run_one(job: &Job, runner: &str, row: CallbackRow) {
     }
     if let Err(e) = job
         .store
-        .callback_attempt_done(row.id, runner, ok, &text, Utc::now())
+        .callback_attempt_done(&row, runner, ok, &text, Utc::now())
         .await
     {
         warn!(error = %e, "could not record a callback attempt; it runs again when its lease ends");
@@ -152,10 +158,21 @@ fn callback_of<'d>(dag: &'d Dag, row: &CallbackRow) -> Result<&'d Callback, Stri
             .get(event),
         None => dag.callbacks.get(event),
     };
-    usize::try_from(row.index)
+    let callback = usize::try_from(row.index)
         .ok()
         .and_then(|i| list.get(i))
-        .ok_or_else(|| format!("the DAG no longer has {} #{}", row.event, row.index + 1))
+        .ok_or_else(|| format!("the DAG no longer has {} #{}", row.event, row.index + 1))?;
+    // The DAG changed since the event: not the callback the event fired.
+    if callback.describe() != row.description {
+        return Err(format!(
+            "{} #{} is now `{}`, not `{}`: the DAG changed since the event",
+            row.event,
+            row.index + 1,
+            callback.describe(),
+            row.description
+        ));
+    }
+    Ok(callback)
 }
 
 /// The task whose context the callback gets: its own, or for a DAG's callback the run's
@@ -334,8 +351,17 @@ async fn attempt(job: &Job, row: &CallbackRow) -> Result<Vec<LogLine>, Failure> 
         lines
     });
     let (_cancel_tx, cancel_rx) = watch::channel(false);
+    // The callback's own output is masked as it is produced; its failure's reason is
+    // masked here (an exception may carry a secret it was given).
+    let masker = spec.masker.clone();
     let outcome = crate::run(spec, log_tx, cancel_rx).await;
     let lines = collector.await.unwrap_or_default();
+    let outcome = match outcome {
+        Outcome::Failed { reason } => Outcome::Failed {
+            reason: masker.mask(&reason).into_owned(),
+        },
+        other => other,
+    };
     match outcome {
         Outcome::Success { .. } | Outcome::Skipped { .. } => Ok(lines),
         Outcome::Failed { reason } | Outcome::FailedNoRetry { reason } => Err((reason, lines)),
@@ -510,7 +536,14 @@ fn connection_url(conn: &flow_model::Connection) -> Result<String, String> {
     if let Some(port) = conn.port {
         url = format!("{}:{port}", url.trim_end_matches('/'));
     }
-    if conn.conn_type.starts_with("slack")
+    if conn.conn_type == "slack" {
+        // An API token is no webhook: never put it in a URL.
+        return Err(format!(
+            "connection `{}` is a Slack API connection; notifications post to an incoming webhook: use a `slackwebhook` connection",
+            conn.conn_id
+        ));
+    }
+    if conn.conn_type == "slackwebhook"
         && let Some(token) = conn.password.as_deref().filter(|p| !p.is_empty())
     {
         url = format!(

@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 
 mod assets;
+pub mod backfills;
 mod bulk;
 mod connections;
 mod dag_runs;
@@ -92,6 +93,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(pools::routes())
         .merge(variables::routes())
         .merge(assets::routes())
+        .merge(backfills::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -86,6 +86,25 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// A `*_file` path as dag-factory reads it: `$CONFIG_ROOT_DIR` is the dags folder, a
+    /// relative path is relative to the DAG file.
+    pub fn callable_file(&self, file: &str) -> PathBuf {
+        let root = self.dags_root.to_string_lossy();
+        let expanded = file
+            .replace("$CONFIG_ROOT_DIR", &root)
+            .replace("${CONFIG_ROOT_DIR}", &root);
+        let path = PathBuf::from(expanded);
+        if path.is_absolute() {
+            return path;
+        }
+        let dir = self
+            .files
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(self.dags_root);
+        dir.join(path)
+    }
+
     pub fn error(&mut self, span: Span, message: impl AsRef<str>) {
         self.push(Severity::Error, span, message);
     }

@@ -383,19 +383,7 @@ fn read_name_file(ctx: &mut Ctx<'_>, name: &Node, file: &Node, key: &str) -> Opt
         );
         return None;
     }
-    let root = ctx.dags_root.to_string_lossy();
-    let expanded = path
-        .replace("$CONFIG_ROOT_DIR", &root)
-        .replace("${CONFIG_ROOT_DIR}", &root);
-    let mut path = std::path::PathBuf::from(expanded);
-    if path.is_relative() {
-        let dir = ctx
-            .files
-            .first()
-            .and_then(|f| f.parent())
-            .unwrap_or(ctx.dags_root);
-        path = dir.join(path);
-    }
+    let path = ctx.callable_file(path);
     Some(Callback::Python {
         callable: PythonCallable::File {
             path,

@@ -1296,12 +1296,7 @@ async fn trigger(
 ) -> Result<Response, HttpError> {
     user.check_csrf(form.get("csrf_token").map_or("", String::as_str))?;
     user.require(Permission::EditDags)?;
-    let (data, hash) = state
-        .store()
-        .serialized_dag_get(&dag_id)
-        .await?
-        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
-    let dag = Dag::from_json(&data).map_err(|e| HttpError::Internal(e.to_string()))?;
+    let (dag, hash) = stored_dag(&state, &dag_id).await?;
     let again = |error: String| {
         let mut response = page(&views::TriggerPage {
             chrome: Chrome::of(&user),
@@ -1346,6 +1341,17 @@ async fn trigger(
     Ok(Redirect::to(&format!("/dags/{}", url_encode(&dag_id))).into_response())
 }
 
+/// The DAG as the store holds it, and its hash.
+async fn stored_dag(state: &AppState, dag_id: &str) -> Result<(Dag, String), HttpError> {
+    let (data, hash) = state
+        .store()
+        .serialized_dag_get(dag_id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
+    let dag = Dag::from_json(&data).map_err(|e| HttpError::Internal(e.to_string()))?;
+    Ok((dag, hash))
+}
+
 /// The trigger page's backfill form: Airflow 3's backfill, as `POST /api/v2/backfills`.
 async fn backfill(
     State(state): State<AppState>,
@@ -1355,12 +1361,7 @@ async fn backfill(
 ) -> Result<Response, HttpError> {
     user.check_csrf(form.get("csrf_token").map_or("", String::as_str))?;
     user.require(Permission::EditDags)?;
-    let (data, hash) = state
-        .store()
-        .serialized_dag_get(&dag_id)
-        .await?
-        .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
-    let dag = Dag::from_json(&data).map_err(|e| HttpError::Internal(e.to_string()))?;
+    let (dag, hash) = stored_dag(&state, &dag_id).await?;
     let field = |k: &str| form.get(k).map_or("", |v| v.trim());
     let when = |k: &str| {
         crate::api::backfills::parse_form_time(field(k))

@@ -1552,6 +1552,12 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("put", "/api/v2/backfills/{backfill_id}/pause".into()),
             ("put", "/api/v2/backfills/{backfill_id}/unpause".into()),
             ("put", "/api/v2/backfills/{backfill_id}/cancel".into()),
+            ("get", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/wait".into()),
+            ("get", "/api/v2/dags/{dag_id}/dagVersions".into()),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagVersions/{version_number}".into(),
+            ),
             (
                 "get",
                 "/api/v2/dags/{dag_id}/assets/{asset_id}/queuedEvents".into(),
@@ -2938,5 +2944,140 @@ async fn api_xcom_create_update_delete() {
         )
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}
+
+/// Every version of a DAG with its source (`dagVersions`, `dagSources?version_number=`),
+/// and a run's state streamed until it ends (`dagRuns/{id}/wait`), with its tasks' results.
+#[tokio::test]
+async fn api_dag_versions_and_run_wait() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagVersions",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 1, "{j}");
+        assert_eq!(j["dag_versions"][0]["version_number"], 1);
+        let first_hash = j["dag_versions"][0]["dag_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // A changed DAG is a new version; its old source stays readable.
+        let changed = dags_yaml().replace("tags: [nightly]", "tags: [nightly, v2]");
+        std::fs::write(site._dir.join("dags.yaml"), changed).unwrap();
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        site.processor.lock().await.run_once(later).await.unwrap();
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagVersions?order_by=-version_number",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(j["total_entries"], 2, "{j}");
+        assert_eq!(j["dag_versions"][0]["version_number"], 2);
+        assert_ne!(j["dag_versions"][0]["dag_hash"], first_hash.as_str());
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagVersions/1",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["dag_hash"].as_str()),
+            (StatusCode::OK, Some(first_hash.as_str()))
+        );
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagVersions/9",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, _, old) = api(
+            &site,
+            "GET",
+            "/api/v2/dagSources/etl?version_number=1",
+            Some(&admin),
+            None,
+        )
+        .await;
+        let (_, _, new) = api(&site, "GET", "/api/v2/dagSources/etl", Some(&admin), None).await;
+        assert!(!old["content"].as_str().unwrap().contains("v2"), "{old}");
+        assert!(new["content"].as_str().unwrap().contains("v2"), "{new}");
+        assert_eq!(new["version_number"], 2);
+
+        // wait: a finished run answers at once, with the results asked for.
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "w1", "logical_date": null}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/dagRuns/w1/taskInstances/load/xcomEntries",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"key": "return_value", "value": 42}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{j}");
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns/w1",
+            Some(&admin),
+            Some(("application/json", r#"{"state": "success"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let req = Request::builder()
+            .uri("/api/v2/dags/etl/dagRuns/w1/wait?interval=0.1&result=load")
+            .header(header::AUTHORIZATION, &admin)
+            .body(Body::empty())
+            .unwrap();
+        let resp = site.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["state"], "success");
+        assert_eq!(lines[0]["results"]["load"], 42);
+        let (s, _, _) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/w1/wait",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        db.drop_db().await.unwrap();
     }
 }

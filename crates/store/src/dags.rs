@@ -164,6 +164,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             crate::assets::sync_references_in(&mut tx, &d.dag_id, &d.assets, now_us).await?;
+            // A new serialized hash is a new version (the same hash again is not; two
+            // processors writing the same version make one row).
+            sqlx::query(
+                "INSERT INTO dag_version_log (dag_id, version_number, dag_hash, fileloc, source, \
+                 created_at) SELECT $1, COALESCE(MAX(version_number), 0) + 1, $2, $3, $4, $5 \
+                 FROM dag_version_log WHERE dag_id = $1 ON CONFLICT DO NOTHING",
+            )
+            .bind(&d.dag_id)
+            .bind(&d.dag_hash)
+            .bind(&file.fileloc)
+            .bind(&file.source)
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query(
             "INSERT INTO dag_code (fileloc, source, source_hash, updated_at) VALUES ($1, $2, $3, $4) \
@@ -431,6 +445,7 @@ impl Store {
             "dag_run_asset_event",
             "asset_reference",
             "callback_request",
+            "dag_version_log",
         ] {
             // Table names are constants above, never input.
             sqlx::query(&format!("DELETE FROM {table} WHERE dag_id = $1"))
@@ -538,4 +553,70 @@ async fn drop_queues_of_inactive(tx: &mut sqlx::Transaction<'static, sqlx::Any>)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// One version of a DAG: what the processor stored when its serialized form changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagVersionRow {
+    pub dag_id: String,
+    pub version_number: i64,
+    pub dag_hash: String,
+    pub fileloc: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn version_row(r: &AnyRow) -> Result<DagVersionRow> {
+    Ok(DagVersionRow {
+        dag_id: r.try_get("dag_id")?,
+        version_number: r.try_get("version_number")?,
+        dag_hash: r.try_get("dag_hash")?,
+        fileloc: r.try_get("fileloc")?,
+        created_at: from_micros(r.try_get("created_at")?),
+    })
+}
+
+impl Store {
+    /// A DAG's versions, oldest first (or newest first with `desc`), and how many there are.
+    pub async fn dag_versions(
+        &self,
+        dag_id: &str,
+        desc: bool,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<DagVersionRow>, i64)> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM dag_version_log WHERE dag_id = $1")
+            .bind(dag_id)
+            .fetch_one(self.read_pool())
+            .await?
+            .try_get("n")?;
+        let dir = if desc { "DESC" } else { "ASC" };
+        let rows = sqlx::query(&format!(
+            "SELECT dag_id, version_number, dag_hash, fileloc, created_at FROM dag_version_log \
+             WHERE dag_id = $1 ORDER BY version_number {dir} LIMIT $2 OFFSET $3"
+        ))
+        .bind(dag_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.read_pool())
+        .await?;
+        Ok((rows.iter().map(version_row).collect::<Result<_>>()?, total))
+    }
+
+    /// One version of a DAG and the source of its file then.
+    pub async fn dag_version_get(
+        &self,
+        dag_id: &str,
+        version_number: i64,
+    ) -> Result<Option<(DagVersionRow, String)>> {
+        let row = sqlx::query(
+            "SELECT dag_id, version_number, dag_hash, fileloc, created_at, source \
+             FROM dag_version_log WHERE dag_id = $1 AND version_number = $2",
+        )
+        .bind(dag_id)
+        .bind(version_number)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.map(|r| Ok((version_row(&r)?, r.try_get("source")?)))
+            .transpose()
+    }
 }

@@ -61,7 +61,9 @@ pub use callbacks::{
 pub use changes::{RunKey, RunTouch};
 pub use connections::{Cipher, ConnectionSource};
 pub use dag_runs::{DagRunRow, NewDagRun, RunFinish, RunQuery};
-pub use dags::{DagDelete, DagQuery, DagRecord, DagRow, FileSync, ImportErrorRow, NextRun};
+pub use dags::{
+    DagDelete, DagQuery, DagRecord, DagRow, DagVersionRow, FileSync, ImportErrorRow, NextRun,
+};
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
 pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
 pub use jobs::{JobQuery, JobRow, JobStart};
@@ -343,6 +345,7 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "dag_version_log",
             "backfill",
             "callback_request",
             "dag_run_asset_event",

@@ -105,19 +105,7 @@ impl OperatorKind for Python {
                     );
                     return None;
                 }
-                let root = ctx.dags_root.to_string_lossy();
-                let expanded = file
-                    .replace("$CONFIG_ROOT_DIR", &root)
-                    .replace("${CONFIG_ROOT_DIR}", &root);
-                let mut path = PathBuf::from(expanded);
-                if path.is_relative() {
-                    let dir = ctx
-                        .files
-                        .first()
-                        .and_then(|f| f.parent())
-                        .unwrap_or(ctx.dags_root);
-                    path = dir.join(path);
-                }
+                let path = ctx.callable_file(file);
                 PythonCallable::File {
                     path,
                     function: function.to_owned(),

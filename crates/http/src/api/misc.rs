@@ -228,9 +228,22 @@ async fn dag_source(
     State(state): State<AppState>,
     user: ApiUser,
     Path(dag_id): Path<String>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
+    let version: Option<i64> = query_pairs(raw.as_deref())?
+        .iter()
+        .find(|(k, _)| k == "version_number")
+        .map(|(_, v)| {
+            v.parse().map_err(|_| {
+                ApiError::invalid(
+                    &["query", "version_number"],
+                    "Input should be a valid integer",
+                )
+            })
+        })
+        .transpose()?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -240,7 +253,21 @@ async fn dag_source(
         .dag_get(&dag_id)
         .await?
         .ok_or_else(|| super::dag_not_found(&dag_id))?;
-    let content = store.dag_code_get(&row.fileloc).await?;
+    let (content, version_number) = match version {
+        // An earlier version's source, as it was parsed.
+        Some(n) => {
+            let (_, source) = store.dag_version_get(&dag_id, n).await?.ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "The Dag with ID: `{dag_id}` and version number: `{n}` was not found"
+                ))
+            })?;
+            (Some(source), n)
+        }
+        None => {
+            let (_, total) = store.dag_versions(&dag_id, true, 1, 0).await?;
+            (store.dag_code_get(&row.fileloc).await?, total.max(1))
+        }
+    };
     if accept.starts_with("text/plain") {
         let mut response = content.unwrap_or_default().into_response();
         response.headers_mut().insert(
@@ -259,7 +286,7 @@ async fn dag_source(
         content,
         dag_display_name: dag_id.clone(),
         dag_id,
-        version_number: Some(1),
+        version_number: Some(version_number),
     })
     .into_response())
 }

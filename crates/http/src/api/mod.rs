@@ -25,11 +25,13 @@ pub mod backfills;
 mod bulk;
 mod connections;
 mod dag_runs;
+mod dag_versions;
 mod dags;
 mod docs;
 pub mod jwt;
 mod misc;
 mod pools;
+mod run_wait;
 pub mod schema;
 mod task_instances;
 mod ti_dependencies;
@@ -94,6 +96,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(variables::routes())
         .merge(assets::routes())
         .merge(backfills::routes())
+        .merge(run_wait::routes())
+        .merge(dag_versions::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -1554,6 +1554,16 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("put", "/api/v2/backfills/{backfill_id}/cancel".into()),
             ("get", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/wait".into()),
             ("get", "/api/v2/dags/{dag_id}/dagVersions".into()),
+            ("post", "/api/v2/dags/{dag_id}/clearDagRuns".into()),
+            (
+                "patch",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}".into(),
+            ),
+            (
+                "patch",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}/dry_run"
+                    .into(),
+            ),
             (
                 "get",
                 "/api/v2/dags/{dag_id}/dagVersions/{version_number}".into(),
@@ -3078,6 +3088,189 @@ async fn api_dag_versions_and_run_wait() {
         )
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// `taskGroupInstances`: every task of a group (nested ones too) marked at once, a dry run
+/// first, 409 when nothing changes, 404 for an unknown group.
+#[tokio::test]
+async fn api_task_group_instances_mark_the_group() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        std::fs::write(
+            site._dir.join("grouped.yaml"),
+            r#"grouped:
+  task_groups:
+    - {group_name: load}
+    - {group_name: inner, parent_group_name: load}
+  tasks:
+    start: {operator: empty}
+    a: {operator: empty, task_group_name: load, dependencies: [start]}
+    b: {operator: empty, task_group_name: inner, dependencies: [start]}
+    end: {operator: empty, dependencies: [load]}
+"#,
+        )
+        .unwrap();
+        site.processor
+            .lock()
+            .await
+            .run_once(Utc::now() + chrono::Duration::seconds(5))
+            .await
+            .unwrap();
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/grouped/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "g1", "logical_date": null}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let base = "/api/v2/dags/grouped/dagRuns/g1/taskGroupInstances/load";
+        let body = Some(("application/json", r#"{"new_state": "success"}"#));
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            &format!("{base}/dry_run"),
+            Some(&admin),
+            body,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let mut ids: Vec<&str> = j["task_instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["load.a", "load.inner.b"], "{j}");
+        let (s, _, j) = api(&site, "PATCH", base, Some(&admin), body).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2, "{j}");
+        assert!(
+            j["task_instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["state"] == "success")
+        );
+        let (s, _, _) = api(&site, "PATCH", base, Some(&admin), body).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/grouped/dagRuns/g1/taskGroupInstances/nope",
+            Some(&admin),
+            body,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// `clearDagRuns`: several runs in one request, dry run by default; `~` needs each entry's
+/// DAG; an entry of another DAG is refused.
+#[tokio::test]
+async fn api_clear_dag_runs_clears_several() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        for id in ["c1", "c2"] {
+            let body = format!(r#"{{"dag_run_id": "{id}", "logical_date": null}}"#);
+            let (s, _, j) = api(
+                &site,
+                "POST",
+                "/api/v2/dags/etl/dagRuns",
+                Some(&admin),
+                Some(("application/json", &body)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+            let (s, _, j) = api(
+                &site,
+                "PATCH",
+                &format!("/api/v2/dags/etl/dagRuns/{id}"),
+                Some(&admin),
+                Some(("application/json", r#"{"state": "failed"}"#)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+        }
+        let runs = r#"{"dag_runs": [{"dag_run_id": "c1"}, {"dag_run_id": "c2"}]}"#;
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearDagRuns",
+            Some(&admin),
+            Some(("application/json", runs)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert!(
+            j["task_instances"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "dry run: {j}"
+        );
+        let real = r#"{"dry_run": false, "dag_runs": [{"dag_run_id": "c1"}, {"dag_run_id": "c2", "dag_id": "etl"}]}"#;
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearDagRuns",
+            Some(&admin),
+            Some(("application/json", real)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 2, "{j}");
+        assert!(
+            j["dag_runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["state"] == "queued"),
+            "{j}"
+        );
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/~/clearDagRuns",
+            Some(&admin),
+            Some(("application/json", runs)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearDagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_runs": [{"dag_run_id": "c1", "dag_id": "other"}]}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/etl/clearDagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_runs": [{"dag_run_id": "nope"}]}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
         db.drop_db().await.unwrap();
     }
 }

@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_batch))
         .routes(routes!(get_one, patch_one, delete_one))
         .routes(routes!(clear))
+        .routes(routes!(clear_many))
 }
 
 /// Airflow 3's `triggered_by` values from what flow records.
@@ -559,6 +560,132 @@ async fn clear(
     Ok(Json(ClearResponse::Cleared(run_response(
         &find_run(&state, &dag_id, &run_id).await?,
     ))))
+}
+
+/// One run of `clearDagRuns` (Airflow's `BulkDAGRunBody`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClearManyRun {
+    dag_run_id: String,
+    dag_id: Option<String>,
+    /// Accepted for Airflow's clients; not used by a clear.
+    #[allow(dead_code)]
+    state: Option<String>,
+    #[allow(dead_code)]
+    note: Option<String>,
+}
+
+/// Airflow 3.3's `BulkDAGRunClearBody`, without partitions.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClearManyBody {
+    #[serde(default = "yes")]
+    dry_run: bool,
+    #[serde(default)]
+    only_failed: bool,
+    #[serde(default)]
+    only_new: bool,
+    run_on_latest_version: Option<bool>,
+    note: Option<String>,
+    #[serde(default)]
+    dag_runs: Vec<ClearManyRun>,
+    partition_key: Option<String>,
+    partition_date_start: Option<String>,
+    partition_date_end: Option<String>,
+}
+
+/// A dry run lists what would be cleared; a real clear returns the runs, queued again.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum ClearManyResponse {
+    DryRun(TaskInstanceCollection),
+    Cleared(DagRunCollection),
+}
+
+/// `POST /api/v2/dags/{dag_id}/clearDagRuns` (Airflow 3.3): clears several runs of a DAG (or
+/// of any DAG with `~`, each entry naming its DAG) in one request, dry run by default.
+#[utoipa::path(post, path = "/api/v2/dags/{dag_id}/clearDagRuns", tag = "DagRun",
+    summary = "Clear several runs (dry run by default)",
+    params(("dag_id" = String, Path)),
+    request_body = ClearManyBody,
+    responses((status = 200, description = "The task instances that would be cleared (dry run), or the runs", body = ClearManyResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn clear_many(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(dag_id): Path<String>,
+    body: Body<ClearManyBody>,
+) -> ApiResult<Json<ClearManyResponse>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    if body.partition_key.is_some()
+        || body.partition_date_start.is_some()
+        || body.partition_date_end.is_some()
+    {
+        return Err(ApiError::bad_request(
+            "partitions are not supported: flow's runs have no partition keys; name the runs in `dag_runs`",
+        ));
+    }
+    if body.only_new || body.run_on_latest_version == Some(true) || body.note.is_some() {
+        return Err(ApiError::bad_request(
+            "only_new, run_on_latest_version and note are not supported",
+        ));
+    }
+    let wildcard = dag_id == "~";
+    let mut runs: Vec<(String, String)> = Vec::new();
+    for r in &body.dag_runs {
+        let entry_dag = match (&r.dag_id, wildcard) {
+            (Some(d), _) if d != "~" => d.clone(),
+            (_, true) => {
+                return Err(ApiError::bad_request(format!(
+                    "When the URL dag_id is '~', every entry must provide a concrete dag_id (missing on dag_run_id: '{}').",
+                    r.dag_run_id
+                )));
+            }
+            _ => dag_id.clone(),
+        };
+        if !wildcard && entry_dag != dag_id {
+            return Err(ApiError::bad_request(format!(
+                "Entry dag_id '{entry_dag}' does not match the URL dag_id '{dag_id}'."
+            )));
+        }
+        let key = (entry_dag, r.dag_run_id.clone());
+        if !runs.contains(&key) {
+            runs.push(key);
+        }
+    }
+    let mut found = Vec::with_capacity(runs.len());
+    for (d, r) in &runs {
+        let run = find_run(&state, d, r).await?;
+        let keys = clearable(&state, &run, body.only_failed).await?;
+        found.push((run, keys));
+    }
+    if body.dry_run {
+        let mut items = Vec::new();
+        for (run, keys) in &found {
+            for (key, _) in keys {
+                if let Some(t) = state.store().ti_get(key).await? {
+                    items.push(super::task_instances::ti_response(&t, run));
+                }
+            }
+        }
+        return Ok(Json(ClearManyResponse::DryRun(TaskInstanceCollection {
+            total_entries: items.len(),
+            task_instances: items,
+        })));
+    }
+    let mut cleared = Vec::with_capacity(found.len());
+    for (run, keys) in &found {
+        state.store().ti_clear(keys, Utc::now()).await?;
+        super::audit(&state, &user, "clear", Some(&run.dag_id), Some(&run.run_id)).await;
+        cleared.push(run_response(
+            &find_run(&state, &run.dag_id, &run.run_id).await?,
+        ));
+    }
+    Ok(Json(ClearManyResponse::Cleared(DagRunCollection {
+        total_entries: i64::try_from(cleared.len()).unwrap_or(i64::MAX),
+        dag_runs: cleared,
+    })))
 }
 
 #[utoipa::path(delete, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", tag = "DagRun",

@@ -36,6 +36,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(xcom_get, xcom_patch, xcom_delete))
         .routes(routes!(xcom_list, xcom_create))
         .routes(routes!(clear))
+        .routes(routes!(patch_group))
+        .routes(routes!(patch_group_dry_run))
 }
 
 /// Lines per log response; the continuation token (the last line's position) fetches more.
@@ -1499,6 +1501,135 @@ async fn patch(
     }
     let event = format!("mark {}", to.as_str());
     super::audit(state, user, &event, Some(&dag_id), Some(&run_id)).await;
+    let mut out = Vec::new();
+    for key in &marked {
+        if let Some(t) = state.store().ti_get(key).await? {
+            out.push(ti_response(&t, &run));
+        }
+    }
+    Ok(Json(TaskInstanceCollection {
+        total_entries: out.len(),
+        task_instances: out,
+    }))
+}
+
+/// `PATCH .../taskInstances/{task_id}` for every task of a task group (nested groups
+/// included), as Airflow 3's `taskGroupInstances`.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}", tag = "Task Instance",
+    summary = "Mark every task instance of a task group (and optionally their relatives) success, failed or skipped",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("group_id" = String, Path)),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The task instances changed", body = TaskInstanceCollection),
+        (status = 409, description = "Already in that state", body = ErrorBody),
+    ),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn patch_group(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, group_id)): Path<(String, String, String)>,
+    body: Body<PatchBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    group(&state, &user, &dag_id, &run_id, &group_id, body, false).await
+}
+
+/// What [`patch_group`] would mark, changing nothing.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}/dry_run", tag = "Task Instance",
+    summary = "The task instances marking a task group would change",
+    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), ("group_id" = String, Path)),
+    request_body = PatchBody,
+    responses((status = 200, body = TaskInstanceCollection)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn patch_group_dry_run(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path((dag_id, run_id, group_id)): Path<(String, String, String)>,
+    body: Body<PatchBody>,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    group(&state, &user, &dag_id, &run_id, &group_id, body, true).await
+}
+
+async fn group(
+    state: &AppState,
+    user: &ApiUser,
+    dag_id: &str,
+    run_id: &str,
+    group_id: &str,
+    body: PatchBody,
+    dry_run: bool,
+) -> ApiResult<Json<TaskInstanceCollection>> {
+    let run = run_of(state, dag_id, run_id).await?;
+    let (dag, _) = super::load_dag(state, dag_id)
+        .await?
+        .ok_or_else(|| super::dag_not_found(dag_id))?;
+    let prefix = format!("{group_id}.");
+    let members: Vec<String> = dag
+        .tasks
+        .iter()
+        .filter(|t| {
+            t.group_id
+                .as_deref()
+                .is_some_and(|g| g == group_id || g.starts_with(&prefix))
+        })
+        .map(|t| t.task_id.to_string())
+        .collect();
+    if members.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "Task group {group_id} not found in Dag {dag_id}"
+        )));
+    }
+    if body.note.is_some() || body.include_future || body.include_past {
+        return Err(ApiError::bad_request(
+            "notes and include_future/include_past are not supported yet",
+        ));
+    }
+    let to = match body
+        .new_state
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("success") => TaskInstanceState::Success,
+        Some("failed") => TaskInstanceState::Failed,
+        Some("skipped") => TaskInstanceState::Skipped,
+        _ => {
+            return Err(ApiError::invalid(
+                &["body", "new_state"],
+                "Input should be 'success', 'failed' or 'skipped'",
+            ));
+        }
+    };
+    let selected = dag.with_relatives(
+        members.iter().cloned(),
+        body.include_downstream,
+        body.include_upstream,
+    );
+    let instances = state.store().ti_list_for_run(dag_id, run_id).await?;
+    let chosen: Vec<&TiRow> = instances
+        .iter()
+        .filter(|t| selected.contains(&t.key.task_id) && t.state != to)
+        .collect();
+    if dry_run {
+        let out: Vec<_> = chosen.iter().map(|t| ti_response(t, &run)).collect();
+        return Ok(Json(TaskInstanceCollection {
+            total_entries: out.len(),
+            task_instances: out,
+        }));
+    }
+    let keys: Vec<TiKey> = chosen.iter().map(|t| t.key.clone()).collect();
+    let marked = state.store().ti_mark(&keys, to, Utc::now()).await?;
+    if marked.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Task group {group_id} is already in {} state", to.as_str()),
+        ));
+    }
+    let event = format!("mark {} (task group {group_id})", to.as_str());
+    super::audit(state, user, &event, Some(dag_id), Some(run_id)).await;
     let mut out = Vec::new();
     for key in &marked {
         if let Some(t) = state.store().ti_get(key).await? {

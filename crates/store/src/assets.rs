@@ -197,6 +197,14 @@ fn event_row(r: &AnyRow) -> Result<AssetEventRow> {
     })
 }
 
+async fn asset_id_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>, uri: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT id FROM asset WHERE uri = $1")
+        .bind(uri)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(row.try_get("id")?)
+}
+
 /// The asset's id, made if it is new. A name, group or extra given by a DAG replaces the
 /// stored one (the last parse wins, as for every other DAG attribute).
 async fn upsert_asset(
@@ -222,11 +230,7 @@ async fn upsert_asset(
     .bind(now_us)
     .execute(&mut **tx)
     .await?;
-    let row = sqlx::query("SELECT id FROM asset WHERE uri = $1")
-        .bind(uri)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(row.try_get("id")?)
+    asset_id_in(tx, uri).await
 }
 
 /// Replaces a DAG's asset references with what its latest parse says.
@@ -298,11 +302,7 @@ async fn ensure_asset(
     .bind(now_us)
     .execute(&mut **tx)
     .await?;
-    let row = sqlx::query("SELECT id FROM asset WHERE uri = $1")
-        .bind(uri)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(row.try_get("id")?)
+    asset_id_in(tx, uri).await
 }
 
 /// Records events and queues each for the active, unpaused DAGs scheduled on its asset.

@@ -1457,27 +1457,7 @@ async fn patch(
         find(state, &dag_id, &run_id, task_id, map_index.unwrap_or(-1)).await?;
         return Err(ApiError::not_found("TaskInstance not found"));
     };
-    if body.note.is_some() || body.include_future || body.include_past {
-        return Err(ApiError::bad_request(
-            "notes and include_future/include_past are not supported yet",
-        ));
-    }
-    let to = match body
-        .new_state
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("success") => TaskInstanceState::Success,
-        Some("failed") => TaskInstanceState::Failed,
-        Some("skipped") => TaskInstanceState::Skipped,
-        _ => {
-            return Err(ApiError::invalid(
-                &["body", "new_state"],
-                "Input should be 'success', 'failed' or 'skipped'",
-            ));
-        }
-    };
+    let to = mark_state(&body)?;
     let (dag, _) = super::load_dag(state, &dag_id)
         .await?
         .ok_or_else(|| super::dag_not_found(&dag_id))?;
@@ -1501,10 +1481,42 @@ async fn patch(
     }
     let event = format!("mark {}", to.as_str());
     super::audit(state, user, &event, Some(&dag_id), Some(&run_id)).await;
+    marked_response(state, &marked, &run).await
+}
+
+/// The state a mark asks for; what the marks do not support is refused.
+fn mark_state(body: &PatchBody) -> ApiResult<TaskInstanceState> {
+    if body.note.is_some() || body.include_future || body.include_past {
+        return Err(ApiError::bad_request(
+            "notes and include_future/include_past are not supported yet",
+        ));
+    }
+    match body
+        .new_state
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("success") => Ok(TaskInstanceState::Success),
+        Some("failed") => Ok(TaskInstanceState::Failed),
+        Some("skipped") => Ok(TaskInstanceState::Skipped),
+        _ => Err(ApiError::invalid(
+            &["body", "new_state"],
+            "Input should be 'success', 'failed' or 'skipped'",
+        )),
+    }
+}
+
+/// The task instances a mark changed, as they are now.
+async fn marked_response(
+    state: &AppState,
+    marked: &[TiKey],
+    run: &DagRunRow,
+) -> ApiResult<Json<TaskInstanceCollection>> {
     let mut out = Vec::new();
-    for key in &marked {
+    for key in marked {
         if let Some(t) = state.store().ti_get(key).await? {
-            out.push(ti_response(&t, &run));
+            out.push(ti_response(&t, run));
         }
     }
     Ok(Json(TaskInstanceCollection {
@@ -1582,27 +1594,7 @@ async fn group(
             "Task group {group_id} not found in Dag {dag_id}"
         )));
     }
-    if body.note.is_some() || body.include_future || body.include_past {
-        return Err(ApiError::bad_request(
-            "notes and include_future/include_past are not supported yet",
-        ));
-    }
-    let to = match body
-        .new_state
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("success") => TaskInstanceState::Success,
-        Some("failed") => TaskInstanceState::Failed,
-        Some("skipped") => TaskInstanceState::Skipped,
-        _ => {
-            return Err(ApiError::invalid(
-                &["body", "new_state"],
-                "Input should be 'success', 'failed' or 'skipped'",
-            ));
-        }
-    };
+    let to = mark_state(&body)?;
     let selected = dag.with_relatives(
         members.iter().cloned(),
         body.include_downstream,
@@ -1630,16 +1622,7 @@ async fn group(
     }
     let event = format!("mark {} (task group {group_id})", to.as_str());
     super::audit(state, user, &event, Some(dag_id), Some(run_id)).await;
-    let mut out = Vec::new();
-    for key in &marked {
-        if let Some(t) = state.store().ti_get(key).await? {
-            out.push(ti_response(&t, &run));
-        }
-    }
-    Ok(Json(TaskInstanceCollection {
-        total_entries: out.len(),
-        task_instances: out,
-    }))
+    marked_response(state, &marked, &run).await
 }
 
 #[cfg(test)]

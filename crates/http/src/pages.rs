@@ -1518,6 +1518,12 @@ async fn delete_run(
 ) -> Result<Response, HttpError> {
     user.check_csrf(&form.csrf_token)?;
     user.require(Permission::EditDags)?;
+    let run = state.store().dag_run_get(&dag_id, &run_id).await?;
+    if run.as_ref().map(|r| r.state) == Some(DagRunState::Running) {
+        return Err(HttpError::BadRequest(format!(
+            "run `{run_id}` is running: mark it success or failed before deleting it"
+        )));
+    }
     if !state.store().dag_run_delete(&dag_id, &run_id).await? {
         return Err(HttpError::NotFound(format!("run `{run_id}`")));
     }

@@ -1555,6 +1555,7 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/wait".into()),
             ("get", "/api/v2/dags/{dag_id}/dagVersions".into()),
             ("post", "/api/v2/dags/{dag_id}/clearDagRuns".into()),
+            ("patch", "/api/v2/dags/{dag_id}/dagRuns".into()),
             (
                 "patch",
                 "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}".into(),
@@ -3271,6 +3272,144 @@ async fn api_clear_dag_runs_clears_several() {
         )
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// Bulk `PATCH /api/v2/dags/{dag_id}/dagRuns` (Airflow 3.3's `BulkDagRunService`): update
+/// state and note, delete (never a running run), create refused, each entity answered.
+#[tokio::test]
+async fn api_bulk_dag_runs_update_and_delete() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let viewer = token_for(&site, "vic").await;
+        for id in ["b1", "b2", "b3", "b4"] {
+            let body = format!(r#"{{"dag_run_id": "{id}", "logical_date": null}}"#);
+            let (s, _, j) = api(
+                &site,
+                "POST",
+                "/api/v2/dags/etl/dagRuns",
+                Some(&admin),
+                Some(("application/json", &body)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+        }
+        site.store
+            .execute_raw("UPDATE dag_run SET state = 'running' WHERE run_id = 'b4'")
+            .await
+            .unwrap();
+        let body = r#"{"actions": [
+            {"action": "create", "entities": [{"dag_run_id": "new"}]},
+            {"action": "update", "entities": [
+                {"dag_run_id": "b1", "state": "failed", "note": "bad input"},
+                {"dag_run_id": "b2", "note": "looked at"},
+                "b3",
+                {"dag_run_id": "gone", "state": "success"}
+            ]},
+            {"action": "delete", "entities": ["b3", {"dag_run_id": "b4"}, "nope"]}
+        ]}"#;
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&viewer),
+            Some(("application/json", body)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a Viewer may not: {j}");
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&admin),
+            Some(("application/json", body)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["create"]["success"], serde_json::json!([]), "{j}");
+        assert_eq!(j["create"]["errors"][0]["status_code"], 405, "{j}");
+        assert_eq!(
+            j["update"]["success"],
+            serde_json::json!(["etl.b1", "etl.b2"]),
+            "{j}"
+        );
+        let codes = |errors: &serde_json::Value| -> Vec<i64> {
+            errors
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["status_code"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(codes(&j["update"]["errors"]), vec![400, 404], "{j}");
+        assert_eq!(j["delete"]["success"], serde_json::json!(["etl.b3"]), "{j}");
+        assert_eq!(codes(&j["delete"]["errors"]), vec![409, 404], "{j}");
+        let run = |id: &'static str| {
+            let site = &site;
+            let admin = admin.clone();
+            async move {
+                api(
+                    site,
+                    "GET",
+                    &format!("/api/v2/dags/etl/dagRuns/{id}"),
+                    Some(&admin),
+                    None,
+                )
+                .await
+            }
+        };
+        let (_, _, b1) = run("b1").await;
+        assert_eq!(
+            (b1["state"].as_str(), b1["note"].as_str()),
+            (Some("failed"), Some("bad input"))
+        );
+        let (_, _, b2) = run("b2").await;
+        assert_eq!(
+            (b2["state"].as_str(), b2["note"].as_str()),
+            (Some("queued"), Some("looked at"))
+        );
+        let (s, _, _) = run("b3").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "b3 was deleted");
+        let (_, _, b4) = run("b4").await;
+        assert_eq!(b4["state"], "running", "a running run is kept");
+
+        // `~` needs each entity's DAG; missing runs are skipped when asked; an empty note
+        // removes the note.
+        let body = r#"{"actions": [
+            {"action": "update", "action_on_non_existence": "skip", "entities": [
+                {"dag_run_id": "b1", "dag_id": "etl", "note": ""},
+                {"dag_run_id": "b2", "note": "x"},
+                {"dag_run_id": "gone", "dag_id": "etl", "state": "success"}
+            ]}
+        ]}"#;
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/~/dagRuns",
+            Some(&admin),
+            Some(("application/json", body)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["update"]["success"], serde_json::json!(["etl.b1"]), "{j}");
+        assert_eq!(codes(&j["update"]["errors"]), vec![400], "{j}");
+        let (_, _, b1) = run("b1").await;
+        assert!(b1["note"].is_null(), "{b1}");
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/etl/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"actions": [{"action": "update", "entities": [{"dag_run_id": "b1", "state": "running"}]}]}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(codes(&j["update"]["errors"]), vec![422], "{j}");
         db.drop_db().await.unwrap();
     }
 }

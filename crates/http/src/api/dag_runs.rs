@@ -20,7 +20,7 @@ use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, trigger))
+        .routes(routes!(list, trigger, bulk))
         .routes(routes!(list_batch))
         .routes(routes!(get_one, patch_one, delete_one))
         .routes(routes!(clear))
@@ -418,49 +418,70 @@ async fn patch_one(
     }
     let wants = |field: &str| mask.is_empty() || mask.iter().any(|m| m == field);
     let run = find_run(&state, &dag_id, &run_id).await?;
-    if let Some(note) = body.note.as_deref().filter(|_| wants("note")) {
+    let patch = RunPatch {
+        state: body.state.as_deref().filter(|_| wants("state")),
+        note: body.note.as_deref().filter(|_| wants("note")),
+    };
+    apply_patch(&state, &user, &run, patch).await?;
+    Ok(Json(run_response(
+        &find_run(&state, &dag_id, &run_id).await?,
+    )))
+}
+
+/// What a patch changes on a run: its state, its note (`""` removes it), or both.
+struct RunPatch<'a> {
+    state: Option<&'a str>,
+    note: Option<&'a str>,
+}
+
+/// Applies a patch to one run, the note first (as Airflow, so the state change sees it):
+/// `success`/`failed` mark the run and its unfinished task instances, `queued` clears it.
+/// Shared by `PATCH .../dagRuns/{id}` and the bulk `PATCH .../dagRuns`.
+async fn apply_patch(
+    state: &AppState,
+    user: &ApiUser,
+    run: &DagRunRow,
+    patch: RunPatch<'_>,
+) -> ApiResult<()> {
+    let (dag_id, run_id) = (run.dag_id.as_str(), run.run_id.as_str());
+    let to = match patch.state {
+        None => None,
+        Some("success") => Some(DagRunState::Success),
+        Some("failed") => Some(DagRunState::Failed),
+        Some("queued") => Some(DagRunState::Queued),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                &["body", "state"],
+                format!("Input should be 'queued', 'success' or 'failed', got '{other}'"),
+            ));
+        }
+    };
+    if let Some(note) = patch.note {
         if note.chars().count() > 1000 {
             return Err(ApiError::invalid(
                 &["body", "note"],
                 "String should have at most 1000 characters",
             ));
         }
+        let note = Some(note).filter(|n| !n.is_empty());
+        state.store().dag_run_set_note(dag_id, run_id, note).await?;
+        super::audit(state, user, "set run note", Some(dag_id), Some(run_id)).await;
+    }
+    let Some(to) = to else {
+        return Ok(());
+    };
+    if to == DagRunState::Queued {
+        let keys = clearable(state, run, false).await?;
+        state.store().ti_clear(&keys, Utc::now()).await?;
+    } else {
         state
             .store()
-            .dag_run_set_note(&dag_id, &run_id, Some(note))
+            .dag_run_mark(dag_id, run_id, to, Utc::now())
             .await?;
-        super::audit(&state, &user, "set run note", Some(&dag_id), Some(&run_id)).await;
     }
-    if let Some(s) = body.state.as_deref().filter(|_| wants("state")) {
-        match s {
-            "success" | "failed" => {
-                let to = if s == "success" {
-                    DagRunState::Success
-                } else {
-                    DagRunState::Failed
-                };
-                state
-                    .store()
-                    .dag_run_mark(&dag_id, &run_id, to, Utc::now())
-                    .await?;
-            }
-            "queued" => {
-                let keys = clearable(&state, &run, false).await?;
-                state.store().ti_clear(&keys, Utc::now()).await?;
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    &["body", "state"],
-                    format!("Input should be 'queued', 'success' or 'failed', got '{other}'"),
-                ));
-            }
-        }
-        let event = format!("mark run {s}");
-        super::audit(&state, &user, &event, Some(&dag_id), Some(&run_id)).await;
-    }
-    Ok(Json(run_response(
-        &find_run(&state, &dag_id, &run_id).await?,
-    )))
+    let event = format!("mark run {}", patch.state.unwrap_or_default());
+    super::audit(state, user, &event, Some(dag_id), Some(run_id)).await;
+    Ok(())
 }
 
 /// The task instances of a run that clearing it resets (all that have run, or only the
@@ -699,11 +720,162 @@ async fn delete_one(
     Path((dag_id, run_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     user.require(Permission::EditDags)?;
-    if !state.store().dag_run_delete(&dag_id, &run_id).await? {
+    delete_run(&state, &user, &dag_id, &run_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes a run with its task instances, logs and XComs, as Airflow only when it is not
+/// running (409): a running run's tasks are still writing to it.
+async fn delete_run(state: &AppState, user: &ApiUser, dag_id: &str, run_id: &str) -> ApiResult<()> {
+    let not_found = || {
+        ApiError::not_found(format!(
+            "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
+        ))
+    };
+    let run = state
+        .store()
+        .dag_run_get(dag_id, run_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if run.state == DagRunState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` cannot be deleted in running state"
+            ),
+        ));
+    }
+    if !state.store().dag_run_delete(dag_id, run_id).await? {
+        return Err(not_found());
+    }
+    super::audit(state, user, "delete run", Some(dag_id), Some(run_id)).await;
+    Ok(())
+}
+
+/// One entity of a bulk dag-run action (Airflow's `BulkDAGRunBody`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = BulkDAGRunBody)]
+#[serde(deny_unknown_fields)]
+struct BulkRunBody {
+    dag_run_id: String,
+    #[serde(default)]
+    dag_id: Option<String>,
+    /// `queued`, `success` or `failed`.
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    note: Option<String>,
+}
+
+/// `PATCH /api/v2/dags/{dag_id}/dagRuns` (Airflow 3.3): update (state and/or note) or delete
+/// several runs in one request, of this DAG or, with `~`, of the DAG each entity names.
+/// Creating runs this way is refused (405 per entity), as Airflow: trigger them instead.
+#[utoipa::path(patch, path = "/api/v2/dags/{dag_id}/dagRuns", tag = "DagRun",
+    summary = "Update or delete several runs",
+    params(("dag_id" = String, Path)),
+    request_body(content = super::bulk::BulkBody, description = "Actions whose entities are `BulkDAGRunBody` objects (or run ids, to delete)"),
+    responses((status = 200, body = super::bulk::BulkResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn bulk(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(dag_id): Path<String>,
+    body: Body<super::bulk::BulkBody>,
+) -> ApiResult<Json<super::bulk::BulkResponse>> {
+    user.require(Permission::EditDags)?;
+    let body = read_body(body)?;
+    let mut out = super::bulk::BulkResponse::for_actions(&body.actions)?;
+    for action in &body.actions {
+        if let Some(v) = action.action_on_non_existence.as_deref()
+            && !matches!(v, "fail" | "skip")
+        {
+            return Err(ApiError::invalid(
+                &["body", "actions", "action_on_non_existence"],
+                format!("Input should be 'fail' or 'skip', got '{v}'"),
+            ));
+        }
+        if action.action == "create" {
+            out.slot("create")?.record(Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Dag Runs bulk create is not supported. Use the trigger Dag Run endpoint instead.",
+            )));
+            continue;
+        }
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for entity in &action.entities {
+            let outcome = bulk_one(&state, &user, &dag_id, action, entity, &mut seen).await;
+            out.slot(&action.action)?.record(outcome);
+        }
+    }
+    Ok(Json(out))
+}
+
+/// One entity of a bulk update or delete: `dag_id.run_id` when done, `None` when skipped
+/// (missing with `action_on_non_existence: skip`, or named twice).
+async fn bulk_one(
+    state: &AppState,
+    user: &ApiUser,
+    path_dag: &str,
+    action: &super::bulk::BulkAction,
+    entity: &Value,
+    seen: &mut Vec<(String, String)>,
+) -> ApiResult<Option<String>> {
+    let update = action.action == "update";
+    let body: BulkRunBody = match entity {
+        Value::String(run_id) if !update => BulkRunBody {
+            dag_run_id: run_id.clone(),
+            dag_id: None,
+            state: None,
+            note: None,
+        },
+        Value::String(run_id) => {
+            return Err(ApiError::bad_request(format!(
+                "Bulk update requires a BulkDAGRunBody object, not a string for dag_run_id: {run_id}"
+            )));
+        }
+        other => serde_json::from_value(other.clone())
+            .map_err(|e| ApiError::invalid(&["body", "actions", "entities"], e.to_string()))?,
+    };
+    let dag_id = body.dag_id.clone().unwrap_or_else(|| path_dag.to_owned());
+    if dag_id == "~" || body.dag_run_id == "~" {
+        return Err(ApiError::bad_request(format!(
+            "When using wildcard in path, dag_id must be specified in request body for dag_run_id: {}",
+            body.dag_run_id
+        )));
+    }
+    let key = (dag_id, body.dag_run_id.clone());
+    if seen.contains(&key) {
+        return Ok(None);
+    }
+    seen.push(key.clone());
+    let (dag_id, run_id) = key;
+    let Some(run) = state.store().dag_run_get(&dag_id, &run_id).await? else {
+        if action.action_on_non_existence.as_deref() == Some("skip") {
+            return Ok(None);
+        }
         return Err(ApiError::not_found(format!(
             "The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found"
         )));
+    };
+    if update {
+        let mask = action.update_mask.clone().unwrap_or_default();
+        if let Some(bad) = mask
+            .iter()
+            .find(|m| !matches!(m.as_str(), "state" | "note"))
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid field `{bad}` in update mask"
+            )));
+        }
+        let wants = |field: &str| mask.is_empty() || mask.iter().any(|m| m == field);
+        let patch = RunPatch {
+            state: body.state.as_deref().filter(|_| wants("state")),
+            note: body.note.as_deref().filter(|_| wants("note")),
+        };
+        apply_patch(state, user, &run, patch).await?;
+    } else {
+        delete_run(state, user, &dag_id, &run_id).await?;
     }
-    super::audit(&state, &user, "delete run", Some(&dag_id), Some(&run_id)).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(Some(format!("{dag_id}.{run_id}")))
 }

@@ -90,10 +90,17 @@ enum Command {
         /// Leave parsing the dags folder to a `flow dag-processor`.
         #[arg(long)]
         no_processor: bool,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "PORT")]
+        metrics_port: Option<u16>,
     },
     /// The DAG processor alone (Airflow 3's `airflow dag-processor`): parses the dags folder
     /// into the database for schedulers started with `--no-processor`.
-    DagProcessor,
+    DagProcessor {
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "PORT")]
+        metrics_port: Option<u16>,
+    },
     /// A worker: claims queued task instances and runs them (PostgreSQL only).
     Worker {
         /// This worker's id, unique among live workers (default: host name and pid).
@@ -105,10 +112,17 @@ enum Command {
         /// Task instances run at once.
         #[arg(short, long)]
         concurrency: Option<usize>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "PORT")]
+        metrics_port: Option<u16>,
     },
     /// The triggerer: runs the waits of deferred task instances (`flow standalone` and
     /// `flow scheduler` run one beside their embedded worker).
-    Triggerer,
+    Triggerer {
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "PORT")]
+        metrics_port: Option<u16>,
+    },
     /// Jobs: the schedulers, workers, triggerers and web servers of the deployment.
     Jobs {
         #[command(subcommand)]
@@ -352,8 +366,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ops::Serve {
                     with_worker: true,
                     process_dags: true,
-                    worker: None,
                     web_port: Some(port),
+                    ..ops::Serve::default()
                 },
             )
             .await
@@ -366,6 +380,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scheduler {
             no_worker,
             no_processor,
+            metrics_port,
         } => {
             init_tracing();
             ops::serve_with(
@@ -373,23 +388,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ops::Serve {
                     with_worker: !no_worker,
                     process_dags: !no_processor,
+                    metrics_port,
                     ..ops::Serve::default()
                 },
             )
             .await
         }
-        Command::DagProcessor => {
+        Command::DagProcessor { metrics_port } => {
             init_tracing();
-            ops::dag_processor(&dags_folder).await
+            ops::dag_processor(&dags_folder, metrics_port).await
         }
         Command::Worker {
             worker_id,
             queues,
             concurrency,
+            metrics_port,
         } => {
             init_tracing();
             let config = ops::worker_config(&dags_folder, worker_id, queues, concurrency)?;
-            ops::worker(config).await
+            ops::worker(config, metrics_port).await
         }
         Command::Connections { command } => connections::run(command).await,
         Command::Variables { command } => variables::run(command).await,
@@ -398,7 +415,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             flow_executor::reaper::serve(&tag);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Triggerer => ops::triggerer().await,
+        Command::Triggerer { metrics_port } => ops::triggerer(metrics_port).await,
         Command::RotateFernetKey => connections::rotate().await,
         Command::Pools { command } => match command {
             PoolsCommand::List => ops::pools_list().await,

@@ -418,6 +418,42 @@ pub struct Serve {
     pub process_dags: bool,
     pub worker: Option<WorkerConfig>,
     pub web_port: Option<u16>,
+    /// `--metrics-port`: `/metrics` on its own port (the web server has its own).
+    pub metrics_port: Option<u16>,
+}
+
+/// `--metrics-port`: serves this process's `/metrics` on `port` (on the web server's host
+/// setting, `0.0.0.0` by default) until shutdown. A port that cannot be bound stops the
+/// command before it starts work.
+async fn serve_metrics(
+    store: &Store,
+    port: Option<u16>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<()> {
+    let Some(port) = port else {
+        return Ok(());
+    };
+    let host =
+        config::env_value("webserver", "web_server_host")?.unwrap_or_else(|| "0.0.0.0".to_owned());
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("metrics port {host}:{port}"))?;
+    let port = listener.local_addr().map_or(port, |a| a.port());
+    eprintln!("flow: metrics at http://{host}:{port}/metrics");
+    let router = flow_http::metrics::metrics_router(store.clone());
+    let mut shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
 }
 
 /// `flow standalone` and `flow scheduler`: the scheduler, with an embedded worker and
@@ -428,6 +464,7 @@ pub async fn serve_with(dags_folder: &Path, serve: Serve) -> Result<ExitCode> {
         process_dags,
         worker,
         web_port,
+        metrics_port,
     } = serve;
     let what = if web_port.is_some() {
         "standalone"
@@ -445,6 +482,7 @@ pub async fn serve_with(dags_folder: &Path, serve: Serve) -> Result<ExitCode> {
         dags_folder.display()
     );
     let shutdown = shutdown_signal();
+    serve_metrics(&store, metrics_port, &shutdown).await?;
     // FLOW_DEBUG_HEAP=1 logs the live heap every 10 s: what the daemon really holds, which
     // its resident size cannot tell apart from allocator slack.
     if std::env::var_os("FLOW_DEBUG_HEAP").is_some() {
@@ -535,9 +573,10 @@ pub async fn serve_with(dags_folder: &Path, serve: Serve) -> Result<ExitCode> {
 
 /// `flow dag-processor`: parses the dags folder into the database, for schedulers started
 /// with `--no-processor`. Several may run (each file's rows are upserts of the same content).
-pub async fn dag_processor(dags_folder: &Path) -> Result<ExitCode> {
+pub async fn dag_processor(dags_folder: &Path, metrics_port: Option<u16>) -> Result<ExitCode> {
     let (store, _lock) = connect_daemon("dag-processor", false).await?;
     let shutdown = shutdown_signal();
+    serve_metrics(&store, metrics_port, &shutdown).await?;
     let config = scheduler_config(dags_folder)?;
     let processor = DagProcessor::new(
         store.clone(),
@@ -584,9 +623,10 @@ fn triggerer_config() -> Result<TriggererConfig> {
 
 /// `flow triggerer`: runs deferred tasks' waits (more than one may run; each takes over the
 /// triggers of one that stopped heartbeating).
-pub async fn triggerer() -> Result<ExitCode> {
+pub async fn triggerer(metrics_port: Option<u16>) -> Result<ExitCode> {
     let (store, _lock) = connect_daemon("triggerer", false).await?;
     let shutdown = shutdown_signal();
+    serve_metrics(&store, metrics_port, &shutdown).await?;
     let config = triggerer_config()?;
     // New deferrals wake it at once (PostgreSQL NOTIFY), not at its next poll.
     store.spawn_wake_listener(vec![(flow_store::WAKE_TRIGGERER, config.wake.clone())]);
@@ -596,7 +636,7 @@ pub async fn triggerer() -> Result<ExitCode> {
 
 /// `flow worker`: a remote worker. Needs PostgreSQL: several processes claiming from one
 /// SQLite file would contend for its single writer lock.
-pub async fn worker(mut config: WorkerConfig) -> Result<ExitCode> {
+pub async fn worker(mut config: WorkerConfig, metrics_port: Option<u16>) -> Result<ExitCode> {
     // A remote worker runs tasks against the DAG bundles in the database, not a dags folder.
     config.bundle_dir = Some(config::flow_home().join("bundles"));
     // Refused before anything is written to the database.
@@ -610,6 +650,7 @@ pub async fn worker(mut config: WorkerConfig) -> Result<ExitCode> {
     let (store, _lock) = connect_daemon("worker", false).await?;
     register_worker(&store, &mut config).await?;
     let shutdown = shutdown_signal();
+    serve_metrics(&store, metrics_port, &shutdown).await?;
     let wakeups = WorkerWakeups::default();
     // Queued work wakes it at once (PostgreSQL NOTIFY), not at its next poll.
     store.spawn_wake_listener(vec![(flow_store::WAKE_WORKERS, wakeups.work.clone())]);

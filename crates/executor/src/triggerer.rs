@@ -28,6 +28,9 @@ use crate::io_ops::{
     with_context,
 };
 
+/// How often a Kafka consumer's lag is measured for `flow_kafka_trigger_consumer_lag`.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct TriggererConfig {
     pub triggerer_id: String,
@@ -123,6 +126,9 @@ impl Triggerer {
             if let Err(e) = self.tick().await {
                 warn!(error = %e, "triggerer pass failed; retrying");
             }
+            flow_metrics::metrics()
+                .triggers_running
+                .set(i64::try_from(self.tasks.len()).unwrap_or(i64::MAX));
             if let Some(id) = job
                 && let Err(e) = self.store.job_heartbeat(id, Utc::now()).await
             {
@@ -467,6 +473,7 @@ async fn watch_topic(
         Ok(c) => c,
         Err(e) => return fail_all(e.to_string()).await,
     };
+    let mut lag_at = std::time::Instant::now();
     loop {
         // Checked and removed under one lock: a waiter added later finds no entry and the
         // triggerer starts a new consumer for it.
@@ -489,6 +496,10 @@ async fn watch_topic(
                 continue;
             }
         };
+        if lag_at.elapsed() >= LAG_EVERY {
+            lag_at = std::time::Instant::now();
+            flow_metrics::metrics().set_kafka_lag(&consumer.lag());
+        }
         let mut handled = Vec::with_capacity(batch.len());
         for m in batch {
             let message = m.to_json();

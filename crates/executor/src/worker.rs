@@ -266,6 +266,13 @@ impl Worker {
                 self.fence(&running, &mut contact);
             }
             let free = self.config.concurrency.saturating_sub(running.len());
+            let metrics = flow_metrics::metrics();
+            metrics
+                .executor_open_slots
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+            metrics
+                .executor_running_tasks
+                .set(i64::try_from(running.len()).unwrap_or(i64::MAX));
             let mut claimed_any = false;
             if free > 0 && tokio::time::Instant::now() >= claim_after {
                 let started = std::time::Instant::now();

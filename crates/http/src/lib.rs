@@ -18,6 +18,7 @@ mod asset_pages;
 mod assets;
 pub mod auth;
 mod graph;
+pub mod metrics;
 mod pages;
 mod session;
 mod views;
@@ -118,6 +119,7 @@ pub fn router(state: AppState) -> Router {
     pages::routes()
         .merge(assets::routes())
         .merge(asset_pages::routes())
+        .merge(metrics::routes())
         .merge(api::routes())
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

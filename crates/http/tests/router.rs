@@ -3413,3 +3413,54 @@ async fn api_bulk_dag_runs_update_and_delete() {
         db.drop_db().await.unwrap();
     }
 }
+
+/// `GET /metrics` as Prometheus reads it: no login, the text format (parsed by an independent
+/// parser), the database's gauges; with the database gone it still answers, saying so.
+#[tokio::test]
+async fn metrics_answer_with_and_without_the_database() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let scrape = || {
+            let router = site.router.clone();
+            async move {
+                let mut req = Request::builder()
+                    .uri("/metrics")
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut()
+                    .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 40000))));
+                let resp = router.oneshot(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let ct = resp.headers()[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                let text = String::from_utf8(bytes.to_vec()).unwrap();
+                prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+            }
+        };
+        let value = |s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| {
+            s.samples
+                .iter()
+                .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        let up = scrape().await;
+        assert_eq!(value(&up, "flow_metadata_db_up", None), Some(1.0));
+        assert_eq!(
+            value(&up, "flow_pool_open_slots", Some(("pool", "default_pool"))),
+            Some(128.0)
+        );
+        assert!(value(&up, "flow_dagbag_size", None).is_some_and(|n| n >= 1.0));
+        let store = site.store.clone();
+        db.drop_db().await.unwrap();
+        store.close().await;
+        let down = scrape().await;
+        assert_eq!(value(&down, "flow_metadata_db_up", None), Some(0.0));
+    }
+}

@@ -471,6 +471,37 @@ impl Consumer {
         Ok(out)
     }
 
+    /// Per assigned partition whose position is known, the messages not read yet: the
+    /// partition's high watermark minus this consumer's position. Asks the broker for the
+    /// watermarks (up to 500 ms per partition, blocking in place on a multi-threaded runtime),
+    /// so call it every few seconds, not after every batch.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        let c = self.consumer();
+        let Ok(positions) = c.position() else {
+            return Vec::new();
+        };
+        let fetch = || {
+            positions
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let Offset::Offset(at) = e.offset() else {
+                        return None;
+                    };
+                    let (_, high) = c
+                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
+                        .ok()?;
+                    Some((e.topic().to_owned(), e.partition(), (high - at).max(0)))
+                })
+                .collect()
+        };
+        if multi_threaded() {
+            tokio::task::block_in_place(fetch)
+        } else {
+            fetch()
+        }
+    }
+
     fn consumer(&self) -> &StreamConsumer {
         // `inner` is only taken in `drop`.
         self.inner

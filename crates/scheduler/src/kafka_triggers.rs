@@ -30,6 +30,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+/// How often a Kafka consumer's lag is measured for `flow_kafka_trigger_consumer_lag`.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
 /// The job type of the Kafka trigger consumers in `/health`.
 pub const JOB_TYPE: &str = "KafkaTriggerJob";
 
@@ -314,6 +317,7 @@ async fn consume(
                 continue;
             }
         };
+        let mut lag_at = std::time::Instant::now();
         'batches: loop {
             if subscribers.has_changed().is_err() {
                 return;
@@ -333,6 +337,10 @@ async fn consume(
                     continue;
                 }
             };
+            if lag_at.elapsed() >= LAG_EVERY {
+                lag_at = std::time::Instant::now();
+                flow_metrics::metrics().set_kafka_lag(&consumer.lag());
+            }
             if batch.is_empty() {
                 continue;
             }

@@ -260,7 +260,14 @@ impl DagProcessor {
                     .iter()
                     .map(|p| {
                         let st = stat(p);
-                        (flow_dag::load_file(p, &root, &options), st)
+                        let started = std::time::Instant::now();
+                        let file = flow_dag::load_file(p, &root, &options);
+                        let label = p.strip_prefix(&root).unwrap_or(p).display().to_string();
+                        flow_metrics::metrics()
+                            .dag_processing_last_duration
+                            .get_or_create(&[("file", label)])
+                            .set(started.elapsed().as_secs_f64());
+                        (file, st)
                     })
                     .collect();
                 (loaded, defaults_sig)

@@ -195,6 +195,11 @@ impl Scheduler {
             let now = Utc::now();
             let started = std::time::Instant::now();
             let result = self.pass(now).await;
+            let metrics = flow_metrics::metrics();
+            metrics.scheduler_heartbeat.inc();
+            metrics
+                .scheduler_pass_duration
+                .observe(started.elapsed().as_secs_f64());
             debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 queued = result.as_ref().map_or(0, |o| o.queued),
@@ -661,6 +666,15 @@ impl Scheduler {
                 .await
             {
                 Ok(run) => {
+                    flow_metrics::metrics()
+                        .dagrun_schedule_delay
+                        .get_or_create(&[("dag_id", run.dag_id.clone())])
+                        .observe(
+                            (now - info.run_after)
+                                .to_std()
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        );
                     info!(dag_id = %run.dag_id, run_id = %run.run_id, "created scheduled run")
                 }
                 // Another scheduler (or an earlier life of this one) made it, or another row
@@ -959,6 +973,7 @@ impl Scheduler {
                 };
                 ti.state = S::Scheduled;
                 ti.scheduled_dttm = Some(now);
+                observe_upstream_handoff(&dag, tis, &change.key.task_id, now);
                 evaluation.newly_scheduled.push(ti);
             }
             evaluation.changes.extend(decision.changes);
@@ -1213,6 +1228,10 @@ impl Scheduler {
             });
         }
         let applied = self.store.ti_rescue_stale(&changes, cutoff, now).await?;
+        let rescued = applied.iter().filter(|a| **a).count();
+        flow_metrics::metrics()
+            .zombies_killed
+            .inc_by(u64::try_from(rescued).unwrap_or(0));
         // A try failed (or up for retry) by the rescue fires its task's callbacks, as
         // Airflow's zombie handling does. Recorded after the rescue: a scheduler that dies in
         // between loses these callbacks, never the rescue.
@@ -1321,4 +1340,23 @@ struct Evaluation {
 pub struct PassSummary {
     pub next_deadline: Option<DateTime<Utc>>,
     pub queued: usize,
+}
+
+/// Records how long after its last upstream's outcome a task instance was scheduled (a task
+/// without upstream tasks has no such hand-off).
+fn observe_upstream_handoff(dag: &Dag, tis: &[TiRow], task_id: &str, now: DateTime<Utc>) {
+    let Some(task) = dag.task(task_id) else {
+        return;
+    };
+    let last = tis
+        .iter()
+        .filter(|t| task.upstream.iter().any(|u| u.as_str() == t.key.task_id))
+        .filter_map(|t| t.end_date)
+        .max();
+    if let Some(end) = last {
+        flow_metrics::metrics().observe_handoff(
+            flow_metrics::Handoff::TiUpstreamFinishedToScheduled,
+            (now - end).to_std().unwrap_or_default(),
+        );
+    }
 }

@@ -345,6 +345,7 @@ pub(crate) async fn record_events_in(
         .fetch_one(&mut **tx)
         .await?;
         let event_id: i64 = row.try_get("id")?;
+        flow_metrics::metrics().asset_events.inc();
         let n = sqlx::query(
             "INSERT INTO asset_dag_run_queue (target_dag_id, event_id, asset_id, created_at) \
              SELECT r.dag_id, $1, r.asset_id, $2 FROM asset_reference r \

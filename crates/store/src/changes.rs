@@ -126,7 +126,7 @@ impl Store {
         for chunk in keys.chunks(self.keys_per_statement(2)) {
             let sql = format!(
                 "SELECT dag_id, run_id, task_id, map_index, state, try_number, max_tries, pool, \
-                 pool_slots, priority_weight, scheduled_dttm, next_retry_at FROM task_instance \
+                 pool_slots, priority_weight, scheduled_dttm, next_retry_at, end_date FROM task_instance \
                  WHERE (dag_id, run_id) IN ({})",
                 pairs(chunk.len())
             );

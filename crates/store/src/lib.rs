@@ -28,6 +28,7 @@ mod events;
 mod jobs;
 mod logs;
 mod markers;
+mod monitor;
 mod pools;
 mod queueing;
 mod task_instances;
@@ -68,6 +69,7 @@ pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, Trig
 pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
 pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
+pub use monitor::MonitorCounts;
 pub use pools::{DEFAULT_POOL, PoolRow, PoolWrite};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
 pub use task_instances::{

@@ -236,6 +236,8 @@ pub(crate) fn lean_ti_row(r: &AnyRow) -> Result<TiRow> {
         priority_weight: r.try_get("priority_weight")?,
         scheduled_dttm: opt_from_micros(r.try_get("scheduled_dttm")?),
         next_retry_at: opt_from_micros(r.try_get("next_retry_at")?),
+        // For the hand-off from an upstream's outcome to its downstream being scheduled.
+        end_date: opt_from_micros(r.try_get("end_date")?),
         ..TiRow::new(key_of(r)?, parse_state(&state)?)
     })
 }
@@ -494,7 +496,8 @@ impl Store {
     }
 
     /// Task instances of every queued or running dag run, in one query, with the columns
-    /// scheduling decisions use (key, state, tries, pool, priority, schedule and retry times);
+    /// scheduling decisions use (key, state, tries, pool, priority, schedule, retry and end
+    /// times);
     /// the others are left empty. This is read on every scheduler pass, so it stays lean.
     /// A row that cannot be read (an unknown state written by hand, say) is left out and
     /// reported with its run, so that one bad row holds up its own run and nothing else.
@@ -502,7 +505,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.state, ti.try_number, \
              ti.max_tries, ti.pool, ti.pool_slots, ti.priority_weight, ti.scheduled_dttm, \
-             ti.next_retry_at FROM task_instance ti JOIN dag_run r \
+             ti.next_retry_at, ti.end_date FROM task_instance ti JOIN dag_run r \
              ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id \
              WHERE r.state IN ('queued', 'running')",
         )

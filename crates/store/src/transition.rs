@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use flow_metrics::Handoff;
 use flow_model::transition::Actor;
 use flow_model::{DagRunState, TaskInstanceState as S};
 use sqlx::{Any, Row, Transaction};
@@ -584,6 +586,7 @@ async fn record(
         })
         .collect();
     insert_transitions(tx, &transitions, actor, now_us).await?;
+    observe(to, applied);
     let ended = !matches!(to, S::Running | S::Restarting | S::Shutdown | S::NoStatus);
     let histories: Vec<(&TiKey, Option<&str>)> = applied
         .iter()
@@ -600,6 +603,84 @@ async fn record(
         crate::wake::notify_in(store, tx, crate::WAKE_SCHEDULER).await?;
     }
     Ok(())
+}
+
+/// Records the hand-offs and outcomes of applied changes in this process's metrics. Counted
+/// inside the transaction: a batch that rolls back is rare and retried, so a count may run
+/// one ahead, never behind.
+fn observe(to: S, applied: &[Applied]) {
+    let m = flow_metrics::metrics();
+    let span = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| match (from, to) {
+        (Some(f), Some(t)) => Some((t - f).to_std().unwrap_or_default()),
+        _ => None,
+    };
+    for a in applied {
+        let row = &a.row;
+        match (a.from, to) {
+            (S::Scheduled, S::Queued) => {
+                if let Some(d) = span(row.scheduled_dttm, row.queued_dttm) {
+                    m.observe_handoff(Handoff::TiScheduledToQueued, d);
+                }
+            }
+            (S::Queued, S::Running) => {
+                m.ti_start
+                    .get_or_create(&[
+                        ("dag_id", row.key.dag_id.clone()),
+                        ("task_id", row.key.task_id.clone()),
+                    ])
+                    .inc();
+                if let Some(d) = span(row.queued_dttm, row.start_date) {
+                    m.observe_handoff(Handoff::TiQueuedToRunning, d);
+                }
+            }
+            (from, to) if executing(from) && !executing(to) && to != S::NoStatus => {
+                m.ti_finish
+                    .get_or_create(&[
+                        ("dag_id", row.key.dag_id.clone()),
+                        ("task_id", row.key.task_id.clone()),
+                        ("state", to.as_str().to_owned()),
+                    ])
+                    .inc();
+                if let Some(d) = span(row.start_date, row.end_date) {
+                    m.observe_handoff(Handoff::TiRunningToFinished, d);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records a run's hand-off to running, or its duration when it ends, in this process's
+/// metrics (`queued_at` and `start_date` as they were before the change, in microseconds).
+fn observe_run(
+    dag_id: &str,
+    to: DagRunState,
+    queued_at: Option<i64>,
+    started: Option<i64>,
+    now_us: i64,
+) {
+    let m = flow_metrics::metrics();
+    match to {
+        DagRunState::Running => {
+            if let (Some(q), None) = (queued_at, started) {
+                m.observe_handoff(
+                    Handoff::RunQueuedToRunning,
+                    flow_metrics::span_us(q, now_us),
+                );
+            }
+        }
+        DagRunState::Success | DagRunState::Failed => {
+            if let Some(begin) = started.or(queued_at) {
+                m.dagrun_duration
+                    .get_or_create(&[
+                        ("dag_id", dag_id.to_owned()),
+                        ("state", to.as_str().to_owned()),
+                    ])
+                    .observe(flow_metrics::span_us(begin, now_us).as_secs_f64());
+            }
+        }
+        DagRunState::Queued => {}
+    }
 }
 
 /// A dag run to move, and why.
@@ -640,7 +721,8 @@ pub(crate) async fn run_transition(
         let r = sql.text(Some(&run.run_id));
         let states: Vec<String> = from.iter().map(|s| sql.text(Some(s.as_str()))).collect();
         sql.text = format!(
-            "SELECT state FROM dag_run WHERE dag_id = {d} AND run_id = {r} AND state IN ({}){lock}",
+            "SELECT state, queued_at, start_date FROM dag_run \
+             WHERE dag_id = {d} AND run_id = {r} AND state IN ({}){lock}",
             states.join(", ")
         );
         let Some(row) = sql.query().fetch_optional(&mut **tx).await? else {
@@ -648,6 +730,8 @@ pub(crate) async fn run_transition(
         };
         let state: String = row.try_get("state")?;
         let state = DagRunState::parse(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let queued_at: Option<i64> = row.try_get("queued_at")?;
+        let started: Option<i64> = row.try_get("start_date")?;
         let n = sqlx::query(
             "UPDATE dag_run SET state = $1, updated_at = $2, \
              start_date = CASE WHEN $1 = 'running' THEN COALESCE(start_date, $2) ELSE start_date END, \
@@ -666,6 +750,7 @@ pub(crate) async fn run_transition(
         if n == 0 {
             continue;
         }
+        observe_run(&run.dag_id, to, queued_at, started, now_us);
         record_run(
             tx,
             &run.dag_id,

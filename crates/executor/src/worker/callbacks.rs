@@ -126,6 +126,13 @@ async fn run_one(job: &Job, runner: &str, row: CallbackRow) {
             warn!(error = %e, "could not store a callback's log lines");
         }
     }
+    flow_metrics::metrics()
+        .callbacks
+        .get_or_create(&[
+            ("event", row.event.to_string()),
+            ("outcome", if ok { "success" } else { "failed" }.to_owned()),
+        ])
+        .inc();
     if ok {
         debug!(dag_id = %row.target.dag_id, run_id = %row.target.run_id, event = %row.event, "{header}");
     } else {

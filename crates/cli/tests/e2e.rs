@@ -688,13 +688,20 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
         env.write_dag("ledger.yaml", &yaml);
         // A short zombie threshold so that tries lost with the killed process are retried soon;
         // each try takes 0.2 s, far less, so a retry never meets its predecessor.
+        // Each life's warnings, appended to one file, for the failure message.
+        let daemon_log = env.home.join("standalone.log");
         let start = |env: &mut Env| {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&daemon_log)
+                .unwrap();
             let child = env
                 .command()
                 .env("FLOW__SCHEDULER__ZOMBIE_THRESHOLD", "3")
                 .arg("standalone")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap();
             env.standalone = Some(child);
@@ -728,7 +735,13 @@ async fn killed_scheduler_loses_nothing_and_never_overlaps_tries() {
             assert!(!runs.contains(" failed "), "{runs}");
             if Instant::now() >= deadline {
                 let tis = unfinished_task_instances(&db.url, "ledger").await;
-                panic!("runs did not finish after restarts:\n{runs}\n{tis}");
+                let log = std::fs::read_to_string(&daemon_log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "runs did not finish after restarts:\n{runs}\n{tis}\nthe daemon's log:\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -208,6 +208,7 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
             secret_key: b"bench key bench key bench key bench".to_vec(),
             secure_cookies: false,
             cipher: None,
+            exposed_config: None,
         },
     );
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();

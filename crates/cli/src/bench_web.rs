@@ -145,6 +145,7 @@ pub async fn web(
             secret_key: b"bench key bench key bench key bench".to_vec(),
             secure_cookies: false,
             cipher: None,
+            exposed_config: None,
         },
     ));
     let cookie = login(&router).await?;

@@ -1,56 +1,253 @@
 //! Configuration: `FLOW__SECTION__KEY` environment variables (Airflow's `AIRFLOW__SECTION__KEY`
-//! convention) over defaults; flags override both. `..._FILE` variants read secrets from files.
+//! convention) over `$FLOW_HOME/flow.toml` over defaults; flags override all three. `..._FILE`
+//! variants read secrets from files. `settings` knows every setting and the precedence.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Mutex, OnceLock};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
 
-/// Reads `FLOW__{SECTION}__{KEY}`, or the contents of the file named by `..._FILE`.
+use crate::settings::{self, FileConfig, Found, Source};
+
+/// `$FLOW_HOME/flow.toml` as read at startup (`None`: there is none). Kept here, never copied
+/// into the environment: task processes inherit the environment, and the file may hold
+/// secrets.
+static FILE: OnceLock<Option<FileConfig>> = OnceLock::new();
+
+/// Warnings about unknown settings found by `load`, until someone reports them.
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Reads `$FLOW_HOME/flow.toml` (if there is one) for every later lookup, and notes unknown
+/// settings in it and in the environment for `take_warnings`. A malformed file is an error
+/// naming its line: nothing should run on a configuration it half understood.
+pub fn load() -> Result<()> {
+    let path = flow_home().join("flow.toml");
+    let (file, mut warnings) = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (file, warnings) = settings::parse_file(&path, &text)?;
+            (Some(file), warnings)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    warnings.extend(settings::env_warnings(names.iter().map(String::as_str)));
+    let _ = FILE.set(file);
+    if let Ok(mut pending) = WARNINGS.lock() {
+        pending.extend(warnings);
+    }
+    Ok(())
+}
+
+/// The warnings `load` found, once: the caller prints or logs them.
+pub fn take_warnings() -> Vec<String> {
+    WARNINGS
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+/// A setting's value and where it came from (`None`: not set, the default applies).
+pub fn lookup(section: &str, key: &str) -> Result<Option<Found>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let file = FILE.get().and_then(Option::as_ref);
+    settings::lookup(section, key, &env, file)
+}
+
+/// Reads a setting: `FLOW__{SECTION}__{KEY}` (or the file named by `..._FILE`), else
+/// `flow.toml`; Airflow's name for the same setting works too.
 pub fn env_value(section: &str, key: &str) -> Result<Option<String>> {
-    let name = format!("FLOW__{}__{}", section.to_uppercase(), key.to_uppercase());
-    if let Ok(v) = std::env::var(&name)
-        && !v.is_empty()
-    {
-        return Ok(Some(v));
-    }
-    if let Ok(path) = std::env::var(format!("{name}_FILE"))
-        && !path.is_empty()
-    {
-        let v = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {name}_FILE ({path})"))?;
-        return Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned()));
-    }
-    Ok(None)
+    Ok(lookup(section, key)?.map(|f| f.value))
 }
 
 pub fn env_bool(section: &str, key: &str, default: bool) -> Result<bool> {
-    match env_value(section, key)? {
+    match lookup(section, key)? {
         None => Ok(default),
-        Some(v) => match v.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            other => bail!(
-                "FLOW__{}__{} must be true or false, got `{other}`",
-                section.to_uppercase(),
-                key.to_uppercase()
-            ),
-        },
+        Some(found) => {
+            parse_bool(&found.value).ok_or_else(|| must_be(&found, "true or false", section, key))
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
 pub fn env_number(section: &str, key: &str, default: i64) -> Result<i64> {
-    match env_value(section, key)? {
+    match lookup(section, key)? {
         None => Ok(default),
-        Some(v) => v.trim().parse().with_context(|| {
-            format!(
-                "FLOW__{}__{} must be a number, got `{v}`",
-                section.to_uppercase(),
-                key.to_uppercase()
-            )
-        }),
+        Some(found) => found
+            .value
+            .trim()
+            .parse()
+            .map_err(|_| must_be(&found, "a number", section, key)),
     }
+}
+
+/// "FLOW__X__Y must be a number, got `v`", naming the place the value came from.
+fn must_be(found: &Found, what: &str, section: &str, key: &str) -> anyhow::Error {
+    let name = match &found.source {
+        Source::Default => settings::env_name(section, key),
+        other => other.describe(),
+    };
+    anyhow!("{name} must be {what}, got `{}`", found.value)
+}
+
+/// The dags folder: `--dags-folder`, else the `[core] dags_folder` setting, else `dags`.
+pub fn dags_folder(flag: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(folder) = flag {
+        return Ok(folder);
+    }
+    Ok(PathBuf::from(
+        env_value("core", "dags_folder")?.unwrap_or_else(|| "dags".to_owned()),
+    ))
+}
+
+/// The web UI's port: `-p`, else the `[webserver] web_server_port` setting, else 8080.
+pub fn web_server_port(flag: Option<u16>) -> Result<u16> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    let port = env_number("webserver", "web_server_port", 8080)?;
+    u16::try_from(port).map_err(|_| {
+        anyhow!("FLOW__WEBSERVER__WEB_SERVER_PORT must be a port number (0 to 65535), got {port}")
+    })
+}
+
+/// How the daemons write their own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `time LEVEL target: message name=value`, control characters escaped.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`).
+    Json,
+}
+
+/// `[logging] format`: `text` (the default) or `json`.
+pub fn log_format() -> Result<LogFormat> {
+    let Some(found) = lookup("logging", "format")? else {
+        return Ok(LogFormat::Text);
+    };
+    match found.value.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(must_be(&found, "text or json", "logging", "format")),
+    }
+}
+
+/// The log filter: `[logging] level` (Airflow's `logging_level`), else `RUST_LOG`, else `info`.
+pub fn log_filter() -> Result<String> {
+    if let Some(level) = env_value("logging", "level")? {
+        return Ok(level);
+    }
+    Ok(std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "info".to_owned()))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every setting with its value (secrets masked) and where the value comes from.
+    List,
+    /// One setting's value, unmasked (flow's or Airflow's name).
+    GetValue { section: String, key: String },
+}
+
+pub fn run(command: ConfigCommand) -> Result<ExitCode> {
+    match command {
+        ConfigCommand::List => list(),
+        ConfigCommand::GetValue { section, key } => get_value(&section, &key),
+    }
+}
+
+/// A setting's effective value (empty when unset) and its source.
+fn effective(setting: &settings::Setting) -> Result<(String, Source)> {
+    if let Some(found) = lookup(setting.section, setting.key)? {
+        return Ok((found.value, found.source));
+    }
+    let value = match setting.fallback {
+        settings::Fallback::Value(v) => v.to_owned(),
+        settings::Fallback::InFlowHome(name) => flow_home().join(name).display().to_string(),
+        settings::Fallback::Unset(_) => String::new(),
+    };
+    Ok((value, Source::Default))
+}
+
+/// `flow config list`.
+fn list() -> Result<ExitCode> {
+    let mut rows = vec![["setting".to_owned(), "value".into(), "source".into()]];
+    for setting in settings::SETTINGS {
+        let (value, source) = effective(setting)?;
+        let source = match (setting.fallback, &source) {
+            (settings::Fallback::Unset(note), Source::Default) => format!("default ({note})"),
+            _ => source.to_string(),
+        };
+        rows.push([
+            format!("{}.{}", setting.section, setting.key),
+            crate::log_fields::escape(&settings::masked(setting, &value)).into_owned(),
+            source,
+        ]);
+    }
+    print!("{}", crate::dags::table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flow config get-value SECTION KEY`: the real value, as Airflow's command prints it.
+fn get_value(section: &str, key: &str) -> Result<ExitCode> {
+    let Some(setting) = settings::find(section, key) else {
+        let (s, k) = settings::nearest(section, key);
+        bail!("the option [{section}] {key} is not a setting flow knows; did you mean [{s}] {k}?");
+    };
+    let (value, _) = effective(setting)?;
+    println!("{value}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration `GET /api/v2/config` serves when `[webserver] expose_config` (Airflow's
+/// `[api] expose_config`) is on, secrets replaced by `< hidden >` as Airflow does: the web
+/// server never holds them in this form. `None` when off (the API answers 403).
+pub fn exposed_config() -> Result<Option<flow_http::ExposedConfig>> {
+    let expose = match lookup("webserver", "expose_config")? {
+        None => false,
+        // Airflow 2's value, still accepted by Airflow 3: secrets are hidden anyway.
+        Some(found) if found.value.eq_ignore_ascii_case("non-sensitive-only") => true,
+        Some(found) => parse_bool(&found.value)
+            .ok_or_else(|| must_be(&found, "true or false", "webserver", "expose_config"))?,
+    };
+    if !expose {
+        return Ok(None);
+    }
+    let mut sections: Vec<flow_http::ConfigSection> = Vec::new();
+    for setting in settings::SETTINGS {
+        let (value, _) = effective(setting)?;
+        let value = match setting.secret {
+            settings::Secret::No => value,
+            _ => "< hidden >".to_owned(),
+        };
+        let option = flow_http::ConfigOption {
+            key: setting.key.to_owned(),
+            value,
+        };
+        match sections.iter_mut().find(|s| s.name == setting.section) {
+            Some(section) => section.options.push(option),
+            None => sections.push(flow_http::ConfigSection {
+                name: setting.section.to_owned(),
+                options: vec![option],
+            }),
+        }
+    }
+    Ok(Some(flow_http::ExposedConfig { sections }))
 }
 
 /// This machine's name, for heartbeats, worker ids and static Kafka group members (a process

@@ -235,7 +235,7 @@ fn list(dags_folder: &Path, output: Output) -> Result<ExitCode> {
 }
 
 /// A plain left-aligned text table.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

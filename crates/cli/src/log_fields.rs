@@ -80,6 +80,62 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Set when the daemon's log is JSON (`[logging] format = "json"`).
+static JSON_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_json_log() {
+    JSON_LOG.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A daemon's announcement to whoever started it (`flow: web UI at ...`): a line on stderr, or
+/// with a JSON log a log event, so that every line of stderr stays one JSON object.
+pub fn announce(message: &str) {
+    if JSON_LOG.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("flow: {message}");
+    }
+}
+
+/// A writer for JSON log lines that also escapes the control characters JSON allows raw: DEL
+/// and the C1 controls (U+0080 to U+009F, which include CSI). The JSON formatter escapes
+/// every other one; with these, a field read by `jq` or a terminal cannot recolour or forge
+/// anything, as with the text format. The JSON text stays equal in meaning: these characters
+/// only occur inside strings, where `\u00XX` is the same character.
+#[derive(Debug)]
+pub struct JsonEscaper<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for JsonEscaper<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter hands over each event whole, so a character is never split here.
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i < buf.len() {
+            match (buf[i], buf.get(i + 1)) {
+                (0x7f, _) => {
+                    out.extend_from_slice(b"\\u007f");
+                    i += 1;
+                }
+                // U+0080..U+009F in UTF-8: C2 80..C2 9F.
+                (0xc2, Some(&b)) if (0x80..=0x9f).contains(&b) => {
+                    out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                    i += 2;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +186,45 @@ mod tests {
             text.contains("failed login username=eve\\nINFO forged line"),
             "{text}"
         );
+    }
+
+    /// The JSON format: one parseable object per event, no raw control character at all,
+    /// the field's value intact once parsed.
+    #[test]
+    fn a_json_event_is_one_line_without_raw_control_characters() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || JsonEscaper(out.clone()))
+            .finish();
+        let username = "eve\nINFO forged\u{1b}[31m\u{9b}31m\u{7f} caf\u{e9} \u{a0}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(username = %username, "failed login");
+        });
+        let text = String::from_utf8(buf.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.trim_end().chars().any(char::is_control), "{text:?}");
+        let event: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(event["fields"]["username"], username);
+        assert_eq!(event["fields"]["message"], "failed login");
+        assert_eq!(event["level"], "INFO");
+        assert!(event["timestamp"].is_string() && event["target"].is_string());
     }
 }

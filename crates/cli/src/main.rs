@@ -1,5 +1,6 @@
-//! The `flow` binary: parses the command line, reads configuration from flags and
-//! `FLOW__SECTION__KEY` environment variables, and dispatches to the library crates.
+//! The `flow` binary: parses the command line, reads configuration from flags,
+//! `FLOW__SECTION__KEY` environment variables and `$FLOW_HOME/flow.toml`, and dispatches to
+//! the library crates.
 //! It is the only crate that reads the environment or prints.
 
 mod alloc;
@@ -15,6 +16,7 @@ mod dags;
 mod jobs;
 mod log_fields;
 mod ops;
+mod settings;
 mod tasks;
 mod variables;
 mod web;
@@ -31,14 +33,10 @@ use clap::{Parser, Subcommand};
     about = "flow: an Airflow-compatible workflow orchestrator"
 )]
 struct Cli {
-    /// The folder DAG files are read from.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOW__CORE__DAGS_FOLDER",
-        default_value = "dags"
-    )]
-    dags_folder: PathBuf,
+    /// The folder DAG files are read from [default: FLOW__CORE__DAGS_FOLDER, else
+    /// `dags_folder` under `[core]` in flow.toml, else `dags`].
+    #[arg(long, global = true)]
+    dags_folder: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -58,24 +56,15 @@ enum Command {
     },
     /// Scheduler and an embedded worker in one process (SQLite unless FLOW__DATABASE__URL is set).
     Standalone {
-        /// Web UI port.
-        #[arg(
-            short,
-            long,
-            default_value_t = 8080,
-            env = "FLOW__WEBSERVER__WEB_SERVER_PORT"
-        )]
-        port: u16,
+        /// Web UI port [default: FLOW__WEBSERVER__WEB_SERVER_PORT, else flow.toml, else 8080].
+        #[arg(short, long)]
+        port: Option<u16>,
     },
     /// The web UI alone (on the same metadata database as the scheduler).
     Webserver {
-        #[arg(
-            short,
-            long,
-            default_value_t = 8080,
-            env = "FLOW__WEBSERVER__WEB_SERVER_PORT"
-        )]
-        port: u16,
+        /// Web UI port [default: FLOW__WEBSERVER__WEB_SERVER_PORT, else flow.toml, else 8080].
+        #[arg(short, long)]
+        port: Option<u16>,
     },
     /// Users of the web UI and API.
     Users {
@@ -160,6 +149,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Settings: `list` (secrets masked, with where each value comes from), `get-value`.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
     },
     /// Print the version.
     Version,
@@ -287,23 +281,53 @@ enum TasksCommand {
     },
 }
 
-fn init_tracing() {
-    let filter = std::env::var("FLOW__LOGGING__LEVEL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
+impl Command {
+    /// Whether the command is a daemon (or benchmark) with a log of its own (`init_tracing`).
+    fn logs(&self) -> bool {
+        matches!(
+            self,
+            Command::Standalone { .. }
+                | Command::Webserver { .. }
+                | Command::Scheduler { .. }
+                | Command::DagProcessor { .. }
+                | Command::Worker { .. }
+                | Command::Triggerer { .. }
+                | Command::Bench { .. }
+        )
+    }
+}
+
+/// The daemon's log on stderr, as `[logging] format` says; then the configuration warnings,
+/// so that they are log lines too.
+fn init_tracing() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::new(config::log_filter()?);
+    let format = config::log_format()?;
     use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .fmt_fields(log_fields::EscapedFields)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = match format {
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .fmt_fields(log_fields::EscapedFields)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        config::LogFormat::Json => {
+            log_fields::set_json_log();
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(|| log_fields::JsonEscaper(std::io::stderr()))
+                .try_init()
+        }
+    };
+    for warning in config::take_warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dags_folder = ops::absolute(&cli.dags_folder);
+    let dags_folder_arg = config::dags_folder(cli.dags_folder)?;
+    let dags_folder = ops::absolute(&dags_folder_arg);
     match cli.command {
         Command::Dags { command } => match command {
             dags::DagsCommand::Trigger {
@@ -356,11 +380,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dags::DagsCommand::Unpause { dag_id } => {
                 ops::set_paused(&dags_folder, &dag_id, false).await
             }
-            other => dags::run(other, &cli.dags_folder),
+            other => dags::run(other, &dags_folder_arg),
         },
         Command::Db { command } => ops::db(command).await,
         Command::Standalone { port } => {
-            init_tracing();
+            init_tracing()?;
+            let port = config::web_server_port(port)?;
             ops::serve_with(
                 &dags_folder,
                 ops::Serve {
@@ -373,7 +398,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Webserver { port } => {
-            init_tracing();
+            init_tracing()?;
+            let port = config::web_server_port(port)?;
             web::webserver(port).await
         }
         Command::Users { command } => web::users(command).await,
@@ -382,7 +408,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             no_processor,
             metrics_port,
         } => {
-            init_tracing();
+            init_tracing()?;
             ops::serve_with(
                 &dags_folder,
                 ops::Serve {
@@ -395,7 +421,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::DagProcessor { metrics_port } => {
-            init_tracing();
+            init_tracing()?;
             ops::dag_processor(&dags_folder, metrics_port).await
         }
         Command::Worker {
@@ -404,7 +430,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             metrics_port,
         } => {
-            init_tracing();
+            init_tracing()?;
             let config = ops::worker_config(&dags_folder, worker_id, queues, concurrency)?;
             ops::worker(config, metrics_port).await
         }
@@ -415,7 +441,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             flow_executor::reaper::serve(&tag);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Triggerer { metrics_port } => ops::triggerer(metrics_port).await,
+        Command::Triggerer { metrics_port } => {
+            init_tracing()?;
+            ops::triggerer(metrics_port).await
+        }
         Command::RotateFernetKey => connections::rotate().await,
         Command::Pools { command } => match command {
             PoolsCommand::List => ops::pools_list().await,
@@ -513,9 +542,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } => ops::task_logs(&dag_id, &run_id, &task_id, map_index, try_number, follow).await,
         },
         Command::Bench { command } => {
-            init_tracing();
+            init_tracing()?;
             bench::run(command).await
         }
+        Command::Config { command } => config::run(command),
         Command::Version => {
             println!("flow {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -535,6 +565,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // flow.toml is read before anything looks a setting up; a malformed one stops here. (Not
+    // in a worker's reaper: it reads no setting, and its worker already warned.)
+    let reaper = matches!(cli.command, Command::Reap { .. });
+    if !reaper && let Err(e) = config::load() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // Daemons log these once their log is set up; other commands print them now.
+    if !cli.command.logs() {
+        for warning in config::take_warnings() {
+            eprintln!("flow: warning: {warning}");
+        }
+    }
     let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(code) => code,

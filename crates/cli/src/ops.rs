@@ -472,15 +472,15 @@ pub async fn serve_with(dags_folder: &Path, serve: Serve) -> Result<ExitCode> {
         "scheduler"
     };
     let (store, _lock) = connect_daemon(what, true).await?;
-    eprintln!(
-        "flow: metadata database {} ({}), dags folder {}",
+    crate::log_fields::announce(&format!(
+        "metadata database {} ({}), dags folder {}",
         store.redacted_url(),
         match store.backend() {
             Backend::Postgres => "PostgreSQL",
             Backend::Sqlite => "SQLite",
         },
         dags_folder.display()
-    );
+    ));
     let shutdown = shutdown_signal();
     serve_metrics(&store, metrics_port, &shutdown).await?;
     // FLOW_DEBUG_HEAP=1 logs the live heap every 10 s: what the daemon really holds, which

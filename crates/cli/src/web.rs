@@ -163,11 +163,11 @@ pub async fn ensure_admin(store: &Store) -> Result<()> {
     let path = config::flow_home().join("standalone_admin_password.txt");
     let _ = std::fs::remove_file(&path);
     config::write_private(&path, &format!("{password}\n"))?;
-    eprintln!(
-        "flow: created user `admin` with password {password} (also in {}); change it or add \
-         users with `flow users create`",
+    crate::log_fields::announce(&format!(
+        "created user `admin` with password {password} (also in {}); change it or add users \
+         with `flow users create`",
         path.display()
-    );
+    ));
     Ok(())
 }
 
@@ -189,6 +189,7 @@ pub async fn run_webserver(
             secret_key: secret_key()?,
             secure_cookies: config::env_bool("webserver", "cookie_secure", false)?,
             cipher: Some(config::fernet_cipher()?),
+            exposed_config: config::exposed_config()?,
         },
     );
     let listener = tokio::net::TcpListener::bind(addr)
@@ -196,7 +197,7 @@ pub async fn run_webserver(
         .with_context(|| format!("web server on {addr} (is the port in use? -p picks another)"))?;
     // With -p 0 the system picks the port: say which.
     let port = listener.local_addr()?.port();
-    eprintln!("flow: web UI at http://localhost:{port}");
+    crate::log_fields::announce(&format!("web UI at http://localhost:{port}"));
     let job = ops::keep_job(
         job_store,
         flow_store::JobStart::this_process("WebserverJob", &config::hostname()),

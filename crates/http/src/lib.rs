@@ -23,6 +23,7 @@ mod pages;
 mod session;
 mod views;
 
+pub use api::config::{Config as ExposedConfig, ConfigOption, ConfigSection};
 pub use session::CurrentUser;
 
 /// What every handler shares.
@@ -42,6 +43,8 @@ struct Inner {
     secure_cookies: bool,
     /// Encrypts connection secrets; without it the connections API answers 503.
     cipher: Option<flow_store::Cipher>,
+    /// What `GET /api/v2/config` shows; `None`: not exposed.
+    exposed_config: Option<ExposedConfig>,
 }
 
 /// How the web server is set up.
@@ -52,6 +55,9 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// The Fernet key(s) of connection secrets (`/api/v2/connections`).
     pub cipher: Option<flow_store::Cipher>,
+    /// The settings `GET /api/v2/config` shows, secrets already hidden; `None` when
+    /// `expose_config` is off (the API answers 403).
+    pub exposed_config: Option<ExposedConfig>,
 }
 
 impl AppState {
@@ -64,6 +70,7 @@ impl AppState {
                 limiter: auth::LoginLimiter::default(),
                 secure_cookies: config.secure_cookies,
                 cipher: config.cipher,
+                exposed_config: config.exposed_config,
             }),
         }
     }
@@ -78,6 +85,10 @@ impl AppState {
 
     pub(crate) fn cipher(&self) -> Option<&flow_store::Cipher> {
         self.inner.cipher.as_ref()
+    }
+
+    pub(crate) fn exposed_config(&self) -> Option<&ExposedConfig> {
+        self.inner.exposed_config.as_ref()
     }
 
     pub(crate) fn limiter(&self) -> &auth::LoginLimiter {

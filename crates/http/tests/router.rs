@@ -49,6 +49,11 @@ struct Site {
 }
 
 async fn site(db: &TestDb) -> Site {
+    site_exposing(db, None).await
+}
+
+/// A site whose `GET /api/v2/config` shows `exposed_config` (`None`: not exposed).
+async fn site_exposing(db: &TestDb, exposed_config: Option<flow_http::ExposedConfig>) -> Site {
     let store = db.store.clone();
     let dir = std::env::temp_dir().join(format!(
         "flow-http-test-{}-{}",
@@ -62,6 +67,7 @@ async fn site(db: &TestDb) -> Site {
     assert_eq!(report.files_written, 1);
     for (name, role) in [
         ("ada", Role::Admin),
+        ("oli", Role::Op),
         ("uma", Role::User),
         ("vic", Role::Viewer),
     ] {
@@ -83,6 +89,7 @@ async fn site(db: &TestDb) -> Site {
             secret_key: b"test key test key test key test key!".to_vec(),
             secure_cookies: false,
             cipher: Some(cipher.clone()),
+            exposed_config,
         },
     );
     Site {
@@ -1580,6 +1587,11 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             (
                 "get",
                 "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/upstreamAssetEvents".into(),
+            ),
+            ("get", "/api/v2/config".into()),
+            (
+                "get",
+                "/api/v2/config/section/{section}/option/{option}".into(),
             ),
         ];
         for (method, path) in &required {
@@ -3462,5 +3474,135 @@ async fn metrics_answer_with_and_without_the_database() {
         store.close().await;
         let down = scrape().await;
         assert_eq!(value(&down, "flow_metadata_db_up", None), Some(0.0));
+    }
+}
+
+/// `GET /api/v2/config`: 403 with Airflow's message while not exposed; once exposed, the
+/// snapshot the CLI built (secrets already hidden) to Admin, 403 to the others (Op
+/// included); a section filter, one option, 404s, and Airflow's text form.
+#[tokio::test]
+async fn api_config_only_when_exposed_and_only_for_admins() {
+    use flow_http::{ConfigOption, ConfigSection, ExposedConfig};
+    // The route reads no table: SQLite suffices.
+    {
+        let closed_db = TestDb::sqlite().await.unwrap();
+        let closed = site(&closed_db).await;
+        let admin = token_for(&closed, "ada").await;
+        let viewer = token_for(&closed, "vic").await;
+        for uri in [
+            "/api/v2/config",
+            "/api/v2/config/section/core/option/parallelism",
+        ] {
+            let (s, _, j) = api(&closed, "GET", uri, Some(&admin), None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{uri}: {j}");
+            assert!(
+                j["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("chose not to expose the configuration"),
+                "{j}"
+            );
+            let (s, _, j) = api(&closed, "GET", uri, Some(&viewer), None).await;
+            assert_eq!(
+                (s, j["detail"].as_str()),
+                (StatusCode::FORBIDDEN, Some("Forbidden"))
+            );
+        }
+        drop(closed);
+
+        let option = |key: &str, value: &str| ConfigOption {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        };
+        let exposed = ExposedConfig {
+            sections: vec![
+                ConfigSection {
+                    name: "core".into(),
+                    options: vec![
+                        option("parallelism", "7"),
+                        option("fernet_key", "< hidden >"),
+                    ],
+                },
+                ConfigSection {
+                    name: "database".into(),
+                    options: vec![option("url", "< hidden >")],
+                },
+            ],
+        };
+        let open_db = TestDb::sqlite().await.unwrap();
+        let open = site_exposing(&open_db, Some(exposed)).await;
+        let admin = token_for(&open, "ada").await;
+        let op = token_for(&open, "oli").await;
+        let (s, _, j) = api(&open, "GET", "/api/v2/config", Some(&op), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "an Op may not read it: {j}");
+        let (s, _, j) = api(&open, "GET", "/api/v2/config", Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j,
+            serde_json::json!({"sections": [
+                {"name": "core", "options": [
+                    {"key": "parallelism", "value": "7"},
+                    {"key": "fernet_key", "value": "< hidden >"},
+                ]},
+                {"name": "database", "options": [{"key": "url", "value": "< hidden >"}]},
+            ]})
+        );
+        let (s, _, j) = api(
+            &open,
+            "GET",
+            "/api/v2/config?section=database",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["sections"].as_array().unwrap().len(), 1);
+        assert_eq!(j["sections"][0]["name"], "database");
+        let (s, _, j) = api(
+            &open,
+            "GET",
+            "/api/v2/config?section=nope",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, j["detail"].as_str()),
+            (StatusCode::NOT_FOUND, Some("Section nope not found."))
+        );
+        let uri = "/api/v2/config/section/core/option/parallelism";
+        let (s, _, j) = api(&open, "GET", uri, Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            j,
+            serde_json::json!({"sections": [{"name": "core", "options": [{"key": "parallelism", "value": "7"}]}]})
+        );
+        let uri = "/api/v2/config/section/core/option/nope";
+        let (s, _, j) = api(&open, "GET", uri, Some(&admin), None).await;
+        assert_eq!(
+            (s, j["detail"].as_str()),
+            (StatusCode::NOT_FOUND, Some("Option [core/nope] not found."))
+        );
+        for user in ["uma", "vic"] {
+            let token = token_for(&open, user).await;
+            let (s, _, _) = api(&open, "GET", "/api/v2/config", Some(&token), None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{user}");
+        }
+        // Airflow's text form.
+        let mut req = Request::builder()
+            .uri("/api/v2/config")
+            .header(header::AUTHORIZATION, &admin)
+            .header(header::ACCEPT, "text/plain")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 2], 40000))));
+        let resp = open.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            "[core]\nparallelism = 7\nfernet_key = < hidden >\n\n[database]\nurl = < hidden >\n"
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::AppState;
 mod assets;
 pub mod backfills;
 mod bulk;
+pub mod config;
 mod connections;
 mod dag_runs;
 mod dag_versions;
@@ -98,6 +99,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(backfills::routes())
         .merge(run_wait::routes())
         .merge(dag_versions::routes())
+        .merge(config::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -264,6 +264,16 @@ enum TasksCommand {
     },
     /// The task instances of a run and their states.
     States { dag_id: String, run_id: String },
+    /// Why a task instance is not running: trigger rule, pool, limits, retry time, paused
+    /// DAG, no worker serving its queue, the trigger it waits on.
+    Explain {
+        dag_id: String,
+        run_id: String,
+        task_id: String,
+        /// Which instance of a mapped task.
+        #[arg(long = "map-index", default_value_t = -1)]
+        map_index: i64,
+    },
     /// A task instance's log.
     Logs {
         dag_id: String,
@@ -532,6 +542,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
             }
             TasksCommand::States { dag_id, run_id } => ops::task_states(&dag_id, &run_id).await,
+            TasksCommand::Explain {
+                dag_id,
+                run_id,
+                task_id,
+                map_index,
+            } => ops::task_explain(&dag_id, &run_id, &task_id, map_index).await,
             TasksCommand::Logs {
                 dag_id,
                 run_id,

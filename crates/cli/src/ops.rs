@@ -852,6 +852,68 @@ pub async fn task_states(dag_id: &str, run_id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flow tasks explain`: why a task instance is not running (what the REST API's
+/// `dependencies` and the task instance page say), or what it is doing instead.
+pub async fn task_explain(
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i64,
+) -> Result<ExitCode> {
+    let store = connect_migrated().await?;
+    let Some(run) = store.dag_run_get(dag_id, run_id).await? else {
+        bail!("dag run `{run_id}` of dag `{dag_id}` not found");
+    };
+    let tis = store.ti_list_for_run(dag_id, run_id).await?;
+    let Some(ti) = tis
+        .iter()
+        .find(|t| t.key.task_id == task_id && t.key.map_index == map_index)
+    else {
+        let mapped = tis
+            .iter()
+            .any(|t| t.key.task_id == task_id && t.key.map_index >= 0);
+        if mapped && map_index < 0 {
+            bail!("`{task_id}` is a mapped task: name an instance with --map-index N");
+        }
+        let known = tis.iter().map(|t| t.key.task_id.as_str());
+        let hint = flow_dag::de::did_you_mean_hint(task_id, known);
+        bail!(
+            "no task instance `{task_id}` (map index {map_index}) in run `{run_id}` of `{dag_id}`{hint}"
+        );
+    };
+    let dag = match store.serialized_dag_get(dag_id).await? {
+        Some((data, _)) => Some(Dag::from_json(&data).context("reading the stored DAG")?),
+        None => None,
+    };
+    let label = ti_label(ti);
+    println!("{label}: {} (try {})", ti.state, ti.try_number);
+    match ti.state {
+        TaskInstanceState::Running => {
+            println!(
+                "It is running on {} since {}.",
+                ti.worker_id.as_deref().unwrap_or(&ti.hostname),
+                opt_iso(ti.start_date)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        s if s.is_finished() => {
+            println!("It has finished: nothing holds it. `flow tasks clear` runs it again.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let deps = store
+        .ti_dependencies(dag.as_ref(), &run, ti, Utc::now())
+        .await?;
+    if deps.is_empty() {
+        println!("Nothing holds it: the scheduler queues it at its next pass.");
+    }
+    for d in deps {
+        println!("- {}: {}", d.name, d.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `task` or, for an instance of a mapped task, `task[map_index]`.
 fn ti_label(ti: &flow_store::TiRow) -> String {
     if ti.key.map_index < 0 {

@@ -3566,3 +3566,55 @@ async fn metrics_move_during_a_run() {
         assert_eq!(sample(&s, "flow_metadata_db_up", &[]), Some(1.0));
     }
 }
+
+const EXPLAINED_DAG: &str = r#"
+explained:
+  tasks:
+    on_gpu:
+      operator: bash
+      bash_command: echo hi
+      queue: gpu
+    after:
+      operator: bash
+      bash_command: echo after
+      dependencies: [on_gpu]
+"#;
+
+/// `flow tasks explain` against a real standalone: a task queued on a queue no worker serves
+/// says so and how to fix it, its downstream names its trigger rule with the upstream counts.
+#[tokio::test]
+async fn tasks_explain_says_why_a_task_waits() {
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        env.write_dag("explained.yaml", EXPLAINED_DAG);
+        env.start();
+        let out = env.run(&["dags", "trigger", "explained", "--run-id", "e1"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(60, "on_gpu to be queued", || {
+            let states = env.stdout(&["tasks", "states", "explained", "e1"]);
+            states
+                .lines()
+                .any(|l| l.starts_with("on_gpu") && l.contains(" queued "))
+                .then_some(())
+        });
+        let text = env.stdout(&["tasks", "explain", "explained", "e1", "on_gpu"]);
+        assert!(text.contains("on_gpu: queued"), "{text}");
+        assert!(
+            text.contains("Worker Serving Queue") && text.contains("flow worker --queues gpu"),
+            "{text}"
+        );
+        assert!(text.contains("live workers serve default"), "{text}");
+        let text = env.stdout(&["tasks", "explain", "explained", "e1", "after"]);
+        assert!(
+            text.contains("Trigger Rule") && text.contains("0 of 1 upstream"),
+            "{text}"
+        );
+        let out = env.run(&["tasks", "explain", "explained", "e1", "aftr"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("after"), "{err}");
+    }
+}

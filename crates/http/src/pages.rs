@@ -845,6 +845,15 @@ async fn task_page(
         ti.state,
         TaskInstanceState::Running | TaskInstanceState::Queued | TaskInstanceState::Scheduled
     ) && shown_try == ti.try_number;
+    let waiting_on = match store.dag_run_get(&dag_id, &run_id).await? {
+        Some(run) => store
+            .ti_dependencies(dag.as_ref(), &run, &ti, Utc::now())
+            .await?
+            .into_iter()
+            .map(|d| (d.name, d.reason))
+            .collect(),
+        None => Vec::new(),
+    };
     let callbacks = store
         .callback_list_for_ti(&dag_id, &run_id, &task_id, map_index)
         .await?
@@ -884,6 +893,7 @@ async fn task_page(
         xcoms,
         rendered,
         callbacks,
+        waiting_on,
     }))
 }
 

@@ -258,6 +258,8 @@ pub struct TaskPage {
     pub xcoms: Vec<(String, String)>,
     pub rendered: Vec<(String, String)>,
     pub callbacks: Vec<CallbackItem>,
+    /// Why it is not running: (dependency, reason); empty once it runs or ended.
+    pub waiting_on: Vec<(String, String)>,
 }
 
 /// A callback of the task instance, as its page lists it.

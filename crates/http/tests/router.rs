@@ -2846,6 +2846,66 @@ async fn api_task_instance_dependencies_say_why_it_waits() {
             "extract has no upstream: {j}"
         );
 
+        // Queued on a queue no live worker serves; deferred on a trigger no triggerer took.
+        let reason_of = |j: &serde_json::Value, name: &str| -> String {
+            j["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["name"] == name)
+                .and_then(|d| d["reason"].as_str())
+                .unwrap_or_else(|| panic!("no `{name}`: {j}"))
+                .to_owned()
+        };
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET state = 'queued', queue = 'gpu', queued_dttm = 0 \
+                 WHERE run_id = 'd1' AND task_id = 'extract'",
+            )
+            .await
+            .unwrap();
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/extract/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        let reason = reason_of(&j, "Worker Serving Queue");
+        assert!(
+            reason.contains("queue 'gpu'") && reason.contains("flow worker --queues gpu"),
+            "{reason}"
+        );
+        site.store
+            .execute_raw(
+                "INSERT INTO trigger (id, classpath, kwargs, created_date) \
+                 VALUES (4242, 'flow.triggers.DateTimeTrigger', '{}', 0)",
+            )
+            .await
+            .unwrap();
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET state = 'deferred', trigger_id = 4242 \
+                 WHERE run_id = 'd1' AND task_id = 'extract'",
+            )
+            .await
+            .unwrap();
+        let (_, _, j) = api(
+            &site,
+            "GET",
+            "/api/v2/dags/etl/dagRuns/d1/taskInstances/extract/dependencies",
+            Some(&admin),
+            None,
+        )
+        .await;
+        let reason = reason_of(&j, "Trigger");
+        assert!(
+            reason.contains("trigger 4242 (flow.triggers.DateTimeTrigger)")
+                && reason.contains("no triggerer has taken it yet"),
+            "{reason}"
+        );
+
         // Unknown task instance: 404; a mapped path with a bad index: 422.
         let (s, _, _) = api(
             &site,

@@ -25,6 +25,7 @@ mod dag_runs;
 mod dags;
 mod deferral;
 mod events;
+mod explain;
 mod jobs;
 mod logs;
 mod markers;
@@ -67,6 +68,7 @@ pub use dags::{
 };
 pub use deferral::{NEXT_EXECUTE_COMPLETE, NEXT_FAIL, NEXT_POKE, NewTrigger, TriggerRow};
 pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
+pub use explain::TiDependency;
 pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
 pub use monitor::MonitorCounts;

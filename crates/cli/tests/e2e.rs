@@ -3618,3 +3618,104 @@ async fn tasks_explain_says_why_a_task_waits() {
         assert!(!out.status.success() && err.contains("after"), "{err}");
     }
 }
+
+const POOLED_DAG: &str = r#"
+pooled:
+  tasks:
+    train:
+      operator: bash
+      bash_command: echo train
+      pool: gpu_pool
+"#;
+
+/// DAG warnings as a fresh standalone meets them: the example `orders_stream` without its
+/// `kafka_default` connection is reported once (a DAG warning and one log line, not a line
+/// every few seconds), and a task naming a pool that does not exist is Airflow's
+/// "non-existent pool" warning, gone once the pool is made.
+#[tokio::test]
+async fn dag_warnings_name_missing_pools_and_connections_once() {
+    for db in databases().await {
+        let mut env = env_on(&db).await;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::copy(
+            repo.join("dags/orders_stream.yaml"),
+            env.dags.join("orders_stream.yaml"),
+        )
+        .unwrap();
+        env.write_dag("pooled.yaml", POOLED_DAG);
+        let log_path = env.home.join("standalone.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        env.standalone = Some(
+            env.command()
+                .args(["standalone", "-p", "0"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let port = wait_for(60, "the web UI", || {
+            let text = std::fs::read_to_string(&log_path).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("flow: web UI at http://localhost:"))
+                .map(|p| p.trim().to_owned())
+        });
+        let password = std::fs::read_to_string(env.home.join("standalone_admin_password.txt"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let warnings = |query: &str| {
+            api(
+                &port,
+                &password,
+                "GET",
+                &format!("/api/v2/dagWarnings{query}"),
+                None,
+            )
+        };
+        let connection = wait_for(60, "the missing connection warning", || {
+            let j = warnings("?warning_type=missing%20connection");
+            j["dag_warnings"]
+                .as_array()?
+                .iter()
+                .find(|w| w["dag_id"] == "orders_stream")
+                .cloned()
+        });
+        assert!(
+            connection["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection `kafka_default` not found"),
+            "{connection}"
+        );
+        let pool = wait_for(60, "the non-existent pool warning", || {
+            let j = warnings("");
+            j["dag_warnings"]
+                .as_array()?
+                .iter()
+                .find(|w| w["dag_id"] == "pooled")
+                .cloned()
+        });
+        assert_eq!(pool["warning_type"], "non-existent pool");
+        assert_eq!(
+            pool["message"],
+            "Dag 'pooled' references non-existent pools: ['gpu_pool']"
+        );
+        let out = env.run(&["pools", "set", "gpu_pool", "2"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(90, "the pool warning to go", || {
+            let j = warnings("");
+            (j["total_entries"] == 0).then_some(())
+        });
+        // The consumer has retried several times by now (200 ms doubling); one line said it.
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let said = text
+            .lines()
+            .filter(|l| l.contains("kafka trigger consumer cannot start"))
+            .count();
+        assert_eq!(said, 1, "{text}");
+    }
+}

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/audit", get(audit_page))
         .route("/dags/{dag_id}", get(dag_page))
         .route("/dags/{dag_id}/pause", post(pause))
+        .route("/dags/{dag_id}/favorite", post(favorite))
         .route("/dags/{dag_id}/trigger", get(trigger_form).post(trigger))
         .route("/dags/{dag_id}/backfill", post(backfill))
         .route("/dags/{dag_id}/runs/{run_id}/mark", post(mark_run))
@@ -257,6 +258,8 @@ struct HomeQuery {
     tag: Option<String>,
     paused: Option<String>,
     page: Option<usize>,
+    /// Only the user's favourite DAGs.
+    favorites: Option<String>,
 }
 
 async fn home(
@@ -280,6 +283,17 @@ async fn home(
             _ => true,
         })
         .collect();
+    // The user's favourites first, each group in the list's own order.
+    let favorites = store.dag_favorites(&user.username).await?;
+    let mut matching: Vec<_> = matching
+        .into_iter()
+        .filter(|d| q.favorites.is_none() || favorites.contains(&d.dag_id))
+        .collect();
+    matching.sort_by_key(|d| !favorites.contains(&d.dag_id));
+    let mut warnings: HashMap<String, Vec<String>> = HashMap::new();
+    for w in store.dag_warnings(None, None).await? {
+        warnings.entry(w.dag_id).or_default().push(w.message);
+    }
     let total = matching.len();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let page_no = q.page.unwrap_or(1).clamp(1, pages);
@@ -315,13 +329,21 @@ async fn home(
                 .map(|(s, n)| (s.as_str().to_owned(), n))
                 .collect(),
             next_run: fmt_time(&d.next_dagrun),
+            favorite: favorites.contains(&d.dag_id),
+            warnings: warnings.remove(&d.dag_id).unwrap_or_default(),
         });
     }
     let mut query_base = String::new();
+    let favorites_filter = if q.favorites.is_some() {
+        "1".to_owned()
+    } else {
+        String::new()
+    };
     for (k, v) in [
         ("search", &search),
         ("tag", &tag),
         ("paused", &paused_filter),
+        ("favorites", &favorites_filter),
     ] {
         if !v.is_empty() {
             query_base.push_str(&format!("&{k}={}", url_encode(v)));
@@ -339,6 +361,7 @@ async fn home(
         total,
         import_errors,
         query_base,
+        favorites_only: q.favorites.is_some(),
     }))
 }
 
@@ -1195,6 +1218,33 @@ async fn pause(
         None,
     )
     .await;
+    Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response())
+}
+
+#[derive(Deserialize)]
+struct FavoriteForm {
+    csrf_token: String,
+    /// `true` to mark, `false` to unmark.
+    favorite: String,
+    next: Option<String>,
+}
+
+/// Marks or unmarks a DAG as one of the signed-in user's favourites (listed first).
+async fn favorite(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(dag_id): Path<String>,
+    Form(form): Form<FavoriteForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::Read)?;
+    if state.store().dag_get(&dag_id).await?.is_none() {
+        return Err(HttpError::NotFound(format!("dag `{dag_id}`")));
+    }
+    state
+        .store()
+        .dag_favorite_set(&user.username, &dag_id, form.favorite == "true")
+        .await?;
     Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response())
 }
 

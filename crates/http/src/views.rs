@@ -115,6 +115,10 @@ pub struct DagListItem {
     /// (state, count) of the latest run's task instances.
     pub task_counts: Vec<(String, i64)>,
     pub next_run: String,
+    /// One of the signed-in user's favourites.
+    pub favorite: bool,
+    /// Standing problems (a missing pool or connection), Airflow's DAG warnings.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Template)]
@@ -130,6 +134,7 @@ pub struct HomePage {
     pub total: usize,
     pub import_errors: usize,
     pub query_base: String,
+    pub favorites_only: bool,
 }
 
 pub struct GridRun {

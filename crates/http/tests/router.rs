@@ -1563,6 +1563,27 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/dags/{dag_id}/dagVersions".into()),
             ("post", "/api/v2/dags/{dag_id}/clearDagRuns".into()),
             ("patch", "/api/v2/dags/{dag_id}/dagRuns".into()),
+            ("get", "/api/v2/dagStats".into()),
+            ("get", "/api/v2/dagWarnings".into()),
+            ("get", "/api/v2/eventLogs/{event_log_id}".into()),
+            ("get", "/api/v2/plugins".into()),
+            ("get", "/api/v2/plugins/importErrors".into()),
+            ("get", "/api/v2/providers".into()),
+            ("post", "/api/v2/dags/{dag_id}/favorite".into()),
+            ("post", "/api/v2/dags/{dag_id}/unfavorite".into()),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/links".into(),
+            ),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/externalLogUrl/{try_number}".into(),
+            ),
+            ("get", "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/hitlDetails".into()),
+            (
+                "get",
+                "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}/hitlDetails".into(),
+            ),
             (
                 "patch",
                 "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskGroupInstances/{group_id}".into(),
@@ -1634,9 +1655,13 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
                 assert_eq!(j["detail"], "Not authenticated", "{method} {uri}");
                 assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
                 anonymous += 1;
+                // Listing by POST, and a user's own favourites (Airflow asks only for read
+                // access to the DAG), are a Viewer's too.
                 let is_read = method == "get"
                     || path.ends_with("/dagRuns/list")
-                    || path.ends_with("/taskInstances/list");
+                    || path.ends_with("/taskInstances/list")
+                    || path.ends_with("/favorite")
+                    || path.ends_with("/unfavorite");
                 if !is_read {
                     let (s, _, j) = api(&site, &upper, &uri, Some(&viewer), body).await;
                     assert_eq!(s, StatusCode::FORBIDDEN, "{method} {uri} as a Viewer: {j}");
@@ -3664,5 +3689,160 @@ async fn api_config_only_when_exposed_and_only_for_admins() {
             std::str::from_utf8(&text).unwrap(),
             "[core]\nparallelism = 7\nfernet_key = < hidden >\n\n[database]\nurl = < hidden >\n"
         );
+    }
+}
+
+/// The monitoring read routes in Airflow 3.3's shapes: run counts per DAG and state, DAG
+/// warnings (flow's own type only when asked for), one event log entry, plugins and
+/// providers, favourites, and the task-instance routes whose answer is "none".
+#[tokio::test]
+async fn api_monitoring_read_routes() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let viewer = token_for(&site, "vic").await;
+        let get = |uri: &'static str| {
+            let site = &site;
+            let viewer = viewer.clone();
+            async move { api(site, "GET", uri, Some(&viewer), None).await }
+        };
+        for id in ["s1", "s2"] {
+            let body = format!(r#"{{"dag_run_id": "{id}", "logical_date": null}}"#);
+            let (s, _, j) = api(
+                &site,
+                "POST",
+                "/api/v2/dags/etl/dagRuns",
+                Some(&admin),
+                Some(("application/json", &body)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+        }
+        let (s, _, j) = get("/api/v2/dagStats?dag_ids=etl").await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j,
+            serde_json::json!({"dags": [{"dag_id": "etl", "dag_display_name": "etl", "stats": [
+                {"state": "queued", "count": 2}, {"state": "running", "count": 0},
+                {"state": "success", "count": 0}, {"state": "failed", "count": 0}]}],
+                "total_entries": 1})
+        );
+
+        site.store
+            .dag_warning_set(
+                "etl",
+                "non-existent pool",
+                "Dag 'etl' references non-existent pools: ['gpu']",
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        site.store
+            .dag_warning_set(
+                "etl",
+                flow_store::WARNING_CONNECTION,
+                "connection `kafka_default` not found",
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let (s, _, j) = get("/api/v2/dagWarnings").await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j["total_entries"], 1,
+            "only Airflow's types by default: {j}"
+        );
+        assert_eq!(j["dag_warnings"][0]["warning_type"], "non-existent pool");
+        let (_, _, j) = get("/api/v2/dagWarnings?warning_type=missing%20connection").await;
+        assert_eq!(j["total_entries"], 1, "{j}");
+        assert!(
+            j["dag_warnings"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("kafka_default")
+        );
+        let (s, _, _) = get("/api/v2/dagWarnings?warning_type=bogus").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (_, _, logs) = get("/api/v2/eventLogs?limit=1").await;
+        let id = logs["event_logs"][0]["event_log_id"]
+            .as_i64()
+            .expect("an audit entry");
+        let (s, _, j) = api(
+            &site,
+            "GET",
+            &format!("/api/v2/eventLogs/{id}"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["event_log_id"], id);
+        let (s, _, j) = get("/api/v2/eventLogs/999999").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{j}");
+
+        let (_, _, j) = get("/api/v2/plugins").await;
+        assert_eq!(j, serde_json::json!({"plugins": [], "total_entries": 0}));
+        let (_, _, j) = get("/api/v2/providers").await;
+        let names: Vec<&str> = j["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["package_name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"apache-airflow-providers-standard"), "{j}");
+        assert!(
+            names.contains(&"apache-airflow-providers-apache-kafka"),
+            "{j}"
+        );
+
+        // Favourites are per user: 204, then 409 twice over, 404 for an unknown DAG.
+        let post = |uri: &'static str| {
+            let site = &site;
+            let viewer = viewer.clone();
+            async move { api(site, "POST", uri, Some(&viewer), None).await.0 }
+        };
+        assert_eq!(
+            post("/api/v2/dags/etl/favorite").await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post("/api/v2/dags/etl/favorite").await,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            site.store.dag_favorites("vic").await.unwrap(),
+            vec!["etl".to_owned()]
+        );
+        assert!(site.store.dag_favorites("ada").await.unwrap().is_empty());
+        assert_eq!(
+            post("/api/v2/dags/etl/unfavorite").await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post("/api/v2/dags/etl/unfavorite").await,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            post("/api/v2/dags/nope/favorite").await,
+            StatusCode::NOT_FOUND
+        );
+
+        let (s, _, j) = get("/api/v2/dags/etl/dagRuns/s1/taskInstances/load/links").await;
+        assert_eq!(
+            (s, j),
+            (
+                StatusCode::OK,
+                serde_json::json!({"extra_links": {}, "total_entries": 0})
+            )
+        );
+        let (s, _, _) = get("/api/v2/dags/etl/dagRuns/s1/taskInstances/nope/links").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, j) =
+            get("/api/v2/dags/etl/dagRuns/s1/taskInstances/load/externalLogUrl/1").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        let (s, _, j) = get("/api/v2/dags/etl/dagRuns/s1/hitlDetails").await;
+        assert_eq!((s, j["total_entries"].as_i64()), (StatusCode::OK, Some(0)));
+        db.drop_db().await.unwrap();
     }
 }

@@ -267,6 +267,41 @@ impl KafkaTriggers {
     }
 }
 
+/// Records `message` as a "missing connection" warning of every subscribing DAG, or clears
+/// it (`None`) once the consumer started. Returns whether any warning is new or changed.
+async fn set_warnings(
+    store: &Store,
+    subscribers: &watch::Receiver<Vec<Subscriber>>,
+    message: Option<&str>,
+) -> bool {
+    let dag_ids: Vec<String> = subscribers
+        .borrow()
+        .iter()
+        .map(|s| s.dag.dag_id.to_string())
+        .collect();
+    let mut changed = false;
+    for dag_id in dag_ids {
+        let done = match message {
+            Some(m) => {
+                store
+                    .dag_warning_set(&dag_id, flow_store::WARNING_CONNECTION, m, Utc::now())
+                    .await
+            }
+            None => {
+                store
+                    .dag_warning_clear(&dag_id, flow_store::WARNING_CONNECTION)
+                    .await
+            }
+        };
+        match done {
+            Ok(c) => changed |= c,
+            // The warning is a courtesy: the consumer retries whatever happens to it.
+            Err(e) => tracing::debug!(dag_id, error = %e, "could not record a DAG warning"),
+        }
+    }
+    changed
+}
+
 /// One consumer's life: connect (with backoff), then batches until its subscribers go.
 async fn consume(
     store: Store,
@@ -308,9 +343,21 @@ async fn consume(
             .map_err(|e| e.to_string())
         });
         let (consumer, dead_letters) = match consumer {
-            Ok(c) => c,
+            Ok(c) => {
+                set_warnings(&store, &subscribers, None).await;
+                c
+            }
             Err(e) => {
-                warn!(conn_id, error = %e, "kafka trigger consumer cannot start; retrying");
+                let message = format!(
+                    "The Kafka trigger on {} cannot start: {e}. flow retries quietly until it can.",
+                    topics.join(", ")
+                );
+                // Said once (and kept as a DAG warning), not at every retry.
+                if set_warnings(&store, &subscribers, Some(&message)).await {
+                    warn!(conn_id, error = %e, "kafka trigger consumer cannot start; retrying quietly (see the DAG warnings)");
+                } else {
+                    tracing::debug!(conn_id, error = %e, "kafka trigger consumer cannot start; retrying");
+                }
                 stats.error();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

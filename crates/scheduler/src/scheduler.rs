@@ -103,6 +103,8 @@ pub struct Scheduler {
     dag_rows: HashMap<String, DagRow>,
     /// pool -> slots, refreshed with the DAG rows.
     pools: HashMap<String, i64>,
+    /// The "non-existent pool" warnings last written, to write only changes.
+    pool_warnings: Option<Vec<(String, String)>>,
     /// dag_id -> (dag hash, when its next scheduled run is due). Saves re-reading the latest
     /// run of every DAG on every pass; dropped when a run is created or the DAG changes.
     next_due: HashMap<String, (String, DateTime<Utc>)>,
@@ -167,6 +169,7 @@ impl Scheduler {
             dags: HashMap::new(),
             dag_rows: HashMap::new(),
             pools: HashMap::new(),
+            pool_warnings: None,
             next_due: HashMap::new(),
             watch,
             last_dir_scan: None,
@@ -533,6 +536,46 @@ impl Scheduler {
         for dag_id in stale {
             self.load_dag(&dag_id).await?;
         }
+        self.sync_pool_warnings().await
+    }
+
+    /// Airflow's "non-existent pool" DAG warnings: each active DAG whose tasks name a pool
+    /// that does not exist gets one (shown on the DAG list and in `dagWarnings`), and loses
+    /// it once the pool is made or the task changed. Written only when the set changed.
+    async fn sync_pool_warnings(&mut self) -> Result<(), SchedulerError> {
+        let mut warnings: Vec<(String, String)> = Vec::new();
+        for (dag_id, row) in &self.dag_rows {
+            let Some((_, dag)) = self.dags.get(dag_id).filter(|_| row.is_active) else {
+                continue;
+            };
+            let mut missing: Vec<&str> = dag
+                .tasks
+                .iter()
+                .map(|t| t.pool.as_str())
+                .filter(|p| !self.pools.contains_key(*p))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            missing.sort_unstable();
+            missing.dedup();
+            let list: Vec<String> = missing.iter().map(|p| format!("'{p}'")).collect();
+            warnings.push((
+                dag_id.clone(),
+                format!(
+                    "Dag '{dag_id}' references non-existent pools: [{}]",
+                    list.join(", ")
+                ),
+            ));
+        }
+        warnings.sort();
+        if self.pool_warnings.as_ref() == Some(&warnings) {
+            return Ok(());
+        }
+        self.store
+            .dag_warnings_sync(flow_store::WARNING_NONEXISTENT_POOL, &warnings, Utc::now())
+            .await?;
+        self.pool_warnings = Some(warnings);
         Ok(())
     }
 

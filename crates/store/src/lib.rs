@@ -39,6 +39,7 @@ mod trigger;
 mod users;
 mod variables;
 pub mod wake;
+mod warnings;
 mod xcom;
 
 use std::str::FromStr;
@@ -84,6 +85,7 @@ pub use trigger::{
 pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
 pub use variables::{Variable, check_variable_key};
 pub use wake::{WAKE_SCHEDULER, WAKE_TRIGGERER, WAKE_WORKERS};
+pub use warnings::{DagWarningRow, WARNING_CONNECTION, WARNING_NONEXISTENT_POOL};
 pub use xcom::XcomRow;
 
 /// Which engine a store talks to.

@@ -237,6 +237,18 @@ impl Store {
     }
 
     /// The newest audit entries first, optionally for one DAG.
+    /// One audit log entry by id.
+    pub async fn audit_get(&self, id: i64) -> Result<Option<AuditRow>> {
+        let row = sqlx::query(
+            "SELECT id, at, username, event, dag_id, run_id, task_id, extra FROM audit_log \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.read_pool())
+        .await?;
+        row.as_ref().map(audit_row).transpose()
+    }
+
     pub async fn audit_list(&self, dag_id: Option<&str>, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
             "SELECT id, at, username, event, dag_id, run_id, task_id, extra FROM audit_log \
@@ -246,19 +258,19 @@ impl Store {
         .bind(limit)
         .fetch_all(self.read_pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    at: from_micros(r.try_get("at")?),
-                    username: r.try_get("username")?,
-                    event: r.try_get("event")?,
-                    dag_id: r.try_get("dag_id")?,
-                    run_id: r.try_get("run_id")?,
-                    task_id: r.try_get("task_id")?,
-                    extra: r.try_get("extra")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
+}
+
+fn audit_row(r: &AnyRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.try_get("id")?,
+        at: from_micros(r.try_get("at")?),
+        username: r.try_get("username")?,
+        event: r.try_get("event")?,
+        dag_id: r.try_get("dag_id")?,
+        run_id: r.try_get("run_id")?,
+        task_id: r.try_get("task_id")?,
+        extra: r.try_get("extra")?,
+    })
 }

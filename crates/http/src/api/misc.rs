@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(import_errors))
         .routes(routes!(import_error))
         .routes(routes!(event_logs))
+        .routes(routes!(event_log_one))
         .routes(routes!(dag_source))
         .routes(routes!(dag_tags))
         .routes(routes!(jobs))
@@ -195,24 +196,51 @@ async fn event_logs(
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|r| EventLog {
-                event_log_id: r.id,
-                when: time(Some(r.at)),
-                dag_id: r.dag_id.clone(),
-                task_id: r.task_id.clone(),
-                run_id: r.run_id.clone(),
-                map_index: None,
-                try_number: None,
-                event: r.event.clone(),
-                logical_date: None,
-                owner: Some(r.username.clone()),
-                extra: r.extra.clone(),
-                dag_display_name: r.dag_id.clone(),
-                task_display_name: r.task_id.clone(),
-            })
+            .map(event_log)
             .collect(),
         total_entries: rows.len(),
     }))
+}
+
+/// An audit log entry in Airflow's `EventLogResponse` shape.
+fn event_log(r: &flow_store::AuditRow) -> EventLog {
+    EventLog {
+        event_log_id: r.id,
+        when: time(Some(r.at)),
+        dag_id: r.dag_id.clone(),
+        task_id: r.task_id.clone(),
+        run_id: r.run_id.clone(),
+        map_index: None,
+        try_number: None,
+        event: r.event.clone(),
+        logical_date: None,
+        owner: Some(r.username.clone()),
+        extra: r.extra.clone(),
+        dag_display_name: r.dag_id.clone(),
+        task_display_name: r.task_id.clone(),
+    }
+}
+
+/// One audit log entry.
+#[utoipa::path(get, path = "/api/v2/eventLogs/{event_log_id}", tag = "Event Log",
+    summary = "One entry of the audit log",
+    params(("event_log_id" = i64, Path)),
+    responses((status = 200, body = EventLog)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn event_log_one(
+    State(state): State<AppState>,
+    user: ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventLog>> {
+    user.require(Permission::Read)?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::invalid(&["path", "event_log_id"], "Input should be a valid integer")
+    })?;
+    let row =
+        state.store().audit_get(id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("The Event Log with id: `{id}` not found"))
+        })?;
+    Ok(Json(event_log(&row)))
 }
 
 /// The DAG's YAML source: JSON by default, plain text with `Accept: text/plain`.

@@ -31,6 +31,7 @@ mod dags;
 mod docs;
 pub mod jwt;
 mod misc;
+mod monitor;
 mod pools;
 mod run_wait;
 pub mod schema;
@@ -100,6 +101,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(run_wait::routes())
         .merge(dag_versions::routes())
         .merge(config::routes())
+        .merge(monitor::routes())
 }
 
 /// The OpenAPI document served at `/api/v2/openapi.json`.

@@ -32,6 +32,15 @@
     document.querySelectorAll("select[data-autosubmit]").forEach(function (sel) {
       sel.addEventListener("change", function () { sel.form.submit(); });
     });
+    // Ctrl+K (or Cmd+K) from any page: the DAG search in the header.
+    var search = document.getElementById("dag-search");
+    if (search) document.addEventListener("keydown", function (e) {
+      if ((e.ctrlKey || e.metaKey) && (e.key === "k" || e.key === "K")) {
+        e.preventDefault();
+        search.focus();
+        search.select();
+      }
+    });
     gridCells();
     tailLog();
     checkTriggerForm();

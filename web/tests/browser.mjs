@@ -19,6 +19,10 @@ async function newPage() {
   const page = await context.newPage();
   page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
   page.on("pageerror", (e) => errors.push(String(e)));
+  // Anything the Content-Security-Policy refused (an inline script or style) fails the test.
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/.test(m.text())) errors.push(m.text());
+  });
   page.setDefaultTimeout(30000);
   return page;
 }
@@ -119,6 +123,30 @@ try {
   const audit = await admin.textContent("#audit");
   for (const event of ["unpaused", "trigger", "clear"]) assert.match(audit, new RegExp(event));
 
+  // The cluster page: the standalone's components are healthy, the last day is charted.
+  await admin.goto(base + "/cluster");
+  await admin.waitForSelector("#components");
+  const components = await admin.textContent("#components");
+  assert.match(components, /scheduler/);
+  assert.match(components, /worker/);
+  assert.equal(await admin.locator('#components tr[data-health="unhealthy"]').count(), 0);
+  assert.match(await admin.textContent("#pool-use"), /default_pool/);
+  assert.ok(await admin.locator("svg.chart#tries-chart rect.bar.st-success").count() > 0, "tries charted");
+  // Ctrl+K from any page goes to the DAG search.
+  await admin.keyboard.press("Control+K");
+  assert.equal(await admin.evaluate(() => document.activeElement.id), "dag-search");
+  await admin.keyboard.type("orders_rep");
+  await admin.keyboard.press("Enter");
+  await admin.waitForSelector('tr[data-dag-id="orders_report"]');
+  assert.equal(await admin.locator('tr[data-dag-id="etl_daily"]').count(), 0);
+  // The home overview counts the DAGs; a favourite comes first.
+  await admin.goto(base + "/");
+  assert.match(await admin.textContent("#overview"), /active DAGs/);
+  assert.ok(await admin.locator("svg.chart#home-tries-chart").count() === 1);
+  await admin.locator('tr[data-dag-id="orders_report"] button[data-action=favorite]').click();
+  await admin.waitForSelector('tr[data-dag-id="orders_report"] button.star.on');
+  assert.equal(await admin.locator("#dag-list tbody tr").first().getAttribute("data-dag-id"), "orders_report");
+
   // XSS: a DAG whose description, params, task log and run conf carry markup.
   await admin.goto(base + "/dags/xss_probe/trigger");
   await admin.click("#trigger-form summary");
@@ -126,7 +154,7 @@ try {
   await admin.fill("input[name=run_id]", "probe_" + Date.now());
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/xss_probe$/);
-  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit"]) {
+  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit", "/cluster"]) {
     await admin.goto(base + path);
     assert.equal(await admin.locator("img[src=x]").count(), 0, path + " rendered an injected <img>");
   }

@@ -158,6 +158,7 @@ pub async fn web(
             format!("grid ({n_runs} runs x {n_tasks} tasks)"),
             format!("/dags/bench_big?runs={n_runs}"),
         ),
+        ("cluster page".to_owned(), "/cluster".to_owned()),
     ] {
         let mut times = Vec::new();
         for i in 0..21 {

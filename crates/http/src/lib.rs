@@ -17,6 +17,8 @@ pub mod api;
 mod asset_pages;
 mod assets;
 pub mod auth;
+mod charts;
+mod cluster_pages;
 mod graph;
 pub mod metrics;
 mod pages;
@@ -131,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .merge(assets::routes())
         .merge(asset_pages::routes())
         .merge(metrics::routes())
+        .merge(cluster_pages::routes())
         .merge(api::routes())
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -362,6 +362,7 @@ async fn home(
         import_errors,
         query_base,
         favorites_only: q.favorites.is_some(),
+        overview: crate::cluster_pages::overview(&state).await?,
     }))
 }
 

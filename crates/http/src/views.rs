@@ -135,6 +135,22 @@ pub struct HomePage {
     pub import_errors: usize,
     pub query_base: String,
     pub favorites_only: bool,
+    /// Airflow 3's Home: what the deployment is doing, above the list.
+    pub overview: Overview,
+}
+
+/// The home page's summary: DAG counts, component health, pool use, the last day.
+pub struct Overview {
+    pub dags: flow_store::DagCounts,
+    /// (component, healthy, total) per kind of process.
+    pub health: Vec<(String, usize, usize)>,
+    /// (pool, occupied, slots or "unlimited").
+    pub pools: Vec<(String, i64, String)>,
+    /// The last day's totals: (what, count, state class).
+    pub day: Vec<(String, i64, String)>,
+    /// Inline SVG of tries ended per hour.
+    pub tries_chart: String,
+    pub runs_chart: String,
 }
 
 pub struct GridRun {
@@ -502,4 +518,43 @@ pub struct AssetPage {
     pub queued: Vec<(String, i64)>,
     pub events: Vec<AssetEventItem>,
     pub total_events: i64,
+}
+
+/// A process of the deployment, as the cluster page lists it.
+pub struct ComponentRow {
+    pub job_type: String,
+    pub hostname: String,
+    pub id: String,
+    pub queues: String,
+    /// healthy, unhealthy or ended.
+    pub health: String,
+    pub heartbeat_age: String,
+    pub started: String,
+}
+
+/// A pool's use, as the cluster page shows it.
+pub struct PoolUse {
+    pub name: String,
+    pub slots: String,
+    pub running: i64,
+    pub queued: i64,
+    pub open: String,
+    /// 0..=100, for the bar.
+    pub used_pct: i64,
+}
+
+#[derive(Template)]
+#[template(path = "cluster.html")]
+pub struct ClusterPage {
+    pub chrome: Chrome,
+    pub components: Vec<ComponentRow>,
+    pub pools: Vec<PoolUse>,
+    /// Unfinished task instances by state.
+    pub task_counts: Vec<(String, i64)>,
+    /// Inline SVG, made by `charts` (escaped there).
+    pub tries_chart: String,
+    pub runs_chart: String,
+    pub durations_chart: String,
+    /// The last day's totals: (what, count, state class).
+    pub summary: Vec<(String, i64, String)>,
 }

@@ -3846,3 +3846,106 @@ async fn api_monitoring_read_routes() {
         db.drop_db().await.unwrap();
     }
 }
+
+/// The cluster page and the home overview, as a Viewer sees them: the components with their
+/// health, pools, task instances now, and the last day's tries and runs charted; the DAG list
+/// says when a DAG's last run failed; favourites come first and are per user.
+#[tokio::test]
+async fn cluster_page_and_home_overview() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let now = Utc::now();
+        site.store
+            .job_start(
+                &flow_store::JobStart {
+                    job_type: "SchedulerJob".into(),
+                    hostname: "sched-host-1".into(),
+                    unixname: None,
+                    pid: 1,
+                    version: "test".into(),
+                    instance: None,
+                    queues: Vec::new(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let us = now.timestamp_micros();
+        site.store
+            .execute_raw(&format!(
+                "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, queued_at, \
+                 start_date, end_date, conf, updated_at) VALUES \
+                 ('etl', 'old_ok', 'manual', 'success', {a}, {a}, {a}, {b}, '{{}}', {b}), \
+                 ('etl', 'new_bad', 'manual', 'failed', {b}, {b}, {b}, {c}, '{{}}', {c})",
+                a = us - 7_200_000_000,
+                b = us - 3_600_000_000,
+                c = us - 60_000_000
+            ))
+            .await
+            .unwrap();
+        site.store
+            .execute_raw(&format!(
+                "INSERT INTO task_instance_history (dag_id, run_id, task_id, map_index, try_number, \
+                 state, start_date, end_date) VALUES \
+                 ('etl', 'new_bad', 'load', -1, 1, 'failed', {b}, {c}), \
+                 ('etl', 'old_ok', 'load', -1, 1, 'success', {a}, {b})",
+                a = us - 7_200_000_000,
+                b = us - 3_600_000_000,
+                c = us - 60_000_000
+            ))
+            .await
+            .unwrap();
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let p = viewer.get("/cluster").await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(
+            p.body.contains("sched-host-1") && p.body.contains(r#"data-health="healthy""#),
+            "{}",
+            p.body
+        );
+        assert!(p.body.contains("default_pool"));
+        assert!(p.body.contains(r#"<svg class="chart" id="tries-chart""#));
+        assert!(
+            p.body.contains("failed: 1 tries"),
+            "the failed try is charted"
+        );
+        assert!(
+            p.body.contains("1 tries failed") && p.body.contains("1 runs failed"),
+            "{}",
+            p.body
+        );
+        let home = viewer.get("/").await;
+        assert!(
+            home.body.contains(r#"id="failed-dags"><b>1</b>"#),
+            "etl's last run failed: {}",
+            home.body
+        );
+        assert!(home.body.contains("scheduler 1/1"), "{}", home.body);
+        assert!(home.body.contains(r#"id="dag-search""#));
+        // A favourite of this viewer's comes first, for this viewer only.
+        let csrf = home.csrf();
+        let last = site
+            .store
+            .dag_list()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .dag_id
+            .clone();
+        let p = viewer
+            .post(
+                &format!("/dags/{last}/favorite"),
+                &[("csrf_token", &csrf), ("favorite", "true"), ("next", "/")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let home = viewer.get("/").await;
+        let first = home.body.split("data-dag-id=\"").nth(1).unwrap_or("");
+        assert!(first.starts_with(&format!("{last}\"")), "{last} first");
+        let only = viewer.get("/?favorites=1").await;
+        assert_eq!(only.body.matches("data-dag-id=").count(), 1);
+        db.drop_unchecked().await.unwrap();
+    }
+}

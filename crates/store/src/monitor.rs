@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use crate::pools::PoolRow;
-use crate::{Result, Store};
+use crate::{Result, Store, from_micros, to_micros};
 
 /// The deployment's state as the metrics gauges show it.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +50,115 @@ impl Store {
             import_errors,
             task_instances,
             pools: self.pool_rows().await?,
+        })
+    }
+}
+
+/// One hour of the last day: tries that ended and runs that finished, by state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HourStats {
+    /// The hour's start.
+    pub hour: DateTime<Utc>,
+    /// Tries ended in the hour, by state.
+    pub tries: BTreeMap<String, i64>,
+    /// Runs finished in the hour, by state.
+    pub runs: BTreeMap<String, i64>,
+    /// Seconds from start to end of the runs that finished in the hour, summed.
+    pub run_seconds: f64,
+}
+
+/// DAG counts for the home page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DagCounts {
+    pub active: i64,
+    pub paused: i64,
+    /// DAGs with a running run.
+    pub running: i64,
+    /// DAGs whose latest finished run failed.
+    pub failed: i64,
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+impl Store {
+    /// The 24 hours up to `now` (oldest first), with the tries that ended and the runs that
+    /// finished in each: two range reads on indexed end dates.
+    pub async fn last_day(&self, now: DateTime<Utc>) -> Result<Vec<HourStats>> {
+        let end = to_micros(now);
+        let first = (end / HOUR_US - 23) * HOUR_US;
+        let mut hours: Vec<HourStats> = (0..24)
+            .map(|i| HourStats {
+                hour: from_micros(first + i * HOUR_US),
+                ..HourStats::default()
+            })
+            .collect();
+        let slot = |at: i64| {
+            usize::try_from((at - first) / HOUR_US)
+                .ok()
+                .filter(|i| *i < 24)
+        };
+        let rows =
+            sqlx::query("SELECT end_date, state FROM task_instance_history WHERE end_date >= $1")
+                .bind(first)
+                .fetch_all(self.read_pool())
+                .await?;
+        for r in rows {
+            let at: i64 = r.try_get("end_date")?;
+            if let Some(i) = slot(at) {
+                *hours[i].tries.entry(r.try_get("state")?).or_default() += 1;
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT end_date, start_date, queued_at, state FROM dag_run WHERE end_date >= $1",
+        )
+        .bind(first)
+        .fetch_all(self.read_pool())
+        .await?;
+        for r in rows {
+            let at: i64 = r.try_get("end_date")?;
+            let Some(i) = slot(at) else {
+                continue;
+            };
+            let began: Option<i64> = r.try_get("start_date")?;
+            let queued: Option<i64> = r.try_get("queued_at")?;
+            *hours[i].runs.entry(r.try_get("state")?).or_default() += 1;
+            if let Some(b) = began.or(queued) {
+                hours[i].run_seconds += (at - b).max(0) as f64 / 1e6;
+            }
+        }
+        Ok(hours)
+    }
+
+    /// Active and paused DAGs, DAGs with a running run, DAGs whose latest finished run
+    /// failed.
+    pub async fn dag_counts(&self) -> Result<DagCounts> {
+        let pool = self.read_pool();
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN is_paused = 0 THEN 1 ELSE 0 END), 0) AS active, \
+             COALESCE(SUM(CASE WHEN is_paused = 1 THEN 1 ELSE 0 END), 0) AS paused \
+             FROM dag WHERE is_active = 1",
+        )
+        .fetch_one(pool)
+        .await?;
+        let running: i64 =
+            sqlx::query("SELECT COUNT(DISTINCT dag_id) AS n FROM dag_run WHERE state = 'running'")
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?;
+        // The latest finished run of each DAG, by end date, through the end-date index.
+        let failed: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM dag_run r WHERE r.state = 'failed' AND r.end_date = \
+             (SELECT MAX(x.end_date) FROM dag_run x WHERE x.dag_id = r.dag_id \
+              AND x.state IN ('success', 'failed'))",
+        )
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+        Ok(DagCounts {
+            active: row.try_get("active")?,
+            paused: row.try_get("paused")?,
+            running,
+            failed,
         })
     }
 }

@@ -1,0 +1,242 @@
+//! The cluster page: the deployment's processes (schedulers, workers, triggerers, web
+//! servers) with their heartbeats, the pools, the task instances waiting and running, and
+//! the last 24 hours of tries and runs as server-side charts.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use flow_model::Permission;
+use flow_store::{HourStats, JobQuery};
+
+use crate::charts::{Bar, stacked_bars};
+use crate::views::{self, Chrome, fmt_duration, page};
+use crate::{AppState, CurrentUser, HttpError};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/cluster", get(cluster))
+}
+
+/// A process that has not heartbeat for this long is shown as unhealthy (Airflow's default
+/// `scheduler_health_check_threshold`).
+const HEALTHY_WITHIN: i64 = 30;
+
+async fn cluster(State(state): State<AppState>, user: CurrentUser) -> Result<Response, HttpError> {
+    user.require(Permission::Read)?;
+    let store = state.store();
+    let now = Utc::now();
+    let (jobs, _) = store
+        .job_list(&JobQuery {
+            limit: 500,
+            ..JobQuery::default()
+        })
+        .await?;
+    let mut components: Vec<views::ComponentRow> = jobs
+        .iter()
+        .filter(|j| j.end_date.is_none() || now - j.latest_heartbeat < chrono::Duration::hours(1))
+        .map(|j| {
+            let age = (now - j.latest_heartbeat).num_seconds().max(0);
+            let health = if j.end_date.is_some() || j.state != "running" {
+                "ended"
+            } else if age <= HEALTHY_WITHIN {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            views::ComponentRow {
+                job_type: component_name(&j.job_type).to_owned(),
+                hostname: j.hostname.clone(),
+                id: j.instance.clone().unwrap_or_else(|| j.id.to_string()),
+                queues: j.queues.join(", "),
+                health: health.to_owned(),
+                heartbeat_age: format!("{age}s ago"),
+                started: views::fmt_time(&Some(j.start_date)),
+            }
+        })
+        .collect();
+    components.sort_by(|a, b| (&a.job_type, &a.hostname).cmp(&(&b.job_type, &b.hostname)));
+    let counts = store.monitor_counts().await?;
+    let pools = counts
+        .pools
+        .iter()
+        .map(|p| views::PoolUse {
+            name: p.name.clone(),
+            slots: if p.slots < 0 {
+                "unlimited".to_owned()
+            } else {
+                p.slots.to_string()
+            },
+            running: p.running,
+            queued: p.queued,
+            open: if p.slots < 0 {
+                "∞".to_owned()
+            } else {
+                p.open().to_string()
+            },
+            used_pct: if p.slots > 0 {
+                (p.occupied() * 100 / p.slots).clamp(0, 100)
+            } else {
+                0
+            },
+        })
+        .collect();
+    let day = store.last_day(now).await?;
+    Ok(page(&views::ClusterPage {
+        chrome: Chrome::of(&user),
+        components,
+        pools,
+        task_counts: counts.task_instances.into_iter().collect(),
+        tries_chart: tries_chart("tries-chart", &day),
+        runs_chart: runs_chart("runs-chart", &day),
+        durations_chart: durations_chart("durations-chart", &day),
+        summary: day_summary(&day),
+    }))
+}
+
+/// Airflow's job type names, as a person reads them.
+fn component_name(job_type: &str) -> &str {
+    match job_type {
+        "SchedulerJob" => "scheduler",
+        "WorkerJob" => "worker",
+        "TriggererJob" => "triggerer",
+        "WebserverJob" | "ApiServerJob" => "web server",
+        "DagProcessorJob" => "dag processor",
+        "KafkaTriggerJob" => "kafka consumer",
+        other => other,
+    }
+}
+
+fn hour_label(h: &DateTime<Utc>) -> String {
+    h.format("%H:00").to_string()
+}
+
+/// Ended tries per hour, failures on top so that they stand out.
+pub fn tries_chart(id: &str, day: &[HourStats]) -> String {
+    let order = [
+        "success",
+        "skipped",
+        "up_for_retry",
+        "upstream_failed",
+        "failed",
+    ];
+    let bars: Vec<Bar> = day
+        .iter()
+        .map(|h| Bar {
+            label: hour_label(&h.hour),
+            parts: order
+                .iter()
+                .map(|s| {
+                    (
+                        (*s).to_owned(),
+                        h.tries.get(*s).copied().unwrap_or(0) as f64,
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    stacked_bars(id, &bars, "tries")
+}
+
+/// Finished runs per hour by state.
+pub fn runs_chart(id: &str, day: &[HourStats]) -> String {
+    let bars: Vec<Bar> = day
+        .iter()
+        .map(|h| Bar {
+            label: hour_label(&h.hour),
+            parts: ["success", "failed"]
+                .iter()
+                .map(|s| ((*s).to_owned(), h.runs.get(*s).copied().unwrap_or(0) as f64))
+                .collect(),
+        })
+        .collect();
+    stacked_bars(id, &bars, "runs")
+}
+
+/// The mean duration of the runs that finished in each hour.
+pub fn durations_chart(id: &str, day: &[HourStats]) -> String {
+    let bars: Vec<Bar> = day
+        .iter()
+        .map(|h| {
+            let n: i64 = h.runs.values().sum();
+            let mean = if n > 0 { h.run_seconds / n as f64 } else { 0.0 };
+            Bar {
+                label: hour_label(&h.hour),
+                parts: vec![("running".to_owned(), (mean * 10.0).round() / 10.0)],
+            }
+        })
+        .collect();
+    stacked_bars(id, &bars, "s mean run duration")
+}
+
+/// Totals of the last day: `(what, count, state class)`.
+pub fn day_summary(day: &[HourStats]) -> Vec<(String, i64, String)> {
+    let sum = |f: &dyn Fn(&HourStats) -> i64| day.iter().map(f).sum::<i64>();
+    let tries_failed = sum(&|h| h.tries.get("failed").copied().unwrap_or(0));
+    let tries = sum(&|h| h.tries.values().sum());
+    let runs_failed = sum(&|h| h.runs.get("failed").copied().unwrap_or(0));
+    let runs = sum(&|h| h.runs.values().sum());
+    let seconds: f64 = day.iter().map(|h| h.run_seconds).sum();
+    let mean = (runs > 0).then(|| seconds / runs as f64);
+    vec![
+        ("tries ended".into(), tries, "none".into()),
+        ("tries failed".into(), tries_failed, "failed".into()),
+        ("runs finished".into(), runs, "none".into()),
+        ("runs failed".into(), runs_failed, "failed".into()),
+        (
+            format!("mean run duration {}", fmt_duration(mean)),
+            runs,
+            "success".into(),
+        ),
+    ]
+}
+
+/// The home page's summary, from the same reads as the cluster page.
+pub async fn overview(state: &AppState) -> Result<views::Overview, HttpError> {
+    let store = state.store();
+    let now = Utc::now();
+    let (jobs, _) = store
+        .job_list(&JobQuery {
+            limit: 500,
+            ..JobQuery::default()
+        })
+        .await?;
+    let mut health: Vec<(String, usize, usize)> = Vec::new();
+    for j in jobs
+        .iter()
+        .filter(|j| j.end_date.is_none() && j.state == "running")
+    {
+        let name = component_name(&j.job_type).to_owned();
+        let ok = (now - j.latest_heartbeat).num_seconds() <= HEALTHY_WITHIN;
+        match health.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 += usize::from(ok);
+                entry.2 += 1;
+            }
+            None => health.push((name, usize::from(ok), 1)),
+        }
+    }
+    health.sort();
+    let pools = store
+        .pool_rows()
+        .await?
+        .into_iter()
+        .map(|p| {
+            let slots = if p.slots < 0 {
+                "unlimited".to_owned()
+            } else {
+                p.slots.to_string()
+            };
+            (p.name.clone(), p.occupied(), slots)
+        })
+        .collect();
+    let day = store.last_day(now).await?;
+    Ok(views::Overview {
+        dags: store.dag_counts().await?,
+        health,
+        pools,
+        tries_chart: tries_chart("home-tries-chart", &day),
+        runs_chart: runs_chart("home-runs-chart", &day),
+        day: day_summary(&day),
+    })
+}

@@ -147,6 +147,12 @@ try {
   await admin.waitForSelector('tr[data-dag-id="orders_report"] button.star.on');
   assert.equal(await admin.locator("#dag-list tbody tr").first().getAttribute("data-dag-id"), "orders_report");
 
+  // A DAG's Overview: the calendar marks today's successful run, the durations are charted.
+  await admin.goto(base + "/dags/etl_daily?tab=overview");
+  await admin.waitForSelector("#calendar");
+  assert.ok(await admin.locator("#calendar .day.cal-success").count() >= 1, "today's run on the calendar");
+  assert.ok(await admin.locator("svg.chart#run-durations-chart rect.bar").count() >= 1);
+
   // XSS: a DAG whose description, params, task log and run conf carry markup.
   await admin.goto(base + "/dags/xss_probe/trigger");
   await admin.click("#trigger-form summary");
@@ -154,7 +160,7 @@ try {
   await admin.fill("input[name=run_id]", "probe_" + Date.now());
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/xss_probe$/);
-  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit", "/cluster"]) {
+  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit", "/cluster", "/dags/xss_probe?tab=overview"]) {
     await admin.goto(base + path);
     assert.equal(await admin.locator("img[src=x]").count(), 0, path + " rendered an injected <img>");
   }

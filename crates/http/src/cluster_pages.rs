@@ -240,3 +240,136 @@ pub async fn overview(state: &AppState) -> Result<views::Overview, HttpError> {
         day: day_summary(&day),
     })
 }
+
+/// Runs the Overview tab charts, and failures it shows with their logs.
+const OVERVIEW_RUNS: i64 = 30;
+const OVERVIEW_FAILURES: i64 = 5;
+const LOG_TAIL: i64 = 12;
+
+/// A DAG's Overview tab.
+pub async fn dag_overview(
+    state: &AppState,
+    dag_id: &str,
+    window: Option<&str>,
+) -> Result<views::DagOverview, HttpError> {
+    let store = state.store();
+    let now = Utc::now();
+    let (window, span) = match window {
+        Some("7d") => ("7d", chrono::Duration::days(7)),
+        Some("30d") => ("30d", chrono::Duration::days(30)),
+        _ => ("24h", chrono::Duration::hours(24)),
+    };
+    let (failed_tries, failed_runs) = store.failure_counts(dag_id, now - span).await?;
+    let mut runs = store.dag_run_list(dag_id, OVERVIEW_RUNS).await?;
+    runs.reverse(); // oldest first, as time runs left to right
+    let bars: Vec<Bar> = runs
+        .iter()
+        .map(|r| {
+            let queued = match (r.queued_at, r.start_date) {
+                (Some(q), Some(s)) => (s - q).num_milliseconds().max(0) as f64 / 1000.0,
+                (Some(q), None) => (now - q).num_milliseconds().max(0) as f64 / 1000.0,
+                _ => 0.0,
+            };
+            let running = match (r.start_date, r.end_date) {
+                (Some(s), Some(e)) => (e - s).num_milliseconds().max(0) as f64 / 1000.0,
+                (Some(s), None) => (now - s).num_milliseconds().max(0) as f64 / 1000.0,
+                _ => 0.0,
+            };
+            Bar {
+                label: r.run_id.clone(),
+                parts: vec![
+                    ("queued".to_owned(), (queued * 10.0).round() / 10.0),
+                    (r.state.as_str().to_owned(), (running * 10.0).round() / 10.0),
+                ],
+            }
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for f in store
+        .failed_tries(dag_id, now - span, OVERVIEW_FAILURES)
+        .await?
+    {
+        let key = flow_store::TiKey::new(dag_id, &f.run_id, &f.task_id, f.map_index);
+        let lines = store
+            .log_tail(&key, f.try_number, LOG_TAIL)
+            .await?
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        let index = if f.map_index >= 0 {
+            format!("&map_index={}", f.map_index)
+        } else {
+            String::new()
+        };
+        failures.push(views::FailureExcerpt {
+            url: format!(
+                "/dags/{}/runs/{}/tasks/{}?try={}{index}",
+                views::url_encode(dag_id),
+                views::url_encode(&f.run_id),
+                views::url_encode(&f.task_id),
+                f.try_number
+            ),
+            run_id: f.run_id,
+            task_id: f.task_id,
+            try_number: f.try_number,
+            ended: views::fmt_time(&Some(f.end_date)),
+            lines,
+        });
+    }
+    Ok(views::DagOverview {
+        window: window.to_owned(),
+        failed_tries,
+        failed_runs,
+        durations_chart: stacked_bars("run-durations-chart", &bars, "s"),
+        calendar: calendar(
+            &store
+                .daily_run_states(dag_id, now - chrono::Duration::days(364))
+                .await?,
+            now,
+        ),
+        failures,
+    })
+}
+
+/// A year of days, a week per column (Monday first), each day coloured by its worst run
+/// state (failed over running over success), as Airflow's Calendar view.
+fn calendar(
+    days: &[(chrono::NaiveDate, String, i64)],
+    now: DateTime<Utc>,
+) -> Vec<Vec<(String, String, String)>> {
+    use chrono::Datelike as _;
+    let today = now.date_naive();
+    let mut start = today - chrono::Duration::days(364);
+    start -= chrono::Duration::days(i64::from(start.weekday().num_days_from_monday()));
+    let mut weeks = Vec::new();
+    let mut day = start;
+    while day <= today {
+        let mut week = Vec::with_capacity(7);
+        for _ in 0..7 {
+            let on: Vec<&(chrono::NaiveDate, String, i64)> =
+                days.iter().filter(|(d, _, _)| *d == day).collect();
+            let has = |s: &str| on.iter().any(|(_, st, _)| st == s);
+            let class = if day > today {
+                "future"
+            } else if has("failed") {
+                "failed"
+            } else if has("running") || has("queued") {
+                "running"
+            } else if has("success") {
+                "success"
+            } else {
+                "none"
+            };
+            let counts: Vec<String> = on.iter().map(|(_, s, n)| format!("{n} {s}")).collect();
+            let title = if counts.is_empty() {
+                format!("{day}: no runs")
+            } else {
+                format!("{day}: {}", counts.join(", "))
+            };
+            week.push((day.to_string(), class.to_owned(), title));
+            day += chrono::Duration::days(1);
+        }
+        weeks.push(week);
+    }
+    weeks
+}

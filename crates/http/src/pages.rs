@@ -435,6 +435,8 @@ struct TabQuery {
     runs: Option<i64>,
     /// The run whose states colour the graph (default: the latest).
     run_id: Option<String>,
+    /// The Overview tab's window: `24h`, `7d` or `30d`.
+    window: Option<String>,
 }
 
 async fn dag_page(
@@ -451,7 +453,7 @@ async fn dag_page(
         .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
     let dag = load_dag(&state, &dag_id).await?;
     let tab = match q.tab.as_deref() {
-        Some(t @ ("graph" | "gantt" | "runs" | "code" | "details")) => t.to_owned(),
+        Some(t @ ("overview" | "graph" | "gantt" | "runs" | "code" | "details")) => t.to_owned(),
         _ => "grid".to_owned(),
     };
     let mut body = views::DagPage {
@@ -473,8 +475,14 @@ async fn dag_page(
         graph_run_url: String::new(),
         gantt: Vec::new(),
         gantt_span: String::new(),
+        overview: None,
     };
     match tab.as_str() {
+        "overview" => {
+            body.overview = Some(
+                crate::cluster_pages::dag_overview(&state, &dag_id, q.window.as_deref()).await?,
+            );
+        }
         "grid" => {
             let runs = q.runs.unwrap_or(GRID_RUNS).clamp(1, 365);
             fill_grid(&state, &dag, runs, &mut body).await?;

@@ -228,6 +228,31 @@ pub struct DagPage {
     pub gantt: Vec<GanttBar>,
     /// Total span of the Gantt chart, formatted.
     pub gantt_span: String,
+    pub overview: Option<DagOverview>,
+}
+
+/// A DAG's Overview tab (Airflow 3's): failures over a window, the recent runs' durations
+/// split into queued and running, a calendar of daily run states, the recent failures' logs.
+pub struct DagOverview {
+    /// `24h`, `7d` or `30d`.
+    pub window: String,
+    pub failed_tries: i64,
+    pub failed_runs: i64,
+    /// Inline SVG (escaped by `charts`).
+    pub durations_chart: String,
+    /// Weeks of (date, state class, tooltip), Monday first; empty dates pad the first week.
+    pub calendar: Vec<Vec<(String, String, String)>>,
+    pub failures: Vec<FailureExcerpt>,
+}
+
+/// A failed try with the end of its log.
+pub struct FailureExcerpt {
+    pub run_id: String,
+    pub task_id: String,
+    pub url: String,
+    pub try_number: i64,
+    pub ended: String,
+    pub lines: Vec<String>,
 }
 
 /// One task instance on the Gantt chart; offsets and widths are per mille of the run's span

@@ -3946,6 +3946,46 @@ async fn cluster_page_and_home_overview() {
         assert!(first.starts_with(&format!("{last}\"")), "{last} first");
         let only = viewer.get("/?favorites=1").await;
         assert_eq!(only.body.matches("data-dag-id=").count(), 1);
+
+        // The DAG's Overview tab: failures in the window, the calendar, the failed try's log.
+        site.store
+            .log_append(
+                &flow_store::TiKey::new("etl", "new_bad", "load", -1),
+                1,
+                &[flow_store::LogLine {
+                    at: now,
+                    stream: "stderr".into(),
+                    line: "psycopg2.OperationalError: <boom>".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        let o = viewer.get("/dags/etl?tab=overview").await;
+        assert_eq!(o.status, StatusCode::OK);
+        assert!(
+            o.body.contains("1 failed runs") && o.body.contains("1 failed tasks"),
+            "{}",
+            o.body
+        );
+        assert!(
+            o.body.contains(&format!(
+                r#"class="day cal-failed" title="{}: 1 failed"#,
+                now.date_naive()
+            )),
+            "{}",
+            o.body
+        );
+        assert!(
+            o.body.contains("psycopg2.OperationalError: &#60;boom&#62;"),
+            "the log tail, escaped: {}",
+            &o.body[o.body.find("Recent failures").unwrap_or(0)..]
+        );
+        assert!(o.body.contains(r#"id="run-durations-chart""#));
+        let week = viewer.get("/dags/etl?tab=overview&window=7d").await;
+        assert!(
+            week.body
+                .contains(r#"class="window active" href="/dags/etl?tab=overview&amp;window=7d""#)
+        );
         db.drop_unchecked().await.unwrap();
     }
 }

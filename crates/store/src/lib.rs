@@ -72,7 +72,7 @@ pub use events::{EventCursor, EventGaps, EventTable, LifecycleEvent};
 pub use explain::TiDependency;
 pub use jobs::{JobQuery, JobRow, JobStart};
 pub use logs::{LogLine, LogRead};
-pub use monitor::{DagCounts, HourStats, MonitorCounts};
+pub use monitor::{DagCounts, FailedTry, HourStats, MonitorCounts};
 pub use pools::{DEFAULT_POOL, PoolRow, PoolWrite};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
 pub use task_instances::{

@@ -114,3 +114,33 @@ impl Store {
         Ok(LogRead { lines, next })
     }
 }
+
+impl Store {
+    /// The last `n` lines of a try's log, oldest first (the dashboard's failure excerpts).
+    pub async fn log_tail(&self, ti: &TiKey, try_number: i64, n: i64) -> Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT at, stream, line FROM log_chunk WHERE dag_id = $1 AND run_id = $2 \
+             AND task_id = $3 AND map_index = $4 AND try_number = $5 ORDER BY id DESC LIMIT $6",
+        )
+        .bind(&ti.dag_id)
+        .bind(&ti.run_id)
+        .bind(&ti.task_id)
+        .bind(ti.map_index)
+        .bind(try_number)
+        .bind(n)
+        .fetch_all(self.read_pool())
+        .await?;
+        let mut lines = rows
+            .iter()
+            .map(|r| {
+                Ok(LogLine {
+                    at: from_micros(r.try_get("at")?),
+                    stream: r.try_get("stream")?,
+                    line: r.try_get("line")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+}

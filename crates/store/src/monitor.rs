@@ -162,3 +162,91 @@ impl Store {
         })
     }
 }
+
+/// A try that failed, for a DAG's overview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedTry {
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub try_number: i64,
+    pub end_date: DateTime<Utc>,
+}
+
+impl Store {
+    /// A DAG's tries that failed (or went up for retry) since `since`, newest first.
+    pub async fn failed_tries(
+        &self,
+        dag_id: &str,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<FailedTry>> {
+        let rows = sqlx::query(
+            "SELECT run_id, task_id, map_index, try_number, end_date FROM task_instance_history \
+             WHERE end_date >= $1 AND dag_id = $2 AND state IN ('failed', 'up_for_retry') \
+             ORDER BY end_date DESC LIMIT $3",
+        )
+        .bind(to_micros(since))
+        .bind(dag_id)
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedTry {
+                    run_id: r.try_get("run_id")?,
+                    task_id: r.try_get("task_id")?,
+                    map_index: r.try_get("map_index")?,
+                    try_number: r.try_get("try_number")?,
+                    end_date: from_micros(r.try_get("end_date")?),
+                })
+            })
+            .collect()
+    }
+
+    /// How many of a DAG's tries and runs failed since `since`: `(tries, runs)`.
+    pub async fn failure_counts(&self, dag_id: &str, since: DateTime<Utc>) -> Result<(i64, i64)> {
+        let tries: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM task_instance_history WHERE end_date >= $1 \
+             AND dag_id = $2 AND state = 'failed'",
+        )
+        .bind(to_micros(since))
+        .bind(dag_id)
+        .fetch_one(self.read_pool())
+        .await?
+        .try_get("n")?;
+        let runs: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM dag_run WHERE end_date >= $1 AND dag_id = $2 \
+             AND state = 'failed'",
+        )
+        .bind(to_micros(since))
+        .bind(dag_id)
+        .fetch_one(self.read_pool())
+        .await?
+        .try_get("n")?;
+        Ok((tries, runs))
+    }
+
+    /// Each day's run states of a DAG since `since` (by run date: the logical date, else
+    /// when it was due): `(day, state, count)`.
+    pub async fn daily_run_states(
+        &self,
+        dag_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(chrono::NaiveDate, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(logical_date, run_after) AS at, state FROM dag_run \
+             WHERE dag_id = $1 AND COALESCE(logical_date, run_after) >= $2",
+        )
+        .bind(dag_id)
+        .bind(to_micros(since))
+        .fetch_all(self.read_pool())
+        .await?;
+        let mut days: BTreeMap<(chrono::NaiveDate, String), i64> = BTreeMap::new();
+        for r in rows {
+            let day = from_micros(r.try_get("at")?).date_naive();
+            *days.entry((day, r.try_get("state")?)).or_default() += 1;
+        }
+        Ok(days.into_iter().map(|((d, s), n)| (d, s, n)).collect())
+    }
+}

@@ -13,6 +13,7 @@ mod bench_web;
 mod config;
 mod connections;
 mod dags;
+mod db_clean;
 mod jobs;
 mod log_fields;
 mod ops;
@@ -49,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         command: dags::DagsCommand,
     },
-    /// Metadata database: migrate, check, reset.
+    /// Metadata database: migrate, check, reset, clean.
     Db {
         #[command(subcommand)]
         command: ops::DbCommand,

@@ -32,6 +32,8 @@ pub enum DbCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Purge old records in metadata tables (Airflow's `airflow db clean`).
+    Clean(crate::db_clean::CleanArgs),
 }
 
 pub async fn connect() -> Result<Store> {
@@ -145,6 +147,10 @@ fn lock_sqlite(db: &Path, what: &str) -> Result<std::fs::File> {
 }
 
 pub async fn db(command: DbCommand) -> Result<ExitCode> {
+    // Checks its arguments before it connects.
+    if let DbCommand::Clean(args) = command {
+        return crate::db_clean::run(args).await;
+    }
     let store = connect().await?;
     match command {
         DbCommand::Migrate => {
@@ -174,6 +180,8 @@ pub async fn db(command: DbCommand) -> Result<ExitCode> {
             store.reset().await?;
             println!("database {} reset", store.redacted_url());
         }
+        // Handled above, before connecting.
+        DbCommand::Clean(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -271,8 +279,37 @@ pub fn scheduler_config(dags_folder: &Path) -> Result<SchedulerConfig> {
         hostname: config::hostname(),
         max_map_length: max_map_length()?,
         allow_external_dag_links: allow_external_dag_links()?,
+        retention: retention_config()?,
         ..SchedulerConfig::default()
     })
+}
+
+/// What the scheduler's background retention keeps: `[core] max_runs_kept_per_dag` runs per
+/// DAG, `[logging] retention_days` days of task logs; unset keeps everything.
+fn retention_config() -> Result<flow_scheduler::RetentionConfig> {
+    Ok(flow_scheduler::RetentionConfig {
+        max_runs_kept_per_dag: positive_count(
+            config::env_value("core", "max_runs_kept_per_dag")?,
+            "FLOW__CORE__MAX_RUNS_KEPT_PER_DAG",
+        )?,
+        log_retention_days: positive_count(
+            config::env_value("logging", "retention_days")?,
+            "FLOW__LOGGING__RETENTION_DAYS",
+        )?,
+    })
+}
+
+/// A setting that is a count of at least 1 when set (an empty value is unset).
+fn positive_count(value: Option<String>, name: &str) -> Result<Option<u32>> {
+    let Some(text) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => bail!(
+            "{name} must be a whole number of at least 1 (unset keeps everything), got `{text}`"
+        ),
+    }
 }
 
 /// Airflow's `[scheduler] zombie_threshold` (here also the worker's fencing horizon).

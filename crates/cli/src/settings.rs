@@ -93,6 +93,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("core", "max_map_length", "1024"),
     setting("core", "max_xcom_size", "1048576"),
     setting("core", "allow_external_dag_links", "false"),
+    unset("core", "max_runs_kept_per_dag", "every run is kept"),
     unset("core", "fernet_key", "generated into $FLOW_HOME/fernet_key").secret(Secret::Whole),
     Setting {
         fallback: Fallback::InFlowHome("flow.db"),
@@ -126,6 +127,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("webserver", "expose_config", "false").aliases(&[("api", "expose_config")]),
     setting("logging", "level", "info").aliases(&[("logging", "logging_level")]),
     setting("logging", "format", "text"),
+    unset("logging", "retention_days", "task logs are kept"),
     setting("triggerer", "capacity", "10000"),
     unset("events", "kafka_conn_id", "no lifecycle events"),
     unset("events", "kafka_topic", "no lifecycle events"),

@@ -13,12 +13,14 @@ mod dir_watch;
 pub mod events;
 pub mod kafka_triggers;
 pub mod processor;
+pub mod retention;
 mod scheduler;
 mod view;
 
 pub use events::{EventPublisher, EventStats, EventsConfig};
 pub use kafka_triggers::{KafkaTriggerConfig, KafkaTriggerStats, KafkaTriggers};
 pub use processor::{DagProcessor, ProcessReport};
+pub use retention::{RetentionConfig, RetentionReport};
 pub use scheduler::{PassSummary, Scheduler, SchedulerConfig, Wakeups};
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,8 @@ pub struct SchedulerConfig {
     pub max_map_length: usize,
     /// Whether DAG files may be symbolic links to files outside the dags folder.
     pub allow_external_dag_links: bool,
+    /// Old runs and logs deleted in the background (`retention.rs`).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -76,6 +78,7 @@ impl Default for SchedulerConfig {
             hostname: "localhost".to_owned(),
             max_map_length: flow_dag::dag::DEFAULT_MAX_MAP_LENGTH,
             allow_external_dag_links: false,
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -191,6 +194,7 @@ impl Scheduler {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = StdDuration::from_millis(100);
         info!(dags_folder = %self.config.dags_folder.display(), "scheduler started");
+        crate::retention::spawn(self.store.clone(), self.config.retention, shutdown.clone());
         loop {
             if *shutdown.borrow() {
                 break;

@@ -32,6 +32,7 @@ mod markers;
 mod monitor;
 mod pools;
 mod queueing;
+mod retention;
 mod task_instances;
 pub mod testing;
 mod transition;
@@ -75,6 +76,9 @@ pub use logs::{LogLine, LogRead};
 pub use monitor::{DagCounts, FailedTry, HourStats, MonitorCounts};
 pub use pools::{DEFAULT_POOL, PoolRow, PoolWrite};
 pub use queueing::{PoolUsage, QueueOutcome, QueueRequest, Refusal, RunStart};
+pub use retention::{
+    CleanCounts, CleanProgress, CleanReport, CleanRequest, CleanTable, RunSelection,
+};
 pub use task_instances::{
     ClaimedTi, ClearReport, CorruptRow, NewTaskInstance, StateChange, TaskStates, TiFinish, TiKey,
     TiQuery, TiRow, TiTryRow,

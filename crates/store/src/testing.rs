@@ -179,6 +179,14 @@ impl Store {
         Ok(sqlx::query(sql).execute(&self.write).await?.rows_affected())
     }
 
+    /// `SELECT COUNT(*) FROM {from}`: for tests that check what a statement left behind
+    /// (`from` is the test's own text, a table and an optional `WHERE`).
+    pub async fn count_raw(&self, from: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {from}"))
+            .fetch_one(self.read_pool())
+            .await?)
+    }
+
     /// Replays every recorded task instance and dag run transition through the model's
     /// tables (`flow_model::check_transition`, `check_run_transition`) and describes those
     /// it forbids, with how often each happened.

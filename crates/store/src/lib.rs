@@ -355,6 +355,8 @@ impl Store {
     /// Drops every table and applies the migrations again.
     pub async fn reset(&self) -> Result<()> {
         let tables = [
+            "dag_favorite",
+            "dag_warning",
             "dag_version_log",
             "backfill",
             "callback_request",

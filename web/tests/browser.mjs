@@ -1,6 +1,7 @@
 // The web UI in a real browser (Debian's chromium through playwright-core), against a running
 // `flow standalone`. Run by crates/cli/tests/browser.rs, which starts flow and passes:
-//   FLOW_URL, ADMIN_PASSWORD, VIEWER_USER, VIEWER_PASSWORD, CHROMIUM (path)
+//   FLOW_URL, ADMIN_PASSWORD, VIEWER_USER, VIEWER_PASSWORD, CHROMIUM (path), CONN_TEST_DB (an
+//   SQLite file the Connections page's Test reaches; flow runs with test_connection Enabled)
 // Any JavaScript dialog (an injected `alert`) fails the test.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -178,6 +179,78 @@ try {
   await admin.waitForFunction(() => document.getElementById("log").textContent.includes("tick 6"), null, { timeout: 30000 });
   await admin.waitForFunction(() => document.getElementById("ti-state").textContent === "success", null, { timeout: 30000 });
 
+  // Connections: add one, edit it, test it, delete it; its secrets never reach the page.
+  const SECRET = "pw-browser-Sekr3t-5150";
+  const EXTRA_SECRET = "tok-browser-Sekr3t-6160";
+  const noSecret = async (where) => {
+    const html = await admin.content();
+    assert.ok(!html.includes(SECRET) && !html.includes(EXTRA_SECRET), where + " shows a secret");
+  };
+  await admin.goto(base + "/connections");
+  await admin.fill("#connection-form input[name=conn_id]", "browser_db");
+  await admin.fill("#connection-form input[name=conn_type]", "sqlite");
+  await admin.fill("#connection-form input[name=host]", process.env.CONN_TEST_DB);
+  await admin.fill("#connection-form input[name=password]", SECRET);
+  await admin.fill("#connection-form textarea[name=extra]", JSON.stringify({ token: EXTRA_SECRET, timeout: 5 }));
+  await admin.click("#connection-form button[type=submit]");
+  const connRow = admin.locator('tr[data-conn-id="browser_db"]');
+  await connRow.waitFor();
+  assert.match(await connRow.textContent(), /sqlite.*set.*\*\*\*/s);
+  await noSecret("the connection list");
+  await connRow.locator("text=Edit").click();
+  await admin.waitForURL(/\/connections\/browser_db\/edit$/);
+  await noSecret("the edit form");
+  assert.equal(await admin.inputValue("#connection-form input[name=password]"), "");
+  await admin.fill("#connection-form input[name=description]", "edited in the browser");
+  await admin.click("#connection-form button[type=submit]");
+  await admin.waitForURL(/\/connections$/);
+  assert.match(await connRow.textContent(), /edited in the browser/);
+  await connRow.locator("button[data-action=test]").click();
+  await admin.waitForSelector("#test-result");
+  assert.equal(await admin.getAttribute("#test-result", "data-ok"), "true", await admin.textContent("#test-result"));
+  assert.match(await admin.textContent("#test-result"), /Connection successfully tested/);
+  await noSecret("the test result");
+  // A bad port is refused on the form, naming the field.
+  await admin.goto(base + "/connections");
+  await admin.fill("#connection-form input[name=conn_id]", "bad_port");
+  await admin.fill("#connection-form input[name=conn_type]", "http");
+  await admin.fill("#connection-form input[name=port]", "70000");
+  await admin.click("#connection-form button[type=submit]");
+  await admin.waitForSelector("#form-error");
+  assert.match(await admin.textContent("#form-error"), /port/);
+  await admin.goto(base + "/connections");
+  await admin.locator('tr[data-conn-id="browser_db"] button.danger').click();
+  await admin.waitForURL(/\/connections$/);
+  assert.equal(await admin.locator('tr[data-conn-id="browser_db"]').count(), 0);
+
+  // Users: create one, change its role, reset its password, delete it.
+  await admin.goto(base + "/users");
+  await admin.fill("#user-form input[name=username]", "browser_bob");
+  await admin.selectOption("#user-form select[name=role]", "Viewer");
+  await admin.fill("#user-form input[name=password]", "bob-password-1");
+  await admin.click("#user-form button[type=submit]");
+  const bobRow = admin.locator('tr[data-username="browser_bob"]');
+  await bobRow.waitFor();
+  await bobRow.locator("select[name=role]").selectOption("Op");
+  await bobRow.locator("button[data-action=set-role]").click();
+  await admin.waitForURL(/\/users$/);
+  assert.equal(await bobRow.locator("select[name=role]").inputValue(), "Op");
+  await bobRow.locator("input[name=password]").fill("bob-password-2");
+  await bobRow.locator("button[data-action=reset-password]").click();
+  await admin.waitForSelector("#notice");
+  assert.match(await admin.textContent("#notice"), /browser_bob was reset/);
+  const bob = await newPage();
+  await login(bob, "browser_bob", "bob-password-2");
+  assert.equal(await bob.locator('nav a[href="/connections"]').count(), 1, "an Op sees Connections");
+  assert.equal(await bob.locator('nav a[href="/users"]').count(), 0, "only Admins see Users");
+  await bobRow.locator("button.danger").click();
+  await admin.waitForURL(/\/users$/);
+  assert.equal(await admin.locator('tr[data-username="browser_bob"]').count(), 0);
+  await bob.goto(base + "/");
+  assert.match(bob.url(), /\/login/, "a deleted user's session ends");
+  // An Admin is offered no Delete of themself (the server refuses it too).
+  assert.equal(await admin.locator('tr[data-username="admin"] button.danger').count(), 0);
+
   // A Viewer finds no action anywhere.
   const viewer = await newPage();
   await login(viewer, process.env.VIEWER_USER, process.env.VIEWER_PASSWORD);
@@ -198,6 +271,10 @@ try {
   assert.equal(await viewer.locator("#asset-event-form").count(), 0, "a Viewer may not record events");
   const refused = await viewer.goto(base + "/dags/etl_daily/trigger");
   assert.equal(refused.status(), 403);
+  assert.equal(await viewer.locator('nav a[href="/connections"], nav a[href="/users"]').count(), 0);
+  for (const path of ["/connections", "/users"]) {
+    assert.equal((await viewer.goto(base + path)).status(), 403, path);
+  }
 
   assert.deepEqual(dialogs, [], "a dialog fired: " + dialogs.join(", "));
   assert.deepEqual(errors, [], "page errors: " + errors.join(", "));

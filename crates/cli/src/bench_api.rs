@@ -209,6 +209,7 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
             secure_cookies: false,
             cipher: None,
             exposed_config: None,
+            connection_testing: flow_http::ConnectionTesting::disabled(),
         },
     );
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -146,6 +146,7 @@ pub async fn web(
             secure_cookies: false,
             cipher: None,
             exposed_config: None,
+            connection_testing: flow_http::ConnectionTesting::disabled(),
         },
     ));
     let cookie = login(&router).await?;

@@ -214,6 +214,25 @@ fn get_value(section: &str, key: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the web server tests connections (Airflow's `[core] test_connection`: Disabled,
+/// Enabled or Hidden; Disabled by default), with the operators' clients.
+pub fn connection_testing() -> Result<flow_http::ConnectionTesting> {
+    let mode = match lookup("core", "test_connection")? {
+        None => flow_http::TestConnectionMode::Disabled,
+        Some(found) => flow_http::TestConnectionMode::parse(&found.value).map_err(|_| {
+            must_be(
+                &found,
+                "Disabled, Enabled or Hidden",
+                "core",
+                "test_connection",
+            )
+        })?,
+    };
+    Ok(flow_http::ConnectionTesting::new(mode, |conn| async move {
+        flow_executor::test_connection(&conn).await
+    }))
+}
+
 /// The configuration `GET /api/v2/config` serves when `[webserver] expose_config` (Airflow's
 /// `[api] expose_config`) is on, secrets replaced by `< hidden >` as Airflow does: the web
 /// server never holds them in this form. `None` when off (the API answers 403).

@@ -94,6 +94,7 @@ pub static SETTINGS: &[Setting] = &[
     setting("core", "max_xcom_size", "1048576"),
     setting("core", "allow_external_dag_links", "false"),
     unset("core", "max_runs_kept_per_dag", "every run is kept"),
+    setting("core", "test_connection", "Disabled"),
     unset("core", "fernet_key", "generated into $FLOW_HOME/fernet_key").secret(Secret::Whole),
     Setting {
         fallback: Fallback::InFlowHome("flow.db"),

@@ -9,7 +9,7 @@ use chrono::Utc;
 use clap::Subcommand;
 use flow_http::{AppState, WebConfig};
 use flow_model::Role;
-use flow_store::{NewUser, Store};
+use flow_store::{NewUser, Store, UserChange};
 use tokio::sync::watch;
 
 use crate::{config, ops};
@@ -82,8 +82,13 @@ pub async fn users(command: UsersCommand) -> Result<ExitCode> {
             }
         }
         UsersCommand::Delete { username } => {
-            if !store.user_delete(&username).await? {
-                bail!("no user `{username}`");
+            match store.user_delete(&username).await? {
+                UserChange::Done => {}
+                UserChange::Missing => bail!("no user `{username}`"),
+                UserChange::LastAdmin => bail!(
+                    "`{username}` is the last Admin and cannot be deleted; make another user \
+                     Admin first"
+                ),
             }
             println!("user {username} deleted");
         }
@@ -100,17 +105,8 @@ async fn create_user(
     first_name: &str,
     last_name: &str,
 ) -> Result<()> {
-    let valid = !username.is_empty()
-        && username.len() <= 64
-        && username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
-    if !valid {
-        bail!("username `{username}`: use 1-64 letters, digits, `_`, `-`, `.` or `@`");
-    }
-    if password.chars().count() < 8 {
-        bail!("the password must be at least 8 characters long");
-    }
+    flow_http::auth::check_username(username).map_err(|e| anyhow!(e))?;
+    flow_http::auth::check_password(password).map_err(|e| anyhow!(e))?;
     let hash = flow_http::auth::hash_password(password).map_err(|e| anyhow!("{e}"))?;
     let created = store
         .user_create(
@@ -190,6 +186,7 @@ pub async fn run_webserver(
             secure_cookies: config::env_bool("webserver", "cookie_secure", false)?,
             cipher: Some(config::fernet_cipher()?),
             exposed_config: config::exposed_config()?,
+            connection_testing: config::connection_testing()?,
         },
     );
     let listener = tokio::net::TcpListener::bind(addr)

@@ -90,9 +90,13 @@ fn web_ui_in_a_real_browser() {
             .env("FLOW__CORE__DAGS_FOLDER", &dags)
             .env_remove("FLOW__DATABASE__URL")
             .env("FLOW__LOGGING__LEVEL", "warn")
+            .env("FLOW__CORE__TEST_CONNECTION", "Enabled")
             .env("TMPDIR", &home);
         c
     };
+    // The database the Connections page's Test reaches (a test never creates one).
+    let conn_test_db = home.join("conn_test.db");
+    std::fs::write(&conn_test_db, b"").unwrap();
     let standalone = Standalone::start(command(&[]));
     let port = &standalone.port;
     let admin_password = std::fs::read_to_string(home.join("standalone_admin_password.txt"))
@@ -124,6 +128,7 @@ fn web_ui_in_a_real_browser() {
         .env("VIEWER_USER", "vera")
         .env("VIEWER_PASSWORD", "viewer-password")
         .env("CHROMIUM", chromium)
+        .env("CONN_TEST_DB", &conn_test_db)
         .status()
         .unwrap();
     assert!(

@@ -8,6 +8,7 @@
 
 mod assets;
 mod bundle;
+pub mod connection_test;
 mod io_ops;
 mod jinja;
 mod mask;
@@ -21,6 +22,7 @@ mod variables;
 pub mod worker;
 mod xcom;
 
+pub use connection_test::test_connection;
 pub use flow_dag::params::{ParamError, merge_params};
 pub use io_ops::{TRIGGER_KAFKA, TRIGGER_TIME, with_context};
 pub use mask::{Masker, is_sensitive_name};

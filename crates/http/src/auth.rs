@@ -302,6 +302,31 @@ pub fn safe_next(next: Option<&str>) -> String {
     if ok { next.to_owned() } else { "/".to_owned() }
 }
 
+/// The rule for usernames (`flow users create` and the Users page): 1-64 letters, digits,
+/// `_`, `-`, `.` or `@`, so a name is safe in URLs, logs and the audit log as it is.
+pub fn check_username(username: &str) -> Result<(), String> {
+    let valid = !username.is_empty()
+        && username.len() <= 64
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "username `{username}`: use 1-64 letters, digits, `_`, `-`, `.` or `@`"
+        ))
+    }
+}
+
+/// The password policy (`flow users create` and the Users page): at least 8 characters.
+pub fn check_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < 8 {
+        return Err("the password must be at least 8 characters long".to_owned());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

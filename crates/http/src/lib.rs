@@ -13,12 +13,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use flow_store::Store;
 
+mod admin_pages;
 pub mod api;
 mod asset_pages;
 mod assets;
 pub mod auth;
 mod charts;
 mod cluster_pages;
+mod connection_test;
 mod graph;
 pub mod metrics;
 mod pages;
@@ -26,6 +28,7 @@ mod session;
 mod views;
 
 pub use api::config::{Config as ExposedConfig, ConfigOption, ConfigSection};
+pub use connection_test::{ConnectionTesting, DISABLED_MESSAGE, TestConnectionMode};
 pub use session::CurrentUser;
 
 /// What every handler shares.
@@ -47,6 +50,8 @@ struct Inner {
     cipher: Option<flow_store::Cipher>,
     /// What `GET /api/v2/config` shows; `None`: not exposed.
     exposed_config: Option<ExposedConfig>,
+    /// `[core] test_connection` and the function that tests.
+    connection_testing: ConnectionTesting,
 }
 
 /// How the web server is set up.
@@ -60,6 +65,9 @@ pub struct WebConfig {
     /// The settings `GET /api/v2/config` shows, secrets already hidden; `None` when
     /// `expose_config` is off (the API answers 403).
     pub exposed_config: Option<ExposedConfig>,
+    /// Whether the Connections page and `POST /api/v2/connections/test` test connections
+    /// (Airflow's `[core] test_connection`, `Disabled` by default), and how.
+    pub connection_testing: ConnectionTesting,
 }
 
 impl AppState {
@@ -73,6 +81,7 @@ impl AppState {
                 secure_cookies: config.secure_cookies,
                 cipher: config.cipher,
                 exposed_config: config.exposed_config,
+                connection_testing: config.connection_testing,
             }),
         }
     }
@@ -91,6 +100,10 @@ impl AppState {
 
     pub(crate) fn exposed_config(&self) -> Option<&ExposedConfig> {
         self.inner.exposed_config.as_ref()
+    }
+
+    pub(crate) fn connection_testing(&self) -> &ConnectionTesting {
+        &self.inner.connection_testing
     }
 
     pub(crate) fn limiter(&self) -> &auth::LoginLimiter {
@@ -132,6 +145,7 @@ pub fn router(state: AppState) -> Router {
     pages::routes()
         .merge(assets::routes())
         .merge(asset_pages::routes())
+        .merge(admin_pages::routes())
         .merge(metrics::routes())
         .merge(cluster_pages::routes())
         .merge(api::routes())

@@ -583,3 +583,22 @@ pub struct ClusterPage {
     /// The last day's totals: (what, count, state class).
     pub summary: Vec<(String, i64, String)>,
 }
+
+/// What the navigation offers by role (the admin pages check again on every request).
+impl Chrome {
+    fn role(&self) -> Option<flow_model::Role> {
+        flow_model::Role::parse(&self.role).ok()
+    }
+
+    /// Connections: Op and Admin.
+    pub fn can_operate(&self) -> bool {
+        self.role()
+            .is_some_and(|r| r.can(flow_model::Permission::Operate))
+    }
+
+    /// Users: Admin.
+    pub fn can_manage_users(&self) -> bool {
+        self.role()
+            .is_some_and(|r| r.can(flow_model::Permission::ManageUsers))
+    }
+}

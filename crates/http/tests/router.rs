@@ -54,6 +54,34 @@ async fn site(db: &TestDb) -> Site {
 
 /// A site whose `GET /api/v2/config` shows `exposed_config` (`None`: not exposed).
 async fn site_exposing(db: &TestDb, exposed_config: Option<flow_http::ExposedConfig>) -> Site {
+    site_with(db, exposed_config, fake_connection_tests()).await
+}
+
+/// Connection tests enabled, with a stand-in for the binary's tester (flow-executor's, tested
+/// there and in the browser test): it passes for host `ok.example` and says how long the
+/// password it was given is, so that a test can see the stored one reached it unshown.
+fn fake_connection_tests() -> flow_http::ConnectionTesting {
+    flow_http::ConnectionTesting::new(
+        flow_http::TestConnectionMode::Enabled,
+        |c: flow_model::Connection| async move {
+            let host = c.host.unwrap_or_default();
+            let chars = c.password.map_or(0, |p| p.chars().count());
+            if host == "ok.example" {
+                Ok(format!(
+                    "reached {host} with a password of {chars} characters"
+                ))
+            } else {
+                Err(format!("cannot connect to `{host}`"))
+            }
+        },
+    )
+}
+
+async fn site_with(
+    db: &TestDb,
+    exposed_config: Option<flow_http::ExposedConfig>,
+    connection_testing: flow_http::ConnectionTesting,
+) -> Site {
     let store = db.store.clone();
     let dir = std::env::temp_dir().join(format!(
         "flow-http-test-{}-{}",
@@ -90,6 +118,7 @@ async fn site_exposing(db: &TestDb, exposed_config: Option<flow_http::ExposedCon
             secure_cookies: false,
             cipher: Some(cipher.clone()),
             exposed_config,
+            connection_testing,
         },
     );
     Site {
@@ -1405,7 +1434,10 @@ async fn api_tokens_roles_and_dags() {
         assert_eq!(j["event_logs"][0]["owner"], "uma");
 
         // Deleting a user invalidates their tokens at once.
-        assert!(site.store.user_delete("uma").await.unwrap());
+        assert_eq!(
+            site.store.user_delete("uma").await.unwrap(),
+            flow_store::UserChange::Done
+        );
         let (s, _, _) = api(&site, "GET", "/api/v2/dags", Some(&user), None).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         db.drop_db().await.unwrap();
@@ -1503,6 +1535,7 @@ async fn api_spec_lists_every_route_and_each_enforces_auth() {
             ("get", "/api/v2/connections/{connection_id}".into()),
             ("patch", "/api/v2/connections/{connection_id}".into()),
             ("delete", "/api/v2/connections/{connection_id}".into()),
+            ("post", "/api/v2/connections/test".into()),
             (
                 "post",
                 "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/list".into(),
@@ -3988,4 +4021,686 @@ async fn cluster_page_and_home_overview() {
         );
         db.drop_unchecked().await.unwrap();
     }
+}
+
+/// The Connections page: Op and Admin only (as the API), validation errors naming the field,
+/// no secret ever in a page (list, edit form, refused form, test result), an empty password
+/// or a `***` extra value keeping the stored secret, Test through the server's tester, every
+/// change audited.
+#[tokio::test]
+async fn connections_page_never_shows_secrets_and_only_op_manages() {
+    const PASSWORD: &str = "pw-Sekr3t-4471";
+    const EXTRA_SECRET: &str = "xtra-Sekr3t-9921";
+    let textarea = regex::Regex::new(r"(?s)<textarea name=.extra.[^>]*>(.*?)</textarea>").unwrap();
+    for db in databases().await {
+        let site = site(&db).await;
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let mut user = Browser::new(&site);
+        user.ip = [10, 2, 2, 2];
+        user.login("uma", "correct horse", "/").await;
+        let mut op = Browser::new(&site);
+        op.ip = [10, 3, 3, 3];
+        op.login("oli", "correct horse", "/").await;
+        let mut admin = Browser::new(&site);
+        admin.ip = [10, 1, 1, 1];
+        admin.login("ada", "correct horse", "/").await;
+
+        // Navigation by role; the pages check again.
+        let home = viewer.get("/").await.body;
+        assert!(!home.contains(r#"href="/connections""#) && !home.contains(r#"href="/users""#));
+        let home = op.get("/").await.body;
+        assert!(home.contains(r#"href="/connections""#) && !home.contains(r#"href="/users""#));
+        let home = admin.get("/").await.body;
+        assert!(home.contains(r#"href="/connections""#) && home.contains(r#"href="/users""#));
+        assert_eq!(
+            viewer.get("/connections").await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(user.get("/connections").await.status, StatusCode::FORBIDDEN);
+        let csrf_u = user.get("/").await.csrf();
+        let p = user
+            .post(
+                "/connections",
+                &[
+                    ("csrf_token", &csrf_u),
+                    ("conn_id", "x"),
+                    ("conn_type", "http"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "User is below Op");
+
+        let page = op.get("/connections").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csrf = page.csrf();
+        let extra = format!(r#"{{"sasl.password": "{EXTRA_SECRET}", "region": "eu"}}"#);
+        let add = |conn_id: &'static str, port: &'static str, extra: String| {
+            vec![
+                ("conn_id", conn_id.to_owned()),
+                ("conn_type", "postgres".to_owned()),
+                ("host", "db.example".to_owned()),
+                ("port", port.to_owned()),
+                ("schema", "sales".to_owned()),
+                ("login", "loader".to_owned()),
+                ("password", PASSWORD.to_owned()),
+                ("extra", extra),
+                ("description", "the warehouse".to_owned()),
+            ]
+        };
+        // Without the session's token: refused.
+        let p = post_fields(
+            &mut op,
+            "/connections",
+            &add("warehouse", "5432", extra.clone()),
+            "forged",
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        // Validation errors name the field, keep what was typed, never the password.
+        for (fields, field, says) in [
+            (
+                add("bad id!", "5432", extra.clone()),
+                "connection_id",
+                "invalid conn_id",
+            ),
+            (
+                add("warehouse", "99999", extra.clone()),
+                "port",
+                "is not a port",
+            ),
+            (
+                add("warehouse", "5432", "[1, 2]".into()),
+                "extra",
+                "must be a JSON object",
+            ),
+        ] {
+            let p = post_fields(&mut op, "/connections", &fields, &csrf).await;
+            assert_eq!(p.status, StatusCode::BAD_REQUEST, "{field}");
+            assert!(
+                p.body.contains(&format!("{field}: ")),
+                "{field}: {}",
+                p.body
+            );
+            assert!(p.body.contains(says), "{field}: {}", p.body);
+            assert!(p.body.contains(r#"aria-invalid="true""#), "{field}");
+            assert!(
+                p.body.contains("db.example"),
+                "the form keeps what was typed"
+            );
+            assert!(
+                !p.body.contains(PASSWORD),
+                "a refused form echoed the password"
+            );
+        }
+        let p = post_fields(
+            &mut op,
+            "/connections",
+            &add("warehouse", "5432", extra.clone()),
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        let p = post_fields(
+            &mut op,
+            "/connections",
+            &add("warehouse", "5432", extra.clone()),
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::CONFLICT);
+        assert!(p.body.contains("already exists"));
+
+        // The list and the edit form show no secret.
+        let list = op.get("/connections").await;
+        assert!(
+            list.body.contains(r#"data-conn-id="warehouse""#),
+            "{}",
+            list.body
+        );
+        assert!(list.body.contains("region") && list.body.contains("***"));
+        assert!(list.body.contains(">set<"), "the password shows as set");
+        let edit = op.get("/connections/warehouse/edit").await;
+        assert_eq!(edit.status, StatusCode::OK);
+        for body in [&list.body, &edit.body] {
+            assert!(!body.contains(PASSWORD), "the password leaked");
+            assert!(!body.contains(EXTRA_SECRET), "the extra secret leaked");
+        }
+        assert!(edit.body.contains("clear_password"));
+        assert_eq!(
+            viewer.get("/connections/warehouse/edit").await.status,
+            StatusCode::FORBIDDEN
+        );
+
+        // Edit: an empty password and `***` in the extra keep the stored secrets.
+        let shown_extra = textarea.captures(&edit.body).unwrap()[1]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("eu", "us");
+        let fields = vec![
+            ("conn_id", "warehouse".to_owned()),
+            ("conn_type", "postgres".to_owned()),
+            ("host", "ok.example".to_owned()),
+            ("port", "6432".to_owned()),
+            ("login", "loader".to_owned()),
+            ("password", String::new()),
+            ("extra", shown_extra.clone()),
+        ];
+        let p = post_fields(&mut op, "/connections/warehouse/edit", &fields, &csrf).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        let cipher = site.cipher.as_ref().unwrap();
+        let stored = site
+            .store
+            .connection_get("warehouse", cipher)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.password.as_deref(), Some(PASSWORD));
+        assert_eq!(
+            (stored.host.as_deref(), stored.port),
+            (Some("ok.example"), Some(6432))
+        );
+        let stored_extra: serde_json::Value =
+            serde_json::from_str(stored.extra.as_deref().unwrap()).unwrap();
+        assert_eq!(stored_extra["sasl.password"], EXTRA_SECRET, "{shown_extra}");
+        assert_eq!(stored_extra["region"], "us");
+        let mut bad = fields.clone();
+        bad[3] = ("port", "http".to_owned());
+        let p = post_fields(&mut op, "/connections/warehouse/edit", &bad, &csrf).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("port: `http` is not a port"), "{}", p.body);
+
+        // Test: the stored secrets reach the tester, the page shows only its message.
+        let p = op
+            .post("/connections/warehouse/test", &[("csrf_token", &csrf)])
+            .await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(
+            p.body.contains(r#"id="test-result" data-ok="true""#),
+            "{}",
+            p.body
+        );
+        assert!(
+            p.body
+                .contains("reached ok.example with a password of 14 characters")
+        );
+        assert!(!p.body.contains(PASSWORD) && !p.body.contains(EXTRA_SECRET));
+        let p = op
+            .post("/connections/warehouse/test", &[("csrf_token", "forged")])
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+        // The API's test: the stored password for the stored host only (Airflow 3.3's rule).
+        let token = token_for(&site, "oli").await;
+        let test = |body: &'static str| {
+            api(
+                &site,
+                "POST",
+                "/api/v2/connections/test",
+                Some(&token),
+                Some(("application/json", body)),
+            )
+        };
+        let (s, _, j) = test(r#"{"connection_id": "warehouse", "conn_type": "postgres", "host": "ok.example", "port": 6432, "password": "***"}"#).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["status"], true, "{j}");
+        assert_eq!(
+            j["message"],
+            "reached ok.example with a password of 14 characters"
+        );
+        let (s, _, j) = test(r#"{"connection_id": "warehouse", "conn_type": "postgres", "host": "evil.example", "port": 6432, "password": "***"}"#).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+        assert!(
+            j["detail"]
+                .as_str()
+                .unwrap()
+                .contains("differs from the stored connection")
+        );
+        let (s, _, j) = test(r#"{"connection_id": "warehouse", "conn_type": "postgres", "host": "ok.example", "port": 6432, "password": "***", "extra": "{\"sasl.password\": \"***\", \"region\": \"evil\"}"}"#).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "another extra is another destination: {j}"
+        );
+        let (s, _, j) = test(
+            r#"{"connection_id": "elsewhere", "conn_type": "http", "host": "nowhere.example"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["status"], false);
+        assert_eq!(j["message"], "cannot connect to `nowhere.example`");
+
+        // Clearing the password.
+        let mut clear = fields.clone();
+        clear[6] = ("extra", String::new());
+        clear.push(("clear_password", "on".to_owned()));
+        let p = post_fields(&mut op, "/connections/warehouse/edit", &clear, &csrf).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let stored = site
+            .store
+            .connection_get("warehouse", cipher)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((stored.password, stored.extra), (None, None));
+        assert!(op.get("/connections").await.body.contains("not set"));
+
+        // Delete, with the token only.
+        let p = op
+            .post("/connections/warehouse/delete", &[("csrf_token", "forged")])
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        let p = op
+            .post("/connections/warehouse/delete", &[("csrf_token", &csrf)])
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(
+            site.store
+                .connection_get("warehouse", cipher)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let p = op
+            .post("/connections/warehouse/delete", &[("csrf_token", &csrf)])
+            .await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND);
+
+        let events: Vec<(String, String)> = site
+            .store
+            .audit_list(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.event, a.extra.unwrap_or_default()))
+            .collect();
+        for (event, extra) in [
+            ("add connection", "warehouse"),
+            ("edit connection", "warehouse"),
+            ("test connection", "warehouse: passed"),
+            ("delete connection", "warehouse"),
+        ] {
+            assert!(
+                events.iter().any(|(e, x)| e == event && x == extra),
+                "{event}: {events:?}"
+            );
+        }
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// With `[core] test_connection` left at Airflow's default (Disabled), neither the page nor
+/// the API tests, and both say so in Airflow's words; Hidden hides the button.
+#[tokio::test]
+async fn connection_tests_are_off_unless_enabled() {
+    let mut c = flow_model::Connection::new("web", "http").unwrap();
+    c.host = Some("ok.example".into());
+    for db in databases().await {
+        let site = site_with(&db, None, flow_http::ConnectionTesting::disabled()).await;
+        let cipher = site.cipher.as_ref().unwrap();
+        assert!(
+            site.store
+                .connection_add(&c, cipher, Utc::now())
+                .await
+                .unwrap()
+        );
+        let mut op = Browser::new(&site);
+        op.login("oli", "correct horse", "/").await;
+        let page = op.get("/connections").await;
+        assert!(
+            page.body.contains(r#"data-action="test" disabled"#),
+            "{}",
+            page.body
+        );
+        let p = op
+            .post("/connections/web/test", &[("csrf_token", &page.csrf())])
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+        assert!(
+            p.body.contains("Testing connections is disabled"),
+            "{}",
+            p.body
+        );
+        let token = token_for(&site, "oli").await;
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/connections/test",
+            Some(&token),
+            Some((
+                "application/json",
+                r#"{"connection_id": "web", "conn_type": "http"}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert_eq!(j["detail"], flow_http::DISABLED_MESSAGE);
+        db.drop_db().await.unwrap();
+    }
+    let db = TestDb::sqlite().await.unwrap();
+    let hidden =
+        flow_http::ConnectionTesting::new(flow_http::TestConnectionMode::Hidden, |_| async {
+            Ok(String::new())
+        });
+    let site = site_with(&db, None, hidden).await;
+    let cipher = site.cipher.as_ref().unwrap();
+    assert!(
+        site.store
+            .connection_add(&c, cipher, Utc::now())
+            .await
+            .unwrap()
+    );
+    let mut op = Browser::new(&site);
+    op.login("oli", "correct horse", "/").await;
+    let page = op.get("/connections").await;
+    assert!(page.body.contains(r#"data-conn-id="web""#));
+    assert!(
+        !page.body.contains(r#"data-action="test""#),
+        "Hidden: no Test button"
+    );
+    let p = op
+        .post("/connections/web/test", &[("csrf_token", &page.csrf())])
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    db.drop_db().await.unwrap();
+}
+
+/// The Users page: Admin only; `flow users create`'s rules; role changes and resets take
+/// effect on live sessions at once (a reset ends the user's other sessions, a delete all of
+/// them); an Admin may not delete or demote themself, and the last Admin is never removed.
+#[tokio::test]
+async fn users_page_is_for_admins_and_keeps_an_admin() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let mut op = Browser::new(&site);
+        op.login("oli", "correct horse", "/").await;
+        let mut admin = Browser::new(&site);
+        admin.ip = [10, 1, 1, 1];
+        admin.login("ada", "correct horse", "/").await;
+        assert_eq!(op.get("/users").await.status, StatusCode::FORBIDDEN);
+        let csrf_o = op.get("/").await.csrf();
+        let p = op
+            .post(
+                "/users",
+                &[
+                    ("csrf_token", &csrf_o),
+                    ("username", "eve"),
+                    ("role", "Admin"),
+                    ("password", "eve-password"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            p.status,
+            StatusCode::FORBIDDEN,
+            "an Op may not create users"
+        );
+
+        let page = admin.get("/users").await;
+        assert_eq!(page.status, StatusCode::OK);
+        for name in ["ada", "oli", "uma", "vic"] {
+            assert!(
+                page.body.contains(&format!(r#"data-username="{name}""#)),
+                "{name}"
+            );
+        }
+        assert!(
+            !page.body.contains("$argon2"),
+            "no password hash in the page"
+        );
+        let csrf = page.csrf();
+        let create = |name: &'static str, password: &'static str| {
+            [
+                ("username", name),
+                ("role", "Viewer"),
+                ("email", "bob@example.com"),
+                ("password", password),
+            ]
+        };
+        let p = form(
+            &mut admin,
+            "/users",
+            &create("bob", "bob-password-1"),
+            "forged",
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "CSRF");
+        for (name, password, says) in [
+            ("bob", "short", "at least 8 characters"),
+            ("bad name", "bob-password-1", "use 1-64 letters"),
+        ] {
+            let p = form(&mut admin, "/users", &create(name, password), &csrf).await;
+            assert_eq!(p.status, StatusCode::BAD_REQUEST, "{name}");
+            assert!(p.body.contains(says), "{}", p.body);
+            assert!(
+                p.body.contains("bob@example.com"),
+                "the form keeps what was typed"
+            );
+        }
+        let p = form(
+            &mut admin,
+            "/users",
+            &create("bob", "bob-password-1"),
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        let p = form(
+            &mut admin,
+            "/users",
+            &create("bob", "bob-password-1"),
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::CONFLICT);
+        assert!(p.body.contains("already exists"));
+
+        let mut bob = Browser::new(&site);
+        bob.ip = [10, 4, 4, 4];
+        bob.login("bob", "bob-password-1", "/").await;
+        assert_eq!(bob.get("/").await.status, StatusCode::OK);
+        assert_eq!(bob.get("/connections").await.status, StatusCode::FORBIDDEN);
+        // A role change applies to the live session at once.
+        let p = form(
+            &mut admin,
+            "/users/role",
+            &[("username", "bob"), ("role", "Op")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(bob.get("/connections").await.status, StatusCode::OK);
+        let p = form(
+            &mut admin,
+            "/users/role",
+            &[("username", "bob"), ("role", "root")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("role: "), "{}", p.body);
+
+        // A reset ends bob's sessions; the old password no longer works, the new one does.
+        let p = form(
+            &mut admin,
+            "/users/password",
+            &[("username", "bob"), ("password", "short")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        let p = form(
+            &mut admin,
+            "/users/password",
+            &[("username", "bob"), ("password", "bob-password-2")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(p.location.as_deref(), Some("/users?reset=bob"));
+        assert!(
+            admin
+                .get("/users?reset=bob")
+                .await
+                .body
+                .contains("The password of bob was reset")
+        );
+        assert!(
+            !admin
+                .get("/users?reset=%3Cb%3E")
+                .await
+                .body
+                .contains("was reset")
+        );
+        let p = bob.get("/").await;
+        assert!(
+            p.location.as_deref().unwrap_or("").starts_with("/login"),
+            "{:?}",
+            p.status
+        );
+        let mut bob = Browser::new(&site);
+        bob.ip = [10, 5, 5, 5];
+        assert_eq!(
+            bob.login("bob", "bob-password-1", "/").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            bob.login("bob", "bob-password-2", "/").await.status,
+            StatusCode::SEE_OTHER
+        );
+        assert_eq!(bob.get("/").await.status, StatusCode::OK);
+
+        // An Admin resetting their own password keeps this session and ends the others.
+        let mut ada2 = Browser::new(&site);
+        ada2.ip = [10, 6, 6, 6];
+        ada2.login("ada", "correct horse", "/").await;
+        let p = form(
+            &mut admin,
+            "/users/password",
+            &[("username", "ada"), ("password", "new horse battery")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(admin.get("/users").await.status, StatusCode::OK);
+        assert!(
+            ada2.get("/")
+                .await
+                .location
+                .unwrap_or_default()
+                .starts_with("/login")
+        );
+
+        // No deleting or demoting oneself; the last Admin stays.
+        let p = form(&mut admin, "/users/delete", &[("username", "ada")], &csrf).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("You cannot delete yourself"), "{}", p.body);
+        let p = form(
+            &mut admin,
+            "/users/role",
+            &[("username", "ada"), ("role", "Op")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(
+            p.body.contains("cannot take the Admin role from yourself"),
+            "{}",
+            p.body
+        );
+        let store = &site.store;
+        assert_eq!(
+            store.user_delete("ada").await.unwrap(),
+            flow_store::UserChange::LastAdmin
+        );
+        assert_eq!(
+            store.user_set_role("ada", Role::Op).await.unwrap(),
+            flow_store::UserChange::LastAdmin
+        );
+        assert_eq!(
+            store.user_set_role("ada", Role::Admin).await.unwrap(),
+            flow_store::UserChange::Done
+        );
+        assert_eq!(
+            store.user_delete("nobody").await.unwrap(),
+            flow_store::UserChange::Missing
+        );
+        // With a second Admin, the first may go.
+        let p = form(
+            &mut admin,
+            "/users/role",
+            &[("username", "bob"), ("role", "Admin")],
+            &csrf,
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            store.user_set_role("bob", Role::Viewer).await.unwrap(),
+            flow_store::UserChange::Done
+        );
+        assert_eq!(
+            store.user_set_role("bob", Role::Admin).await.unwrap(),
+            flow_store::UserChange::Done
+        );
+
+        // Deleting bob ends his session at once.
+        let p = form(&mut admin, "/users/delete", &[("username", "bob")], &csrf).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(
+            bob.get("/")
+                .await
+                .location
+                .unwrap_or_default()
+                .starts_with("/login")
+        );
+        let p = form(&mut admin, "/users/delete", &[("username", "bob")], &csrf).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND);
+        assert!(
+            !admin
+                .get("/users")
+                .await
+                .body
+                .contains(r#"data-username="bob""#)
+        );
+
+        let events: Vec<(String, String)> = store
+            .audit_list(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.event, a.extra.unwrap_or_default()))
+            .collect();
+        for (event, extra) in [
+            ("create user", "bob (Viewer)"),
+            ("set user role", "bob: Op"),
+            ("reset user password", "bob"),
+            ("reset user password", "ada"),
+            ("delete user", "bob"),
+        ] {
+            assert!(
+                events.iter().any(|(e, x)| e == event && x == extra),
+                "{event}: {events:?}"
+            );
+        }
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// Posts `fields` as `(name, value)` pairs with the CSRF token `token`.
+async fn post_fields(
+    b: &mut Browser<'_>,
+    uri: &str,
+    fields: &[(&str, String)],
+    token: &str,
+) -> Page {
+    let mut pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.push(("csrf_token", token));
+    b.post(uri, &pairs).await
+}
+
+/// Posts `fields` with the CSRF token `token`.
+async fn form(b: &mut Browser<'_>, uri: &str, fields: &[(&str, &str)], token: &str) -> Page {
+    let mut pairs = fields.to_vec();
+    pairs.push(("csrf_token", token));
+    b.post(uri, &pairs).await
 }

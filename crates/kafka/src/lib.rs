@@ -88,6 +88,18 @@ pub fn client_settings(conn: &Connection) -> Result<BTreeMap<String, String>> {
     Ok(settings)
 }
 
+/// Asks the cluster for its brokers and topics within `timeout`: whether the settings reach
+/// a broker and are accepted (a connection test). Blocks; call it from a blocking thread.
+/// Returns the number of brokers and of topics.
+pub fn fetch_metadata(
+    settings: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(usize, usize)> {
+    let consumer: rdkafka::consumer::BaseConsumer = config(settings).create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok((metadata.brokers().len(), metadata.topics().len()))
+}
+
 fn config(settings: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     for (k, v) in settings {

@@ -86,7 +86,7 @@ pub use task_instances::{
 pub use trigger::{
     TriggerError, TriggerRequest, new_dag_run, new_task_instances, run_id_timestamp,
 };
-pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserRow};
+pub use users::{AuditEvent, AuditRow, NewUser, SessionRow, UserChange, UserRow};
 pub use variables::{Variable, check_variable_key};
 pub use wake::{WAKE_SCHEDULER, WAKE_TRIGGERER, WAKE_WORKERS};
 pub use warnings::{DagWarningRow, WARNING_CONNECTION, WARNING_NONEXISTENT_POOL};

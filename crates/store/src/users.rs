@@ -34,6 +34,16 @@ pub struct NewUser<'a> {
     pub role: Role,
 }
 
+/// What a guarded change to a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    Done,
+    /// No such user.
+    Missing,
+    /// Refused: the user is the last active Admin.
+    LastAdmin,
+}
+
 /// A live session, joined with its user.
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -107,20 +117,103 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Deletes a user and their sessions. Returns false if there was no such user.
-    pub async fn user_delete(&self, username: &str) -> Result<bool> {
+    /// Deletes a user and their sessions, unless they are the last active Admin (a site
+    /// without one could never manage users again).
+    pub async fn user_delete(&self, username: &str) -> Result<UserChange> {
         let mut tx = self.begin().await?;
+        match self.admin_guard(&mut tx, username, None).await? {
+            UserChange::Done => {}
+            refused => return Ok(refused),
+        }
         sqlx::query("DELETE FROM web_session WHERE username = $1")
             .bind(username)
             .execute(&mut *tx)
             .await?;
-        let n = sqlx::query("DELETE FROM flow_user WHERE username = $1")
+        sqlx::query("DELETE FROM flow_user WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(UserChange::Done)
+    }
+
+    /// Gives a user another role, unless that would demote the last active Admin.
+    pub async fn user_set_role(&self, username: &str, role: Role) -> Result<UserChange> {
+        let mut tx = self.begin().await?;
+        match self.admin_guard(&mut tx, username, Some(role)).await? {
+            UserChange::Done => {}
+            refused => return Ok(refused),
+        }
+        sqlx::query("UPDATE flow_user SET role = $1 WHERE username = $2")
+            .bind(role.as_str())
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(UserChange::Done)
+    }
+
+    /// Replaces a user's password hash and ends their sessions, all but `keep_session` (the
+    /// one making the change, when users reset their own password). API tokens die with the
+    /// old hash (they are bound to it). Returns false if there was no such user.
+    pub async fn user_set_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        keep_session: Option<&str>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("UPDATE flow_user SET password_hash = $1 WHERE username = $2")
+            .bind(password_hash)
             .bind(username)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        // Session ids are never empty, so "" keeps none.
+        sqlx::query("DELETE FROM web_session WHERE username = $1 AND id <> $2")
+            .bind(username)
+            .bind(keep_session.unwrap_or(""))
+            .execute(&mut *tx)
+            .await?;
         self.commit(tx).await?;
-        Ok(n > 0)
+        Ok(true)
+    }
+
+    /// Whether `username` may be deleted (`new_role` None) or given `new_role`: refused if it
+    /// is missing, or the last active Admin losing the role. The Admin rows stay locked until
+    /// the transaction ends (on SQLite the write lock serializes writers anyway), so two
+    /// Admins demoting each other at once cannot both succeed.
+    async fn admin_guard(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        username: &str,
+        new_role: Option<Role>,
+    ) -> Result<UserChange> {
+        let lock = match self.backend() {
+            crate::Backend::Postgres => " FOR UPDATE",
+            crate::Backend::Sqlite => "",
+        };
+        let admins: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT username FROM flow_user WHERE role = 'Admin' AND active = 1{lock}"
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT username FROM flow_user WHERE username = $1")
+                .bind(username)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(UserChange::Missing);
+        }
+        let loses_admin = new_role != Some(Role::Admin);
+        if loses_admin && admins.len() == 1 && admins.iter().any(|a| a == username) {
+            return Ok(UserChange::LastAdmin);
+        }
+        Ok(UserChange::Done)
     }
 
     pub async fn user_list(&self) -> Result<Vec<UserRow>> {

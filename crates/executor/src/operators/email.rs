@@ -228,6 +228,28 @@ async fn send_inner(spec: &RunSpec, email: &EmailRun, logs: &LogSink) -> Result<
         .multipart(body)
         .map_err(|e| format!("cannot build the message: {e}"))?;
 
+    let transport = transport(&settings)?;
+    let recipients = email.to.len() + email.cc.len() + email.bcc.len();
+    logs.system(&format!(
+        "Sending email to {recipients} recipient(s) through {}:{}",
+        settings.host, settings.port
+    ))
+    .await;
+    let where_ = match &email.conn_id {
+        Some(id) => format!("connection `{id}`"),
+        None => "FLOW__SMTP__ settings".to_owned(),
+    };
+    transport
+        .send(message)
+        .await
+        .map_err(|e| format!("SMTP ({where_}, {}:{}): {e}", settings.host, settings.port))?;
+    logs.system("Email sent").await;
+    Ok(())
+}
+
+/// The SMTP client for these settings: implicit TLS, STARTTLS or plain, with a login when
+/// a user is set.
+fn transport(settings: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let tls_params = TlsParameters::new(settings.host.clone())
         .map_err(|e| format!("TLS for {}: {e}", settings.host))?;
     let tls = if settings.ssl {
@@ -247,23 +269,23 @@ async fn send_inner(spec: &RunSpec, email: &EmailRun, logs: &LogSink) -> Result<
             settings.password.clone().unwrap_or_default(),
         ));
     }
-    let recipients = email.to.len() + email.cc.len() + email.bcc.len();
-    logs.system(&format!(
-        "Sending email to {recipients} recipient(s) through {}:{}",
-        settings.host, settings.port
-    ))
-    .await;
-    let where_ = match &email.conn_id {
-        Some(id) => format!("connection `{id}`"),
-        None => "FLOW__SMTP__ settings".to_owned(),
+    Ok(transport.build())
+}
+
+/// Connects to the connection's SMTP server (EHLO, TLS and login as a send would), then
+/// `NOOP`: a connection test. Returns where it connected.
+pub(crate) async fn probe(conn: &Connection, timeout: Duration) -> Result<String, String> {
+    let base = SmtpSettings {
+        timeout,
+        ..SmtpSettings::default()
     };
-    transport
-        .build()
-        .send(message)
-        .await
-        .map_err(|e| format!("SMTP ({where_}, {}:{}): {e}", settings.host, settings.port))?;
-    logs.system("Email sent").await;
-    Ok(())
+    let settings = settings_for(Some(conn), &base)?;
+    let server = format!("{}:{}", settings.host, settings.port);
+    match transport(&settings)?.test_connection().await {
+        Ok(true) => Ok(format!("SMTP server {server} answered")),
+        Ok(false) => Err(format!("SMTP server {server} did not accept NOOP")),
+        Err(e) => Err(format!("SMTP server {server}: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -410,6 +410,50 @@ fn form_pairs(map: &serde_json::Map<String, Json>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A GET of the connection's base URL with its headers and login, as HttpHook's
+/// `test_connection` does: any answer below 400 passes. Returns the status line.
+pub(crate) async fn probe(conn: &Connection, timeout: Duration) -> Result<String, String> {
+    let url = base_url(conn);
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| format!("`{url}` is not a URL (check host, schema and port): {e}"))?;
+    let mut request = reqwest::Client::builder()
+        .user_agent(concat!("flow/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?
+        .get(parsed.clone());
+    if let Some(extra) = conn.extra.as_deref().filter(|e| !e.trim().is_empty()) {
+        let Ok(Json::Object(map)) = serde_json::from_str::<Json>(extra) else {
+            return Err("extra must be a JSON object of headers".to_owned());
+        };
+        for (k, v) in form_pairs(&map) {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("extra: `{k}` is not a header name"))?;
+            let value = reqwest::header::HeaderValue::from_str(&v)
+                .map_err(|_| format!("extra: the value of `{k}` is not a valid header value"))?;
+            request = request.header(name, value);
+        }
+    }
+    if let Some(login) = conn.login.as_deref().filter(|l| !l.is_empty()) {
+        request = request.basic_auth(login, conn.password.as_deref());
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("GET {}: {}", redact(&parsed), describe(&e)))?;
+    let status = response.status();
+    let line = format!(
+        "GET {}: {} {}",
+        redact(&parsed),
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    if status.as_u16() >= 400 {
+        return Err(line);
+    }
+    Ok(line)
+}
+
 /// Sends the request, retrying connection errors; the response whatever its status.
 pub(crate) async fn send(
     connection: Option<&Connection>,

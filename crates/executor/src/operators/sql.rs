@@ -261,6 +261,30 @@ fn dialect(conn: &Connection) -> Result<Dialect, String> {
     }
 }
 
+/// Connects and runs `SELECT 1`: a connection test. A test creates nothing, so a sqlite
+/// file must exist already (a task's connection would create it).
+pub(crate) async fn ping(conn: &Connection) -> Result<(), String> {
+    let dialect = dialect(conn)?;
+    if dialect == Dialect::Sqlite {
+        let path = conn
+            .host
+            .as_deref()
+            .or(conn.schema.as_deref())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_default();
+        if !path.is_empty() && tokio::fs::metadata(path).await.is_err() {
+            return Err(format!("the sqlite database file `{path}` does not exist"));
+        }
+    }
+    let mut db = Db::open(conn, None, dialect).await?;
+    let result = db
+        .raw("SELECT 1")
+        .await
+        .map_err(|e| e.for_conn(&conn.conn_id));
+    db.close().await;
+    result
+}
+
 /// Runs a sql task: every statement in one transaction (each committed on its own with
 /// `autocommit`), the rows of the last (or of each) as the XCom.
 pub(crate) async fn run(spec: &RunSpec, run: &SqlRun, logs: &LogSink) -> Outcome {

@@ -13,9 +13,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::schema::{ConnectionCollection, ConnectionResponse};
+use super::schema::{ConnectionCollection, ConnectionResponse, ConnectionTestResponse};
 use super::{ApiError, ApiResult, ApiUser, Body, audit, paging, query_pairs, read_body};
-use crate::AppState;
+use crate::{AppState, DISABLED_MESSAGE};
 
 /// What the API shows instead of a secret.
 const MASK: &str = "***";
@@ -23,6 +23,7 @@ const MASK: &str = "***";
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
+        .routes(routes!(test))
         .routes(routes!(get_one, patch, delete))
 }
 
@@ -72,10 +73,28 @@ fn response(c: &Connection) -> ConnectionResponse {
     }
 }
 
-/// The body as a connection, checked as `flow connections add` checks it.
-fn from_body(b: ConnectionBody, existing: Option<&Connection>) -> ApiResult<Connection> {
-    let mut c = Connection::new(&b.connection_id, &b.conn_type)
-        .map_err(|e| ApiError::invalid(&["body", "connection_id"], e.to_string()))?;
+/// A field of a connection's input that is wrong, and why (the API's 422 names it as
+/// `["body", field]`, the Connections page next to the field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadField {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The input as a connection, checked as `flow connections add` checks it. Against
+/// `existing`, secrets sent back masked (`***`) keep their stored values: the password, the
+/// whole extra as shown, or each sensitive extra key of an edited extra.
+pub(crate) fn connection_from(
+    b: ConnectionBody,
+    existing: Option<&Connection>,
+) -> Result<Connection, BadField> {
+    let mut c = Connection::new(&b.connection_id, &b.conn_type).map_err(|e| BadField {
+        field: match e {
+            flow_model::ConnectionError::MissingType => "conn_type",
+            _ => "connection_id",
+        },
+        message: e.to_string(),
+    })?;
     c.description = b.description;
     c.host = b.host;
     c.login = b.login;
@@ -91,18 +110,43 @@ fn from_body(b: ConnectionBody, existing: Option<&Connection>) -> ApiResult<Conn
             old.extra.clone()
         }
         (Some(e), _) if e.trim().is_empty() => None,
-        (Some(e), _) => match serde_json::from_str::<Value>(&e) {
-            Ok(Value::Object(_)) => Some(e),
+        (Some(e), old) => match serde_json::from_str::<Value>(&e) {
+            Ok(Value::Object(map)) => Some(keep_masked_extra(map, old).unwrap_or(e)),
             _ => {
-                return Err(ApiError::invalid(
-                    &["body", "extra"],
-                    "`extra` must be a JSON object (as text)",
-                ));
+                return Err(BadField {
+                    field: "extra",
+                    message: "`extra` must be a JSON object (as text)".into(),
+                });
             }
         },
         (None, _) => None,
     };
     Ok(c)
+}
+
+/// An edited extra whose sensitive keys still say `***`: those keys get their stored values
+/// back (the form showed them masked). `None` when nothing was masked.
+fn keep_masked_extra(
+    mut map: serde_json::Map<String, Value>,
+    old: Option<&Connection>,
+) -> Option<String> {
+    let old: serde_json::Map<String, Value> = old
+        .and_then(|o| o.extra.as_deref())
+        .and_then(|text| serde_json::from_str(text).ok())?;
+    let mut kept = false;
+    for (key, value) in map.iter_mut() {
+        let masked = value.as_str() == Some(MASK) && flow_model::connection::is_sensitive_name(key);
+        if let (true, Some(stored)) = (masked, old.get(key)) {
+            *value = stored.clone();
+            kept = true;
+        }
+    }
+    kept.then(|| Value::Object(map).to_string())
+}
+
+/// The body as a connection, or FastAPI's 422 naming the field.
+fn from_body(b: ConnectionBody, existing: Option<&Connection>) -> ApiResult<Connection> {
+    connection_from(b, existing).map_err(|bad| ApiError::invalid(&["body", bad.field], bad.message))
 }
 
 #[utoipa::path(get, path = "/api/v2/connections", tag = "Connection",
@@ -282,4 +326,74 @@ async fn delete(
     }
     audit(&state, &user, "delete_connection", None, None).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `body` points where `stored` does: the same host and port (blank is unset, as
+/// in Airflow) and, when it sends an extra, the same extra apart from its secrets (a Kafka
+/// connection's brokers are in its extra).
+fn same_destination(body: &ConnectionBody, stored: &Connection) -> bool {
+    let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
+    // Extras compared as shown, so that secrets (sent back as `***`) do not count.
+    let shown_extra = |text: &Option<String>| {
+        let mut c = stored.clone();
+        c.extra = blank(text);
+        c.masked().extra
+    };
+    // Without an extra the test uses none of the stored one.
+    let extra_same =
+        blank(&body.extra).is_none() || shown_extra(&body.extra) == shown_extra(&stored.extra);
+    blank(&body.host) == blank(&stored.host) && body.port == stored.port && extra_same
+}
+
+/// Whether the body brings its own password (not empty, not the mask).
+fn own_credentials(body: &ConnectionBody) -> bool {
+    body.password
+        .as_deref()
+        .is_some_and(|p| !p.is_empty() && p != MASK)
+}
+
+#[utoipa::path(post, path = "/api/v2/connections/test", tag = "Connection",
+    summary = "Test a connection (when `[core] test_connection` is Enabled)",
+    description = "Secrets sent as `***` are the stored connection's, but only for its own \
+        host, port and extra; testing another destination needs its own credentials.",
+    request_body = ConnectionBody,
+    responses((status = 200, body = ConnectionTestResponse)),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])))]
+async fn test(
+    State(state): State<AppState>,
+    user: ApiUser,
+    body: Body<ConnectionBody>,
+) -> ApiResult<Json<ConnectionTestResponse>> {
+    user.require(Permission::Operate)?;
+    if state.connection_testing().mode() != crate::TestConnectionMode::Enabled {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, DISABLED_MESSAGE));
+    }
+    let body = read_body(body)?;
+    let stored = state
+        .store()
+        .connection_get(&body.connection_id, cipher(&state)?)
+        .await?;
+    // Airflow 3.3's rule: stored secrets only go where the stored connection points.
+    let stored = match stored {
+        Some(old) if !same_destination(&body, &old) => {
+            if !own_credentials(&body) {
+                return Err(ApiError::bad_request(
+                    "The host or port to test differs from the stored connection. \
+                     Include the credentials to test in the request body.",
+                ));
+            }
+            None
+        }
+        other => other,
+    };
+    let conn = from_body(body, stored.as_ref())?;
+    let conn_id = conn.conn_id.clone();
+    let (status, message) = state
+        .connection_testing()
+        .run(conn)
+        .await
+        .unwrap_or_else(|| (false, DISABLED_MESSAGE.to_owned()));
+    audit(&state, &user, "test_connection", None, None).await;
+    tracing::info!(conn_id, status, "connection tested");
+    Ok(Json(ConnectionTestResponse { status, message }))
 }

@@ -24,7 +24,7 @@ mod assets;
 pub mod backfills;
 mod bulk;
 pub mod config;
-mod connections;
+pub(crate) mod connections;
 mod dag_runs;
 mod dag_versions;
 mod dags;

@@ -483,6 +483,13 @@ pub struct ConnectionResponse {
     pub extra: Option<String>,
 }
 
+/// Airflow's `ConnectionTestResponse`: whether the test passed, and what it said.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTestResponse {
+    pub status: bool,
+    pub message: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = ConnectionCollectionResponse)]
 pub struct ConnectionCollection {

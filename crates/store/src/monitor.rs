@@ -145,11 +145,13 @@ impl Store {
                 .fetch_one(pool)
                 .await?
                 .try_get("n")?;
-        // The latest finished run of each DAG, by end date, through the end-date index.
+        // The latest finished run of each DAG by end date, found in one pass over the
+        // finished runs (a correlated subquery would read a DAG's runs once per failed run).
         let failed: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM dag_run r WHERE r.state = 'failed' AND r.end_date = \
-             (SELECT MAX(x.end_date) FROM dag_run x WHERE x.dag_id = r.dag_id \
-              AND x.state IN ('success', 'failed'))",
+            "SELECT COUNT(*) AS n FROM dag_run r JOIN \
+             (SELECT dag_id, MAX(end_date) AS last_end FROM dag_run \
+              WHERE state IN ('success', 'failed') GROUP BY dag_id) l \
+             ON r.dag_id = l.dag_id AND r.end_date = l.last_end WHERE r.state = 'failed'",
         )
         .fetch_one(pool)
         .await?

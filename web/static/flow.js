@@ -26,6 +26,8 @@
       setInterval(function () {
         var a = document.activeElement;
         if (a && (a.tagName === "INPUT" || a.tagName === "TEXTAREA" || a.tagName === "SELECT")) return;
+        // Not while the user moves through the grid with the keyboard.
+        if (a && a.id === "grid") return;
         window.location.reload();
       }, secs * 1000);
     }
@@ -42,33 +44,177 @@
       }
     });
     gridCells();
+    timezoneSettings();
     tailLog();
     checkTriggerForm();
   });
 
   // Grid cells carry only their state (a 100 x 200 grid stays small); the task instance a
-  // cell stands for comes from its row and column.
+  // cell stands for comes from its row and column. A click (or Enter) opens the details
+  // panel beside the grid without leaving the page; the URL keeps the selection.
   function gridCells() {
     var grid = document.getElementById("grid");
     if (!grid) return;
     var runs = [].map.call(grid.querySelectorAll("tr.bars td[data-run]"), function (td) { return td.getAttribute("data-run"); });
-    var base = grid.getAttribute("data-base");
+    var panel = document.getElementById("details");
+    var layout = panel && panel.parentElement;
+    var pageUrl = grid.getAttribute("data-url");
+    var detailsUrl = grid.getAttribute("data-details");
+    var dagKey = "flow-grid-collapsed:" + detailsUrl;
+    var cursor = null;
+
     function target(td) {
       var tr = td.parentElement;
       var col = [].indexOf.call(tr.children, td) - 1;
-      return { run: runs[col], task: tr.getAttribute("data-task") };
+      return { run: runs[col], task: tr.getAttribute("data-task"), col: col };
+    }
+    function query(run, task) {
+      return "&run_id=" + run + (task ? "&task_id=" + task : "");
+    }
+    function open(run, task, el) {
+      if (!panel) return;
+      grid.querySelectorAll(".selected").forEach(function (x) { x.classList.remove("selected"); });
+      if (el) el.classList.add("selected");
+      fetch(detailsUrl + "?" + query(run, task).slice(1), { credentials: "same-origin" })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+        .then(function (html) {
+          // Our own server-rendered, escaped fragment (the same HTML the page embeds).
+          panel.innerHTML = html;
+          layout.classList.add("with-panel");
+          wirePanel();
+          history.replaceState(null, "", pageUrl + query(run, task));
+        })
+        .catch(function () { window.location.href = pageUrl + query(run, task); });
+    }
+    function close() {
+      if (!panel) return;
+      panel.innerHTML = "";
+      layout.classList.remove("with-panel");
+      history.replaceState(null, "", pageUrl);
+    }
+    function wirePanel() {
+      var x = document.getElementById("details-close");
+      if (x) x.addEventListener("click", function (e) { e.preventDefault(); close(); grid.focus(); });
+      panel.querySelectorAll("form[data-confirm]").forEach(function (form) {
+        form.addEventListener("submit", function (e) {
+          if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+        });
+      });
+    }
+    wirePanel();
+    function setCursor(td) {
+      if (cursor) cursor.classList.remove("cursor");
+      cursor = td;
+      if (!td) return;
+      td.classList.add("cursor");
+      td.scrollIntoView({ block: "nearest", inline: "nearest" });
+      var t = target(td);
+      td.title = td.title || (decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + td.getAttribute("data-state"));
     }
     grid.addEventListener("click", function (e) {
+      if (e.target.closest("button.toggle-group")) return;
+      var head = e.target.closest("th.run a, tr.bars a");
+      if (head) {
+        e.preventDefault();
+        var col = head.closest("[data-run]");
+        open(col.getAttribute("data-run"), null, col);
+        return;
+      }
       var td = e.target.closest("td.cell");
       if (!td) return;
       var t = target(td);
-      window.location.href = base + t.run + "/tasks/" + t.task;
+      setCursor(td);
+      open(t.run, t.task, td);
     });
     grid.addEventListener("mouseover", function (e) {
       var td = e.target.closest("td.cell");
       if (!td || td.title) return;
       var t = target(td);
       td.title = decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + td.getAttribute("data-state");
+    });
+
+    // Keyboard: arrows move a cursor over the visible cells, Enter opens, Esc closes.
+    function visibleRows() {
+      return [].filter.call(grid.querySelectorAll("tbody tr"), function (tr) { return !tr.hidden; });
+    }
+    grid.addEventListener("keydown", function (e) {
+      var rows = visibleRows();
+      if (!rows.length || !runs.length) return;
+      if (e.key === "Escape") { close(); return; }
+      if (!cursor || cursor.parentElement.hidden) {
+        if (["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Enter", " "].indexOf(e.key) < 0) return;
+        e.preventDefault();
+        setCursor(rows[0].children[rows[0].children.length - 1]);
+        return;
+      }
+      var tr = cursor.parentElement;
+      var r = rows.indexOf(tr), c = target(cursor).col;
+      switch (e.key) {
+        case "ArrowUp": r = Math.max(0, r - 1); break;
+        case "ArrowDown": r = Math.min(rows.length - 1, r + 1); break;
+        case "ArrowLeft": c = Math.max(0, c - 1); break;
+        case "ArrowRight": c = Math.min(runs.length - 1, c + 1); break;
+        case "Home": c = 0; break;
+        case "End": c = runs.length - 1; break;
+        case "Enter": case " ":
+          e.preventDefault();
+          var t = target(cursor);
+          open(t.run, t.task, cursor);
+          return;
+        case "-": case "+":
+          var group = tr.getAttribute("data-group");
+          if (group) { e.preventDefault(); toggleGroup(group, e.key === "-"); }
+          return;
+        default: return;
+      }
+      e.preventDefault();
+      setCursor(rows[r].children[c + 1]);
+    });
+
+    // Task groups collapse to their summary row; the choice is kept per DAG.
+    var collapsed = {};
+    try { collapsed = JSON.parse(localStorage.getItem(dagKey) || "{}") || {}; } catch (err) { collapsed = {}; }
+    function applyGroups() {
+      grid.querySelectorAll("tbody tr").forEach(function (tr) {
+        var groups = (tr.getAttribute("data-groups") || "").split(" ").filter(Boolean);
+        tr.hidden = groups.some(function (g) { return collapsed[g]; });
+        var own = tr.getAttribute("data-group");
+        if (own) {
+          var b = tr.querySelector("button.toggle-group");
+          b.setAttribute("aria-expanded", collapsed[own] ? "false" : "true");
+          b.textContent = collapsed[own] ? "▸" : "▾";
+        }
+      });
+    }
+    function toggleGroup(group, collapse) {
+      if (collapse) collapsed[group] = true; else delete collapsed[group];
+      localStorage.setItem(dagKey, JSON.stringify(collapsed));
+      applyGroups();
+    }
+    grid.addEventListener("click", function (e) {
+      var b = e.target.closest("button.toggle-group");
+      if (!b) return;
+      var group = b.closest("tr").getAttribute("data-group");
+      toggleGroup(group, !collapsed[group]);
+    });
+    applyGroups();
+  }
+
+  // The settings page: pick the browser's own zone; the header link comes back here.
+  function timezoneSettings() {
+    var link = document.getElementById("tz-link");
+    if (link && window.location.pathname !== "/settings") {
+      link.href = "/settings?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+    }
+    var button = document.getElementById("tz-browser");
+    var select = document.getElementById("tz-select");
+    if (!button || !select) return;
+    var zone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (!zone) { button.hidden = true; return; }
+    button.textContent = "Use my browser's zone (" + zone + ")";
+    button.addEventListener("click", function () {
+      select.value = zone;
+      if (select.value === zone) select.form.submit();
     });
   }
 

@@ -86,9 +86,40 @@ try {
     });
   });
 
-  // Open a task's log from the grid: it ran for the param we gave.
+  // The grid's columns are headed by the run's date; a click on a cell opens the details
+  // panel beside the grid without leaving the page, and the URL keeps the selection.
+  assert.match(await admin.textContent("#grid tr.dates th.run:last-child"), /\d\d-\d\d \d\d:\d\d/);
+  const gridUrl = admin.url();
   const extract = admin.locator("#grid tbody tr").first().locator("td.cell").last();
   await extract.click();
+  await admin.waitForSelector("#details-task[data-task=extract]");
+  assert.match(admin.url(), /task_id=extract/);
+  assert.match(await admin.textContent("#details-state"), /success/);
+  assert.match(await admin.textContent("#details"), /try\s*1 of/);
+  // The run's head opens the run: its conf (the param we gave) and a note form.
+  await admin.locator("#grid tr.dates th.run").last().locator("a").click();
+  await admin.waitForSelector("#details-run");
+  assert.match(await admin.textContent("#details-run"), /"region": "us"/);
+  await admin.fill("#note-form textarea", "checked by the browser test");
+  await admin.click("#note-form button[type=submit]");
+  await admin.waitForSelector("#details-run");
+  assert.match(await admin.inputValue("#note-form textarea"), /checked by the browser test/);
+  // Keyboard: the cursor starts at the newest cell of the first row, arrows move it, Enter
+  // opens what it is on, Escape closes the panel.
+  await admin.focus("#grid");
+  await admin.keyboard.press("ArrowDown");
+  await admin.keyboard.press("ArrowDown");
+  await admin.keyboard.press("Enter");
+  await admin.waitForSelector("#details-task");
+  const second = await admin.getAttribute("#details-task", "data-task");
+  assert.notEqual(second, "extract", "the cursor moved down a row");
+  await admin.keyboard.press("Escape");
+  await admin.waitForSelector("#details", { state: "hidden" });
+  assert.equal(admin.url().includes("task_id="), false);
+  // Open a task's log from the panel: it ran for the param we gave.
+  await admin.goto(gridUrl);
+  await admin.locator("#grid tbody tr").first().locator("td.cell").last().click();
+  await admin.click("#details-log");
   await admin.waitForSelector("#log");
   const log = await admin.textContent("#log");
   assert.match(log, /Running command/);
@@ -154,14 +185,56 @@ try {
   assert.ok(await admin.locator("#calendar .day.cal-success").count() >= 1, "today's run on the calendar");
   assert.ok(await admin.locator("svg.chart#run-durations-chart rect.bar").count() >= 1);
 
+  assert.ok(await admin.locator("svg.chart#task-durations-chart circle.series-0").count() >= 1, "task durations charted");
+  assert.match(await admin.textContent("#task-durations-legend"), /extract|load|transform/);
+
+  // Versions: the DAG's file, all added in its first version.
+  await admin.goto(base + "/dags/etl_daily?tab=versions");
+  await admin.waitForSelector("#versions");
+  assert.match(await admin.textContent("#diff-title"), /v1/);
+  assert.ok(await admin.locator("#diff .dl.add").count() > 3);
+
+  // Task groups collapse to one row with the state of their tasks, and stay collapsed.
+  await admin.goto(base + "/dags/grouped_ui/trigger");
+  await admin.click("#trigger-form button[type=submit]");
+  await admin.waitForURL(/\/dags\/grouped_ui$/);
+  await waitFor(admin, base + "/dags/grouped_ui", "the grouped run to succeed", () => {
+    const g = document.querySelector('#grid tr[data-group="stage"] td.cell:last-child');
+    return g !== null && g.dataset.state === "success";
+  });
+  assert.equal(await admin.locator('#grid tr[data-groups="stage"]').count(), 2);
+  await admin.click('#grid tr[data-group="stage"] button.toggle-group');
+  assert.equal(await admin.locator('#grid tr[data-groups="stage"]:visible').count(), 0);
+  await admin.reload();
+  assert.equal(await admin.locator('#grid tr[data-groups="stage"]:visible').count(), 0, "still collapsed after a reload");
+  await admin.click('#grid tr[data-group="stage"] button.toggle-group');
+  assert.equal(await admin.locator('#grid tr[data-groups="stage"]:visible').count(), 2);
+  await admin.locator('#grid tr[data-group="stage"] td.cell').last().click();
+  await admin.waitForSelector("#details-group");
+  assert.match(await admin.textContent("#details-group"), /stage\.a/);
+
+  // Times in a chosen zone: Tokyo from the header's link, back to UTC after.
+  await admin.click("#tz-link");
+  await admin.waitForSelector("#tz-form");
+  await admin.selectOption("#tz-select", "Asia/Tokyo");
+  await admin.click("#tz-form button[type=submit]");
+  await admin.waitForURL(/\/dags\/grouped_ui/);
+  assert.match(await admin.textContent("#tz-link"), /Asia\/Tokyo/);
+  await admin.goto(base + "/settings");
+  await admin.selectOption("#tz-select", "");
+  await admin.click("#tz-form button[type=submit]");
+  await admin.goto(base + "/");
+  assert.match(await admin.textContent("#tz-link"), /UTC/);
+
   // XSS: a DAG whose description, params, task log and run conf carry markup.
   await admin.goto(base + "/dags/xss_probe/trigger");
   await admin.click("#trigger-form summary");
   await admin.fill("textarea[name=conf]", JSON.stringify({ note: XSS }));
-  await admin.fill("input[name=run_id]", "probe_" + Date.now());
+  const probeRun = "probe_" + Date.now();
+  await admin.fill("input[name=run_id]", probeRun);
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/xss_probe$/);
-  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit", "/cluster", "/dags/xss_probe?tab=overview"]) {
+  for (const path of ["/", "/dags/xss_probe?tab=runs", "/dags/xss_probe?tab=details", "/dags/xss_probe?tab=code", "/audit", "/cluster", "/dags/xss_probe?tab=overview", "/dags/xss_probe?tab=versions", "/settings", "/dags/xss_probe?tab=grid&run_id=" + probeRun, "/dags/xss_probe?tab=grid&run_id=" + probeRun + "&task_id=shout"]) {
     await admin.goto(base + path);
     assert.equal(await admin.locator("img[src=x]").count(), 0, path + " rendered an injected <img>");
   }
@@ -175,6 +248,7 @@ try {
     return cells.length > 0 && cells[cells.length - 1].dataset.state === "running";
   }, 60);
   await admin.locator("#grid td.cell").last().click();
+  await admin.click("#details-log");
   await admin.waitForSelector("#log[data-live=true]");
   await admin.waitForFunction(() => document.getElementById("log").textContent.includes("tick 6"), null, { timeout: 30000 });
   await admin.waitForFunction(() => document.getElementById("ti-state").textContent === "success", null, { timeout: 30000 });
@@ -263,6 +337,9 @@ try {
   const cell = viewer.locator("#grid td.cell").first();
   await viewer.goto(base + "/dags/etl_daily");
   await cell.click();
+  await viewer.waitForSelector("#details-task");
+  assert.doesNotMatch(await viewer.textContent("#details"), /Mark success|Clear…/);
+  await viewer.click("#details-log");
   await viewer.waitForSelector("#log");
   assert.doesNotMatch(await viewer.textContent("main"), /Mark success|Clear…/);
   await viewer.goto(base + "/assets");

@@ -210,6 +210,7 @@ pub async fn api(b: ApiBench) -> Result<ExitCode> {
             cipher: None,
             exposed_config: None,
             connection_testing: flow_http::ConnectionTesting::disabled(),
+            default_ui_timezone: chrono_tz::UTC,
         },
     );
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -147,6 +147,7 @@ pub async fn web(
             cipher: None,
             exposed_config: None,
             connection_testing: flow_http::ConnectionTesting::disabled(),
+            default_ui_timezone: chrono_tz::UTC,
         },
     ));
     let cookie = login(&router).await?;

@@ -94,6 +94,23 @@ pub fn env_number(section: &str, key: &str, default: i64) -> Result<i64> {
     }
 }
 
+/// The zone the web UI shows times in until a user picks one: an IANA name (`Europe/Paris`),
+/// `UTC` by default; `system` is Airflow's word for UTC-as-configured, taken as UTC.
+pub fn default_ui_timezone() -> Result<chrono_tz::Tz> {
+    match lookup("webserver", "default_ui_timezone")? {
+        None => Ok(chrono_tz::UTC),
+        Some(found) if found.value.eq_ignore_ascii_case("system") => Ok(chrono_tz::UTC),
+        Some(found) => found.value.trim().parse().map_err(|_| {
+            must_be(
+                &found,
+                "an IANA time zone such as UTC or Europe/Paris",
+                "webserver",
+                "default_ui_timezone",
+            )
+        }),
+    }
+}
+
 /// "FLOW__X__Y must be a number, got `v`", naming the place the value came from.
 fn must_be(found: &Found, what: &str, section: &str, key: &str) -> anyhow::Error {
     let name = match &found.source {

@@ -126,6 +126,7 @@ pub static SETTINGS: &[Setting] = &[
     .aliases(&[("api", "secret_key")]),
     setting("webserver", "cookie_secure", "false"),
     setting("webserver", "expose_config", "false").aliases(&[("api", "expose_config")]),
+    setting("webserver", "default_ui_timezone", "UTC").aliases(&[("api", "default_ui_timezone")]),
     setting("logging", "level", "info").aliases(&[("logging", "logging_level")]),
     setting("logging", "format", "text"),
     unset("logging", "retention_days", "task logs are kept"),

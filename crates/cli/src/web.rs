@@ -187,6 +187,7 @@ pub async fn run_webserver(
             cipher: Some(config::fernet_cipher()?),
             exposed_config: config::exposed_config()?,
             connection_testing: config::connection_testing()?,
+            default_ui_timezone: config::default_ui_timezone()?,
         },
     );
     let listener = tokio::net::TcpListener::bind(addr)

@@ -48,6 +48,14 @@ xss_probe:
     shout:
       operator: bash
       bash_command: 'echo "<img src=x onerror=alert(1)>"'
+grouped_ui:
+  is_paused_upon_creation: false
+  task_groups:
+    - {group_name: stage}
+  tasks:
+    first: {operator: empty}
+    a: {operator: empty, task_group_name: stage, dependencies: [first]}
+    b: {operator: empty, task_group_name: stage, dependencies: [first]}
 live_tail:
   is_paused_upon_creation: false
   tasks:

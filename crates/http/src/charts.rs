@@ -88,6 +88,99 @@ pub fn stacked_bars(id: &str, bars: &[Bar], unit: &str) -> String {
     svg
 }
 
+/// Series a line chart tells apart by class (`series-0` .. `series-7` in the stylesheet).
+pub const MAX_SERIES: usize = 8;
+
+/// A line chart: one line per series over the same x labels (`None`: no point there), each
+/// point with a tooltip; the legend lists the series in their colours.
+pub fn lines(
+    id: &str,
+    labels: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+    unit: &str,
+) -> String {
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .copied()
+        .fold(0.0_f64, f64::max);
+    let plot = H - AXIS;
+    let step = W / labels.len().max(1) as f64;
+    let x = |i: usize| i as f64 * step + step / 2.0;
+    let y = |v: f64| {
+        plot - 2.0
+            - if max > 0.0 {
+                v / max * (plot - 12.0)
+            } else {
+                0.0
+            }
+    };
+    let mut svg = format!(
+        r#"<svg class="chart lines" id="{}" viewBox="0 0 {W} {H}" role="img" preserveAspectRatio="none">"#,
+        escape(id)
+    );
+    let _ = write!(
+        svg,
+        r#"<line class="axis" x1="0" y1="{plot}" x2="{W}" y2="{plot}"/>"#
+    );
+    for (k, (name, values)) in series.iter().take(MAX_SERIES).enumerate() {
+        // A line through consecutive points; a gap (a run without the task) breaks it.
+        let mut d = String::new();
+        let mut pen_down = false;
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    let _ = write!(
+                        d,
+                        "{}{:.1},{:.1} ",
+                        if pen_down { "L" } else { "M" },
+                        x(i),
+                        y(*v)
+                    );
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
+        let _ = write!(
+            svg,
+            r#"<path class="series series-{k}" d="{}"><title>{}</title></path>"#,
+            d.trim_end(),
+            escape(name)
+        );
+        for (i, v) in values.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let _ = write!(
+                svg,
+                r#"<circle class="series series-{k}" cx="{:.1}" cy="{:.1}" r="2.5"><title>{} · {}: {} {}</title></circle>"#,
+                x(i),
+                y(*v),
+                escape(name),
+                escape(labels.get(i).map_or("", String::as_str)),
+                format_value((*v * 10.0).round() / 10.0),
+                escape(unit)
+            );
+        }
+    }
+    if max <= 0.0 {
+        let _ = write!(
+            svg,
+            r#"<text class="tick" x="{}" y="{}">no finished task yet</text>"#,
+            W / 2.0 - 60.0,
+            plot / 2.0
+        );
+    } else {
+        let _ = write!(
+            svg,
+            r#"<text class="tick" x="2" y="10">{} {}</text>"#,
+            format_value((max * 10.0).round() / 10.0),
+            escape(unit)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 fn format_value(v: f64) -> String {
     if v.fract() == 0.0 {
         format!("{v:.0}")
@@ -122,5 +215,24 @@ mod tests {
         );
         let empty = stacked_bars("e", &[], "runs");
         assert!(empty.contains("nothing in the last 24 hours"));
+    }
+
+    #[test]
+    fn lines_break_at_gaps_and_scale_to_the_largest() {
+        let labels = vec!["r1".to_owned(), "r2".to_owned(), "r3".to_owned()];
+        let series = vec![
+            ("<extract>".to_owned(), vec![Some(1.0), None, Some(4.0)]),
+            ("load".to_owned(), vec![Some(2.0), Some(2.0), Some(2.0)]),
+        ];
+        let svg = lines("t", &labels, &series, "s");
+        assert!(svg.contains("&lt;extract&gt; · r3: 4 s"), "{svg}");
+        assert!(!svg.contains("<extract>"));
+        // The gap starts a new line: two moves in the first series' path.
+        let first = svg.split("series-0\" d=\"").nth(1).unwrap();
+        let path = &first[..first.find('"').unwrap()];
+        assert_eq!(path.matches('M').count(), 2, "{path}");
+        // The largest value sits 10 units below the top of the plot.
+        assert!(svg.contains(r#"cy="10.0""#), "{svg}");
+        assert!(lines("e", &labels, &[], "s").contains("no finished task yet"));
     }
 }

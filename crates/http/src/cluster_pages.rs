@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use flow_model::Permission;
 use flow_store::{HourStats, JobQuery};
 
-use crate::charts::{Bar, stacked_bars};
+use crate::charts::{Bar, MAX_SERIES, lines, stacked_bars};
 use crate::views::{self, Chrome, fmt_duration, page};
 use crate::{AppState, CurrentUser, HttpError};
 
@@ -284,6 +284,7 @@ pub async fn dag_overview(
             }
         })
         .collect();
+    let (task_durations_chart, task_series) = task_durations(store, dag_id, &runs).await?;
     let mut failures = Vec::new();
     for f in store
         .failed_tries(dag_id, now - span, OVERVIEW_FAILURES)
@@ -328,7 +329,45 @@ pub async fn dag_overview(
             now,
         ),
         failures,
+        task_durations_chart,
+        task_series,
     })
+}
+
+/// The longest tasks' durations over the recent runs (Airflow's Task Duration chart): one
+/// line per task, the [`MAX_SERIES`] tasks with the longest mean duration.
+async fn task_durations(
+    store: &flow_store::Store,
+    dag_id: &str,
+    runs: &[flow_store::DagRunRow],
+) -> Result<(String, Vec<String>), HttpError> {
+    let rows = store
+        .ti_durations_for_latest_runs(dag_id, OVERVIEW_RUNS)
+        .await?;
+    let column: std::collections::HashMap<&str, usize> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.run_id.as_str(), i))
+        .collect();
+    let mut by_task: std::collections::BTreeMap<String, Vec<Option<f64>>> = Default::default();
+    for (run_id, task_id, seconds) in rows {
+        let Some(&i) = column.get(run_id.as_str()) else {
+            continue;
+        };
+        by_task
+            .entry(task_id)
+            .or_insert_with(|| vec![None; runs.len()])[i] = Some(seconds);
+    }
+    let mean = |v: &[Option<f64>]| {
+        let known: Vec<f64> = v.iter().flatten().copied().collect();
+        known.iter().sum::<f64>() / known.len().max(1) as f64
+    };
+    let mut series: Vec<(String, Vec<Option<f64>>)> = by_task.into_iter().collect();
+    series.sort_by(|a, b| mean(&b.1).total_cmp(&mean(&a.1)).then(a.0.cmp(&b.0)));
+    series.truncate(MAX_SERIES);
+    let labels: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let names = series.iter().map(|(name, _)| name.clone()).collect();
+    Ok((lines("task-durations-chart", &labels, &series, "s"), names))
 }
 
 /// A year of days, a week per column (Monday first), each day coloured by its worst run

@@ -21,10 +21,13 @@ pub mod auth;
 mod charts;
 mod cluster_pages;
 mod connection_test;
+mod diff;
 mod graph;
+mod grid;
 pub mod metrics;
 mod pages;
 mod session;
+mod user_settings;
 mod views;
 
 pub use api::config::{Config as ExposedConfig, ConfigOption, ConfigSection};
@@ -52,6 +55,8 @@ struct Inner {
     exposed_config: Option<ExposedConfig>,
     /// `[core] test_connection` and the function that tests.
     connection_testing: ConnectionTesting,
+    /// The time zone pages show times in until a user picks one.
+    default_ui_timezone: chrono_tz::Tz,
 }
 
 /// How the web server is set up.
@@ -68,6 +73,9 @@ pub struct WebConfig {
     /// Whether the Connections page and `POST /api/v2/connections/test` test connections
     /// (Airflow's `[core] test_connection`, `Disabled` by default), and how.
     pub connection_testing: ConnectionTesting,
+    /// The time zone pages show times in until a user picks one (Airflow's
+    /// `default_ui_timezone`, UTC by default).
+    pub default_ui_timezone: chrono_tz::Tz,
 }
 
 impl AppState {
@@ -82,6 +90,7 @@ impl AppState {
                 cipher: config.cipher,
                 exposed_config: config.exposed_config,
                 connection_testing: config.connection_testing,
+                default_ui_timezone: config.default_ui_timezone,
             }),
         }
     }
@@ -104,6 +113,10 @@ impl AppState {
 
     pub(crate) fn connection_testing(&self) -> &ConnectionTesting {
         &self.inner.connection_testing
+    }
+
+    pub(crate) fn default_ui_timezone(&self) -> chrono_tz::Tz {
+        self.inner.default_ui_timezone
     }
 
     pub(crate) fn limiter(&self) -> &auth::LoginLimiter {
@@ -148,7 +161,13 @@ pub fn router(state: AppState) -> Router {
         .merge(admin_pages::routes())
         .merge(metrics::routes())
         .merge(cluster_pages::routes())
+        .merge(user_settings::routes())
+        .merge(grid::routes())
         .merge(api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            views::with_user_timezone,
+        ))
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(security_headers))

@@ -24,8 +24,6 @@ use crate::{AppState, CurrentUser, HttpError};
 const LOGIN_CSRF_COOKIE: &str = "flow_login_csrf";
 /// DAGs per page on the home page.
 const PAGE_SIZE: usize = 50;
-/// Runs shown in the grid.
-const GRID_RUNS: i64 = 25;
 /// Log lines per page (the live tail asks for more as they come).
 const LOG_PAGE: i64 = 5000;
 
@@ -228,7 +226,7 @@ async fn logout(
 }
 
 /// Records an action; a failure to record is logged, not shown (the action itself happened).
-async fn audit(
+pub(crate) async fn audit(
     state: &AppState,
     username: &str,
     event: &str,
@@ -419,7 +417,7 @@ async fn audit_page(
 }
 
 /// The DAG as the store holds it (the last version that loaded).
-async fn load_dag(state: &AppState, dag_id: &str) -> Result<Dag, HttpError> {
+pub(crate) async fn load_dag(state: &AppState, dag_id: &str) -> Result<Dag, HttpError> {
     let (data, _) = state
         .store()
         .serialized_dag_get(dag_id)
@@ -431,12 +429,21 @@ async fn load_dag(state: &AppState, dag_id: &str) -> Result<Dag, HttpError> {
 #[derive(Deserialize)]
 struct TabQuery {
     tab: Option<String>,
-    /// How many runs the grid shows.
+    /// How many runs the grid shows, and how many newer ones it skips.
     runs: Option<i64>,
-    /// The run whose states colour the graph (default: the latest).
+    offset: Option<i64>,
+    /// Grid rows skipped from the top.
+    rows_offset: Option<usize>,
+    /// The run whose states colour the graph (default: the latest), or the grid's selection
+    /// with `task_id` and `map_index`.
     run_id: Option<String>,
+    task_id: Option<String>,
+    map_index: Option<i64>,
     /// The Overview tab's window: `24h`, `7d` or `30d`.
     window: Option<String>,
+    /// The Versions tab: the version shown and the one it is compared with.
+    version: Option<i64>,
+    against: Option<i64>,
 }
 
 async fn dag_page(
@@ -453,7 +460,9 @@ async fn dag_page(
         .ok_or_else(|| HttpError::NotFound(format!("dag `{dag_id}`")))?;
     let dag = load_dag(&state, &dag_id).await?;
     let tab = match q.tab.as_deref() {
-        Some(t @ ("overview" | "graph" | "gantt" | "runs" | "code" | "details")) => t.to_owned(),
+        Some(t @ ("overview" | "graph" | "gantt" | "runs" | "code" | "details" | "versions")) => {
+            t.to_owned()
+        }
         _ => "grid".to_owned(),
     };
     let mut body = views::DagPage {
@@ -463,8 +472,8 @@ async fn dag_page(
         description: row.description.clone().unwrap_or_default(),
         paused: row.is_paused,
         tab: tab.clone(),
-        runs: Vec::new(),
-        rows: Vec::new(),
+        grid: None,
+        versions: None,
         run_list: Vec::new(),
         code: String::new(),
         details: Vec::new(),
@@ -484,8 +493,18 @@ async fn dag_page(
             );
         }
         "grid" => {
-            let runs = q.runs.unwrap_or(GRID_RUNS).clamp(1, 365);
-            fill_grid(&state, &dag, runs, &mut body).await?;
+            let grid_query = crate::grid::GridQuery {
+                runs: q.runs,
+                offset: q.offset,
+                rows_offset: q.rows_offset,
+                run_id: q.run_id,
+                task_id: q.task_id,
+                map_index: q.map_index,
+            };
+            body.grid = Some(crate::grid::grid(&state, &user, &dag, &grid_query).await?);
+        }
+        "versions" => {
+            body.versions = Some(versions(store, &dag_id, q.version, q.against).await?);
         }
         "gantt" => {
             if let Some(run_id) = select_run(store, &dag_id, q.run_id, &mut body).await? {
@@ -565,6 +584,63 @@ async fn dag_page(
         }
     }
     Ok(page(&body))
+}
+
+/// Versions listed on the Versions tab (the newest first).
+const VERSIONS_LISTED: i64 = 100;
+
+/// The Versions tab: the DAG's versions, and the source of one (the latest by default)
+/// against another (by default the one before it) as unified hunks.
+async fn versions(
+    store: &flow_store::Store,
+    dag_id: &str,
+    version: Option<i64>,
+    against: Option<i64>,
+) -> Result<views::VersionsView, HttpError> {
+    let (list, total) = store.dag_versions(dag_id, true, VERSIONS_LISTED, 0).await?;
+    let Some(latest) = list.first().map(|v| v.version_number) else {
+        return Ok(views::VersionsView {
+            items: Vec::new(),
+            shown: 0,
+            against: None,
+            hunks: Vec::new(),
+            total,
+        });
+    };
+    let shown = version.unwrap_or(latest);
+    let (_, new_source) = store
+        .dag_version_get(dag_id, shown)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("version {shown} of dag `{dag_id}`")))?;
+    // The version before, unless another is asked for; the first version is compared with
+    // nothing (all added).
+    let against = against.or_else(|| (shown > 1).then_some(shown - 1));
+    let old_source = match against {
+        Some(v) => {
+            store
+                .dag_version_get(dag_id, v)
+                .await?
+                .ok_or_else(|| HttpError::NotFound(format!("version {v} of dag `{dag_id}`")))?
+                .1
+        }
+        None => String::new(),
+    };
+    Ok(views::VersionsView {
+        items: list
+            .iter()
+            .map(|v| views::VersionItem {
+                number: v.version_number,
+                created: fmt_time(&Some(v.created_at)),
+                hash: v.dag_hash.chars().take(12).collect(),
+                file: v.fileloc.clone(),
+                selected: v.version_number == shown,
+            })
+            .collect(),
+        shown,
+        against,
+        hunks: crate::diff::hunks(&old_source, &new_source),
+        total,
+    })
 }
 
 /// The run the Graph and Gantt tabs show: the requested one if it is among the latest 25,
@@ -656,92 +732,6 @@ fn gantt(dag: &Dag, tis: &[flow_store::TiRow]) -> (Vec<views::GanttBar>, String)
         })
         .collect();
     (bars, fmt_duration(Some(span / 1_000_000.0)))
-}
-
-async fn fill_grid(
-    state: &AppState,
-    dag: &Dag,
-    n_runs: i64,
-    body: &mut views::DagPage,
-) -> Result<(), HttpError> {
-    let store = state.store();
-    let mut runs = store.dag_run_list(&body.dag_id, n_runs).await?;
-    runs.reverse(); // oldest on the left, as in Airflow
-    let mut by_run = store
-        .ti_states_for_latest_runs(&body.dag_id, n_runs)
-        .await?;
-    let states: Vec<HashMap<String, flow_store::TaskStates>> = runs
-        .iter()
-        .map(|r| by_run.remove(&r.run_id).unwrap_or_default())
-        .collect();
-    let durations: Vec<Option<f64>> = runs
-        .iter()
-        .map(|r| {
-            let start = r.start_date?;
-            let end = r.end_date.unwrap_or_else(Utc::now);
-            Some((end - start).num_milliseconds() as f64 / 1000.0)
-        })
-        .collect();
-    let longest = durations.iter().flatten().copied().fold(0.0_f64, f64::max);
-    body.runs = runs
-        .iter()
-        .zip(&durations)
-        .map(|(r, d)| views::GridRun {
-            run_id: r.run_id.clone(),
-            run_id_url: url_encode(&r.run_id),
-            state: r.state.as_str().to_owned(),
-            label: fmt_time(&r.logical_date.or(Some(r.run_after))),
-            bar: d.map_or(0, |d| {
-                if longest <= 0.0 {
-                    1
-                } else {
-                    ((d / longest) * 10.0).ceil().clamp(1.0, 10.0) as u8
-                }
-            }),
-            duration: fmt_duration(*d),
-        })
-        .collect();
-    body.rows = dag
-        .tasks
-        .iter()
-        .map(|t| views::GridRow {
-            task_id: t.task_id.to_string(),
-            task_id_url: url_encode(t.task_id.as_str()),
-            depth: t.task_id.as_str().matches('.').count().min(5),
-            cells: states
-                .iter()
-                .map(|m| grid_cell(m.get(t.task_id.as_str())))
-                .collect(),
-        })
-        .collect();
-    Ok(())
-}
-
-/// One task's cell in one run: its state, or for a mapped task the state that stands for its
-/// instances, how many there are, and how many are in each state.
-fn grid_cell(states: Option<&flow_store::TaskStates>) -> views::GridCell {
-    let Some(states) = states else {
-        return views::GridCell {
-            state: "none".to_owned(),
-            mapped: 0,
-            counts: String::new(),
-        };
-    };
-    let counts = states
-        .counts()
-        .iter()
-        .map(|(s, n)| format!("{n} {s}"))
-        .collect::<Vec<_>>()
-        .join(" · ");
-    views::GridCell {
-        state: states.summary().as_str().to_owned(),
-        mapped: if states.mapped {
-            states.states.len()
-        } else {
-            0
-        },
-        counts,
-    }
 }
 
 #[derive(Deserialize)]
@@ -1490,6 +1480,8 @@ struct MarkForm {
     state: String,
     /// One instance of a mapped task.
     map_index: Option<i64>,
+    /// Where to go after (the grid's details panel comes back to itself).
+    next: Option<String>,
 }
 
 async fn mark_run(
@@ -1526,6 +1518,9 @@ async fn mark_run(
         None,
     )
     .await;
+    if form.next.is_some() {
+        return Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response());
+    }
     Ok(Redirect::to(&format!("/dags/{}?tab=runs", url_encode(&dag_id))).into_response())
 }
 
@@ -1565,6 +1560,9 @@ async fn mark_task(
         None,
     )
     .await;
+    if form.next.is_some() {
+        return Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response());
+    }
     let index = if map_index >= 0 {
         format!("?map_index={map_index}")
     } else {

@@ -49,10 +49,69 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// `2025-01-01 10:00:00` (UTC), or an empty string.
+/// The cookie that keeps a user's chosen time zone (an IANA name, percent-encoded).
+pub const TIMEZONE_COOKIE: &str = "flow_tz";
+
+tokio::task_local! {
+    /// The zone this request's pages show times in: the user's choice, else the server's
+    /// `default_ui_timezone`. Set around each request so every formatter agrees without
+    /// threading a zone through every page model.
+    static UI_TIMEZONE: chrono_tz::Tz;
+}
+
+/// The zone times are shown in for the current request (UTC outside one).
+pub fn ui_timezone() -> chrono_tz::Tz {
+    UI_TIMEZONE.try_with(|tz| *tz).unwrap_or(chrono_tz::UTC)
+}
+
+/// The zone named by the request's `flow_tz` cookie, if it names a real one.
+pub fn chosen_timezone(headers: &axum::http::HeaderMap) -> Option<chrono_tz::Tz> {
+    let raw = crate::session::cookie(headers, TIMEZONE_COOKIE)?;
+    percent_decode(raw)?.parse().ok()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Runs the request with the user's time zone in scope (see [`ui_timezone`]).
+pub async fn with_user_timezone(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tz = chosen_timezone(request.headers()).unwrap_or_else(|| state.default_ui_timezone());
+    UI_TIMEZONE.scope(tz, next.run(request)).await
+}
+
+/// `2025-01-01 10:00:00` in the user's time zone, or an empty string.
 pub fn fmt_time(t: &Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default()
+    t.map(|t| {
+        t.with_timezone(&ui_timezone())
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    })
+    .unwrap_or_default()
+}
+
+/// `12-05 08:30` in the user's time zone: a grid column's header.
+pub fn fmt_short(t: &DateTime<Utc>) -> String {
+    t.with_timezone(&ui_timezone())
+        .format("%m-%d %H:%M")
+        .to_string()
 }
 
 /// `1.2s`, `3m 04s`, `2h 05m`.
@@ -81,6 +140,8 @@ pub struct Chrome {
     pub role: String,
     pub csrf: String,
     pub can_edit: bool,
+    /// The zone the page's times are in (shown in the header, a link to change it).
+    pub timezone: String,
 }
 
 impl Chrome {
@@ -90,6 +151,7 @@ impl Chrome {
             role: user.role.as_str().to_owned(),
             csrf: user.csrf_token.clone(),
             can_edit: user.can_edit(),
+            timezone: ui_timezone().name().to_owned(),
         }
     }
 }
@@ -153,24 +215,6 @@ pub struct Overview {
     pub runs_chart: String,
 }
 
-pub struct GridRun {
-    pub run_id: String,
-    pub run_id_url: String,
-    pub state: String,
-    pub label: String,
-    /// 0..=10, the height of the run's duration bar relative to the longest shown.
-    pub bar: u8,
-    pub duration: String,
-}
-
-pub struct GridRow {
-    pub task_id: String,
-    pub task_id_url: String,
-    pub depth: usize,
-    /// One cell per run in `GridRun` order.
-    pub cells: Vec<GridCell>,
-}
-
 /// A task in a run: its state (`none` when no task instance); for a mapped task, the state
 /// that stands for its instances, their number, and the number in each state.
 pub struct GridCell {
@@ -213,8 +257,8 @@ pub struct DagPage {
     pub description: String,
     pub paused: bool,
     pub tab: String,
-    pub runs: Vec<GridRun>,
-    pub rows: Vec<GridRow>,
+    pub grid: Option<crate::grid::Grid>,
+    pub versions: Option<VersionsView>,
     pub run_list: Vec<RunItem>,
     pub code: String,
     pub details: Vec<(String, String)>,
@@ -243,6 +287,10 @@ pub struct DagOverview {
     /// Weeks of (date, state class, tooltip), Monday first; empty dates pad the first week.
     pub calendar: Vec<Vec<(String, String, String)>>,
     pub failures: Vec<FailureExcerpt>,
+    /// Inline SVG: the longest tasks' durations over the same runs.
+    pub task_durations_chart: String,
+    /// The tasks charted, in their series' order (the legend).
+    pub task_series: Vec<String>,
 }
 
 /// A failed try with the end of its log.
@@ -601,4 +649,35 @@ impl Chrome {
         self.role()
             .is_some_and(|r| r.can(flow_model::Permission::ManageUsers))
     }
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+pub struct SettingsPage {
+    pub chrome: Chrome,
+    /// Every IANA zone name, for the selector.
+    pub zones: Vec<String>,
+    pub current: String,
+    pub default_zone: String,
+    pub next: String,
+    /// The time now in the current zone, as pages show it.
+    pub now: String,
+}
+
+/// The Versions tab: the DAG's versions and the diff of one against another.
+pub struct VersionsView {
+    pub items: Vec<VersionItem>,
+    /// The version shown and the one it is compared with (`None`: the first version).
+    pub shown: i64,
+    pub against: Option<i64>,
+    pub hunks: Vec<crate::diff::Hunk>,
+    pub total: i64,
+}
+
+pub struct VersionItem {
+    pub number: i64,
+    pub created: String,
+    pub hash: String,
+    pub file: String,
+    pub selected: bool,
 }

@@ -119,6 +119,7 @@ async fn site_with(
             cipher: Some(cipher.clone()),
             exposed_config,
             connection_testing,
+            default_ui_timezone: chrono_tz::UTC,
         },
     );
     Site {
@@ -4703,4 +4704,357 @@ async fn form(b: &mut Browser<'_>, uri: &str, fields: &[(&str, &str)], token: &s
     let mut pairs = fields.to_vec();
     pairs.push(("csrf_token", token));
     b.post(uri, &pairs).await
+}
+
+/// The grid as a user meets it: run columns headed by their logical date and duration (in the
+/// user's time zone), task groups as rows with the state standing for their tasks, a mapped
+/// task as one row with its count, paging both ways, and the details panel of a run, a task
+/// instance, a mapped task and a group, embedded in the page and served alone.
+#[tokio::test]
+async fn grid_columns_groups_paging_and_details_panel() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let admin = token_for(&site, "ada").await;
+        let wide: String = (0..230)
+            .map(|i| format!("    t{i:03}: {{operator: empty}}\n"))
+            .collect();
+        std::fs::write(
+            site._dir.join("grid.yaml"),
+            format!(
+                r#"grouped:
+  task_groups:
+    - {{group_name: load}}
+    - {{group_name: inner, parent_group_name: load}}
+  tasks:
+    start: {{operator: empty}}
+    a: {{operator: empty, task_group_name: load, dependencies: [start]}}
+    b: {{operator: empty, task_group_name: inner, dependencies: [start]}}
+    m: {{operator: bash, expand: {{bash_command: ["echo 1", "echo 2", "echo 3"]}}, dependencies: [start]}}
+    end: {{operator: empty, dependencies: [load]}}
+wide:
+  tasks:
+{wide}"#
+            ),
+        )
+        .unwrap();
+        site.processor
+            .lock()
+            .await
+            .run_once(Utc::now() + chrono::Duration::seconds(5))
+            .await
+            .unwrap();
+        for i in 0..30 {
+            let body = format!(
+                r#"{{"dag_run_id": "g{i:02}", "logical_date": "2026-01-{:02}T03:04:05Z", "note": "n{i}"}}"#,
+                i % 28 + 1
+            );
+            let (s, _, j) = api(
+                &site,
+                "POST",
+                "/api/v2/dags/grouped/dagRuns",
+                Some(&admin),
+                Some(("application/json", &body)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{j}");
+        }
+        // One run with instances in several states: b failed, a success, m's three mapped.
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET state = 'failed' WHERE run_id = 'g29' AND task_id = 'load.inner.b'",
+            )
+            .await
+            .unwrap();
+        site.store
+            .execute_raw(
+                "UPDATE task_instance SET state = 'success' WHERE run_id = 'g29' AND task_id = 'load.a'",
+            )
+            .await
+            .unwrap();
+        site.store
+            .execute_raw(
+                "INSERT INTO task_instance (dag_id, run_id, task_id, map_index, state, try_number, \
+                 max_tries, operator, queue, pool, pool_slots, priority_weight, hostname, updated_at) \
+                 SELECT dag_id, run_id, task_id, n.i, 'success', 1, 0, operator, queue, pool, \
+                 pool_slots, priority_weight, '', updated_at FROM task_instance, \
+                 (SELECT 0 AS i UNION SELECT 1 UNION SELECT 2) n \
+                 WHERE run_id = 'g29' AND task_id = 'm' AND map_index = -1",
+            )
+            .await
+            .unwrap();
+        site.store
+            .execute_raw(
+                "DELETE FROM task_instance WHERE run_id = 'g29' AND task_id = 'm' AND map_index = -1",
+            )
+            .await
+            .unwrap();
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let grid = viewer.get("/dags/grouped").await;
+        assert_eq!(grid.status, StatusCode::OK);
+        // 25 of 30 runs, the newest on the right; a link to the older ones.
+        assert_eq!(grid.body.matches(r#"<th class="run"#).count(), 25);
+        assert!(grid.body.contains("Runs 1–25 of 30"), "{}", grid.body);
+        assert!(grid.body.contains("offset=25"), "older page");
+        assert!(!grid.body.contains(r#"id="grid-newer""#));
+        // The head of g29 (logical date 2026-01-02 03:04:05) shows its date.
+        assert!(
+            grid.body.contains("<span>01-02 03:04</span>"),
+            "{}",
+            grid.body
+        );
+        // Rows: the group, its nested group, the mapped task as one row with its count.
+        assert!(
+            grid.body
+                .contains(r#"<tr data-task="load" class="group-row" data-group="load">"#),
+            "{}",
+            grid.body
+        );
+        assert!(grid.body.contains(
+            r#"<tr data-task="load.inner" data-groups="load" class="group-row" data-group="load.inner">"#
+        ));
+        assert!(
+            grid.body
+                .contains(r#"<tr data-task="load.inner.b" data-groups="load load.inner">"#)
+        );
+        // The group's cell in g29 stands for a failed b and a successful a: failed.
+        let load_row = grid
+            .body
+            .split(r#"<tr data-task="load" class="group-row""#)
+            .nth(1)
+            .unwrap();
+        let load_row = &load_row[..load_row.find("</tr>").unwrap()];
+        assert!(
+            load_row.ends_with(
+                r#"<td class="cell grp st-failed" data-state="failed" title="1 failed · 1 success"></td>"#
+            ),
+            "{load_row}"
+        );
+        assert!(
+            grid.body
+                .contains(r#"data-mapped="3" title="3 mapped: 3 success""#)
+        );
+        // The older page, and a page size clamped to 100 runs.
+        let older = viewer.get("/dags/grouped?tab=grid&runs=25&offset=25").await;
+        assert_eq!(older.body.matches(r#"<th class="run"#).count(), 5);
+        assert!(older.body.contains(r#"id="grid-newer""#));
+        let all = viewer.get("/dags/grouped?tab=grid&runs=100000").await;
+        assert_eq!(all.body.matches(r#"<th class="run"#).count(), 30);
+
+        // The panel: a run (its conf, note and times), a task instance (why it waits), a
+        // mapped task (its instances), a group (its tasks).
+        let run = viewer.get("/dags/grouped?tab=grid&run_id=g29").await;
+        assert!(run.body.contains(r#"class="grid-layout with-panel""#));
+        assert!(run.body.contains(r#"id="details-run""#), "{}", run.body);
+        assert!(run.body.contains("2026-01-02 03:04:05"));
+        assert!(run.body.contains("n29"), "the note");
+        assert!(
+            !run.body.contains("Mark success"),
+            "a Viewer sees no actions"
+        );
+        let ti = viewer
+            .get("/dags/grouped/grid/details?run_id=g29&task_id=end")
+            .await;
+        assert_eq!(ti.status, StatusCode::OK);
+        assert!(!ti.body.contains("<html"), "a fragment, not a page");
+        assert!(ti.body.contains(r#"id="details-waiting""#), "{}", ti.body);
+        assert!(ti.body.contains("Trigger Rule"), "{}", ti.body);
+        assert!(ti.body.contains("/dags/grouped/runs/g29/tasks/end"));
+        let mapped = viewer
+            .get("/dags/grouped/grid/details?run_id=g29&task_id=m")
+            .await;
+        assert!(
+            mapped.body.contains("3 mapped: 3 success"),
+            "{}",
+            mapped.body
+        );
+        assert!(mapped.body.contains("tasks/m?map_index=2"));
+        let group = viewer
+            .get("/dags/grouped/grid/details?run_id=g29&task_id=load")
+            .await;
+        assert!(group.body.contains(r#"id="details-group""#));
+        assert!(group.body.contains("load.inner.b"));
+        for bad in [
+            "/dags/grouped/grid/details?run_id=g29&task_id=nope",
+            "/dags/grouped/grid/details?run_id=nope",
+            "/dags/nope/grid/details?run_id=g29",
+        ] {
+            assert_eq!(viewer.get(bad).await.status, StatusCode::NOT_FOUND, "{bad}");
+        }
+        assert_eq!(
+            viewer.get("/dags/grouped/grid/details").await.status,
+            StatusCode::BAD_REQUEST
+        );
+
+        // An Op acts from the panel and comes back to it: a note, a mark.
+        let mut op = Browser::new(&site);
+        op.login("oli", "correct horse", "/").await;
+        let panel = op
+            .get("/dags/grouped?tab=grid&run_id=g29&task_id=end")
+            .await;
+        assert!(panel.body.contains("Mark success"));
+        let csrf = panel.csrf();
+        let back = "/dags/grouped?tab=grid&runs=25&run_id=g29&task_id=end";
+        let p = op
+            .post(
+                "/dags/grouped/runs/g29/tasks/end/mark",
+                &[("csrf_token", &csrf), ("state", "success"), ("next", back)],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(p.location.as_deref(), Some(back));
+        let p = op
+            .post(
+                "/dags/grouped/runs/g29/note",
+                &[
+                    ("csrf_token", &csrf),
+                    ("note", "checked <b>"),
+                    ("next", back),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let run = op.get(back).await;
+        assert!(run.body.contains("checked &#60;b&#62;"), "{}", run.body);
+        let long = "x".repeat(1001);
+        let p = op
+            .post(
+                "/dags/grouped/runs/g29/note",
+                &[("csrf_token", &csrf), ("note", &long)],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("note: at most 1000 characters"));
+        let viewer_csrf = viewer.get("/").await.csrf();
+        let p = viewer
+            .post(
+                "/dags/grouped/runs/g29/note",
+                &[("csrf_token", &viewer_csrf), ("note", "x")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+        // Rows page too: 230 tasks are 200 rows, then 30.
+        let (s, _, j) = api(
+            &site,
+            "POST",
+            "/api/v2/dags/wide/dagRuns",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"dag_run_id": "w1", "logical_date": null}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let wide = viewer.get("/dags/wide").await;
+        assert_eq!(wide.body.matches("<tr data-task=").count(), 200);
+        assert!(wide.body.contains("Rows 1–200 of 230"));
+        let rest = viewer.get("/dags/wide?tab=grid&rows_offset=200").await;
+        assert_eq!(rest.body.matches("<tr data-task=").count(), 30);
+        assert!(rest.body.contains(r#"data-task="t229""#));
+
+        // Times in the user's zone: Tokyo is 9 hours ahead; bad zones are refused; empty
+        // goes back to the server's default.
+        let settings = viewer.get("/settings").await;
+        assert!(
+            settings
+                .body
+                .contains(r#"<option value="Asia/Tokyo" >Asia/Tokyo</option>"#)
+        );
+        let csrf = settings.csrf();
+        let p = viewer
+            .post(
+                "/settings/timezone",
+                &[
+                    ("csrf_token", &csrf),
+                    ("timezone", "Asia/Tokyo"),
+                    ("next", "/dags/grouped"),
+                ],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert_eq!(p.location.as_deref(), Some("/dags/grouped"));
+        let tokyo = viewer.get("/dags/grouped?tab=grid&run_id=g29").await;
+        assert!(
+            tokyo.body.contains("<span>01-02 12:04</span>"),
+            "{}",
+            tokyo.body
+        );
+        assert!(tokyo.body.contains("2026-01-02 12:04:05"));
+        assert!(
+            tokyo.body.contains("Asia/Tokyo"),
+            "the header names the zone"
+        );
+        let p = viewer
+            .post(
+                "/settings/timezone",
+                &[("csrf_token", &csrf), ("timezone", "Mars/Olympus")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(p.body.contains("Mars/Olympus"));
+        let p = viewer
+            .post(
+                "/settings/timezone",
+                &[("csrf_token", &csrf), ("timezone", "")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let utc = viewer.get("/dags/grouped?tab=grid&run_id=g29").await;
+        assert!(utc.body.contains("2026-01-02 03:04:05"));
+        db.drop_db().await.unwrap();
+    }
+}
+
+/// The Versions tab: each version of a DAG, and the diff of its file against the one before.
+#[tokio::test]
+async fn versions_tab_diffs_sources() {
+    for db in databases().await {
+        let site = site(&db).await;
+        let changed = dags_yaml().replace("echo load", "echo load again");
+        std::fs::write(site._dir.join("dags.yaml"), changed).unwrap();
+        site.processor
+            .lock()
+            .await
+            .run_once(Utc::now() + chrono::Duration::seconds(5))
+            .await
+            .unwrap();
+        let mut viewer = Browser::new(&site);
+        viewer.login("vic", "correct horse", "/").await;
+        let p = viewer.get("/dags/etl?tab=versions").await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(p.body.contains("v2 against v1"), "{}", p.body);
+        assert!(
+            p.body.contains(r#"<span class="sign">-</span><code>    load: {operator: bash, bash_command: &#34;echo load&#34;"#),
+            "{}",
+            p.body
+        );
+        assert!(p.body.contains(
+            r#"<span class="sign">+</span><code>    load: {operator: bash, bash_command: &#34;echo load again&#34;"#
+        ));
+        // The DAG's description is escaped in the diff's context lines too.
+        assert!(!p.body.contains(XSS));
+        let first = viewer.get("/dags/etl?tab=versions&version=1").await;
+        assert!(
+            first.body.contains("v1 (the first version)"),
+            "{}",
+            first.body
+        );
+        assert_eq!(
+            viewer.get("/dags/etl?tab=versions&version=9").await.status,
+            StatusCode::NOT_FOUND
+        );
+        // A DAG's only version is its whole file, added.
+        let other = viewer.get("/dags/other?tab=versions").await;
+        assert!(other.body.contains("v1 (the first version)"));
+        assert!(
+            other
+                .body
+                .contains(r#"<span class="sign">+</span><code>    only: {operator: empty}</code>"#),
+            "{}",
+            other.body
+        );
+        db.drop_db().await.unwrap();
+    }
 }

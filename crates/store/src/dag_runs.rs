@@ -229,12 +229,23 @@ impl Store {
     }
 
     pub async fn dag_run_list(&self, dag_id: &str, limit: i64) -> Result<Vec<DagRunRow>> {
+        self.dag_run_page(dag_id, limit, 0).await
+    }
+
+    /// A page of a DAG's runs, newest first: the grid pages through them this way.
+    pub async fn dag_run_page(
+        &self,
+        dag_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<DagRunRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = $1 \
-             ORDER BY run_after DESC, id DESC LIMIT $2"
+             ORDER BY run_after DESC, id DESC LIMIT $2 OFFSET $3"
         ))
         .bind(dag_id)
         .bind(limit)
+        .bind(offset)
         .fetch_all(self.read_pool())
         .await?;
         rows.iter().map(run_row).collect()

@@ -613,6 +613,39 @@ impl Store {
         unpack_states(&rows)
     }
 
+    /// `(run_id, task_id, seconds)` for the tasks that ran in the latest `n` runs of a DAG: from
+    /// the first instance's start to the last one's end (a mapped task's instances together),
+    /// for the per-task duration chart.
+    pub async fn ti_durations_for_latest_runs(
+        &self,
+        dag_id: &str,
+        n: i64,
+    ) -> Result<Vec<(String, String, f64)>> {
+        let rows = sqlx::query(
+            "SELECT run_id, task_id, MIN(start_date) AS started, MAX(end_date) AS ended \
+             FROM task_instance \
+             WHERE dag_id = $1 AND start_date IS NOT NULL AND end_date IS NOT NULL \
+               AND run_id IN (SELECT run_id FROM dag_run WHERE dag_id = $1 \
+                              ORDER BY run_after DESC, id DESC LIMIT $2) \
+             GROUP BY run_id, task_id",
+        )
+        .bind(dag_id)
+        .bind(n)
+        .fetch_all(self.read_pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let started: i64 = r.try_get("started")?;
+                let ended: i64 = r.try_get("ended")?;
+                Ok((
+                    r.try_get("run_id")?,
+                    r.try_get("task_id")?,
+                    (ended - started).max(0) as f64 / 1_000_000.0,
+                ))
+            })
+            .collect()
+    }
+
     /// The rendered template fields of a task instance's latest try (JSON text), if any.
     pub async fn ti_rendered_fields(&self, key: &TiKey) -> Result<Option<String>> {
         let row = sqlx::query(&format!(

@@ -49,7 +49,7 @@
     checkTriggerForm();
   });
 
-  // Grid cells carry only their state (a 100 x 200 grid stays small); the task instance a
+  // Grid cells carry only their state class (a 100 x 200 grid stays small); the task instance a
   // cell stands for comes from its row and column. A click (or Enter) opens the details
   // panel beside the grid without leaving the page; the URL keeps the selection.
   function gridCells() {
@@ -63,6 +63,10 @@
     var dagKey = "flow-grid-collapsed:" + detailsUrl;
     var cursor = null;
 
+    function stateOf(td) {
+      var m = /(?:^|\s)st-(\S+)/.exec(td.className);
+      return m ? m[1] : "none";
+    }
     function target(td) {
       var tr = td.parentElement;
       var col = [].indexOf.call(tr.children, td) - 1;
@@ -109,7 +113,7 @@
       td.classList.add("cursor");
       td.scrollIntoView({ block: "nearest", inline: "nearest" });
       var t = target(td);
-      td.title = td.title || (decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + td.getAttribute("data-state"));
+      td.title = td.title || (decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + stateOf(td));
     }
     grid.addEventListener("click", function (e) {
       if (e.target.closest("button.toggle-group")) return;
@@ -120,17 +124,17 @@
         open(col.getAttribute("data-run"), null, col);
         return;
       }
-      var td = e.target.closest("td.cell");
+      var td = e.target.closest("tbody td");
       if (!td) return;
       var t = target(td);
       setCursor(td);
       open(t.run, t.task, td);
     });
     grid.addEventListener("mouseover", function (e) {
-      var td = e.target.closest("td.cell");
+      var td = e.target.closest("tbody td");
       if (!td || td.title) return;
       var t = target(td);
-      td.title = decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + td.getAttribute("data-state");
+      td.title = decodeURIComponent(t.task) + " · " + decodeURIComponent(t.run) + " · " + stateOf(td);
     });
 
     // Keyboard: arrows move a cursor over the visible cells, Enter opens, Esc closes.

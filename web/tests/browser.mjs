@@ -81,8 +81,8 @@ try {
   await waitFor(admin, base + "/dags/etl_daily", "the triggered run to succeed", () => {
     const rows = [...document.querySelectorAll("#grid tbody tr")];
     return rows.length > 0 && rows.every((r) => {
-      const cells = r.querySelectorAll("td.cell");
-      return cells.length > 0 && cells[cells.length - 1].dataset.state === "success";
+      const cells = r.querySelectorAll("td");
+      return cells.length > 0 && cells[cells.length - 1].classList.contains("st-success");
     });
   });
 
@@ -90,7 +90,7 @@ try {
   // panel beside the grid without leaving the page, and the URL keeps the selection.
   assert.match(await admin.textContent("#grid tr.dates th.run:last-child"), /\d\d-\d\d \d\d:\d\d/);
   const gridUrl = admin.url();
-  const extract = admin.locator("#grid tbody tr").first().locator("td.cell").last();
+  const extract = admin.locator("#grid tbody tr").first().locator("td").last();
   await extract.click();
   await admin.waitForSelector("#details-task[data-task=extract]");
   assert.match(admin.url(), /task_id=extract/);
@@ -118,7 +118,7 @@ try {
   assert.equal(admin.url().includes("task_id="), false);
   // Open a task's log from the panel: it ran for the param we gave.
   await admin.goto(gridUrl);
-  await admin.locator("#grid tbody tr").first().locator("td.cell").last().click();
+  await admin.locator("#grid tbody tr").first().locator("td").last().click();
   await admin.click("#details-log");
   await admin.waitForSelector("#log");
   const log = await admin.textContent("#log");
@@ -199,8 +199,8 @@ try {
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/grouped_ui$/);
   await waitFor(admin, base + "/dags/grouped_ui", "the grouped run to succeed", () => {
-    const g = document.querySelector('#grid tr[data-group="stage"] td.cell:last-child');
-    return g !== null && g.dataset.state === "success";
+    const g = document.querySelector('#grid tr[data-group="stage"] tbody td:last-child');
+    return g !== null && g.classList.contains("st-success");
   });
   assert.equal(await admin.locator('#grid tr[data-groups="stage"]').count(), 2);
   await admin.click('#grid tr[data-group="stage"] button.toggle-group');
@@ -209,7 +209,7 @@ try {
   assert.equal(await admin.locator('#grid tr[data-groups="stage"]:visible').count(), 0, "still collapsed after a reload");
   await admin.click('#grid tr[data-group="stage"] button.toggle-group');
   assert.equal(await admin.locator('#grid tr[data-groups="stage"]:visible').count(), 2);
-  await admin.locator('#grid tr[data-group="stage"] td.cell').last().click();
+  await admin.locator('#grid tr[data-group="stage"] td').last().click();
   await admin.waitForSelector("#details-group");
   assert.match(await admin.textContent("#details-group"), /stage\.a/);
 
@@ -244,10 +244,10 @@ try {
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/live_tail$/);
   await waitFor(admin, base + "/dags/live_tail", "the ticker to run", () => {
-    const cells = document.querySelectorAll("#grid td.cell");
-    return cells.length > 0 && cells[cells.length - 1].dataset.state === "running";
+    const cells = document.querySelectorAll("#grid tbody td");
+    return cells.length > 0 && cells[cells.length - 1].classList.contains("st-running");
   }, 60);
-  await admin.locator("#grid td.cell").last().click();
+  await admin.locator("#grid tbody td").last().click();
   await admin.click("#details-log");
   await admin.waitForSelector("#log[data-live=true]");
   await admin.waitForFunction(() => document.getElementById("log").textContent.includes("tick 6"), null, { timeout: 30000 });
@@ -334,7 +334,7 @@ try {
     assert.doesNotMatch(body, /Trigger|Mark success|Mark failed|Delete|Clear…/, path);
     assert.equal(await viewer.locator('form[action$="/pause"]').count(), 0, path + " has a pause form");
   }
-  const cell = viewer.locator("#grid td.cell").first();
+  const cell = viewer.locator("#grid tbody td").first();
   await viewer.goto(base + "/dags/etl_daily");
   await cell.click();
   await viewer.waitForSelector("#details-task");

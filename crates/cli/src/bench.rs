@@ -52,6 +52,10 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long, default_value_t = 200)]
         tasks: usize,
+        /// Keep the database (and print how to serve it) to time the same pages through a
+        /// real `flow webserver` afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// REST API latency at a steady request rate over loopback: the DAG list and a 200-task
     /// run's task instances, with 1,000 DAGs and 100,000 task instances, scheduler idle and
@@ -95,7 +99,8 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
             dags,
             runs,
             tasks,
-        } => crate::bench_web::web(database_url, dags, runs, tasks).await,
+            keep,
+        } => crate::bench_web::web(database_url, dags, runs, tasks, keep).await,
         BenchCommand::Idle {
             dags,
             tasks,

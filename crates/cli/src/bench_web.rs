@@ -16,6 +16,18 @@ use tower::ServiceExt as _;
 
 use crate::bench::{dag_file, scratch_dir};
 
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// The Viewer `bench` (password `bench-password`) the web and API benchmarks log in as.
 pub(crate) async fn bench_viewer(store: &Store) -> Result<()> {
     let hash_pw =
@@ -110,6 +122,7 @@ pub async fn web(
     n_dags: usize,
     n_runs: usize,
     n_tasks: usize,
+    keep: bool,
 ) -> Result<ExitCode> {
     let dir = scratch_dir();
     let dags = dir.join("dags");
@@ -151,17 +164,40 @@ pub async fn web(
         },
     ));
     let cookie = login(&router).await?;
-    for (label, path) in [
+    // The newest run and a task in the middle: what the details panel shows.
+    let newest = store
+        .dag_run_list("bench_big", 1)
+        .await?
+        .into_iter()
+        .next()
+        .context("no run")?
+        .run_id;
+    let task = format!("t{:03}", n_tasks / 2);
+    let run = url_encode(&newest);
+    let pages = [
         (
             format!("DAG list ({n_dags} DAGs, first page)"),
             "/".to_owned(),
         ),
         (
-            format!("grid ({n_runs} runs x {n_tasks} tasks)"),
+            format!("grid, default page (25 of {n_runs} runs x {n_tasks} tasks)"),
+            "/dags/bench_big".to_owned(),
+        ),
+        (
+            format!("grid ({n_runs} runs x {n_tasks} tasks, at most 100 x 200 a page)"),
             format!("/dags/bench_big?runs={n_runs}"),
         ),
+        (
+            format!("grid with the details panel ({n_runs} runs x {n_tasks} tasks)"),
+            format!("/dags/bench_big?tab=grid&runs={n_runs}&run_id={run}&task_id={task}"),
+        ),
+        (
+            "details panel alone (a task instance)".to_owned(),
+            format!("/dags/bench_big/grid/details?run_id={run}&task_id={task}"),
+        ),
         ("cluster page".to_owned(), "/cluster".to_owned()),
-    ] {
+    ];
+    for (label, path) in &pages {
         let mut times = Vec::new();
         for i in 0..21 {
             let req = Request::get(path.as_str())
@@ -188,6 +224,17 @@ pub async fn web(
         );
     }
     store.close().await;
+    if keep {
+        println!(
+            "kept: serve it with\n  FLOW_HOME={home} FLOW__DATABASE__URL={url} flow webserver -p 8099\n\
+             and log in as bench / bench-password; the pages timed above:",
+            home = dir.display()
+        );
+        for (_, path) in &pages {
+            println!("  {path}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -107,8 +107,11 @@ fn component_name(job_type: &str) -> &str {
     }
 }
 
+/// An hour's label in the user's zone (`%H:%M`: some zones are half an hour off UTC).
 fn hour_label(h: &DateTime<Utc>) -> String {
-    h.format("%H:00").to_string()
+    h.with_timezone(&views::ui_timezone())
+        .format("%H:%M")
+        .to_string()
 }
 
 /// Ended tries per hour, failures on top so that they stand out.

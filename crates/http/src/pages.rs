@@ -804,7 +804,7 @@ async fn task_page(
         .lines
         .iter()
         .map(|l| views::LogLineView {
-            at: l.at.format("%H:%M:%S%.3f").to_string(),
+            at: views::fmt_clock(&l.at, views::ui_timezone()),
             stream: l.stream.clone(),
             spans: views::ansi_spans(&l.line),
         })
@@ -938,12 +938,12 @@ async fn log_target(
 }
 
 /// Log lines as the browser's live tail takes them: time, stream, ANSI-coloured spans.
-fn lines_json(lines: &[flow_store::LogLine]) -> Vec<serde_json::Value> {
+fn lines_json(lines: &[flow_store::LogLine], tz: chrono_tz::Tz) -> Vec<serde_json::Value> {
     lines
         .iter()
         .map(|l| {
             serde_json::json!({
-                "at": l.at.format("%H:%M:%S%.3f").to_string(),
+                "at": views::fmt_clock(&l.at, tz),
                 "stream": l.stream,
                 "spans": views::ansi_spans(&l.line),
             })
@@ -964,7 +964,7 @@ async fn task_log(
         .store()
         .log_read(&key, try_number, q.after.unwrap_or(0), LOG_PAGE)
         .await?;
-    let lines = lines_json(&log.lines);
+    let lines = lines_json(&log.lines, views::ui_timezone());
     Ok(Json(serde_json::json!({
         "lines": lines,
         "next": log.next,
@@ -993,8 +993,11 @@ async fn task_log_stream(
         after: i64,
         last_state: String,
         done: bool,
+        /// The request's zone: the stream outlives the request's task-local.
+        tz: chrono_tz::Tz,
     }
     let start = Tail {
+        tz: views::ui_timezone(),
         state,
         key,
         try_number,
@@ -1023,7 +1026,7 @@ async fn task_log_stream(
                 .map(|ti| (ti.state, ti.try_number));
             if !log.lines.is_empty() {
                 t.after = log.next;
-                let lines = lines_json(&log.lines);
+                let lines = lines_json(&log.lines, t.tz);
                 let data = serde_json::json!({ "lines": lines, "next": log.next }).to_string();
                 return Some((
                     Ok::<_, std::convert::Infallible>(Event::default().event("lines").data(data)),

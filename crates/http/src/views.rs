@@ -107,6 +107,11 @@ pub fn fmt_time(t: &Option<DateTime<Utc>>) -> String {
     .unwrap_or_default()
 }
 
+/// `08:30:15.123` in `tz`: a log line's time.
+pub fn fmt_clock(t: &DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%H:%M:%S%.3f").to_string()
+}
+
 /// `12-05 08:30` in the user's time zone: a grid column's header.
 pub fn fmt_short(t: &DateTime<Utc>) -> String {
     t.with_timezone(&ui_timezone())

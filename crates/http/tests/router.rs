@@ -4826,7 +4826,7 @@ wide:
         let load_row = &load_row[..load_row.find("</tr>").unwrap()];
         assert!(
             load_row.ends_with(
-                r#"<td class="cell grp st-failed" data-state="failed" title="1 failed · 1 success"></td>"#
+                r#"<td class="st-failed g" title="1 failed · 1 success"></td>"#
             ),
             "{load_row}"
         );

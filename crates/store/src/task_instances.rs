@@ -272,7 +272,7 @@ impl TaskStates {
 
 /// `task:state:m` (mapped instance) or `task:state:-`, packed by the database.
 const PACKED_STATE: &str =
-    "task_id || ':' || state || ':' || CASE WHEN map_index >= 0 THEN 'm' ELSE '-' END";
+    "t.task_id || ':' || t.state || ':' || CASE WHEN t.map_index >= 0 THEN 'm' ELSE '-' END";
 
 /// Rows of `(run_id, "task:state:m,...")` into `run_id -> task_id -> states`.
 fn unpack_states(rows: &[AnyRow]) -> Result<HashMap<String, HashMap<String, TaskStates>>> {
@@ -572,10 +572,13 @@ impl Store {
             Backend::Postgres => format!("string_agg({PACKED_STATE}, ',')"),
             Backend::Sqlite => format!("group_concat({PACKED_STATE}, ',')"),
         };
+        // One correlated aggregate per run: each reads its run's rows in primary-key order,
+        // so no plan (fresh statistics or not) sorts all 20,000 rows by run id first.
         for chunk in run_ids.chunks(500) {
             let sql = format!(
-                "SELECT run_id, {packed} AS states FROM task_instance \
-                 WHERE dag_id = $1 AND run_id IN ({}) GROUP BY run_id",
+                "SELECT r.run_id, (SELECT {packed} FROM task_instance t \
+                   WHERE t.dag_id = r.dag_id AND t.run_id = r.run_id) AS states \
+                 FROM dag_run r WHERE r.dag_id = $1 AND r.run_id IN ({})",
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(dag_id);
@@ -599,11 +602,10 @@ impl Store {
             Backend::Sqlite => format!("group_concat({PACKED_STATE}, ',')"),
         };
         let sql = format!(
-            "SELECT run_id, {packed} AS states FROM task_instance \
-             WHERE dag_id = $1 AND run_id IN ( \
-               SELECT run_id FROM dag_run WHERE dag_id = $1 \
-               ORDER BY run_after DESC, id DESC LIMIT $2) \
-             GROUP BY run_id"
+            "SELECT r.run_id, (SELECT {packed} FROM task_instance t \
+               WHERE t.dag_id = r.dag_id AND t.run_id = r.run_id) AS states \
+             FROM dag_run r WHERE r.dag_id = $1 \
+             ORDER BY r.run_after DESC, r.id DESC LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(dag_id)

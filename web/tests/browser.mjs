@@ -199,7 +199,7 @@ try {
   await admin.click("#trigger-form button[type=submit]");
   await admin.waitForURL(/\/dags\/grouped_ui$/);
   await waitFor(admin, base + "/dags/grouped_ui", "the grouped run to succeed", () => {
-    const g = document.querySelector('#grid tr[data-group="stage"] tbody td:last-child');
+    const g = document.querySelector('#grid tr[data-group="stage"] td:last-child');
     return g !== null && g.classList.contains("st-success");
   });
   assert.equal(await admin.locator('#grid tr[data-groups="stage"]').count(), 2);

@@ -4825,9 +4825,7 @@ wide:
             .unwrap();
         let load_row = &load_row[..load_row.find("</tr>").unwrap()];
         assert!(
-            load_row.ends_with(
-                r#"<td class="st-failed g" title="1 failed · 1 success"></td>"#
-            ),
+            load_row.ends_with(r#"<td class="st-failed g" title="1 failed · 1 success"></td>"#),
             "{load_row}"
         );
         assert!(

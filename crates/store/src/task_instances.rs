@@ -590,31 +590,6 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::ti_states_for_runs`] for the latest `n` runs of a DAG (as
-    /// [`Store::dag_run_list`] orders them), choosing the runs in the same query.
-    pub async fn ti_states_for_latest_runs(
-        &self,
-        dag_id: &str,
-        n: i64,
-    ) -> Result<HashMap<String, HashMap<String, TaskStates>>> {
-        let packed = match self.backend() {
-            Backend::Postgres => format!("string_agg({PACKED_STATE}, ',')"),
-            Backend::Sqlite => format!("group_concat({PACKED_STATE}, ',')"),
-        };
-        let sql = format!(
-            "SELECT r.run_id, (SELECT {packed} FROM task_instance t \
-               WHERE t.dag_id = r.dag_id AND t.run_id = r.run_id) AS states \
-             FROM dag_run r WHERE r.dag_id = $1 \
-             ORDER BY r.run_after DESC, r.id DESC LIMIT $2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(dag_id)
-            .bind(n)
-            .fetch_all(self.read_pool())
-            .await?;
-        unpack_states(&rows)
-    }
-
     /// `(run_id, task_id, seconds)` for the tasks that ran in the latest `n` runs of a DAG: from
     /// the first instance's start to the last one's end (a mapped task's instances together),
     /// for the per-task duration chart.

@@ -69,23 +69,30 @@ pub fn stacked_bars(id: &str, bars: &[Bar], unit: &str) -> String {
             );
         }
     }
+    close_chart(&mut svg, max, unit, "nothing in the last 24 hours");
+    svg
+}
+
+/// Ends a chart: the largest value (the top of the scale) at the top left, or, for a chart
+/// with nothing to show, what that means, in the middle.
+fn close_chart(svg: &mut String, max: f64, unit: &str, empty: &str) {
     if max <= 0.0 {
         let _ = write!(
             svg,
-            r#"<text class="tick" x="{}" y="{}">nothing in the last 24 hours</text>"#,
-            W / 2.0 - 80.0,
-            plot / 2.0
+            r#"<text class="tick" x="{:.1}" y="{}">{}</text>"#,
+            W / 2.0 - empty.len() as f64 * 3.0,
+            (H - AXIS) / 2.0,
+            escape(empty)
         );
     } else {
         let _ = write!(
             svg,
             r#"<text class="tick" x="2" y="10">{} {}</text>"#,
-            format_value(max),
+            format_value((max * 10.0).round() / 10.0),
             escape(unit)
         );
     }
     svg.push_str("</svg>");
-    svg
 }
 
 /// Series a line chart tells apart by class (`series-0` .. `series-7` in the stylesheet).
@@ -162,22 +169,7 @@ pub fn lines(
             );
         }
     }
-    if max <= 0.0 {
-        let _ = write!(
-            svg,
-            r#"<text class="tick" x="{}" y="{}">no finished task yet</text>"#,
-            W / 2.0 - 60.0,
-            plot / 2.0
-        );
-    } else {
-        let _ = write!(
-            svg,
-            r#"<text class="tick" x="2" y="10">{} {}</text>"#,
-            format_value((max * 10.0).round() / 10.0),
-            escape(unit)
-        );
-    }
-    svg.push_str("</svg>");
+    close_chart(&mut svg, max, unit, "no finished task yet");
     svg
 }
 

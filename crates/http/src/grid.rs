@@ -366,13 +366,16 @@ pub async fn grid(
         rows_offset: Some(rows),
         ..GridQuery::default()
     };
+    // A selection that is gone (a deleted run, a task removed from the DAG) leaves the grid
+    // without a panel rather than making a bookmarked page a 404.
     let panel = match selected_run {
-        Some(run_id) => {
-            let details = details(state, user, dag, run_id, q).await?;
-            details
+        Some(run_id) => match details(state, user, dag, run_id, q).await {
+            Ok(details) => details
                 .render()
-                .map_err(|e| HttpError::Internal(format!("details panel: {e}")))?
-        }
+                .map_err(|e| HttpError::Internal(format!("details panel: {e}")))?,
+            Err(HttpError::NotFound(_)) => String::new(),
+            Err(e) => return Err(e),
+        },
         None => String::new(),
     };
     let shown = |from: usize, count: usize, total: usize| {

@@ -4883,6 +4883,12 @@ wide:
             viewer.get("/dags/grouped/grid/details").await.status,
             StatusCode::BAD_REQUEST
         );
+        // A bookmarked selection that is gone: the grid without a panel, not a 404.
+        let gone = viewer
+            .get("/dags/grouped?tab=grid&run_id=deleted_run")
+            .await;
+        assert_eq!(gone.status, StatusCode::OK);
+        assert!(!gone.body.contains("with-panel"));
 
         // An Op acts from the panel and comes back to it: a note, a mark.
         let mut op = Browser::new(&site);

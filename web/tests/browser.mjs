@@ -96,6 +96,11 @@ try {
   assert.match(admin.url(), /task_id=extract/);
   assert.match(await admin.textContent("#details-state"), /success/);
   assert.match(await admin.textContent("#details"), /try\s*1 of/);
+  // A note on the task instance, kept when the page comes back to the panel.
+  await admin.fill("#ti-note-form textarea", "extract looked fine");
+  await admin.click("#ti-note-form button[type=submit]");
+  await admin.waitForSelector("#details-task[data-task=extract]");
+  assert.equal(await admin.inputValue("#ti-note-form textarea"), "extract looked fine");
   // The run's head opens the run: its conf (the param we gave) and a note form.
   await admin.locator("#grid tr.dates th.run").last().locator("a").click();
   await admin.waitForSelector("#details-run");

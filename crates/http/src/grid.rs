@@ -34,6 +34,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/dags/{dag_id}/grid/details", get(details_fragment))
         .route("/dags/{dag_id}/runs/{run_id}/note", post(set_note))
+        .route(
+            "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/note",
+            post(set_ti_note),
+        )
 }
 
 /// What the grid shows: which page of runs and rows, and what is selected.
@@ -449,6 +453,8 @@ pub struct TaskDetails {
     pub waiting: Vec<(String, String)>,
     /// The instance exists (a task added after the run has none).
     pub exists: bool,
+    /// The instance's note.
+    pub note: String,
 }
 
 pub struct GroupDetails {
@@ -530,6 +536,7 @@ async fn task_details(
         counts: String::new(),
         waiting: Vec::new(),
         exists: false,
+        note: String::new(),
     };
     let index = map_index.unwrap_or(-1);
     let key = TiKey::new(dag.dag_id.as_str(), run.run_id.as_str(), task_id, index);
@@ -541,6 +548,7 @@ async fn task_details(
         }
         details.state = ti.state.as_str().to_owned();
         details.facts = ti_facts(&ti);
+        details.note = ti.note.clone().unwrap_or_default();
         if !matches!(ti.state, S::Running | S::Success | S::Skipped | S::Removed) {
             details.waiting = store
                 .ti_dependencies(Some(dag), run, &ti, Utc::now())
@@ -689,6 +697,56 @@ struct NoteForm {
     csrf_token: String,
     note: String,
     next: Option<String>,
+    /// One instance of a mapped task (a task instance's note).
+    map_index: Option<i64>,
+}
+
+/// The note as stored: trimmed, `None` when empty, refused when too long.
+fn form_note(note: &str) -> Result<Option<&str>, HttpError> {
+    let note = note.trim();
+    if note.chars().count() > NOTE_MAX {
+        return Err(HttpError::BadRequest(format!(
+            "note: at most {NOTE_MAX} characters"
+        )));
+    }
+    Ok((!note.is_empty()).then_some(note))
+}
+
+/// Sets or (empty) removes a task instance's note, from the details panel.
+async fn set_ti_note(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Form(form): Form<NoteForm>,
+) -> Result<Response, HttpError> {
+    user.check_csrf(&form.csrf_token)?;
+    user.require(Permission::EditDags)?;
+    let note = form_note(&form.note)?;
+    let key = TiKey::new(
+        dag_id.as_str(),
+        run_id.as_str(),
+        task_id.as_str(),
+        form.map_index.unwrap_or(-1),
+    );
+    if state
+        .store()
+        .ti_set_note(std::slice::from_ref(&key), note)
+        .await?
+        == 0
+    {
+        return Err(HttpError::NotFound(format!("task instance `{task_id}`")));
+    }
+    crate::pages::audit(
+        &state,
+        &user.username,
+        "set task instance note",
+        Some(&dag_id),
+        Some(&run_id),
+        Some(&task_id),
+        None,
+    )
+    .await;
+    Ok(Redirect::to(&auth::safe_next(form.next.as_deref())).into_response())
 }
 
 /// Sets or (empty) removes a run's note, from the details panel.
@@ -700,13 +758,7 @@ async fn set_note(
 ) -> Result<Response, HttpError> {
     user.check_csrf(&form.csrf_token)?;
     user.require(Permission::EditDags)?;
-    let note = form.note.trim();
-    if note.chars().count() > NOTE_MAX {
-        return Err(HttpError::BadRequest(format!(
-            "note: at most {NOTE_MAX} characters"
-        )));
-    }
-    let note = (!note.is_empty()).then_some(note);
+    let note = form_note(&form.note)?;
     if !state
         .store()
         .dag_run_set_note(&dag_id, &run_id, note)

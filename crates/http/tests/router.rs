@@ -4918,7 +4918,8 @@ wide:
             )
             .await;
         assert_eq!(p.status, StatusCode::SEE_OTHER);
-        let run = op.get(back).await;
+        // The run's note shows on the run's panel (a task's panel shows the task's note).
+        let run = op.get("/dags/grouped?tab=grid&run_id=g29").await;
         assert!(run.body.contains("checked &#60;b&#62;"), "{}", run.body);
         let long = "x".repeat(1001);
         let p = op
@@ -4937,6 +4938,103 @@ wide:
             )
             .await;
         assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+        // Task instance notes: a note alone through the API (Airflow's update_mask=note) keeps
+        // the state; the panel shows it escaped; an Op removes it from the panel.
+        let ti_url = "/api/v2/dags/grouped/dagRuns/g29/taskInstances";
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            &format!("{ti_url}/start"),
+            Some(&admin),
+            Some(("application/json", r#"{"note": "looked at <i>"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["task_instances"][0]["note"], "looked at <i>");
+        assert!(j["task_instances"][0]["state"].is_null(), "{j}");
+        let (_, _, j) = api(&site, "GET", &format!("{ti_url}/start"), Some(&admin), None).await;
+        assert_eq!(j["note"], "looked at <i>");
+        let panel = viewer
+            .get("/dags/grouped/grid/details?run_id=g29&task_id=start")
+            .await;
+        assert!(
+            panel
+                .body
+                .contains(r#"<p id="ti-note">looked at &#60;i&#62;</p>"#),
+            "{}",
+            panel.body
+        );
+        let p = op
+            .post(
+                "/dags/grouped/runs/g29/tasks/start/note",
+                &[("csrf_token", &csrf), ("note", " "), ("next", back)],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        let (_, _, j) = api(&site, "GET", &format!("{ti_url}/start"), Some(&admin), None).await;
+        assert!(j["note"].is_null(), "{j}");
+        let p = op
+            .post(
+                "/dags/grouped/runs/g29/tasks/nope/note",
+                &[("csrf_token", &csrf), ("note", "x")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND);
+        // A mapped task's note goes on every instance; with a state, no 409 for an
+        // instance already in it; too long is Airflow's 422; a group has no note.
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            &format!("{ti_url}/m"),
+            Some(&admin),
+            Some(("application/json", r#"{"note": "fan"}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(j["total_entries"], 3, "{j}");
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            &format!("{ti_url}/end"),
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"new_state": "success", "note": "done"}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            (
+                j["task_instances"][0]["state"].as_str(),
+                j["task_instances"][0]["note"].as_str()
+            ),
+            (Some("success"), Some("done"))
+        );
+        let long = format!(r#"{{"note": "{}"}}"#, "x".repeat(1001));
+        let (s, _, j) = api(
+            &site,
+            "PATCH",
+            &format!("{ti_url}/end"),
+            Some(&admin),
+            Some(("application/json", &long)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{j}");
+        assert_eq!(j["detail"][0]["loc"], serde_json::json!(["body", "note"]));
+        let (s, _, _) = api(
+            &site,
+            "PATCH",
+            "/api/v2/dags/grouped/dagRuns/g29/taskGroupInstances/load",
+            Some(&admin),
+            Some((
+                "application/json",
+                r#"{"new_state": "success", "note": "x"}"#,
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
 
         // Rows page too: 230 tasks are 200 rows, then 30.
         let (s, _, j) = api(

@@ -76,6 +76,8 @@ pub struct TiRow {
     pub next_kwargs: Option<String>,
     /// A mapped task instance's label (its `map_index_template`, rendered after the try).
     pub rendered_map_index: Option<String>,
+    /// The user's note on this instance (Airflow's task instance note).
+    pub note: Option<String>,
 }
 
 impl TiRow {
@@ -105,6 +107,7 @@ impl TiRow {
             next_method: None,
             next_kwargs: None,
             rendered_map_index: None,
+            note: None,
         }
     }
 }
@@ -168,7 +171,7 @@ pub struct ClearReport {
 pub(crate) const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
     scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
-    next_method, next_kwargs, rendered_map_index";
+    next_method, next_kwargs, rendered_map_index, note";
 
 pub(crate) fn parse_state(s: &str) -> Result<S> {
     S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -204,6 +207,7 @@ pub(crate) fn ti_row(r: &AnyRow) -> Result<TiRow> {
         next_method: r.try_get("next_method")?,
         next_kwargs: r.try_get("next_kwargs")?,
         rendered_map_index: r.try_get("rendered_map_index")?,
+        note: r.try_get("note")?,
     })
 }
 
@@ -621,6 +625,28 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Sets (or, with `None`, removes) the note of each task instance; returns how many exist.
+    pub async fn ti_set_note(&self, keys: &[TiKey], note: Option<&str>) -> Result<u64> {
+        let mut tx = self.write.begin().await?;
+        let mut n = 0;
+        for key in keys {
+            n += sqlx::query(&format!(
+                "UPDATE task_instance SET note = $1 WHERE {}",
+                key_where(2)
+            ))
+            .bind(note)
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(key.map_index)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// The rendered template fields of a task instance's latest try (JSON text), if any.

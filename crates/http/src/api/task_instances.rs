@@ -677,7 +677,7 @@ pub(super) fn ti_response(t: &TiRow, run: &DagRunRow) -> TaskInstanceResponse {
         instance,
         logical_date: time(run.logical_date),
         run_after: time(Some(run.run_after)),
-        note: None,
+        note: t.note.clone(),
         rendered_map_index: t.rendered_map_index.clone(),
         rendered_fields: Value::Object(serde_json::Map::new()),
         trigger: None,
@@ -1370,6 +1370,8 @@ async fn one_try(
 struct PatchBody {
     /// `success`, `failed` or `skipped`.
     new_state: Option<String>,
+    /// The instance's note (at most 1,000 characters; `""` removes it), with or without a
+    /// new state.
     #[serde(default)]
     note: Option<String>,
     #[serde(default)]
@@ -1457,6 +1459,26 @@ async fn patch(
         find(state, &dag_id, &run_id, task_id, map_index.unwrap_or(-1)).await?;
         return Err(ApiError::not_found("TaskInstance not found"));
     };
+    let note = body.note.as_deref().map(checked_note).transpose()?;
+    let noted: Vec<TiKey> = mine.iter().map(|t| t.key.clone()).collect();
+    if body.new_state.is_none() {
+        // A note alone (Airflow's update_mask=note): the instance (every instance of a mapped
+        // task without a map index), whatever its state.
+        let Some(note) = note else {
+            // Neither a state nor a note: the answer about the missing state (422).
+            return Err(mark_state(&body)
+                .err()
+                .unwrap_or_else(|| ApiError::bad_request("nothing to change")));
+        };
+        if body.include_future || body.include_past {
+            return Err(ApiError::bad_request(
+                "include_future/include_past are not supported yet",
+            ));
+        }
+        state.store().ti_set_note(&noted, note).await?;
+        super::audit(state, user, "set note", Some(&dag_id), Some(&run_id)).await;
+        return marked_response(state, &noted, &run).await;
+    }
     let to = mark_state(&body)?;
     let (dag, _) = super::load_dag(state, &dag_id)
         .await?
@@ -1472,8 +1494,13 @@ async fn patch(
         .filter(|t| t.key.task_id != task_id || map_index.is_none_or(|i| t.key.map_index == i))
         .map(|t| t.key.clone())
         .collect();
-    let marked = state.store().ti_mark(&keys, to, Utc::now()).await?;
-    if marked.is_empty() {
+    let mut marked = state.store().ti_mark(&keys, to, Utc::now()).await?;
+    if let Some(note) = note {
+        state.store().ti_set_note(&noted, note).await?;
+        super::audit(state, user, "set note", Some(&dag_id), Some(&run_id)).await;
+        let more: Vec<TiKey> = noted.into_iter().filter(|k| !marked.contains(k)).collect();
+        marked.extend(more);
+    } else if marked.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("Task id {task_id} is already in {} state", ti.state),
@@ -1484,11 +1511,25 @@ async fn patch(
     marked_response(state, &marked, &run).await
 }
 
+/// Airflow's note limit (1,000 characters); an empty note removes it.
+fn checked_note(note: &str) -> ApiResult<Option<&str>> {
+    if note.chars().count() > NOTE_MAX {
+        return Err(ApiError::invalid(
+            &["body", "note"],
+            format!("String should have at most {NOTE_MAX} characters"),
+        ));
+    }
+    Ok((!note.is_empty()).then_some(note))
+}
+
+/// The longest task instance note (Airflow's `max_length`).
+pub(crate) const NOTE_MAX: usize = 1000;
+
 /// The state a mark asks for; what the marks do not support is refused.
 fn mark_state(body: &PatchBody) -> ApiResult<TaskInstanceState> {
-    if body.note.is_some() || body.include_future || body.include_past {
+    if body.include_future || body.include_past {
         return Err(ApiError::bad_request(
-            "notes and include_future/include_past are not supported yet",
+            "include_future/include_past are not supported yet",
         ));
     }
     match body
@@ -1593,6 +1634,11 @@ async fn group(
         return Err(ApiError::not_found(format!(
             "Task group {group_id} not found in Dag {dag_id}"
         )));
+    }
+    if body.note.is_some() {
+        return Err(ApiError::bad_request(
+            "a task group has no note: set notes on its task instances",
+        ));
     }
     let to = mark_state(&body)?;
     let selected = dag.with_relatives(

@@ -231,10 +231,10 @@ fn get_value(section: &str, key: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether the web server tests connections (Airflow's `[core] test_connection`: Disabled,
-/// Enabled or Hidden; Disabled by default), with the operators' clients.
-pub fn connection_testing() -> Result<flow_http::ConnectionTesting> {
-    let mode = match lookup("core", "test_connection")? {
+/// Airflow's `[core] test_connection` (Disabled by default), for the web server and
+/// `flow connections test`.
+pub fn test_connection_mode() -> Result<flow_http::TestConnectionMode> {
+    Ok(match lookup("core", "test_connection")? {
         None => flow_http::TestConnectionMode::Disabled,
         Some(found) => flow_http::TestConnectionMode::parse(&found.value).map_err(|_| {
             must_be(
@@ -244,7 +244,13 @@ pub fn connection_testing() -> Result<flow_http::ConnectionTesting> {
                 "test_connection",
             )
         })?,
-    };
+    })
+}
+
+/// Whether the web server tests connections (Airflow's `[core] test_connection`: Disabled,
+/// Enabled or Hidden; Disabled by default), with the operators' clients.
+pub fn connection_testing() -> Result<flow_http::ConnectionTesting> {
+    let mode = test_connection_mode()?;
     Ok(flow_http::ConnectionTesting::new(mode, |conn| async move {
         flow_executor::test_connection(&conn).await
     }))

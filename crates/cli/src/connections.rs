@@ -53,6 +53,10 @@ pub enum ConnectionsCommand {
     },
     /// Delete a connection from the database.
     Delete { conn_id: String },
+    /// Test a connection as the web UI's Test button does (Airflow's `connections test`):
+    /// a query, a request or a login with its client. Needs `[core] test_connection =
+    /// Enabled`, as Airflow's. Exits 1 when the test fails.
+    Test { conn_id: String },
     /// Print a new Fernet key for FLOW__CORE__FERNET_KEY.
     GenerateKey,
     /// Import connections from Airflow's export formats: a `.json` file
@@ -136,6 +140,7 @@ pub async fn run(command: ConnectionsCommand) -> Result<ExitCode> {
             println!("Successfully deleted connection with `conn_id`={conn_id}");
             Ok(ExitCode::SUCCESS)
         }
+        ConnectionsCommand::Test { conn_id } => test(&conn_id).await,
         ConnectionsCommand::GenerateKey => {
             println!("{}", flow_store::Cipher::generate_key());
             Ok(ExitCode::SUCCESS)
@@ -382,6 +387,31 @@ fn print(conns: &[Connection], output: Output) {
                     c.extra.as_deref().unwrap_or(""),
                 );
             }
+        }
+    }
+}
+
+/// `flow connections test`: Airflow's messages, the test's own reason on failure (the tests
+/// never put a secret in it).
+async fn test(conn_id: &str) -> Result<ExitCode> {
+    if config::test_connection_mode()? != flow_http::TestConnectionMode::Enabled {
+        eprintln!("{}", flow_http::DISABLED_MESSAGE);
+        return Ok(ExitCode::FAILURE);
+    }
+    let source = config::connection_source()?;
+    let store = connect_migrated().await?;
+    let Some(conn) = store.connection_resolve(conn_id, &source).await? else {
+        bail!("connection `{conn_id}` not found");
+    };
+    println!("Retrieving connection: '{conn_id}'\n\nTesting...");
+    match flow_executor::test_connection(&conn).await {
+        Ok(message) => {
+            println!("\nConnection success!\n{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            println!("\nConnection failed!\n{message}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -1393,6 +1393,51 @@ async fn variables_reach_templates_and_secrets_stay_masked() {
         let forced = env.stdout(&["connections", "import", path, "--overwrite"]);
         assert!(forced.contains("replaced 1"), "{forced}");
     }
+    // `connections test`: refused while testing is off (Airflow's default); on, a real
+    // PostgreSQL answers, a closed port fails with exit 1 and says why, never the password.
+    let off = env.run(&["connections", "test", "my_db"]);
+    assert!(!off.status.success());
+    assert!(
+        String::from_utf8_lossy(&off.stderr).contains("Testing connections is disabled"),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    env.stdout(&[
+        "connections",
+        "add",
+        "local_pg",
+        "--conn-uri",
+        "postgres://postgres:pw-local-77@127.0.0.1:5432/postgres",
+    ]);
+    env.stdout(&[
+        "connections",
+        "add",
+        "closed_pg",
+        "--conn-uri",
+        "postgres://postgres:pw-closed-88@127.0.0.1:1/postgres",
+    ]);
+    let test = |conn: &str| {
+        env.command()
+            .env("FLOW__CORE__TEST_CONNECTION", "Enabled")
+            .args(["connections", "test", conn])
+            .output()
+            .unwrap()
+    };
+    let ok = test("local_pg");
+    let ok_text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{ok_text}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(ok_text.contains("Connection success!"), "{ok_text}");
+    let failed = test("closed_pg");
+    let failed_text = String::from_utf8_lossy(&failed.stdout);
+    assert!(!failed.status.success());
+    assert!(failed_text.contains("Connection failed!"), "{failed_text}");
+    assert!(!failed_text.contains("pw-closed-88") && !ok_text.contains("pw-local-77"));
+    assert!(!test("nope").status.success(), "an unknown connection");
+
     let bad = env.home.join("bad.env");
     std::fs::write(&bad, "ok_one=postgres://h/db\nbroken line\n").unwrap();
     let out = env.run(&["connections", "import", bad.to_str().unwrap()]);

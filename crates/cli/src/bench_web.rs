@@ -9,24 +9,12 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use chrono::Utc;
 use flow_dag::Dag;
-use flow_http::{AppState, WebConfig};
+use flow_http::{AppState, WebConfig, url_encode};
 use flow_model::Role;
 use flow_store::{NewUser, Store, TriggerRequest};
 use tower::ServiceExt as _;
 
 use crate::bench::{dag_file, scratch_dir};
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// The Viewer `bench` (password `bench-password`) the web and API benchmarks log in as.
 pub(crate) async fn bench_viewer(store: &Store) -> Result<()> {

@@ -33,6 +33,7 @@ mod views;
 pub use api::config::{Config as ExposedConfig, ConfigOption, ConfigSection};
 pub use connection_test::{ConnectionTesting, DISABLED_MESSAGE, TestConnectionMode};
 pub use session::CurrentUser;
+pub use views::url_encode;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -301,7 +302,7 @@ impl IntoResponse for HttpError {
             HttpError::Forbidden | HttpError::Csrf => StatusCode::FORBIDDEN,
             HttpError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             HttpError::LoginRequired { next } => {
-                let target = format!("/login?next={}", views::url_encode(next));
+                let target = format!("/login?next={}", url_encode(next));
                 return Redirect::to(&target).into_response();
             }
             HttpError::Store(e) => {

@@ -67,24 +67,10 @@ pub fn ui_timezone() -> chrono_tz::Tz {
 /// The zone named by the request's `flow_tz` cookie, if it names a real one.
 pub fn chosen_timezone(headers: &axum::http::HeaderMap) -> Option<chrono_tz::Tz> {
     let raw = crate::session::cookie(headers, TIMEZONE_COOKIE)?;
-    percent_decode(raw)?.parse().ok()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    flow_model::connection::percent_decode(raw)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Runs the request with the user's time zone in scope (see [`ui_timezone`]).

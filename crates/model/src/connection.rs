@@ -357,7 +357,8 @@ pub fn redact_uri(uri: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes (a connection URI's parts, a cookie's value).
+pub fn percent_decode(s: &str) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

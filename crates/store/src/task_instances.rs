@@ -171,7 +171,7 @@ pub struct ClearReport {
 pub(crate) const TI_COLUMNS: &str = "dag_id, run_id, task_id, map_index, state, try_number, max_tries, \
     operator, queue, pool, pool_slots, priority_weight, start_date, end_date, duration, \
     scheduled_dttm, queued_dttm, next_retry_at, hostname, worker_id, last_heartbeat_at, updated_at, \
-    next_method, next_kwargs, rendered_map_index, note";
+    next_method, next_kwargs, rendered_map_index";
 
 pub(crate) fn parse_state(s: &str) -> Result<S> {
     S::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -207,7 +207,16 @@ pub(crate) fn ti_row(r: &AnyRow) -> Result<TiRow> {
         next_method: r.try_get("next_method")?,
         next_kwargs: r.try_get("next_kwargs")?,
         rendered_map_index: r.try_get("rendered_map_index")?,
+        note: None,
+    })
+}
+
+/// [`ti_row`] with the user's note, for the reads that show one (`SELECT {TI_COLUMNS}, note`):
+/// the claim and the scheduler's scans leave the note out of their hot queries.
+fn noted_ti_row(r: &AnyRow) -> Result<TiRow> {
+    Ok(TiRow {
         note: r.try_get("note")?,
+        ..ti_row(r)?
     })
 }
 
@@ -489,14 +498,14 @@ impl Store {
     /// All task instances of a run, by task id.
     pub async fn ti_list_for_run(&self, dag_id: &str, run_id: &str) -> Result<Vec<TiRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = $1 AND run_id = $2 \
+            "SELECT {TI_COLUMNS}, note FROM task_instance WHERE dag_id = $1 AND run_id = $2 \
              ORDER BY task_id, map_index"
         ))
         .bind(dag_id)
         .bind(run_id)
         .fetch_all(self.read_pool())
         .await?;
-        rows.iter().map(ti_row).collect()
+        rows.iter().map(noted_ti_row).collect()
     }
 
     /// Task instances of every queued or running dag run, in one query, with the columns
@@ -547,7 +556,7 @@ impl Store {
 
     pub async fn ti_get(&self, key: &TiKey) -> Result<Option<TiRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE {}",
+            "SELECT {TI_COLUMNS}, note FROM task_instance WHERE {}",
             key_where(1)
         ))
         .bind(&key.dag_id)
@@ -556,7 +565,7 @@ impl Store {
         .bind(key.map_index)
         .fetch_optional(self.read_pool())
         .await?;
-        row.as_ref().map(ti_row).transpose()
+        row.as_ref().map(noted_ti_row).transpose()
     }
 
     /// `run_id -> task_id -> states` for some runs of a DAG, for the grid and the graph (every
@@ -1473,7 +1482,7 @@ impl Store {
             })?;
         let dir = if desc { "DESC" } else { "ASC" };
         let page_sql = format!(
-            "SELECT {TI_COLUMNS}, COUNT(*) OVER () AS total_rows FROM task_instance \
+            "SELECT {TI_COLUMNS}, note, COUNT(*) OVER () AS total_rows FROM task_instance \
              WHERE {filter} \
              ORDER BY {column} {dir}, task_id {dir}, map_index {dir} LIMIT ${} OFFSET ${}",
             n + 1,
@@ -1488,7 +1497,7 @@ impl Store {
             bind_ti_filters(sqlx::query(&count_sql), q),
         )
         .await?;
-        Ok((rows.iter().map(ti_row).collect::<Result<_>>()?, total))
+        Ok((rows.iter().map(noted_ti_row).collect::<Result<_>>()?, total))
     }
 }
 
